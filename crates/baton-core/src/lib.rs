@@ -1,0 +1,19 @@
+//! Baton's job model: ids, specs and their validation, the state machine, events
+//! and retry maths. Pure: no IO, no clocks, no threads.
+
+pub mod backoff;
+pub mod duration;
+pub mod event;
+pub mod id;
+pub mod job;
+pub mod spec;
+pub mod state;
+pub mod time;
+
+pub use backoff::Backoff;
+pub use event::{Event, EventKind};
+pub use id::JobId;
+pub use job::{ErrorInfo, Job};
+pub use spec::{JobSpec, Limits, NewJob, SpecError};
+pub use state::{State, TransitionError};
+pub use time::Millis;
