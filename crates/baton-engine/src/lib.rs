@@ -1,14 +1,41 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Baton's engine: workers that claim and run jobs, live control, retries, delayed
+//! jobs, crash recovery and the event stream, over any [`baton_store::Store`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use baton_engine::{Engine, JobSpec};
+//! use baton_store::{SqliteOptions, SqliteStore};
+//! use serde_json::json;
+//!
+//! let store = SqliteStore::open(SqliteOptions::new("baton.db"))?;
+//! let engine = Engine::builder()
+//!     .store(Arc::new(store))
+//!     .queue("default", 8)
+//!     .handler("resize", |ctx, payload| async move {
+//!         ctx.progress(0.5, "halfway").await?;
+//!         Ok(json!({"resized": payload["file"]}))
+//!     })
+//!     .build()
+//!     .await?;
+//! let job = engine.submit(JobSpec::new("resize").payload(json!({"file": "a.png"}))).await?;
+//! let done = engine.wait(&job.job.id).await?;
+//! println!("{:?}", done.result);
+//! # Ok(()) }
+//! ```
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+mod clock;
+mod context;
+mod engine;
+mod error;
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, State};
+pub use baton_store::{Checkpoint, Counts, JobFilter, JobPage, ServerInfo, Submitted};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use context::{JobContext, JobError};
+pub use engine::{Engine, EngineBuilder, Recovery, Subscription};
+pub use error::{Error, ErrorCode};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// A handler's input.
+pub type Payload = serde_json::Value;

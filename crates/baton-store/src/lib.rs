@@ -1,14 +1,285 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
+//! Baton's stores: the [`Store`] trait that the engine talks to, the embedded SQLite
+//! store, and the conformance suite that every store runs.
+
+pub mod conformance;
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_core::{
+    Backoff, ErrorInfo, Event, EventKind, Job, Millis, NewJob, State, TransitionError,
+};
+use serde_json::Value;
+use tokio::sync::broadcast;
+
+pub use sqlite::{Durability, SqliteOptions, SqliteStore};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Error {
+    #[error("job {0:?} not found")]
+    NotFound(String),
+    #[error("job {id:?}: {source}")]
+    Transition {
+        id: String,
+        #[source]
+        source: TransitionError,
+    },
+    #[error("job {id:?} is {actual}, not {expected}")]
+    Conflict {
+        id: String,
+        actual: State,
+        expected: String,
+    },
+    #[error("job {id:?} is no longer held by this attempt (fencing token {fence} is stale)")]
+    StaleFence { id: String, fence: u64 },
+    #[error("store {path} is in use by another Baton engine ({holder})")]
+    Locked { path: String, holder: String },
+    #[error("invalid store: {0}")]
+    Config(String),
+    #[error("the store is closed")]
+    Closed,
+    #[error("store error: {0}")]
+    Internal(String),
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        Error::Internal(e.to_string())
     }
+}
+
+/// The result of submitting one job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Submitted {
+    pub job: Job,
+    /// False when a job with the same id existed already; `job` is that job.
+    pub created: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ClaimRequest {
+    pub queue: String,
+    pub limit: usize,
+    pub server_id: String,
+    pub now: Millis,
+}
+
+/// A job handed to a worker: everything it needs to run the attempt.
+#[derive(Clone, Debug)]
+pub struct Claimed {
+    pub job: Job,
+    /// The attempt's fencing token; every write of the worker carries it.
+    pub fence: u64,
+    /// The checkpoint to resume from, if any.
+    pub checkpoint: Option<Value>,
+    pub exec: Option<Value>,
+    pub backoff: Backoff,
+    pub timeout: Option<Duration>,
+    pub grace: Duration,
+    /// Attempts left after this one before the job fails for good.
+    pub retries_left: u32,
+}
+
+/// A state change with its event: one atomic write.
+#[derive(Clone, Debug)]
+pub struct Transition {
+    pub job_id: String,
+    pub to: State,
+    /// Worker writes carry their fencing token; a stale one is refused.
+    pub fence: Option<u64>,
+    /// When set, the job must be in one of these states (compare and set).
+    pub expect: Option<Vec<State>>,
+    pub event: EventKind,
+    pub data: Value,
+    pub changes: Changes,
+    pub now: Millis,
+}
+
+impl Transition {
+    pub fn new(job_id: impl Into<String>, to: State, event: EventKind, now: Millis) -> Self {
+        Self {
+            job_id: job_id.into(),
+            to,
+            fence: None,
+            expect: None,
+            event,
+            data: Value::Object(Default::default()),
+            changes: Changes::default(),
+            now,
+        }
+    }
+
+    pub fn fence(mut self, fence: u64) -> Self {
+        self.fence = Some(fence);
+        self
+    }
+
+    pub fn expect(mut self, states: &[State]) -> Self {
+        self.expect = Some(states.to_vec());
+        self
+    }
+
+    pub fn data(mut self, data: Value) -> Self {
+        self.data = data;
+        self
+    }
+
+    pub fn changes(mut self, changes: Changes) -> Self {
+        self.changes = changes;
+        self
+    }
+}
+
+/// What a transition changes besides the state.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    pub result: Option<Value>,
+    pub error: Option<ErrorInfo>,
+    pub run_at: Option<Millis>,
+    /// A manual retry: a fresh attempt budget; clears result, error and finish time.
+    pub new_attempt_budget: bool,
+    /// Forget the last checkpoint (a retry that starts from scratch).
+    pub clear_checkpoint: bool,
+}
+
+/// Data a running attempt records without changing state; each is also an event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Update {
+    Progress {
+        fraction: Option<f64>,
+        message: Option<String>,
+    },
+    Step(String),
+    Output(String),
+    Checkpoint {
+        data: Value,
+        step: Option<String>,
+    },
+}
+
+/// Outcome of moving due `scheduled` jobs to `queued`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Promoted {
+    /// Queues that received jobs.
+    pub queues: Vec<String>,
+    pub count: usize,
+    /// The earliest `run_at` still waiting.
+    pub next_due: Option<Millis>,
+}
+
+/// What crash recovery did to one job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recovered {
+    pub job_id: String,
+    pub queue: String,
+    pub was: State,
+    pub now: State,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecoverRequest {
+    pub now: Millis,
+    /// Leave crashed jobs for a person instead of queueing them again.
+    pub manual: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ServerInfo {
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    pub url: Option<String>,
+    #[serde(with = "baton_core::time::rfc3339")]
+    pub started_at: Millis,
+    #[serde(with = "baton_core::time::rfc3339")]
+    pub heartbeat_at: Millis,
+    #[serde(with = "baton_core::time::opt_rfc3339")]
+    pub stopped_at: Option<Millis>,
+    pub queues: Vec<String>,
+    pub workers: u32,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
+    /// Empty: every state but `deleted`.
+    pub states: Vec<State>,
+    pub queue: Option<String>,
+    pub kind: Option<String>,
+    pub label: Option<(String, String)>,
+    /// Matches the id, kind or labels.
+    pub text: Option<String>,
+    pub limit: usize,
+    pub cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+    pub total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub attempt: u32,
+    pub step: Option<String>,
+    pub data: Value,
+    #[serde(with = "baton_core::time::rfc3339")]
+    pub at: Millis,
+}
+
+/// Job counts by queue and state.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counts {
+    pub rows: Vec<(String, State, u64)>,
+}
+
+impl Counts {
+    pub fn total(&self, state: State) -> u64 {
+        self.rows
+            .iter()
+            .filter(|(_, s, _)| *s == state)
+            .map(|(_, _, n)| n)
+            .sum()
+    }
+}
+
+/// A job store. Every write is atomic together with its events; events are published
+/// to subscribers once durable.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores new jobs; a job whose id exists already is returned as it is.
+    async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>>;
+    /// Moves up to `limit` queued jobs of a queue to `running`, highest priority first,
+    /// each with a new fencing token.
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>>;
+    async fn transition(&self, t: Transition) -> Result<Job>;
+    async fn update(&self, job_id: &str, fence: u64, now: Millis, update: Update) -> Result<()>;
+    /// Queues every `scheduled` job whose time has come.
+    async fn promote_due(&self, now: Millis) -> Result<Promoted>;
+    /// At start: every job left `running`, `paused` or `stopping` becomes `crashed`, then
+    /// queued again from its last checkpoint (or kept for a person, or failed).
+    async fn recover(&self, req: RecoverRequest) -> Result<Vec<Recovered>>;
+    async fn register_server(&self, server: ServerInfo) -> Result<()>;
+    async fn heartbeat(&self, server_id: &str, now: Millis) -> Result<()>;
+    async fn server_stopped(&self, server_id: &str, now: Millis) -> Result<()>;
+
+    async fn get(&self, id: &str) -> Result<Option<Job>>;
+    async fn list(&self, filter: JobFilter) -> Result<JobPage>;
+    async fn job_events(&self, job_id: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>>;
+    async fn events_after(&self, after_id: u64, limit: usize) -> Result<Vec<Event>>;
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<Checkpoint>>;
+    async fn servers(&self) -> Result<Vec<ServerInfo>>;
+    async fn counts(&self) -> Result<Counts>;
+    async fn next_due(&self) -> Result<Option<Millis>>;
+
+    /// Committed events, live. A receiver that lags reads the rest with `events_after`.
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;
+    /// Flushes and stops the store's background work.
+    async fn close(&self);
 }

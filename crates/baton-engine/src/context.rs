@@ -1,0 +1,225 @@
+//! What a running handler sees: [`JobContext`], and the error it returns, [`JobError`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use baton_store::Update;
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::Inner;
+
+/// The control intent for a running attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ctl {
+    Run,
+    Pause,
+    Stop,
+}
+
+/// A handler's failure. Plain errors (anything that implements `std::error::Error`
+/// converts with `?`) are retried while attempts remain; [`JobError::fatal`] is not.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JobError {
+    code: String,
+    message: String,
+    retryable: bool,
+}
+
+impl JobError {
+    /// A failure worth retrying (code `handler_error`).
+    pub fn new(message: impl Into<String>) -> Self {
+        Self::with_code("handler_error", message)
+    }
+
+    /// A failure that no retry can fix.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            ..Self::new(message)
+        }
+    }
+
+    pub fn with_code(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            retryable: true,
+        }
+    }
+
+    /// Returned by pause points once the job is being stopped.
+    pub fn stopped() -> Self {
+        Self {
+            code: "cancelled".into(),
+            message: "the job was stopped".into(),
+            retryable: false,
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        &self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn is_retryable(&self) -> bool {
+        self.retryable
+    }
+
+    pub(crate) fn info(&self) -> baton_core::ErrorInfo {
+        baton_core::ErrorInfo::new(self.code.clone(), self.message.clone())
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+    fn from(e: E) -> Self {
+        JobError::new(e.to_string())
+    }
+}
+
+impl fmt::Display for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl fmt::Debug for JobError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "JobError({self})")
+    }
+}
+
+/// Handed to a handler for one attempt of one job. Cheap to clone.
+#[derive(Clone)]
+pub struct JobContext {
+    inner: Arc<CtxInner>,
+}
+
+pub(crate) struct CtxInner {
+    pub engine: Arc<Inner>,
+    pub job_id: String,
+    pub kind: String,
+    pub queue: String,
+    pub fence: u64,
+    pub attempt: u32,
+    pub checkpoint: Option<Value>,
+    pub ctl: watch::Receiver<Ctl>,
+    pub cancel: CancellationToken,
+    pub step: std::sync::Mutex<Option<String>>,
+}
+
+impl JobContext {
+    pub(crate) fn new(inner: CtxInner) -> Self {
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub fn job_id(&self) -> &str {
+        &self.inner.job_id
+    }
+
+    pub fn kind(&self) -> &str {
+        &self.inner.kind
+    }
+
+    pub fn queue(&self) -> &str {
+        &self.inner.queue
+    }
+
+    /// The attempt number, from 1. A run resumed after a crash keeps its number.
+    pub fn attempt(&self) -> u32 {
+        self.inner.attempt
+    }
+
+    /// The checkpoint this attempt resumes from, if any.
+    pub fn last_checkpoint(&self) -> Option<&Value> {
+        self.inner.checkpoint.as_ref()
+    }
+
+    /// Fires when the job is being stopped; a handler that waits on something else can
+    /// `select!` on it.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.inner.cancel
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.inner.cancel.is_cancelled()
+    }
+
+    /// Reports progress (a fraction from 0 to 1) and a message; a pause point.
+    pub async fn progress(
+        &self,
+        fraction: f64,
+        message: impl Into<String>,
+    ) -> Result<(), JobError> {
+        let fraction = if fraction.is_nan() {
+            None
+        } else {
+            Some(fraction.clamp(0.0, 1.0))
+        };
+        let message = Some(message.into()).filter(|m| !m.is_empty());
+        self.record(Update::Progress { fraction, message }).await?;
+        self.pause_point().await
+    }
+
+    /// Names the step the job is in now.
+    pub async fn step(&self, name: impl Into<String>) -> Result<(), JobError> {
+        let name = name.into();
+        if let Ok(mut s) = self.inner.step.lock() {
+            *s = Some(name.clone());
+        }
+        self.record(Update::Step(name)).await?;
+        self.pause_point().await
+    }
+
+    /// Streams a piece of output (for example model tokens) to subscribers.
+    pub async fn output(&self, text: impl Into<String>) -> Result<(), JobError> {
+        self.record(Update::Output(text.into())).await
+    }
+
+    /// Saves a checkpoint; it is durable when this returns. A pause point.
+    pub async fn checkpoint(&self, data: Value) -> Result<(), JobError> {
+        let step = self.inner.step.lock().ok().and_then(|s| s.clone());
+        self.record(Update::Checkpoint { data, step }).await?;
+        self.pause_point().await
+    }
+
+    /// Blocks while the job is paused; returns an error once it is being stopped.
+    pub async fn pause_point(&self) -> Result<(), JobError> {
+        let mut ctl = self.inner.ctl.clone();
+        loop {
+            let now = *ctl.borrow_and_update();
+            match now {
+                Ctl::Run => return Ok(()),
+                Ctl::Stop => return Err(JobError::stopped()),
+                Ctl::Pause => {}
+            }
+            if ctl.changed().await.is_err() {
+                return Err(JobError::stopped());
+            }
+        }
+    }
+
+    async fn record(&self, update: Update) -> Result<(), JobError> {
+        let engine = &self.inner.engine;
+        let now = engine.clock.now();
+        match engine
+            .store
+            .update(&self.inner.job_id, self.inner.fence, now, update)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(baton_store::Error::StaleFence { .. }) => Err(JobError {
+                code: "cancelled".into(),
+                message: "this attempt no longer holds the job".into(),
+                retryable: false,
+            }),
+            Err(e) => Err(JobError::new(format!("cannot record: {e}"))),
+        }
+    }
+}

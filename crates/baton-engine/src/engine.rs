@@ -1,0 +1,929 @@
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_core::{EventKind, Job, JobSpec, Limits, Millis, State};
+use baton_store::{
+    Changes, ClaimRequest, Claimed, JobFilter, JobPage, RecoverRequest, ServerInfo, Store,
+    Submitted, Transition,
+};
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, broadcast, watch};
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::{Clock, SystemClock};
+use crate::context::{Ctl, CtxInner, JobContext, JobError};
+use crate::{Error, Result};
+
+type HandlerFn =
+    Arc<dyn Fn(JobContext, Value) -> BoxFuture<'static, Result<Value, JobError>> + Send + Sync>;
+
+/// What happens at start to jobs that were running when the engine stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Recovery {
+    /// Queue them again, from their last checkpoint.
+    #[default]
+    Auto,
+    /// Leave them `crashed` until a person retries them.
+    Manual,
+}
+
+/// Configures and starts an [`Engine`].
+pub struct EngineBuilder {
+    store: Option<Arc<dyn Store>>,
+    queues: Vec<(String, usize)>,
+    handlers: HashMap<String, HandlerFn>,
+    clock: Arc<dyn Clock>,
+    limits: Limits,
+    recovery: Recovery,
+    heartbeat: Duration,
+    url: Option<String>,
+}
+
+/// The engine. Cheap to clone; every clone drives the same workers.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    handlers: HashMap<String, HandlerFn>,
+    queues: BTreeMap<String, Arc<QueueState>>,
+    limits: Limits,
+    server: ServerInfo,
+    running: Mutex<HashMap<String, RunHandle>>,
+    /// The earliest `run_at` of a job scheduled since the timer last looked.
+    pending_due: Mutex<Option<Millis>>,
+    timer: Notify,
+    shutdown: CancellationToken,
+    /// Set when shutdown gives up waiting: aborted attempts then write nothing.
+    abandoning: AtomicBool,
+    tasks: TaskTracker,
+    background: TaskTracker,
+}
+
+struct QueueState {
+    name: String,
+    concurrency: usize,
+    running: AtomicUsize,
+    wake: Notify,
+}
+
+struct RunHandle {
+    fence: u64,
+    ctl: watch::Sender<Ctl>,
+    cancel: CancellationToken,
+    abort: AbortHandle,
+    grace: Duration,
+}
+
+enum Outcome {
+    Done(Result<Value, JobError>),
+    Panicked(String),
+    Aborted,
+    TimedOut(Duration),
+}
+
+impl Engine {
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder {
+            store: None,
+            queues: Vec::new(),
+            handlers: HashMap::new(),
+            clock: Arc::new(SystemClock),
+            limits: Limits::default(),
+            recovery: Recovery::Auto,
+            heartbeat: Duration::from_secs(5),
+            url: None,
+        }
+    }
+}
+
+impl EngineBuilder {
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Adds a queue with its concurrency. The `default` queue (16) exists unless set.
+    pub fn queue(mut self, name: impl Into<String>, concurrency: usize) -> Self {
+        let name = name.into();
+        self.queues.retain(|(n, _)| *n != name);
+        self.queues.push((name, concurrency));
+        self
+    }
+
+    /// Registers the handler for jobs of `kind`.
+    pub fn handler<F, Fut>(mut self, kind: impl Into<String>, f: F) -> Self
+    where
+        F: Fn(JobContext, Value) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, JobError>> + Send + 'static,
+    {
+        let f: HandlerFn = Arc::new(move |ctx, payload| Box::pin(f(ctx, payload)));
+        self.handlers.insert(kind.into(), f);
+        self
+    }
+
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    pub fn recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = recovery;
+        self
+    }
+
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// The URL this engine is reached at, shown in its server record.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// Recovers jobs left running by a previous run, registers the server and starts
+    /// the workers.
+    pub async fn build(self) -> Result<Engine> {
+        let store = self
+            .store
+            .ok_or_else(|| Error::Config("no store was given".into()))?;
+        let mut queues = BTreeMap::new();
+        let mut configured = self.queues;
+        if !configured
+            .iter()
+            .any(|(n, _)| n == baton_core::spec::DEFAULT_QUEUE)
+        {
+            configured.push((baton_core::spec::DEFAULT_QUEUE.into(), 16));
+        }
+        for (name, concurrency) in configured {
+            if concurrency == 0 {
+                return Err(Error::Config(format!(
+                    "queue {name:?}: concurrency must be at least 1"
+                )));
+            }
+            queues.insert(
+                name.clone(),
+                Arc::new(QueueState {
+                    name,
+                    concurrency,
+                    running: AtomicUsize::new(0),
+                    wake: Notify::new(),
+                }),
+            );
+        }
+        let now = self.clock.now();
+        let server = ServerInfo {
+            id: uuid_v7(),
+            host: hostname(),
+            pid: std::process::id(),
+            url: self.url,
+            started_at: now,
+            heartbeat_at: now,
+            stopped_at: None,
+            queues: queues.keys().cloned().collect(),
+            workers: queues.values().map(|q| q.concurrency as u32).sum(),
+        };
+        let recovered = store
+            .recover(RecoverRequest {
+                now,
+                manual: self.recovery == Recovery::Manual,
+            })
+            .await?;
+        for r in &recovered {
+            tracing::info!(job_id = %r.job_id, queue = %r.queue, was = %r.was, now = %r.now, "recovered job after a crash");
+        }
+        store.register_server(server.clone()).await?;
+        let inner = Arc::new(Inner {
+            store,
+            clock: self.clock,
+            handlers: self.handlers,
+            queues,
+            limits: self.limits,
+            server,
+            running: Mutex::new(HashMap::new()),
+            pending_due: Mutex::new(None),
+            timer: Notify::new(),
+            shutdown: CancellationToken::new(),
+            abandoning: AtomicBool::new(false),
+            tasks: TaskTracker::new(),
+            background: TaskTracker::new(),
+        });
+        for q in inner.queues.values() {
+            inner.background.spawn(dispatch(inner.clone(), q.clone()));
+        }
+        inner.background.spawn(timer(inner.clone()));
+        inner
+            .background
+            .spawn(heartbeat(inner.clone(), self.heartbeat));
+        // Anything scheduled before the restart needs the timer to know about it.
+        *inner.pending_due.lock().unwrap_or_else(|e| e.into_inner()) = Some(Millis::MIN);
+        inner.timer.notify_one();
+        Ok(Engine { inner })
+    }
+}
+
+impl Engine {
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn server(&self) -> &ServerInfo {
+        &self.inner.server
+    }
+
+    /// Stores a job and returns once it is durable. Submitting an id that exists returns
+    /// the existing job (`created` is false).
+    pub async fn submit(&self, spec: JobSpec) -> Result<Submitted> {
+        let mut out = self.submit_many(vec![spec]).await?;
+        out.pop()
+            .ok_or_else(|| Error::Config("submit returned nothing".into()))
+    }
+
+    /// Stores several jobs in one atomic write; all are validated first, and none is
+    /// stored if one is invalid.
+    pub async fn submit_many(&self, specs: Vec<JobSpec>) -> Result<Vec<Submitted>> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let now = self.inner.clock.now();
+        let mut jobs = Vec::with_capacity(specs.len());
+        for spec in &specs {
+            let job = spec.validate(now, &self.inner.limits)?;
+            self.check_kind_and_queue(&job.kind, &job.queue)?;
+            jobs.push(job);
+        }
+        let out = self.inner.store.submit(jobs).await?;
+        for s in out.iter().filter(|s| s.created) {
+            self.inner.job_became(&s.job);
+        }
+        Ok(out)
+    }
+
+    fn check_kind_and_queue(&self, kind: &str, queue: &str) -> Result<()> {
+        if !self.inner.handlers.contains_key(kind) {
+            let mut known: Vec<&str> = self.inner.handlers.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(Error::UnknownKind {
+                kind: kind.into(),
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                },
+            });
+        }
+        if !self.inner.queues.contains_key(queue) {
+            let known: Vec<&str> = self.inner.queues.keys().map(String::as_str).collect();
+            return Err(Error::UnknownQueue {
+                queue: queue.into(),
+                known: known.join(", "),
+            });
+        }
+        Ok(())
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Job> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| Error::Store(baton_store::Error::NotFound(id.into())))
+    }
+
+    pub async fn list(&self, filter: JobFilter) -> Result<JobPage> {
+        Ok(self.inner.store.list(filter).await?)
+    }
+
+    /// A job's events after its own sequence number `after`.
+    pub async fn events(&self, id: &str, after: u64) -> Result<Vec<baton_core::Event>> {
+        self.get(id).await?;
+        Ok(self.inner.store.job_events(id, after, 10_000).await?)
+    }
+
+    pub async fn checkpoints(&self, id: &str) -> Result<Vec<baton_store::Checkpoint>> {
+        self.get(id).await?;
+        Ok(self.inner.store.checkpoints(id).await?)
+    }
+
+    /// Live events from now on, without polling. A subscriber that falls behind reads
+    /// what it missed from the store, so it sees every event once, in order.
+    pub fn subscribe(&self) -> Subscription {
+        Subscription {
+            rx: self.inner.store.subscribe(),
+            store: self.inner.store.clone(),
+            last: None,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// Waits until the job is in a terminal state and returns it.
+    pub async fn wait(&self, id: &str) -> Result<Job> {
+        let mut rx = self.inner.store.subscribe();
+        loop {
+            let job = self.get(id).await?;
+            if job.state.is_terminal() {
+                return Ok(job);
+            }
+            loop {
+                match rx.recv().await {
+                    Ok(e) if e.kind.is_terminal() && e.job_id.as_deref() == Some(id) => break,
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Err(Error::Store(baton_store::Error::Closed));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pauses a running job: its handler blocks at its next pause point.
+    pub async fn pause(&self, id: &str) -> Result<Job> {
+        let job = self.get(id).await?;
+        if job.state != State::Running {
+            return Err(illegal(id, "pause", job.state));
+        }
+        let now = self.inner.clock.now();
+        let job = self
+            .inner
+            .store
+            .transition(
+                Transition::new(id, State::Paused, EventKind::Paused, now)
+                    .expect(&[State::Running]),
+            )
+            .await?;
+        if let Some(h) = self.inner.running_handle(id) {
+            h.send_replace(Ctl::Pause);
+        }
+        Ok(job)
+    }
+
+    /// Resumes a paused job.
+    pub async fn resume(&self, id: &str) -> Result<Job> {
+        let job = self.get(id).await?;
+        if job.state != State::Paused {
+            return Err(illegal(id, "resume", job.state));
+        }
+        let now = self.inner.clock.now();
+        let job = self
+            .inner
+            .store
+            .transition(
+                Transition::new(id, State::Running, EventKind::Resumed, now)
+                    .expect(&[State::Paused]),
+            )
+            .await?;
+        if let Some(h) = self.inner.running_handle(id) {
+            h.send_replace(Ctl::Run);
+        }
+        Ok(job)
+    }
+
+    /// Stops a running or paused job. Graceful: the handler's cancellation token fires
+    /// and it has its grace period to return. Force: its task is aborted at once.
+    pub async fn stop(&self, id: &str, force: bool) -> Result<Job> {
+        let job = self.get(id).await?;
+        if !job.state.is_executing() {
+            return Err(illegal(id, "stop", job.state));
+        }
+        if force {
+            return self.inner.force_stop(id, job.state).await;
+        }
+        if job.state == State::Stopping {
+            return Ok(job);
+        }
+        let now = self.inner.clock.now();
+        let (grace, handle) = {
+            let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+            match running.get(id) {
+                Some(h) => (h.grace, Some((h.ctl.clone(), h.cancel.clone()))),
+                None => (Duration::ZERO, None),
+            }
+        };
+        let job = self
+            .inner
+            .store
+            .transition(
+                Transition::new(id, State::Stopping, EventKind::Stopping, now)
+                    .expect(&[State::Running, State::Paused])
+                    .data(json!({"grace_ms": grace.as_millis() as u64})),
+            )
+            .await?;
+        if let Some((ctl, cancel)) = handle {
+            ctl.send_replace(Ctl::Stop);
+            cancel.cancel();
+            let inner = self.inner.clone();
+            let id = id.to_owned();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let still = inner.running_handle(&id).is_some();
+                if still {
+                    tracing::info!(job_id = %id, "grace period over; aborting the job");
+                    let _ = inner.force_stop(&id, State::Stopping).await;
+                }
+            });
+        } else {
+            // Nobody runs it here (its worker is gone): end it now.
+            return self.inner.force_stop(id, State::Stopping).await;
+        }
+        Ok(job)
+    }
+
+    /// Cancels a job: a waiting job at once, a running one by a graceful stop.
+    pub async fn cancel(&self, id: &str) -> Result<Job> {
+        let job = self.get(id).await?;
+        match job.state {
+            State::Running | State::Paused => self.stop(id, false).await,
+            State::Stopping => Ok(job),
+            s => {
+                let now = self.inner.clock.now();
+                let t = Transition::new(id, State::Cancelled, EventKind::Cancelled, now)
+                    .expect(&[s])
+                    .data(json!({"reason": "cancelled"}))
+                    .changes(Changes {
+                        error: Some(baton_core::ErrorInfo::new(
+                            "cancelled",
+                            "cancelled by a user",
+                        )),
+                        ..Changes::default()
+                    });
+                Ok(self.inner.store.transition(t).await?)
+            }
+        }
+    }
+
+    /// Runs a finished (or crashed) job again with a fresh attempt budget, from its last
+    /// checkpoint when asked.
+    pub async fn retry(&self, id: &str, from_checkpoint: bool) -> Result<Job> {
+        let job = self.get(id).await?;
+        let now = self.inner.clock.now();
+        let t = Transition::new(id, State::Queued, EventKind::Queued, now)
+            .expect(&[job.state])
+            .data(json!({"reason": "retry", "from_checkpoint": from_checkpoint}))
+            .changes(Changes {
+                new_attempt_budget: true,
+                clear_checkpoint: !from_checkpoint,
+                ..Changes::default()
+            });
+        let job = self.inner.store.transition(t).await?;
+        self.inner.job_became(&job);
+        Ok(job)
+    }
+
+    /// Marks a job deleted (kept until purged).
+    pub async fn delete(&self, id: &str) -> Result<Job> {
+        let job = self.get(id).await?;
+        let now = self.inner.clock.now();
+        let t = Transition::new(id, State::Deleted, EventKind::Deleted, now).expect(&[job.state]);
+        Ok(self.inner.store.transition(t).await?)
+    }
+
+    /// Jobs this engine is executing now.
+    pub fn running_jobs(&self) -> Vec<String> {
+        let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.keys().cloned().collect()
+    }
+
+    /// Stops claiming, lets running jobs finish for up to `timeout`, then stops them and
+    /// leaves them to be queued again, and closes the store.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let inner = &self.inner;
+        inner.shutdown.cancel();
+        inner.background.close();
+        inner.background.wait().await;
+        inner.tasks.close();
+        if tokio::time::timeout(timeout, inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            inner.abandoning.store(true, Ordering::SeqCst);
+            let handles: Vec<AbortHandle> = {
+                let running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+                running.values().map(|h| h.abort.clone()).collect()
+            };
+            tracing::warn!(
+                jobs = handles.len(),
+                "jobs still running at shutdown; they will resume at the next start"
+            );
+            for h in handles {
+                h.abort();
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), inner.tasks.wait()).await;
+            let now = inner.clock.now();
+            if let Err(e) = inner
+                .store
+                .recover(RecoverRequest { now, manual: false })
+                .await
+            {
+                tracing::error!(error = %e, "cannot requeue the jobs stopped at shutdown");
+            }
+        }
+        let now = inner.clock.now();
+        let _ = inner.store.server_stopped(&inner.server.id, now).await;
+        inner.store.close().await;
+    }
+}
+
+fn illegal(id: &str, action: &'static str, state: State) -> Error {
+    Error::Illegal {
+        id: id.into(),
+        action,
+        state,
+    }
+}
+
+impl Inner {
+    fn running_handle(&self, id: &str) -> Option<watch::Sender<Ctl>> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.get(id).map(|h| h.ctl.clone())
+    }
+
+    /// Wakes whoever must act on a job that just became queued or scheduled.
+    fn job_became(&self, job: &Job) {
+        match job.state {
+            State::Queued => {
+                if let Some(q) = self.queues.get(&job.queue) {
+                    q.wake.notify_one();
+                }
+            }
+            State::Scheduled => {
+                if let Some(at) = job.run_at {
+                    self.schedule_wake(at);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn schedule_wake(&self, at: Millis) {
+        let mut pending = self.pending_due.lock().unwrap_or_else(|e| e.into_inner());
+        *pending = Some(pending.map_or(at, |p| p.min(at)));
+        drop(pending);
+        self.timer.notify_one();
+    }
+
+    async fn force_stop(self: &Arc<Self>, id: &str, state: State) -> Result<Job> {
+        let now = self.clock.now();
+        let t = Transition::new(id, State::Cancelled, EventKind::Cancelled, now)
+            .expect(&[state, State::Running, State::Paused, State::Stopping])
+            .data(json!({"reason": "stopped", "force": true}))
+            .changes(Changes {
+                error: Some(baton_core::ErrorInfo::new("cancelled", "stopped by a user")),
+                ..Changes::default()
+            });
+        let job = self.store.transition(t).await?;
+        let handle = {
+            let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            running.get(id).map(|h| h.abort.clone())
+        };
+        if let Some(abort) = handle {
+            abort.abort();
+        }
+        Ok(job)
+    }
+}
+
+/// One per queue: claims jobs while the queue has free slots, then sleeps until a job
+/// is submitted or a slot frees up.
+async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
+    loop {
+        if inner.shutdown.is_cancelled() {
+            return;
+        }
+        let busy = queue.running.load(Ordering::SeqCst);
+        let free = queue.concurrency.saturating_sub(busy);
+        if free == 0 {
+            tokio::select! {
+                _ = queue.wake.notified() => continue,
+                _ = inner.shutdown.cancelled() => return,
+            }
+        }
+        let req = ClaimRequest {
+            queue: queue.name.clone(),
+            limit: free.min(1024),
+            server_id: inner.server.id.clone(),
+            now: inner.clock.now(),
+        };
+        match inner.store.claim(req).await {
+            Ok(jobs) if jobs.is_empty() => {
+                tokio::select! {
+                    _ = queue.wake.notified() => {}
+                    _ = inner.shutdown.cancelled() => return,
+                }
+            }
+            Ok(jobs) => {
+                for job in jobs {
+                    queue.running.fetch_add(1, Ordering::SeqCst);
+                    inner
+                        .tasks
+                        .spawn(run_job(inner.clone(), queue.clone(), job));
+                }
+            }
+            Err(e) => {
+                tracing::error!(queue = %queue.name, error = %e, "cannot claim jobs; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    _ = inner.shutdown.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed) {
+    let id = claimed.job.id.clone();
+    let (ctl_tx, ctl_rx) = watch::channel(Ctl::Run);
+    let cancel = CancellationToken::new();
+    let outcome = match inner.handlers.get(&claimed.job.kind).cloned() {
+        None => Outcome::Done(Err(JobError::fatal(format!(
+            "no handler is registered for kind {:?} on this server",
+            claimed.job.kind
+        )))),
+        Some(handler) => {
+            let ctx = JobContext::new(CtxInner {
+                engine: inner.clone(),
+                job_id: id.clone(),
+                kind: claimed.job.kind.clone(),
+                queue: claimed.job.queue.clone(),
+                fence: claimed.fence,
+                attempt: claimed.job.attempt,
+                checkpoint: claimed.checkpoint.clone(),
+                ctl: ctl_rx,
+                cancel: cancel.clone(),
+                step: Mutex::new(claimed.job.step.clone()),
+            });
+            let payload = claimed.job.payload.clone().unwrap_or(Value::Null);
+            let task = tokio::spawn(handler(ctx, payload));
+            inner
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(
+                    id.clone(),
+                    RunHandle {
+                        fence: claimed.fence,
+                        ctl: ctl_tx.clone(),
+                        cancel: cancel.clone(),
+                        abort: task.abort_handle(),
+                        grace: claimed.grace,
+                    },
+                );
+            let abort = task.abort_handle();
+            let joined = match claimed.timeout {
+                Some(limit) => match tokio::time::timeout(limit, task).await {
+                    Ok(j) => Some(j),
+                    Err(_) => {
+                        abort.abort();
+                        None
+                    }
+                },
+                None => Some(task.await),
+            };
+            match joined {
+                None => Outcome::TimedOut(claimed.timeout.unwrap_or_default()),
+                Some(Ok(r)) => Outcome::Done(r),
+                Some(Err(e)) if e.is_cancelled() => Outcome::Aborted,
+                Some(Err(e)) => Outcome::Panicked(panic_message(e)),
+            }
+        }
+    };
+    {
+        let mut running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.get(&id).is_some_and(|h| h.fence == claimed.fence) {
+            running.remove(&id);
+        }
+    }
+    if !inner.abandoning.load(Ordering::SeqCst) {
+        let intent = *ctl_tx.borrow();
+        if let Err(e) = finish(&inner, &claimed, intent, outcome).await {
+            // A stale fence means a user ended the attempt (force stop) first.
+            if !matches!(e, Error::Store(baton_store::Error::StaleFence { .. })) {
+                tracing::error!(job_id = %id, error = %e, "cannot record the job's outcome");
+            }
+        }
+    }
+    queue.running.fetch_sub(1, Ordering::SeqCst);
+    queue.wake.notify_one();
+}
+
+async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) -> Result<()> {
+    let id = c.job.id.as_str();
+    let store = &inner.store;
+    let now = inner.clock.now();
+    let t = |to, event| Transition::new(id, to, event, now).fence(c.fence);
+    if intent == Ctl::Pause {
+        // The handler returned without reaching a pause point: it is running again.
+        store
+            .transition(t(State::Running, EventKind::Resumed).data(json!({"reason": "finished"})))
+            .await?;
+    }
+    let aborted = matches!(outcome, Outcome::Aborted);
+    let error = match outcome {
+        Outcome::Done(Ok(result)) => {
+            store
+                .transition(t(State::Completed, EventKind::Completed).changes(Changes {
+                    result: Some(result),
+                    ..Changes::default()
+                }))
+                .await?;
+            return Ok(());
+        }
+        Outcome::Done(Err(e)) => e,
+        Outcome::Aborted => JobError::stopped(),
+        Outcome::Panicked(msg) => JobError::new(format!("the handler panicked: {msg}")),
+        Outcome::TimedOut(limit) => JobError::with_code(
+            "timeout",
+            format!("timed out after {}", baton_core::duration::format(limit)),
+        ),
+    };
+    if intent == Ctl::Stop || aborted {
+        let info = baton_core::ErrorInfo::new("cancelled", "stopped by a user");
+        store
+            .transition(
+                t(State::Cancelled, EventKind::Cancelled)
+                    .data(json!({"reason": "stopped"}))
+                    .changes(Changes {
+                        error: Some(info),
+                        ..Changes::default()
+                    }),
+            )
+            .await?;
+        return Ok(());
+    }
+    let info = error.info();
+    if error.is_retryable() && c.retries_left > 0 {
+        let delay = c.backoff.delay(c.job.attempt);
+        let run_at = now + delay.as_millis() as i64;
+        let data = json!({
+            "error": info,
+            "attempt": c.job.attempt,
+            "run_at": baton_core::time::to_rfc3339(run_at),
+        });
+        let (to, run_at) = if delay.is_zero() {
+            (State::Queued, None)
+        } else {
+            (State::Scheduled, Some(run_at))
+        };
+        let job = store
+            .transition(t(to, EventKind::Retrying).data(data).changes(Changes {
+                error: Some(info),
+                run_at,
+                ..Changes::default()
+            }))
+            .await?;
+        inner.job_became(&job);
+        return Ok(());
+    }
+    store
+        .transition(
+            t(State::Failed, EventKind::Failed)
+                .data(json!({"error": info}))
+                .changes(Changes {
+                    error: Some(info.clone()),
+                    ..Changes::default()
+                }),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Queues delayed jobs and retries when their time comes: sleeps until the earliest
+/// `run_at`, or until a new one arrives.
+async fn timer(inner: Arc<Inner>) {
+    let mut earliest: Option<Millis> = None;
+    loop {
+        if let Some(p) = inner
+            .pending_due
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            earliest = Some(earliest.map_or(p, |e| e.min(p)));
+        }
+        let now = inner.clock.now();
+        if let Some(at) = earliest
+            && at <= now
+        {
+            match inner.store.promote_due(now).await {
+                Ok(p) => {
+                    earliest = p.next_due;
+                    for q in &p.queues {
+                        if let Some(q) = inner.queues.get(q) {
+                            q.wake.notify_one();
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot queue due jobs; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        _ = inner.shutdown.cancelled() => return,
+                    }
+                }
+            }
+            continue;
+        }
+        let sleep = match earliest {
+            Some(at) => inner.clock.sleep_until(at),
+            None => Box::pin(std::future::pending()),
+        };
+        tokio::select! {
+            _ = sleep => {}
+            _ = inner.timer.notified() => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
+    }
+}
+
+async fn heartbeat(inner: Arc<Inner>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = inner.shutdown.cancelled() => return,
+        }
+        let now = inner.clock.now();
+        if let Err(e) = inner.store.heartbeat(&inner.server.id, now).await {
+            tracing::warn!(error = %e, "heartbeat failed");
+        }
+    }
+}
+
+/// A live event stream; see [`Engine::subscribe`].
+pub struct Subscription {
+    rx: broadcast::Receiver<Arc<baton_core::Event>>,
+    store: Arc<dyn Store>,
+    last: Option<u64>,
+    backlog: VecDeque<baton_core::Event>,
+}
+
+impl Subscription {
+    /// The next event; `None` once the engine has closed.
+    pub async fn next(&mut self) -> Option<Arc<baton_core::Event>> {
+        loop {
+            if let Some(e) = self.backlog.pop_front() {
+                self.last = Some(e.id);
+                return Some(Arc::new(e));
+            }
+            match self.rx.recv().await {
+                Ok(e) => {
+                    if self.last.is_some_and(|l| e.id <= l) {
+                        continue;
+                    }
+                    self.last = Some(e.id);
+                    return Some(e);
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if let Some(last) = self.last
+                        && let Ok(missed) = self.store.events_after(last, 10_000).await
+                    {
+                        self.backlog.extend(missed);
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+fn panic_message(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into()),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn uuid_v7() -> String {
+    baton_core::JobId::generate().to_string()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,76 @@
+use baton_core::{SpecError, State};
+
+/// What an engine call can fail with. [`Error::code`] maps each to a closed set of codes
+/// that the HTTP layer turns into status codes in one place.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("invalid job spec: kind: no handler is registered for {kind:?} (registered: {known})")]
+    UnknownKind { kind: String, known: String },
+    #[error("invalid job spec: queue: unknown queue {queue:?} (configured: {known})")]
+    UnknownQueue { queue: String, known: String },
+    #[error("cannot {action} job {id:?}: it is {state}")]
+    Illegal {
+        id: String,
+        action: &'static str,
+        state: State,
+    },
+    #[error(transparent)]
+    Store(#[from] baton_store::Error),
+    #[error("the engine is shutting down")]
+    ShuttingDown,
+    #[error("invalid engine configuration: {0}")]
+    Config(String),
+}
+
+/// The closed set of error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    InvalidSpec,
+    NotFound,
+    IllegalTransition,
+    StaleFence,
+    Locked,
+    Unavailable,
+    InvalidConfig,
+    Internal,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidSpec => "invalid_spec",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::IllegalTransition => "illegal_transition",
+            ErrorCode::StaleFence => "stale_fence",
+            ErrorCode::Locked => "store_locked",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl Error {
+    pub fn code(&self) -> ErrorCode {
+        use baton_store::Error as S;
+        match self {
+            Error::Spec(_) | Error::UnknownKind { .. } | Error::UnknownQueue { .. } => {
+                ErrorCode::InvalidSpec
+            }
+            Error::Illegal { .. } => ErrorCode::IllegalTransition,
+            Error::ShuttingDown => ErrorCode::Unavailable,
+            Error::Config(_) => ErrorCode::InvalidConfig,
+            Error::Store(e) => match e {
+                S::NotFound(_) => ErrorCode::NotFound,
+                S::Transition { .. } | S::Conflict { .. } => ErrorCode::IllegalTransition,
+                S::StaleFence { .. } => ErrorCode::StaleFence,
+                S::Locked { .. } => ErrorCode::Locked,
+                S::Config(_) => ErrorCode::InvalidConfig,
+                S::Closed => ErrorCode::Unavailable,
+                S::Internal(_) => ErrorCode::Internal,
+            },
+        }
+    }
+}

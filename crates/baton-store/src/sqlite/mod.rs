@@ -1,0 +1,377 @@
+//! The embedded SQLite store: WAL, one writer thread with group commit, a pool of read
+//! connections, and a lock file so that one engine at a time owns the database.
+
+mod rows;
+mod schema;
+mod writer;
+
+use std::fs::{File, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_core::{Event, Job, Millis, NewJob};
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::{broadcast, oneshot};
+
+use self::writer::{Msg, Op, Output, Request, Writer};
+use crate::{
+    ClaimRequest, Claimed, Counts, Error, JobFilter, JobPage, Promoted, RecoverRequest, Recovered,
+    Result, ServerInfo, Store, Submitted, Transition, Update,
+};
+
+pub use schema::VERSION as SCHEMA_VERSION;
+
+/// How hard a commit works to survive a power loss.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// `synchronous=FULL`: a commit survives a power loss.
+    #[default]
+    Full,
+    /// `synchronous=NORMAL`: survives a crash of Baton, but a power loss may lose the
+    /// last commits.
+    Normal,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(Durability::Full),
+            "normal" => Ok(Durability::Normal),
+            other => Err(format!(
+                "invalid durability {other:?}: expected \"full\" or \"normal\""
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    pub path: PathBuf,
+    pub durability: Durability,
+    /// Read connections kept open.
+    pub readers: usize,
+    pub busy_timeout: Duration,
+    /// Events buffered for live subscribers before a slow one must catch up from the store.
+    pub event_buffer: usize,
+}
+
+impl SqliteOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            durability: Durability::Full,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            event_buffer: 65_536,
+        }
+    }
+
+    pub fn durability(mut self, d: Durability) -> Self {
+        self.durability = d;
+        self
+    }
+}
+
+/// The SQLite store. Cheap to clone.
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    options: SqliteOptions,
+    tx: mpsc::Sender<Msg>,
+    readers: Mutex<Vec<Connection>>,
+    bus: broadcast::Sender<Arc<Event>>,
+    lock: Mutex<File>,
+    closed: Mutex<bool>,
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the database, takes its lock and migrates it.
+    pub fn open(options: SqliteOptions) -> Result<Self> {
+        let path = options.path.clone();
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Config(format!("cannot create the folder {}: {e}", dir.display()))
+            })?;
+        }
+        let lock = take_lock(&path)?;
+        let mut conn = Connection::open(&path)
+            .map_err(|e| Error::Config(format!("cannot open store {}: {e}", path.display())))?;
+        configure(&conn, &options, true)?;
+        schema::migrate(&mut conn)?;
+        let (bus, _) = broadcast::channel(options.event_buffer.max(16));
+        let writer = Writer::new(conn, bus.clone())?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("baton-sqlite-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| Error::Internal(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                options,
+                tx,
+                readers: Mutex::new(Vec::new()),
+                bus,
+                lock: Mutex::new(lock),
+                closed: Mutex::new(false),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Records who holds the store (shown to a second engine that is refused).
+    pub fn set_holder(&self, url: &str) -> Result<()> {
+        let mut f = self.inner.lock.lock().map_err(|_| Error::Closed)?;
+        write_holder(&mut f, Some(url))
+    }
+
+    async fn write(&self, op: Op) -> Result<Output> {
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Msg::Request(Request { op, reply }))
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = inner.readers.lock().ok().and_then(|mut v| v.pop());
+            let conn = match conn {
+                Some(c) => c,
+                None => {
+                    let c = Connection::open_with_flags(
+                        &inner.path,
+                        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                    )?;
+                    configure(&c, &inner.options, false)?;
+                    c
+                }
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = inner.readers.lock()
+                && pool.len() < inner.options.readers
+            {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+    }
+}
+
+fn configure(conn: &Connection, o: &SqliteOptions, writer: bool) -> Result<()> {
+    conn.busy_timeout(o.busy_timeout)?;
+    if writer {
+        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Config(format!(
+                "store {} cannot use write-ahead logging (journal mode is {mode})",
+                o.path.display()
+            )));
+        }
+        let sync = match o.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA synchronous = {sync}; PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY;"
+        ))?;
+    } else {
+        conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -8000;")?;
+    }
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+fn lock_path(db: &Path) -> PathBuf {
+    let mut name = db.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    db.with_file_name(name)
+}
+
+fn take_lock(db: &Path) -> Result<File> {
+    let path = lock_path(db);
+    let mut file = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::Config(format!("cannot open lock file {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {
+            write_holder(&mut file, None)?;
+            Ok(file)
+        }
+        Err(TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = holder.trim();
+            Err(Error::Locked {
+                path: db.display().to_string(),
+                holder: if holder.is_empty() {
+                    "holder unknown".into()
+                } else {
+                    holder.to_owned()
+                },
+            })
+        }
+        Err(TryLockError::Error(e)) => Err(Error::Config(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+fn write_holder(file: &mut File, url: Option<&str>) -> Result<()> {
+    let mut text = format!("pid {}", std::process::id());
+    if let Some(url) = url {
+        text.push_str(&format!(", {url}"));
+    }
+    let io = |e: std::io::Error| Error::Internal(format!("cannot write the lock file: {e}"));
+    file.set_len(0).map_err(io)?;
+    file.rewind().map_err(io)?;
+    file.write_all(text.as_bytes()).map_err(io)?;
+    Ok(())
+}
+
+macro_rules! expect_output {
+    ($out:expr, $variant:ident) => {
+        match $out? {
+            Output::$variant(v) => Ok(v),
+            _ => Err(Error::Internal("unexpected writer output".into())),
+        }
+    };
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>> {
+        expect_output!(self.write(Op::Submit(jobs)).await, Submitted)
+    }
+
+    async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>> {
+        expect_output!(self.write(Op::Claim(req)).await, Claimed)
+    }
+
+    async fn transition(&self, t: Transition) -> Result<Job> {
+        expect_output!(self.write(Op::Transition(t)).await, Job).map(|b| *b)
+    }
+
+    async fn update(&self, job_id: &str, fence: u64, now: Millis, update: Update) -> Result<()> {
+        let op = Op::Update {
+            job_id: job_id.to_owned(),
+            fence,
+            now,
+            update,
+        };
+        match self.write(op).await? {
+            Output::Unit => Ok(()),
+            _ => Err(Error::Internal("unexpected writer output".into())),
+        }
+    }
+
+    async fn promote_due(&self, now: Millis) -> Result<Promoted> {
+        expect_output!(self.write(Op::Promote(now)).await, Promoted)
+    }
+
+    async fn recover(&self, req: RecoverRequest) -> Result<Vec<Recovered>> {
+        expect_output!(self.write(Op::Recover(req)).await, Recovered)
+    }
+
+    async fn register_server(&self, server: ServerInfo) -> Result<()> {
+        self.write(Op::RegisterServer(server)).await.map(|_| ())
+    }
+
+    async fn heartbeat(&self, server_id: &str, now: Millis) -> Result<()> {
+        self.write(Op::Heartbeat(server_id.to_owned(), now))
+            .await
+            .map(|_| ())
+    }
+
+    async fn server_stopped(&self, server_id: &str, now: Millis) -> Result<()> {
+        self.write(Op::ServerStopped(server_id.to_owned(), now))
+            .await
+            .map(|_| ())
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Job>> {
+        let id = id.to_owned();
+        self.read(move |c| Ok(rows::get_job(c, &id)?.map(|r| r.job)))
+            .await
+    }
+
+    async fn list(&self, filter: JobFilter) -> Result<JobPage> {
+        self.read(move |c| rows::list(c, &filter)).await
+    }
+
+    async fn job_events(&self, job_id: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
+        let id = job_id.to_owned();
+        self.read(move |c| rows::job_events(c, &id, after_seq, limit))
+            .await
+    }
+
+    async fn events_after(&self, after_id: u64, limit: usize) -> Result<Vec<Event>> {
+        self.read(move |c| rows::events_after(c, after_id, limit))
+            .await
+    }
+
+    async fn checkpoints(&self, job_id: &str) -> Result<Vec<crate::Checkpoint>> {
+        let id = job_id.to_owned();
+        self.read(move |c| rows::checkpoints(c, &id)).await
+    }
+
+    async fn servers(&self) -> Result<Vec<ServerInfo>> {
+        self.read(rows::servers).await
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        self.read(rows::counts).await
+    }
+
+    async fn next_due(&self) -> Result<Option<Millis>> {
+        self.read(writer::rows_next_due).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.inner.bus.subscribe()
+    }
+
+    async fn close(&self) {
+        {
+            let Ok(mut closed) = self.inner.closed.lock() else {
+                return;
+            };
+            if *closed {
+                return;
+            }
+            *closed = true;
+        }
+        let (ack, done) = mpsc::channel();
+        if self.inner.tx.send(Msg::Close(ack)).is_ok() {
+            let _ = tokio::task::spawn_blocking(move || done.recv()).await;
+        }
+    }
+}

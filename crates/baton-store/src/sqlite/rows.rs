@@ -1,0 +1,279 @@
+//! Reading jobs, events and the rest out of rows.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use baton_core::{Backoff, ErrorInfo, Event, EventKind, Job, State};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::Value;
+
+use crate::{Checkpoint, Claimed, Counts, Error, JobFilter, JobPage, Result, ServerInfo};
+
+/// Every column a job row is read with, in the order [`read_job`] expects.
+pub const JOB_COLUMNS: &str = "id, kind, queue, priority, state, progress, message, step, \
+    attempt, max_attempts, labels, workflow_id, schedule_id, created_at, run_at, started_at, \
+    finished_at, result, error_code, error_message, payload, recoveries, max_recoveries, \
+    updated_at, fence, event_seq, checkpoint, exec, backoff_initial_ms, backoff_max_ms, \
+    timeout_ms, grace_ms, attempt_base, seq";
+
+/// A job row with the columns that clients do not see.
+pub struct JobRow {
+    pub job: Job,
+    pub fence: u64,
+    pub event_seq: u64,
+    pub checkpoint: Option<Value>,
+    pub exec: Option<Value>,
+    pub backoff: Backoff,
+    pub timeout: Option<Duration>,
+    pub grace: Duration,
+    pub attempt_base: u32,
+    pub seq: i64,
+}
+
+impl JobRow {
+    pub fn into_claimed(self) -> Claimed {
+        let used = self.job.attempt.saturating_sub(self.attempt_base);
+        Claimed {
+            retries_left: self.job.max_attempts.saturating_sub(used),
+            fence: self.fence,
+            checkpoint: self.checkpoint,
+            exec: self.exec,
+            backoff: self.backoff,
+            timeout: self.timeout,
+            grace: self.grace,
+            job: self.job,
+        }
+    }
+}
+
+pub fn parse_state(s: &str) -> rusqlite::Result<State> {
+    State::parse(s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            format!("unknown state {s:?}").into(),
+        )
+    })
+}
+
+fn json(v: Option<String>) -> Option<Value> {
+    v.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+pub fn read_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
+    let labels: Option<String> = r.get(10)?;
+    let labels: BTreeMap<String, String> = labels
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or_default();
+    let error_code: Option<String> = r.get(18)?;
+    let error_message: Option<String> = r.get(19)?;
+    let state: String = r.get(4)?;
+    let job = Job {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        queue: r.get(2)?,
+        priority: r.get(3)?,
+        state: parse_state(&state)?,
+        progress: r.get(5)?,
+        message: r.get(6)?,
+        step: r.get(7)?,
+        attempt: r.get(8)?,
+        max_attempts: r.get(9)?,
+        labels,
+        depends_on: Vec::new(),
+        workflow_id: r.get(11)?,
+        schedule_id: r.get(12)?,
+        created_at: r.get(13)?,
+        run_at: r.get(14)?,
+        started_at: r.get(15)?,
+        finished_at: r.get(16)?,
+        result: json(r.get(17)?),
+        error: error_code.map(|code| ErrorInfo::new(code, error_message.unwrap_or_default())),
+        payload: json(r.get(20)?),
+        recoveries: r.get(21)?,
+        max_recoveries: r.get(22)?,
+        updated_at: r.get(23)?,
+    };
+    let timeout_ms: Option<i64> = r.get(30)?;
+    Ok(JobRow {
+        job,
+        fence: r.get::<_, i64>(24)? as u64,
+        event_seq: r.get::<_, i64>(25)? as u64,
+        checkpoint: json(r.get(26)?),
+        exec: json(r.get(27)?),
+        backoff: Backoff {
+            initial: Duration::from_millis(r.get::<_, i64>(28)? as u64),
+            max: Duration::from_millis(r.get::<_, i64>(29)? as u64),
+        },
+        timeout: timeout_ms.map(|ms| Duration::from_millis(ms as u64)),
+        grace: Duration::from_millis(r.get::<_, i64>(31)? as u64),
+        attempt_base: r.get(32)?,
+        seq: r.get(33)?,
+    })
+}
+
+pub fn get_job(conn: &Connection, id: &str) -> Result<Option<JobRow>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?;
+    Ok(stmt.query_row([id], read_job).optional()?)
+}
+
+pub const EVENT_COLUMNS: &str = "id, job_id, seq, type, at, data";
+
+pub fn read_event(r: &Row<'_>) -> rusqlite::Result<Event> {
+    let kind: String = r.get(3)?;
+    let data: String = r.get(5)?;
+    Ok(Event {
+        id: r.get::<_, i64>(0)? as u64,
+        job_id: r.get(1)?,
+        seq: r.get::<_, i64>(2)? as u64,
+        kind: EventKind::parse(&kind).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                3,
+                rusqlite::types::Type::Text,
+                format!("unknown event type {kind:?}").into(),
+            )
+        })?,
+        at: r.get(4)?,
+        data: serde_json::from_str(&data).unwrap_or(Value::Null),
+    })
+}
+
+pub fn job_events(conn: &Connection, job_id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![job_id, after as i64, limit as i64], read_event)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn events_after(conn: &Connection, after: u64, limit: usize) -> Result<Vec<Event>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
+    ))?;
+    let rows = stmt.query_map(params![after as i64, limit as i64], read_event)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn checkpoints(conn: &Connection, job_id: &str) -> Result<Vec<Checkpoint>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, attempt, step, data, at FROM checkpoints WHERE job_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([job_id], |r| {
+        let data: String = r.get(3)?;
+        Ok(Checkpoint {
+            seq: r.get::<_, i64>(0)? as u64,
+            attempt: r.get(1)?,
+            step: r.get(2)?,
+            data: serde_json::from_str(&data).unwrap_or(Value::Null),
+            at: r.get(4)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn servers(conn: &Connection) -> Result<Vec<ServerInfo>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, host, pid, url, started_at, heartbeat_at, stopped_at, queues, workers \
+         FROM servers ORDER BY started_at DESC",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let queues: String = r.get(7)?;
+        Ok(ServerInfo {
+            id: r.get(0)?,
+            host: r.get(1)?,
+            pid: r.get(2)?,
+            url: r.get(3)?,
+            started_at: r.get(4)?,
+            heartbeat_at: r.get(5)?,
+            stopped_at: r.get(6)?,
+            queues: serde_json::from_str(&queues).unwrap_or_default(),
+            workers: r.get(8)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn counts(conn: &Connection) -> Result<Counts> {
+    let mut stmt =
+        conn.prepare_cached("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state")?;
+    let rows = stmt.query_map([], |r| {
+        let state: String = r.get(1)?;
+        Ok((r.get(0)?, parse_state(&state)?, r.get::<_, i64>(2)? as u64))
+    })?;
+    Ok(Counts {
+        rows: rows.collect::<rusqlite::Result<_>>()?,
+    })
+}
+
+pub fn list(conn: &Connection, f: &JobFilter) -> Result<JobPage> {
+    let mut clauses: Vec<String> = Vec::new();
+    let mut args: Vec<rusqlite::types::Value> = Vec::new();
+    if f.states.is_empty() {
+        clauses.push("state != 'deleted'".into());
+    } else {
+        let list: Vec<String> = f
+            .states
+            .iter()
+            .map(|s| format!("'{}'", s.as_str()))
+            .collect();
+        clauses.push(format!("state IN ({})", list.join(", ")));
+    }
+    if let Some(q) = &f.queue {
+        args.push(q.clone().into());
+        clauses.push(format!("queue = ?{}", args.len()));
+    }
+    if let Some(k) = &f.kind {
+        args.push(k.clone().into());
+        clauses.push(format!("kind = ?{}", args.len()));
+    }
+    if let Some((k, v)) = &f.label {
+        args.push(format!("$.\"{}\"", k.replace('"', "")).into());
+        args.push(v.clone().into());
+        clauses.push(format!(
+            "json_extract(labels, ?{}) = ?{}",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    if let Some(t) = &f.text {
+        let pattern = format!("%{}%", t.replace('%', "\\%").replace('_', "\\_"));
+        args.push(pattern.into());
+        let n = args.len();
+        clauses.push(format!(
+            "(id LIKE ?{n} ESCAPE '\\' OR kind LIKE ?{n} ESCAPE '\\' OR labels LIKE ?{n} ESCAPE '\\')"
+        ));
+    }
+    let filter = clauses.join(" AND ");
+    let total: i64 = conn.query_row(
+        &format!("SELECT COUNT(*) FROM jobs WHERE {filter}"),
+        rusqlite::params_from_iter(args.iter()),
+        |r| r.get(0),
+    )?;
+    let mut page_clauses = filter.clone();
+    if let Some(c) = &f.cursor {
+        let seq: i64 = c
+            .parse()
+            .map_err(|_| Error::Config(format!("invalid cursor {c:?}")))?;
+        page_clauses.push_str(&format!(" AND seq < {seq}"));
+    }
+    let limit = f.limit.clamp(1, 1000);
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE {page_clauses} ORDER BY seq DESC LIMIT {}",
+        limit + 1
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows: Vec<JobRow> = stmt
+        .query_map(rusqlite::params_from_iter(args.iter()), read_job)?
+        .collect::<rusqlite::Result<_>>()?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|r| r.seq.to_string())
+    } else {
+        None
+    };
+    Ok(JobPage {
+        jobs: rows.into_iter().map(|r| r.job).collect(),
+        next_cursor,
+        total: total as u64,
+    })
+}

@@ -1,0 +1,105 @@
+//! Schema migrations, tracked in `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+use crate::{Error, Result};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs, events, checkpoints, servers.
+    r#"
+    CREATE TABLE jobs (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        payload TEXT,
+        exec TEXT,
+        labels TEXT,
+        progress REAL,
+        message TEXT,
+        step TEXT,
+        attempt INTEGER NOT NULL DEFAULT 0,
+        attempt_base INTEGER NOT NULL DEFAULT 0,
+        max_attempts INTEGER NOT NULL,
+        backoff_initial_ms INTEGER NOT NULL,
+        backoff_max_ms INTEGER NOT NULL,
+        timeout_ms INTEGER,
+        grace_ms INTEGER NOT NULL,
+        recoveries INTEGER NOT NULL DEFAULT 0,
+        max_recoveries INTEGER NOT NULL,
+        fence INTEGER NOT NULL DEFAULT 0,
+        server_id TEXT,
+        event_seq INTEGER NOT NULL DEFAULT 0,
+        checkpoint TEXT,
+        workflow_id TEXT,
+        schedule_id TEXT,
+        created_at INTEGER NOT NULL,
+        run_at INTEGER,
+        started_at INTEGER,
+        finished_at INTEGER,
+        updated_at INTEGER NOT NULL,
+        result TEXT,
+        error_code TEXT,
+        error_message TEXT
+    );
+    -- Claiming reads the head of this partial index: cheap however many jobs are stored.
+    CREATE INDEX jobs_claim ON jobs (queue, priority DESC, seq) WHERE state = 'queued';
+    CREATE INDEX jobs_due ON jobs (run_at) WHERE state = 'scheduled';
+    CREATE INDEX jobs_executing ON jobs (state) WHERE state IN ('running', 'paused', 'stopping');
+    CREATE INDEX jobs_state ON jobs (state, seq);
+
+    CREATE TABLE events (
+        id INTEGER PRIMARY KEY,
+        job_id TEXT,
+        seq INTEGER NOT NULL,
+        type TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        data TEXT NOT NULL
+    );
+    CREATE INDEX events_job ON events (job_id, seq) WHERE job_id IS NOT NULL;
+
+    CREATE TABLE checkpoints (
+        job_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        step TEXT,
+        data TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (job_id, seq)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE servers (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        url TEXT,
+        started_at INTEGER NOT NULL,
+        heartbeat_at INTEGER NOT NULL,
+        stopped_at INTEGER,
+        queues TEXT NOT NULL,
+        workers INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to [`VERSION`], one transaction per migration.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if current > VERSION {
+        return Err(Error::Config(format!(
+            "the database has schema version {current}, newer than this Baton knows ({VERSION}); upgrade Baton"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
