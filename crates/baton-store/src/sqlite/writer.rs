@@ -52,6 +52,8 @@ pub struct Request {
     pub reply: oneshot::Sender<Result<Output>>,
 }
 
+// Requests are the hot path; boxing them would cost an allocation per write.
+#[allow(clippy::large_enum_variant)]
 pub enum Msg {
     Request(Request),
     /// Finish what is queued, then stop; the sender is told when done.
