@@ -33,7 +33,7 @@ enum Bench {
         #[arg(long, default_value_t = 100_000)]
         jobs: usize,
         /// Concurrency of the queue.
-        #[arg(long, default_value_t = 64)]
+        #[arg(long, default_value_t = 256)]
         workers: usize,
         /// Jobs per submit call.
         #[arg(long, default_value_t = 100)]

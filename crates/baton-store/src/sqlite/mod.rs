@@ -196,7 +196,7 @@ fn configure(conn: &Connection, o: &SqliteOptions, writer: bool) -> Result<()> {
             Durability::Normal => "NORMAL",
         };
         conn.execute_batch(&format!(
-            "PRAGMA synchronous = {sync}; PRAGMA cache_size = -32000; PRAGMA temp_store = MEMORY;"
+            "PRAGMA synchronous = {sync}; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;"
         ))?;
     } else {
         conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -8000;")?;

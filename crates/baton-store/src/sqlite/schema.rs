@@ -47,7 +47,6 @@ const MIGRATIONS: &[&str] = &[
     -- Claiming reads the head of this partial index: cheap however many jobs are stored.
     CREATE INDEX jobs_claim ON jobs (queue, priority DESC, seq) WHERE state = 'queued';
     CREATE INDEX jobs_due ON jobs (run_at) WHERE state = 'scheduled';
-    CREATE INDEX jobs_executing ON jobs (state) WHERE state IN ('running', 'paused', 'stopping');
     CREATE INDEX jobs_state ON jobs (state, seq);
 
     CREATE TABLE events (
