@@ -373,5 +373,10 @@ impl Store for SqliteStore {
         if self.inner.tx.send(Msg::Close(ack)).is_ok() {
             let _ = tokio::task::spawn_blocking(move || done.recv()).await;
         }
+        // Nothing writes any more: let the next engine take the database, even while
+        // handles to this closed store (a subscription, an engine clone) are alive.
+        if let Ok(lock) = self.inner.lock.lock() {
+            let _ = lock.unlock();
+        }
     }
 }

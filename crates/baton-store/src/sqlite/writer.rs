@@ -114,10 +114,11 @@ impl Writer {
         let first_event_id = self.next_event_id;
         match self.apply_all(batch) {
             Ok(outputs) => {
+                // Subscribers hear of a write no later than its caller does.
+                self.publish();
                 for (req, out) in batch.drain(..).zip(outputs) {
                     let _ = req.reply.send(out);
                 }
-                self.publish();
             }
             Err(e) => {
                 // Something failed below the level of one write (disk full, IO): retry
@@ -130,10 +131,10 @@ impl Writer {
                     let mark = self.next_event_id;
                     match self.apply_all(&one) {
                         Ok(mut out) => {
+                            self.publish();
                             let _ = one
                                 .pop()
                                 .map(|r| r.reply.send(out.pop().unwrap_or(Err(Error::Closed))));
-                            self.publish();
                         }
                         Err(e) => {
                             self.events.clear();
@@ -244,6 +245,13 @@ impl Writer {
     }
 
     fn submit(&mut self, jobs: &[NewJob]) -> Result<Vec<Submitted>> {
+        // Check every job before storing any: a refused batch must leave no trace.
+        for new in jobs {
+            state::check(None, new.state).map_err(|source| Error::Transition {
+                id: new.id.to_string(),
+                source,
+            })?;
+        }
         let mut out = Vec::with_capacity(jobs.len());
         for new in jobs {
             if let Some(existing) = get_job(&self.conn, new.id.as_str())? {
@@ -253,10 +261,6 @@ impl Writer {
                 });
                 continue;
             }
-            state::check(None, new.state).map_err(|source| Error::Transition {
-                id: new.id.to_string(),
-                source,
-            })?;
             let labels = if new.labels.is_empty() {
                 None
             } else {
@@ -428,6 +432,10 @@ impl Writer {
         }
         if t.to == State::Completed {
             job.progress = Some(1.0);
+            // A job that succeeded did not fail: an earlier attempt's error goes.
+            if c.error.is_none() {
+                job.error = None;
+            }
         }
         if c.clear_checkpoint {
             row.checkpoint = None;

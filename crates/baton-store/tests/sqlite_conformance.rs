@@ -1,0 +1,202 @@
+//! The store conformance suite on SQLite, and what only the SQLite store does: its
+//! lock file, reopening a database, durability modes and schema versions.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use baton_core::{EventKind, JobSpec, Limits, Millis, NewJob, State};
+use baton_store::conformance::T0;
+use baton_store::{ClaimRequest, Durability, Error, SqliteOptions, SqliteStore, Store, Transition};
+use serde_json::json;
+use tempfile::TempDir;
+
+/// A store on a new database in its own temporary folder, removed when the test ends.
+async fn fresh() -> (Arc<dyn Store>, TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(&dir.path().join("baton.db")).expect("open a new store");
+    (Arc::new(store), dir)
+}
+
+baton_store::store_conformance_tests!(fresh());
+
+#[tokio::test]
+async fn a_second_open_is_refused_and_names_the_holder() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("baton.db");
+    let first = open(&path).expect("open");
+    let pid = format!("pid {}", std::process::id());
+
+    match open(&path) {
+        Err(Error::Locked { path: p, holder }) => {
+            assert_eq!(p, path.display().to_string());
+            assert!(holder.contains(&pid), "{holder}");
+        }
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a second engine opened a store in use"),
+    }
+    first
+        .set_holder("http://127.0.0.1:7700")
+        .expect("set holder");
+    let message = match open(&path) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("a second engine opened a store in use"),
+    };
+    assert!(message.contains(&pid), "{message}");
+    assert!(message.contains("http://127.0.0.1:7700"), "{message}");
+
+    // The refusal did not disturb the holder.
+    first.submit(vec![job("job-1", T0)]).await.expect("submit");
+    first.close().await;
+    drop(first);
+    let again = open(&path).expect("the lock is free once the holder is gone");
+    assert!(again.get("job-1").await.expect("get").is_some());
+    again.close().await;
+}
+
+#[tokio::test]
+async fn jobs_and_events_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("baton.db");
+    let store = open(&path).expect("open");
+    store
+        .submit(vec![
+            job("job-1", T0),
+            new_job(JobSpec::new("work").id("later").run_at(T0 + 60_000), T0),
+        ])
+        .await
+        .expect("submit");
+    let claimed = store
+        .claim(claim_req(T0 + 1))
+        .await
+        .expect("claim")
+        .remove(0);
+    store
+        .transition(
+            Transition::new("job-1", State::Completed, EventKind::Completed, T0 + 2)
+                .fence(claimed.fence)
+                .changes(baton_store::Changes {
+                    result: Some(json!({"ok": true})),
+                    ..Default::default()
+                }),
+        )
+        .await
+        .expect("complete");
+    let job_before = store.get("job-1").await.expect("get");
+    let events_before = store.events_after(0, 100).await.expect("events");
+    store.close().await;
+    drop(store);
+
+    let store = open(&path).expect("reopen");
+    assert_eq!(store.get("job-1").await.expect("get"), job_before);
+    assert_eq!(
+        store.get("later").await.expect("get").map(|j| j.state),
+        Some(State::Scheduled)
+    );
+    assert_eq!(store.next_due().await.expect("next_due"), Some(T0 + 60_000));
+    assert_eq!(
+        store.events_after(0, 100).await.expect("events"),
+        events_before
+    );
+
+    // New events continue the numbering: a reader's last id stays meaningful.
+    store
+        .submit(vec![job("job-2", T0 + 3)])
+        .await
+        .expect("submit");
+    let all = store.events_after(0, 100).await.expect("events");
+    assert_eq!(all.len(), events_before.len() + 1);
+    assert_eq!(
+        all.last().map(|e| e.id),
+        events_before.last().map(|e| e.id + 1)
+    );
+    store.close().await;
+
+    let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(version, baton_store::sqlite::SCHEMA_VERSION);
+}
+
+#[tokio::test]
+async fn a_database_from_a_newer_baton_is_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("baton.db");
+    rusqlite::Connection::open(&path)
+        .expect("create")
+        .execute_batch("PRAGMA user_version = 999;")
+        .expect("set version");
+    match open(&path) {
+        Err(Error::Config(message)) => {
+            assert!(message.contains("999"), "{message}");
+            assert!(message.contains("upgrade Baton"), "{message}");
+        }
+        Err(other) => panic!("expected a configuration error, got {other}"),
+        Ok(_) => panic!("opened a database of a newer schema"),
+    }
+}
+
+#[tokio::test]
+async fn durability_normal_opens_and_works() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("baton.db");
+    let store = SqliteStore::open(SqliteOptions::new(&path).durability(Durability::Normal))
+        .unwrap_or_else(|e| panic!("open: {e}"));
+    store.submit(vec![job("job-1", T0)]).await.expect("submit");
+    let claimed = store
+        .claim(claim_req(T0 + 1))
+        .await
+        .expect("claim")
+        .remove(0);
+    let done = store
+        .transition(
+            Transition::new("job-1", State::Completed, EventKind::Completed, T0 + 2)
+                .fence(claimed.fence),
+        )
+        .await
+        .expect("complete");
+    assert_eq!(done.state, State::Completed);
+    store.close().await;
+    drop(store);
+
+    let store = open(&path).expect("reopen with full durability");
+    assert_eq!(
+        store.get("job-1").await.expect("get").map(|j| j.state),
+        Some(State::Completed)
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_closed_store_refuses_writes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open(&dir.path().join("baton.db")).expect("open");
+    store.close().await;
+    assert_eq!(
+        store.submit(vec![job("job-1", T0)]).await,
+        Err(Error::Closed)
+    );
+    store.close().await;
+}
+
+fn open(path: &Path) -> Result<SqliteStore, Error> {
+    SqliteStore::open(SqliteOptions::new(path))
+}
+
+fn new_job(spec: JobSpec, now: Millis) -> NewJob {
+    spec.validate(now, &Limits::default())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn job(id: &str, now: Millis) -> NewJob {
+    new_job(JobSpec::new("work").id(id), now)
+}
+
+fn claim_req(now: Millis) -> ClaimRequest {
+    ClaimRequest {
+        queue: "default".into(),
+        limit: 1,
+        server_id: "server-a".into(),
+        now,
+    }
+}
