@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use baton_core::{EventKind, Job, JobSpec, Limits, Millis, State};
 use baton_store::{
-    Changes, ClaimRequest, Claimed, JobFilter, JobPage, RecoverRequest, ServerInfo, Store,
-    Submitted, Transition,
+    Changes, ClaimRequest, Claimed, JobFilter, JobPage, RecoverRequest, ServerInfo, StartNow,
+    Store, Submitted, Transition,
 };
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -73,7 +73,37 @@ struct QueueState {
     name: String,
     concurrency: usize,
     running: AtomicUsize,
+    /// Jobs may be waiting in the store for this queue; while so, new jobs queue behind
+    /// them instead of starting at once.
+    backlog: AtomicBool,
     wake: Notify,
+}
+
+impl QueueState {
+    /// Takes up to `want` free worker slots; returns how many it took.
+    fn reserve(&self, want: usize) -> usize {
+        let mut busy = self.running.load(Ordering::SeqCst);
+        loop {
+            let take = want.min(self.concurrency.saturating_sub(busy));
+            if take == 0 {
+                return 0;
+            }
+            match self.running.compare_exchange(
+                busy,
+                busy + take,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return take,
+                Err(now) => busy = now,
+            }
+        }
+    }
+
+    fn release(&self, n: usize) {
+        self.running.fetch_sub(n, Ordering::SeqCst);
+        self.wake.notify_one();
+    }
 }
 
 struct RunHandle {
@@ -183,6 +213,8 @@ impl EngineBuilder {
                     name,
                     concurrency,
                     running: AtomicUsize::new(0),
+                    // Until a claim finds the queue empty, assume jobs wait in it.
+                    backlog: AtomicBool::new(true),
                     wake: Notify::new(),
                 }),
             );
@@ -268,9 +300,53 @@ impl Engine {
             self.check_kind_and_queue(&job.kind, &job.queue)?;
             jobs.push(job);
         }
-        let out = self.inner.store.submit(jobs).await?;
-        for s in out.iter().filter(|s| s.created) {
-            self.inner.job_became(&s.job);
+        // With idle workers and nothing waiting in the queue, the jobs start in the same
+        // write that stores them: one commit instead of two between submit and start.
+        let queue = match jobs.first() {
+            Some(first) if jobs.iter().all(|j| j.queue == first.queue) => {
+                self.inner.queues.get(&first.queue).cloned()
+            }
+            _ => None,
+        };
+        let ready = jobs.iter().filter(|j| j.state == State::Queued).count();
+        let reserved = match &queue {
+            Some(q) if !q.backlog.load(Ordering::SeqCst) => q.reserve(ready),
+            _ => 0,
+        };
+        let out = if reserved > 0 {
+            let start = StartNow {
+                server_id: self.inner.server.id.clone(),
+                max: reserved,
+            };
+            match self.inner.store.submit_and_start(jobs, start).await {
+                Ok(out) => out,
+                Err(e) => {
+                    if let Some(q) = &queue {
+                        q.release(reserved);
+                    }
+                    return Err(e.into());
+                }
+            }
+        } else {
+            self.inner.store.submit(jobs).await?
+        };
+        let mut started = 0;
+        for s in &out {
+            match (&s.claimed, &queue) {
+                (Some(claimed), Some(q)) => {
+                    started += 1;
+                    self.inner
+                        .tasks
+                        .spawn(run_job(self.inner.clone(), q.clone(), claimed.clone()));
+                }
+                _ if s.created => self.inner.job_became(&s.job),
+                _ => {}
+            }
+        }
+        if let Some(q) = &queue
+            && reserved > started
+        {
+            q.release(reserved - started);
         }
         Ok(out)
     }
@@ -526,11 +602,7 @@ impl Engine {
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), inner.tasks.wait()).await;
             let now = inner.clock.now();
-            if let Err(e) = inner
-                .store
-                .recover(RecoverRequest { now, manual: false })
-                .await
-            {
+            if let Err(e) = inner.store.release(&inner.server.id, now).await {
                 tracing::error!(error = %e, "cannot requeue the jobs stopped at shutdown");
             }
         }
@@ -559,6 +631,7 @@ impl Inner {
         match job.state {
             State::Queued => {
                 if let Some(q) = self.queues.get(&job.queue) {
+                    q.backlog.store(true, Ordering::SeqCst);
                     q.wake.notify_one();
                 }
             }
@@ -614,13 +687,18 @@ async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
                 _ = inner.shutdown.cancelled() => return,
             }
         }
+        let limit = free.min(1024);
         let req = ClaimRequest {
             queue: queue.name.clone(),
-            limit: free.min(1024),
+            limit,
             server_id: inner.server.id.clone(),
             now: inner.clock.now(),
         };
-        match inner.store.claim(req).await {
+        let claimed = inner.store.claim(req).await;
+        if let Ok(jobs) = &claimed {
+            queue.backlog.store(jobs.len() >= limit, Ordering::SeqCst);
+        }
+        match claimed {
             Ok(jobs) if jobs.is_empty() => {
                 tokio::select! {
                     _ = queue.wake.notified() => {}
@@ -825,6 +903,7 @@ async fn timer(inner: Arc<Inner>) {
                     earliest = p.next_due;
                     for q in &p.queues {
                         if let Some(q) = inner.queues.get(q) {
+                            q.backlog.store(true, Ordering::SeqCst);
                             q.wake.notify_one();
                         }
                     }

@@ -27,7 +27,7 @@ use tokio::sync::broadcast;
 
 use crate::{
     Changes, Checkpoint, ClaimRequest, Claimed, Error, JobFilter, JobPage, RecoverRequest,
-    Recovered, ServerInfo, Store, Transition, Update,
+    Recovered, ServerInfo, StartNow, Store, Transition, Update,
 };
 
 /// Expands to one `#[tokio::test]` per conformance test, each on a fresh store.
@@ -67,6 +67,8 @@ macro_rules! store_conformance_tests {
             recover_fails_a_job_after_max_recoveries,
             servers_register_heartbeat_and_stop,
             counts_by_queue_and_state,
+            submit_and_start_runs_new_jobs_in_one_write,
+            release_hands_back_only_this_servers_jobs,
         );
     };
 }
@@ -1467,6 +1469,137 @@ pub async fn counts_by_queue_and_state(store: Arc<dyn Store>) {
     assert_eq!(counts.total(State::Queued), 2);
     assert_eq!(counts.total(State::Deleted), 1);
     assert_eq!(counts.total(State::Failed), 0);
+}
+
+/// Jobs submitted with free workers start in the same write: `running` with attempt 1
+/// and fence 1, with both events; the rest queue, and delayed jobs stay scheduled.
+pub async fn submit_and_start_runs_new_jobs_in_one_write(store: Arc<dyn Store>) {
+    let s = &*store;
+    let existing = submit(s, JobSpec::new("work").id("old"), T0).await;
+    let specs = vec![
+        JobSpec::new("work").id("a"),
+        JobSpec::new("work").id("old"),
+        JobSpec::new("work")
+            .id("later")
+            .delay(Duration::from_secs(5)),
+        JobSpec::new("work").id("b"),
+        JobSpec::new("work").id("c"),
+    ];
+    let jobs = specs.into_iter().map(|spec| new_job(spec, T0)).collect();
+    let start = StartNow {
+        server_id: SERVER.into(),
+        max: 2,
+    };
+    let out = s
+        .submit_and_start(jobs, start)
+        .await
+        .expect("submit_and_start");
+    let started: Vec<&str> = out
+        .iter()
+        .filter_map(|o| o.claimed.as_ref().map(|c| c.job.id.as_str()))
+        .collect();
+    assert_eq!(started, vec!["a", "b"]);
+    assert!(
+        !out[1].created && out[1].claimed.is_none(),
+        "an existing id is returned, not started"
+    );
+    assert_eq!(out[1].job, existing);
+    assert_eq!(out[2].job.state, State::Scheduled);
+    let a = out[0].claimed.clone().unwrap();
+    assert_eq!(
+        (a.fence, a.job.attempt, a.job.state),
+        (1, 1, State::Running)
+    );
+    assert_eq!(a.retries_left, 2);
+    let stored = get(s, "a").await;
+    assert_eq!(stored.state, State::Running);
+    assert_eq!(stored.attempt, 1);
+    assert_eq!(stored.started_at, Some(T0));
+    let kinds: Vec<EventKind> = events_of(s, "a")
+        .await
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(kinds, vec![EventKind::Submitted, EventKind::Started]);
+    assert_eq!(get(s, "c").await.state, State::Queued);
+
+    // The started attempt holds the job like a claimed one.
+    s.transition(Transition::new("a", State::Completed, EventKind::Completed, T0 + 1).fence(1))
+        .await
+        .expect("complete with the attempt's fence");
+    assert_eq!(get(s, "a").await.state, State::Completed);
+    // What was not started is claimed in order: the old job first, then c.
+    let ids: Vec<String> = claim(s, "default", 10, T0 + 2)
+        .await
+        .into_iter()
+        .map(|c| c.job.id)
+        .collect();
+    assert_eq!(ids, vec!["old".to_string(), "c".to_string()]);
+}
+
+/// Shutdown hands this server's jobs back to the queue without counting a crash.
+pub async fn release_hands_back_only_this_servers_jobs(store: Arc<dyn Store>) {
+    let s = &*store;
+    for id in ["a", "b", "c"] {
+        submit(s, JobSpec::new("work").id(id), T0).await;
+    }
+    let mine = claim(s, "default", 2, T0 + 1).await;
+    assert_eq!(mine.len(), 2);
+    let other = s
+        .claim(ClaimRequest {
+            queue: "default".into(),
+            limit: 1,
+            server_id: "server-b".into(),
+            now: T0 + 1,
+        })
+        .await
+        .unwrap();
+    assert_eq!(other[0].job.id, "c");
+    s.update(
+        "a",
+        mine[0].fence,
+        T0 + 2,
+        Update::Checkpoint {
+            data: json!({"page": 3}),
+            step: None,
+        },
+    )
+    .await
+    .unwrap();
+    s.transition(Transition::new(
+        "b",
+        State::Paused,
+        EventKind::Paused,
+        T0 + 2,
+    ))
+    .await
+    .unwrap();
+
+    let released = s.release(SERVER, T0 + 3).await.expect("release");
+    let mut ids: Vec<&str> = released.iter().map(|r| r.job_id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a", "b"]);
+    assert!(released.iter().all(|r| r.now == State::Queued));
+    for id in ["a", "b"] {
+        let job = get(s, id).await;
+        assert_eq!(
+            (job.state, job.attempt, job.recoveries),
+            (State::Queued, 0, 0),
+            "{id}"
+        );
+        let last = events_of(s, id).await.pop().unwrap();
+        assert_eq!(last.kind, EventKind::Queued);
+        assert_eq!(last.data["reason"], "shutdown");
+    }
+    assert_eq!(
+        get(s, "c").await.state,
+        State::Running,
+        "another server's job is left alone"
+    );
+    let again = claim_one(s, "default", T0 + 4).await;
+    assert_eq!(again.job.id, "a");
+    assert_eq!(again.job.attempt, 1, "the interrupted attempt continues");
+    assert_eq!(again.checkpoint, Some(json!({"page": 3})));
 }
 
 fn new_job(spec: JobSpec, now: Millis) -> NewJob {

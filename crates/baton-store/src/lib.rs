@@ -58,6 +58,15 @@ pub struct Submitted {
     pub job: Job,
     /// False when a job with the same id existed already; `job` is that job.
     pub created: bool,
+    /// Set when the job was started at once (see [`Store::submit_and_start`]).
+    pub claimed: Option<Claimed>,
+}
+
+/// Start up to `max` of the submitted queued jobs at once, on `server_id`.
+#[derive(Clone, Debug)]
+pub struct StartNow {
+    pub server_id: String,
+    pub max: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -69,7 +78,7 @@ pub struct ClaimRequest {
 }
 
 /// A job handed to a worker: everything it needs to run the attempt.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Claimed {
     pub job: Job,
     /// The attempt's fencing token; every write of the worker carries it.
@@ -255,6 +264,10 @@ impl Counts {
 pub trait Store: Send + Sync + 'static {
     /// Stores new jobs; a job whose id exists already is returned as it is.
     async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>>;
+    /// Like `submit`, but up to `start.max` of the new queued jobs go straight to
+    /// `running` on `start.server_id` in the same write (both events are recorded), for
+    /// a caller that has idle workers and no backlog: one write instead of two.
+    async fn submit_and_start(&self, jobs: Vec<NewJob>, start: StartNow) -> Result<Vec<Submitted>>;
     /// Moves up to `limit` queued jobs of a queue to `running`, highest priority first,
     /// each with a new fencing token.
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>>;
@@ -265,6 +278,10 @@ pub trait Store: Send + Sync + 'static {
     /// At start: every job left `running`, `paused` or `stopping` becomes `crashed`, then
     /// queued again from its last checkpoint (or kept for a person, or failed).
     async fn recover(&self, req: RecoverRequest) -> Result<Vec<Recovered>>;
+    /// At shutdown: every job this server still executes goes back to `queued`, to
+    /// continue from its last checkpoint without counting a crash (`job.queued` with
+    /// reason `shutdown`); a job being stopped ends `cancelled`.
+    async fn release(&self, server_id: &str, now: Millis) -> Result<Vec<Recovered>>;
     async fn register_server(&self, server: ServerInfo) -> Result<()>;
     async fn heartbeat(&self, server_id: &str, now: Millis) -> Result<()>;
     async fn server_stopped(&self, server_id: &str, now: Millis) -> Result<()>;

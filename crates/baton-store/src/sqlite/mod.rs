@@ -19,7 +19,7 @@ use tokio::sync::{broadcast, oneshot};
 use self::writer::{Msg, Op, Output, Request, Writer};
 use crate::{
     ClaimRequest, Claimed, Counts, Error, JobFilter, JobPage, Promoted, RecoverRequest, Recovered,
-    Result, ServerInfo, Store, Submitted, Transition, Update,
+    Result, ServerInfo, StartNow, Store, Submitted, Transition, Update,
 };
 
 pub use schema::VERSION as SCHEMA_VERSION;
@@ -269,7 +269,11 @@ macro_rules! expect_output {
 #[async_trait]
 impl Store for SqliteStore {
     async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>> {
-        expect_output!(self.write(Op::Submit(jobs)).await, Submitted)
+        expect_output!(self.write(Op::Submit(jobs, None)).await, Submitted)
+    }
+
+    async fn submit_and_start(&self, jobs: Vec<NewJob>, start: StartNow) -> Result<Vec<Submitted>> {
+        expect_output!(self.write(Op::Submit(jobs, Some(start))).await, Submitted)
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>> {
@@ -299,6 +303,13 @@ impl Store for SqliteStore {
 
     async fn recover(&self, req: RecoverRequest) -> Result<Vec<Recovered>> {
         expect_output!(self.write(Op::Recover(req)).await, Recovered)
+    }
+
+    async fn release(&self, server_id: &str, now: Millis) -> Result<Vec<Recovered>> {
+        expect_output!(
+            self.write(Op::Release(server_id.to_owned(), now)).await,
+            Recovered
+        )
     }
 
     async fn register_server(&self, server: ServerInfo) -> Result<()> {

@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, oneshot};
 use super::rows::{self, JOB_COLUMNS, JobRow, get_job, read_job};
 use crate::{
     ClaimRequest, Claimed, Error, Promoted, RecoverRequest, Recovered, Result, ServerInfo,
-    Submitted, Transition, Update,
+    StartNow, Submitted, Transition, Update,
 };
 
 /// The most writes committed in one transaction.
@@ -22,7 +22,7 @@ const MAX_BATCH: usize = 4096;
 const PROMOTE_BATCH: i64 = 10_000;
 
 pub enum Op {
-    Submit(Vec<NewJob>),
+    Submit(Vec<NewJob>, Option<StartNow>),
     Claim(ClaimRequest),
     Transition(Transition),
     Update {
@@ -33,6 +33,7 @@ pub enum Op {
     },
     Promote(Millis),
     Recover(RecoverRequest),
+    Release(String, Millis),
     RegisterServer(ServerInfo),
     Heartbeat(String, Millis),
     ServerStopped(String, Millis),
@@ -177,10 +178,10 @@ impl Writer {
 
     fn apply(&mut self, op: &Op) -> Result<Output> {
         match op {
-            Op::Submit(jobs) => self.submit(jobs).map(Output::Submitted),
+            Op::Submit(jobs, start) => self.submit(jobs, start.as_ref()).map(Output::Submitted),
             Op::Claim(req) => self.claim(req).map(Output::Claimed),
             Op::Transition(t) => self
-                .transition(t, false)
+                .transition(t, Resume::No)
                 .map(|row| Output::Job(Box::new(row.job))),
             Op::Update {
                 job_id,
@@ -192,6 +193,7 @@ impl Writer {
                 .map(|()| Output::Unit),
             Op::Promote(now) => self.promote(*now).map(Output::Promoted),
             Op::Recover(req) => self.recover(req).map(Output::Recovered),
+            Op::Release(server, now) => self.release(server, *now).map(Output::Recovered),
             Op::RegisterServer(s) => self.register_server(s).map(|()| Output::Unit),
             Op::Heartbeat(id, now) => {
                 self.conn
@@ -244,7 +246,7 @@ impl Writer {
         Ok(())
     }
 
-    fn submit(&mut self, jobs: &[NewJob]) -> Result<Vec<Submitted>> {
+    fn submit(&mut self, jobs: &[NewJob], start: Option<&StartNow>) -> Result<Vec<Submitted>> {
         // Check every job before storing any: a refused batch must leave no trace.
         for new in jobs {
             state::check(None, new.state).map_err(|source| Error::Transition {
@@ -252,33 +254,32 @@ impl Writer {
                 source,
             })?;
         }
+        let mut started = 0usize;
         let mut out = Vec::with_capacity(jobs.len());
         for new in jobs {
-            if let Some(existing) = get_job(&self.conn, new.id.as_str())? {
-                out.push(Submitted {
-                    job: existing.job,
-                    created: false,
-                });
-                continue;
-            }
             let labels = if new.labels.is_empty() {
                 None
             } else {
                 Some(serde_json::to_string(&new.labels).unwrap_or_default())
             };
-            self.conn
+            // Started at once when the caller has a free worker for it.
+            let start_now = start.filter(|s| new.state == State::Queued && started < s.max);
+            let inserted = self
+                .conn
                 .prepare_cached(
                     "INSERT INTO jobs (id, kind, queue, priority, state, payload, exec, labels, \
                      max_attempts, backoff_initial_ms, backoff_max_ms, timeout_ms, grace_ms, \
-                     max_recoveries, event_seq, created_at, run_at, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 1, ?15, ?16, ?15)",
+                     max_recoveries, event_seq, created_at, run_at, updated_at, \
+                     attempt, fence, started_at, server_id) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?17, ?15, ?16, ?15, \
+                     ?18, ?18, ?19, ?20) ON CONFLICT (id) DO NOTHING",
                 )?
                 .execute(params![
                     new.id.as_str(),
                     new.kind,
                     new.queue,
                     new.priority,
-                    new.state.as_str(),
+                    if start_now.is_some() { "running" } else { new.state.as_str() },
                     new.payload.as_ref().map(|p| p.to_string()),
                     new.exec.as_ref().map(|p| p.to_string()),
                     labels,
@@ -290,7 +291,21 @@ impl Writer {
                     new.max_recoveries,
                     new.created_at,
                     new.run_at,
+                    if start_now.is_some() { 2 } else { 1 },
+                    u32::from(start_now.is_some()),
+                    start_now.map(|_| new.created_at),
+                    start_now.map(|s| s.server_id.as_str()),
                 ])?;
+            if inserted == 0 {
+                let existing = get_job(&self.conn, new.id.as_str())?
+                    .ok_or_else(|| Error::NotFound(new.id.to_string()))?;
+                out.push(Submitted {
+                    job: existing.job,
+                    created: false,
+                    claimed: None,
+                });
+                continue;
+            }
             let mut data = json!({
                 "state": new.state,
                 "kind": new.kind,
@@ -307,34 +322,68 @@ impl Writer {
                 new.created_at,
                 data,
             )?;
+            let mut job = baton_core::Job {
+                id: new.id.to_string(),
+                kind: new.kind.clone(),
+                queue: new.queue.clone(),
+                priority: new.priority,
+                state: new.state,
+                progress: None,
+                message: None,
+                step: None,
+                attempt: 0,
+                max_attempts: new.max_attempts,
+                labels: new.labels.clone(),
+                depends_on: Vec::new(),
+                workflow_id: None,
+                schedule_id: None,
+                created_at: new.created_at,
+                run_at: new.run_at,
+                started_at: None,
+                finished_at: None,
+                result: None,
+                error: None,
+                payload: new.payload.clone(),
+                recoveries: 0,
+                max_recoveries: new.max_recoveries,
+                updated_at: new.created_at,
+            };
+            let claimed = match start_now {
+                None => None,
+                Some(s) => {
+                    state::check(Some(State::Queued), State::Running).map_err(|source| {
+                        Error::Transition {
+                            id: new.id.to_string(),
+                            source,
+                        }
+                    })?;
+                    started += 1;
+                    job.state = State::Running;
+                    job.attempt = 1;
+                    job.started_at = Some(new.created_at);
+                    self.event(
+                        Some(new.id.as_str()),
+                        2,
+                        EventKind::Started,
+                        new.created_at,
+                        json!({"state": "running", "from": "queued", "attempt": 1, "server_id": s.server_id}),
+                    )?;
+                    Some(Claimed {
+                        job: job.clone(),
+                        fence: 1,
+                        checkpoint: None,
+                        exec: new.exec.clone(),
+                        backoff: new.backoff,
+                        timeout: new.timeout,
+                        grace: new.grace,
+                        retries_left: new.max_attempts.saturating_sub(1),
+                    })
+                }
+            };
             out.push(Submitted {
-                job: baton_core::Job {
-                    id: new.id.to_string(),
-                    kind: new.kind.clone(),
-                    queue: new.queue.clone(),
-                    priority: new.priority,
-                    state: new.state,
-                    progress: None,
-                    message: None,
-                    step: None,
-                    attempt: 0,
-                    max_attempts: new.max_attempts,
-                    labels: new.labels.clone(),
-                    depends_on: Vec::new(),
-                    workflow_id: None,
-                    schedule_id: None,
-                    created_at: new.created_at,
-                    run_at: new.run_at,
-                    started_at: None,
-                    finished_at: None,
-                    result: None,
-                    error: None,
-                    payload: new.payload.clone(),
-                    recoveries: 0,
-                    max_recoveries: new.max_recoveries,
-                    updated_at: new.created_at,
-                },
+                job,
                 created: true,
+                claimed,
             });
         }
         Ok(out)
@@ -374,7 +423,7 @@ impl Writer {
         Ok(out.into_iter().map(JobRow::into_claimed).collect())
     }
 
-    fn transition(&mut self, t: &Transition, recovered: bool) -> Result<JobRow> {
+    fn transition(&mut self, t: &Transition, resume: Resume) -> Result<JobRow> {
         let mut row =
             get_job(&self.conn, &t.job_id)?.ok_or_else(|| Error::NotFound(t.job_id.clone()))?;
         let from = row.job.state;
@@ -414,8 +463,11 @@ impl Writer {
             job.message = None;
             job.step = None;
         }
-        if recovered {
+        if resume != Resume::No {
+            // The next claim continues this attempt: give its number back.
             job.attempt = job.attempt.saturating_sub(1);
+        }
+        if resume == Resume::AfterCrash {
             job.recoveries += 1;
         }
         if let Some(r) = &c.result {
@@ -605,7 +657,7 @@ impl Writer {
             self.transition(
                 &t(State::Crashed, EventKind::Crashed)
                     .data(json!({"reason": "the engine stopped while the job ran", "was": was})),
-                false,
+                Resume::No,
             )?;
             let now = if was == State::Stopping {
                 let e = ErrorInfo::new(
@@ -619,7 +671,7 @@ impl Writer {
                             error: Some(e),
                             ..Default::default()
                         }),
-                    false,
+                    Resume::No,
                 )?;
                 State::Cancelled
             } else if row.job.recoveries >= row.job.max_recoveries {
@@ -637,7 +689,7 @@ impl Writer {
                             error: Some(e.clone()),
                             ..Default::default()
                         }),
-                    false,
+                    Resume::No,
                 )?;
                 State::Failed
             } else if req.manual {
@@ -648,7 +700,7 @@ impl Writer {
                         "from_checkpoint": row.checkpoint.is_some(),
                         "recoveries": row.job.recoveries + 1,
                     })),
-                    true,
+                    Resume::AfterCrash,
                 )?;
                 State::Queued
             };
@@ -657,6 +709,53 @@ impl Writer {
                 queue: row.job.queue,
                 was,
                 now,
+            });
+        }
+        Ok(out)
+    }
+
+    /// At shutdown: this server's running and paused jobs go back to the queue to
+    /// continue from their checkpoints (no crash is counted); stopping jobs end.
+    fn release(&mut self, server_id: &str, now: Millis) -> Result<Vec<Recovered>> {
+        let held: Vec<JobRow> = {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('running', 'paused', 'stopping') \
+                 AND server_id = ?1 ORDER BY seq"
+            ))?;
+            stmt.query_map([server_id], read_job)?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut out = Vec::with_capacity(held.len());
+        for row in held {
+            let was = row.job.state;
+            let id = row.job.id.clone();
+            let now_state = if was == State::Stopping {
+                let e = ErrorInfo::new("cancelled", "stopped by a user");
+                let t = Transition::new(id.clone(), State::Cancelled, EventKind::Cancelled, now)
+                    .data(json!({"reason": "stopped"}))
+                    .changes(crate::Changes {
+                        error: Some(e),
+                        ..Default::default()
+                    });
+                self.transition(&t, Resume::No)?;
+                State::Cancelled
+            } else {
+                if was == State::Paused {
+                    let t = Transition::new(id.clone(), State::Running, EventKind::Resumed, now)
+                        .data(json!({"reason": "shutdown"}));
+                    self.transition(&t, Resume::No)?;
+                }
+                let t = Transition::new(id.clone(), State::Queued, EventKind::Queued, now).data(
+                    json!({"reason": "shutdown", "from_checkpoint": row.checkpoint.is_some()}),
+                );
+                self.transition(&t, Resume::AfterShutdown)?;
+                State::Queued
+            };
+            out.push(Recovered {
+                job_id: id,
+                queue: row.job.queue,
+                was,
+                now: now_state,
             });
         }
         Ok(out)
@@ -692,4 +791,14 @@ pub fn rows_next_due(conn: &Connection) -> Result<Option<Millis>> {
     Ok(conn
         .prepare_cached("SELECT MIN(run_at) FROM jobs WHERE state = 'scheduled'")?
         .query_row([], |r| r.get(0))?)
+}
+
+/// Whether a transition back to `queued` continues the interrupted attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resume {
+    No,
+    /// Recovery after a crash: counts towards `max_recoveries`.
+    AfterCrash,
+    /// A shutdown handed the job back: not a crash.
+    AfterShutdown,
 }
