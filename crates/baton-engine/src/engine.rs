@@ -628,15 +628,19 @@ impl Inner {
 
     /// Wakes whoever must act on a job that just became queued or scheduled.
     fn job_became(&self, job: &Job) {
-        match job.state {
+        self.job_is(job.state, &job.queue, job.run_at);
+    }
+
+    fn job_is(&self, state: State, queue: &str, run_at: Option<Millis>) {
+        match state {
             State::Queued => {
-                if let Some(q) = self.queues.get(&job.queue) {
+                if let Some(q) = self.queues.get(queue) {
                     q.backlog.store(true, Ordering::SeqCst);
                     q.wake.notify_one();
                 }
             }
             State::Scheduled => {
-                if let Some(at) = job.run_at {
+                if let Some(at) = run_at {
                     self.schedule_wake(at);
                 }
             }
@@ -808,14 +812,14 @@ async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) 
     if intent == Ctl::Pause {
         // The handler returned without reaching a pause point: it is running again.
         store
-            .transition(t(State::Running, EventKind::Resumed).data(json!({"reason": "finished"})))
+            .record(t(State::Running, EventKind::Resumed).data(json!({"reason": "finished"})))
             .await?;
     }
     let aborted = matches!(outcome, Outcome::Aborted);
     let error = match outcome {
         Outcome::Done(Ok(result)) => {
             store
-                .transition(t(State::Completed, EventKind::Completed).changes(Changes {
+                .record(t(State::Completed, EventKind::Completed).changes(Changes {
                     result: Some(result),
                     ..Changes::default()
                 }))
@@ -833,7 +837,7 @@ async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) 
     if intent == Ctl::Stop || aborted {
         let info = baton_core::ErrorInfo::new("cancelled", "stopped by a user");
         store
-            .transition(
+            .record(
                 t(State::Cancelled, EventKind::Cancelled)
                     .data(json!({"reason": "stopped"}))
                     .changes(Changes {
@@ -858,18 +862,18 @@ async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) 
         } else {
             (State::Scheduled, Some(run_at))
         };
-        let job = store
-            .transition(t(to, EventKind::Retrying).data(data).changes(Changes {
+        store
+            .record(t(to, EventKind::Retrying).data(data).changes(Changes {
                 error: Some(info),
                 run_at,
                 ..Changes::default()
             }))
             .await?;
-        inner.job_became(&job);
+        inner.job_is(to, &c.job.queue, run_at);
         return Ok(());
     }
     store
-        .transition(
+        .record(
             t(State::Failed, EventKind::Failed)
                 .data(json!({"error": info}))
                 .changes(Changes {

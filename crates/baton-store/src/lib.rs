@@ -272,6 +272,9 @@ pub trait Store: Send + Sync + 'static {
     /// each with a new fencing token.
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>>;
     async fn transition(&self, t: Transition) -> Result<Job>;
+    /// The same write as `transition`, for a caller that does not need the job back (a
+    /// worker reporting an attempt's outcome).
+    async fn record(&self, t: Transition) -> Result<()>;
     async fn update(&self, job_id: &str, fence: u64, now: Millis, update: Update) -> Result<()>;
     /// Queues every `scheduled` job whose time has come.
     async fn promote_due(&self, now: Millis) -> Result<Promoted>;

@@ -284,6 +284,10 @@ impl Store for SqliteStore {
         expect_output!(self.write(Op::Transition(t)).await, Job).map(|b| *b)
     }
 
+    async fn record(&self, t: Transition) -> Result<()> {
+        self.write(Op::Record(t)).await.map(|_| ())
+    }
+
     async fn update(&self, job_id: &str, fence: u64, now: Millis, update: Update) -> Result<()> {
         let op = Op::Update {
             job_id: job_id.to_owned(),

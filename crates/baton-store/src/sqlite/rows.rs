@@ -140,7 +140,8 @@ pub fn read_event(r: &Row<'_>) -> rusqlite::Result<Event> {
 
 pub fn job_events(conn: &Connection, job_id: &str, after: u64, limit: usize) -> Result<Vec<Event>> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {EVENT_COLUMNS} FROM events WHERE job_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE job_key = (SELECT seq FROM jobs WHERE id = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3"
     ))?;
     let rows = stmt.query_map(params![job_id, after as i64, limit as i64], read_event)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

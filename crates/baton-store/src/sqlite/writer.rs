@@ -25,6 +25,8 @@ pub enum Op {
     Submit(Vec<NewJob>, Option<StartNow>),
     Claim(ClaimRequest),
     Transition(Transition),
+    /// A transition whose caller does not need the job back.
+    Record(Transition),
     Update {
         job_id: String,
         fence: u64,
@@ -66,6 +68,7 @@ pub struct Writer {
     next_event_id: u64,
     events: Vec<Event>,
     bus: broadcast::Sender<Arc<Event>>,
+    claim_sql: std::collections::HashMap<String, String>,
 }
 
 impl Writer {
@@ -77,6 +80,7 @@ impl Writer {
             next_event_id: last as u64 + 1,
             events: Vec::new(),
             bus,
+            claim_sql: std::collections::HashMap::new(),
         })
     }
 
@@ -180,9 +184,11 @@ impl Writer {
         match op {
             Op::Submit(jobs, start) => self.submit(jobs, start.as_ref()).map(Output::Submitted),
             Op::Claim(req) => self.claim(req).map(Output::Claimed),
-            Op::Transition(t) => self
-                .transition(t, Resume::No)
-                .map(|row| Output::Job(Box::new(row.job))),
+            Op::Transition(t) => match self.transition(t, Resume::No, true)? {
+                Some(row) => Ok(Output::Job(Box::new(row.job))),
+                None => Err(Error::NotFound(t.job_id.clone())),
+            },
+            Op::Record(t) => self.transition(t, Resume::No, false).map(|_| Output::Unit),
             Op::Update {
                 job_id,
                 fence,
@@ -219,9 +225,10 @@ impl Writer {
         }
     }
 
+    /// Records an event; `job` is the job's id and its row key.
     fn event(
         &mut self,
-        job_id: Option<&str>,
+        job: Option<(&str, i64)>,
         seq: u64,
         kind: EventKind,
         at: Millis,
@@ -229,11 +236,25 @@ impl Writer {
     ) -> Result<()> {
         let id = self.next_event_id;
         let text = data.to_string();
+        let (job_id, job_key) = match job {
+            Some((id, key)) => (Some(id), Some(key)),
+            None => (None, None),
+        };
+        // Events are found by the job's integer key: cheaper to index than its id.
         self.conn
             .prepare_cached(
-                "INSERT INTO events (id, job_id, seq, type, at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO events (id, job_key, job_id, seq, type, at, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?
-            .execute(params![id as i64, job_id, seq as i64, kind.as_str(), at, text])?;
+            .execute(params![
+                id as i64,
+                job_key,
+                job_id,
+                seq as i64,
+                kind.as_str(),
+                at,
+                text
+            ])?;
         self.next_event_id += 1;
         self.events.push(Event {
             id,
@@ -306,6 +327,7 @@ impl Writer {
                 });
                 continue;
             }
+            let key = self.conn.last_insert_rowid();
             let mut data = json!({
                 "state": new.state,
                 "kind": new.kind,
@@ -316,7 +338,7 @@ impl Writer {
                 data["run_at"] = json!(baton_core::time::to_rfc3339(at));
             }
             self.event(
-                Some(new.id.as_str()),
+                Some((new.id.as_str(), key)),
                 1,
                 EventKind::Submitted,
                 new.created_at,
@@ -362,7 +384,7 @@ impl Writer {
                     job.attempt = 1;
                     job.started_at = Some(new.created_at);
                     self.event(
-                        Some(new.id.as_str()),
+                        Some((new.id.as_str(), key)),
                         2,
                         EventKind::Started,
                         new.created_at,
@@ -395,22 +417,50 @@ impl Writer {
             source,
         })?;
         let claimed: Vec<JobRow> = {
-            let mut stmt = self.conn.prepare_cached(&format!(
-                "UPDATE jobs SET state = 'running', fence = fence + 1, attempt = attempt + 1, \
-                 started_at = ?1, updated_at = ?1, server_id = ?2, event_seq = event_seq + 1 \
-                 WHERE seq IN (SELECT seq FROM jobs WHERE queue = ?3 AND state = 'queued' \
-                 ORDER BY priority DESC, seq LIMIT ?4) RETURNING {JOB_COLUMNS}"
-            ))?;
-            stmt.query_map(
-                params![req.now, req.server_id, req.queue, req.limit as i64],
-                read_job,
-            )?
-            .collect::<rusqlite::Result<_>>()?
+            // The queue is written into the SQL, not bound: SQLite recompiles a statement
+            // whenever a new value is bound to a parameter that it compared against a
+            // partial index's condition, which would happen on every claim.
+            let sql = self.claim_sql.entry(req.queue.clone()).or_insert_with(|| {
+                format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE queue = '{}' AND state = 'queued' \
+                     ORDER BY priority DESC, seq",
+                    req.queue.replace('\'', "''")
+                )
+            });
+            // No LIMIT parameter either (a bound LIMIT also recompiles): rows stream from
+            // the index, and reading stops after `limit`.
+            let mut stmt = self.conn.prepare_cached(sql)?;
+            stmt.query_map([], read_job)?
+                .take(req.limit)
+                .collect::<rusqlite::Result<_>>()?
         };
+        let mut claimed = claimed;
+        {
+            let mut update = self.conn.prepare_cached(
+                "UPDATE jobs SET state = 'running', fence = ?2, attempt = ?3, started_at = ?4, \
+                 updated_at = ?4, server_id = ?5, event_seq = ?6 WHERE seq = ?1",
+            )?;
+            for row in &mut claimed {
+                row.fence += 1;
+                row.event_seq += 1;
+                row.job.attempt += 1;
+                row.job.state = State::Running;
+                row.job.started_at = Some(req.now);
+                row.job.updated_at = req.now;
+                update.execute(params![
+                    row.seq,
+                    row.fence as i64,
+                    row.job.attempt,
+                    req.now,
+                    req.server_id,
+                    row.event_seq as i64
+                ])?;
+            }
+        }
         let mut out = Vec::with_capacity(claimed.len());
         for row in claimed {
             self.event(
-                Some(&row.job.id),
+                Some((&row.job.id, row.seq)),
                 row.event_seq,
                 EventKind::Started,
                 req.now,
@@ -423,16 +473,31 @@ impl Writer {
         Ok(out.into_iter().map(JobRow::into_claimed).collect())
     }
 
-    fn transition(&mut self, t: &Transition, resume: Resume) -> Result<JobRow> {
-        let mut row =
-            get_job(&self.conn, &t.job_id)?.ok_or_else(|| Error::NotFound(t.job_id.clone()))?;
-        let from = row.job.state;
-        if let Some(fence) = t.fence
-            && (row.fence != fence || !from.is_executing())
+    /// Moves one job to `t.to` and records its event. The job is read back only when
+    /// `read_back` is set: workers reporting an outcome do not need it.
+    fn transition(
+        &mut self,
+        t: &Transition,
+        resume: Resume,
+        read_back: bool,
+    ) -> Result<Option<JobRow>> {
+        let found: Option<(i64, String, i64, i64)> = self
+            .conn
+            .prepare_cached("SELECT seq, state, fence, event_seq FROM jobs WHERE id = ?1")?
+            .query_row([&t.job_id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .optional()?;
+        let Some((key, from, fence, event_seq)) = found else {
+            return Err(Error::NotFound(t.job_id.clone()));
+        };
+        let from = rows::parse_state(&from)?;
+        if let Some(expected) = t.fence
+            && (fence as u64 != expected || !from.is_executing())
         {
             return Err(Error::StaleFence {
                 id: t.job_id.clone(),
-                fence,
+                fence: expected,
             });
         }
         if let Some(expect) = &t.expect
@@ -451,83 +516,56 @@ impl Writer {
         })?;
 
         let c = &t.changes;
-        let job = &mut row.job;
-        job.state = t.to;
-        job.updated_at = t.now;
-        if c.new_attempt_budget {
-            row.attempt_base = job.attempt;
-            job.result = None;
-            job.error = None;
-            job.finished_at = None;
-            job.progress = None;
-            job.message = None;
-            job.step = None;
-        }
-        if resume != Resume::No {
-            // The next claim continues this attempt: give its number back.
-            job.attempt = job.attempt.saturating_sub(1);
-        }
-        if resume == Resume::AfterCrash {
-            job.recoveries += 1;
-        }
-        if let Some(r) = &c.result {
-            job.result = Some(r.clone());
-        }
-        if let Some(e) = &c.error {
-            job.error = Some(e.clone());
-        }
-        if t.to == State::Scheduled {
-            job.run_at = c.run_at;
-        }
-        if t.to.is_terminal() {
-            job.finished_at.get_or_insert(t.now);
-        }
-        if t.to == State::Completed {
-            job.progress = Some(1.0);
-            // A job that succeeded did not fail: an earlier attempt's error goes.
-            if c.error.is_none() {
-                job.error = None;
-            }
-        }
-        if c.clear_checkpoint {
-            row.checkpoint = None;
-        }
-        row.event_seq += 1;
-        let result_text = job.result.as_ref().map(|v| v.to_string());
+        let event_seq = event_seq as u64 + 1;
+        // What a transition changes, in one statement; the CASEs keep what it leaves.
+        // A manual retry (`budget`) starts a fresh attempt budget and clears the last
+        // outcome; completing clears an earlier attempt's error.
         self.conn
             .prepare_cached(
-                "UPDATE jobs SET state = ?2, updated_at = ?3, event_seq = ?4, result = ?5, \
-                 error_code = ?6, error_message = ?7, run_at = ?8, finished_at = ?9, \
-                 attempt_base = ?10, checkpoint = CASE WHEN ?11 THEN NULL ELSE checkpoint END, \
-                 progress = ?12, message = ?13, step = ?14, attempt = ?15, recoveries = ?16 \
+                "UPDATE jobs SET state = ?2, updated_at = ?3, event_seq = ?4, \
+                 attempt_base = CASE WHEN ?5 THEN attempt ELSE attempt_base END, \
+                 result = CASE WHEN ?6 IS NOT NULL THEN ?6 WHEN ?5 THEN NULL ELSE result END, \
+                 error_code = CASE WHEN ?7 IS NOT NULL THEN ?7 WHEN ?5 OR ?11 THEN NULL ELSE error_code END, \
+                 error_message = CASE WHEN ?7 IS NOT NULL THEN ?8 WHEN ?5 OR ?11 THEN NULL ELSE error_message END, \
+                 run_at = CASE WHEN ?9 THEN ?10 ELSE run_at END, \
+                 finished_at = CASE WHEN ?12 THEN COALESCE(finished_at, ?3) WHEN ?5 THEN NULL ELSE finished_at END, \
+                 progress = CASE WHEN ?11 THEN 1.0 WHEN ?5 THEN NULL ELSE progress END, \
+                 message = CASE WHEN ?5 THEN NULL ELSE message END, \
+                 step = CASE WHEN ?5 THEN NULL ELSE step END, \
+                 checkpoint = CASE WHEN ?13 THEN NULL ELSE checkpoint END, \
+                 attempt = MAX(attempt - ?14, 0), \
+                 recoveries = recoveries + ?15 \
                  WHERE seq = ?1",
             )?
             .execute(params![
-                row.seq,
+                key,
                 t.to.as_str(),
                 t.now,
-                row.event_seq as i64,
-                result_text,
-                job.error.as_ref().map(|e| e.code.as_str()),
-                job.error.as_ref().map(|e| e.message.as_str()),
-                job.run_at,
-                job.finished_at,
-                row.attempt_base,
+                event_seq as i64,
+                c.new_attempt_budget,
+                c.result.as_ref().map(|v| v.to_string()),
+                c.error.as_ref().map(|e| e.code.as_str()),
+                c.error.as_ref().map(|e| e.message.as_str()),
+                t.to == State::Scheduled,
+                c.run_at,
+                t.to == State::Completed,
+                t.to.is_terminal(),
                 c.clear_checkpoint,
-                job.progress,
-                job.message,
-                job.step,
-                job.attempt,
-                job.recoveries,
+                // The next claim continues the interrupted attempt: give its number back.
+                i64::from(resume != Resume::No),
+                i64::from(resume == Resume::AfterCrash),
             ])?;
         let mut data = t.data.clone();
         if let Value::Object(map) = &mut data {
             map.insert("state".into(), json!(t.to));
             map.insert("from".into(), json!(from));
         }
-        let id = row.job.id.clone();
-        self.event(Some(&id), row.event_seq, t.event, t.now, data)?;
-        Ok(row)
+        self.event(Some((&t.job_id, key)), event_seq, t.event, t.now, data)?;
+        if read_back {
+            Ok(get_job(&self.conn, &t.job_id)?)
+        } else {
+            Ok(None)
+        }
     }
 
     fn update(&mut self, job_id: &str, fence: u64, now: Millis, update: &Update) -> Result<()> {
@@ -595,7 +633,7 @@ impl Writer {
                 )
             }
         };
-        self.event(Some(job_id), event_seq, kind, now, data)
+        self.event(Some((job_id, seq)), event_seq, kind, now, data)
     }
 
     fn promote(&mut self, now: Millis) -> Result<Promoted> {
@@ -605,21 +643,21 @@ impl Writer {
                 source,
             }
         })?;
-        let promoted: Vec<(String, String, i64)> = {
+        let promoted: Vec<(String, String, i64, i64)> = {
             let mut stmt = self.conn.prepare_cached(
                 "UPDATE jobs SET state = 'queued', updated_at = ?1, event_seq = event_seq + 1 \
                  WHERE seq IN (SELECT seq FROM jobs WHERE state = 'scheduled' AND run_at <= ?1 \
-                 ORDER BY run_at LIMIT ?2) RETURNING id, queue, event_seq",
+                 ORDER BY run_at LIMIT ?2) RETURNING id, queue, event_seq, seq",
             )?;
             stmt.query_map(params![now, PROMOTE_BATCH], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?
             .collect::<rusqlite::Result<_>>()?
         };
         let mut queues: Vec<String> = Vec::new();
-        for (id, queue, seq) in &promoted {
+        for (id, queue, seq, key) in &promoted {
             self.event(
-                Some(id),
+                Some((id, *key)),
                 *seq as u64,
                 EventKind::Queued,
                 now,
@@ -658,6 +696,7 @@ impl Writer {
                 &t(State::Crashed, EventKind::Crashed)
                     .data(json!({"reason": "the engine stopped while the job ran", "was": was})),
                 Resume::No,
+                false,
             )?;
             let now = if was == State::Stopping {
                 let e = ErrorInfo::new(
@@ -672,6 +711,7 @@ impl Writer {
                             ..Default::default()
                         }),
                     Resume::No,
+                    false,
                 )?;
                 State::Cancelled
             } else if row.job.recoveries >= row.job.max_recoveries {
@@ -690,6 +730,7 @@ impl Writer {
                             ..Default::default()
                         }),
                     Resume::No,
+                    false,
                 )?;
                 State::Failed
             } else if req.manual {
@@ -701,6 +742,7 @@ impl Writer {
                         "recoveries": row.job.recoveries + 1,
                     })),
                     Resume::AfterCrash,
+                    false,
                 )?;
                 State::Queued
             };
@@ -737,18 +779,18 @@ impl Writer {
                         error: Some(e),
                         ..Default::default()
                     });
-                self.transition(&t, Resume::No)?;
+                self.transition(&t, Resume::No, false)?;
                 State::Cancelled
             } else {
                 if was == State::Paused {
                     let t = Transition::new(id.clone(), State::Running, EventKind::Resumed, now)
                         .data(json!({"reason": "shutdown"}));
-                    self.transition(&t, Resume::No)?;
+                    self.transition(&t, Resume::No, false)?;
                 }
                 let t = Transition::new(id.clone(), State::Queued, EventKind::Queued, now).data(
                     json!({"reason": "shutdown", "from_checkpoint": row.checkpoint.is_some()}),
                 );
-                self.transition(&t, Resume::AfterShutdown)?;
+                self.transition(&t, Resume::AfterShutdown, false)?;
                 State::Queued
             };
             out.push(Recovered {
