@@ -66,9 +66,56 @@ pub struct JobSpec {
 pub struct StepSpec {
     pub name: String,
     pub command: Vec<String>,
+    /// Runs `sh -c command[0]` (the rest of `command` become `$1`, `$2`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<bool>,
+    /// Added to the job's environment for this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<BTreeMap<String, String>>,
+    /// The step's working folder; the job's `cwd` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Times the step runs again at once when it fails, before the job's attempt fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
 }
+
+impl StepSpec {
+    pub fn new(name: impl Into<String>, command: &[&str]) -> Self {
+        Self {
+            name: name.into(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+            ..Self::default()
+        }
+    }
+
+    pub fn shell(mut self, shell: bool) -> Self {
+        self.shell = Some(shell);
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(duration::format(timeout));
+        self
+    }
+
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = Some(n);
+        self
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.into(), value.into());
+        self
+    }
+}
+
+/// The most times a step may be retried within one attempt.
+pub const MAX_STEP_RETRIES: u32 = 100;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,6 +264,53 @@ impl JobSpec {
         self.labels
             .get_or_insert_with(BTreeMap::new)
             .insert(key.into(), value.into());
+        self
+    }
+
+    /// A `command` job running `argv` (no shell).
+    pub fn command<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            kind: KIND_COMMAND.into(),
+            command: Some(argv.into_iter().map(Into::into).collect()),
+            ..Self::default()
+        }
+    }
+
+    /// A `command` job running `sh -c script`.
+    pub fn shell_command(script: impl Into<String>) -> Self {
+        Self {
+            shell: Some(true),
+            ..Self::command([script.into()])
+        }
+    }
+
+    /// A `pipeline` job with inline steps.
+    pub fn pipeline_steps(steps: Vec<StepSpec>) -> Self {
+        Self {
+            kind: KIND_PIPELINE.into(),
+            steps: Some(steps),
+            ..Self::default()
+        }
+    }
+
+    /// A `pipeline` job running the stored pipeline `id`.
+    pub fn stored_pipeline(id: impl Into<String>) -> Self {
+        Self {
+            kind: KIND_PIPELINE.into(),
+            pipeline: Some(id.into()),
+            ..Self::default()
+        }
+    }
+
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.into(), value.into());
+        self
+    }
+
+    pub fn cwd(mut self, cwd: impl Into<String>) -> Self {
+        self.cwd = Some(cwd.into());
         self
     }
 
@@ -415,24 +509,7 @@ impl JobSpec {
                         "give either steps or pipeline, not both",
                     ));
                 }
-                (Some(steps), None) => {
-                    if steps.is_empty() {
-                        return Err(SpecError::new("steps", "must not be empty"));
-                    }
-                    for (i, step) in steps.iter().enumerate() {
-                        check_name(&format!("steps[{i}].name"), &step.name, 128)?;
-                        if step.command.is_empty() || step.command[0].is_empty() {
-                            return Err(SpecError::new(
-                                format!("steps[{i}].command"),
-                                "must name a program",
-                            ));
-                        }
-                        if let Some(t) = &step.timeout {
-                            duration::parse(t)
-                                .map_err(|m| SpecError::new(format!("steps[{i}].timeout"), m))?;
-                        }
-                    }
-                }
+                (Some(steps), None) => check_steps(steps)?,
                 (None, Some(p)) => check_name("pipeline", p, 128)?,
             }
         }
@@ -440,6 +517,9 @@ impl JobSpec {
             && cwd.is_empty()
         {
             return Err(SpecError::new("cwd", "must not be empty"));
+        }
+        if let Some(env) = &self.env {
+            check_env("env", env)?;
         }
         if !is_command && !is_pipeline {
             return Ok(None);
@@ -470,8 +550,83 @@ impl JobSpec {
     }
 }
 
+/// Checks a pipeline's steps: names unique (a resumed pipeline skips completed steps
+/// by name), programs named, durations and retries valid.
+pub(crate) fn check_steps(steps: &[StepSpec]) -> Result<(), SpecError> {
+    if steps.is_empty() {
+        return Err(SpecError::new("steps", "must not be empty"));
+    }
+    for (i, step) in steps.iter().enumerate() {
+        check_name(&format!("steps[{i}].name"), &step.name, 128)?;
+        if steps[..i].iter().any(|s| s.name == step.name) {
+            return Err(SpecError::new(
+                format!("steps[{i}].name"),
+                format!(
+                    "{:?} is used by an earlier step; step names must be unique",
+                    step.name
+                ),
+            ));
+        }
+        if step.command.is_empty() || step.command[0].is_empty() {
+            return Err(SpecError::new(
+                format!("steps[{i}].command"),
+                "must name a program",
+            ));
+        }
+        if let Some(t) = &step.timeout {
+            let d =
+                duration::parse(t).map_err(|m| SpecError::new(format!("steps[{i}].timeout"), m))?;
+            if d.is_zero() {
+                return Err(SpecError::new(
+                    format!("steps[{i}].timeout"),
+                    "must be more than zero",
+                ));
+            }
+        }
+        if let Some(r) = step.retries
+            && r > MAX_STEP_RETRIES
+        {
+            return Err(SpecError::new(
+                format!("steps[{i}].retries"),
+                format!("{r} is more than the limit of {MAX_STEP_RETRIES}"),
+            ));
+        }
+        if let Some(cwd) = &step.cwd
+            && cwd.is_empty()
+        {
+            return Err(SpecError::new(
+                format!("steps[{i}].cwd"),
+                "must not be empty",
+            ));
+        }
+        if let Some(env) = &step.env {
+            check_env(&format!("steps[{i}].env"), env)?;
+        }
+    }
+    Ok(())
+}
+
+/// Environment variable names: non-empty, no `=` or NUL (the OS cannot pass them).
+fn check_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+    for (k, v) in env {
+        if k.is_empty() || k.contains('=') || k.contains('\0') {
+            return Err(SpecError::new(
+                field,
+                format!("{k:?} is not a valid environment variable name"),
+            ));
+        }
+        if v.contains('\0') {
+            return Err(SpecError::new(
+                format!("{field}.{k}"),
+                "contains a NUL character",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Names (kinds, queues, label keys) use letters, digits, `.`, `_`, `:` and `-`.
-fn check_name(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
+pub(crate) fn check_name(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
     if value.is_empty() {
         return Err(SpecError::new(field, "must not be empty"));
     }
@@ -581,6 +736,31 @@ mod tests {
             json!({"kind": "pipeline", "steps": [{"name": "a", "command": ["x"], "timeout": "-1s"}]}),
             "steps[0].timeout",
             "negative",
+        );
+        check(
+            json!({"kind": "pipeline", "steps": [{"name": "a", "command": ["x"]}, {"name": "a", "command": ["y"]}]}),
+            "steps[1].name",
+            "unique",
+        );
+        check(
+            json!({"kind": "pipeline", "steps": [{"name": "a", "command": ["x"], "retries": 1000}]}),
+            "steps[0].retries",
+            "limit",
+        );
+        check(
+            json!({"kind": "pipeline", "steps": [{"name": "a", "command": [""]}]}),
+            "steps[0].command",
+            "program",
+        );
+        check(
+            json!({"kind": "command", "command": ["x"], "env": {"A=B": "c"}}),
+            "env",
+            "not a valid",
+        );
+        check(
+            json!({"kind": "command", "command": ["x"], "cwd": ""}),
+            "cwd",
+            "empty",
         );
         check(
             json!({"kind": "x", "depends_on": ["a"]}),

@@ -235,6 +235,7 @@ impl EngineBuilder {
             .recover(RecoverRequest {
                 now,
                 manual: self.recovery == Recovery::Manual,
+                cleanup: Default::default(),
             })
             .await?;
         for r in &recovered {

@@ -26,8 +26,9 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::{
-    Changes, Checkpoint, ClaimRequest, Claimed, Error, JobFilter, JobPage, RecoverRequest,
-    Recovered, ServerInfo, StartNow, Store, Transition, Update,
+    AppendLogs, Appended, Changes, Checkpoint, ClaimRequest, Claimed, Error, JobFilter, JobPage,
+    JobProcess, ProcessRecord, RecoverRequest, Recovered, ServerInfo, StartNow, Store, Transition,
+    Update,
 };
 
 /// Expands to one `#[tokio::test]` per conformance test, each on a fresh store.
@@ -69,6 +70,10 @@ macro_rules! store_conformance_tests {
             counts_by_queue_and_state,
             submit_and_start_runs_new_jobs_in_one_write,
             release_hands_back_only_this_servers_jobs,
+            logs_are_appended_paged_and_bounded,
+            logs_from_a_stale_attempt_are_refused,
+            processes_of_executing_jobs_are_listed_and_cleared_by_recovery,
+            pipelines_are_stored_replaced_listed_and_deleted,
         );
     };
 }
@@ -455,6 +460,7 @@ pub async fn stale_fence_is_refused_without_writing(store: Arc<dyn Store>) {
         .recover(RecoverRequest {
             now: T0 + 100,
             manual: false,
+            cleanup: Default::default(),
         })
         .await
         .expect("recover");
@@ -1205,6 +1211,7 @@ pub async fn recover_requeues_executing_jobs(store: Arc<dyn Store>) {
         .recover(RecoverRequest {
             now: T0 + 100,
             manual: false,
+            cleanup: Default::default(),
         })
         .await
         .expect("recover");
@@ -1256,6 +1263,7 @@ pub async fn recover_requeues_executing_jobs(store: Arc<dyn Store>) {
         s.recover(RecoverRequest {
             now: T0 + 150,
             manual: false,
+            cleanup: Default::default()
         })
         .await
         .expect("recover")
@@ -1280,6 +1288,7 @@ pub async fn recover_manual_leaves_jobs_crashed(store: Arc<dyn Store>) {
         .recover(RecoverRequest {
             now: T0 + 100,
             manual: true,
+            cleanup: Default::default(),
         })
         .await
         .expect("recover");
@@ -1304,6 +1313,7 @@ pub async fn recover_manual_leaves_jobs_crashed(store: Arc<dyn Store>) {
         s.recover(RecoverRequest {
             now: T0 + 102,
             manual: true,
+            cleanup: Default::default()
         })
         .await
         .expect("recover")
@@ -1324,7 +1334,11 @@ pub async fn recover_manual_leaves_jobs_crashed(store: Arc<dyn Store>) {
 /// `crashed`, so a job that kills its server cannot loop forever.
 pub async fn recover_fails_a_job_after_max_recoveries(store: Arc<dyn Store>) {
     let s = &*store;
-    let crash = |now| RecoverRequest { now, manual: false };
+    let crash = |now| RecoverRequest {
+        now,
+        manual: false,
+        cleanup: Default::default(),
+    };
     submit(s, JobSpec::new("work").id("fragile").max_recoveries(1), T0).await;
     claim_one(s, "default", T0 + 1).await;
     let r = s.recover(crash(T0 + 10)).await.expect("recover");
@@ -1600,6 +1614,260 @@ pub async fn release_hands_back_only_this_servers_jobs(store: Arc<dyn Store>) {
     assert_eq!(again.job.id, "a");
     assert_eq!(again.job.attempt, 1, "the interrupted attempt continues");
     assert_eq!(again.checkpoint, Some(json!({"page": 3})));
+}
+
+/// Log lines are stored in order with their stream and attempt, each a `job.log` event;
+/// past the bound one marker line is kept and everything later is dropped.
+pub async fn logs_are_appended_paged_and_bounded(store: Arc<dyn Store>) {
+    let s = &*store;
+    submit(s, JobSpec::command(["true"]).id("job-1"), T0).await;
+    let c = claim_one(s, "default", T0 + 1).await;
+    let append = |lines: &[(&str, &str)], now| AppendLogs {
+        job_id: "job-1".into(),
+        fence: c.fence,
+        now,
+        lines: lines
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+        max_lines: 5,
+    };
+    let a = s
+        .append_logs(append(&[("stdout", "one"), ("stderr", "two")], T0 + 2))
+        .await
+        .expect("append");
+    assert_eq!(
+        a,
+        Appended {
+            stored: 2,
+            full: false
+        }
+    );
+    let a = s
+        .append_logs(append(
+            &[
+                ("stdout", "three"),
+                ("stdout", "four"),
+                ("stdout", "five"),
+                ("stdout", "six"),
+            ],
+            T0 + 3,
+        ))
+        .await
+        .expect("append past the bound");
+    assert_eq!(
+        a,
+        Appended {
+            stored: 3,
+            full: true
+        }
+    );
+    let a = s
+        .append_logs(append(&[("stdout", "seven")], T0 + 4))
+        .await
+        .expect("append to a full log");
+    assert_eq!(
+        a,
+        Appended {
+            stored: 0,
+            full: true
+        }
+    );
+
+    let all = s.logs("job-1", 0, 100).await.expect("logs");
+    let lines: Vec<(&str, &str)> = all
+        .iter()
+        .map(|l| (l.stream.as_str(), l.line.as_str()))
+        .collect();
+    assert_eq!(
+        &lines[..5],
+        &[
+            ("stdout", "one"),
+            ("stderr", "two"),
+            ("stdout", "three"),
+            ("stdout", "four"),
+            ("stdout", "five")
+        ]
+    );
+    assert_eq!(
+        all.len(),
+        6,
+        "five lines and one truncation marker: {lines:?}"
+    );
+    assert_eq!(all[5].stream, "baton");
+    assert!(all[5].line.contains("truncated"), "{:?}", all[5]);
+    assert_eq!(
+        all.iter().map(|l| l.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert!(all.iter().all(|l| l.attempt == 1));
+    assert_eq!((all[0].at, all[2].at), (T0 + 2, T0 + 3));
+
+    // Paging: after a seq, at most limit lines.
+    let page = s.logs("job-1", 2, 2).await.expect("logs page");
+    assert_eq!(
+        page.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(),
+        ["three", "four"]
+    );
+    assert!(s.logs("job-1", 6, 10).await.expect("logs").is_empty());
+    assert!(s.logs("no-such-job", 0, 10).await.expect("logs").is_empty());
+
+    // Each stored line (and the marker) is one job.log event, in order.
+    let events = events_of(s, "job-1").await;
+    let logged: Vec<&Event> = events.iter().filter(|e| e.kind == EventKind::Log).collect();
+    assert_eq!(logged.len(), 6);
+    assert_eq!(logged[1].data["stream"], "stderr");
+    assert_eq!(logged[1].data["line"], "two");
+    assert_eq!(logged[1].data["seq"], 2);
+    assert_eq!(logged[5].data["truncated"], true);
+    assert_eq!(
+        seqs(&events),
+        (1..=events.len() as u64).collect::<Vec<_>>(),
+        "the job's events stay gapless"
+    );
+}
+
+pub async fn logs_from_a_stale_attempt_are_refused(store: Arc<dyn Store>) {
+    let s = &*store;
+    submit(s, JobSpec::command(["true"]).id("job-1"), T0).await;
+    let c = claim_one(s, "default", T0 + 1).await;
+    let req = AppendLogs {
+        job_id: "job-1".into(),
+        fence: c.fence + 1,
+        now: T0 + 2,
+        lines: vec![("stdout".into(), "late".into())],
+        max_lines: 100,
+    };
+    match s.append_logs(req).await {
+        Err(Error::StaleFence { .. }) => {}
+        other => panic!("expected StaleFence, got {other:?}"),
+    }
+    match s
+        .set_process(
+            "job-1",
+            c.fence + 1,
+            Some(JobProcess {
+                pgid: 42,
+                start_time: 7,
+            }),
+        )
+        .await
+    {
+        Err(Error::StaleFence { .. }) => {}
+        other => panic!("expected StaleFence, got {other:?}"),
+    }
+    assert!(s.logs("job-1", 0, 10).await.expect("logs").is_empty());
+    assert!(s.processes().await.expect("processes").is_empty());
+}
+
+/// The process group of a running attempt is listed until recovery has dealt with it;
+/// recovery puts what the engine cleaned up into the job's events.
+pub async fn processes_of_executing_jobs_are_listed_and_cleared_by_recovery(store: Arc<dyn Store>) {
+    let s = &*store;
+    submit(s, JobSpec::command(["true"]).id("job-1"), T0).await;
+    submit(s, JobSpec::command(["true"]).id("job-2"), T0).await;
+    let claimed = claim(s, "default", 2, T0 + 1).await;
+    let p = |pgid| JobProcess {
+        pgid,
+        start_time: 1000 + pgid as u64,
+    };
+    for (c, pgid) in claimed.iter().zip([100, 200]) {
+        s.set_process(&c.job.id, c.fence, Some(p(pgid)))
+            .await
+            .expect("set process");
+    }
+    // The second job finished: its process is no longer of interest.
+    let second = claimed.iter().find(|c| c.job.id == "job-2").unwrap();
+    s.record(
+        Transition::new("job-2", State::Completed, EventKind::Completed, T0 + 2)
+            .fence(second.fence),
+    )
+    .await
+    .expect("complete");
+    let first = claimed.iter().find(|c| c.job.id == "job-1").unwrap();
+    s.set_process("job-1", first.fence, Some(p(101)))
+        .await
+        .expect("a new step's process replaces the old");
+    assert_eq!(
+        s.processes().await.expect("processes"),
+        [ProcessRecord {
+            job_id: "job-1".into(),
+            process: p(101),
+        }]
+    );
+
+    let mut cleanup = std::collections::BTreeMap::new();
+    cleanup.insert("job-1".to_string(), json!({"killed_pgids": [101]}));
+    s.recover(RecoverRequest {
+        now: T0 + 10,
+        manual: false,
+        cleanup,
+    })
+    .await
+    .expect("recover");
+    assert!(s.processes().await.expect("processes").is_empty());
+    let events = events_of(s, "job-1").await;
+    let crashed = events
+        .iter()
+        .find(|e| e.kind == EventKind::Crashed)
+        .unwrap();
+    assert_eq!(crashed.data["killed_pgids"], json!([101]));
+    assert_eq!(crashed.data["state"], "crashed");
+    let recovered = events
+        .iter()
+        .find(|e| e.kind == EventKind::Recovered)
+        .unwrap();
+    assert_eq!(recovered.data["killed_pgids"], json!([101]));
+    assert_eq!(recovered.data["recoveries"], 1);
+}
+
+pub async fn pipelines_are_stored_replaced_listed_and_deleted(store: Arc<dyn Store>) {
+    use baton_core::{PipelineSpec, StepSpec};
+    let s = &*store;
+    assert_eq!(s.pipeline("alfabeta").await.expect("get"), None);
+    let mut spec = PipelineSpec::new(
+        "alfabeta",
+        vec![
+            StepSpec::new("fetch", &["fetch.sh"]).retries(2),
+            StepSpec::new("load", &["load.sh"]),
+        ],
+    );
+    spec.queue = Some("scrapers".into());
+    let put = s.put_pipeline(spec.clone(), T0).await.expect("put");
+    assert_eq!((put.created_at, put.updated_at), (T0, T0));
+    assert_eq!(put.spec, spec);
+    let got = s.pipeline("alfabeta").await.expect("get").expect("stored");
+    assert_eq!(got, put);
+
+    spec.priority = Some(4);
+    let replaced = s.put_pipeline(spec.clone(), T0 + 5).await.expect("replace");
+    assert_eq!((replaced.created_at, replaced.updated_at), (T0, T0 + 5));
+    assert_eq!(
+        s.pipeline("alfabeta")
+            .await
+            .expect("get")
+            .unwrap()
+            .spec
+            .priority,
+        Some(4)
+    );
+    s.put_pipeline(
+        PipelineSpec::new("a-first", vec![StepSpec::new("x", &["true"])]),
+        T0,
+    )
+    .await
+    .expect("put");
+    let ids: Vec<String> = s
+        .pipelines()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|p| p.spec.id)
+        .collect();
+    assert_eq!(ids, ["a-first", "alfabeta"]);
+    assert!(s.delete_pipeline("alfabeta").await.expect("delete"));
+    assert!(!s.delete_pipeline("alfabeta").await.expect("delete again"));
+    assert_eq!(s.pipeline("alfabeta").await.expect("get"), None);
 }
 
 fn new_job(spec: JobSpec, now: Millis) -> NewJob {

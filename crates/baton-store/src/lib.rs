@@ -194,6 +194,72 @@ pub struct RecoverRequest {
     pub now: Millis,
     /// Leave crashed jobs for a person instead of queueing them again.
     pub manual: bool,
+    /// What the engine cleaned up for a job before recovering it (for example the
+    /// process groups it killed), by job id: merged into its `job.crashed` and
+    /// `job.recovered` events.
+    pub cleanup: std::collections::BTreeMap<String, Value>,
+}
+
+/// The OS process group a command job's current process runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct JobProcess {
+    /// The process group id (the leader's pid).
+    pub pgid: i32,
+    /// The leader's start time (field 22 of `/proc/PID/stat`, clock ticks since boot),
+    /// so that a reused pid is never mistaken for the job's process.
+    pub start_time: u64,
+}
+
+/// A process group recorded for a job that is executing (`running`, `paused` or
+/// `stopping`) according to the store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessRecord {
+    pub job_id: String,
+    pub process: JobProcess,
+}
+
+/// Log lines captured from a job's process, appended by its attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppendLogs {
+    pub job_id: String,
+    pub fence: u64,
+    pub now: Millis,
+    /// `(stream, line)`: the stream is `stdout`, `stderr` or `baton` (the engine's own
+    /// remarks, such as a malformed directive).
+    pub lines: Vec<(String, String)>,
+    /// The most lines kept for the job; past it one marker line says the log was
+    /// truncated, and later lines are dropped.
+    pub max_lines: u64,
+}
+
+/// What an append kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Appended {
+    pub stored: usize,
+    /// The job's log is full: later lines will be dropped.
+    pub full: bool,
+}
+
+/// One captured log line. `seq` counts from 1 per job.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LogLine {
+    pub seq: u64,
+    pub attempt: u32,
+    pub stream: String,
+    pub line: String,
+    #[serde(with = "baton_core::time::rfc3339")]
+    pub at: Millis,
+}
+
+/// A stored pipeline definition.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Pipeline {
+    #[serde(flatten)]
+    pub spec: baton_core::PipelineSpec,
+    #[serde(with = "baton_core::time::rfc3339")]
+    pub created_at: Millis,
+    #[serde(with = "baton_core::time::rfc3339")]
+    pub updated_at: Millis,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -297,6 +363,29 @@ pub trait Store: Send + Sync + 'static {
     async fn servers(&self) -> Result<Vec<ServerInfo>>;
     async fn counts(&self) -> Result<Counts>;
     async fn next_due(&self) -> Result<Option<Millis>>;
+
+    /// Records the process group that the attempt holding `fence` runs now (or none).
+    async fn set_process(
+        &self,
+        job_id: &str,
+        fence: u64,
+        process: Option<JobProcess>,
+    ) -> Result<()>;
+    /// The process groups recorded for executing jobs: at start, before `recover`, the
+    /// engine kills those a crash left behind.
+    async fn processes(&self) -> Result<Vec<ProcessRecord>>;
+    /// Appends log lines, each also a `job.log` event; bounded per job by `max_lines`.
+    async fn append_logs(&self, req: AppendLogs) -> Result<Appended>;
+    /// A job's log lines with `seq` greater than `after`, oldest first.
+    async fn logs(&self, job_id: &str, after: u64, limit: usize) -> Result<Vec<LogLine>>;
+
+    /// Creates or replaces a pipeline definition (validated by the caller).
+    async fn put_pipeline(&self, spec: baton_core::PipelineSpec, now: Millis) -> Result<Pipeline>;
+    async fn pipeline(&self, id: &str) -> Result<Option<Pipeline>>;
+    /// Every stored pipeline, by id.
+    async fn pipelines(&self) -> Result<Vec<Pipeline>>;
+    /// Removes a definition; false when there was none. Jobs that ran it keep their steps.
+    async fn delete_pipeline(&self, id: &str) -> Result<bool>;
 
     /// Committed events, live. A receiver that lags reads the rest with `events_after`.
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;

@@ -18,8 +18,9 @@ use tokio::sync::{broadcast, oneshot};
 
 use self::writer::{Msg, Op, Output, Request, Writer};
 use crate::{
-    ClaimRequest, Claimed, Counts, Error, JobFilter, JobPage, Promoted, RecoverRequest, Recovered,
-    Result, ServerInfo, StartNow, Store, Submitted, Transition, Update,
+    AppendLogs, Appended, ClaimRequest, Claimed, Counts, Error, JobFilter, JobPage, JobProcess,
+    LogLine, Pipeline, ProcessRecord, Promoted, RecoverRequest, Recovered, Result, ServerInfo,
+    StartNow, Store, Submitted, Transition, Update,
 };
 
 pub use schema::VERSION as SCHEMA_VERSION;
@@ -368,6 +369,54 @@ impl Store for SqliteStore {
 
     async fn next_due(&self) -> Result<Option<Millis>> {
         self.read(writer::rows_next_due).await
+    }
+
+    async fn set_process(
+        &self,
+        job_id: &str,
+        fence: u64,
+        process: Option<JobProcess>,
+    ) -> Result<()> {
+        let op = Op::SetProcess {
+            job_id: job_id.to_owned(),
+            fence,
+            process,
+        };
+        self.write(op).await.map(|_| ())
+    }
+
+    async fn processes(&self) -> Result<Vec<ProcessRecord>> {
+        self.read(rows::processes).await
+    }
+
+    async fn append_logs(&self, req: AppendLogs) -> Result<Appended> {
+        expect_output!(self.write(Op::AppendLogs(req)).await, Appended)
+    }
+
+    async fn logs(&self, job_id: &str, after: u64, limit: usize) -> Result<Vec<LogLine>> {
+        let id = job_id.to_owned();
+        self.read(move |c| rows::logs(c, &id, after, limit)).await
+    }
+
+    async fn put_pipeline(&self, spec: baton_core::PipelineSpec, now: Millis) -> Result<Pipeline> {
+        expect_output!(
+            self.write(Op::PutPipeline(Box::new(spec), now)).await,
+            Pipeline
+        )
+        .map(|p| *p)
+    }
+
+    async fn pipeline(&self, id: &str) -> Result<Option<Pipeline>> {
+        let id = id.to_owned();
+        self.read(move |c| rows::pipeline(c, &id)).await
+    }
+
+    async fn pipelines(&self) -> Result<Vec<Pipeline>> {
+        self.read(rows::pipelines).await
+    }
+
+    async fn delete_pipeline(&self, id: &str) -> Result<bool> {
+        expect_output!(self.write(Op::DeletePipeline(id.to_owned())).await, Bool)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {

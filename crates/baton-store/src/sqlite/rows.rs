@@ -7,7 +7,10 @@ use baton_core::{Backoff, ErrorInfo, Event, EventKind, Job, State};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
-use crate::{Checkpoint, Claimed, Counts, Error, JobFilter, JobPage, Result, ServerInfo};
+use crate::{
+    Checkpoint, Claimed, Counts, Error, JobFilter, JobPage, JobProcess, LogLine, Pipeline,
+    ProcessRecord, Result, ServerInfo,
+};
 
 /// Every column a job row is read with, in the order [`read_job`] expects.
 pub const JOB_COLUMNS: &str = "id, kind, queue, priority, state, progress, message, step, \
@@ -277,4 +280,66 @@ pub fn list(conn: &Connection, f: &JobFilter) -> Result<JobPage> {
         next_cursor,
         total: total as u64,
     })
+}
+
+pub fn processes(conn: &Connection) -> Result<Vec<ProcessRecord>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, pgid, proc_start FROM jobs \
+         WHERE state IN ('running', 'paused', 'stopping') AND pgid IS NOT NULL ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(ProcessRecord {
+            job_id: r.get(0)?,
+            process: JobProcess {
+                pgid: r.get(1)?,
+                start_time: r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
+            },
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn logs(conn: &Connection, job_id: &str, after: u64, limit: usize) -> Result<Vec<LogLine>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, attempt, stream, line, at FROM logs \
+         WHERE job_key = (SELECT seq FROM jobs WHERE id = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let rows = stmt.query_map(
+        params![job_id, after as i64, limit.min(i64::MAX as usize) as i64],
+        |r| {
+            Ok(LogLine {
+                seq: r.get::<_, i64>(0)? as u64,
+                attempt: r.get(1)?,
+                stream: r.get(2)?,
+                line: r.get(3)?,
+                at: r.get(4)?,
+            })
+        },
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+fn read_pipeline(r: &Row<'_>) -> rusqlite::Result<Pipeline> {
+    let text: String = r.get(0)?;
+    let spec = serde_json::from_str(&text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })?;
+    Ok(Pipeline {
+        spec,
+        created_at: r.get(1)?,
+        updated_at: r.get(2)?,
+    })
+}
+
+pub fn pipeline(conn: &Connection, id: &str) -> Result<Option<Pipeline>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT spec, created_at, updated_at FROM pipelines WHERE id = ?1")?;
+    Ok(stmt.query_row([id], read_pipeline).optional()?)
+}
+
+pub fn pipelines(conn: &Connection) -> Result<Vec<Pipeline>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT spec, created_at, updated_at FROM pipelines ORDER BY id")?;
+    let rows = stmt.query_map([], read_pipeline)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
 }

@@ -83,6 +83,31 @@ const MIGRATIONS: &[&str] = &[
         workers INTEGER NOT NULL
     );
     "#,
+    // 2: command jobs: captured logs, the process group of the running attempt, and
+    // stored pipeline definitions.
+    r#"
+    ALTER TABLE jobs ADD COLUMN log_lines INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN log_full INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN pgid INTEGER;
+    ALTER TABLE jobs ADD COLUMN proc_start INTEGER;
+
+    CREATE TABLE logs (
+        job_key INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        attempt INTEGER NOT NULL,
+        stream TEXT NOT NULL,
+        line TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (job_key, seq)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE pipelines (
+        id TEXT PRIMARY KEY,
+        spec TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

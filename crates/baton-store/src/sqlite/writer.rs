@@ -12,8 +12,8 @@ use tokio::sync::{broadcast, oneshot};
 
 use super::rows::{self, JOB_COLUMNS, JobRow, get_job, read_job};
 use crate::{
-    ClaimRequest, Claimed, Error, Promoted, RecoverRequest, Recovered, Result, ServerInfo,
-    StartNow, Submitted, Transition, Update,
+    AppendLogs, Appended, ClaimRequest, Claimed, Error, JobProcess, Pipeline, Promoted,
+    RecoverRequest, Recovered, Result, ServerInfo, StartNow, Submitted, Transition, Update,
 };
 
 /// The most writes committed in one transaction.
@@ -39,6 +39,14 @@ pub enum Op {
     RegisterServer(ServerInfo),
     Heartbeat(String, Millis),
     ServerStopped(String, Millis),
+    SetProcess {
+        job_id: String,
+        fence: u64,
+        process: Option<JobProcess>,
+    },
+    AppendLogs(AppendLogs),
+    PutPipeline(Box<baton_core::PipelineSpec>, Millis),
+    DeletePipeline(String),
 }
 
 pub enum Output {
@@ -48,6 +56,9 @@ pub enum Output {
     Unit,
     Promoted(Promoted),
     Recovered(Vec<Recovered>),
+    Appended(Appended),
+    Pipeline(Box<Pipeline>),
+    Bool(bool),
 }
 
 pub struct Request {
@@ -206,6 +217,32 @@ impl Writer {
                     .prepare_cached("UPDATE servers SET heartbeat_at = ?2 WHERE id = ?1")?
                     .execute(params![id, now])?;
                 Ok(Output::Unit)
+            }
+            Op::SetProcess {
+                job_id,
+                fence,
+                process,
+            } => {
+                let (key, ..) = self.fenced(job_id, *fence)?;
+                self.conn
+                    .prepare_cached("UPDATE jobs SET pgid = ?2, proc_start = ?3 WHERE seq = ?1")?
+                    .execute(params![
+                        key,
+                        process.map(|p| p.pgid),
+                        process.map(|p| p.start_time as i64)
+                    ])?;
+                Ok(Output::Unit)
+            }
+            Op::AppendLogs(req) => self.append_logs(req).map(Output::Appended),
+            Op::PutPipeline(spec, now) => self
+                .put_pipeline(spec, *now)
+                .map(|p| Output::Pipeline(Box::new(p))),
+            Op::DeletePipeline(id) => {
+                let n = self
+                    .conn
+                    .prepare_cached("DELETE FROM pipelines WHERE id = ?1")?
+                    .execute([id])?;
+                Ok(Output::Bool(n > 0))
             }
             Op::ServerStopped(id, now) => {
                 self.conn
@@ -568,7 +605,9 @@ impl Writer {
         }
     }
 
-    fn update(&mut self, job_id: &str, fence: u64, now: Millis, update: &Update) -> Result<()> {
+    /// The job's row key, event sequence and attempt, if the attempt holding `fence`
+    /// still executes it.
+    fn fenced(&mut self, job_id: &str, fence: u64) -> Result<(i64, u64, u32)> {
         let found: Option<(i64, String, i64, i64, u32)> = self
             .conn
             .prepare_cached("SELECT seq, state, fence, event_seq, attempt FROM jobs WHERE id = ?1")?
@@ -586,7 +625,91 @@ impl Writer {
                 fence,
             });
         }
-        let event_seq = event_seq as u64 + 1;
+        Ok((seq, event_seq as u64, attempt))
+    }
+
+    fn append_logs(&mut self, req: &AppendLogs) -> Result<Appended> {
+        let (key, event_seq, attempt) = self.fenced(&req.job_id, req.fence)?;
+        let (count, full): (i64, bool) = self
+            .conn
+            .prepare_cached("SELECT log_lines, log_full FROM jobs WHERE seq = ?1")?
+            .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        if full {
+            return Ok(Appended {
+                stored: 0,
+                full: true,
+            });
+        }
+        let count = count as u64;
+        let room = req.max_lines.saturating_sub(count) as usize;
+        let take = room.min(req.lines.len());
+        let mut lines: Vec<(&str, std::borrow::Cow<'_, str>, Value)> = req.lines[..take]
+            .iter()
+            .map(|(stream, line)| (stream.as_str(), line.as_str().into(), Value::Null))
+            .collect();
+        let overflow = take < req.lines.len();
+        if overflow {
+            let marker = format!(
+                "log truncated: the job printed more than {} lines; later lines are not kept",
+                req.max_lines
+            );
+            lines.push(("baton", marker.into(), json!(true)));
+        }
+        let mut seq = count;
+        let mut event_seq = event_seq;
+        for (stream, line, truncated) in &lines {
+            seq += 1;
+            event_seq += 1;
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO logs (job_key, seq, attempt, stream, line, at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![key, seq as i64, attempt, stream, line, req.now])?;
+            let mut data = json!({"stream": stream, "line": line, "seq": seq});
+            if truncated.as_bool() == Some(true) {
+                data["truncated"] = json!(true);
+            }
+            self.event(
+                Some((&req.job_id, key)),
+                event_seq,
+                EventKind::Log,
+                req.now,
+                data,
+            )?;
+        }
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET log_lines = ?2, log_full = ?3, event_seq = ?4 WHERE seq = ?1",
+            )?
+            .execute(params![key, seq as i64, overflow, event_seq as i64])?;
+        Ok(Appended {
+            stored: take,
+            full: overflow,
+        })
+    }
+
+    fn put_pipeline(&mut self, spec: &baton_core::PipelineSpec, now: Millis) -> Result<Pipeline> {
+        let text = serde_json::to_string(spec)
+            .map_err(|e| Error::Internal(format!("cannot encode pipeline {:?}: {e}", spec.id)))?;
+        let created_at: Millis = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO pipelines (id, spec, created_at, updated_at) VALUES (?1, ?2, ?3, ?3) \
+                 ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at \
+                 RETURNING created_at",
+            )?
+            .query_row(params![spec.id, text, now], |r| r.get(0))?;
+        Ok(Pipeline {
+            spec: spec.clone(),
+            created_at,
+            updated_at: now,
+        })
+    }
+
+    fn update(&mut self, job_id: &str, fence: u64, now: Millis, update: &Update) -> Result<()> {
+        let (seq, event_seq, attempt) = self.fenced(job_id, fence)?;
+        let event_seq = event_seq + 1;
         let (kind, data) = match update {
             Update::Progress { fraction, message } => {
                 self.conn
@@ -687,14 +810,30 @@ impl Writer {
             stmt.query_map([], read_job)?
                 .collect::<rusqlite::Result<_>>()?
         };
+        // The processes of these jobs are gone (the engine killed what was left): a
+        // later recovery must not look for them again.
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET pgid = NULL, proc_start = NULL \
+                 WHERE state IN ('running', 'paused', 'stopping') AND pgid IS NOT NULL",
+            )?
+            .execute([])?;
         let mut out = Vec::with_capacity(stranded.len());
         for row in stranded {
             let was = row.job.state;
             let id = row.job.id.clone();
+            let cleanup = req.cleanup.get(&id);
+            let with_cleanup = |mut data: Value| {
+                if let (Value::Object(map), Some(Value::Object(extra))) = (&mut data, cleanup) {
+                    map.extend(extra.clone());
+                }
+                data
+            };
             let t = |to, event| Transition::new(id.clone(), to, event, req.now);
             self.transition(
-                &t(State::Crashed, EventKind::Crashed)
-                    .data(json!({"reason": "the engine stopped while the job ran", "was": was})),
+                &t(State::Crashed, EventKind::Crashed).data(with_cleanup(
+                    json!({"reason": "the engine stopped while the job ran", "was": was}),
+                )),
                 Resume::No,
                 false,
             )?;
@@ -737,10 +876,10 @@ impl Writer {
                 State::Crashed
             } else {
                 self.transition(
-                    &t(State::Queued, EventKind::Recovered).data(json!({
+                    &t(State::Queued, EventKind::Recovered).data(with_cleanup(json!({
                         "from_checkpoint": row.checkpoint.is_some(),
                         "recoveries": row.job.recoveries + 1,
-                    })),
+                    }))),
                     Resume::AfterCrash,
                     false,
                 )?;
