@@ -7,7 +7,7 @@ use crate::time::{Millis, rfc3339};
 
 /// An immutable record of something that happened. `id` is the global sequence number,
 /// `seq` the job's own (0 for events without a job).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: u64,
     pub job_id: Option<String>,
@@ -15,6 +15,7 @@ pub struct Event {
     #[serde(rename = "type")]
     pub kind: EventKind,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
     pub data: Value,
 }
@@ -22,9 +23,9 @@ pub struct Event {
 macro_rules! event_kinds {
     ($($variant:ident => $name:literal),* $(,)?) => {
         /// The event types of DESIGN.md section 7.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
         pub enum EventKind {
-            $(#[serde(rename = $name)] $variant,)*
+            $(#[serde(rename = $name)] #[schema(rename = $name)] $variant,)*
         }
 
         impl EventKind {

@@ -8,7 +8,7 @@ use crate::time::{Millis, opt_rfc3339, rfc3339};
 
 /// A job as stored and as clients see it (DESIGN.md section 6). Every field is present;
 /// fields without a value are `null`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: String,
     pub kind: String,
@@ -25,12 +25,16 @@ pub struct Job {
     pub workflow_id: Option<String>,
     pub schedule_id: Option<String>,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
     #[serde(with = "opt_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub run_at: Option<Millis>,
     #[serde(with = "opt_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<Millis>,
     #[serde(with = "opt_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Millis>,
     pub result: Option<Value>,
     pub error: Option<ErrorInfo>,
@@ -39,11 +43,12 @@ pub struct Job {
     pub recoveries: u32,
     pub max_recoveries: u32,
     #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Millis,
 }
 
 /// Why a job failed or was cancelled.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorInfo {
     pub code: String,
     pub message: String,

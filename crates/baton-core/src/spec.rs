@@ -13,7 +13,7 @@ use crate::state::State;
 use crate::time::{self, Millis};
 
 /// A job spec: DESIGN.md section 6's wire shape. Every field but `kind` is optional.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,7 +61,7 @@ pub struct JobSpec {
     pub labels: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StepSpec {
     pub name: String,
@@ -117,7 +117,7 @@ impl StepSpec {
 /// The most times a step may be retried within one attempt.
 pub const MAX_STEP_RETRIES: u32 = 100;
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BackoffSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -571,6 +571,21 @@ impl Engine {
         Ok(self.inner.store.transition(t).await?)
     }
 
+    /// The queues this engine serves: name, concurrency and jobs running now.
+    pub fn queues(&self) -> Vec<(String, usize, usize)> {
+        self.inner
+            .queues
+            .values()
+            .map(|q| {
+                (
+                    q.name.clone(),
+                    q.concurrency,
+                    q.running.load(Ordering::SeqCst),
+                )
+            })
+            .collect()
+    }
+
     /// Jobs this engine is executing now.
     pub fn running_jobs(&self) -> Vec<String> {
         let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());

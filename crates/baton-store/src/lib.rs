@@ -262,17 +262,20 @@ pub struct Pipeline {
     pub updated_at: Millis,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ServerInfo {
     pub id: String,
     pub host: String,
     pub pid: u32,
     pub url: Option<String>,
     #[serde(with = "baton_core::time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub started_at: Millis,
     #[serde(with = "baton_core::time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub heartbeat_at: Millis,
     #[serde(with = "baton_core::time::opt_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub stopped_at: Option<Millis>,
     pub queues: Vec<String>,
     pub workers: u32,
@@ -298,13 +301,14 @@ pub struct JobPage {
     pub total: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct Checkpoint {
     pub seq: u64,
     pub attempt: u32,
     pub step: Option<String>,
     pub data: Value,
     #[serde(with = "baton_core::time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
 }
 

@@ -1,9 +1,20 @@
 //! `baton`: the command-line entry point.
 
 mod bench;
+mod client;
+mod config;
+mod serve;
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use baton_api::{Job, JobList, QueueList, ServerList, Stats, StatusRequest};
 use clap::{Parser, Subcommand};
+use serde_json::Value;
 use tracing_subscriber::EnvFilter;
+
+use crate::client::{Client, Exit, exit};
 
 #[derive(Parser)]
 #[command(
@@ -12,17 +23,178 @@ use tracing_subscriber::EnvFilter;
     about = "Baton: one engine for background jobs"
 )]
 struct Cli {
+    /// The server that client commands talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_SERVER",
+        default_value = "http://127.0.0.1:7700"
+    )]
+    server: String,
+    /// Bearer token for a server with auth.
+    #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the engine with its API and dashboard.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:7700; env BATON_LISTEN].
+        #[arg(long)]
+        listen: Option<String>,
+        /// Store URL: sqlite://baton.db or sqlite:///abs/path.db [env BATON_STORE].
+        #[arg(long)]
+        store: Option<String>,
+        /// Configuration file [default: ./baton.toml when present; env BATON_CONFIG].
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// SQLite durability: full or normal [env BATON_DURABILITY].
+        #[arg(long)]
+        durability: Option<String>,
+        /// Allow listening beyond this machine without auth.
+        #[arg(long)]
+        allow_remote: bool,
+    },
+    /// Submit a job: a command after --, a stored pipeline, or a handler kind.
+    Submit {
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        pipeline: Option<String>,
+        /// Run the command through `sh -c`.
+        #[arg(long)]
+        shell: bool,
+        /// JSON payload for a handler.
+        #[arg(long)]
+        payload: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i32>,
+        /// Start after this delay (e.g. 30s, 10m).
+        #[arg(long)]
+        after: Option<String>,
+        /// Retries after a failure (max_attempts - 1).
+        #[arg(long)]
+        retries: Option<u32>,
+        /// A client id; submitting it again returns the existing job.
+        #[arg(long)]
+        id: Option<String>,
+        /// A label, key=value; may repeat.
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Wait for the job, with a progress bar, and exit with its outcome.
+        #[arg(long)]
+        wait: bool,
+        #[arg(last = true)]
+        command: Vec<String>,
+    },
+    /// List jobs.
+    Ls {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long)]
+        kind: Option<String>,
+        /// key:value
+        #[arg(long)]
+        label: Option<String>,
+        /// Text to look for in ids, kinds and labels.
+        #[arg(short, long)]
+        q: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Show one job.
+    Show {
+        id: String,
+    },
+    /// Wait for a job to finish (exit 0 completed, 1 failed, 2 cancelled, 124 timeout).
+    Wait {
+        id: String,
+        #[arg(long, value_parser = parse_duration)]
+        timeout: Option<std::time::Duration>,
+    },
+    Pause {
+        id: String,
+    },
+    Resume {
+        id: String,
+    },
+    /// Stop a running job (SIGTERM, then SIGKILL after its grace; --force at once).
+    Stop {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
+    Cancel {
+        id: String,
+    },
+    /// Run a finished job again.
+    Retry {
+        id: String,
+        #[arg(long)]
+        from_checkpoint: bool,
+    },
+    /// Delete a job.
+    Rm {
+        id: String,
+    },
+    /// Print events; -f follows live ones.
+    Events {
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        job: Option<String>,
+        /// Start after this global event id.
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// Counts per state.
+    Stats,
+    /// Servers with their heartbeats.
+    Servers,
+    /// Queues with their counts.
+    Queues,
+    /// Batch status of several jobs.
+    Status {
+        ids: Vec<String>,
+    },
+    /// Tokens for `[auth]` in baton.toml.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Measure the engine (DESIGN.md section 10).
     Bench(bench::BenchArgs),
 }
 
-fn main() -> std::process::ExitCode {
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a random token and print it with the line to add to baton.toml.
+    New {
+        #[arg(long)]
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: String,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    baton_core::duration::parse(s)
+}
+
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
@@ -30,26 +202,287 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Bench(args) => bench::run(args).await,
-        }
-    });
-    match result {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            let code = e.downcast_ref::<Exit>().map_or(exit::FAILED, |x| x.code);
+            ExitCode::from(code)
         }
     }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cli: Cli) -> Result<u8> {
+    let client = || Client::new(&cli.server, cli.token.clone(), cli.json);
+    match cli.command {
+        Command::Serve {
+            listen,
+            store,
+            config,
+            durability,
+            allow_remote,
+        } => {
+            let flags = config::Flags {
+                config,
+                listen,
+                store,
+                durability,
+                allow_remote,
+            };
+            runtime()?.block_on(serve::run(flags))?;
+            Ok(exit::OK)
+        }
+        Command::Bench(args) => {
+            runtime()?.block_on(bench::run(args))?;
+            Ok(exit::OK)
+        }
+        Command::Submit {
+            kind,
+            pipeline,
+            shell,
+            payload,
+            queue,
+            priority,
+            after,
+            retries,
+            id,
+            labels,
+            wait,
+            command,
+        } => {
+            let spec = client::submit_spec(
+                kind, command, shell, pipeline, payload, queue, priority, after, retries, id,
+                labels,
+            )?;
+            let c = client()?;
+            let body = serde_json::to_value(&spec)?;
+            let job: Job = c.call("POST", "/api/jobs", Some(&body))?;
+            if wait {
+                if !c.json {
+                    eprintln!("submitted {}", job.id);
+                }
+                return client::wait(&c, &job.id, None, false);
+            }
+            if c.json {
+                c.print_json(&job);
+            } else {
+                println!("{}", job.id);
+            }
+            Ok(exit::OK)
+        }
+        Command::Ls {
+            state,
+            queue,
+            kind,
+            label,
+            q,
+            limit,
+            cursor,
+        } => {
+            let c = client()?;
+            let mut query = vec![format!("limit={limit}")];
+            for (k, v) in [
+                ("state", state),
+                ("queue", queue),
+                ("kind", kind),
+                ("label", label),
+                ("q", q),
+                ("cursor", cursor),
+            ] {
+                if let Some(v) = v {
+                    query.push(format!("{k}={}", encode(&v)));
+                }
+            }
+            let list: JobList = c.call("GET", &format!("/api/jobs?{}", query.join("&")), None)?;
+            if c.json {
+                c.print_json(&list);
+            } else {
+                client::print_jobs(&list);
+            }
+            Ok(exit::OK)
+        }
+        Command::Show { id } => {
+            let c = client()?;
+            let job: Job = c.call("GET", &format!("/api/jobs/{}", encode(&id)), None)?;
+            if c.json {
+                c.print_json(&job);
+            } else {
+                client::print_job(&job);
+            }
+            Ok(exit::OK)
+        }
+        Command::Wait { id, timeout } => client::wait(&client()?, &id, timeout, false),
+        Command::Pause { id } => control(&client()?, "POST", &id, "pause"),
+        Command::Resume { id } => control(&client()?, "POST", &id, "resume"),
+        Command::Stop { id, force } => control(
+            &client()?,
+            "POST",
+            &id,
+            if force { "stop?force=true" } else { "stop" },
+        ),
+        Command::Cancel { id } => control(&client()?, "POST", &id, "cancel"),
+        Command::Retry {
+            id,
+            from_checkpoint,
+        } => control(
+            &client()?,
+            "POST",
+            &id,
+            if from_checkpoint {
+                "retry?from_checkpoint=true"
+            } else {
+                "retry"
+            },
+        ),
+        Command::Rm { id } => {
+            let c = client()?;
+            let job: Job = c.call("DELETE", &format!("/api/jobs/{}", encode(&id)), None)?;
+            report(&c, &job);
+            Ok(exit::OK)
+        }
+        Command::Events { follow, job, after } => {
+            let c = client()?;
+            if !follow {
+                let id = job.ok_or_else(|| anyhow::anyhow!("events without -f need --job ID"))?;
+                let list: baton_api::EventList = c.call(
+                    "GET",
+                    &format!(
+                        "/api/jobs/{}/events?after={}",
+                        encode(&id),
+                        after.unwrap_or(0)
+                    ),
+                    None,
+                )?;
+                for e in &list.events {
+                    if c.json {
+                        c.print_json(e)
+                    } else {
+                        client::print_event(e)
+                    }
+                }
+                return Ok(exit::OK);
+            }
+            let mut query = Vec::new();
+            if let Some(j) = job {
+                query.push(format!("job={}", encode(&j)));
+            }
+            if let Some(a) = after {
+                query.push(format!("after={a}"));
+            }
+            c.follow(&format!("/api/events?{}", query.join("&")), |e| {
+                if c.json {
+                    c.print_json(&e)
+                } else {
+                    client::print_event(&e)
+                }
+                Ok(true)
+            })?;
+            Ok(exit::OK)
+        }
+        Command::Stats => {
+            let c = client()?;
+            let stats: Stats = c.call("GET", "/api/stats", None)?;
+            if c.json {
+                c.print_json(&stats)
+            } else {
+                client::print_stats(&stats)
+            }
+            Ok(exit::OK)
+        }
+        Command::Servers => {
+            let c = client()?;
+            let list: ServerList = c.call("GET", "/api/servers", None)?;
+            if c.json {
+                c.print_json(&list)
+            } else {
+                client::print_servers(&list)
+            }
+            Ok(exit::OK)
+        }
+        Command::Queues => {
+            let c = client()?;
+            let list: QueueList = c.call("GET", "/api/queues", None)?;
+            if c.json {
+                c.print_json(&list)
+            } else {
+                client::print_queues(&list)
+            }
+            Ok(exit::OK)
+        }
+        Command::Status { ids } => {
+            let c = client()?;
+            let body = serde_json::to_value(StatusRequest { ids })?;
+            let out: baton_api::StatusResponse = c.call("POST", "/api/jobs/status", Some(&body))?;
+            if c.json {
+                c.print_json(&out);
+            } else {
+                for j in &out.jobs {
+                    println!("{:<38} {}", j.id, j.state);
+                }
+                for m in &out.missing {
+                    println!("{m:<38} missing");
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Token {
+            command: TokenCommand::New { name, role },
+        } => {
+            if !matches!(role.as_str(), "viewer" | "operator" | "admin") {
+                anyhow::bail!("invalid --role {role:?}: expected viewer, operator or admin");
+            }
+            let mut bytes = [0u8; 24];
+            getrandom_fill(&mut bytes)?;
+            let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            println!("token (give it to the client; it is not stored): {token}");
+            println!("add to baton.toml under [auth]:");
+            println!(
+                "tokens = [{{ name = {name:?}, sha256 = \"{}\", role = \"{role}\" }}]",
+                baton_server::hash_token(&token)
+            );
+            Ok(exit::OK)
+        }
+    }
+}
+
+fn control(c: &Client, method: &str, id: &str, action: &str) -> Result<u8> {
+    let job: Job = c.call(
+        method,
+        &format!("/api/jobs/{}/{action}", encode(id)),
+        None::<&Value>,
+    )?;
+    report(c, &job);
+    Ok(exit::OK)
+}
+
+fn report(c: &Client, job: &Job) {
+    if c.json {
+        c.print_json(job);
+    } else {
+        println!("{} {}", job.id, job.state);
+    }
+}
+
+/// Percent-encodes a query or path value.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b':' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn getrandom_fill(buf: &mut [u8]) -> Result<()> {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)?;
+    Ok(())
 }

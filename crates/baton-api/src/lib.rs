@@ -1,0 +1,182 @@
+//! The request and response types of Baton's HTTP API (DESIGN.md section 6), shared by
+//! the server and the CLI so that both speak exactly the same shapes.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, State};
+pub use baton_store::{Checkpoint, ServerInfo};
+
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    pub code: String,
+    pub message: String,
+}
+
+/// `GET /api/jobs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct JobList {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+    pub total: u64,
+}
+
+/// `POST /api/jobs/status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StatusRequest {
+    pub ids: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StatusResponse {
+    pub jobs: Vec<Job>,
+    pub missing: Vec<String>,
+}
+
+/// `GET /api/jobs/{id}/events` as JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct EventList {
+    pub events: Vec<Event>,
+}
+
+/// `GET /api/jobs/{id}/checkpoints`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CheckpointList {
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// `GET /api/stats`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Stats {
+    /// Jobs per state, every state present.
+    pub states: BTreeMap<String, u64>,
+    /// Jobs per queue and state.
+    pub queues: BTreeMap<String, BTreeMap<String, u64>>,
+    pub total: u64,
+    /// Jobs that reached each terminal state since this server started.
+    pub since_start: BTreeMap<String, u64>,
+}
+
+/// `GET /api/servers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ServerList {
+    pub servers: Vec<ServerInfo>,
+}
+
+/// `GET /api/queues`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QueueList {
+    pub queues: Vec<QueueInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QueueInfo {
+    pub name: String,
+    pub concurrency: Option<usize>,
+    pub running: usize,
+    pub counts: BTreeMap<String, u64>,
+}
+
+/// What the WebSocket at `/api/ws` accepts, one JSON object per text message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum WsRequest {
+    /// Subscribe to a job's events, or to every event when `job` is absent; with
+    /// `after`, first replays the stored events after that global event id.
+    Subscribe {
+        #[serde(default)]
+        job: Option<String>,
+        #[serde(default)]
+        after: Option<u64>,
+    },
+    Unsubscribe {
+        #[serde(default)]
+        job: Option<String>,
+    },
+    /// A control command; the reply carries the same `id`.
+    Control {
+        #[serde(default)]
+        id: Option<String>,
+        action: ControlAction,
+        job: String,
+        #[serde(default)]
+        force: bool,
+        #[serde(default)]
+        from_checkpoint: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlAction {
+    Pause,
+    Resume,
+    Stop,
+    Cancel,
+    Retry,
+    Delete,
+}
+
+/// What the WebSocket sends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WsMessage {
+    Event {
+        event: Event,
+    },
+    Reply {
+        id: Option<String>,
+        ok: bool,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        job: Option<Box<Job>>,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        error: Option<ErrorDetail>,
+    },
+    Subscribed {
+        job: Option<String>,
+    },
+    Unsubscribed {
+        job: Option<String>,
+    },
+    Error {
+        error: ErrorDetail,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_requests_parse() {
+        let r: WsRequest = serde_json::from_str(r#"{"op":"subscribe","after":7}"#).unwrap();
+        assert_eq!(
+            r,
+            WsRequest::Subscribe {
+                job: None,
+                after: Some(7)
+            }
+        );
+        let r: WsRequest = serde_json::from_str(
+            r#"{"op":"control","id":"1","action":"stop","job":"j","force":true}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            r,
+            WsRequest::Control {
+                action: ControlAction::Stop,
+                force: true,
+                ..
+            }
+        ));
+        assert!(serde_json::from_str::<WsRequest>(r#"{"op":"dance"}"#).is_err());
+    }
+}

@@ -1,0 +1,320 @@
+//! Who may do what: bearer tokens with roles (stored as SHA-256 hashes, never in
+//! clear), optional HS256 JWTs, and a rate limit on job creation.
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderValue, Method, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+use crate::{AppState, ServerOptions};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads.
+    Viewer,
+    /// Reads, submits and controls jobs.
+    Operator,
+    /// Everything, including deletes, schedules and pipelines.
+    Admin,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// A configured token: its SHA-256 (hex) and role.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenEntry {
+    pub name: String,
+    pub sha256: String,
+    pub role: Role,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AuthConfig {
+    pub tokens: Vec<TokenEntry>,
+    /// Accept HS256 JWTs signed with this secret; their `role` claim names the role.
+    pub jwt_secret: Option<String>,
+}
+
+impl AuthConfig {
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty() || self.jwt_secret.is_some()
+    }
+}
+
+/// The hex SHA-256 of a token, as it is written in the configuration.
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Who made a request; handlers that check more (the WebSocket's commands) read it.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub name: String,
+    pub role: Role,
+}
+
+pub struct Auth {
+    config: AuthConfig,
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+impl Auth {
+    pub fn new(options: &ServerOptions) -> Self {
+        let limiter = NonZeroU32::new(options.submit_rate).map(|rate| {
+            let burst = NonZeroU32::new(options.submit_burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Self {
+            config: options.auth.clone(),
+            limiter,
+        }
+    }
+
+    fn identify(&self, token: &str) -> Option<Caller> {
+        let hash = hash_token(token);
+        if let Some(t) = self
+            .config
+            .tokens
+            .iter()
+            .find(|t| t.sha256.eq_ignore_ascii_case(&hash))
+        {
+            return Some(Caller {
+                name: t.name.clone(),
+                role: t.role,
+            });
+        }
+        let secret = self.config.jwt_secret.as_deref()?;
+        verify_jwt(token, secret.as_bytes())
+    }
+}
+
+/// The role a request needs.
+pub fn required_role(method: &Method, path: &str) -> Option<Role> {
+    if matches!(path, "/healthz" | "/readyz") {
+        return None;
+    }
+    if *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS {
+        return Some(Role::Viewer);
+    }
+    let admin_area = path.starts_with("/api/schedules") || path.starts_with("/api/pipelines");
+    if *method == Method::DELETE || (admin_area && !path.ends_with("/trigger")) {
+        return Some(Role::Admin);
+    }
+    Some(Role::Operator)
+}
+
+pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
+    let auth = &s.auth;
+    let required = required_role(req.method(), req.uri().path());
+    let mut caller = Caller {
+        name: "anonymous".into(),
+        role: Role::Admin,
+    };
+    if let Some(required) = required
+        && auth.config.enabled()
+    {
+        let token = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            // Browsers cannot set headers on EventSource or WebSocket: a query token.
+            .map(str::to_owned)
+            .or_else(|| query_token(req.uri().query()));
+        let Some(token) = token else {
+            return unauthorized("missing bearer token: send Authorization: Bearer <token>");
+        };
+        match auth.identify(&token) {
+            None => return unauthorized("invalid token"),
+            Some(c) if c.role < required => {
+                return ApiError::forbidden(format!(
+                    "the {} role may not {} {}; it needs the {} role",
+                    c.role.as_str(),
+                    req.method(),
+                    req.uri().path(),
+                    required.as_str()
+                ))
+                .into_response();
+            }
+            Some(c) => caller = c,
+        }
+    }
+    if let Some(limiter) = &auth.limiter
+        && req.method() == Method::POST
+        && matches!(req.uri().path(), "/api/jobs" | "/api/workflows")
+    {
+        let key = if auth.config.enabled() {
+            caller.name.clone()
+        } else {
+            req.extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip().to_string())
+                .unwrap_or_else(|| "local".into())
+        };
+        if let Err(not_until) = limiter.check_key(&key) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let mut response = ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("too many jobs submitted; retry in {secs} s"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return response;
+        }
+    }
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
+fn unauthorized(message: &str) -> Response {
+    let mut response = ApiError::unauthorized(message).into_response();
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn query_token(query: Option<&str>) -> Option<String> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("token="))
+        .map(str::to_owned)
+}
+
+#[derive(Deserialize)]
+struct JwtHeader {
+    alg: String,
+}
+
+#[derive(Deserialize)]
+struct JwtClaims {
+    #[serde(default)]
+    sub: Option<String>,
+    role: Role,
+    #[serde(default)]
+    exp: Option<i64>,
+    #[serde(default)]
+    nbf: Option<i64>,
+}
+
+/// Verifies an HS256 JWT and returns who it names; `None` for anything else.
+fn verify_jwt(token: &str, secret: &[u8]) -> Option<Caller> {
+    let mut parts = token.split('.');
+    let (h, p, sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let header: JwtHeader = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).ok()?).ok()?;
+    if header.alg != "HS256" {
+        return None;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).ok()?;
+    mac.update(h.as_bytes());
+    mac.update(b".");
+    mac.update(p.as_bytes());
+    mac.verify_slice(&URL_SAFE_NO_PAD.decode(sig).ok()?).ok()?;
+    let claims: JwtClaims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).ok()?).ok()?;
+    let now = chrono::Utc::now().timestamp();
+    if claims.exp.is_some_and(|exp| exp <= now) || claims.nbf.is_some_and(|nbf| nbf > now) {
+        return None;
+    }
+    Some(Caller {
+        name: claims.sub.unwrap_or_else(|| "jwt".into()),
+        role: claims.role,
+    })
+}
+
+/// Signs an HS256 JWT (for tests and for `baton token jwt`).
+pub fn sign_jwt(claims: &serde_json::Value, secret: &[u8]) -> String {
+    let h = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let p = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(h.as_bytes());
+    mac.update(b".");
+    mac.update(p.as_bytes());
+    let sig = URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes());
+    format!("{h}.{p}.{sig}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jwts_are_verified() {
+        let secret = b"s3cret";
+        let exp = chrono::Utc::now().timestamp() + 60;
+        let good = sign_jwt(
+            &serde_json::json!({"sub": "ci", "role": "operator", "exp": exp}),
+            secret,
+        );
+        let c = verify_jwt(&good, secret).expect("valid");
+        assert_eq!((c.name.as_str(), c.role), ("ci", Role::Operator));
+        assert!(verify_jwt(&good, b"other").is_none(), "wrong secret");
+        let expired = sign_jwt(&serde_json::json!({"role": "admin", "exp": 1}), secret);
+        assert!(verify_jwt(&expired, secret).is_none(), "expired");
+        let mut tampered = good.clone();
+        tampered.insert(good.find('.').unwrap() + 2, 'x');
+        assert!(verify_jwt(&tampered, secret).is_none(), "tampered");
+        assert!(verify_jwt("a.b", secret).is_none());
+    }
+
+    #[test]
+    fn roles_per_route() {
+        assert_eq!(required_role(&Method::GET, "/api/jobs"), Some(Role::Viewer));
+        assert_eq!(
+            required_role(&Method::POST, "/api/jobs"),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/api/jobs/x/pause"),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            required_role(&Method::DELETE, "/api/jobs/x"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/api/schedules"),
+            Some(Role::Admin)
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/api/schedules/x/trigger"),
+            Some(Role::Operator)
+        );
+        assert_eq!(
+            required_role(&Method::PUT, "/api/pipelines/x"),
+            Some(Role::Admin)
+        );
+        assert_eq!(required_role(&Method::GET, "/healthz"), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! One error model for the whole API: every error becomes
+//! `{"error": {"code", "message"}}` with its status, decided here and nowhere else.
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use baton_api::{ErrorBody, ErrorDetail};
+use baton_engine::ErrorCode;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+}
+
+impl From<baton_engine::Error> for ApiError {
+    fn from(e: baton_engine::Error) -> Self {
+        let (status, code) = match e.code() {
+            ErrorCode::InvalidSpec => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec"),
+            ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            ErrorCode::IllegalTransition => (StatusCode::CONFLICT, "illegal_transition"),
+            ErrorCode::StaleFence => (StatusCode::CONFLICT, "stale_fence"),
+            ErrorCode::Locked => (StatusCode::SERVICE_UNAVAILABLE, "store_locked"),
+            ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ErrorCode::InvalidConfig | ErrorCode::Internal => {
+                // The details go to the log, not to the client.
+                tracing::error!(error = %e, "internal error");
+                return Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error; the server log has the details",
+                );
+            }
+        };
+        Self::new(status, code, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        let text = r.body_text();
+        match r {
+            JsonRejection::JsonDataError(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", text)
+            }
+            JsonRejection::JsonSyntaxError(_) => {
+                Self::new(StatusCode::BAD_REQUEST, "malformed_json", text)
+            }
+            JsonRejection::MissingJsonContentType(_) => Self::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected a body with content-type application/json",
+            ),
+            JsonRejection::BytesRejection(_) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", text)
+            }
+            _ => Self::new(r.status(), "bad_request", text),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self::bad_request(r.body_text())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,266 @@
+//! Events: a job's events as JSON, and live streams over SSE that resume from the
+//! stored log after a disconnect (`Last-Event-ID`).
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{self, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use baton_api::EventList;
+use baton_core::{Event, EventKind};
+use baton_engine::Subscription;
+use futures::Stream;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs::{ApiQuery, job_id};
+use crate::meta::SubscriberGuard;
+
+/// Events read from the store per page when a client catches up.
+const PAGE: usize = 1000;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobEventsQuery {
+    after: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}/events", tag = "events",
+    params(("id" = String, Path), ("after" = Option<u64>, Query, description = "per-job seq (JSON)"),
+        ("Last-Event-ID" = Option<u64>, Header, description = "global id to resume an SSE stream")),
+    responses((status = 200, description = "JSON, or SSE with Accept: text/event-stream", body = baton_api::EventList)))]
+pub async fn job_events(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<JobEventsQuery>,
+) -> ApiResult<Response> {
+    let id = job_id(&id)?.to_owned();
+    if wants_sse(&headers) {
+        s.engine.get(&id).await?;
+        let start = match last_event_id(&headers)? {
+            Some(last) => Start::After(last),
+            None => Start::JobHistory,
+        };
+        let filter = Filter {
+            job: Some(id),
+            kinds: None,
+        };
+        return Ok(sse_response(stream(s, start, filter)));
+    }
+    let events = s.engine.events(&id, q.after.unwrap_or(0)).await?;
+    Ok(Json(EventList { events }).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllEventsQuery {
+    /// Replay stored events after this global id first.
+    after: Option<u64>,
+    /// Only this job's events.
+    job: Option<String>,
+    /// Only these types, comma separated (`job.progress,job.completed`).
+    types: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/events", tag = "events",
+    params(("after" = Option<u64>, Query), ("job" = Option<String>, Query),
+        ("types" = Option<String>, Query, description = "event types, comma separated"),
+        ("Last-Event-ID" = Option<u64>, Header)),
+    responses((status = 200, description = "an SSE stream of events", content_type = "text/event-stream", body = baton_core::Event)))]
+pub async fn all_events(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiQuery(q): ApiQuery<AllEventsQuery>,
+) -> ApiResult<Response> {
+    let start = match (last_event_id(&headers)?, q.after) {
+        (Some(last), _) | (None, Some(last)) => Start::After(last),
+        (None, None) => Start::Live,
+    };
+    if let Some(job) = &q.job {
+        job_id(job)?;
+    }
+    let kinds = match q.types.as_deref().filter(|t| !t.is_empty()) {
+        None => None,
+        Some(list) => {
+            let mut kinds = Vec::new();
+            for name in list.split(',') {
+                kinds.push(EventKind::parse(name.trim()).ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "invalid event type {name:?} (e.g. job.progress)"
+                    ))
+                })?);
+            }
+            Some(kinds)
+        }
+    };
+    let filter = Filter { job: q.job, kinds };
+    Ok(sse_response(stream(s, start, filter)))
+}
+
+fn wants_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"))
+}
+
+fn last_event_id(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    match headers.get("last-event-id") {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("invalid Last-Event-ID: expected an event id")),
+    }
+}
+
+fn sse_response(
+    stream: impl Stream<Item = Result<sse::Event, Infallible>> + Send + 'static,
+) -> Response {
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+pub(crate) enum Start {
+    /// Only what happens from now on.
+    Live,
+    /// The stored events after this global id, then live ones.
+    After(u64),
+    /// The filtered job's whole history, then live events.
+    JobHistory,
+}
+
+#[derive(Clone)]
+pub(crate) struct Filter {
+    pub job: Option<String>,
+    pub kinds: Option<Vec<EventKind>>,
+}
+
+impl Filter {
+    pub fn matches(&self, e: &Event) -> bool {
+        self.job
+            .as_deref()
+            .is_none_or(|j| e.job_id.as_deref() == Some(j))
+            && self.kinds.as_ref().is_none_or(|k| k.contains(&e.kind))
+    }
+}
+
+/// Stored events then live ones, each once, in order.
+pub(crate) struct Feed {
+    state: AppState,
+    sub: Subscription,
+    filter: Filter,
+    backlog: VecDeque<Event>,
+    /// More stored events may follow `last` (catching up page by page).
+    catching_up: bool,
+    last: u64,
+    _guard: SubscriberGuard,
+}
+
+impl Feed {
+    pub async fn new(state: AppState, start: Start, filter: Filter) -> Feed {
+        // Subscribe before reading the store, so nothing falls between the two;
+        // duplicates are dropped by id.
+        let sub = state.engine.subscribe();
+        let guard = state.metrics.subscriber();
+        let mut feed = Feed {
+            sub,
+            filter,
+            backlog: VecDeque::new(),
+            catching_up: false,
+            last: 0,
+            _guard: guard,
+            state,
+        };
+        match start {
+            Start::Live => {}
+            Start::After(id) => {
+                feed.last = id;
+                feed.catching_up = true;
+            }
+            Start::JobHistory => {
+                if let Some(job) = &feed.filter.job
+                    && let Ok(events) = feed.state.engine.events(job, 0).await
+                {
+                    feed.backlog.extend(events);
+                }
+            }
+        }
+        feed
+    }
+
+    /// The next event, or `None` when the server is shutting down.
+    pub async fn next(&mut self) -> Option<Arc<Event>> {
+        loop {
+            if let Some(e) = self.backlog.pop_front() {
+                if e.id <= self.last && self.last != 0 {
+                    continue;
+                }
+                self.last = self.last.max(e.id);
+                if self.filter.matches(&e) {
+                    return Some(Arc::new(e));
+                }
+                continue;
+            }
+            if self.catching_up {
+                match self
+                    .state
+                    .engine
+                    .store()
+                    .events_after(self.last, PAGE)
+                    .await
+                {
+                    Ok(page) => {
+                        self.catching_up = page.len() == PAGE;
+                        self.backlog.extend(page);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read stored events for a stream");
+                        self.catching_up = false;
+                    }
+                }
+                continue;
+            }
+            let next = tokio::select! {
+                e = self.sub.next() => e,
+                _ = self.state.metrics.draining.cancelled() => None,
+            };
+            let e = next?;
+            if e.id <= self.last {
+                continue;
+            }
+            self.last = e.id;
+            if self.filter.matches(&e) {
+                return Some(e);
+            }
+        }
+    }
+}
+
+pub(crate) fn stream(
+    state: AppState,
+    start: Start,
+    filter: Filter,
+) -> impl Stream<Item = Result<sse::Event, Infallible>> + Send + 'static {
+    futures::stream::once(Feed::new(state, start, filter)).flat_map(|feed| {
+        futures::stream::unfold(feed, |mut feed| async move {
+            let e = feed.next().await?;
+            let frame = sse::Event::default()
+                .id(e.id.to_string())
+                .event(e.kind.as_str())
+                .data(serde_json::to_string(&*e).unwrap_or_default());
+            Some((Ok(frame), feed))
+        })
+    })
+}
+
+use futures::StreamExt as _;

@@ -1,0 +1,309 @@
+//! `/api/jobs`: submit, read, wait and control.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use baton_api::{CheckpointList, JobList, StatusRequest, StatusResponse};
+use baton_core::{JobId, JobSpec, State as JobState};
+use baton_engine::JobFilter;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+
+/// A JSON body whose rejections speak the API's error model.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// A query string whose rejections speak the API's error model.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+// The derives above name these conversions.
+const _: fn(JsonRejection) -> ApiError = ApiError::from;
+const _: fn(QueryRejection) -> ApiError = ApiError::from;
+
+/// Checks a job id from the path before it reaches the store.
+pub fn job_id(id: &str) -> ApiResult<&str> {
+    JobId::parse(id).map_err(|m| ApiError::bad_request(format!("invalid job id: {m}")))?;
+    Ok(id)
+}
+
+#[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = baton_core::JobSpec,
+    responses((status = 201, description = "created", body = baton_core::Job),
+        (status = 200, description = "a job with this client id exists", body = baton_core::Job),
+        (status = 422, description = "invalid spec", body = baton_api::ErrorBody)))]
+pub async fn submit(
+    State(s): State<AppState>,
+    ApiJson(spec): ApiJson<JobSpec>,
+) -> ApiResult<Response> {
+    let submitted = s.engine.submit(spec).await?;
+    let status = if submitted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(submitted.job)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    state: Option<String>,
+    queue: Option<String>,
+    kind: Option<String>,
+    label: Option<String>,
+    q: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+    params(("state" = Option<String>, Query, description = "states, comma separated; aliases accepted"),
+        ("queue" = Option<String>, Query), ("kind" = Option<String>, Query),
+        ("label" = Option<String>, Query, description = "key:value"), ("q" = Option<String>, Query),
+        ("limit" = Option<u32>, Query, description = "1 to 1000"), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = baton_api::JobList), (status = 400, body = baton_api::ErrorBody)))]
+pub async fn list(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<JobList>> {
+    let mut filter = JobFilter {
+        limit: 50,
+        ..JobFilter::default()
+    };
+    if let Some(states) = q.state.as_deref().filter(|v| !v.is_empty()) {
+        for name in states.split(',') {
+            let state = JobState::parse(name.trim()).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "invalid state {name:?}: expected one of scheduled, awaiting, queued, running, paused, stopping, crashed, completed, failed, cancelled, deleted"
+                ))
+            })?;
+            if !filter.states.contains(&state) {
+                filter.states.push(state);
+            }
+        }
+    }
+    if let Some(limit) = &q.limit {
+        filter.limit = match limit.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid limit {limit:?}: expected a number from 1 to 1000"
+                )));
+            }
+        };
+    }
+    if let Some(label) = &q.label {
+        let (k, v) = label.split_once(':').ok_or_else(|| {
+            ApiError::bad_request(format!("invalid label {label:?}: expected key:value"))
+        })?;
+        filter.label = Some((k.to_owned(), v.to_owned()));
+    }
+    if let Some(cursor) = &q.cursor
+        && cursor.parse::<i64>().is_err()
+    {
+        return Err(ApiError::bad_request(format!("invalid cursor {cursor:?}")));
+    }
+    filter.queue = q.queue.filter(|v| !v.is_empty());
+    filter.kind = q.kind.filter(|v| !v.is_empty());
+    filter.text = q.q.filter(|v| !v.is_empty());
+    filter.cursor = q.cursor;
+    let page = s.engine.list(filter).await?;
+    Ok(Json(JobList {
+        jobs: page.jobs,
+        next_cursor: page.next_cursor,
+        total: page.total,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Job), (status = 404, body = baton_api::ErrorBody)))]
+pub async fn show(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<baton_core::Job>> {
+    Ok(Json(s.engine.get(job_id(&id)?).await?))
+}
+
+/// At most this many ids in one status request.
+const MAX_STATUS_IDS: usize = 1000;
+
+#[utoipa::path(post, path = "/api/jobs/status", tag = "jobs", request_body = baton_api::StatusRequest,
+    responses((status = 200, body = baton_api::StatusResponse)))]
+pub async fn status(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<StatusRequest>,
+) -> ApiResult<Json<StatusResponse>> {
+    if req.ids.len() > MAX_STATUS_IDS {
+        return Err(ApiError::bad_request(format!(
+            "{} ids given; at most {MAX_STATUS_IDS} are allowed",
+            req.ids.len()
+        )));
+    }
+    let mut out = StatusResponse {
+        jobs: Vec::new(),
+        missing: Vec::new(),
+    };
+    for id in req.ids {
+        if JobId::parse(&id).is_err() {
+            out.missing.push(id);
+            continue;
+        }
+        match s
+            .engine
+            .store()
+            .get(&id)
+            .await
+            .map_err(baton_engine::Error::from)?
+        {
+            Some(job) => out.jobs.push(job),
+            None => out.missing.push(id),
+        }
+    }
+    Ok(Json(out))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitQuery {
+    timeout: Option<String>,
+}
+
+/// The longest a long-poll may wait.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+#[utoipa::path(get, path = "/api/jobs/{id}/wait", tag = "jobs",
+    params(("id" = String, Path), ("timeout" = Option<String>, Query, description = "e.g. 30s; at most 5m")),
+    responses((status = 200, description = "the job, terminal or not", body = baton_core::Job)))]
+pub async fn wait(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<WaitQuery>,
+) -> ApiResult<Json<baton_core::Job>> {
+    let id = job_id(&id)?;
+    let timeout = match &q.timeout {
+        None => Duration::from_secs(30),
+        Some(t) => {
+            let d = baton_core::duration::parse(t)
+                .map_err(|m| ApiError::bad_request(format!("invalid timeout: {m}")))?;
+            if d > MAX_WAIT {
+                return Err(ApiError::bad_request(format!(
+                    "invalid timeout: {t:?} is longer than the limit of 5m"
+                )));
+            }
+            d
+        }
+    };
+    let waited = tokio::select! {
+        r = tokio::time::timeout(timeout, s.engine.wait(id)) => r.ok(),
+        _ = s.metrics.draining.cancelled() => None,
+    };
+    match waited {
+        Some(job) => Ok(Json(job?)),
+        // The timeout passed (or the server is stopping): the job as it is now; its
+        // state says it is not done.
+        None => Ok(Json(s.engine.get(id).await?)),
+    }
+}
+
+#[utoipa::path(post, path = "/api/jobs/{id}/pause", tag = "control", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+pub async fn pause(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<baton_core::Job>> {
+    Ok(Json(s.engine.pause(job_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/jobs/{id}/resume", tag = "control", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+pub async fn resume(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<baton_core::Job>> {
+    Ok(Json(s.engine.resume(job_id(&id)?).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StopQuery {
+    #[serde(default)]
+    force: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/jobs/{id}/stop", tag = "control",
+    params(("id" = String, Path), ("force" = Option<bool>, Query)),
+    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+pub async fn stop(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<StopQuery>,
+) -> ApiResult<Json<baton_core::Job>> {
+    let force = flag("force", q.force.as_deref())?;
+    Ok(Json(s.engine.stop(job_id(&id)?, force).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryQuery {
+    #[serde(default)]
+    from_checkpoint: Option<String>,
+}
+
+#[utoipa::path(post, path = "/api/jobs/{id}/retry", tag = "control",
+    params(("id" = String, Path), ("from_checkpoint" = Option<bool>, Query)),
+    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+pub async fn retry(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<RetryQuery>,
+) -> ApiResult<Json<baton_core::Job>> {
+    let from = flag("from_checkpoint", q.from_checkpoint.as_deref())?;
+    Ok(Json(s.engine.retry(job_id(&id)?, from).await?))
+}
+
+#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "control", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+pub async fn cancel(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<baton_core::Job>> {
+    Ok(Json(s.engine.cancel(job_id(&id)?).await?))
+}
+
+#[utoipa::path(delete, path = "/api/jobs/{id}", tag = "control", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+pub async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<baton_core::Job>> {
+    Ok(Json(s.engine.delete(job_id(&id)?).await?))
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}/checkpoints", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = baton_api::CheckpointList)))]
+pub async fn checkpoints(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<CheckpointList>> {
+    let checkpoints = s.engine.checkpoints(job_id(&id)?).await?;
+    Ok(Json(CheckpointList { checkpoints }))
+}
+
+/// A boolean query flag: absent, `true`/`false`, `1`/`0`.
+pub fn flag(name: &str, value: Option<&str>) -> ApiResult<bool> {
+    match value {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("") | Some("true") | Some("1") => Ok(true),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "invalid {name} {other:?}: expected true or false"
+        ))),
+    }
+}

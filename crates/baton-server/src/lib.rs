@@ -1,0 +1,158 @@
+//! Baton's HTTP server: the REST API, realtime streams (SSE and WebSocket), auth,
+//! metrics and health, over an [`Engine`]. Only this crate knows HTTP.
+
+mod auth;
+mod error;
+mod events;
+mod jobs;
+mod meta;
+mod ws;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use baton_engine::Engine;
+use tokio::net::TcpListener;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use auth::{AuthConfig, Role, TokenEntry, hash_token, sign_jwt};
+pub use error::{ApiError, ApiResult};
+pub use meta::Metrics;
+
+/// How the server behaves; see `baton serve` for where each setting comes from.
+#[derive(Clone, Debug)]
+pub struct ServerOptions {
+    pub auth: AuthConfig,
+    /// Origins allowed by CORS; empty: no CORS headers; `*`: any origin.
+    pub cors_origins: Vec<String>,
+    /// The largest request body, in bytes.
+    pub body_limit: usize,
+    /// Job submissions per second and client; 0: unlimited.
+    pub submit_rate: u32,
+    /// Submissions a client may burst above the rate.
+    pub submit_burst: u32,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            auth: AuthConfig::default(),
+            cors_origins: Vec::new(),
+            body_limit: 2 * 1024 * 1024,
+            submit_rate: 0,
+            submit_burst: 100,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub metrics: Arc<Metrics>,
+    pub(crate) auth: Arc<auth::Auth>,
+    pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(engine: Engine, options: &ServerOptions) -> Self {
+        let metrics = Metrics::start(&engine);
+        Self {
+            engine,
+            metrics,
+            auth: Arc::new(auth::Auth::new(options)),
+            ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        }
+    }
+}
+
+/// The whole API as a router, ready to serve or to test with `oneshot`.
+pub fn router(state: AppState, options: &ServerOptions) -> Router {
+    let api = Router::new()
+        .route("/api/jobs", post(jobs::submit).get(jobs::list))
+        .route("/api/jobs/status", post(jobs::status))
+        .route("/api/jobs/{id}", get(jobs::show).delete(jobs::delete))
+        .route("/api/jobs/{id}/wait", get(jobs::wait))
+        .route("/api/jobs/{id}/pause", post(jobs::pause))
+        .route("/api/jobs/{id}/resume", post(jobs::resume))
+        .route("/api/jobs/{id}/stop", post(jobs::stop))
+        .route("/api/jobs/{id}/retry", post(jobs::retry))
+        .route(
+            "/api/jobs/{id}/cancel",
+            post(jobs::cancel).patch(jobs::cancel),
+        )
+        .route("/api/jobs/{id}/events", get(events::job_events))
+        .route("/api/jobs/{id}/checkpoints", get(jobs::checkpoints))
+        .route("/api/events", get(events::all_events))
+        .route("/api/ws", get(ws::upgrade))
+        .route("/api/stats", get(meta::stats))
+        .route("/api/servers", get(meta::servers))
+        .route("/api/queues", get(meta::queues))
+        .route("/api/openapi.json", get(meta::openapi))
+        .route("/metrics", get(meta::metrics))
+        .route("/healthz", get(meta::healthz))
+        .route("/readyz", get(meta::readyz))
+        .fallback(meta::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            meta::observe,
+        ))
+        .layer(DefaultBodyLimit::max(options.body_limit))
+        .with_state(state);
+    match cors_layer(&options.cors_origins) {
+        Some(cors) => api.layer(cors),
+        None => api,
+    }
+}
+
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(tower_http::cors::Any)
+            .allow_headers(tower_http::cors::Any)
+            .max_age(Duration::from_secs(3600)),
+    )
+}
+
+/// Serves until `shutdown` completes, then stops accepting, lets streams drain, and
+/// returns; the caller shuts the engine down after.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    options: &ServerOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(state.clone(), options).into_make_service_with_connect_info::<SocketAddr>();
+    let draining = state.metrics.draining.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            // Open streams end their responses once this is set.
+            draining.cancel();
+        })
+        .await
+}
+
+/// The OpenAPI document served at `/api/openapi.json`.
+pub fn openapi_json() -> String {
+    openapi::document()
+}
+
+mod openapi;

@@ -1,0 +1,373 @@
+//! Health, readiness, stats, servers, queues, Prometheus metrics and request logs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use baton_api::{QueueInfo, QueueList, ServerList, Stats};
+use baton_core::{EventKind, Millis, State as JobState};
+use baton_engine::Engine;
+use tokio_util::sync::CancellationToken;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+
+/// Upper bounds of the duration histograms, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 3600.0,
+];
+
+/// Counters the server keeps, fed by the engine's event stream.
+pub struct Metrics {
+    started: Instant,
+    events: AtomicU64,
+    by_kind: HashMap<EventKind, AtomicU64>,
+    subscribers: AtomicUsize,
+    requests: std::sync::Mutex<BTreeMap<u16, u64>>,
+    durations: Histogram,
+    queue_latency: Histogram,
+    /// Fires when the server stops: streams end, long-polls answer.
+    pub draining: CancellationToken,
+}
+
+struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in microseconds.
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Self {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
+    fn observe(&self, ms: Millis) {
+        let secs = ms.max(0) as f64 / 1000.0;
+        for (i, upper) in BUCKETS.iter().enumerate() {
+            if secs <= *upper {
+                self.counts[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(ms.max(0) as u64 * 1000, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (i, upper) in BUCKETS.iter().enumerate() {
+            let n = self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{upper}\"}} {n}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+/// Counts a live stream while it exists.
+pub struct SubscriberGuard(Arc<Metrics>);
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.0.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Metrics {
+    pub fn start(engine: &Engine) -> Arc<Metrics> {
+        let metrics = Arc::new(Metrics {
+            started: Instant::now(),
+            events: AtomicU64::new(0),
+            by_kind: EventKind::ALL
+                .iter()
+                .map(|k| (*k, AtomicU64::new(0)))
+                .collect(),
+            subscribers: AtomicUsize::new(0),
+            requests: std::sync::Mutex::new(BTreeMap::new()),
+            durations: Histogram::new(),
+            queue_latency: Histogram::new(),
+            draining: CancellationToken::new(),
+        });
+        let m = metrics.clone();
+        let mut sub = engine.subscribe();
+        tokio::spawn(async move {
+            // When each job was submitted and started, to time queueing and running.
+            let mut submitted: HashMap<String, Millis> = HashMap::new();
+            let mut started: HashMap<String, Millis> = HashMap::new();
+            loop {
+                let e = tokio::select! {
+                    e = sub.next() => e,
+                    _ = m.draining.cancelled() => None,
+                };
+                let Some(e) = e else { return };
+                m.events.fetch_add(1, Ordering::Relaxed);
+                if let Some(c) = m.by_kind.get(&e.kind) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                let Some(id) = e.job_id.clone() else { continue };
+                match e.kind {
+                    EventKind::Submitted | EventKind::Queued | EventKind::Recovered => {
+                        submitted.insert(id, e.at);
+                    }
+                    EventKind::Started => {
+                        if let Some(at) = submitted.remove(&id) {
+                            m.queue_latency.observe(e.at - at);
+                        }
+                        started.insert(id, e.at);
+                    }
+                    k if k.is_terminal() || k == EventKind::Retrying => {
+                        submitted.remove(&id);
+                        if let Some(at) = started.remove(&id) {
+                            m.durations.observe(e.at - at);
+                        }
+                    }
+                    _ => {}
+                }
+                // Jobs that never finish must not grow these forever.
+                if submitted.len() > 200_000 {
+                    submitted.clear();
+                }
+                if started.len() > 200_000 {
+                    started.clear();
+                }
+            }
+        });
+        metrics
+    }
+
+    pub fn subscriber(self: &Arc<Self>) -> SubscriberGuard {
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        SubscriberGuard(self.clone())
+    }
+
+    pub fn subscribers(&self) -> usize {
+        self.subscribers.load(Ordering::Relaxed)
+    }
+
+    fn count(&self, kind: EventKind) -> u64 {
+        self.by_kind
+            .get(&kind)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+}
+
+/// Logs every request with its status and time, and counts statuses.
+pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let t0 = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16();
+    if let Ok(mut counts) = s.metrics.requests.lock() {
+        *counts.entry(status).or_default() += 1;
+    }
+    tracing::info!(%method, path, status, ms = t0.elapsed().as_secs_f64() * 1e3, "request");
+    response
+}
+
+#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+#[utoipa::path(get, path = "/readyz", tag = "meta", responses((status = 200, description = "ready"), (status = 503, body = baton_api::ErrorBody)))]
+pub async fn readyz(State(s): State<AppState>) -> Response {
+    if s.ready.load(Ordering::SeqCst) && !s.metrics.draining.is_cancelled() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is not ready",
+        )
+        .into_response()
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+#[utoipa::path(get, path = "/api/stats", tag = "meta", responses((status = 200, body = baton_api::Stats)))]
+pub async fn stats(State(s): State<AppState>) -> ApiResult<Json<Stats>> {
+    let counts = s
+        .engine
+        .store()
+        .counts()
+        .await
+        .map_err(baton_engine::Error::from)?;
+    let mut stats = Stats::default();
+    for state in JobState::ALL {
+        stats.states.insert(state.as_str().into(), 0);
+    }
+    for (queue, state, n) in counts.rows {
+        *stats.states.entry(state.as_str().into()).or_default() += n;
+        *stats
+            .queues
+            .entry(queue)
+            .or_default()
+            .entry(state.as_str().into())
+            .or_default() += n;
+        stats.total += n;
+    }
+    for kind in [
+        EventKind::Completed,
+        EventKind::Failed,
+        EventKind::Cancelled,
+    ] {
+        let name = kind.as_str().trim_start_matches("job.");
+        stats.since_start.insert(name.into(), s.metrics.count(kind));
+    }
+    Ok(Json(stats))
+}
+
+#[utoipa::path(get, path = "/api/servers", tag = "meta", responses((status = 200, body = baton_api::ServerList)))]
+pub async fn servers(State(s): State<AppState>) -> ApiResult<Json<ServerList>> {
+    let servers = s
+        .engine
+        .store()
+        .servers()
+        .await
+        .map_err(baton_engine::Error::from)?;
+    Ok(Json(ServerList { servers }))
+}
+
+#[utoipa::path(get, path = "/api/queues", tag = "meta", responses((status = 200, body = baton_api::QueueList)))]
+pub async fn queues(State(s): State<AppState>) -> ApiResult<Json<QueueList>> {
+    let counts = s
+        .engine
+        .store()
+        .counts()
+        .await
+        .map_err(baton_engine::Error::from)?;
+    let mut queues: BTreeMap<String, QueueInfo> = BTreeMap::new();
+    for (name, concurrency, running) in s.engine.queues() {
+        queues.insert(
+            name.clone(),
+            QueueInfo {
+                name,
+                concurrency: Some(concurrency),
+                running,
+                counts: BTreeMap::new(),
+            },
+        );
+    }
+    for (queue, state, n) in counts.rows {
+        queues
+            .entry(queue.clone())
+            .or_insert_with(|| QueueInfo {
+                name: queue,
+                concurrency: None,
+                running: 0,
+                counts: BTreeMap::new(),
+            })
+            .counts
+            .insert(state.as_str().into(), n);
+    }
+    Ok(Json(QueueList {
+        queues: queues.into_values().collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+pub async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
+    let counts = s
+        .engine
+        .store()
+        .counts()
+        .await
+        .map_err(baton_engine::Error::from)?;
+    let m = &s.metrics;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP baton_jobs Jobs in the store by queue and state.\n# TYPE baton_jobs gauge"
+    );
+    for (queue, state, n) in &counts.rows {
+        let _ = writeln!(out, "baton_jobs{{queue=\"{queue}\",state=\"{state}\"}} {n}");
+    }
+    for (kind, name, help) in [
+        (EventKind::Submitted, "submitted", "Jobs submitted"),
+        (EventKind::Started, "started", "Attempts started"),
+        (EventKind::Completed, "completed", "Jobs completed"),
+        (EventKind::Failed, "failed", "Jobs failed for good"),
+        (
+            EventKind::Retrying,
+            "retried",
+            "Attempts that failed and will be retried",
+        ),
+        (
+            EventKind::Cancelled,
+            "cancelled",
+            "Jobs cancelled or stopped",
+        ),
+        (
+            EventKind::Recovered,
+            "recovered",
+            "Jobs recovered after a crash",
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP baton_jobs_{name}_total {help} since the server started.\n# TYPE baton_jobs_{name}_total counter\nbaton_jobs_{name}_total {}",
+            m.count(kind)
+        );
+    }
+    m.durations.render(
+        &mut out,
+        "baton_job_duration_seconds",
+        "Time from an attempt's start to its end.",
+    );
+    m.queue_latency.render(
+        &mut out,
+        "baton_queue_latency_seconds",
+        "Time from queued to started.",
+    );
+    let _ = writeln!(
+        out,
+        "# HELP baton_event_subscribers Open event streams (SSE and WebSocket).\n# TYPE baton_event_subscribers gauge\nbaton_event_subscribers {}",
+        m.subscribers()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP baton_events_total Events published since the server started.\n# TYPE baton_events_total counter\nbaton_events_total {}",
+        m.events.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP baton_uptime_seconds Seconds since the server started.\n# TYPE baton_uptime_seconds gauge\nbaton_uptime_seconds {}",
+        m.started.elapsed().as_secs()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP baton_http_requests_total HTTP requests answered, by status.\n# TYPE baton_http_requests_total counter"
+    );
+    if let Ok(reqs) = m.requests.lock() {
+        for (status, n) in reqs.iter() {
+            let _ = writeln!(out, "baton_http_requests_total{{status=\"{status}\"}} {n}");
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+pub async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::openapi_json(),
+    )
+        .into_response()
+}

@@ -1,0 +1,23 @@
+//! The OpenAPI document, generated from the handlers and the API types.
+
+use utoipa::OpenApi;
+
+use crate::{events, jobs, meta};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Baton", description = "One engine for background jobs: submit, control and follow jobs."),
+    paths(
+        jobs::submit, jobs::list, jobs::show, jobs::status, jobs::wait, jobs::pause, jobs::resume,
+        jobs::stop, jobs::retry, jobs::cancel, jobs::delete, jobs::checkpoints,
+        events::job_events, events::all_events,
+        meta::stats, meta::servers, meta::queues, meta::healthz, meta::readyz, meta::metrics,
+    ),
+    components(schemas(baton_api::WsRequest, baton_api::WsMessage, baton_api::ErrorBody)),
+    tags((name = "jobs"), (name = "control"), (name = "events"), (name = "meta"))
+)]
+struct Doc;
+
+pub fn document() -> String {
+    Doc::openapi().to_json().unwrap_or_else(|_| "{}".into())
+}

@@ -1,0 +1,161 @@
+//! `/api/ws`: one socket to follow jobs (or everything) and to control them, with a
+//! reply per command.
+
+use std::collections::HashSet;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use baton_api::{ControlAction, ErrorDetail, WsMessage, WsRequest};
+
+use crate::AppState;
+use crate::auth::{Caller, Role};
+use crate::error::ApiError;
+use crate::events::{Feed, Filter, Start};
+
+pub async fn upgrade(
+    State(s): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.on_upgrade(move |socket| session(s, caller, socket))
+}
+
+/// What the socket follows.
+#[derive(Default)]
+struct Subscriptions {
+    all: bool,
+    jobs: HashSet<String>,
+}
+
+impl Subscriptions {
+    fn any(&self) -> bool {
+        self.all || !self.jobs.is_empty()
+    }
+
+    fn wants(&self, job: Option<&str>) -> bool {
+        self.all || job.is_some_and(|j| self.jobs.contains(j))
+    }
+}
+
+async fn session(s: AppState, caller: Caller, mut socket: WebSocket) {
+    let mut subs = Subscriptions::default();
+    let mut feed: Option<Feed> = None;
+    loop {
+        let event = async {
+            match feed.as_mut() {
+                Some(f) if subs.any() => f.next().await,
+                _ => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            msg = socket.recv() => {
+                let text = match msg {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    Some(Ok(_)) => continue,
+                };
+                let reply = match serde_json::from_str::<WsRequest>(&text) {
+                    Err(e) => WsMessage::Error {
+                        error: ErrorDetail {
+                            code: "bad_request".into(),
+                            message: format!("invalid message: {e}"),
+                        },
+                    },
+                    Ok(WsRequest::Subscribe { job, after }) => {
+                        match &job {
+                            Some(j) => { subs.jobs.insert(j.clone()); }
+                            None => subs.all = true,
+                        }
+                        // A resume point (or the first subscription) starts a new feed.
+                        if after.is_some() || feed.is_none() {
+                            let start = after.map_or(Start::Live, Start::After);
+                            let filter = Filter { job: None, kinds: None };
+                            feed = Some(Feed::new(s.clone(), start, filter).await);
+                        }
+                        WsMessage::Subscribed { job }
+                    }
+                    Ok(WsRequest::Unsubscribe { job }) => {
+                        match &job {
+                            Some(j) => { subs.jobs.remove(j); }
+                            None => { subs.all = false; subs.jobs.clear(); }
+                        }
+                        WsMessage::Unsubscribed { job }
+                    }
+                    Ok(WsRequest::Control { id, action, job, force, from_checkpoint }) => {
+                        control(&s, &caller, id, action, &job, force, from_checkpoint).await
+                    }
+                };
+                if send(&mut socket, &reply).await.is_err() {
+                    return;
+                }
+            }
+            e = event => {
+                let Some(e) = e else { return };
+                if subs.wants(e.job_id.as_deref()) {
+                    let msg = WsMessage::Event { event: (*e).clone() };
+                    if send(&mut socket, &msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn control(
+    s: &AppState,
+    caller: &Caller,
+    id: Option<String>,
+    action: ControlAction,
+    job: &str,
+    force: bool,
+    from_checkpoint: bool,
+) -> WsMessage {
+    let needed = if action == ControlAction::Delete {
+        Role::Admin
+    } else {
+        Role::Operator
+    };
+    let result: Result<baton_core::Job, ApiError> = if caller.role < needed {
+        Err(ApiError::forbidden(format!(
+            "the {} role may not {action:?} jobs; it needs the {} role",
+            caller.role.as_str(),
+            needed.as_str()
+        )))
+    } else {
+        let e = &s.engine;
+        let r = match action {
+            ControlAction::Pause => e.pause(job).await,
+            ControlAction::Resume => e.resume(job).await,
+            ControlAction::Stop => e.stop(job, force).await,
+            ControlAction::Cancel => e.cancel(job).await,
+            ControlAction::Retry => e.retry(job, from_checkpoint).await,
+            ControlAction::Delete => e.delete(job).await,
+        };
+        r.map_err(ApiError::from)
+    };
+    match result {
+        Ok(job) => WsMessage::Reply {
+            id,
+            ok: true,
+            job: Some(Box::new(job)),
+            error: None,
+        },
+        Err(e) => WsMessage::Reply {
+            id,
+            ok: false,
+            job: None,
+            error: Some(ErrorDetail {
+                code: e.code.into(),
+                message: e.message,
+            }),
+        },
+    }
+}
+
+async fn send(socket: &mut WebSocket, msg: &WsMessage) -> Result<(), axum::Error> {
+    let text = serde_json::to_string(msg).unwrap_or_default();
+    socket.send(Message::Text(text.into())).await
+}

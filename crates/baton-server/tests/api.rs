@@ -1,0 +1,788 @@
+//! Every endpoint and every error code, in process (`tower::ServiceExt::oneshot`).
+
+mod common;
+
+use axum::http::{Method, StatusCode};
+use baton_server::{AuthConfig, Role, ServerOptions, TokenEntry, hash_token, sign_jwt};
+use common::{Harness, harness, harness_with};
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn submit_show_list_and_resubmit() {
+    let h = harness().await;
+    let (status, job) = h.call(Method::POST, "/api/jobs", Some(json!({"kind": "echo", "id": "order-1", "payload": {"n": 1}, "labels": {"source": "shop"}}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    assert_eq!(job["id"], "order-1");
+    for field in [
+        "id",
+        "kind",
+        "queue",
+        "priority",
+        "state",
+        "progress",
+        "message",
+        "step",
+        "attempt",
+        "max_attempts",
+        "labels",
+        "depends_on",
+        "workflow_id",
+        "schedule_id",
+        "created_at",
+        "run_at",
+        "started_at",
+        "finished_at",
+        "result",
+        "error",
+    ] {
+        assert!(job.get(field).is_some(), "job lacks {field}: {job}");
+    }
+    let (status, again) = h
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "echo", "id": "order-1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["created_at"], job["created_at"]);
+
+    let (status, done) = h
+        .call(Method::GET, "/api/jobs/order-1/wait?timeout=10s", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(done["state"], "completed");
+    assert_eq!(done["result"], json!({"n": 1}));
+
+    let (_, shown) = h.call(Method::GET, "/api/jobs/order-1", None).await;
+    assert_eq!(shown["state"], "completed");
+
+    for i in 0..5 {
+        h.call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "echo", "queue": "other", "labels": {"n": i.to_string()}})),
+        )
+        .await;
+    }
+    let (status, list) = h
+        .call(Method::GET, "/api/jobs?queue=other&limit=2", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["total"], 5);
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 2);
+    let cursor = list["next_cursor"].as_str().unwrap().to_owned();
+    let (_, next) = h
+        .call(
+            Method::GET,
+            &format!("/api/jobs?queue=other&limit=2&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(next["jobs"].as_array().unwrap().len(), 2);
+    assert_ne!(next["jobs"][0]["id"], list["jobs"][0]["id"]);
+    let (_, by_label) = h
+        .call(Method::GET, "/api/jobs?label=source:shop", None)
+        .await;
+    assert_eq!(by_label["total"], 1);
+    let (_, by_alias) = h
+        .call(
+            Method::GET,
+            "/api/jobs?state=succeeded,pending,processing",
+            None,
+        )
+        .await;
+    assert!(by_alias["total"].as_u64().unwrap() >= 1);
+    let (_, by_text) = h.call(Method::GET, "/api/jobs?q=order", None).await;
+    assert_eq!(by_text["total"], 1);
+}
+
+#[tokio::test]
+async fn batch_status_and_long_poll_timeout() {
+    let h = harness().await;
+    let (_, job) = h
+        .call(Method::POST, "/api/jobs", Some(json!({"kind": "looper"})))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    let (status, out) = h
+        .call(
+            Method::POST,
+            "/api/jobs/status",
+            Some(json!({"ids": [id, "nope", "bad id"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(out["jobs"][0]["id"], id);
+    assert_eq!(out["missing"], json!(["nope", "bad id"]));
+
+    let t0 = std::time::Instant::now();
+    let (status, waited) = h
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{id}/wait?timeout=300ms"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(t0.elapsed() >= std::time::Duration::from_millis(250));
+    assert_eq!(
+        waited["state"], "running",
+        "the state says the job is not done"
+    );
+    h.call(
+        Method::POST,
+        &format!("/api/jobs/{id}/stop?force=true"),
+        None,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn control_endpoints() {
+    let h = harness().await;
+    let (_, job) = h
+        .call(Method::POST, "/api/jobs", Some(json!({"kind": "looper"})))
+        .await;
+    let id = job["id"].as_str().unwrap().to_owned();
+    h.wait_state(&id, "running").await;
+    let (status, j) = h
+        .call(Method::POST, &format!("/api/jobs/{id}/pause"), None)
+        .await;
+    assert_eq!(
+        (status, j["state"].as_str()),
+        (StatusCode::OK, Some("paused"))
+    );
+    let (status, e) = h
+        .call(Method::POST, &format!("/api/jobs/{id}/pause"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(e["error"]["code"], "illegal_transition");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("it is paused")
+    );
+    let (status, j) = h
+        .call(Method::POST, &format!("/api/jobs/{id}/resume"), None)
+        .await;
+    assert_eq!(
+        (status, j["state"].as_str()),
+        (StatusCode::OK, Some("running"))
+    );
+    let (status, j) = h
+        .call(Method::POST, &format!("/api/jobs/{id}/stop"), None)
+        .await;
+    assert_eq!(
+        (status, j["state"].as_str()),
+        (StatusCode::OK, Some("stopping"))
+    );
+    h.wait_state(&id, "cancelled").await;
+    let (status, j) = h
+        .call(
+            Method::POST,
+            &format!("/api/jobs/{id}/retry?from_checkpoint=true"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, j["state"].as_str()),
+        (StatusCode::OK, Some("queued"))
+    );
+    h.wait_state(&id, "running").await;
+    let (status, _) = h
+        .call(Method::DELETE, &format!("/api/jobs/{id}"), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a running job cannot be deleted"
+    );
+    // The seed's cancel path.
+    let (status, j) = h
+        .call(Method::PATCH, &format!("/api/jobs/{id}/cancel"), None)
+        .await;
+    assert_eq!(
+        (status, j["state"].as_str()),
+        (StatusCode::OK, Some("stopping"))
+    );
+    h.wait_state(&id, "cancelled").await;
+    let (status, j) = h
+        .call(Method::DELETE, &format!("/api/jobs/{id}"), None)
+        .await;
+    assert_eq!(
+        (status, j["state"].as_str()),
+        (StatusCode::OK, Some("deleted"))
+    );
+
+    let (_, delayed) = h
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "echo", "delay": "1h"})),
+        )
+        .await;
+    let did = delayed["id"].as_str().unwrap();
+    let (status, j) = h
+        .call(Method::POST, &format!("/api/jobs/{did}/cancel"), None)
+        .await;
+    assert_eq!(
+        (status, j["state"].as_str()),
+        (StatusCode::OK, Some("cancelled"))
+    );
+}
+
+#[tokio::test]
+async fn events_and_checkpoints_as_json() {
+    let h = harness().await;
+    let (_, job) = h
+        .call(Method::POST, "/api/jobs", Some(json!({"kind": "steps"})))
+        .await;
+    let id = job["id"].as_str().unwrap();
+    h.call(
+        Method::GET,
+        &format!("/api/jobs/{id}/wait?timeout=10s"),
+        None,
+    )
+    .await;
+    let (status, events) = h
+        .call(Method::GET, &format!("/api/jobs/{id}/events"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let events = events["events"].as_array().unwrap().clone();
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert_eq!(events[0]["type"], "job.submitted");
+    assert_eq!(events.last().unwrap()["type"], "job.completed");
+    let (_, after) = h
+        .call(Method::GET, &format!("/api/jobs/{id}/events?after=2"), None)
+        .await;
+    assert_eq!(after["events"][0]["seq"], 3);
+    let (status, cps) = h
+        .call(Method::GET, &format!("/api/jobs/{id}/checkpoints"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cps["checkpoints"].as_array().unwrap().len(), 3);
+    assert_eq!(cps["checkpoints"][2]["data"], json!({"done": 3}));
+}
+
+#[tokio::test]
+async fn stats_servers_queues_health_and_metrics() {
+    let h = harness().await;
+    h.call(
+        Method::POST,
+        "/api/jobs",
+        Some(json!({"kind": "echo", "id": "a"})),
+    )
+    .await;
+    h.call(Method::GET, "/api/jobs/a/wait?timeout=10s", None)
+        .await;
+    let (status, stats) = h.call(Method::GET, "/api/stats", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stats["states"]["completed"], 1);
+    assert_eq!(stats["states"]["failed"], 0);
+    assert_eq!(stats["queues"]["default"]["completed"], 1);
+    let (_, servers) = h.call(Method::GET, "/api/servers", None).await;
+    assert_eq!(servers["servers"][0]["pid"], std::process::id());
+    let (_, queues) = h.call(Method::GET, "/api/queues", None).await;
+    let names: Vec<&str> = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["default", "other"]);
+    assert_eq!(
+        h.call(Method::GET, "/healthz", None).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(h.call(Method::GET, "/readyz", None).await.0, StatusCode::OK);
+    let (status, text) = h.raw(Method::GET, "/metrics", None, &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        text.contains("baton_jobs{queue=\"default\",state=\"completed\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("baton_jobs_completed_total 1"), "{text}");
+    assert!(
+        text.contains("baton_job_duration_seconds_count 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("baton_queue_latency_seconds_count 1"),
+        "{text}"
+    );
+    assert!(text.contains("baton_event_subscribers 0"), "{text}");
+}
+
+#[tokio::test]
+async fn bad_requests_each_get_a_status_and_a_message() {
+    let h = harness_with(ServerOptions {
+        body_limit: 4096,
+        ..ServerOptions::default()
+    })
+    .await;
+    h.call(
+        Method::POST,
+        "/api/jobs",
+        Some(json!({"kind": "echo", "id": "done"})),
+    )
+    .await;
+    h.call(Method::GET, "/api/jobs/done/wait?timeout=10s", None)
+        .await;
+    let big = json!({"kind": "echo", "payload": "x".repeat(10_000)}).to_string();
+    let cases: Vec<Case> = vec![
+        (
+            Method::POST,
+            "/api/jobs",
+            Some("{\"kind\": ".into()),
+            &[],
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+            "EOF while parsing",
+        ),
+        (
+            Method::POST,
+            "/api/jobs",
+            Some(r#"{"kind": "echo", "colour": "red"}"#.into()),
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "unknown field `colour`",
+        ),
+        (
+            Method::POST,
+            "/api/jobs",
+            Some(r#"{"kind": "echo", "priority": "high"}"#.into()),
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "priority: invalid type",
+        ),
+        (
+            Method::POST,
+            "/api/jobs",
+            Some(r#"{"kind": "nope"}"#.into()),
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_spec",
+            "no handler is registered for \"nope\"",
+        ),
+        (
+            Method::POST,
+            "/api/jobs",
+            Some(r#"{"kind": "echo", "delay": "-5s"}"#.into()),
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_spec",
+            "delay: \"-5s\" is negative",
+        ),
+        (
+            Method::POST,
+            "/api/jobs",
+            Some(big),
+            &[],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "length limit",
+        ),
+        (
+            Method::POST,
+            "/api/jobs",
+            Some(r#"{"kind": "echo"}"#.into()),
+            &[("content-type", "text/plain")],
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "application/json",
+        ),
+        (
+            Method::GET,
+            "/api/jobs/has%20space",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid job id",
+        ),
+        (
+            Method::GET,
+            "/api/jobs/missing",
+            None,
+            &[],
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "job \"missing\" not found",
+        ),
+        (
+            Method::GET,
+            "/api/jobs?state=sleeping",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid state \"sleeping\"",
+        ),
+        (
+            Method::GET,
+            "/api/jobs?limit=1001",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "from 1 to 1000",
+        ),
+        (
+            Method::GET,
+            "/api/jobs?label=nocolon",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected key:value",
+        ),
+        (
+            Method::GET,
+            "/api/jobs?cursor=abc",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid cursor",
+        ),
+        (
+            Method::GET,
+            "/api/jobs?colour=red",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "unknown field `colour`",
+        ),
+        (
+            Method::GET,
+            "/api/jobs/done/wait?timeout=forever",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid timeout",
+        ),
+        (
+            Method::GET,
+            "/api/jobs/done/wait?timeout=1h",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "longer than the limit",
+        ),
+        (
+            Method::POST,
+            "/api/jobs/done/pause",
+            None,
+            &[],
+            StatusCode::CONFLICT,
+            "illegal_transition",
+            "cannot pause job \"done\": it is completed",
+        ),
+        (
+            Method::POST,
+            "/api/jobs/done/stop?force=maybe",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid force \"maybe\"",
+        ),
+        (
+            Method::POST,
+            "/api/jobs/done/cancel",
+            None,
+            &[],
+            StatusCode::CONFLICT,
+            "illegal_transition",
+            "cannot move a job from completed to cancelled",
+        ),
+        (
+            Method::POST,
+            "/api/jobs/status",
+            Some(r#"{"ids": "a"}"#.into()),
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "invalid type",
+        ),
+        (
+            Method::GET,
+            "/api/events",
+            None,
+            &[("last-event-id", "yesterday")],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid Last-Event-ID",
+        ),
+        (
+            Method::GET,
+            "/api/events?types=job.dance",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid event type \"job.dance\"",
+        ),
+        (
+            Method::GET,
+            "/api/nothing",
+            None,
+            &[],
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint",
+        ),
+    ];
+    for (method, uri, body, headers, status, code, part) in cases {
+        let (got, text) = h.raw(method.clone(), uri, body, headers).await;
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("{method} {uri}: not JSON: {text}"));
+        assert_eq!(got, status, "{method} {uri}: {text}");
+        assert_eq!(v["error"]["code"], code, "{method} {uri}: {text}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(part),
+            "{method} {uri}: {message:?} lacks {part:?}"
+        );
+    }
+    // Nothing above reached the store.
+    let (_, list) = h.call(Method::GET, "/api/jobs", None).await;
+    assert_eq!(list["total"], 1);
+}
+
+/// A bad request: method, path, body, headers, then the status, code and part of the
+/// message expected.
+type Case = (
+    Method,
+    &'static str,
+    Option<String>,
+    &'static [(&'static str, &'static str)],
+    StatusCode,
+    &'static str,
+    &'static str,
+);
+
+fn auth_options() -> ServerOptions {
+    let token = |name: &str, role| TokenEntry {
+        name: name.into(),
+        sha256: hash_token(&format!("{name}-token")),
+        role,
+    };
+    ServerOptions {
+        auth: AuthConfig {
+            tokens: vec![
+                token("viewer", Role::Viewer),
+                token("operator", Role::Operator),
+                token("admin", Role::Admin),
+            ],
+            jwt_secret: Some("a-secret-of-enough-length".into()),
+        },
+        ..ServerOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn roles_are_allowed_and_refused_where_they_should_be() {
+    let h = harness_with(auth_options()).await;
+    let bearer = |t: &str| format!("Bearer {t}");
+    let submit = r#"{"kind": "echo"}"#.to_string();
+    let check = |h: &Harness,
+                 method: Method,
+                 uri: &'static str,
+                 body: Option<String>,
+                 token: Option<String>,
+                 want: StatusCode| {
+        let h = h.clone();
+        async move {
+            let auth = token.map(|t| bearer(&t));
+            let headers: Vec<(&str, &str)> = match &auth {
+                Some(a) => vec![("authorization", a.as_str())],
+                None => vec![],
+            };
+            let (got, text) = h.raw(method.clone(), uri, body, &headers).await;
+            assert_eq!(got, want, "{method} {uri}: {text}");
+            text
+        }
+    };
+    let text = check(
+        &h,
+        Method::GET,
+        "/api/jobs",
+        None,
+        None,
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert!(text.contains("missing bearer token"), "{text}");
+    let text = check(
+        &h,
+        Method::GET,
+        "/api/jobs",
+        None,
+        Some("wrong".into()),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert!(text.contains("invalid token"), "{text}");
+    check(&h, Method::GET, "/healthz", None, None, StatusCode::OK).await;
+    check(
+        &h,
+        Method::GET,
+        "/api/jobs",
+        None,
+        Some("viewer-token".into()),
+        StatusCode::OK,
+    )
+    .await;
+    let text = check(
+        &h,
+        Method::POST,
+        "/api/jobs",
+        Some(submit.clone()),
+        Some("viewer-token".into()),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    assert!(
+        text.contains("the viewer role may not POST /api/jobs; it needs the operator role"),
+        "{text}"
+    );
+    let created = check(
+        &h,
+        Method::POST,
+        "/api/jobs",
+        Some(submit.clone()),
+        Some("operator-token".into()),
+        StatusCode::CREATED,
+    )
+    .await;
+    let id = serde_json::from_str::<Value>(&created).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    h.call_as(
+        Method::GET,
+        &format!("/api/jobs/{id}/wait?timeout=10s"),
+        "viewer-token",
+    )
+    .await;
+    let uri: &'static str = Box::leak(format!("/api/jobs/{id}").into_boxed_str());
+    check(
+        &h,
+        Method::DELETE,
+        uri,
+        None,
+        Some("operator-token".into()),
+        StatusCode::FORBIDDEN,
+    )
+    .await;
+    check(
+        &h,
+        Method::DELETE,
+        uri,
+        None,
+        Some("admin-token".into()),
+        StatusCode::OK,
+    )
+    .await;
+
+    // JWTs signed with the configured secret carry their role.
+    let exp = chrono::Utc::now().timestamp() + 60;
+    let jwt = sign_jwt(
+        &json!({"sub": "ci", "role": "operator", "exp": exp}),
+        b"a-secret-of-enough-length",
+    );
+    check(
+        &h,
+        Method::POST,
+        "/api/jobs",
+        Some(submit.clone()),
+        Some(jwt),
+        StatusCode::CREATED,
+    )
+    .await;
+    let forged = sign_jwt(
+        &json!({"sub": "ci", "role": "admin", "exp": exp}),
+        b"another-secret-entirely",
+    );
+    check(
+        &h,
+        Method::GET,
+        "/api/jobs",
+        None,
+        Some(forged),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn job_creation_is_rate_limited_per_client() {
+    let h = harness_with(ServerOptions {
+        submit_rate: 1,
+        submit_burst: 3,
+        ..ServerOptions::default()
+    })
+    .await;
+    for _ in 0..3 {
+        let (status, _) = h
+            .call(Method::POST, "/api/jobs", Some(json!({"kind": "echo"})))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let (status, text, headers) = h
+        .raw_with_headers(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "echo"}).to_string()),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
+    assert!(text.contains("rate_limited"), "{text}");
+    let retry_after: u64 = headers
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // Reads are not limited.
+    assert_eq!(
+        h.call(Method::GET, "/api/jobs", None).await.0,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn openapi_document_lists_the_endpoints() {
+    let h = harness().await;
+    let (status, doc) = h.call(Method::GET, "/api/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with('3'), "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    for p in [
+        "/api/jobs",
+        "/api/jobs/{id}",
+        "/api/jobs/{id}/pause",
+        "/api/jobs/{id}/wait",
+        "/api/jobs/status",
+        "/api/events",
+        "/api/stats",
+    ] {
+        assert!(
+            paths.contains_key(p),
+            "{p} missing from {:?}",
+            paths.keys().collect::<Vec<_>>()
+        );
+    }
+    assert!(doc["components"]["schemas"]["JobSpec"].is_object());
+}

@@ -1,0 +1,153 @@
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
+use baton_engine::{Engine, JobError};
+use baton_server::{AppState, ServerOptions, router};
+use baton_store::{SqliteOptions, SqliteStore};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+#[derive(Clone)]
+pub struct Harness {
+    pub app: Router,
+    pub engine: Engine,
+    pub state: AppState,
+    _dir: Arc<TempDir>,
+}
+
+pub async fn harness() -> Harness {
+    harness_with(ServerOptions::default()).await
+}
+
+pub async fn test_engine(dir: &TempDir) -> Engine {
+    let store = SqliteStore::open(SqliteOptions::new(dir.path().join("baton.db"))).unwrap();
+    Engine::builder()
+        .store(Arc::new(store))
+        .queue("other", 4)
+        .handler("echo", |_ctx, payload| async move { Ok(payload) })
+        .handler("fail", |_ctx, _p| async move {
+            Err::<Value, _>(JobError::fatal("boom"))
+        })
+        .handler("looper", |ctx, _p| async move {
+            let mut i = 0u64;
+            loop {
+                i += 1;
+                ctx.progress(((i % 100) as f64) / 100.0, format!("round {i}"))
+                    .await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .handler("steps", |ctx, _p| async move {
+            for i in 1..=3 {
+                ctx.step(format!("s{i}")).await?;
+                ctx.checkpoint(json!({"done": i})).await?;
+            }
+            Ok(json!("done"))
+        })
+        .build()
+        .await
+        .unwrap()
+}
+
+pub async fn harness_with(options: ServerOptions) -> Harness {
+    let dir = TempDir::new().unwrap();
+    let engine = test_engine(&dir).await;
+    let state = AppState::new(engine.clone(), &options);
+    Harness {
+        app: router(state.clone(), &options),
+        engine,
+        state,
+        _dir: Arc::new(dir),
+    }
+}
+
+impl Harness {
+    pub async fn raw_with_headers(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, String, HeaderMap) {
+        let mut req = Request::builder().method(method).uri(uri);
+        let has_type = headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"));
+        if body.is_some() && !has_type {
+            req = req.header("content-type", "application/json");
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req
+            .body(body.map(Body::from).unwrap_or_else(Body::empty))
+            .unwrap();
+        let response = self.app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            String::from_utf8_lossy(&bytes).into_owned(),
+            headers,
+        )
+    }
+
+    pub async fn raw(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, String) {
+        let (s, t, _) = self.raw_with_headers(method, uri, body, headers).await;
+        (s, t)
+    }
+
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let (status, text) = self
+            .raw(method, uri, body.map(|b| b.to_string()), &[])
+            .await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn call_as(&self, method: Method, uri: &str, token: &str) -> (StatusCode, Value) {
+        let auth = format!("Bearer {token}");
+        let (status, text) = self
+            .raw(method, uri, None, &[("authorization", &auth)])
+            .await;
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn wait_state(&self, id: &str, state: &str) {
+        tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let job = self.engine.get(id).await.unwrap();
+                if job.state.as_str() == state {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{id} never became {state}"));
+    }
+}

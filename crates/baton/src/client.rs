@@ -1,0 +1,438 @@
+//! The CLI as a client of `baton serve`: the same JSON shapes as the API, human
+//! tables by default and `--json` for scripts.
+
+use std::io::{BufRead, BufReader, Write};
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use baton_api::{
+    ErrorBody, Event, EventKind, Job, JobList, JobSpec, QueueList, ServerList, State, Stats,
+};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+/// Exit codes scripts can rely on.
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// The request failed, or the job waited for failed.
+    pub const FAILED: u8 = 1;
+    /// The job waited for was cancelled or deleted.
+    pub const CANCELLED: u8 = 2;
+    /// No server answered at the address.
+    pub const UNREACHABLE: u8 = 3;
+    /// `wait` gave up before the job finished.
+    pub const TIMEOUT: u8 = 124;
+}
+
+/// A failure with the exit code it should end the process with.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub message: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+    pub json: bool,
+}
+
+impl Client {
+    pub fn new(server: &str, token: Option<String>, json: bool) -> Result<Client> {
+        let base = server.trim_end_matches('/').to_owned();
+        if !base.starts_with("http://") {
+            return Err(anyhow!(
+                "invalid server {server:?}: expected a URL like http://127.0.0.1:7700"
+            ));
+        }
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Ok(Client {
+            base,
+            token,
+            agent,
+            json,
+        })
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<ureq::http::Response<ureq::Body>> {
+        let url = format!("{}{path}", self.base);
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        macro_rules! with_auth {
+            ($req:expr) => {{
+                let r = $req;
+                match &auth {
+                    Some(a) => r.header("Authorization", a),
+                    None => r,
+                }
+            }};
+        }
+        let sent = match (method, body) {
+            ("GET", _) => with_auth!(self.agent.get(&url)).call(),
+            ("DELETE", _) => with_auth!(self.agent.delete(&url)).call(),
+            ("POST", Some(b)) => with_auth!(self.agent.post(&url)).send_json(b),
+            ("POST", None) => with_auth!(self.agent.post(&url)).send_empty(),
+            ("PATCH", _) => with_auth!(self.agent.patch(&url)).send_empty(),
+            _ => return Err(anyhow!("unsupported method {method}")),
+        };
+        sent.map_err(|e| {
+            anyhow::Error::new(Exit {
+                code: exit::UNREACHABLE,
+                message: format!("cannot reach the Baton server at {}: {e}", self.base),
+            })
+        })
+    }
+
+    /// Sends a request and reads the JSON answer, turning API errors into messages.
+    pub fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<T> {
+        let mut response = self.request(method, path, body)?;
+        let status = response.status();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .context("cannot read the answer")?;
+        if !status.is_success() {
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|e| e.error.message)
+                .unwrap_or_else(|_| format!("the server answered {status}: {text}"));
+            return Err(anyhow::Error::new(Exit {
+                code: exit::FAILED,
+                message,
+            }));
+        }
+        serde_json::from_str(&text)
+            .with_context(|| format!("unexpected answer from the server: {text}"))
+    }
+
+    /// Follows a server-sent event stream, calling `each` until it returns false.
+    pub fn follow(&self, path: &str, mut each: impl FnMut(Event) -> Result<bool>) -> Result<()> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.agent.get(&url).header("Accept", "text/event-stream");
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let response = req.call().map_err(|e| {
+            anyhow::Error::new(Exit {
+                code: exit::UNREACHABLE,
+                message: format!("cannot reach the Baton server at {}: {e}", self.base),
+            })
+        })?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = response.into_body().read_to_string().unwrap_or_default();
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|e| e.error.message)
+                .unwrap_or_else(|_| format!("the server answered {status}"));
+            return Err(anyhow::Error::new(Exit {
+                code: exit::FAILED,
+                message,
+            }));
+        }
+        let reader = BufReader::new(response.into_body().into_reader());
+        let mut data = String::new();
+        for line in reader.lines() {
+            let line = line.context("the event stream broke off")?;
+            if let Some(d) = line.strip_prefix("data:") {
+                data.push_str(d.trim_start());
+            } else if line.is_empty() && !data.is_empty() {
+                let event: Event = serde_json::from_str(&data).context("unexpected event")?;
+                data.clear();
+                if !each(event)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn print_json(&self, value: &impl serde::Serialize) {
+        println!("{}", serde_json::to_string(value).unwrap_or_default());
+    }
+}
+
+pub fn print_job(job: &Job) {
+    let row = |k: &str, v: String| println!("{k:<12} {v}");
+    row("id", job.id.clone());
+    row("kind", job.kind.clone());
+    row(
+        "queue",
+        format!("{} (priority {})", job.queue, job.priority),
+    );
+    row("state", job.state.to_string());
+    if let Some(p) = job.progress {
+        row(
+            "progress",
+            format!(
+                "{:.0}%{}",
+                p * 100.0,
+                job.message
+                    .as_deref()
+                    .map(|m| format!(" {m}"))
+                    .unwrap_or_default()
+            ),
+        );
+    }
+    if let Some(s) = &job.step {
+        row("step", s.clone());
+    }
+    row(
+        "attempt",
+        format!("{} of {}", job.attempt, job.max_attempts),
+    );
+    for (k, v) in &job.labels {
+        row("label", format!("{k}={v}"));
+    }
+    row("created", baton_core::time::to_rfc3339(job.created_at));
+    if let Some(t) = job.run_at {
+        row("run at", baton_core::time::to_rfc3339(t));
+    }
+    if let Some(t) = job.started_at {
+        row("started", baton_core::time::to_rfc3339(t));
+    }
+    if let Some(t) = job.finished_at {
+        row("finished", baton_core::time::to_rfc3339(t));
+    }
+    if let Some(r) = &job.result {
+        row("result", r.to_string());
+    }
+    if let Some(e) = &job.error {
+        row("error", format!("{}: {}", e.code, e.message));
+    }
+}
+
+pub fn print_jobs(list: &JobList) {
+    println!(
+        "{:<38} {:<14} {:<10} {:<10} {:>5} {:>7}  CREATED",
+        "ID", "KIND", "QUEUE", "STATE", "PROG", "ATTEMPT"
+    );
+    for j in &list.jobs {
+        let progress = j
+            .progress
+            .map(|p| format!("{:.0}%", p * 100.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:<38} {:<14} {:<10} {:<10} {:>5} {:>7}  {}",
+            j.id,
+            clip(&j.kind, 14),
+            clip(&j.queue, 10),
+            j.state.as_str(),
+            progress,
+            format!("{}/{}", j.attempt, j.max_attempts),
+            baton_core::time::to_rfc3339(j.created_at)
+        );
+    }
+    let more = list
+        .next_cursor
+        .as_deref()
+        .map(|c| format!("; more with --cursor {c}"))
+        .unwrap_or_default();
+    println!("{} of {} jobs{more}", list.jobs.len(), list.total);
+}
+
+fn clip(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        let mut out: String = s.chars().take(n - 1).collect();
+        out.push('…');
+        out
+    }
+}
+
+pub fn print_stats(s: &Stats) {
+    for (state, n) in &s.states {
+        println!("{state:<10} {n}");
+    }
+    println!("{:<10} {}", "total", s.total);
+}
+
+pub fn print_servers(list: &ServerList) {
+    println!(
+        "{:<38} {:<16} {:>7} {:>7}  {:<24} HEARTBEAT",
+        "ID", "HOST", "PID", "WORKERS", "QUEUES"
+    );
+    for s in &list.servers {
+        let state = if s.stopped_at.is_some() {
+            " (stopped)"
+        } else {
+            ""
+        };
+        println!(
+            "{:<38} {:<16} {:>7} {:>7}  {:<24} {}{state}",
+            s.id,
+            clip(&s.host, 16),
+            s.pid,
+            s.workers,
+            clip(&s.queues.join(","), 24),
+            baton_core::time::to_rfc3339(s.heartbeat_at)
+        );
+    }
+}
+
+pub fn print_queues(list: &QueueList) {
+    println!(
+        "{:<16} {:>11} {:>8} {:>8} {:>10} {:>8}",
+        "QUEUE", "CONCURRENCY", "RUNNING", "QUEUED", "COMPLETED", "FAILED"
+    );
+    for q in &list.queues {
+        let n = |s: &str| q.counts.get(s).copied().unwrap_or(0);
+        println!(
+            "{:<16} {:>11} {:>8} {:>8} {:>10} {:>8}",
+            clip(&q.name, 16),
+            q.concurrency
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into()),
+            q.running,
+            n("queued"),
+            n("completed"),
+            n("failed")
+        );
+    }
+}
+
+pub fn print_event(e: &Event) {
+    println!(
+        "{:>8} {} {:<38} {:<16} {}",
+        e.id,
+        baton_core::time::to_rfc3339(e.at),
+        e.job_id.as_deref().unwrap_or("-"),
+        e.kind.as_str(),
+        e.data
+    );
+}
+
+/// Waits for a job, drawing a progress bar on stderr from its live events.
+pub fn wait(client: &Client, id: &str, timeout: Option<Duration>, quiet: bool) -> Result<u8> {
+    let deadline = timeout.map(|t| std::time::Instant::now() + t);
+    let path = format!("/api/jobs/{id}/events");
+    let mut last_line = String::new();
+    let draw = !quiet && !client.json;
+    let result = client.follow(&path, |e| {
+        if let Some(d) = deadline
+            && std::time::Instant::now() > d
+        {
+            return Ok(false);
+        }
+        if draw
+            && let Some(line) = progress_line(&e)
+            && line != last_line
+        {
+            eprint!("\r\x1b[2K{line}");
+            let _ = std::io::stderr().flush();
+            last_line = line;
+        }
+        Ok(!e.kind.is_terminal())
+    });
+    if draw && !last_line.is_empty() {
+        eprintln!();
+    }
+    result?;
+    let job: Job = client.call("GET", &format!("/api/jobs/{id}"), None)?;
+    if client.json {
+        client.print_json(&job);
+    } else if !quiet {
+        print_job(&job);
+    }
+    Ok(match job.state {
+        State::Completed => exit::OK,
+        State::Failed => exit::FAILED,
+        State::Cancelled | State::Deleted => exit::CANCELLED,
+        _ => exit::TIMEOUT,
+    })
+}
+
+fn progress_line(e: &Event) -> Option<String> {
+    match e.kind {
+        EventKind::Progress => {
+            let p = e.data["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
+            let filled = (p * 30.0).round() as usize;
+            let message = e.data["message"].as_str().unwrap_or("");
+            Some(format!(
+                "[{}{}] {:>3.0}% {message}",
+                "#".repeat(filled),
+                ".".repeat(30 - filled),
+                p * 100.0
+            ))
+        }
+        EventKind::Step => Some(format!("step {}", e.data["step"].as_str().unwrap_or("?"))),
+        EventKind::Output => e.data["text"].as_str().map(|t| format!("> {t}")),
+        k => Some(k.as_str().trim_start_matches("job.").to_owned()),
+    }
+}
+
+/// Builds a job spec from `submit`'s flags.
+#[allow(clippy::too_many_arguments)]
+pub fn submit_spec(
+    kind: Option<String>,
+    command: Vec<String>,
+    shell: bool,
+    pipeline: Option<String>,
+    payload: Option<String>,
+    queue: Option<String>,
+    priority: Option<i32>,
+    after: Option<String>,
+    retries: Option<u32>,
+    id: Option<String>,
+    labels: Vec<String>,
+) -> Result<JobSpec> {
+    let kind = match (&kind, command.is_empty(), &pipeline) {
+        (Some(k), true, None) => k.clone(),
+        (None, false, None) => "command".into(),
+        (None, true, Some(_)) => "pipeline".into(),
+        (None, true, None) => {
+            return Err(anyhow!(
+                "nothing to run: give a command after --, --pipeline ID, or --kind NAME"
+            ));
+        }
+        _ => {
+            return Err(anyhow!(
+                "give only one of: a command after --, --pipeline, --kind"
+            ));
+        }
+    };
+    let mut spec = JobSpec::new(kind);
+    if !command.is_empty() {
+        spec.command = Some(command);
+        if shell {
+            spec.shell = Some(true);
+        }
+    }
+    spec.pipeline = pipeline;
+    if let Some(p) = payload {
+        spec.payload =
+            Some(serde_json::from_str(&p).map_err(|e| anyhow!("invalid --payload: {e}"))?);
+    }
+    spec.queue = queue;
+    spec.priority = priority;
+    spec.delay = after;
+    spec.max_attempts = retries.map(|r| r + 1);
+    spec.id = id;
+    for l in labels {
+        let (k, v) = l
+            .split_once('=')
+            .ok_or_else(|| anyhow!("invalid --label {l:?}: expected key=value"))?;
+        spec = spec.label(k, v);
+    }
+    Ok(spec)
+}

@@ -1,0 +1,340 @@
+//! `baton serve` configuration: `baton.toml`, then `BATON_*` variables, then flags.
+//! Every setting is checked at start; a bad one is refused with its name.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use baton_server::{AuthConfig, TokenEntry};
+use baton_store::Durability;
+use serde::Deserialize;
+
+/// The file as written; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub store: Option<String>,
+    pub durability: Option<String>,
+    pub allow_remote: Option<bool>,
+    pub cors_origins: Option<Vec<String>>,
+    pub body_limit_bytes: Option<usize>,
+    pub submit_rate: Option<u32>,
+    pub submit_burst: Option<u32>,
+    pub shutdown_timeout: Option<String>,
+    /// Queue name to concurrency.
+    pub queues: Option<BTreeMap<String, usize>>,
+    pub auth: Option<FileAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    #[serde(default)]
+    pub tokens: Vec<TokenEntry>,
+    pub jwt_secret: Option<String>,
+}
+
+/// Flags given on the command line (they win over everything).
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub config: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub store: Option<String>,
+    pub durability: Option<String>,
+    pub allow_remote: bool,
+}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub store: StoreUrl,
+    pub durability: Durability,
+    pub cors_origins: Vec<String>,
+    pub body_limit: usize,
+    pub submit_rate: u32,
+    pub submit_burst: u32,
+    pub shutdown_timeout: Duration,
+    pub queues: BTreeMap<String, usize>,
+    pub auth: AuthConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Sqlite(PathBuf),
+}
+
+impl StoreUrl {
+    pub fn parse(url: &str) -> Result<StoreUrl, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(format!("{url:?} names no file (e.g. sqlite://baton.db)"));
+            }
+            return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
+        }
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            return Err(format!(
+                "{url:?}: the PostgreSQL store is not available in this version; use sqlite://"
+            ));
+        }
+        Err(format!(
+            "{url:?} is not a store URL (expected sqlite://baton.db or sqlite:///abs/path.db)"
+        ))
+    }
+}
+
+/// Reads the configuration: the file (`--config`, `BATON_CONFIG`, or `baton.toml` if
+/// present), then the environment, then flags.
+pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+    let (file, path) = match flags
+        .config
+        .clone()
+        .or_else(|| env("BATON_CONFIG").map(PathBuf::from))
+    {
+        Some(path) => (read_file(&path)?, Some(path)),
+        None if Path::new("baton.toml").exists() => {
+            let path = PathBuf::from("baton.toml");
+            (read_file(&path)?, Some(path))
+        }
+        None => (FileConfig::default(), None),
+    };
+    let source = |key: &str| match &path {
+        Some(p) => format!("{key} in {}", p.display()),
+        None => key.to_owned(),
+    };
+
+    let listen_text = flags
+        .listen
+        .clone()
+        .or_else(|| env("BATON_LISTEN"))
+        .or(file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:7700".into());
+    let listen: SocketAddr = listen_text.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "invalid setting listen = {listen_text:?}: expected an address like 127.0.0.1:7700"
+        )
+    })?;
+    let store_text = flags
+        .store
+        .clone()
+        .or_else(|| env("BATON_STORE"))
+        .or(file.store.clone())
+        .unwrap_or_else(|| "sqlite://baton.db".into());
+    let store =
+        StoreUrl::parse(&store_text).map_err(|m| anyhow::anyhow!("invalid setting store = {m}"))?;
+    let durability_text = flags
+        .durability
+        .clone()
+        .or_else(|| env("BATON_DURABILITY"))
+        .or(file.durability.clone())
+        .unwrap_or_else(|| "full".into());
+    let durability: Durability = durability_text
+        .parse()
+        .map_err(|m| anyhow::anyhow!("invalid setting durability: {m}"))?;
+    let allow_remote = flags.allow_remote
+        || match env("BATON_ALLOW_REMOTE") {
+            Some(v) => parse_bool("BATON_ALLOW_REMOTE", &v)?,
+            None => file.allow_remote.unwrap_or(false),
+        };
+    let shutdown_timeout = match file.shutdown_timeout.as_deref() {
+        None => Duration::from_secs(30),
+        Some(t) => baton_core::duration::parse(t)
+            .map_err(|m| anyhow::anyhow!("invalid setting {}: {m}", source("shutdown_timeout")))?,
+    };
+    let queues = file.queues.clone().unwrap_or_default();
+    for (name, n) in &queues {
+        if *n == 0 {
+            bail!(
+                "invalid setting {}: queue {name:?} needs a concurrency of at least 1",
+                source("queues")
+            );
+        }
+    }
+    let mut auth = AuthConfig::default();
+    if let Some(a) = file.auth {
+        for t in &a.tokens {
+            if t.sha256.len() != 64 || !t.sha256.chars().all(|c| c.is_ascii_hexdigit()) {
+                bail!(
+                    "invalid setting {}: token {:?} needs sha256 = the 64 hex digits of the token's SHA-256 (see `baton token new`)",
+                    source("auth.tokens"),
+                    t.name
+                );
+            }
+        }
+        auth.tokens = a.tokens;
+        auth.jwt_secret = a.jwt_secret;
+    }
+    if let Some(secret) = env("BATON_JWT_SECRET") {
+        auth.jwt_secret = Some(secret);
+    }
+    if auth.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
+        bail!("invalid setting jwt_secret: it must be at least 16 characters long");
+    }
+    if !listen.ip().is_loopback() && !auth.enabled() && !allow_remote {
+        bail!(
+            "refusing to listen on {listen} without auth: anyone on the network could control jobs; configure [auth] tokens, or pass --allow-remote (BATON_ALLOW_REMOTE=true) to do it anyway"
+        );
+    }
+    Ok(Config {
+        listen,
+        store,
+        durability,
+        cors_origins: file.cors_origins.unwrap_or_default(),
+        body_limit: file.body_limit_bytes.unwrap_or(2 * 1024 * 1024),
+        submit_rate: file.submit_rate.unwrap_or(0),
+        submit_burst: file.submit_burst.unwrap_or(100),
+        shutdown_timeout,
+        queues,
+        auth,
+    })
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    toml::from_str(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "invalid configuration file {}: {}",
+            path.display(),
+            e.to_string().trim()
+        )
+    })
+}
+
+fn parse_bool(name: &str, v: &str) -> Result<bool> {
+    match v {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" | "" => Ok(false),
+        other => bail!("invalid setting {name}={other:?}: expected true or false"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(file: Option<&str>, env: &[(&str, &str)], flags: Flags) -> Result<Config> {
+        let dir = tempfile::tempdir().unwrap();
+        let mut flags = flags;
+        if let Some(text) = file {
+            let path = dir.path().join("baton.toml");
+            std::fs::write(&path, text).unwrap();
+            flags.config = Some(path);
+        }
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load(&flags, &|k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn defaults() {
+        let c = load_with(None, &[], Flags::default()).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(c.store, StoreUrl::Sqlite("baton.db".into()));
+        assert_eq!(c.durability, Durability::Full);
+    }
+
+    #[test]
+    fn flags_beat_env_beat_file() {
+        let file = "listen = \"127.0.0.1:1\"\nstore = \"sqlite:///tmp/a.db\"";
+        let c = load_with(Some(file), &[], Flags::default()).unwrap();
+        assert_eq!(c.listen.port(), 1);
+        let c = load_with(
+            Some(file),
+            &[("BATON_LISTEN", "127.0.0.1:2")],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 2);
+        let flags = Flags {
+            listen: Some("127.0.0.1:3".into()),
+            ..Flags::default()
+        };
+        let c = load_with(Some(file), &[("BATON_LISTEN", "127.0.0.1:2")], flags).unwrap();
+        assert_eq!(c.listen.port(), 3);
+        assert_eq!(c.store, StoreUrl::Sqlite("/tmp/a.db".into()));
+    }
+
+    fn refused(file: Option<&str>, env: &[(&str, &str)], part: &str) {
+        let e = load_with(file, env, Flags::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(part), "{e} lacks {part}");
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        refused(
+            Some("listen = \"nowhere\""),
+            &[],
+            "invalid setting listen = \"nowhere\"",
+        );
+        refused(Some("colour = \"red\""), &[], "unknown field `colour`");
+        refused(
+            Some("store = \"redis://x\""),
+            &[],
+            "invalid setting store = \"redis://x\" is not a store URL",
+        );
+        refused(
+            None,
+            &[("BATON_STORE", "postgres://db")],
+            "PostgreSQL store is not available",
+        );
+        refused(
+            None,
+            &[("BATON_DURABILITY", "maybe")],
+            "invalid durability \"maybe\"",
+        );
+        refused(Some("shutdown_timeout = \"soon\""), &[], "shutdown_timeout");
+        refused(
+            Some("[queues]\nemails = 0"),
+            &[],
+            "queue \"emails\" needs a concurrency",
+        );
+        refused(
+            Some("[auth]\ntokens = [{name = \"a\", sha256 = \"xyz\", role = \"admin\"}]"),
+            &[],
+            "64 hex digits",
+        );
+        refused(
+            Some("[auth]\ntokens = [{name = \"a\", sha256 = \"xyz\", role = \"boss\"}]"),
+            &[],
+            "unknown variant `boss`",
+        );
+        refused(
+            None,
+            &[("BATON_LISTEN", "0.0.0.0:7700")],
+            "refusing to listen on 0.0.0.0:7700 without auth",
+        );
+        refused(
+            None,
+            &[("BATON_ALLOW_REMOTE", "perhaps")],
+            "BATON_ALLOW_REMOTE",
+        );
+    }
+
+    #[test]
+    fn remote_binds_need_auth_or_consent() {
+        let c = load_with(
+            None,
+            &[
+                ("BATON_LISTEN", "0.0.0.0:7700"),
+                ("BATON_ALLOW_REMOTE", "true"),
+            ],
+            Flags::default(),
+        );
+        assert!(c.is_ok());
+        let file = format!(
+            "listen = \"0.0.0.0:7700\"\n[auth]\ntokens = [{{name = \"ci\", sha256 = \"{}\", role = \"operator\"}}]",
+            baton_server::hash_token("t")
+        );
+        assert!(load_with(Some(&file), &[], Flags::default()).is_ok());
+    }
+}
