@@ -49,6 +49,20 @@ impl JobError {
         }
     }
 
+    /// A failure with its own code that no retry can fix (a missing program).
+    pub fn fatal_with_code(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            retryable: false,
+            ..Self::with_code(code, message)
+        }
+    }
+
+    /// The same error, its message prefixed (`step "fetch": ...`).
+    pub(crate) fn prefixed(mut self, prefix: &str) -> Self {
+        self.message = format!("{prefix}{}", self.message);
+        self
+    }
+
     /// Returned by pause points once the job is being stopped.
     pub fn stopped() -> Self {
         Self {
@@ -110,6 +124,12 @@ pub(crate) struct CtxInner {
     pub ctl: watch::Receiver<Ctl>,
     pub cancel: CancellationToken,
     pub step: std::sync::Mutex<Option<String>>,
+    /// What a command or pipeline job executes (the spec's `exec`).
+    pub exec: Option<Value>,
+    pub timeout: Option<std::time::Duration>,
+    pub grace: std::time::Duration,
+    /// The step the job was in when its last attempt ended.
+    pub resume_step: Option<String>,
 }
 
 impl JobContext {
@@ -203,6 +223,72 @@ impl JobContext {
                 return Err(JobError::stopped());
             }
         }
+    }
+
+    /// The control intent as it changes: command jobs turn it into signals.
+    pub(crate) fn control(&self) -> watch::Receiver<Ctl> {
+        self.inner.ctl.clone()
+    }
+
+    pub(crate) fn exec(&self) -> Option<&Value> {
+        self.inner.exec.as_ref()
+    }
+
+    pub(crate) fn timeout(&self) -> Option<std::time::Duration> {
+        self.inner.timeout
+    }
+
+    pub(crate) fn grace(&self) -> std::time::Duration {
+        self.inner.grace
+    }
+
+    pub(crate) fn resume_step(&self) -> Option<&str> {
+        self.inner.resume_step.as_deref()
+    }
+
+    /// Names the current step (for the checkpoints that follow) without a pause point.
+    pub(crate) fn set_step(&self, name: &str) {
+        if let Ok(mut s) = self.inner.step.lock() {
+            *s = Some(name.to_owned());
+        }
+    }
+
+    pub(crate) fn current_step(&self) -> Option<String> {
+        self.inner.step.lock().ok().and_then(|s| s.clone())
+    }
+
+    /// Records an update without a pause point: a command job's process is paused by a
+    /// signal, not by waiting here.
+    pub(crate) async fn record_update(&self, update: Update) -> Result<(), JobError> {
+        self.record(update).await
+    }
+
+    pub(crate) async fn append_logs(
+        &self,
+        lines: Vec<(String, String)>,
+    ) -> Result<baton_store::Appended, baton_store::Error> {
+        let engine = &self.inner.engine;
+        engine
+            .store
+            .append_logs(baton_store::AppendLogs {
+                job_id: self.inner.job_id.clone(),
+                fence: self.inner.fence,
+                now: engine.clock.now(),
+                lines,
+                max_lines: engine.max_log_lines,
+            })
+            .await
+    }
+
+    pub(crate) async fn set_process(
+        &self,
+        process: Option<baton_store::JobProcess>,
+    ) -> Result<(), baton_store::Error> {
+        self.inner
+            .engine
+            .store
+            .set_process(&self.inner.job_id, self.inner.fence, process)
+            .await
     }
 
     async fn record(&self, update: Update) -> Result<(), JobError> {

@@ -1,13 +1,14 @@
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use baton_core::{EventKind, Job, JobSpec, Limits, Millis, State};
+use baton_core::spec::{KIND_COMMAND, KIND_PIPELINE};
+use baton_core::{EventKind, Job, JobSpec, Limits, Millis, PipelineSpec, SpecError, State};
 use baton_store::{
-    Changes, ClaimRequest, Claimed, JobFilter, JobPage, RecoverRequest, ServerInfo, StartNow,
-    Store, Submitted, Transition,
+    Changes, ClaimRequest, Claimed, JobFilter, JobPage, LogLine, Pipeline, RecoverRequest,
+    ServerInfo, StartNow, Store, Submitted, Transition,
 };
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
@@ -43,7 +44,13 @@ pub struct EngineBuilder {
     recovery: Recovery,
     heartbeat: Duration,
     url: Option<String>,
+    max_log_lines: u64,
+    pipeline_dirs: Vec<std::path::PathBuf>,
+    pipelines: Vec<PipelineSpec>,
 }
+
+/// The most log lines kept per job unless configured.
+pub const DEFAULT_MAX_LOG_LINES: u64 = 10_000;
 
 /// The engine. Cheap to clone; every clone drives the same workers.
 #[derive(Clone)]
@@ -67,6 +74,11 @@ pub(crate) struct Inner {
     abandoning: AtomicBool,
     tasks: TaskTracker,
     background: TaskTracker,
+    /// Log lines kept per job (command and pipeline jobs).
+    pub max_log_lines: u64,
+    /// Kinds whose handler enforces the job's timeout itself (commands stop their
+    /// process gracefully); the engine does not abort them when it passes.
+    self_timed: HashSet<String>,
 }
 
 struct QueueState {
@@ -132,6 +144,9 @@ impl Engine {
             recovery: Recovery::Auto,
             heartbeat: Duration::from_secs(5),
             url: None,
+            max_log_lines: DEFAULT_MAX_LOG_LINES,
+            pipeline_dirs: Vec::new(),
+            pipelines: Vec::new(),
         }
     }
 }
@@ -187,6 +202,27 @@ impl EngineBuilder {
         self
     }
 
+    /// The most log lines kept per command or pipeline job (default 10,000); past it
+    /// one line marks the log truncated and later lines are dropped.
+    pub fn max_log_lines(mut self, n: u64) -> Self {
+        self.max_log_lines = n;
+        self
+    }
+
+    /// Loads every `*.toml` file of `dir` as a pipeline definition at build (the
+    /// file's name is the id unless it sets `id`); an invalid file fails the build
+    /// with an error naming the file and the field.
+    pub fn pipelines_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.pipeline_dirs.push(dir.into());
+        self
+    }
+
+    /// Stores a pipeline definition at build.
+    pub fn pipeline(mut self, spec: PipelineSpec) -> Self {
+        self.pipelines.push(spec);
+        self
+    }
+
     /// Recovers jobs left running by a previous run, registers the server and starts
     /// the workers.
     pub async fn build(self) -> Result<Engine> {
@@ -219,6 +255,38 @@ impl EngineBuilder {
                 }),
             );
         }
+        let mut handlers = self.handlers;
+        let mut self_timed = HashSet::new();
+        if !handlers.contains_key(KIND_COMMAND) {
+            let f: HandlerFn =
+                Arc::new(|ctx, payload| Box::pin(crate::command::run_command(ctx, payload)));
+            handlers.insert(KIND_COMMAND.into(), f);
+            self_timed.insert(KIND_COMMAND.to_string());
+        }
+        if !handlers.contains_key(KIND_PIPELINE) {
+            let f: HandlerFn =
+                Arc::new(|ctx, payload| Box::pin(crate::command::run_pipeline(ctx, payload)));
+            handlers.insert(KIND_PIPELINE.into(), f);
+            self_timed.insert(KIND_PIPELINE.to_string());
+        }
+        let mut pipelines = self.pipelines;
+        for dir in &self.pipeline_dirs {
+            pipelines.extend(crate::pipelines::load_dir(dir)?);
+        }
+        for p in &pipelines {
+            p.validate(&self.limits)
+                .map_err(|e| Error::Config(format!("pipeline {:?}: {e}", p.id)))?;
+            let queue = p
+                .queue
+                .as_deref()
+                .unwrap_or(baton_core::spec::DEFAULT_QUEUE);
+            if !queues.contains_key(queue) {
+                return Err(Error::Config(format!(
+                    "pipeline {:?}: queue {queue:?} is not configured",
+                    p.id
+                )));
+            }
+        }
         let now = self.clock.now();
         let server = ServerInfo {
             id: uuid_v7(),
@@ -231,11 +299,17 @@ impl EngineBuilder {
             queues: queues.keys().cloned().collect(),
             workers: queues.values().map(|q| q.concurrency as u32).sum(),
         };
+        for p in pipelines {
+            store.put_pipeline(p, now).await?;
+        }
+        // Processes of jobs that ran when the engine died are still running: end them
+        // before their jobs are queued again.
+        let cleanup = crate::command::kill_stranded(&*store).await?;
         let recovered = store
             .recover(RecoverRequest {
                 now,
                 manual: self.recovery == Recovery::Manual,
-                cleanup: Default::default(),
+                cleanup,
             })
             .await?;
         for r in &recovered {
@@ -245,7 +319,7 @@ impl EngineBuilder {
         let inner = Arc::new(Inner {
             store,
             clock: self.clock,
-            handlers: self.handlers,
+            handlers,
             queues,
             limits: self.limits,
             server,
@@ -256,6 +330,8 @@ impl EngineBuilder {
             abandoning: AtomicBool::new(false),
             tasks: TaskTracker::new(),
             background: TaskTracker::new(),
+            max_log_lines: self.max_log_lines,
+            self_timed,
         });
         for q in inner.queues.values() {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
@@ -297,7 +373,16 @@ impl Engine {
         let now = self.inner.clock.now();
         let mut jobs = Vec::with_capacity(specs.len());
         for spec in &specs {
-            let job = spec.validate(now, &self.inner.limits)?;
+            let job = match self.stored_pipeline_of(spec).await? {
+                Some((id, resolved)) => {
+                    let mut job = resolved.validate(now, &self.inner.limits)?;
+                    if let Some(Value::Object(exec)) = &mut job.exec {
+                        exec.insert("pipeline".into(), Value::String(id));
+                    }
+                    job
+                }
+                None => spec.validate(now, &self.inner.limits)?,
+            };
             self.check_kind_and_queue(&job.kind, &job.queue)?;
             jobs.push(job);
         }
@@ -350,6 +435,58 @@ impl Engine {
             q.release(reserved - started);
         }
         Ok(out)
+    }
+
+    /// For a job of a stored pipeline: its id and the spec with the definition's steps
+    /// and defaults filled in, resolved now so that later edits do not change it.
+    async fn stored_pipeline_of(&self, spec: &JobSpec) -> Result<Option<(String, JobSpec)>> {
+        let (KIND_PIPELINE, Some(id), None) = (
+            spec.kind.as_str(),
+            spec.pipeline.as_ref(),
+            spec.steps.as_ref(),
+        ) else {
+            return Ok(None);
+        };
+        let Some(def) = self.inner.store.pipeline(id).await? else {
+            return Err(
+                SpecError::new("pipeline", format!("no stored pipeline is named {id:?}")).into(),
+            );
+        };
+        Ok(Some((id.clone(), def.spec.resolve(spec))))
+    }
+
+    /// Stores (or replaces) a pipeline definition after checking it.
+    pub async fn put_pipeline(&self, spec: PipelineSpec) -> Result<Pipeline> {
+        spec.validate(&self.inner.limits)?;
+        let queue = spec
+            .queue
+            .as_deref()
+            .unwrap_or(baton_core::spec::DEFAULT_QUEUE);
+        self.check_kind_and_queue(KIND_PIPELINE, queue)?;
+        let now = self.inner.clock.now();
+        Ok(self.inner.store.put_pipeline(spec, now).await?)
+    }
+
+    /// A stored pipeline definition; `None` when there is none of that id.
+    pub async fn pipeline(&self, id: &str) -> Result<Option<Pipeline>> {
+        Ok(self.inner.store.pipeline(id).await?)
+    }
+
+    /// Every stored pipeline definition, by id.
+    pub async fn pipelines(&self) -> Result<Vec<Pipeline>> {
+        Ok(self.inner.store.pipelines().await?)
+    }
+
+    /// Removes a pipeline definition; false when there was none. Jobs that ran it keep
+    /// their steps.
+    pub async fn delete_pipeline(&self, id: &str) -> Result<bool> {
+        Ok(self.inner.store.delete_pipeline(id).await?)
+    }
+
+    /// A job's captured log lines with `seq` after `after`, at most `limit`.
+    pub async fn logs(&self, id: &str, after: u64, limit: usize) -> Result<Vec<LogLine>> {
+        self.get(id).await?;
+        Ok(self.inner.store.logs(id, after, limit).await?)
     }
 
     fn check_kind_and_queue(&self, kind: &str, queue: &str) -> Result<()> {
@@ -765,6 +902,10 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed) {
                 ctl: ctl_rx,
                 cancel: cancel.clone(),
                 step: Mutex::new(claimed.job.step.clone()),
+                exec: claimed.exec.clone(),
+                timeout: claimed.timeout,
+                grace: claimed.grace,
+                resume_step: claimed.job.step.clone(),
             });
             let payload = claimed.job.payload.clone().unwrap_or(Value::Null);
             let task = tokio::spawn(handler(ctx, payload));
@@ -783,7 +924,12 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed) {
                     },
                 );
             let abort = task.abort_handle();
-            let joined = match claimed.timeout {
+            let limit = if inner.self_timed.contains(&claimed.job.kind) {
+                None
+            } else {
+                claimed.timeout
+            };
+            let joined = match limit {
                 Some(limit) => match tokio::time::timeout(limit, task).await {
                     Ok(j) => Some(j),
                     Err(_) => {

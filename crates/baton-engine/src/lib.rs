@@ -25,15 +25,20 @@
 //! ```
 
 mod clock;
+mod command;
 mod context;
 mod engine;
 mod error;
+mod pipelines;
 
-pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, State};
-pub use baton_store::{Checkpoint, Counts, JobFilter, JobPage, ServerInfo, Submitted};
+pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, PipelineSpec, State, StepSpec};
+pub use baton_store::{
+    Checkpoint, Counts, JobFilter, JobPage, LogLine, Pipeline, ServerInfo, Submitted,
+};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use command::{ProcStat, proc_stat};
 pub use context::{JobContext, JobError};
-pub use engine::{Engine, EngineBuilder, Recovery, Subscription};
+pub use engine::{DEFAULT_MAX_LOG_LINES, Engine, EngineBuilder, Recovery, Subscription};
 pub use error::{Error, ErrorCode};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
