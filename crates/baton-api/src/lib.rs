@@ -5,8 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use baton_core::PipelineSpec;
 pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, State};
-pub use baton_store::{Checkpoint, ServerInfo};
+pub use baton_store::{Checkpoint, LogLine, ServerInfo};
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -51,6 +52,20 @@ pub struct EventList {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointList {
     pub checkpoints: Vec<Checkpoint>,
+}
+
+/// `GET /api/jobs/{id}/logs`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogList {
+    pub lines: Vec<LogLine>,
+    /// Pass as `after` to read the lines that follow.
+    pub next: u64,
+}
+
+/// `GET /api/pipelines`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PipelineList {
+    pub pipelines: Vec<serde_json::Value>,
 }
 
 /// `GET /api/stats`.

@@ -297,6 +297,95 @@ pub async fn checkpoints(
     Ok(Json(CheckpointList { checkpoints }))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+#[utoipa::path(get, path = "/api/jobs/{id}/logs", tag = "jobs",
+    params(("id" = String, Path), ("after" = Option<u64>, Query, description = "line seq"),
+        ("limit" = Option<u32>, Query, description = "1 to 10000")),
+    responses((status = 200, body = baton_api::LogList)))]
+pub async fn logs(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<LogsQuery>,
+) -> ApiResult<Json<baton_api::LogList>> {
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request(format!(
+            "invalid limit {limit}: expected a number from 1 to 10000"
+        )));
+    }
+    let after = q.after.unwrap_or(0);
+    let lines = s.engine.logs(job_id(&id)?, after, limit).await?;
+    let next = lines.last().map_or(after, |l| l.seq);
+    Ok(Json(baton_api::LogList { lines, next }))
+}
+
+#[utoipa::path(get, path = "/api/pipelines", tag = "pipelines",
+    responses((status = 200, body = Object)))]
+pub async fn pipelines(State(s): State<AppState>) -> ApiResult<Json<baton_api::PipelineList>> {
+    let pipelines = s.engine.pipelines().await?;
+    Ok(Json(baton_api::PipelineList {
+        pipelines: pipelines
+            .iter()
+            .map(|p| serde_json::to_value(p).unwrap_or_default())
+            .collect(),
+    }))
+}
+
+#[utoipa::path(get, path = "/api/pipelines/{id}", tag = "pipelines", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = baton_api::ErrorBody)))]
+pub async fn pipeline(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    match s.engine.pipeline(&id).await? {
+        Some(p) => Ok(Json(serde_json::to_value(p).unwrap_or_default())),
+        None => Err(ApiError::not_found(format!("pipeline {id:?} not found"))),
+    }
+}
+
+#[utoipa::path(put, path = "/api/pipelines/{id}", tag = "pipelines", params(("id" = String, Path)),
+    request_body = Object,
+    responses((status = 200, body = Object), (status = 422, body = baton_api::ErrorBody)))]
+pub async fn put_pipeline(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(mut spec): ApiJson<baton_core::PipelineSpec>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if spec.id.is_empty() {
+        spec.id = id.clone();
+    } else if spec.id != id {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_spec",
+            format!(
+                "invalid pipeline: id: {:?} differs from the path's {id:?}",
+                spec.id
+            ),
+        ));
+    }
+    let stored = s.engine.put_pipeline(spec).await?;
+    Ok(Json(serde_json::to_value(stored).unwrap_or_default()))
+}
+
+#[utoipa::path(delete, path = "/api/pipelines/{id}", tag = "pipelines", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, body = baton_api::ErrorBody)))]
+pub async fn delete_pipeline(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    if s.engine.delete_pipeline(&id).await? {
+        Ok(Json(serde_json::json!({"id": id, "deleted": true})))
+    } else {
+        Err(ApiError::not_found(format!("pipeline {id:?} not found")))
+    }
+}
+
 /// A boolean query flag: absent, `true`/`false`, `1`/`0`.
 pub fn flag(name: &str, value: Option<&str>) -> ApiResult<bool> {
     match value {

@@ -87,6 +87,14 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         )
         .route("/api/jobs/{id}/events", get(events::job_events))
         .route("/api/jobs/{id}/checkpoints", get(jobs::checkpoints))
+        .route("/api/jobs/{id}/logs", get(jobs::logs))
+        .route("/api/pipelines", get(jobs::pipelines))
+        .route(
+            "/api/pipelines/{id}",
+            get(jobs::pipeline)
+                .put(jobs::put_pipeline)
+                .delete(jobs::delete_pipeline),
+        )
         .route("/api/events", get(events::all_events))
         .route("/api/ws", get(ws::upgrade))
         .route("/api/stats", get(meta::stats))

@@ -9,12 +9,13 @@ use crate::{events, jobs, meta};
     info(title = "Baton", description = "One engine for background jobs: submit, control and follow jobs."),
     paths(
         jobs::submit, jobs::list, jobs::show, jobs::status, jobs::wait, jobs::pause, jobs::resume,
-        jobs::stop, jobs::retry, jobs::cancel, jobs::delete, jobs::checkpoints,
+        jobs::stop, jobs::retry, jobs::cancel, jobs::delete, jobs::checkpoints, jobs::logs,
+        jobs::pipelines, jobs::pipeline, jobs::put_pipeline, jobs::delete_pipeline,
         events::job_events, events::all_events,
         meta::stats, meta::servers, meta::queues, meta::healthz, meta::readyz, meta::metrics,
     ),
     components(schemas(baton_api::WsRequest, baton_api::WsMessage, baton_api::ErrorBody)),
-    tags((name = "jobs"), (name = "control"), (name = "events"), (name = "meta"))
+    tags((name = "jobs"), (name = "control"), (name = "events"), (name = "pipelines"), (name = "meta"))
 )]
 struct Doc;
 

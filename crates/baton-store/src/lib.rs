@@ -241,13 +241,14 @@ pub struct Appended {
 }
 
 /// One captured log line. `seq` counts from 1 per job.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     pub seq: u64,
     pub attempt: u32,
     pub stream: String,
     pub line: String,
     #[serde(with = "baton_core::time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
 }
 

@@ -89,6 +89,7 @@ impl Client {
             ("POST", Some(b)) => with_auth!(self.agent.post(&url)).send_json(b),
             ("POST", None) => with_auth!(self.agent.post(&url)).send_empty(),
             ("PATCH", _) => with_auth!(self.agent.patch(&url)).send_empty(),
+            ("PUT", Some(b)) => with_auth!(self.agent.put(&url)).send_json(b),
             _ => return Err(anyhow!("unsupported method {method}")),
         };
         sent.map_err(|e| {
@@ -362,7 +363,7 @@ pub fn wait(client: &Client, id: &str, timeout: Option<Duration>, quiet: bool) -
     })
 }
 
-fn progress_line(e: &Event) -> Option<String> {
+pub fn progress_line(e: &Event) -> Option<String> {
     match e.kind {
         EventKind::Progress => {
             let p = e.data["progress"].as_f64().unwrap_or(0.0).clamp(0.0, 1.0);
@@ -377,6 +378,7 @@ fn progress_line(e: &Event) -> Option<String> {
         }
         EventKind::Step => Some(format!("step {}", e.data["step"].as_str().unwrap_or("?"))),
         EventKind::Output => e.data["text"].as_str().map(|t| format!("> {t}")),
+        EventKind::Log | EventKind::Checkpoint => None,
         k => Some(k.as_str().trim_start_matches("job.").to_owned()),
     }
 }

@@ -24,6 +24,10 @@ pub struct FileConfig {
     pub submit_rate: Option<u32>,
     pub submit_burst: Option<u32>,
     pub shutdown_timeout: Option<String>,
+    /// Folders of pipeline definitions (one TOML file each), loaded at start.
+    pub pipelines_dirs: Option<Vec<PathBuf>>,
+    /// The most log lines kept per job.
+    pub max_log_lines: Option<u64>,
     /// Queue name to concurrency.
     pub queues: Option<BTreeMap<String, usize>>,
     pub auth: Option<FileAuth>,
@@ -60,6 +64,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub queues: BTreeMap<String, usize>,
     pub auth: AuthConfig,
+    pub pipelines_dirs: Vec<PathBuf>,
+    pub max_log_lines: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,6 +159,21 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             );
         }
     }
+    for dir in file.pipelines_dirs.iter().flatten() {
+        if !dir.is_dir() {
+            bail!(
+                "invalid setting {}: {} is not a folder",
+                source("pipelines_dirs"),
+                dir.display()
+            );
+        }
+    }
+    if file.max_log_lines == Some(0) {
+        bail!(
+            "invalid setting {}: must be at least 1",
+            source("max_log_lines")
+        );
+    }
     let mut auth = AuthConfig::default();
     if let Some(a) = file.auth {
         for t in &a.tokens {
@@ -189,6 +210,8 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         shutdown_timeout,
         queues,
         auth,
+        pipelines_dirs: file.pipelines_dirs.unwrap_or_default(),
+        max_log_lines: file.max_log_lines,
     })
 }
 

@@ -3,6 +3,8 @@
 mod bench;
 mod client;
 mod config;
+mod daemon;
+mod local;
 mod serve;
 
 use std::path::PathBuf;
@@ -61,6 +63,17 @@ enum Command {
         #[arg(long)]
         allow_remote: bool,
     },
+    /// Run `baton serve` in the background (pid file and log file).
+    Daemon {
+        #[command(subcommand)]
+        command: DaemonCommand,
+        /// The pid file.
+        #[arg(long, global = true, default_value = "baton.pid")]
+        pid_file: PathBuf,
+        /// The log file.
+        #[arg(long, global = true, default_value = "baton.log")]
+        log_file: PathBuf,
+    },
     /// Submit a job: a command after --, a stored pipeline, or a handler kind.
     Submit {
         #[arg(long)]
@@ -94,6 +107,28 @@ enum Command {
         wait: bool,
         #[arg(last = true)]
         command: Vec<String>,
+    },
+    /// Run a stored pipeline.
+    Run {
+        pipeline: String,
+        #[arg(long)]
+        queue: Option<String>,
+        #[arg(long, allow_hyphen_values = true)]
+        priority: Option<i32>,
+        /// Wait with a progress bar; runs here when no server answers.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Stored pipeline definitions.
+    Pipeline {
+        #[command(subcommand)]
+        command: PipelineCommand,
+    },
+    /// A job's captured output; -f follows it live.
+    Logs {
+        id: String,
+        #[arg(short, long)]
+        follow: bool,
     },
     /// List jobs.
     Ls {
@@ -179,6 +214,45 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum PipelineCommand {
+    Ls,
+    Show {
+        id: String,
+    },
+    /// Store a definition from a TOML or JSON file (its id, or the file name).
+    Put {
+        file: PathBuf,
+    },
+    Rm {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum DaemonCommand {
+    /// Start the server in the background; takes `baton serve`'s options.
+    Start {
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        store: Option<String>,
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        durability: Option<String>,
+        #[arg(long)]
+        allow_remote: bool,
+    },
+    /// Stop it gracefully (SIGTERM; running jobs finish or are handed back).
+    Stop {
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// Whether it runs, its workers and jobs, and the last log lines.
+    Status,
+}
+
+#[derive(Subcommand)]
 enum TokenCommand {
     /// Make a random token and print it with the line to add to baton.toml.
     New {
@@ -238,6 +312,51 @@ fn run(cli: Cli) -> Result<u8> {
             runtime()?.block_on(serve::run(flags))?;
             Ok(exit::OK)
         }
+        Command::Daemon {
+            command,
+            pid_file,
+            log_file,
+        } => {
+            let files = daemon::Files {
+                pid: pid_file,
+                log: log_file,
+            };
+            match command {
+                DaemonCommand::Start {
+                    listen,
+                    store,
+                    config,
+                    durability,
+                    allow_remote,
+                } => {
+                    let mut args = Vec::new();
+                    let mut server = cli.server.clone();
+                    if let Some(l) = listen {
+                        server = format!("http://{l}");
+                        args.extend(["--listen".to_string(), l]);
+                    }
+                    if let Some(s) = store {
+                        args.extend(["--store".to_string(), s]);
+                    }
+                    if let Some(c) = config {
+                        args.extend(["--config".to_string(), c.display().to_string()]);
+                    }
+                    if let Some(d) = durability {
+                        args.extend(["--durability".to_string(), d]);
+                    }
+                    if allow_remote {
+                        args.push("--allow-remote".into());
+                    }
+                    daemon::start(&files, &args, &server)?;
+                    Ok(exit::OK)
+                }
+                DaemonCommand::Stop { timeout } => {
+                    daemon::stop(&files, timeout)?;
+                    Ok(exit::OK)
+                }
+                DaemonCommand::Status => daemon::status(&files, &client()?),
+            }
+        }
         Command::Bench(args) => {
             runtime()?.block_on(bench::run(args))?;
             Ok(exit::OK)
@@ -260,19 +379,131 @@ fn run(cli: Cli) -> Result<u8> {
                 kind, command, shell, pipeline, payload, queue, priority, after, retries, id,
                 labels,
             )?;
+            submit(&client()?, spec, wait)
+        }
+        Command::Run {
+            pipeline,
+            queue,
+            priority,
+            wait,
+        } => {
+            let mut spec = baton_api::JobSpec::new("pipeline");
+            spec.pipeline = Some(pipeline);
+            spec.queue = queue;
+            spec.priority = priority;
+            submit(&client()?, spec, wait)
+        }
+        Command::Pipeline { command } => {
             let c = client()?;
-            let body = serde_json::to_value(&spec)?;
-            let job: Job = c.call("POST", "/api/jobs", Some(&body))?;
-            if wait {
-                if !c.json {
-                    eprintln!("submitted {}", job.id);
+            match command {
+                PipelineCommand::Ls => {
+                    let list: baton_api::PipelineList = c.call("GET", "/api/pipelines", None)?;
+                    if c.json {
+                        c.print_json(&list);
+                    } else {
+                        for p in &list.pipelines {
+                            let steps: Vec<&str> = p["steps"]
+                                .as_array()
+                                .map(|s| s.iter().filter_map(|s| s["name"].as_str()).collect())
+                                .unwrap_or_default();
+                            println!(
+                                "{:<24} {}",
+                                p["id"].as_str().unwrap_or("?"),
+                                steps.join(" -> ")
+                            );
+                        }
+                    }
                 }
-                return client::wait(&c, &job.id, None, false);
+                PipelineCommand::Show { id } => {
+                    let p: Value =
+                        c.call("GET", &format!("/api/pipelines/{}", encode(&id)), None)?;
+                    println!(
+                        "{}",
+                        if c.json {
+                            p.to_string()
+                        } else {
+                            serde_json::to_string_pretty(&p)?
+                        }
+                    );
+                }
+                PipelineCommand::Put { file } => {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", file.display()))?;
+                    let mut spec: Value = if file.extension().is_some_and(|e| e == "json") {
+                        serde_json::from_str(&text)
+                            .map_err(|e| anyhow::anyhow!("invalid {}: {e}", file.display()))?
+                    } else {
+                        let t: toml::Value = toml::from_str(&text).map_err(|e| {
+                            anyhow::anyhow!("invalid {}: {}", file.display(), e.to_string().trim())
+                        })?;
+                        serde_json::to_value(t)?
+                    };
+                    let id = match spec["id"].as_str() {
+                        Some(id) => id.to_owned(),
+                        None => {
+                            let stem = file
+                                .file_stem()
+                                .and_then(|s| s.to_str())
+                                .unwrap_or("pipeline")
+                                .to_owned();
+                            spec["id"] = Value::String(stem.clone());
+                            stem
+                        }
+                    };
+                    let p: Value = c.call(
+                        "PUT",
+                        &format!("/api/pipelines/{}", encode(&id)),
+                        Some(&spec),
+                    )?;
+                    if c.json {
+                        c.print_json(&p)
+                    } else {
+                        println!("stored pipeline {id}")
+                    }
+                }
+                PipelineCommand::Rm { id } => {
+                    let _: Value =
+                        c.call("DELETE", &format!("/api/pipelines/{}", encode(&id)), None)?;
+                    if !c.json {
+                        println!("deleted pipeline {id}");
+                    }
+                }
             }
-            if c.json {
-                c.print_json(&job);
-            } else {
-                println!("{}", job.id);
+            Ok(exit::OK)
+        }
+        Command::Logs { id, follow } => {
+            let c = client()?;
+            if follow {
+                c.follow(&format!("/api/jobs/{}/events", encode(&id)), |e| {
+                    if e.kind == baton_api::EventKind::Log {
+                        if c.json {
+                            c.print_json(&e.data);
+                        } else {
+                            println!("{}", e.data["line"].as_str().unwrap_or(""));
+                        }
+                    }
+                    Ok(!e.kind.is_terminal())
+                })?;
+                return Ok(exit::OK);
+            }
+            let mut after = 0;
+            loop {
+                let page: baton_api::LogList = c.call(
+                    "GET",
+                    &format!("/api/jobs/{}/logs?after={after}&limit=1000", encode(&id)),
+                    None,
+                )?;
+                for l in &page.lines {
+                    if c.json {
+                        c.print_json(l)
+                    } else {
+                        println!("{}", l.line)
+                    }
+                }
+                if page.lines.len() < 1000 {
+                    break;
+                }
+                after = page.next;
             }
             Ok(exit::OK)
         }
@@ -449,6 +680,34 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// Submits a job; with `--wait` and no server reachable, runs it in this process.
+fn submit(c: &Client, spec: baton_api::JobSpec, wait: bool) -> Result<u8> {
+    let body = serde_json::to_value(&spec)?;
+    let job: Job = match c.call("POST", "/api/jobs", Some(&body)) {
+        Ok(job) => job,
+        Err(e)
+            if wait
+                && e.downcast_ref::<Exit>()
+                    .is_some_and(|x| x.code == exit::UNREACHABLE) =>
+        {
+            return runtime()?.block_on(local::run(spec, c.json));
+        }
+        Err(e) => return Err(e),
+    };
+    if wait {
+        if !c.json {
+            eprintln!("submitted {}", job.id);
+        }
+        return client::wait(c, &job.id, None, false);
+    }
+    if c.json {
+        c.print_json(&job);
+    } else {
+        println!("{}", job.id);
+    }
+    Ok(exit::OK)
 }
 
 fn control(c: &Client, method: &str, id: &str, action: &str) -> Result<u8> {

@@ -25,6 +25,12 @@ pub async fn run(flags: Flags) -> Result<()> {
     for (name, concurrency) in &config.queues {
         builder = builder.queue(name, *concurrency);
     }
+    for dir in &config.pipelines_dirs {
+        builder = builder.pipelines_dir(dir);
+    }
+    if let Some(n) = config.max_log_lines {
+        builder = builder.max_log_lines(n);
+    }
     // Recovery of jobs left by a crash happens here, before anything is served, so
     // /readyz answers only once it is done.
     let engine = builder.build().await?;
@@ -40,7 +46,7 @@ pub async fn run(flags: Flags) -> Result<()> {
     }
     let state = AppState::new(engine.clone(), &options);
     println!(
-        "baton {} serving on {url} (store {}, durability {:?}); dashboard {url}/, API {url}/api/jobs",
+        "baton {} serving on {url} (store {}, durability {:?}); API {url}/api/jobs, events {url}/api/events",
         env!("CARGO_PKG_VERSION"),
         path.display(),
         config.durability

@@ -1,0 +1,76 @@
+//! The synchronous fallback: `submit --wait` and `run --wait` with no server reachable
+//! run the job in this process on the embedded store, with the same progress display.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, anyhow};
+use baton_api::{EventKind, JobSpec, State};
+use baton_engine::Engine;
+use baton_store::{SqliteOptions, SqliteStore};
+
+use crate::client::{self, exit};
+use crate::config::{self, StoreUrl};
+
+pub async fn run(spec: JobSpec, json: bool) -> Result<u8> {
+    let config = config::load(&config::Flags::default(), &|k| std::env::var(k).ok())?;
+    let StoreUrl::Sqlite(path) = &config.store;
+    let store = SqliteStore::open(SqliteOptions::new(path).durability(config.durability))
+        .map_err(|e| anyhow!("no server answered, and the embedded store cannot be used: {e}"))?;
+    let mut builder = Engine::builder().store(Arc::new(store));
+    for (name, n) in &config.queues {
+        builder = builder.queue(name, *n);
+    }
+    for dir in &config.pipelines_dirs {
+        builder = builder.pipelines_dir(dir);
+    }
+    let engine = builder.build().await?;
+    let mut events = engine.subscribe();
+    let submitted = engine.submit(spec).await?;
+    let id = submitted.job.id.clone();
+    if !json {
+        eprintln!(
+            "no server answered: running {id} here on {}",
+            path.display()
+        );
+    }
+    let mut drawn = false;
+    loop {
+        let Some(e) = events.next().await else { break };
+        if e.job_id.as_deref() != Some(id.as_str()) {
+            continue;
+        }
+        if !json {
+            if e.kind == EventKind::Log {
+                if drawn {
+                    eprintln!();
+                    drawn = false;
+                }
+                println!("{}", e.data["line"].as_str().unwrap_or(""));
+            } else if let Some(line) = client::progress_line(&e) {
+                eprint!("\r\x1b[2K{line}");
+                let _ = std::io::stderr().flush();
+                drawn = true;
+            }
+        }
+        if e.kind.is_terminal() {
+            break;
+        }
+    }
+    if drawn {
+        eprintln!();
+    }
+    let job = engine.get(&id).await?;
+    engine.shutdown(Duration::from_secs(10)).await;
+    if json {
+        println!("{}", serde_json::to_string(&job)?);
+    } else {
+        client::print_job(&job);
+    }
+    Ok(match job.state {
+        State::Completed => exit::OK,
+        State::Failed => exit::FAILED,
+        _ => exit::CANCELLED,
+    })
+}
