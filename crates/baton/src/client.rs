@@ -127,9 +127,23 @@ impl Client {
     }
 
     /// Follows a server-sent event stream, calling `each` until it returns false.
-    pub fn follow(&self, path: &str, mut each: impl FnMut(Event) -> Result<bool>) -> Result<()> {
+    pub fn follow(&self, path: &str, each: impl FnMut(Event) -> Result<bool>) -> Result<()> {
+        self.follow_for(path, None, each)
+    }
+
+    /// Like `follow`, but gives up quietly after `timeout`.
+    pub fn follow_for(
+        &self,
+        path: &str,
+        timeout: Option<Duration>,
+        mut each: impl FnMut(Event) -> Result<bool>,
+    ) -> Result<()> {
         let url = format!("{}{path}", self.base);
+        let started = std::time::Instant::now();
         let mut req = self.agent.get(&url).header("Accept", "text/event-stream");
+        if let Some(t) = timeout {
+            req = req.config().timeout_global(Some(t)).build();
+        }
         if let Some(t) = &self.token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
@@ -153,7 +167,11 @@ impl Client {
         let reader = BufReader::new(response.into_body().into_reader());
         let mut data = String::new();
         for line in reader.lines() {
-            let line = line.context("the event stream broke off")?;
+            let line = match line {
+                Ok(l) => l,
+                Err(_) if timeout.is_some_and(|t| started.elapsed() >= t) => return Ok(()),
+                Err(e) => return Err(anyhow!("the event stream broke off: {e}")),
+            };
             if let Some(d) = line.strip_prefix("data:") {
                 data.push_str(d.trim_start());
             } else if line.is_empty() && !data.is_empty() {
@@ -325,16 +343,10 @@ pub fn print_event(e: &Event) {
 
 /// Waits for a job, drawing a progress bar on stderr from its live events.
 pub fn wait(client: &Client, id: &str, timeout: Option<Duration>, quiet: bool) -> Result<u8> {
-    let deadline = timeout.map(|t| std::time::Instant::now() + t);
     let path = format!("/api/jobs/{id}/events");
     let mut last_line = String::new();
     let draw = !quiet && !client.json;
-    let result = client.follow(&path, |e| {
-        if let Some(d) = deadline
-            && std::time::Instant::now() > d
-        {
-            return Ok(false);
-        }
+    let result = client.follow_for(&path, timeout, |e| {
         if draw
             && let Some(line) = progress_line(&e)
             && line != last_line

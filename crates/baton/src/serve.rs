@@ -45,22 +45,28 @@ pub async fn run(flags: Flags) -> Result<()> {
         tracing::warn!(%addr, "listening beyond this machine without auth: anyone who can reach it controls your jobs");
     }
     let state = AppState::new(engine.clone(), &options);
-    println!(
+    say(format_args!(
         "baton {} serving on {url} (store {}, durability {:?}); API {url}/api/jobs, events {url}/api/events",
         env!("CARGO_PKG_VERSION"),
         path.display(),
         config.durability
-    );
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
+    ));
     baton_server::serve(listener, state, &options, shutdown_signal()).await?;
     println!(
         "shutting down: letting running jobs finish (up to {:?})",
         config.shutdown_timeout
     );
     engine.shutdown(config.shutdown_timeout).await;
-    println!("stopped");
+    say(format_args!("stopped"));
     Ok(())
+}
+
+/// Prints a line; a closed stdout (a daemon's reader went away) is not an error.
+fn say(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
 }
 
 async fn shutdown_signal() {

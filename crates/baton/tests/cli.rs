@@ -1,0 +1,274 @@
+//! A real `baton serve` process on a free loopback port, driven by the real CLI.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+const BIN: &str = env!("CARGO_BIN_EXE_baton");
+
+struct Server {
+    child: Child,
+    url: String,
+    dir: TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(config: Option<&str>) -> Server {
+    let dir = TempDir::new().unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(dir.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            "sqlite://baton.db",
+        ])
+        .env_remove("BATON_SERVER")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    if let Some(text) = config {
+        std::fs::write(dir.path().join("baton.toml"), text).unwrap();
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    out.read_line(&mut line).unwrap();
+    // Keep reading, as a terminal would, so the server can go on printing.
+    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    Server { child, url, dir }
+}
+
+fn baton(server: &Server, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .current_dir(server.dir.path())
+        .arg("--server")
+        .arg(&server.url)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn json(server: &Server, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_str(&ok(&baton(server, &all))).unwrap()
+}
+
+fn wait_for_state(server: &Server, id: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if json(server, &["show", id])["state"] == state {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} never became {state}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn submit_wait_show_logs_and_list() {
+    let server = start(None);
+    let script = "echo ::step fetch; echo ::progress 0.5 half; echo first line; echo ::checkpoint '{\"page\": 2}'; echo second line >&2; echo ::result '{\"rows\": 7}'";
+    let id = ok(&baton(
+        &server,
+        &["submit", "--label", "source=cli", "--", "sh", "-c", script],
+    ))
+    .trim()
+    .to_owned();
+    assert_eq!(id.len(), 36, "{id}");
+    let waited = baton(&server, &["wait", &id]);
+    assert_eq!(waited.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&waited.stdout).contains("completed"));
+    let job = json(&server, &["show", &id]);
+    assert_eq!(job["state"], "completed");
+    assert_eq!(job["result"], serde_json::json!({"rows": 7}));
+    assert_eq!(job["step"], "fetch");
+    assert_eq!(job["labels"]["source"], "cli");
+    // stdout and stderr are separate pipes: each line once, in no set order.
+    let logs = ok(&baton(&server, &["logs", &id]));
+    let mut lines: Vec<&str> = logs.lines().collect();
+    lines.sort();
+    assert_eq!(lines, vec!["first line", "second line"]);
+    let list = json(&server, &["ls", "--state", "completed"]);
+    assert_eq!(list["total"], 1);
+    let table = ok(&baton(&server, &["ls"]));
+    assert!(
+        table.contains(&id) && table.contains("completed"),
+        "{table}"
+    );
+    let stats = json(&server, &["stats"]);
+    assert_eq!(stats["states"]["completed"], 1);
+    let events = ok(&baton(&server, &["events", "--job", &id]));
+    assert!(
+        events.contains("job.checkpoint") && events.contains("job.completed"),
+        "{events}"
+    );
+    let servers = ok(&baton(&server, &["servers"]));
+    assert!(
+        servers.contains(&server.child.id().to_string()),
+        "{servers}"
+    );
+}
+
+#[test]
+fn pause_resume_and_stop_from_the_cli() {
+    let server = start(None);
+    let id = ok(&baton(
+        &server,
+        &[
+            "submit",
+            "--",
+            "sh",
+            "-c",
+            "while true; do echo tick; sleep 0.05; done",
+        ],
+    ))
+    .trim()
+    .to_owned();
+    wait_for_state(&server, &id, "running");
+    assert!(ok(&baton(&server, &["pause", &id])).contains("paused"));
+    assert_eq!(json(&server, &["show", &id])["state"], "paused");
+    let again = baton(&server, &["pause", &id]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("it is paused"));
+    assert!(ok(&baton(&server, &["resume", &id])).contains("running"));
+    assert!(ok(&baton(&server, &["stop", "--force", &id])).contains("cancelled"));
+    let waited = baton(&server, &["wait", &id]);
+    assert_eq!(waited.status.code(), Some(2), "cancelled jobs exit 2");
+}
+
+#[test]
+fn exit_codes_scripts_can_use() {
+    let server = start(None);
+    let failed = baton(
+        &server,
+        &["submit", "--wait", "--retries", "0", "--", "false"],
+    );
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stdout).contains("exit_code"));
+    let missing = baton(&server, &["show", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("job \"nope\" not found"));
+    let bad = baton(&server, &["submit", "--kind", "nothing-serves-this"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no handler is registered"));
+    let id = ok(&baton(&server, &["submit", "--", "sleep", "5"]))
+        .trim()
+        .to_owned();
+    let timed_out = baton(&server, &["wait", &id, "--timeout", "300ms"]);
+    assert_eq!(timed_out.status.code(), Some(124));
+    let unreachable = Command::new(BIN)
+        .args(["--server", "http://127.0.0.1:9", "ls"])
+        .output()
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot reach the Baton server"));
+}
+
+#[test]
+fn sigterm_shuts_down_gracefully_and_hands_running_jobs_back() {
+    let mut server = start(Some("shutdown_timeout = \"500ms\"\n"));
+    let id = ok(&baton(&server, &["submit", "--", "sleep", "30"]))
+        .trim()
+        .to_owned();
+    wait_for_state(&server, &id, "running");
+    let t0 = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    // The job waits in the queue for the next start; the database is free again.
+    let db = server.dir.path().join("baton.db");
+    let state = read_state(&db, &id);
+    assert_eq!(state, "queued");
+}
+
+fn read_state(db: &Path, id: &str) -> String {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use baton_store::Store;
+        let store = baton_store::SqliteStore::open(baton_store::SqliteOptions::new(db)).unwrap();
+        let job = store.get(id).await.unwrap().unwrap();
+        store.close().await;
+        job.state.to_string()
+    })
+}
+
+#[test]
+fn daemon_start_status_stop() {
+    let dir = TempDir::new().unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let url = format!("http://{listen}");
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["--server", &url])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let started = run(&[
+        "daemon",
+        "start",
+        "--listen",
+        &listen,
+        "--store",
+        "sqlite://d.db",
+    ]);
+    let text = ok(&started);
+    assert!(text.contains("baton started"), "{text}");
+    assert!(dir.path().join("baton.pid").exists());
+    let again = run(&["daemon", "start", "--listen", &listen]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+    let status = ok(&run(&["daemon", "status"]));
+    assert!(
+        status.contains("running, pid") && status.contains("workers"),
+        "{status}"
+    );
+    assert!(status.contains("last lines of baton.log"), "{status}");
+    let stopped = ok(&run(&["daemon", "stop"]));
+    assert!(stopped.contains("baton stopped"), "{stopped}");
+    assert!(!dir.path().join("baton.pid").exists());
+    let status = run(&["daemon", "status"]);
+    assert_eq!(status.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&status.stdout).contains("not running"));
+}
