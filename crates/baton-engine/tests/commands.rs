@@ -115,7 +115,10 @@ async fn a_command_gets_its_environment_and_completes_with_its_result() {
         .await
         .unwrap();
     let done = finished(&engine, &job.job.id).await;
-    assert_eq!((done.state, done.result), (State::Completed, Some(Value::Null)));
+    assert_eq!(
+        (done.state, done.result),
+        (State::Completed, Some(Value::Null))
+    );
     let logs = engine.logs(&job.job.id, 0, 10).await.unwrap();
     assert_eq!(logs.len(), 1);
     assert_eq!(

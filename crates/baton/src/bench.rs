@@ -42,6 +42,20 @@ enum Bench {
         #[arg(long, default_value_t = 4)]
         submitters: usize,
     },
+    /// Command jobs running `/bin/true`: spawn, supervise, reap, all persisted.
+    Commands {
+        #[arg(long, default_value_t = 5_000)]
+        jobs: usize,
+        /// Concurrency of the queue: processes running at once.
+        #[arg(long, default_value_t = 16)]
+        workers: usize,
+        /// Jobs per submit call.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// The program each job runs.
+        #[arg(long, default_value = "/bin/true")]
+        program: String,
+    },
     /// Submit-to-start latency on an idle engine.
     Latency {
         #[arg(long, default_value_t = 2_000)]
@@ -79,6 +93,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 bail!("--jobs, --workers, --batch and --submitters must be at least 1");
             }
             throughput(store, jobs, workers, batch, submitters, durability).await?
+        }
+        Bench::Commands {
+            jobs,
+            workers,
+            batch,
+            program,
+        } => {
+            if jobs == 0 || workers == 0 || batch == 0 {
+                bail!("--jobs, --workers and --batch must be at least 1");
+            }
+            commands(store, jobs, workers, batch, &program, durability).await?
         }
         Bench::Latency { samples, gap } => {
             if samples == 0 {
@@ -176,6 +201,64 @@ async fn throughput(
         "submit_per_s": rate(jobs, submitted),
         "processing_per_s": rate(jobs, processing),
         "end_to_end_per_s": rate(jobs, total),
+        "elapsed_ms": ms(total),
+    }))
+}
+
+async fn commands(
+    store: SqliteStore,
+    jobs: usize,
+    workers: usize,
+    batch: usize,
+    program: &str,
+    durability: &str,
+) -> Result<Value> {
+    let engine = Engine::builder()
+        .store(Arc::new(store))
+        .queue("default", workers)
+        .build()
+        .await?;
+    let mut events = engine.subscribe();
+    let started = Instant::now();
+    let submitter = {
+        let engine = engine.clone();
+        let program = program.to_owned();
+        tokio::spawn(async move {
+            let mut left = jobs;
+            while left > 0 {
+                let n = left.min(batch);
+                let specs = (0..n)
+                    .map(|_| JobSpec::command([program.as_str()]).max_attempts(1))
+                    .collect();
+                engine.submit_many(specs).await?;
+                left -= n;
+            }
+            anyhow::Ok(())
+        })
+    };
+    let mut done = 0usize;
+    while done < jobs {
+        let Some(e) = events.next().await else { break };
+        match e.kind {
+            EventKind::Completed => done += 1,
+            EventKind::Failed => bail!("a command job failed: {}", e.data),
+            _ => {}
+        }
+    }
+    submitter.await??;
+    let total = started.elapsed();
+    if done < jobs {
+        bail!("only {done} of {jobs} command jobs completed");
+    }
+    engine.shutdown(Duration::from_secs(5)).await;
+    Ok(json!({
+        "bench": "commands",
+        "jobs": jobs,
+        "workers": workers,
+        "batch": batch,
+        "program": program,
+        "durability": durability,
+        "jobs_per_s": rate(jobs, total),
         "elapsed_ms": ms(total),
     }))
 }
