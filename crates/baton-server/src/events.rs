@@ -12,9 +12,10 @@ use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use baton_api::EventList;
 use baton_core::{Event, EventKind};
-use baton_engine::Subscription;
 use futures::Stream;
 use serde::Deserialize;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -146,18 +147,63 @@ pub(crate) struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, e: &Event) -> bool {
-        self.job
-            .as_deref()
-            .is_none_or(|j| e.job_id.as_deref() == Some(j))
-            && self.kinds.as_ref().is_none_or(|k| k.contains(&e.kind))
+    pub fn matches(&self, job_id: Option<&str>, kind: EventKind) -> bool {
+        self.job.as_deref().is_none_or(|j| job_id == Some(j))
+            && self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
     }
 }
 
-/// Stored events then live ones, each once, in order.
+/// An event serialized once, for every stream that sends it.
+pub(crate) struct Frame {
+    pub id: u64,
+    pub job_id: Option<String>,
+    pub kind: EventKind,
+    pub json: String,
+}
+
+impl Frame {
+    fn new(e: &Event) -> Frame {
+        Frame {
+            id: e.id,
+            job_id: e.job_id.clone(),
+            kind: e.kind,
+            json: serde_json::to_string(e).unwrap_or_default(),
+        }
+    }
+}
+
+/// Fans the engine's events out to the streams: one subscription to the engine and
+/// one serialization per event, however many clients follow.
+pub(crate) struct Hub {
+    tx: broadcast::Sender<Arc<Frame>>,
+}
+
+impl Hub {
+    pub fn start(engine: &baton_engine::Engine, draining: CancellationToken) -> Arc<Hub> {
+        let (tx, _) = broadcast::channel(16_384);
+        let hub = Arc::new(Hub { tx: tx.clone() });
+        let mut sub = engine.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let e = tokio::select! {
+                    e = sub.next() => e,
+                    _ = draining.cancelled() => None,
+                };
+                let Some(e) = e else { return };
+                // No stream listening is fine: nobody needed this frame.
+                let _ = tx.send(Arc::new(Frame::new(&e)));
+            }
+        });
+        hub
+    }
+}
+
+/// Stored events then live ones, each once, in order. A stream that falls behind
+/// the live fan-out reads what it missed from the store, so it never slows the
+/// engine or other streams.
 pub(crate) struct Feed {
     state: AppState,
-    sub: Subscription,
+    live: broadcast::Receiver<Arc<Frame>>,
     filter: Filter,
     backlog: VecDeque<Event>,
     /// More stored events may follow `last` (catching up page by page).
@@ -170,10 +216,10 @@ impl Feed {
     pub async fn new(state: AppState, start: Start, filter: Filter) -> Feed {
         // Subscribe before reading the store, so nothing falls between the two;
         // duplicates are dropped by id.
-        let sub = state.engine.subscribe();
+        let live = state.hub.tx.subscribe();
         let guard = state.metrics.subscriber();
         let mut feed = Feed {
-            sub,
+            live,
             filter,
             backlog: VecDeque::new(),
             catching_up: false,
@@ -198,16 +244,16 @@ impl Feed {
         feed
     }
 
-    /// The next event, or `None` when the server is shutting down.
-    pub async fn next(&mut self) -> Option<Arc<Event>> {
+    /// The next frame, or `None` when the server is shutting down.
+    pub async fn next(&mut self) -> Option<Arc<Frame>> {
         loop {
             if let Some(e) = self.backlog.pop_front() {
                 if e.id <= self.last && self.last != 0 {
                     continue;
                 }
                 self.last = self.last.max(e.id);
-                if self.filter.matches(&e) {
-                    return Some(Arc::new(e));
+                if self.filter.matches(e.job_id.as_deref(), e.kind) {
+                    return Some(Arc::new(Frame::new(&e)));
                 }
                 continue;
             }
@@ -231,16 +277,24 @@ impl Feed {
                 continue;
             }
             let next = tokio::select! {
-                e = self.sub.next() => e,
-                _ = self.state.metrics.draining.cancelled() => None,
+                f = self.live.recv() => f,
+                _ = self.state.metrics.draining.cancelled() => return None,
             };
-            let e = next?;
-            if e.id <= self.last {
+            let f = match next {
+                Ok(f) => f,
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    // Read the gap from the store, then carry on live.
+                    self.catching_up = true;
+                    continue;
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            if f.id <= self.last {
                 continue;
             }
-            self.last = e.id;
-            if self.filter.matches(&e) {
-                return Some(e);
+            self.last = f.id;
+            if self.filter.matches(f.job_id.as_deref(), f.kind) {
+                return Some(f);
             }
         }
     }
@@ -253,11 +307,11 @@ pub(crate) fn stream(
 ) -> impl Stream<Item = Result<sse::Event, Infallible>> + Send + 'static {
     futures::stream::once(Feed::new(state, start, filter)).flat_map(|feed| {
         futures::stream::unfold(feed, |mut feed| async move {
-            let e = feed.next().await?;
+            let f = feed.next().await?;
             let frame = sse::Event::default()
-                .id(e.id.to_string())
-                .event(e.kind.as_str())
-                .data(serde_json::to_string(&*e).unwrap_or_default());
+                .id(f.id.to_string())
+                .event(f.kind.as_str())
+                .data(&f.json);
             Some((Ok(frame), feed))
         })
     })

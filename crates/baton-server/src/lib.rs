@@ -54,6 +54,7 @@ impl Default for ServerOptions {
 pub struct AppState {
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
+    pub(crate) hub: Arc<events::Hub>,
     pub(crate) auth: Arc<auth::Auth>,
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -61,9 +62,11 @@ pub struct AppState {
 impl AppState {
     pub fn new(engine: Engine, options: &ServerOptions) -> Self {
         let metrics = Metrics::start(&engine);
+        let hub = events::Hub::start(&engine, metrics.draining.clone());
         Self {
             engine,
             metrics,
+            hub,
             auth: Arc::new(auth::Auth::new(options)),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
@@ -149,6 +152,13 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router(state.clone(), options).into_make_service_with_connect_info::<SocketAddr>();
     let draining = state.metrics.draining.clone();
+    use axum::serve::ListenerExt as _;
+    // Events are small writes that must leave at once, not wait for an ACK.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             shutdown.await;

@@ -91,11 +91,12 @@ async fn session(s: AppState, caller: Caller, mut socket: WebSocket) {
                     return;
                 }
             }
-            e = event => {
-                let Some(e) = e else { return };
-                if subs.wants(e.job_id.as_deref()) {
-                    let msg = WsMessage::Event { event: (*e).clone() };
-                    if send(&mut socket, &msg).await.is_err() {
+            f = event => {
+                let Some(f) = f else { return };
+                if subs.wants(f.job_id.as_deref()) {
+                    // The event's JSON is shared by every stream; only the envelope is new.
+                    let text = format!("{{\"type\":\"event\",\"event\":{}}}", f.json);
+                    if socket.send(Message::Text(text.into())).await.is_err() {
                         return;
                     }
                 }

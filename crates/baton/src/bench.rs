@@ -56,6 +56,18 @@ enum Bench {
         #[arg(long, default_value = "/bin/true")]
         program: String,
     },
+    /// Progress-event latency from a handler to SSE clients of `/api/events`.
+    Events {
+        /// Connected SSE clients; one run per value.
+        #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+        subscribers: Vec<usize>,
+        /// Progress events the handler reports.
+        #[arg(long, default_value_t = 200)]
+        events: usize,
+        /// Pause between two events.
+        #[arg(long, default_value = "5ms", value_parser = parse_duration)]
+        gap: Duration,
+    },
     /// Submit-to-start latency on an idle engine.
     Latency {
         #[arg(long, default_value_t = 2_000)]
@@ -80,9 +92,30 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         Durability::Full => "full",
         Durability::Normal => "normal",
     };
+    if let Bench::Events {
+        subscribers,
+        events,
+        gap,
+    } = &args.bench
+    {
+        if *events == 0 || subscribers.contains(&0) {
+            bail!("--events and --subscribers must be at least 1");
+        }
+        for n in subscribers {
+            let file = dir.path().join(format!("events-{n}.db"));
+            let report = crate::bench_events::run(file, args.durability, *n, *events, *gap).await?;
+            if args.json {
+                println!("{report}");
+            } else {
+                print_summary(&report);
+            }
+        }
+        return Ok(());
+    }
     let store = SqliteStore::open(SqliteOptions::new(&db).durability(args.durability))
         .with_context(|| format!("cannot open {}", db.display()))?;
     let report = match args.bench {
+        Bench::Events { .. } => unreachable!("handled above"),
         Bench::Throughput {
             jobs,
             workers,

@@ -1,6 +1,7 @@
 //! `baton`: the command-line entry point.
 
 mod bench;
+mod bench_events;
 mod client;
 mod config;
 mod daemon;
