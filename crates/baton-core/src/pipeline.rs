@@ -24,6 +24,9 @@ pub struct PipelineSpec {
     pub priority: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_attempts: Option<u32>,
+    /// Retries of a step that sets none of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff: Option<BackoffSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,10 +78,18 @@ impl PipelineSpec {
                 }
             }
         };
+        let steps = self
+            .steps
+            .iter()
+            .map(|s| StepSpec {
+                retries: s.retries.or(self.retries),
+                ..s.clone()
+            })
+            .collect();
         JobSpec {
             kind: KIND_PIPELINE.into(),
             pipeline: None,
-            steps: Some(self.steps.clone()),
+            steps: Some(steps),
             queue: job.queue.clone().or_else(|| self.queue.clone()),
             priority: job.priority.or(self.priority),
             max_attempts: job.max_attempts.or(self.max_attempts),
@@ -130,6 +141,11 @@ mod tests {
             "at least 1",
         );
         check(
+            json!({"id": "p", "steps": [step], "retries": 1000}),
+            "steps[0].retries",
+            "limit",
+        );
+        check(
             json!({"id": "p", "steps": [step], "timeout": "soon"}),
             "timeout",
             "not a duration",
@@ -142,9 +158,16 @@ mod tests {
             queue: Some("scrapers".into()),
             priority: Some(3),
             max_attempts: Some(5),
+            retries: Some(2),
             labels: Some([("source".to_string(), "alfabeta".to_string())].into()),
             env: Some([("A".to_string(), "1".to_string())].into()),
-            ..PipelineSpec::new("alfabeta", vec![StepSpec::new("fetch", &["true"])])
+            ..PipelineSpec::new(
+                "alfabeta",
+                vec![
+                    StepSpec::new("fetch", &["true"]),
+                    StepSpec::new("load", &["true"]).retries(0),
+                ],
+            )
         };
         def.validate(&Limits::default()).expect("valid");
         let job = JobSpec::stored_pipeline("alfabeta")
@@ -153,7 +176,18 @@ mod tests {
             .env("A", "2");
         let resolved = def.resolve(&job);
         assert_eq!(resolved.pipeline, None);
-        assert_eq!(resolved.steps.as_ref().map(Vec::len), Some(1));
+        let retries: Vec<Option<u32>> = resolved
+            .steps
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|s| s.retries)
+            .collect();
+        assert_eq!(
+            retries,
+            [Some(2), Some(0)],
+            "the default fills only steps without their own"
+        );
         assert_eq!(resolved.queue.as_deref(), Some("scrapers"));
         assert_eq!(resolved.priority, Some(9));
         assert_eq!(resolved.max_attempts, Some(5));

@@ -73,14 +73,15 @@ pub(crate) async fn run_command(ctx: JobContext, _payload: Value) -> Result<Valu
         .command
         .filter(|c| !c.is_empty())
         .ok_or_else(|| JobError::fatal_with_code("invalid_spec", "the job has no command"))?;
-    let mut env = base_env(&ctx);
+    // The job's own variables first: Baton's come last, so a spec cannot fake them.
+    let mut env: Vec<(String, String)> = exec.env.unwrap_or_default().into_iter().collect();
+    env.extend(base_env(&ctx));
     if let Some(checkpoint) = ctx.last_checkpoint() {
         env.push(("BATON_CHECKPOINT".into(), checkpoint.to_string()));
         if let Some(step) = ctx.resume_step() {
             env.push(("BATON_RESUME_STEP".into(), step.to_owned()));
         }
     }
-    env.extend(exec.env.unwrap_or_default());
     let spec = ProcSpec {
         argv: program(argv, exec.shell.unwrap_or(false)),
         env,
@@ -136,7 +137,10 @@ pub(crate) async fn run_pipeline(ctx: JobContext, _payload: Value) -> Result<Val
         let tries = 1 + step.retries.unwrap_or(0);
         let mut try_no = 1;
         let result = loop {
-            let mut env = base_env(&ctx);
+            let mut env: Vec<(String, String)> =
+                exec.env.clone().unwrap_or_default().into_iter().collect();
+            env.extend(step.env.clone().unwrap_or_default());
+            env.extend(base_env(&ctx));
             env.push(("BATON_STEP".into(), step.name.clone()));
             if resuming && first_run {
                 env.push(("BATON_RESUME_STEP".into(), step.name.clone()));
@@ -146,8 +150,6 @@ pub(crate) async fn run_pipeline(ctx: JobContext, _payload: Value) -> Result<Val
             {
                 env.push(("BATON_CHECKPOINT".into(), data.to_string()));
             }
-            env.extend(exec.env.clone().unwrap_or_default());
-            env.extend(step.env.clone().unwrap_or_default());
             let (timeout, job_limited) = match (step_timeout, budget) {
                 (Some(s), Some(b)) if b < s => (Some(b), true),
                 (Some(s), _) => (Some(s), false),
