@@ -13,7 +13,6 @@ use baton_store::{
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 use tokio::sync::{Notify, broadcast, watch};
-use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -122,7 +121,8 @@ struct RunHandle {
     fence: u64,
     ctl: watch::Sender<Ctl>,
     cancel: CancellationToken,
-    abort: AbortHandle,
+    /// Fires to abort the attempt's task (force stop, end of grace, shutdown).
+    kill: CancellationToken,
     grace: Duration,
 }
 
@@ -423,7 +423,7 @@ impl Engine {
                     started += 1;
                     self.inner
                         .tasks
-                        .spawn(run_job(self.inner.clone(), q.clone(), claimed.clone()));
+                        .spawn(start_run(&self.inner, q.clone(), claimed.clone()));
                 }
                 _ if s.created => self.inner.job_became(&s.job),
                 _ => {}
@@ -661,23 +661,33 @@ impl Engine {
 
     /// Cancels a job: a waiting job at once, a running one by a graceful stop.
     pub async fn cancel(&self, id: &str) -> Result<Job> {
-        let job = self.get(id).await?;
-        match job.state {
-            State::Running | State::Paused => self.stop(id, false).await,
-            State::Stopping => Ok(job),
-            s => {
-                let now = self.inner.clock.now();
-                let t = Transition::new(id, State::Cancelled, EventKind::Cancelled, now)
-                    .expect(&[s])
-                    .data(json!({"reason": "cancelled"}))
-                    .changes(Changes {
-                        error: Some(baton_core::ErrorInfo::new(
-                            "cancelled",
-                            "cancelled by a user",
-                        )),
-                        ..Changes::default()
-                    });
-                Ok(self.inner.store.transition(t).await?)
+        // The job may move on (a worker claims it) between reading and writing: decide
+        // again from its new state.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let job = self.get(id).await?;
+            let result = match job.state {
+                State::Running | State::Paused => self.stop(id, false).await,
+                State::Stopping => Ok(job),
+                s => {
+                    let now = self.inner.clock.now();
+                    let t = Transition::new(id, State::Cancelled, EventKind::Cancelled, now)
+                        .expect(&[s])
+                        .data(json!({"reason": "cancelled"}))
+                        .changes(Changes {
+                            error: Some(baton_core::ErrorInfo::new(
+                                "cancelled",
+                                "cancelled by a user",
+                            )),
+                            ..Changes::default()
+                        });
+                    self.inner.store.transition(t).await.map_err(Error::from)
+                }
+            };
+            match result {
+                Err(Error::Store(baton_store::Error::Conflict { .. })) if tries < 5 => continue,
+                other => return other,
             }
         }
     }
@@ -742,16 +752,16 @@ impl Engine {
             .is_err()
         {
             inner.abandoning.store(true, Ordering::SeqCst);
-            let handles: Vec<AbortHandle> = {
+            let handles: Vec<CancellationToken> = {
                 let running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
-                running.values().map(|h| h.abort.clone()).collect()
+                running.values().map(|h| h.kill.clone()).collect()
             };
             tracing::warn!(
                 jobs = handles.len(),
                 "jobs still running at shutdown; they will resume at the next start"
             );
             for h in handles {
-                h.abort();
+                h.cancel();
             }
             let _ = tokio::time::timeout(Duration::from_secs(5), inner.tasks.wait()).await;
             let now = inner.clock.now();
@@ -820,10 +830,10 @@ impl Inner {
         let job = self.store.transition(t).await?;
         let handle = {
             let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            running.get(id).map(|h| h.abort.clone())
+            running.get(id).map(|h| h.kill.clone())
         };
-        if let Some(abort) = handle {
-            abort.abort();
+        if let Some(kill) = handle {
+            kill.cancel();
         }
         Ok(job)
     }
@@ -865,9 +875,7 @@ async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
             Ok(jobs) => {
                 for job in jobs {
                     queue.running.fetch_add(1, Ordering::SeqCst);
-                    inner
-                        .tasks
-                        .spawn(run_job(inner.clone(), queue.clone(), job));
+                    inner.tasks.spawn(start_run(&inner, queue.clone(), job));
                 }
             }
             Err(e) => {
@@ -881,10 +889,58 @@ async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
     }
 }
 
-async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed) {
-    let id = claimed.job.id.clone();
+/// Registers a claimed attempt before anything else can see it running, so that a
+/// control request that arrives at once finds it, then returns the task that runs it.
+fn start_run(
+    inner: &Arc<Inner>,
+    queue: Arc<QueueState>,
+    claimed: Claimed,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     let (ctl_tx, ctl_rx) = watch::channel(Ctl::Run);
     let cancel = CancellationToken::new();
+    let kill = CancellationToken::new();
+    inner
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            claimed.job.id.clone(),
+            RunHandle {
+                fence: claimed.fence,
+                ctl: ctl_tx.clone(),
+                cancel: cancel.clone(),
+                kill: kill.clone(),
+                grace: claimed.grace,
+            },
+        );
+    run_job(
+        inner.clone(),
+        queue,
+        claimed,
+        Run {
+            ctl_tx,
+            ctl_rx,
+            cancel,
+            kill,
+        },
+    )
+}
+
+struct Run {
+    ctl_tx: watch::Sender<Ctl>,
+    ctl_rx: watch::Receiver<Ctl>,
+    cancel: CancellationToken,
+    kill: CancellationToken,
+}
+
+async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, run: Run) {
+    let id = claimed.job.id.clone();
+    let Run {
+        ctl_tx,
+        ctl_rx,
+        cancel,
+        kill,
+    } = run;
     let outcome = match inner.handlers.get(&claimed.job.kind).cloned() {
         None => Outcome::Done(Err(JobError::fatal(format!(
             "no handler is registered for kind {:?} on this server",
@@ -908,36 +964,34 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed) {
                 resume_step: claimed.job.step.clone(),
             });
             let payload = claimed.job.payload.clone().unwrap_or(Value::Null);
-            let task = tokio::spawn(handler(ctx, payload));
-            inner
-                .running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(
-                    id.clone(),
-                    RunHandle {
-                        fence: claimed.fence,
-                        ctl: ctl_tx.clone(),
-                        cancel: cancel.clone(),
-                        abort: task.abort_handle(),
-                        grace: claimed.grace,
-                    },
-                );
+            let mut task = tokio::spawn(handler(ctx, payload));
             let abort = task.abort_handle();
             let limit = if inner.self_timed.contains(&claimed.job.kind) {
                 None
             } else {
                 claimed.timeout
             };
-            let joined = match limit {
-                Some(limit) => match tokio::time::timeout(limit, task).await {
-                    Ok(j) => Some(j),
-                    Err(_) => {
-                        abort.abort();
-                        None
-                    }
-                },
-                None => Some(task.await),
+            let finished = async {
+                match limit {
+                    Some(limit) => tokio::time::timeout(limit, &mut task).await.ok(),
+                    None => Some((&mut task).await),
+                }
+            };
+            // A force stop aborts the handler's task wherever it is.
+            let ended = tokio::select! {
+                j = finished => Some(j),
+                _ = kill.cancelled() => None,
+            };
+            let joined = match ended {
+                Some(Some(j)) => Some(j),
+                Some(None) => {
+                    abort.abort();
+                    None
+                }
+                None => {
+                    abort.abort();
+                    Some(task.await)
+                }
             };
             match joined {
                 None => Outcome::TimedOut(claimed.timeout.unwrap_or_default()),

@@ -620,3 +620,65 @@ async fn servers_are_recorded_with_heartbeats() {
     assert!(later[0].heartbeat_at > first[0].heartbeat_at);
     engine.shutdown(Duration::from_secs(1)).await;
 }
+
+/// Counts live handler futures: dropped (finished or aborted) means gone.
+struct Alive(Arc<AtomicU32>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_stop_right_after_submit_still_reaches_the_handler() {
+    let dir = TempDir::new().unwrap();
+    let alive = Arc::new(AtomicU32::new(0));
+    let count = alive.clone();
+    let engine = builder(&dir)
+        .handler("stubborn", move |_ctx, _p| {
+            count.fetch_add(1, Ordering::SeqCst);
+            let guard = Alive(count.clone());
+            async move {
+                let _guard = guard;
+                tokio::time::sleep(Duration::from_secs(120)).await;
+                Ok(Value::Null)
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    for force in [false, true] {
+        for _ in 0..20 {
+            // With idle workers the job is running when submit returns.
+            let id = engine
+                .submit(JobSpec::new("stubborn").grace(Duration::from_millis(50)))
+                .await
+                .unwrap()
+                .job
+                .id;
+            if force {
+                // A job that has not started yet is cancelled instead.
+                match engine.stop(&id, true).await {
+                    Err(baton_engine::Error::Illegal { .. }) => {
+                        engine.cancel(&id).await.unwrap();
+                    }
+                    other => {
+                        other.unwrap();
+                    }
+                }
+            } else {
+                engine.cancel(&id).await.unwrap();
+            }
+            let job = within("cancellation", engine.wait(&id)).await.unwrap();
+            assert_eq!(job.state, State::Cancelled);
+        }
+    }
+    within("every handler to be gone", async {
+        while alive.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(engine.running_jobs().is_empty());
+}
