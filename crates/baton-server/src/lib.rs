@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod jobs;
 mod meta;
+mod resources;
 mod ws;
 
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ pub struct ServerOptions {
     pub submit_rate: u32,
     /// Submissions a client may burst above the rate.
     pub submit_burst: u32,
+    /// The folder of the store, whose disk `/api/resources` watches.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerOptions {
@@ -45,6 +48,7 @@ impl Default for ServerOptions {
             body_limit: 2 * 1024 * 1024,
             submit_rate: 0,
             submit_burst: 100,
+            data_dir: None,
         }
     }
 }
@@ -55,6 +59,7 @@ pub struct AppState {
     pub engine: Engine,
     pub metrics: Arc<Metrics>,
     pub(crate) hub: Arc<events::Hub>,
+    pub(crate) resources: Arc<resources::Resources>,
     pub(crate) auth: Arc<auth::Auth>,
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
 }
@@ -63,10 +68,13 @@ impl AppState {
     pub fn new(engine: Engine, options: &ServerOptions) -> Self {
         let metrics = Metrics::start(&engine);
         let hub = events::Hub::start(&engine, metrics.draining.clone());
+        let resources =
+            resources::Resources::start(options.data_dir.clone(), metrics.draining.clone());
         Self {
             engine,
             metrics,
             hub,
+            resources,
             auth: Arc::new(auth::Auth::new(options)),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
@@ -103,6 +111,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/api/stats", get(meta::stats))
         .route("/api/servers", get(meta::servers))
         .route("/api/queues", get(meta::queues))
+        .route("/api/resources", get(resources::resources))
         .route("/api/openapi.json", get(meta::openapi))
         .route("/metrics", get(meta::metrics))
         .route("/healthz", get(meta::healthz))

@@ -327,6 +327,18 @@ pub async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
             m.count(kind)
         );
     }
+    if let Some(w) = s.engine.store().write_stats() {
+        let _ = writeln!(
+            out,
+            "# HELP baton_store_write_batches_total Transactions committed by the store (group commits).\n# TYPE baton_store_write_batches_total counter\nbaton_store_write_batches_total {}",
+            w.batches.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP baton_store_writes_total Writes committed by the store, in those transactions.\n# TYPE baton_store_writes_total counter\nbaton_store_writes_total {}",
+            w.writes.load(Ordering::Relaxed)
+        );
+    }
     m.durations.render(
         &mut out,
         "baton_job_duration_seconds",

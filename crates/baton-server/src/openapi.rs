@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{events, jobs, meta};
+use crate::{events, jobs, meta, resources};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,7 +12,7 @@ use crate::{events, jobs, meta};
         jobs::stop, jobs::retry, jobs::cancel, jobs::delete, jobs::checkpoints, jobs::logs,
         jobs::pipelines, jobs::pipeline, jobs::put_pipeline, jobs::delete_pipeline,
         events::job_events, events::all_events,
-        meta::stats, meta::servers, meta::queues, meta::healthz, meta::readyz, meta::metrics,
+        meta::stats, meta::servers, meta::queues, resources::resources, meta::healthz, meta::readyz, meta::metrics,
     ),
     components(schemas(baton_api::WsRequest, baton_api::WsMessage, baton_api::ErrorBody)),
     tags((name = "jobs"), (name = "control"), (name = "events"), (name = "pipelines"), (name = "meta"))

@@ -786,3 +786,156 @@ async fn openapi_document_lists_the_endpoints() {
     }
     assert!(doc["components"]["schemas"]["JobSpec"].is_object());
 }
+
+#[tokio::test]
+async fn resources_now_history_limits() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let h = harness_with(ServerOptions {
+        data_dir: Some(dir.path().to_path_buf()),
+        ..ServerOptions::default()
+    })
+    .await;
+    // The first sample is taken at start.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let body = loop {
+        let (status, body) = h.call(Method::GET, "/api/resources", None).await;
+        assert_eq!(status, StatusCode::OK);
+        if !body["now"].is_null() {
+            break body;
+        }
+        assert!(std::time::Instant::now() < deadline, "no sample: {body}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let now = &body["now"];
+    assert!(now["memory_total_bytes"].as_u64().unwrap() > 0, "{now}");
+    assert!(
+        now["memory_used_bytes"].as_u64().unwrap() <= now["memory_total_bytes"].as_u64().unwrap()
+    );
+    assert!(now["process_rss_bytes"].as_u64().unwrap() > 0, "{now}");
+    assert!(
+        now["disk_total_bytes"].as_u64().unwrap() > 0,
+        "the store's disk: {now}"
+    );
+    assert!(!body["history"].as_array().unwrap().is_empty());
+    assert_eq!(body["limits"]["memory_pct"], 90.0);
+    assert!(body["alerts"].is_array());
+}
+
+#[tokio::test]
+async fn logs_and_pipelines_endpoints() {
+    let h = harness().await;
+    let (status, job) = h
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "command", "command": ["sh", "-c", "for i in 1 2 3 4 5; do echo line $i; done"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap();
+    h.call(
+        Method::GET,
+        &format!("/api/jobs/{id}/wait?timeout=10s"),
+        None,
+    )
+    .await;
+    let (status, logs) = h
+        .call(Method::GET, &format!("/api/jobs/{id}/logs?limit=2"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let lines: Vec<&str> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap())
+        .collect();
+    assert_eq!(lines, vec!["line 1", "line 2"]);
+    let next = logs["next"].as_u64().unwrap();
+    let (_, rest) = h
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{id}/logs?after={next}"),
+            None,
+        )
+        .await;
+    assert_eq!(rest["lines"].as_array().unwrap().len(), 3);
+    let (status, e) = h
+        .call(Method::GET, &format!("/api/jobs/{id}/logs?limit=0"), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{e}");
+
+    let def = json!({"steps": [{"name": "a", "command": ["true"]}, {"name": "b", "command": ["true"]}], "labels": {"team": "data"}});
+    let (status, stored) = h
+        .call(Method::PUT, "/api/pipelines/nightly", Some(def))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    assert_eq!(stored["id"], "nightly");
+    let (_, list) = h.call(Method::GET, "/api/pipelines", None).await;
+    assert_eq!(list["pipelines"][0]["id"], "nightly");
+    let (status, job) = h
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "pipeline", "pipeline": "nightly"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let (_, done) = h
+        .call(
+            Method::GET,
+            &format!("/api/jobs/{}/wait?timeout=10s", job["id"].as_str().unwrap()),
+            None,
+        )
+        .await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(done["labels"]["team"], "data");
+    let (status, e) = h
+        .call(
+            Method::PUT,
+            "/api/pipelines/other",
+            Some(json!({"id": "nightly", "steps": []})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (status, e) = h
+        .call(
+            Method::PUT,
+            "/api/pipelines/bad",
+            Some(json!({"steps": []})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{e}");
+    let (status, _) = h.call(Method::DELETE, "/api/pipelines/nightly", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, e) = h.call(Method::GET, "/api/pipelines/nightly", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("pipeline \"nightly\" not found")
+    );
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "pipeline", "pipeline": "nightly"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    let (_, text) = h.raw(Method::GET, "/metrics", None, &[]).await;
+    let batches: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("baton_store_write_batches_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let writes: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("baton_store_writes_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(batches > 0 && writes >= batches, "{batches} {writes}");
+}

@@ -329,6 +329,14 @@ impl Counts {
     }
 }
 
+/// How many transactions a store committed, and how many writes they held: their
+/// ratio is how well group commit batches.
+#[derive(Debug, Default)]
+pub struct WriteStats {
+    pub batches: std::sync::atomic::AtomicU64,
+    pub writes: std::sync::atomic::AtomicU64,
+}
+
 /// A job store. Every write is atomic together with its events; events are published
 /// to subscribers once durable.
 #[async_trait]
@@ -394,6 +402,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Committed events, live. A receiver that lags reads the rest with `events_after`.
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;
+
+    /// Counters of the store's writes, for metrics; `None` when it keeps none.
+    fn write_stats(&self) -> Option<Arc<WriteStats>> {
+        None
+    }
     /// Flushes and stops the store's background work.
     async fn close(&self);
 }

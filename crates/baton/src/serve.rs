@@ -40,6 +40,12 @@ pub async fn run(flags: Flags) -> Result<()> {
         body_limit: config.body_limit,
         submit_rate: config.submit_rate,
         submit_burst: config.submit_burst,
+        data_dir: Some(
+            path.parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(|p| p.to_path_buf())
+                .unwrap_or_else(|| ".".into()),
+        ),
     };
     if !addr.ip().is_loopback() && !options.auth.enabled() {
         tracing::warn!(%addr, "listening beyond this machine without auth: anyone who can reach it controls your jobs");

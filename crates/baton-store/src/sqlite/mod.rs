@@ -93,6 +93,7 @@ struct Inner {
     bus: broadcast::Sender<Arc<Event>>,
     lock: Mutex<File>,
     closed: Mutex<bool>,
+    counters: Arc<crate::WriteStats>,
 }
 
 impl SqliteStore {
@@ -113,6 +114,7 @@ impl SqliteStore {
         schema::migrate(&mut conn)?;
         let (bus, _) = broadcast::channel(options.event_buffer.max(16));
         let writer = Writer::new(conn, bus.clone())?;
+        let counters = writer.counters();
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("baton-sqlite-writer".into())
@@ -127,6 +129,7 @@ impl SqliteStore {
                 bus,
                 lock: Mutex::new(lock),
                 closed: Mutex::new(false),
+                counters,
             }),
         })
     }
@@ -417,6 +420,10 @@ impl Store for SqliteStore {
 
     async fn delete_pipeline(&self, id: &str) -> Result<bool> {
         expect_output!(self.write(Op::DeletePipeline(id.to_owned())).await, Bool)
+    }
+
+    fn write_stats(&self) -> Option<Arc<crate::WriteStats>> {
+        Some(self.inner.counters.clone())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {

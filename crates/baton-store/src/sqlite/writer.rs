@@ -80,6 +80,7 @@ pub struct Writer {
     events: Vec<Event>,
     bus: broadcast::Sender<Arc<Event>>,
     claim_sql: std::collections::HashMap<String, String>,
+    counters: Arc<crate::WriteStats>,
 }
 
 impl Writer {
@@ -92,6 +93,7 @@ impl Writer {
             events: Vec::new(),
             bus,
             claim_sql: std::collections::HashMap::new(),
+            counters: Arc::default(),
         })
     }
 
@@ -126,7 +128,15 @@ impl Writer {
         }
     }
 
+    /// The counters this writer keeps, for metrics.
+    pub fn counters(&self) -> Arc<crate::WriteStats> {
+        self.counters.clone()
+    }
+
     fn commit_batch(&mut self, batch: &mut Vec<Request>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.counters.batches.fetch_add(1, Relaxed);
+        self.counters.writes.fetch_add(batch.len() as u64, Relaxed);
         let first_event_id = self.next_event_id;
         match self.apply_all(batch) {
             Ok(outputs) => {
