@@ -321,22 +321,31 @@ pub async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
             "Jobs recovered after a crash",
         ),
     ] {
-        let _ = writeln!(
-            out,
-            "# HELP baton_jobs_{name}_total {help} since the server started.\n# TYPE baton_jobs_{name}_total counter\nbaton_jobs_{name}_total {}",
-            m.count(kind)
+        let help = format!("{help} since the server started.");
+        metric(
+            &mut out,
+            &format!("baton_jobs_{name}_total"),
+            "counter",
+            &help,
+            m.count(kind),
         );
     }
     if let Some(w) = s.engine.store().write_stats() {
-        let _ = writeln!(
-            out,
-            "# HELP baton_store_write_batches_total Transactions committed by the store (group commits).\n# TYPE baton_store_write_batches_total counter\nbaton_store_write_batches_total {}",
-            w.batches.load(Ordering::Relaxed)
+        let batches = w.batches.load(Ordering::Relaxed);
+        let writes = w.writes.load(Ordering::Relaxed);
+        metric(
+            &mut out,
+            "baton_store_write_batches_total",
+            "counter",
+            "Transactions committed by the store (group commits).",
+            batches,
         );
-        let _ = writeln!(
-            out,
-            "# HELP baton_store_writes_total Writes committed by the store, in those transactions.\n# TYPE baton_store_writes_total counter\nbaton_store_writes_total {}",
-            w.writes.load(Ordering::Relaxed)
+        metric(
+            &mut out,
+            "baton_store_writes_total",
+            "counter",
+            "Writes committed by the store, in those transactions.",
+            writes,
         );
     }
     m.durations.render(
@@ -349,20 +358,26 @@ pub async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
         "baton_queue_latency_seconds",
         "Time from queued to started.",
     );
-    let _ = writeln!(
-        out,
-        "# HELP baton_event_subscribers Open event streams (SSE and WebSocket).\n# TYPE baton_event_subscribers gauge\nbaton_event_subscribers {}",
-        m.subscribers()
+    metric(
+        &mut out,
+        "baton_event_subscribers",
+        "gauge",
+        "Open event streams (SSE and WebSocket).",
+        m.subscribers(),
     );
-    let _ = writeln!(
-        out,
-        "# HELP baton_events_total Events published since the server started.\n# TYPE baton_events_total counter\nbaton_events_total {}",
-        m.events.load(Ordering::Relaxed)
+    metric(
+        &mut out,
+        "baton_events_total",
+        "counter",
+        "Events published since the server started.",
+        m.events.load(Ordering::Relaxed),
     );
-    let _ = writeln!(
-        out,
-        "# HELP baton_uptime_seconds Seconds since the server started.\n# TYPE baton_uptime_seconds gauge\nbaton_uptime_seconds {}",
-        m.started.elapsed().as_secs()
+    metric(
+        &mut out,
+        "baton_uptime_seconds",
+        "gauge",
+        "Seconds since the server started.",
+        m.started.elapsed().as_secs(),
     );
     let _ = writeln!(
         out,
@@ -374,6 +389,14 @@ pub async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
         }
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// One Prometheus metric without labels: its help, type and value.
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
 }
 
 pub async fn openapi() -> Response {

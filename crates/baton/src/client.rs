@@ -92,11 +92,13 @@ impl Client {
             ("PUT", Some(b)) => with_auth!(self.agent.put(&url)).send_json(b),
             _ => return Err(anyhow!("unsupported method {method}")),
         };
-        sent.map_err(|e| {
-            anyhow::Error::new(Exit {
-                code: exit::UNREACHABLE,
-                message: format!("cannot reach the Baton server at {}: {e}", self.base),
-            })
+        sent.map_err(|e| self.unreachable(e))
+    }
+
+    fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+        anyhow::Error::new(Exit {
+            code: exit::UNREACHABLE,
+            message: format!("cannot reach the Baton server at {}: {e}", self.base),
         })
     }
 
@@ -114,13 +116,7 @@ impl Client {
             .read_to_string()
             .context("cannot read the answer")?;
         if !status.is_success() {
-            let message = serde_json::from_str::<ErrorBody>(&text)
-                .map(|e| e.error.message)
-                .unwrap_or_else(|_| format!("the server answered {status}: {text}"));
-            return Err(anyhow::Error::new(Exit {
-                code: exit::FAILED,
-                message,
-            }));
+            return Err(api_error(status, &text));
         }
         serde_json::from_str(&text)
             .with_context(|| format!("unexpected answer from the server: {text}"))
@@ -147,22 +143,11 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.header("Authorization", format!("Bearer {t}"));
         }
-        let response = req.call().map_err(|e| {
-            anyhow::Error::new(Exit {
-                code: exit::UNREACHABLE,
-                message: format!("cannot reach the Baton server at {}: {e}", self.base),
-            })
-        })?;
+        let response = req.call().map_err(|e| self.unreachable(e))?;
         if !response.status().is_success() {
             let status = response.status();
             let text = response.into_body().read_to_string().unwrap_or_default();
-            let message = serde_json::from_str::<ErrorBody>(&text)
-                .map(|e| e.error.message)
-                .unwrap_or_else(|_| format!("the server answered {status}"));
-            return Err(anyhow::Error::new(Exit {
-                code: exit::FAILED,
-                message,
-            }));
+            return Err(api_error(status, &text));
         }
         let reader = BufReader::new(response.into_body().into_reader());
         let mut data = String::new();
@@ -188,6 +173,17 @@ impl Client {
     pub fn print_json(&self, value: &impl serde::Serialize) {
         println!("{}", serde_json::to_string(value).unwrap_or_default());
     }
+}
+
+/// The API's error message, or what the server said when it is not the API's shape.
+fn api_error(status: ureq::http::StatusCode, text: &str) -> anyhow::Error {
+    let message = serde_json::from_str::<ErrorBody>(text)
+        .map(|e| e.error.message)
+        .unwrap_or_else(|_| format!("the server answered {status}: {text}"));
+    anyhow::Error::new(Exit {
+        code: exit::FAILED,
+        message,
+    })
 }
 
 pub fn print_job(job: &Job) {

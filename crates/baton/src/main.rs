@@ -617,36 +617,9 @@ fn run(cli: Cli) -> Result<u8> {
             })?;
             Ok(exit::OK)
         }
-        Command::Stats => {
-            let c = client()?;
-            let stats: Stats = c.call("GET", "/api/stats", None)?;
-            if c.json {
-                c.print_json(&stats)
-            } else {
-                client::print_stats(&stats)
-            }
-            Ok(exit::OK)
-        }
-        Command::Servers => {
-            let c = client()?;
-            let list: ServerList = c.call("GET", "/api/servers", None)?;
-            if c.json {
-                c.print_json(&list)
-            } else {
-                client::print_servers(&list)
-            }
-            Ok(exit::OK)
-        }
-        Command::Queues => {
-            let c = client()?;
-            let list: QueueList = c.call("GET", "/api/queues", None)?;
-            if c.json {
-                c.print_json(&list)
-            } else {
-                client::print_queues(&list)
-            }
-            Ok(exit::OK)
-        }
+        Command::Stats => show::<Stats>(&client()?, "/api/stats", client::print_stats),
+        Command::Servers => show::<ServerList>(&client()?, "/api/servers", client::print_servers),
+        Command::Queues => show::<QueueList>(&client()?, "/api/queues", client::print_queues),
         Command::Status { ids } => {
             let c = client()?;
             let body = serde_json::to_value(StatusRequest { ids })?;
@@ -707,6 +680,21 @@ fn submit(c: &Client, spec: baton_api::JobSpec, wait: bool) -> Result<u8> {
         c.print_json(&job);
     } else {
         println!("{}", job.id);
+    }
+    Ok(exit::OK)
+}
+
+/// Reads one resource and prints it as a table, or as JSON with `--json`.
+fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
+    c: &Client,
+    path: &str,
+    table: fn(&T),
+) -> Result<u8> {
+    let value: T = c.call("GET", path, None)?;
+    if c.json {
+        c.print_json(&value);
+    } else {
+        table(&value);
     }
     Ok(exit::OK)
 }
