@@ -939,3 +939,43 @@ async fn logs_and_pipelines_endpoints() {
         .unwrap();
     assert!(batches > 0 && writes >= batches, "{batches} {writes}");
 }
+
+#[tokio::test]
+async fn cors_allows_the_configured_origins_only() {
+    let h = harness_with(ServerOptions {
+        cors_origins: vec!["http://localhost:5173".into()],
+        ..ServerOptions::default()
+    })
+    .await;
+    let preflight = [
+        ("origin", "http://localhost:5173"),
+        ("access-control-request-method", "POST"),
+    ];
+    let (_, _, headers) = h
+        .raw_with_headers(Method::OPTIONS, "/api/jobs", None, &preflight)
+        .await;
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "http://localhost:5173"
+    );
+    let (_, _, headers) = h
+        .raw_with_headers(
+            Method::GET,
+            "/api/jobs",
+            None,
+            &[("origin", "http://evil.example")],
+        )
+        .await;
+    assert!(headers.get("access-control-allow-origin").is_none());
+    // Without configured origins, no CORS headers at all.
+    let plain = harness().await;
+    let (_, _, headers) = plain
+        .raw_with_headers(
+            Method::GET,
+            "/api/jobs",
+            None,
+            &[("origin", "http://localhost:5173")],
+        )
+        .await;
+    assert!(headers.get("access-control-allow-origin").is_none());
+}
