@@ -1,5 +1,5 @@
-//! Baton's job model: ids, specs and their validation, the state machine, events
-//! and retry maths. Pure: no IO, no clocks, no threads.
+//! Baton's job model: ids, specs and their validation, the state machine, events,
+//! retry maths and schedule maths. Pure: no IO, no clocks, no threads.
 
 pub mod backoff;
 pub mod duration;
@@ -7,6 +7,7 @@ pub mod event;
 pub mod id;
 pub mod job;
 pub mod pipeline;
+pub mod schedule;
 pub mod spec;
 pub mod state;
 pub mod time;
@@ -16,6 +17,7 @@ pub use event::{Event, EventKind};
 pub use id::JobId;
 pub use job::{ErrorInfo, Job};
 pub use pipeline::PipelineSpec;
+pub use schedule::{Misfire, Overlap, Schedule, ScheduleError, ScheduleSpec, Trigger};
 pub use spec::{JobSpec, Limits, NewJob, SpecError, StepSpec};
 pub use state::{State, TransitionError};
 pub use time::Millis;
