@@ -11,6 +11,7 @@ pub mod schedule;
 pub mod spec;
 pub mod state;
 pub mod time;
+pub mod workflow;
 
 pub use backoff::Backoff;
 pub use event::{Event, EventKind};
@@ -21,3 +22,7 @@ pub use schedule::{Misfire, Overlap, Schedule, ScheduleError, ScheduleSpec, Trig
 pub use spec::{JobSpec, Limits, NewJob, SpecError, StepSpec};
 pub use state::{State, TransitionError};
 pub use time::Millis;
+pub use workflow::{
+    Condition, Dependency, EdgeStatus, UniquePolicy, WorkflowEdge, WorkflowGraph, WorkflowNode,
+    WorkflowSpec, WorkflowState,
+};

@@ -11,6 +11,7 @@ use crate::duration;
 use crate::id::{JobId, is_id_char};
 use crate::state::State;
 use crate::time::{self, Millis};
+use crate::workflow::{Condition, Dependency, UniquePolicy, parse_depends_on};
 
 /// A job spec: DESIGN.md section 6's wire shape. Every field but `kind` is optional.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -187,6 +188,13 @@ pub struct NewJob {
     pub grace: Duration,
     pub max_recoveries: u32,
     pub created_at: Millis,
+    /// The jobs this one waits for; not empty makes the job `awaiting`.
+    pub depends_on: Vec<Dependency>,
+    pub unique_key: Option<String>,
+    pub unique_policy: UniquePolicy,
+    /// Set by a workflow submit: the workflow's id and the job's local name in it.
+    pub workflow_id: Option<String>,
+    pub workflow_name: Option<String>,
 }
 
 pub const KIND_COMMAND: &str = "command";
@@ -314,6 +322,28 @@ impl JobSpec {
         self
     }
 
+    /// Waits for job `id` (a workflow's local name, inside a workflow) to complete.
+    pub fn depends_on(self, id: impl Into<String>) -> Self {
+        self.depends_on_when(id, Condition::Completed)
+    }
+
+    /// Waits for job `id` to end so that `on` holds.
+    pub fn depends_on_when(mut self, id: impl Into<String>, on: Condition) -> Self {
+        let entry = match on {
+            Condition::Completed => Value::String(id.into()),
+            on => serde_json::json!({"job": id.into(), "on": on.as_str()}),
+        };
+        self.depends_on.get_or_insert_with(Vec::new).push(entry);
+        self
+    }
+
+    /// At most one active job holds `key`; `policy` says what a second submit does.
+    pub fn unique(mut self, key: impl Into<String>, policy: UniquePolicy) -> Self {
+        self.unique_key = Some(key.into());
+        self.unique_policy = Some(policy.as_str().into());
+        self
+    }
+
     /// Checks every field and resolves defaults, `delay` and `run_at` against `now`.
     pub fn validate(&self, now: Millis, limits: &Limits) -> Result<NewJob, SpecError> {
         let id = match &self.id {
@@ -423,17 +453,54 @@ impl JobSpec {
             }
         }
 
-        if self.depends_on.as_ref().is_some_and(|d| !d.is_empty()) {
+        let depends_on = parse_depends_on("depends_on", self.depends_on.as_deref().unwrap_or(&[]))?;
+        for (i, d) in depends_on.iter().enumerate() {
+            JobId::parse(&d.job).map_err(|m| SpecError::new(format!("depends_on[{i}]"), m))?;
+        }
+        if !depends_on.is_empty() && run_at.is_some() {
+            // An awaiting job is queued when its dependencies end; it has no time of
+            // its own to wait for.
             return Err(SpecError::new(
                 "depends_on",
-                "job dependencies are not available in this version",
+                "cannot be combined with delay or run_at",
             ));
         }
-        if self.unique_key.is_some() || self.unique_policy.is_some() {
-            return Err(SpecError::new(
-                "unique_key",
-                "unique jobs are not available in this version",
-            ));
+        let state = if depends_on.is_empty() {
+            state
+        } else {
+            State::Awaiting
+        };
+        let unique_policy = match &self.unique_policy {
+            None => UniquePolicy::default(),
+            Some(_) if self.unique_key.is_none() => {
+                return Err(SpecError::new(
+                    "unique_policy",
+                    "needs a unique_key to apply to",
+                ));
+            }
+            Some(p) => UniquePolicy::parse(p).ok_or_else(|| {
+                SpecError::new(
+                    "unique_policy",
+                    format!("{p:?} is not a policy; expected \"reject\", \"return_existing\" or \"replace\""),
+                )
+            })?,
+        };
+        if let Some(key) = &self.unique_key {
+            if key.is_empty() {
+                return Err(SpecError::new("unique_key", "must not be empty"));
+            }
+            if key.len() > 512 {
+                return Err(SpecError::new(
+                    "unique_key",
+                    format!("is {} bytes long; at most 512 are allowed", key.len()),
+                ));
+            }
+            if key.chars().any(char::is_control) {
+                return Err(SpecError::new(
+                    "unique_key",
+                    format!("{key:?} contains a control character"),
+                ));
+            }
         }
 
         let exec = self.validate_exec()?;
@@ -453,6 +520,11 @@ impl JobSpec {
             grace,
             max_recoveries: self.max_recoveries.unwrap_or(limits.default_max_recoveries),
             created_at: now,
+            depends_on,
+            unique_key: self.unique_key.clone(),
+            unique_policy,
+            workflow_id: None,
+            workflow_name: None,
         })
     }
 
@@ -763,9 +835,44 @@ mod tests {
             "empty",
         );
         check(
-            json!({"kind": "x", "depends_on": ["a"]}),
+            json!({"kind": "x", "depends_on": ["a", {"job": "a"}]}),
+            "depends_on[1]",
+            "twice",
+        );
+        check(
+            json!({"kind": "x", "depends_on": ["a b"]}),
+            "depends_on[0]",
+            "' '",
+        );
+        check(
+            json!({"kind": "x", "depends_on": [{"job": "a", "on": "done"}]}),
+            "depends_on[0].on",
+            "not a condition",
+        );
+        check(
+            json!({"kind": "x", "depends_on": [{"job": "a", "when": "failed"}]}),
+            "depends_on[0]",
+            "unknown field",
+        );
+        check(
+            json!({"kind": "x", "depends_on": ["a"], "delay": "5s"}),
             "depends_on",
-            "not available",
+            "delay or run_at",
+        );
+        check(
+            json!({"kind": "x", "unique_policy": "replace"}),
+            "unique_policy",
+            "needs a unique_key",
+        );
+        check(
+            json!({"kind": "x", "unique_key": "k", "unique_policy": "sometimes"}),
+            "unique_policy",
+            "not a policy",
+        );
+        check(
+            json!({"kind": "x", "unique_key": ""}),
+            "unique_key",
+            "empty",
         );
         check(
             json!({"kind": "x", "colour": "red"}),
@@ -810,6 +917,29 @@ mod tests {
             .validate(NOW, &Limits::default())
             .unwrap();
         assert_eq!(job.state, State::Queued);
+    }
+
+    #[test]
+    fn dependencies_make_a_job_await() {
+        let job = JobSpec::new("x")
+            .depends_on("a")
+            .depends_on_when("b", Condition::Finished)
+            .unique("report:7", UniquePolicy::Replace)
+            .validate(NOW, &Limits::default())
+            .unwrap();
+        assert_eq!(job.state, State::Awaiting);
+        assert_eq!(
+            job.depends_on,
+            vec![
+                Dependency::new("a", Condition::Completed),
+                Dependency::new("b", Condition::Finished)
+            ]
+        );
+        assert_eq!(job.unique_key.as_deref(), Some("report:7"));
+        assert_eq!(job.unique_policy, UniquePolicy::Replace);
+        let plain = JobSpec::new("x").validate(NOW, &Limits::default()).unwrap();
+        assert!(plain.depends_on.is_empty());
+        assert_eq!(plain.unique_policy, UniquePolicy::Reject);
     }
 
     #[test]

@@ -117,6 +117,10 @@ pub struct TransitionError {
 }
 
 /// Whether a job may move from `from` (`None`: a new job) to `to`.
+///
+/// Beyond DESIGN.md section 2, two edges lead back to `awaiting`, both for workflows: a
+/// paused workflow holds its `queued` jobs there, and a workflow retry puts a failed or
+/// cancelled job there until the jobs it depends on, retried too, have ended.
 pub fn allowed(from: Option<State>, to: State) -> bool {
     use State::*;
     let Some(from) = from else {
@@ -125,7 +129,7 @@ pub fn allowed(from: Option<State>, to: State) -> bool {
     match from {
         Scheduled => matches!(to, Queued | Cancelled | Deleted),
         Awaiting => matches!(to, Queued | Cancelled | Deleted),
-        Queued => matches!(to, Running | Cancelled | Deleted),
+        Queued => matches!(to, Running | Cancelled | Deleted | Awaiting),
         Running => matches!(
             to,
             Paused | Stopping | Completed | Failed | Scheduled | Queued | Crashed | Cancelled
@@ -133,7 +137,8 @@ pub fn allowed(from: Option<State>, to: State) -> bool {
         Paused => matches!(to, Running | Stopping | Cancelled | Crashed),
         Stopping => matches!(to, Cancelled | Completed | Failed | Crashed),
         Crashed => matches!(to, Queued | Failed | Cancelled),
-        Completed | Failed | Cancelled => matches!(to, Queued | Deleted),
+        Completed => matches!(to, Queued | Deleted),
+        Failed | Cancelled => matches!(to, Queued | Deleted | Awaiting),
         Deleted => matches!(to, Queued),
     }
 }
@@ -193,6 +198,10 @@ mod tests {
         (Some(Completed), Deleted),
         (Some(Failed), Deleted),
         (Some(Cancelled), Deleted),
+        // Workflows: a pause holds queued jobs; a retry waits for retried dependencies.
+        (Some(Queued), Awaiting),
+        (Some(Failed), Awaiting),
+        (Some(Cancelled), Awaiting),
     ];
 
     #[test]

@@ -1,0 +1,670 @@
+//! Job dependencies and workflows: the conditions of an edge, the workflow spec with
+//! its local names, cycle detection, and the graph that clients read back. Pure.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::job::ErrorInfo;
+use crate::spec::{JobSpec, SpecError, check_name};
+use crate::state::State;
+use crate::time::{Millis, opt_rfc3339, rfc3339};
+
+/// The most dependencies one job may have.
+pub const MAX_DEPENDENCIES: usize = 10_000;
+/// The most jobs one workflow may hold.
+pub const MAX_WORKFLOW_JOBS: usize = 100_000;
+
+/// When a dependent may run, given how its dependency ended.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Condition {
+    /// The dependency completed (the default).
+    #[default]
+    Completed,
+    /// The dependency failed for good: an error handler.
+    Failed,
+    /// The dependency ended in any way: a continuation.
+    Finished,
+}
+
+impl Condition {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Completed => "completed",
+            Condition::Failed => "failed",
+            Condition::Finished => "finished",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Condition> {
+        match s {
+            "completed" => Some(Condition::Completed),
+            "failed" => Some(Condition::Failed),
+            "finished" => Some(Condition::Finished),
+            _ => None,
+        }
+    }
+
+    /// Whether a dependency that ended in `state` meets the condition; `None` while it
+    /// has not ended.
+    pub fn holds(self, state: State) -> Option<bool> {
+        if !state.is_terminal() {
+            return None;
+        }
+        Some(match self {
+            Condition::Completed => state == State::Completed,
+            Condition::Failed => state == State::Failed,
+            Condition::Finished => true,
+        })
+    }
+}
+
+/// One edge of a job spec's `depends_on`: the job it waits for and the condition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Dependency {
+    pub job: String,
+    #[serde(default)]
+    pub on: Condition,
+}
+
+impl Dependency {
+    pub fn new(job: impl Into<String>, on: Condition) -> Self {
+        Self {
+            job: job.into(),
+            on,
+        }
+    }
+}
+
+/// How far an edge is: its dependency has not ended, it ended meeting the condition,
+/// or it ended so that the condition can never hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EdgeStatus {
+    Waiting,
+    Met,
+    Never,
+}
+
+impl EdgeStatus {
+    pub fn as_i64(self) -> i64 {
+        match self {
+            EdgeStatus::Waiting => 0,
+            EdgeStatus::Met => 1,
+            EdgeStatus::Never => 2,
+        }
+    }
+
+    pub fn from_i64(v: i64) -> EdgeStatus {
+        match v {
+            1 => EdgeStatus::Met,
+            2 => EdgeStatus::Never,
+            _ => EdgeStatus::Waiting,
+        }
+    }
+
+    /// The status of an edge whose dependency is in `state` now.
+    pub fn of(on: Condition, state: State) -> EdgeStatus {
+        match on.holds(state) {
+            None => EdgeStatus::Waiting,
+            Some(true) => EdgeStatus::Met,
+            Some(false) => EdgeStatus::Never,
+        }
+    }
+}
+
+/// Parses a spec's `depends_on`: each entry a job id, or `{"job": id, "on": condition}`.
+/// `field` names the list in errors.
+pub fn parse_depends_on(field: &str, entries: &[Value]) -> Result<Vec<Dependency>, SpecError> {
+    if entries.len() > MAX_DEPENDENCIES {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "has {} dependencies; at most {MAX_DEPENDENCIES} are allowed",
+                entries.len()
+            ),
+        ));
+    }
+    let mut out: Vec<Dependency> = Vec::with_capacity(entries.len());
+    let mut seen = BTreeSet::new();
+    for (i, entry) in entries.iter().enumerate() {
+        let at = format!("{field}[{i}]");
+        let dep = match entry {
+            Value::String(id) => Dependency::new(id.clone(), Condition::Completed),
+            Value::Object(map) => {
+                if let Some(k) = map.keys().find(|k| *k != "job" && *k != "on") {
+                    return Err(SpecError::new(
+                        at,
+                        format!("unknown field {k:?}; expected \"job\" and \"on\""),
+                    ));
+                }
+                let job = match map.get("job") {
+                    Some(Value::String(id)) => id.clone(),
+                    _ => return Err(SpecError::new(at, "needs \"job\": the id it depends on")),
+                };
+                let on = match map.get("on") {
+                    None | Some(Value::Null) => Condition::Completed,
+                    Some(Value::String(s)) => Condition::parse(s).ok_or_else(|| {
+                        SpecError::new(
+                            format!("{at}.on"),
+                            format!("{s:?} is not a condition; expected \"completed\", \"failed\" or \"finished\""),
+                        )
+                    })?,
+                    Some(other) => {
+                        return Err(SpecError::new(
+                            format!("{at}.on"),
+                            format!("{other} is not a condition; expected \"completed\", \"failed\" or \"finished\""),
+                        ));
+                    }
+                };
+                Dependency::new(job, on)
+            }
+            other => {
+                return Err(SpecError::new(
+                    at,
+                    format!("{other} is neither a job id nor {{\"job\": id, \"on\": condition}}"),
+                ));
+            }
+        };
+        if dep.job.is_empty() {
+            return Err(SpecError::new(at, "the job id must not be empty"));
+        }
+        if !seen.insert(dep.job.clone()) {
+            return Err(SpecError::new(at, format!("{:?} is listed twice", dep.job)));
+        }
+        out.push(dep);
+    }
+    Ok(out)
+}
+
+/// What to do when a job is submitted while an active (not terminal) job holds its
+/// `unique_key`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UniquePolicy {
+    /// Refuse the new job, naming the holder.
+    #[default]
+    Reject,
+    /// Answer with the holder instead of a new job.
+    ReturnExisting,
+    /// Cancel the holder (stopping it at once if it runs) and store the new job.
+    Replace,
+}
+
+impl UniquePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UniquePolicy::Reject => "reject",
+            UniquePolicy::ReturnExisting => "return_existing",
+            UniquePolicy::Replace => "replace",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<UniquePolicy> {
+        match s {
+            "reject" => Some(UniquePolicy::Reject),
+            "return_existing" => Some(UniquePolicy::ReturnExisting),
+            "replace" => Some(UniquePolicy::Replace),
+            _ => None,
+        }
+    }
+}
+
+/// A workflow as clients submit it: jobs by local name, whose `depends_on` name other
+/// jobs of the workflow (or ids of jobs stored already).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WorkflowSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    pub jobs: BTreeMap<String, JobSpec>,
+}
+
+impl WorkflowSpec {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Adds a job under its local name.
+    pub fn job(mut self, name: impl Into<String>, spec: JobSpec) -> Self {
+        self.jobs.insert(name.into(), spec);
+        self
+    }
+
+    /// Checks the names and the graph, and returns the jobs' local names in an order
+    /// where every job comes after the jobs of the workflow it depends on, with each
+    /// job's dependencies parsed (local names still local). A cycle is refused with
+    /// its path: `a -> b -> c -> a` (each job runs before the next).
+    pub fn plan(&self) -> Result<Vec<(String, Vec<Dependency>)>, SpecError> {
+        if let Some(id) = &self.id {
+            crate::id::JobId::parse(id).map_err(|m| SpecError::new("id", m))?;
+        }
+        if self.jobs.is_empty() {
+            return Err(SpecError::new("jobs", "a workflow needs at least one job"));
+        }
+        if self.jobs.len() > MAX_WORKFLOW_JOBS {
+            return Err(SpecError::new(
+                "jobs",
+                format!(
+                    "has {} jobs; at most {MAX_WORKFLOW_JOBS} are allowed",
+                    self.jobs.len()
+                ),
+            ));
+        }
+        let mut deps: BTreeMap<&str, Vec<Dependency>> = BTreeMap::new();
+        for (name, spec) in &self.jobs {
+            check_name("jobs", name, 128)?;
+            let field = format!("jobs.{name}.depends_on");
+            let parsed = parse_depends_on(&field, spec.depends_on.as_deref().unwrap_or(&[]))?;
+            deps.insert(name, parsed);
+        }
+        // Edges inside the workflow, parent -> children; other references are ids of
+        // jobs stored already, checked by the store.
+        let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (name, list) in &deps {
+            for d in list {
+                if let Some((parent, _)) = self.jobs.get_key_value(d.job.as_str()) {
+                    children.entry(parent.as_str()).or_default().push(name);
+                }
+            }
+        }
+        if let Some(cycle) = find_cycle(self.jobs.keys().map(String::as_str), &children) {
+            return Err(SpecError::new(
+                "jobs",
+                format!("the dependencies form a cycle: {}", cycle.join(" -> ")),
+            ));
+        }
+        let order = topological(self.jobs.keys().map(String::as_str), &children, &deps, self);
+        Ok(order
+            .into_iter()
+            .map(|name| {
+                let d = deps.remove(name).unwrap_or_default();
+                (name.to_owned(), d)
+            })
+            .collect())
+    }
+}
+
+/// Finds a cycle in a directed graph given as `node -> successors`; returns its path,
+/// starting and ending at its smallest node (`a -> b -> a`), or `None` for a DAG.
+/// Iterative, so a chain of any length cannot overflow the stack.
+pub fn find_cycle<'a>(
+    nodes: impl Iterator<Item = &'a str>,
+    edges: &BTreeMap<&'a str, Vec<&'a str>>,
+) -> Option<Vec<String>> {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let nodes: Vec<&str> = nodes.collect();
+    let mut mark: BTreeMap<&str, Mark> = nodes.iter().map(|n| (*n, Mark::New)).collect();
+    let none: Vec<&str> = Vec::new();
+    for &start in &nodes {
+        if mark[start] != Mark::New {
+            continue;
+        }
+        // The current path, each node with the index of its next successor to visit.
+        let mut path: Vec<(&str, usize)> = vec![(start, 0)];
+        mark.insert(start, Mark::OnPath);
+        while let Some(top) = path.last_mut() {
+            let node = top.0;
+            let succ = edges.get(node).unwrap_or(&none);
+            if top.1 >= succ.len() {
+                mark.insert(node, Mark::Done);
+                path.pop();
+                continue;
+            }
+            let to = succ[top.1];
+            top.1 += 1;
+            match mark.get(to).copied().unwrap_or(Mark::Done) {
+                Mark::New => {
+                    mark.insert(to, Mark::OnPath);
+                    path.push((to, 0));
+                }
+                Mark::OnPath => {
+                    let from = path.iter().position(|(n, _)| *n == to).unwrap_or(0);
+                    let mut cycle: Vec<&str> = path[from..].iter().map(|(n, _)| *n).collect();
+                    let smallest = (0..cycle.len()).min_by_key(|i| cycle[*i]).unwrap_or(0);
+                    cycle.rotate_left(smallest);
+                    let mut out: Vec<String> = cycle.iter().map(|s| s.to_string()).collect();
+                    out.push(cycle[0].to_owned());
+                    return Some(out);
+                }
+                Mark::Done => {}
+            }
+        }
+    }
+    None
+}
+
+/// Kahn's order of an acyclic graph: a node after all its predecessors, ties by name.
+fn topological<'a>(
+    nodes: impl Iterator<Item = &'a str>,
+    children: &BTreeMap<&'a str, Vec<&'a str>>,
+    deps: &BTreeMap<&'a str, Vec<Dependency>>,
+    spec: &WorkflowSpec,
+) -> Vec<&'a str> {
+    let mut indegree: BTreeMap<&str, usize> = nodes.map(|n| (n, 0)).collect();
+    for (name, list) in deps {
+        let local = list
+            .iter()
+            .filter(|d| spec.jobs.contains_key(d.job.as_str()))
+            .count();
+        indegree.insert(name, local);
+    }
+    let mut ready: BTreeSet<&str> = indegree
+        .iter()
+        .filter(|(_, d)| **d == 0)
+        .map(|(n, _)| *n)
+        .collect();
+    let mut out = Vec::with_capacity(indegree.len());
+    while let Some(n) = ready.pop_first() {
+        out.push(n);
+        for c in children.get(n).map(Vec::as_slice).unwrap_or(&[]) {
+            if let Some(d) = indegree.get_mut(c) {
+                *d -= 1;
+                if *d == 0 {
+                    ready.insert(c);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A workflow's state, derived from its jobs' states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkflowState {
+    /// Nothing has started yet.
+    Pending,
+    /// Some jobs run, wait or are done, and some are still to come.
+    Running,
+    /// Paused by a user: nothing new starts.
+    Paused,
+    /// Every job completed (or was deleted).
+    Completed,
+    /// Every job ended and at least one failed.
+    Failed,
+    /// Every job ended, none failed, and at least one was cancelled.
+    Cancelled,
+}
+
+impl WorkflowState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkflowState::Pending => "pending",
+            WorkflowState::Running => "running",
+            WorkflowState::Paused => "paused",
+            WorkflowState::Completed => "completed",
+            WorkflowState::Failed => "failed",
+            WorkflowState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            WorkflowState::Completed | WorkflowState::Failed | WorkflowState::Cancelled
+        )
+    }
+
+    /// The state of a workflow whose jobs are in `states`.
+    pub fn derive(paused: bool, states: impl IntoIterator<Item = State>) -> WorkflowState {
+        let (mut active, mut started, mut failed, mut cancelled) = (false, false, false, false);
+        for s in states {
+            match s {
+                State::Awaiting | State::Queued | State::Scheduled => active = true,
+                State::Running | State::Paused | State::Stopping | State::Crashed => {
+                    active = true;
+                    started = true;
+                }
+                State::Completed | State::Deleted => started = true,
+                State::Failed => {
+                    started = true;
+                    failed = true;
+                }
+                State::Cancelled => {
+                    started = true;
+                    cancelled = true;
+                }
+            }
+        }
+        if active {
+            return if paused {
+                WorkflowState::Paused
+            } else if started {
+                WorkflowState::Running
+            } else {
+                WorkflowState::Pending
+            };
+        }
+        if failed {
+            WorkflowState::Failed
+        } else if cancelled {
+            WorkflowState::Cancelled
+        } else {
+            WorkflowState::Completed
+        }
+    }
+}
+
+impl std::fmt::Display for WorkflowState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A workflow with its jobs and edges, as the dashboard draws it
+/// (`GET /api/workflows/{id}`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowGraph {
+    pub id: String,
+    pub state: WorkflowState,
+    pub paused: bool,
+    #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Millis,
+    /// Jobs per state.
+    pub counts: BTreeMap<String, u64>,
+    /// Local name to job id.
+    pub jobs: BTreeMap<String, String>,
+    pub nodes: Vec<WorkflowNode>,
+    pub edges: Vec<WorkflowEdge>,
+}
+
+/// One job of a workflow graph.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowNode {
+    pub id: String,
+    pub name: Option<String>,
+    pub kind: String,
+    pub queue: String,
+    pub state: State,
+    pub progress: Option<f64>,
+    pub attempt: u32,
+    #[serde(with = "opt_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub started_at: Option<Millis>,
+    #[serde(with = "opt_rfc3339")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub finished_at: Option<Millis>,
+    pub error: Option<ErrorInfo>,
+}
+
+/// An edge: `to` depends on `from` with condition `on`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowEdge {
+    pub from: String,
+    pub to: String,
+    pub on: Condition,
+    pub status: EdgeStatus,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn cycle_of(edges: &[(&'static str, &'static str)]) -> Option<String> {
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        let mut map: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (a, b) in edges {
+            names.insert(a);
+            names.insert(b);
+            map.entry(a).or_default().push(b);
+        }
+        find_cycle(names.into_iter(), &map).map(|c| c.join(" -> "))
+    }
+
+    #[test]
+    fn cycles_are_named_from_their_smallest_node() {
+        assert_eq!(cycle_of(&[("a", "a")]).as_deref(), Some("a -> a"));
+        assert_eq!(
+            cycle_of(&[("b", "a"), ("a", "b")]).as_deref(),
+            Some("a -> b -> a")
+        );
+        assert_eq!(
+            cycle_of(&[("x", "c"), ("c", "a"), ("a", "b"), ("b", "c")]).as_deref(),
+            Some("a -> b -> c -> a")
+        );
+        assert_eq!(cycle_of(&[("a", "b"), ("b", "c"), ("a", "c")]), None);
+    }
+
+    #[test]
+    fn a_long_chain_is_checked_without_recursion() {
+        let names: Vec<String> = (0..200_000).map(|i| format!("n{i:06}")).collect();
+        let mut map: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for w in names.windows(2) {
+            map.entry(&w[0]).or_default().push(&w[1]);
+        }
+        assert_eq!(find_cycle(names.iter().map(String::as_str), &map), None);
+        map.entry(&names[names.len() - 1])
+            .or_default()
+            .push(&names[0]);
+        let cycle = find_cycle(names.iter().map(String::as_str), &map).unwrap();
+        assert_eq!(cycle.len(), names.len() + 1);
+        assert_eq!(cycle[0], "n000000");
+    }
+
+    fn plan(wf: serde_json::Value) -> Result<Vec<String>, SpecError> {
+        let spec: WorkflowSpec = serde_json::from_value(wf).unwrap();
+        spec.plan().map(|p| p.into_iter().map(|(n, _)| n).collect())
+    }
+
+    #[test]
+    fn plans_order_jobs_after_their_dependencies() {
+        let order = plan(json!({"jobs": {
+            "d": {"kind": "x", "depends_on": ["b", "c"]},
+            "c": {"kind": "x", "depends_on": [{"job": "a", "on": "failed"}]},
+            "b": {"kind": "x", "depends_on": ["a", "outside-job"]},
+            "a": {"kind": "x"},
+        }}))
+        .unwrap();
+        assert_eq!(order, ["a", "b", "c", "d"]);
+    }
+
+    #[test]
+    fn bad_workflows_name_the_problem() {
+        let check = |wf: serde_json::Value, field: &str, part: &str| {
+            let e = plan(wf.clone()).expect_err(&wf.to_string());
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(part), "{e} lacks {part}");
+        };
+        check(json!({"jobs": {}}), "jobs", "at least one");
+        check(
+            json!({"jobs": {"a": {"kind": "x", "depends_on": ["a"]}}}),
+            "jobs",
+            "cycle: a -> a",
+        );
+        check(
+            json!({"jobs": {"a": {"kind": "x", "depends_on": ["b"]}, "b": {"kind": "x", "depends_on": ["a"]}}}),
+            "jobs",
+            "cycle: a -> b -> a",
+        );
+        check(
+            json!({"jobs": {
+                "a": {"kind": "x", "depends_on": ["c"]},
+                "b": {"kind": "x", "depends_on": ["a"]},
+                "c": {"kind": "x", "depends_on": ["b"]},
+                "d": {"kind": "x", "depends_on": ["a"]},
+            }}),
+            "jobs",
+            "cycle: a -> b -> c -> a",
+        );
+        check(json!({"jobs": {"a b": {"kind": "x"}}}), "jobs", "' '");
+        check(
+            json!({"jobs": {"a": {"kind": "x", "depends_on": [{"job": "b", "on": "maybe"}]}}}),
+            "jobs.a.depends_on[0].on",
+            "not a condition",
+        );
+        check(
+            json!({"jobs": {"a": {"kind": "x", "depends_on": ["b", "b"]}}}),
+            "jobs.a.depends_on[1]",
+            "twice",
+        );
+        check(
+            json!({"jobs": {"a": {"kind": "x", "depends_on": [7]}}}),
+            "jobs.a.depends_on[0]",
+            "neither",
+        );
+        check(
+            json!({"id": "w x", "jobs": {"a": {"kind": "x"}}}),
+            "id",
+            "' '",
+        );
+    }
+
+    #[test]
+    fn conditions_hold_by_the_final_state() {
+        use Condition::*;
+        for (on, state, expected) in [
+            (Completed, State::Completed, Some(true)),
+            (Completed, State::Failed, Some(false)),
+            (Completed, State::Cancelled, Some(false)),
+            (Completed, State::Running, None),
+            (Failed, State::Failed, Some(true)),
+            (Failed, State::Completed, Some(false)),
+            (Failed, State::Cancelled, Some(false)),
+            (Finished, State::Cancelled, Some(true)),
+            (Finished, State::Deleted, Some(true)),
+            (Finished, State::Queued, None),
+        ] {
+            assert_eq!(on.holds(state), expected, "{on:?} {state:?}");
+        }
+    }
+
+    #[test]
+    fn workflow_states_derive_from_jobs() {
+        use State::*;
+        let check = |paused, states: &[State], expected| {
+            assert_eq!(
+                WorkflowState::derive(paused, states.iter().copied()),
+                expected,
+                "{states:?}"
+            );
+        };
+        check(false, &[Queued, Awaiting], WorkflowState::Pending);
+        check(false, &[Completed, Awaiting], WorkflowState::Running);
+        check(true, &[Completed, Awaiting], WorkflowState::Paused);
+        check(false, &[Completed, Completed], WorkflowState::Completed);
+        check(
+            false,
+            &[Completed, Failed, Cancelled],
+            WorkflowState::Failed,
+        );
+        check(false, &[Completed, Cancelled], WorkflowState::Cancelled);
+        check(true, &[Completed], WorkflowState::Completed);
+    }
+}
