@@ -74,9 +74,16 @@ macro_rules! store_conformance_tests {
             logs_from_a_stale_attempt_are_refused,
             processes_of_executing_jobs_are_listed_and_cleared_by_recovery,
             pipelines_are_stored_replaced_listed_and_deleted,
+            schedules_are_created_replaced_listed_and_deleted,
+            fire_submits_jobs_and_moves_the_schedule_in_one_write,
+            overlap_skip_and_queue_decide_on_active_jobs,
+            history_pages_newest_first_with_job_outcomes,
         );
     };
 }
+
+mod schedules;
+pub use schedules::*;
 
 /// The time every test starts at.
 pub const T0: Millis = 1_700_000_000_000;

@@ -2,6 +2,7 @@
 //! store, and the conformance suite that every store runs.
 
 pub mod conformance;
+pub mod schedule;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -14,6 +15,10 @@ use baton_core::{
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+pub use schedule::{
+    Fire, FireAction, FireOutcome, FirePage, FireReason, FireRecord, FireSlot, Fired, NewSchedule,
+    PutSchedule, Released, ScheduleFilter, SchedulePage, ScheduleTimer,
+};
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -293,6 +298,8 @@ pub struct JobFilter {
     pub text: Option<String>,
     pub limit: usize,
     pub cursor: Option<String>,
+    /// Jobs submitted by this schedule.
+    pub schedule: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -399,6 +406,48 @@ pub trait Store: Send + Sync + 'static {
     async fn pipelines(&self) -> Result<Vec<Pipeline>>;
     /// Removes a definition; false when there was none. Jobs that ran it keep their steps.
     async fn delete_pipeline(&self, id: &str) -> Result<bool>;
+
+    /// Creates a schedule; one with its id that exists already is returned unchanged,
+    /// with `created` false.
+    async fn create_schedule(&self, schedule: NewSchedule) -> Result<PutSchedule>;
+    /// Creates or replaces a schedule. A replaced schedule keeps its creation time, its
+    /// runs (`last_run`, `run_count`) and its history.
+    async fn put_schedule(&self, schedule: NewSchedule) -> Result<PutSchedule>;
+    /// Removes a schedule and its history (the jobs it submitted stay); `None` when
+    /// there was none.
+    async fn delete_schedule(&self, id: &str) -> Result<Option<baton_core::Schedule>>;
+    /// Enables a schedule with its next run, or disables it (`next_run` is then `None`).
+    async fn set_schedule_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+        next_run: Option<Millis>,
+        now: Millis,
+    ) -> Result<Option<baton_core::Schedule>>;
+    /// Fires a schedule in one atomic write: submits each slot's job (or skips it, or
+    /// submits it `awaiting`, by the schedule's overlap policy, deciding on the jobs
+    /// in the store at that moment), records each fire in the history with a
+    /// `schedule.fired` event, and moves `next_run`, `last_run` and `run_count`. A
+    /// crash loses or doubles no fire: either all of it is durable or none.
+    async fn fire_schedule(&self, fire: Fire) -> Result<FireOutcome>;
+    /// Queues the oldest `awaiting` job of a schedule once no other job of it is
+    /// active (overlap `queue`).
+    async fn release_schedule(&self, id: &str, now: Millis) -> Result<Released>;
+    async fn schedule(&self, id: &str) -> Result<Option<baton_core::Schedule>>;
+    /// Schedules by id, paginated.
+    async fn schedules(&self, filter: ScheduleFilter) -> Result<SchedulePage>;
+    /// A schedule's fires, newest first, each with its job's outcome now; `before` is
+    /// a fire `seq` (the page's cursor).
+    async fn schedule_history(
+        &self,
+        id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<FirePage>;
+    /// Every enabled schedule with a next run: what a scheduler sleeps on.
+    async fn schedule_timers(&self) -> Result<Vec<ScheduleTimer>>;
+    /// Schedules with `awaiting` jobs (overlap `queue`).
+    async fn awaiting_schedules(&self) -> Result<Vec<String>>;
 
     /// Committed events, live. A receiver that lags reads the rest with `events_after`.
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;

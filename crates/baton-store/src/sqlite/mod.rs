@@ -2,6 +2,7 @@
 //! connections, and a lock file so that one engine at a time owns the database.
 
 mod rows;
+mod schedule_rows;
 mod schema;
 mod writer;
 
@@ -420,6 +421,87 @@ impl Store for SqliteStore {
 
     async fn delete_pipeline(&self, id: &str) -> Result<bool> {
         expect_output!(self.write(Op::DeletePipeline(id.to_owned())).await, Bool)
+    }
+
+    async fn create_schedule(&self, schedule: crate::NewSchedule) -> Result<crate::PutSchedule> {
+        expect_output!(
+            self.write(Op::CreateSchedule(Box::new(schedule))).await,
+            PutSchedule
+        )
+        .map(|p| *p)
+    }
+
+    async fn put_schedule(&self, schedule: crate::NewSchedule) -> Result<crate::PutSchedule> {
+        expect_output!(
+            self.write(Op::PutSchedule(Box::new(schedule))).await,
+            PutSchedule
+        )
+        .map(|p| *p)
+    }
+
+    async fn delete_schedule(&self, id: &str) -> Result<Option<baton_core::Schedule>> {
+        expect_output!(
+            self.write(Op::DeleteSchedule(id.to_owned())).await,
+            Schedule
+        )
+        .map(|s| s.map(|s| *s))
+    }
+
+    async fn set_schedule_enabled(
+        &self,
+        id: &str,
+        enabled: bool,
+        next_run: Option<Millis>,
+        now: Millis,
+    ) -> Result<Option<baton_core::Schedule>> {
+        let op = Op::EnableSchedule {
+            id: id.to_owned(),
+            enabled,
+            next_run,
+            now,
+        };
+        expect_output!(self.write(op).await, Schedule).map(|s| s.map(|s| *s))
+    }
+
+    async fn fire_schedule(&self, fire: crate::Fire) -> Result<crate::FireOutcome> {
+        expect_output!(self.write(Op::FireSchedule(Box::new(fire))).await, Fired).map(|f| *f)
+    }
+
+    async fn release_schedule(&self, id: &str, now: Millis) -> Result<crate::Released> {
+        expect_output!(
+            self.write(Op::ReleaseSchedule(id.to_owned(), now)).await,
+            Released
+        )
+        .map(|r| *r)
+    }
+
+    async fn schedule(&self, id: &str) -> Result<Option<baton_core::Schedule>> {
+        let id = id.to_owned();
+        self.read(move |c| schedule_rows::schedule(c, &id)).await
+    }
+
+    async fn schedules(&self, filter: crate::ScheduleFilter) -> Result<crate::SchedulePage> {
+        self.read(move |c| schedule_rows::schedules(c, &filter))
+            .await
+    }
+
+    async fn schedule_history(
+        &self,
+        id: &str,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<crate::FirePage> {
+        let id = id.to_owned();
+        self.read(move |c| schedule_rows::history(c, &id, before, limit))
+            .await
+    }
+
+    async fn schedule_timers(&self) -> Result<Vec<crate::ScheduleTimer>> {
+        self.read(schedule_rows::timers).await
+    }
+
+    async fn awaiting_schedules(&self) -> Result<Vec<String>> {
+        self.read(schedule_rows::awaiting).await
     }
 
     fn write_stats(&self) -> Option<Arc<crate::WriteStats>> {

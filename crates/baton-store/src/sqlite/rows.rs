@@ -239,6 +239,10 @@ pub fn list(conn: &Connection, f: &JobFilter) -> Result<JobPage> {
             args.len()
         ));
     }
+    if let Some(id) = &f.schedule {
+        args.push(id.clone().into());
+        clauses.push(format!("schedule_id = ?{}", args.len()));
+    }
     if let Some(t) = &f.text {
         let pattern = format!("%{}%", t.replace('%', "\\%").replace('_', "\\_"));
         args.push(pattern.into());

@@ -108,6 +108,43 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 3: schedules and their fire history.
+    r#"
+    -- AUTOINCREMENT: a key is never reused, so a schedule deleted and created again
+    -- under the same id has a new revision (key and version) that no stale fire matches.
+    CREATE TABLE schedules (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        spec TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        next_run INTEGER,
+        last_run INTEGER,
+        run_count INTEGER NOT NULL DEFAULT 0,
+        fire_seq INTEGER NOT NULL DEFAULT 0,
+        version INTEGER NOT NULL DEFAULT 1,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+
+    CREATE TABLE schedule_fires (
+        schedule_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        scheduled_for INTEGER NOT NULL,
+        fired_at INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        action TEXT NOT NULL,
+        job_id TEXT,
+        message TEXT,
+        PRIMARY KEY (schedule_id, seq)
+    ) WITHOUT ROWID;
+
+    -- Jobs of a schedule (list filter), and its active ones (overlap policies): a
+    -- schedule's old jobs pile up, its active ones are few.
+    CREATE INDEX jobs_schedule ON jobs (schedule_id, seq) WHERE schedule_id IS NOT NULL;
+    CREATE INDEX jobs_schedule_active ON jobs (schedule_id, seq)
+        WHERE schedule_id IS NOT NULL
+        AND state NOT IN ('completed', 'failed', 'cancelled', 'deleted');
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -16,6 +16,8 @@ use crate::{
     RecoverRequest, Recovered, Result, ServerInfo, StartNow, Submitted, Transition, Update,
 };
 
+mod schedules;
+
 /// The most writes committed in one transaction.
 const MAX_BATCH: usize = 4096;
 /// The most scheduled jobs queued by one promotion.
@@ -47,6 +49,17 @@ pub enum Op {
     AppendLogs(AppendLogs),
     PutPipeline(Box<baton_core::PipelineSpec>, Millis),
     DeletePipeline(String),
+    CreateSchedule(Box<crate::NewSchedule>),
+    PutSchedule(Box<crate::NewSchedule>),
+    DeleteSchedule(String),
+    EnableSchedule {
+        id: String,
+        enabled: bool,
+        next_run: Option<Millis>,
+        now: Millis,
+    },
+    FireSchedule(Box<crate::Fire>),
+    ReleaseSchedule(String, Millis),
 }
 
 pub enum Output {
@@ -59,6 +72,10 @@ pub enum Output {
     Appended(Appended),
     Pipeline(Box<Pipeline>),
     Bool(bool),
+    PutSchedule(Box<crate::PutSchedule>),
+    Schedule(Option<Box<baton_core::Schedule>>),
+    Fired(Box<crate::FireOutcome>),
+    Released(Box<crate::Released>),
 }
 
 pub struct Request {
@@ -254,6 +271,27 @@ impl Writer {
                     .execute([id])?;
                 Ok(Output::Bool(n > 0))
             }
+            Op::CreateSchedule(s) => self
+                .put_schedule(s, false)
+                .map(|p| Output::PutSchedule(Box::new(p))),
+            Op::PutSchedule(s) => self
+                .put_schedule(s, true)
+                .map(|p| Output::PutSchedule(Box::new(p))),
+            Op::DeleteSchedule(id) => self
+                .delete_schedule(id)
+                .map(|s| Output::Schedule(s.map(Box::new))),
+            Op::EnableSchedule {
+                id,
+                enabled,
+                next_run,
+                now,
+            } => self
+                .set_schedule_enabled(id, *enabled, *next_run, *now)
+                .map(|s| Output::Schedule(s.map(Box::new))),
+            Op::FireSchedule(f) => self.fire(f).map(|o| Output::Fired(Box::new(o))),
+            Op::ReleaseSchedule(id, now) => self
+                .release_schedule(id, *now)
+                .map(|r| Output::Released(Box::new(r))),
             Op::ServerStopped(id, now) => {
                 self.conn
                     .prepare_cached(
