@@ -35,6 +35,9 @@ pub enum ErrorCode {
     Unavailable,
     InvalidConfig,
     Internal,
+    /// The request conflicts with what the store holds (a held unique key, a job id
+    /// taken).
+    Conflict,
 }
 
 impl ErrorCode {
@@ -48,6 +51,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::Internal => "internal",
+            ErrorCode::Conflict => "conflict",
         }
     }
 }
@@ -70,6 +74,10 @@ impl Error {
                 S::Config(_) => ErrorCode::InvalidConfig,
                 S::Closed => ErrorCode::Unavailable,
                 S::Internal(_) => ErrorCode::Internal,
+                S::UnknownDependency { .. } => ErrorCode::InvalidSpec,
+                S::UniqueHeld { .. } | S::JobExists(_) => ErrorCode::Conflict,
+                S::WorkflowNotFound(_) => ErrorCode::NotFound,
+                S::WorkflowIllegal { .. } => ErrorCode::IllegalTransition,
             },
         }
     }

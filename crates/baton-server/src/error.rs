@@ -48,6 +48,7 @@ impl From<baton_engine::Error> for ApiError {
             ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             ErrorCode::IllegalTransition => (StatusCode::CONFLICT, "illegal_transition"),
             ErrorCode::StaleFence => (StatusCode::CONFLICT, "stale_fence"),
+            ErrorCode::Conflict => (StatusCode::CONFLICT, "conflict"),
             ErrorCode::Locked => (StatusCode::SERVICE_UNAVAILABLE, "store_locked"),
             ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ErrorCode::InvalidConfig | ErrorCode::Internal => {

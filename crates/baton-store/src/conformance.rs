@@ -74,6 +74,17 @@ macro_rules! store_conformance_tests {
             logs_from_a_stale_attempt_are_refused,
             processes_of_executing_jobs_are_listed_and_cleared_by_recovery,
             pipelines_are_stored_replaced_listed_and_deleted,
+            dependents_are_queued_in_the_write_that_ends_their_last_dependency,
+            a_fan_in_job_is_queued_once_when_its_dependencies_end_together,
+            a_dependency_on_an_unknown_job_is_refused_without_writing,
+            conditions_decide_whether_a_dependent_runs,
+            a_dependency_that_ended_already_is_decided_at_submit,
+            cancellation_runs_down_a_long_chain,
+            a_unique_key_has_one_active_holder,
+            workflows_are_stored_whole_and_read_back_as_graphs,
+            a_paused_workflow_starts_nothing_until_resumed,
+            a_workflow_retries_its_failed_part_and_cancels_as_a_whole,
+            queues_pause_and_resume_with_events,
             schedules_are_created_replaced_listed_and_deleted,
             fire_submits_jobs_and_moves_the_schedule_in_one_write,
             overlap_skip_and_queue_decide_on_active_jobs,
@@ -84,6 +95,9 @@ macro_rules! store_conformance_tests {
 
 mod schedules;
 pub use schedules::*;
+
+mod workflows;
+pub use workflows::*;
 
 /// The time every test starts at.
 pub const T0: Millis = 1_700_000_000_000;

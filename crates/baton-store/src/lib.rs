@@ -4,6 +4,7 @@
 pub mod conformance;
 pub mod schedule;
 pub mod sqlite;
+pub mod workflow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ pub use schedule::{
     PutSchedule, Released, ScheduleFilter, SchedulePage, ScheduleTimer,
 };
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
+pub use workflow::{Link, NewWorkflow, SubmittedWorkflow, WorkflowAction, WorkflowChange};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -49,6 +51,24 @@ pub enum Error {
     Closed,
     #[error("store error: {0}")]
     Internal(String),
+    #[error("job {id:?} depends on {dependency:?}, which does not exist")]
+    UnknownDependency { id: String, dependency: String },
+    #[error("unique key {key:?} is held by job {holder:?} ({state})")]
+    UniqueHeld {
+        key: String,
+        holder: String,
+        state: State,
+    },
+    #[error("job {0:?} exists already")]
+    JobExists(String),
+    #[error("workflow {0:?} not found")]
+    WorkflowNotFound(String),
+    #[error("cannot {action} workflow {id:?}: {reason}")]
+    WorkflowIllegal {
+        id: String,
+        action: &'static str,
+        reason: String,
+    },
 }
 
 impl From<rusqlite::Error> for Error {
@@ -298,6 +318,8 @@ pub struct JobFilter {
     pub text: Option<String>,
     pub limit: usize,
     pub cursor: Option<String>,
+    /// Jobs of this workflow.
+    pub workflow: Option<String>,
     /// Jobs submitted by this schedule.
     pub schedule: Option<String>,
 }
@@ -448,6 +470,28 @@ pub trait Store: Send + Sync + 'static {
     async fn schedule_timers(&self) -> Result<Vec<ScheduleTimer>>;
     /// Schedules with `awaiting` jobs (overlap `queue`).
     async fn awaiting_schedules(&self) -> Result<Vec<String>>;
+
+    /// Stores a workflow's jobs and edges in one atomic write, all or nothing; a
+    /// workflow whose id exists already is returned as it is.
+    async fn submit_workflow(&self, workflow: NewWorkflow) -> Result<SubmittedWorkflow>;
+    /// A workflow with its jobs and edges; `None` when there is none of that id.
+    async fn workflow(&self, id: &str) -> Result<Option<baton_core::WorkflowGraph>>;
+    /// Pauses, resumes, retries or cancels a workflow's jobs in one atomic write.
+    async fn control_workflow(
+        &self,
+        id: &str,
+        action: WorkflowAction,
+        now: Millis,
+    ) -> Result<WorkflowChange>;
+    /// The jobs `job_id` depends on, in the order it lists them.
+    async fn dependencies(&self, job_id: &str) -> Result<Vec<Link>>;
+    /// The jobs that depend on `job_id`, oldest first.
+    async fn dependents(&self, job_id: &str) -> Result<Vec<Link>>;
+    /// Pauses or resumes a queue (stored, so it survives a restart), with a
+    /// `queue.paused` or `queue.resumed` event; false when it was so already.
+    async fn set_queue_paused(&self, queue: &str, paused: bool, now: Millis) -> Result<bool>;
+    /// The queues that are paused.
+    async fn paused_queues(&self) -> Result<Vec<String>>;
 
     /// Committed events, live. A receiver that lags reads the rest with `events_after`.
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;

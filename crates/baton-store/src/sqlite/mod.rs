@@ -1,6 +1,7 @@
 //! The embedded SQLite store: WAL, one writer thread with group commit, a pool of read
 //! connections, and a lock file so that one engine at a time owns the database.
 
+mod graph;
 mod rows;
 mod schedule_rows;
 mod schema;
@@ -502,6 +503,61 @@ impl Store for SqliteStore {
 
     async fn awaiting_schedules(&self) -> Result<Vec<String>> {
         self.read(schedule_rows::awaiting).await
+    }
+
+    async fn submit_workflow(
+        &self,
+        workflow: crate::NewWorkflow,
+    ) -> Result<crate::SubmittedWorkflow> {
+        expect_output!(
+            self.write(Op::SubmitWorkflow(Box::new(workflow))).await,
+            Workflow
+        )
+        .map(|w| *w)
+    }
+
+    async fn workflow(&self, id: &str) -> Result<Option<baton_core::WorkflowGraph>> {
+        let id = id.to_owned();
+        self.read(move |c| graph::workflow(c, &id)).await
+    }
+
+    async fn control_workflow(
+        &self,
+        id: &str,
+        action: crate::WorkflowAction,
+        now: Millis,
+    ) -> Result<crate::WorkflowChange> {
+        let op = Op::ControlWorkflow {
+            id: id.to_owned(),
+            action,
+            now,
+        };
+        expect_output!(self.write(op).await, WorkflowChange).map(|c| *c)
+    }
+
+    async fn dependencies(&self, job_id: &str) -> Result<Vec<crate::Link>> {
+        let id = job_id.to_owned();
+        self.read(move |c| graph::links(c, &id, graph::Side::Dependencies))
+            .await
+    }
+
+    async fn dependents(&self, job_id: &str) -> Result<Vec<crate::Link>> {
+        let id = job_id.to_owned();
+        self.read(move |c| graph::links(c, &id, graph::Side::Dependents))
+            .await
+    }
+
+    async fn set_queue_paused(&self, queue: &str, paused: bool, now: Millis) -> Result<bool> {
+        let op = Op::SetQueuePaused {
+            queue: queue.to_owned(),
+            paused,
+            now,
+        };
+        expect_output!(self.write(op).await, Bool)
+    }
+
+    async fn paused_queues(&self) -> Result<Vec<String>> {
+        self.read(graph::paused_queues).await
     }
 
     fn write_stats(&self) -> Option<Arc<crate::WriteStats>> {

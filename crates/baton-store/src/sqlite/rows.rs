@@ -117,7 +117,11 @@ pub fn read_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
 
 pub fn get_job(conn: &Connection, id: &str) -> Result<Option<JobRow>> {
     let mut stmt = conn.prepare_cached(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"))?;
-    Ok(stmt.query_row([id], read_job).optional()?)
+    let mut row = stmt.query_row([id], read_job).optional()?;
+    if let Some(row) = &mut row {
+        row.job.depends_on = super::graph::depends_on(conn, row.seq)?;
+    }
+    Ok(row)
 }
 
 pub const EVENT_COLUMNS: &str = "id, job_id, seq, type, at, data";
@@ -243,6 +247,10 @@ pub fn list(conn: &Connection, f: &JobFilter) -> Result<JobPage> {
         args.push(id.clone().into());
         clauses.push(format!("schedule_id = ?{}", args.len()));
     }
+    if let Some(id) = &f.workflow {
+        args.push(id.clone().into());
+        clauses.push(format!("workflow_id = ?{}", args.len()));
+    }
     if let Some(t) = &f.text {
         let pattern = format!("%{}%", t.replace('%', "\\%").replace('_', "\\_"));
         args.push(pattern.into());
@@ -279,6 +287,9 @@ pub fn list(conn: &Connection, f: &JobFilter) -> Result<JobPage> {
     } else {
         None
     };
+    for row in &mut rows {
+        row.job.depends_on = super::graph::depends_on(conn, row.seq)?;
+    }
     Ok(JobPage {
         jobs: rows.into_iter().map(|r| r.job).collect(),
         next_cursor,

@@ -145,6 +145,43 @@ const MIGRATIONS: &[&str] = &[
         WHERE schedule_id IS NOT NULL
         AND state NOT IN ('completed', 'failed', 'cancelled', 'deleted');
     "#,
+    // 4: dependencies, workflows, unique keys and paused queues.
+    r#"
+    -- Edges by the jobs' integer keys: `child` waits for `parent`. `cond`: 0 completed,
+    -- 1 failed, 2 finished; `status`: 0 waiting, 1 met, 2 never.
+    CREATE TABLE deps (
+        child INTEGER NOT NULL,
+        parent INTEGER NOT NULL,
+        cond INTEGER NOT NULL,
+        status INTEGER NOT NULL,
+        PRIMARY KEY (child, parent)
+    ) WITHOUT ROWID;
+    -- The dependents of a job, read when it ends.
+    CREATE INDEX deps_parent ON deps (parent, status);
+
+    -- Edges still waiting: an awaiting job is queued when this reaches 0.
+    ALTER TABLE jobs ADD COLUMN deps_pending INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE jobs ADD COLUMN workflow_name TEXT;
+    ALTER TABLE jobs ADD COLUMN unique_key TEXT;
+    -- At most one active job holds a key: the store refuses a second in the same write.
+    CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key)
+        WHERE unique_key IS NOT NULL
+        AND state NOT IN ('completed', 'failed', 'cancelled', 'deleted');
+    CREATE INDEX jobs_workflow ON jobs (workflow_id, seq) WHERE workflow_id IS NOT NULL;
+
+    CREATE TABLE workflows (
+        id TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE queues (
+        name TEXT PRIMARY KEY,
+        paused INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

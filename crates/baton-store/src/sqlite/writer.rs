@@ -16,6 +16,7 @@ use crate::{
     RecoverRequest, Recovered, Result, ServerInfo, StartNow, Submitted, Transition, Update,
 };
 
+mod deps;
 mod schedules;
 
 /// The most writes committed in one transaction.
@@ -49,6 +50,17 @@ pub enum Op {
     AppendLogs(AppendLogs),
     PutPipeline(Box<baton_core::PipelineSpec>, Millis),
     DeletePipeline(String),
+    SubmitWorkflow(Box<crate::NewWorkflow>),
+    ControlWorkflow {
+        id: String,
+        action: crate::WorkflowAction,
+        now: Millis,
+    },
+    SetQueuePaused {
+        queue: String,
+        paused: bool,
+        now: Millis,
+    },
     CreateSchedule(Box<crate::NewSchedule>),
     PutSchedule(Box<crate::NewSchedule>),
     DeleteSchedule(String),
@@ -72,6 +84,8 @@ pub enum Output {
     Appended(Appended),
     Pipeline(Box<Pipeline>),
     Bool(bool),
+    Workflow(Box<crate::SubmittedWorkflow>),
+    WorkflowChange(Box<crate::WorkflowChange>),
     PutSchedule(Box<crate::PutSchedule>),
     Schedule(Option<Box<baton_core::Schedule>>),
     Fired(Box<crate::FireOutcome>),
@@ -98,6 +112,9 @@ pub struct Writer {
     bus: broadcast::Sender<Arc<Event>>,
     claim_sql: std::collections::HashMap<String, String>,
     counters: Arc<crate::WriteStats>,
+    /// While dependents are being settled: the jobs whose end (or reopening) still has
+    /// to reach their dependents. See `deps.rs`.
+    settling: Option<Vec<deps::Settle>>,
 }
 
 impl Writer {
@@ -111,6 +128,7 @@ impl Writer {
             bus,
             claim_sql: std::collections::HashMap::new(),
             counters: Arc::default(),
+            settling: None,
         })
     }
 
@@ -220,7 +238,20 @@ impl Writer {
 
     fn apply(&mut self, op: &Op) -> Result<Output> {
         match op {
-            Op::Submit(jobs, start) => self.submit(jobs, start.as_ref()).map(Output::Submitted),
+            // A submit can be refused half way (an unknown dependency, a held unique
+            // key): it runs in a savepoint, so that it leaves no trace then.
+            Op::Submit(jobs, start) => self
+                .in_savepoint(|w| w.submit(jobs, start.as_ref()))
+                .map(Output::Submitted),
+            Op::SubmitWorkflow(wf) => self
+                .in_savepoint(|w| w.submit_workflow(wf))
+                .map(|s| Output::Workflow(Box::new(s))),
+            Op::ControlWorkflow { id, action, now } => self
+                .in_savepoint(|w| w.control_workflow(id, *action, *now))
+                .map(|c| Output::WorkflowChange(Box::new(c))),
+            Op::SetQueuePaused { queue, paused, now } => self
+                .set_queue_paused(queue, *paused, *now)
+                .map(Output::Bool),
             Op::Claim(req) => self.claim(req).map(Output::Claimed),
             Op::Transition(t) => match self.transition(t, Resume::No, true)? {
                 Some(row) => Ok(Output::Job(Box::new(row.job))),
@@ -363,6 +394,27 @@ impl Writer {
         let mut started = 0usize;
         let mut out = Vec::with_capacity(jobs.len());
         for new in jobs {
+            // Dependencies and unique keys are decided before the job is stored.
+            let prepared = self.prepare_new(new)?;
+            if let Some(job) = prepared.existing {
+                out.push(Submitted {
+                    job: *job,
+                    created: false,
+                    claimed: None,
+                });
+                continue;
+            }
+            let adjusted;
+            let new = match prepared.state {
+                Some(state) => {
+                    adjusted = NewJob {
+                        state,
+                        ..new.clone()
+                    };
+                    &adjusted
+                }
+                None => new,
+            };
             let labels = if new.labels.is_empty() {
                 None
             } else {
@@ -413,6 +465,7 @@ impl Writer {
                 continue;
             }
             let key = self.conn.last_insert_rowid();
+            self.store_links(key, new, &prepared)?;
             let mut data = json!({
                 "state": new.state,
                 "kind": new.kind,
@@ -492,6 +545,9 @@ impl Writer {
                 created: true,
                 claimed,
             });
+            if let Some(last) = out.last_mut() {
+                self.settle_new(new, &prepared, &mut last.job)?;
+            }
         }
         Ok(out)
     }
@@ -646,6 +702,8 @@ impl Writer {
             map.insert("from".into(), json!(from));
         }
         self.event(Some((&t.job_id, key)), event_seq, t.event, t.now, data)?;
+        // Its dependents learn of its end in this same write.
+        self.after_transition(key, &t.job_id, from, t.to, t.now)?;
         if read_back {
             Ok(get_job(&self.conn, &t.job_id)?)
         } else {

@@ -1,0 +1,151 @@
+//! Reading dependencies and workflows: edges seen from either end, a workflow's graph
+//! with its states, and the paused queues.
+
+use std::collections::BTreeMap;
+
+use baton_core::{EdgeStatus, ErrorInfo, WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowState};
+use rusqlite::{Connection, OptionalExtension};
+use serde_json::Value;
+
+use super::rows::parse_state;
+use crate::workflow::condition_of;
+use crate::{Error, Link, Result};
+
+/// Which end of its edges a job is looked at from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// The jobs it depends on.
+    Dependencies,
+    /// The jobs that depend on it.
+    Dependents,
+}
+
+/// The ids of the jobs the job with row key `key` depends on, oldest first.
+pub fn depends_on(conn: &Connection, key: i64) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT p.id FROM deps d JOIN jobs p ON p.seq = d.parent WHERE d.child = ?1 \
+         ORDER BY d.parent",
+    )?;
+    let ids = stmt.query_map([key], |r| r.get(0))?;
+    Ok(ids.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A job's edges from `side`: the job at the other end with its state and outcome.
+pub fn links(conn: &Connection, id: &str, side: Side) -> Result<Vec<Link>> {
+    let key: Option<(i64, Option<String>)> = conn
+        .prepare_cached("SELECT seq, workflow_id FROM jobs WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((key, workflow)) = key else {
+        return Err(Error::NotFound(id.to_owned()));
+    };
+    let sql = match side {
+        Side::Dependencies => {
+            "SELECT o.id, o.workflow_id, o.workflow_name, d.cond, d.status, o.state, o.result, \
+             o.error_code, o.error_message FROM deps d JOIN jobs o ON o.seq = d.parent \
+             WHERE d.child = ?1 ORDER BY d.parent"
+        }
+        Side::Dependents => {
+            "SELECT o.id, o.workflow_id, o.workflow_name, d.cond, d.status, o.state, o.result, \
+             o.error_code, o.error_message FROM deps d JOIN jobs o ON o.seq = d.child \
+             WHERE d.parent = ?1 ORDER BY d.child"
+        }
+    };
+    let mut stmt = conn.prepare_cached(sql)?;
+    let rows = stmt.query_map([key], |r| {
+        let other_workflow: Option<String> = r.get(1)?;
+        let name: Option<String> = r.get(2)?;
+        let state: String = r.get(5)?;
+        let result: Option<String> = r.get(6)?;
+        let code: Option<String> = r.get(7)?;
+        let message: Option<String> = r.get(8)?;
+        Ok(Link {
+            job_id: r.get(0)?,
+            // A name means something only inside its own workflow.
+            name: name.filter(|_| other_workflow.is_some() && other_workflow == workflow),
+            on: condition_of(r.get(3)?),
+            status: EdgeStatus::from_i64(r.get(4)?),
+            state: parse_state(&state)?,
+            result: result.and_then(|s| serde_json::from_str::<Value>(&s).ok()),
+            error: code.map(|c| ErrorInfo::new(c, message.unwrap_or_default())),
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// A workflow's graph: its jobs (oldest first) with their states, and its edges.
+pub fn workflow(conn: &Connection, id: &str) -> Result<Option<WorkflowGraph>> {
+    let found: Option<(bool, i64)> = conn
+        .prepare_cached("SELECT paused, created_at FROM workflows WHERE id = ?1")?
+        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let Some((paused, created_at)) = found else {
+        return Ok(None);
+    };
+    let mut nodes = Vec::new();
+    let mut names = BTreeMap::new();
+    let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+    {
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, workflow_name, kind, queue, state, progress, attempt, started_at, \
+             finished_at, error_code, error_message FROM jobs WHERE workflow_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            let state: String = r.get(4)?;
+            let code: Option<String> = r.get(9)?;
+            let message: Option<String> = r.get(10)?;
+            Ok(WorkflowNode {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                kind: r.get(2)?,
+                queue: r.get(3)?,
+                state: parse_state(&state)?,
+                progress: r.get(5)?,
+                attempt: r.get(6)?,
+                started_at: r.get(7)?,
+                finished_at: r.get(8)?,
+                error: code.map(|c| ErrorInfo::new(c, message.unwrap_or_default())),
+            })
+        })?;
+        for node in rows {
+            let node = node?;
+            if let Some(name) = &node.name {
+                names.insert(name.clone(), node.id.clone());
+            }
+            *counts.entry(node.state.as_str().to_owned()).or_default() += 1;
+            nodes.push(node);
+        }
+    }
+    let edges = {
+        let mut stmt = conn.prepare_cached(
+            "SELECT p.id, c.id, d.cond, d.status FROM jobs c \
+             JOIN deps d ON d.child = c.seq JOIN jobs p ON p.seq = d.parent \
+             WHERE c.workflow_id = ?1 ORDER BY d.child, d.parent",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok(WorkflowEdge {
+                from: r.get(0)?,
+                to: r.get(1)?,
+                on: condition_of(r.get(2)?),
+                status: EdgeStatus::from_i64(r.get(3)?),
+            })
+        })?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()?
+    };
+    Ok(Some(WorkflowGraph {
+        id: id.to_owned(),
+        state: WorkflowState::derive(paused, nodes.iter().map(|n| n.state)),
+        paused,
+        created_at,
+        counts,
+        jobs: names,
+        nodes,
+        edges,
+    }))
+}
+
+pub fn paused_queues(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached("SELECT name FROM queues WHERE paused ORDER BY name")?;
+    let names = stmt.query_map([], |r| r.get(0))?;
+    Ok(names.collect::<rusqlite::Result<_>>()?)
+}
