@@ -76,6 +76,8 @@ pub(crate) async fn run_command(ctx: JobContext, _payload: Value) -> Result<Valu
     // The job's own variables first: Baton's come last, so a spec cannot fake them.
     let mut env: Vec<(String, String)> = exec.env.unwrap_or_default().into_iter().collect();
     env.extend(base_env(&ctx));
+    let parents = ParentResults::write(&ctx).await?;
+    env.extend(parents.env());
     if let Some(checkpoint) = ctx.last_checkpoint() {
         env.push(("BATON_CHECKPOINT".into(), checkpoint.to_string()));
         if let Some(step) = ctx.resume_step() {
@@ -117,6 +119,7 @@ pub(crate) async fn run_pipeline(ctx: JobContext, _payload: Value) -> Result<Val
     // Time spent paused between steps does not count against the job's timeout.
     let mut budget = ctx.timeout();
     let mut first_run = true;
+    let parents = ParentResults::write(&ctx).await?;
     for (index, step) in steps.iter().enumerate() {
         if state.completed_steps.contains(&step.name) {
             continue;
@@ -141,6 +144,7 @@ pub(crate) async fn run_pipeline(ctx: JobContext, _payload: Value) -> Result<Val
                 exec.env.clone().unwrap_or_default().into_iter().collect();
             env.extend(step.env.clone().unwrap_or_default());
             env.extend(base_env(&ctx));
+            env.extend(parents.env());
             env.push(("BATON_STEP".into(), step.name.clone()));
             if resuming && first_run {
                 env.push(("BATON_RESUME_STEP".into(), step.name.clone()));
@@ -502,7 +506,12 @@ fn spawn(spec: &ProcSpec) -> Result<Child, JobError> {
         .process_group(0)
         .kill_on_drop(false);
     // A resumed run sets these; a fresh one must not inherit the engine's.
-    for key in ["BATON_CHECKPOINT", "BATON_RESUME_STEP", "BATON_STEP"] {
+    for key in [
+        "BATON_CHECKPOINT",
+        "BATON_RESUME_STEP",
+        "BATON_STEP",
+        "BATON_PARENT_RESULTS",
+    ] {
         cmd.env_remove(key);
     }
     cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
@@ -852,6 +861,68 @@ fn exec_of(ctx: &JobContext) -> Result<Exec, JobError> {
     serde_json::from_value(exec).map_err(|e| {
         JobError::fatal_with_code("invalid_spec", format!("the job's command is invalid: {e}"))
     })
+}
+
+/// The results of a job's dependencies in a JSON file for its processes, named by
+/// `BATON_PARENT_RESULTS`: an object keyed by each dependency's local name in the
+/// workflow (or its id), with its `job_id`, `state`, `result` and `error`. Readable by
+/// the job's user only; removed when the attempt ends.
+struct ParentResults {
+    path: Option<std::path::PathBuf>,
+}
+
+impl ParentResults {
+    async fn write(ctx: &JobContext) -> Result<Self, JobError> {
+        let parents = ctx.parent_results().await?;
+        if parents.is_empty() {
+            return Ok(Self { path: None });
+        }
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!(
+            "baton-parents-{}-{}-{}.json",
+            std::process::id(),
+            n,
+            ctx.attempt()
+        ));
+        let text = serde_json::to_vec_pretty(&parents)
+            .map_err(|e| JobError::new(format!("cannot encode the parent results: {e}")))?;
+        let written = async {
+            use tokio::io::AsyncWriteExt;
+            let mut f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .await?;
+            f.write_all(&text).await?;
+            f.flush().await
+        };
+        // The guard exists before the write, so that a failed write leaves no file.
+        let guard = Self {
+            path: Some(path.clone()),
+        };
+        written.await.map_err(|e| {
+            JobError::new(format!(
+                "cannot write the parent results to {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(guard)
+    }
+
+    fn env(&self) -> Option<(String, String)> {
+        let path = self.path.as_ref()?;
+        Some(("BATON_PARENT_RESULTS".into(), path.display().to_string()))
+    }
+}
+
+impl Drop for ParentResults {
+    fn drop(&mut self) {
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn base_env(ctx: &JobContext) -> Vec<(String, String)> {

@@ -209,6 +209,35 @@ impl JobContext {
         self.pause_point().await
     }
 
+    /// The outcomes of the jobs this one depends on, keyed by each one's local name in
+    /// the workflow (or its id outside one): state, result and error. Read when
+    /// called; empty for a job without dependencies.
+    pub async fn parent_results(
+        &self,
+    ) -> Result<std::collections::BTreeMap<String, baton_store::Link>, JobError> {
+        let links = self
+            .inner
+            .engine
+            .store
+            .dependencies(&self.inner.job_id)
+            .await
+            .map_err(|e| JobError::new(format!("cannot read the parent results: {e}")))?;
+        Ok(links
+            .into_iter()
+            .map(|l| (l.name.clone().unwrap_or_else(|| l.job_id.clone()), l))
+            .collect())
+    }
+
+    /// The result of the dependency named `name` (its local name in the workflow, or
+    /// its id), when it has one.
+    pub async fn parent_result(&self, name: &str) -> Result<Option<Value>, JobError> {
+        Ok(self
+            .parent_results()
+            .await?
+            .remove(name)
+            .and_then(|l| l.result))
+    }
+
     /// Blocks while the job is paused; returns an error once it is being stopped.
     pub async fn pause_point(&self) -> Result<(), JobError> {
         let mut ctl = self.inner.ctl.clone();

@@ -20,6 +20,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::context::{Ctl, CtxInner, JobContext, JobError};
 use crate::{Error, Result};
 
+mod workflows;
+pub use workflows::QueueStatus;
+
 type HandlerFn =
     Arc<dyn Fn(JobContext, Value) -> BoxFuture<'static, Result<Value, JobError>> + Send + Sync>;
 
@@ -88,6 +91,8 @@ struct QueueState {
     /// them instead of starting at once.
     backlog: AtomicBool,
     wake: Notify,
+    /// Paused by a user (stored): the dispatcher claims nothing until resumed.
+    paused: AtomicBool,
 }
 
 impl QueueState {
@@ -252,6 +257,7 @@ impl EngineBuilder {
                     // Until a claim finds the queue empty, assume jobs wait in it.
                     backlog: AtomicBool::new(true),
                     wake: Notify::new(),
+                    paused: AtomicBool::new(false),
                 }),
             );
         }
@@ -315,6 +321,11 @@ impl EngineBuilder {
         for r in &recovered {
             tracing::info!(job_id = %r.job_id, queue = %r.queue, was = %r.was, now = %r.now, "recovered job after a crash");
         }
+        for name in store.paused_queues().await? {
+            if let Some(q) = queues.get(&name) {
+                q.paused.store(true, Ordering::SeqCst);
+            }
+        }
         store.register_server(server.clone()).await?;
         let inner = Arc::new(Inner {
             store,
@@ -337,6 +348,9 @@ impl EngineBuilder {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
         }
         inner.background.spawn(timer(inner.clone()));
+        inner
+            .background
+            .spawn(workflows::react(inner.clone(), inner.store.subscribe()));
         inner
             .background
             .spawn(heartbeat(inner.clone(), self.heartbeat));
@@ -396,7 +410,9 @@ impl Engine {
         };
         let ready = jobs.iter().filter(|j| j.state == State::Queued).count();
         let reserved = match &queue {
-            Some(q) if !q.backlog.load(Ordering::SeqCst) => q.reserve(ready),
+            Some(q) if !q.backlog.load(Ordering::SeqCst) && !q.paused.load(Ordering::SeqCst) => {
+                q.reserve(ready)
+            }
             _ => 0,
         };
         let out = if reserved > 0 {
@@ -848,7 +864,7 @@ async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
         }
         let busy = queue.running.load(Ordering::SeqCst);
         let free = queue.concurrency.saturating_sub(busy);
-        if free == 0 {
+        if free == 0 || queue.paused.load(Ordering::SeqCst) {
             tokio::select! {
                 _ = queue.wake.notified() => continue,
                 _ = inner.shutdown.cancelled() => return,

@@ -31,13 +31,19 @@ mod engine;
 mod error;
 mod pipelines;
 
+pub use baton_core::{
+    Condition, EdgeStatus, UniquePolicy, WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowSpec,
+    WorkflowState,
+};
 pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, PipelineSpec, State, StepSpec};
 pub use baton_store::{
     Checkpoint, Counts, JobFilter, JobPage, LogLine, Pipeline, ServerInfo, Submitted,
 };
+pub use baton_store::{Link, SubmittedWorkflow};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use command::{ProcStat, proc_stat};
 pub use context::{JobContext, JobError};
+pub use engine::QueueStatus;
 pub use engine::{DEFAULT_MAX_LOG_LINES, Engine, EngineBuilder, Recovery, Subscription};
 pub use error::{Error, ErrorCode};
 
