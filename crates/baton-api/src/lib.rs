@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 
 pub use baton_core::PipelineSpec;
 pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, State};
-pub use baton_store::{Checkpoint, LogLine, ServerInfo};
+pub use baton_core::{WorkflowGraph, WorkflowSpec};
+pub use baton_store::{Checkpoint, Link, LogLine, ServerInfo};
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -98,6 +99,23 @@ pub struct QueueInfo {
     pub concurrency: Option<usize>,
     pub running: usize,
     pub counts: BTreeMap<String, u64>,
+    /// Paused: it starts no new jobs until resumed.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// `POST /api/workflows`: the workflow's id and each local name's job id.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowSubmitted {
+    pub id: String,
+    pub jobs: BTreeMap<String, String>,
+}
+
+/// `GET /api/jobs/{id}/dependencies` and `/dependents`: the jobs at the other end of
+/// a job's edges, with their states.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LinkList {
+    pub jobs: Vec<Link>,
 }
 
 /// What the WebSocket at `/api/ws` accepts, one JSON object per text message.

@@ -60,6 +60,7 @@ pub struct ListQuery {
     kind: Option<String>,
     label: Option<String>,
     q: Option<String>,
+    workflow: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -68,6 +69,7 @@ pub struct ListQuery {
     params(("state" = Option<String>, Query, description = "states, comma separated; aliases accepted"),
         ("queue" = Option<String>, Query), ("kind" = Option<String>, Query),
         ("label" = Option<String>, Query, description = "key:value"), ("q" = Option<String>, Query),
+        ("workflow" = Option<String>, Query, description = "jobs of this workflow"),
         ("limit" = Option<u32>, Query, description = "1 to 1000"), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = baton_api::JobList), (status = 400, body = baton_api::ErrorBody)))]
 pub async fn list(
@@ -114,6 +116,7 @@ pub async fn list(
     filter.queue = q.queue.filter(|v| !v.is_empty());
     filter.kind = q.kind.filter(|v| !v.is_empty());
     filter.text = q.q.filter(|v| !v.is_empty());
+    filter.workflow = q.workflow.filter(|v| !v.is_empty());
     filter.cursor = q.cursor;
     let page = s.engine.list(filter).await?;
     Ok(Json(JobList {
@@ -254,7 +257,7 @@ pub async fn stop(
 #[serde(deny_unknown_fields)]
 pub struct RetryQuery {
     #[serde(default)]
-    from_checkpoint: Option<String>,
+    pub(crate) from_checkpoint: Option<String>,
 }
 
 #[utoipa::path(post, path = "/api/jobs/{id}/retry", tag = "control",

@@ -7,6 +7,7 @@ mod events;
 mod jobs;
 mod meta;
 mod resources;
+mod workflows;
 mod ws;
 
 use std::net::SocketAddr;
@@ -99,6 +100,16 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/api/jobs/{id}/events", get(events::job_events))
         .route("/api/jobs/{id}/checkpoints", get(jobs::checkpoints))
         .route("/api/jobs/{id}/logs", get(jobs::logs))
+        .route("/api/jobs/{id}/dependencies", get(workflows::dependencies))
+        .route("/api/jobs/{id}/dependents", get(workflows::dependents))
+        .route("/api/workflows", post(workflows::submit))
+        .route("/api/workflows/{id}", get(workflows::show))
+        .route("/api/workflows/{id}/pause", post(workflows::pause))
+        .route("/api/workflows/{id}/resume", post(workflows::resume))
+        .route("/api/workflows/{id}/retry", post(workflows::retry))
+        .route("/api/workflows/{id}/cancel", post(workflows::cancel))
+        .route("/api/queues/{name}/pause", post(workflows::pause_queue))
+        .route("/api/queues/{name}/resume", post(workflows::resume_queue))
         .route("/api/pipelines", get(jobs::pipelines))
         .route(
             "/api/pipelines/{id}",

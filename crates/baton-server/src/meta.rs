@@ -255,14 +255,15 @@ pub async fn queues(State(s): State<AppState>) -> ApiResult<Json<QueueList>> {
         .await
         .map_err(baton_engine::Error::from)?;
     let mut queues: BTreeMap<String, QueueInfo> = BTreeMap::new();
-    for (name, concurrency, running) in s.engine.queues() {
+    for q in s.engine.queue_states() {
         queues.insert(
-            name.clone(),
+            q.name.clone(),
             QueueInfo {
-                name,
-                concurrency: Some(concurrency),
-                running,
+                name: q.name,
+                concurrency: Some(q.concurrency),
+                running: q.running,
                 counts: BTreeMap::new(),
+                paused: q.paused,
             },
         );
     }
@@ -274,6 +275,7 @@ pub async fn queues(State(s): State<AppState>) -> ApiResult<Json<QueueList>> {
                 concurrency: None,
                 running: 0,
                 counts: BTreeMap::new(),
+                paused: false,
             })
             .counts
             .insert(state.as_str().into(), n);

@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{events, jobs, meta, resources};
+use crate::{events, jobs, meta, resources, workflows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -12,10 +12,13 @@ use crate::{events, jobs, meta, resources};
         jobs::stop, jobs::retry, jobs::cancel, jobs::delete, jobs::checkpoints, jobs::logs,
         jobs::pipelines, jobs::pipeline, jobs::put_pipeline, jobs::delete_pipeline,
         events::job_events, events::all_events,
+        workflows::submit, workflows::show, workflows::pause, workflows::resume, workflows::retry,
+        workflows::cancel, workflows::dependencies, workflows::dependents,
+        workflows::pause_queue, workflows::resume_queue,
         meta::stats, meta::servers, meta::queues, resources::resources, meta::healthz, meta::readyz, meta::metrics,
     ),
     components(schemas(baton_api::WsRequest, baton_api::WsMessage, baton_api::ErrorBody)),
-    tags((name = "jobs"), (name = "control"), (name = "events"), (name = "pipelines"), (name = "meta"))
+    tags((name = "jobs"), (name = "control"), (name = "events"), (name = "pipelines"), (name = "workflows"), (name = "meta"))
 )]
 struct Doc;
 
