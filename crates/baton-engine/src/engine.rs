@@ -57,7 +57,7 @@ pub const DEFAULT_MAX_LOG_LINES: u64 = 10_000;
 /// The engine. Cheap to clone; every clone drives the same workers.
 #[derive(Clone)]
 pub struct Engine {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
@@ -65,13 +65,13 @@ pub(crate) struct Inner {
     pub clock: Arc<dyn Clock>,
     handlers: HashMap<String, HandlerFn>,
     queues: BTreeMap<String, Arc<QueueState>>,
-    limits: Limits,
+    pub(crate) limits: Limits,
     server: ServerInfo,
     running: Mutex<HashMap<String, RunHandle>>,
     /// The earliest `run_at` of a job scheduled since the timer last looked.
     pending_due: Mutex<Option<Millis>>,
     timer: Notify,
-    shutdown: CancellationToken,
+    pub(crate) shutdown: CancellationToken,
     /// Set when shutdown gives up waiting: aborted attempts then write nothing.
     abandoning: AtomicBool,
     tasks: TaskTracker,
@@ -81,6 +81,8 @@ pub(crate) struct Inner {
     /// Kinds whose handler enforces the job's timeout itself (commands stop their
     /// process gracefully); the engine does not abort them when it passes.
     self_timed: HashSet<String>,
+    /// The scheduler's timers (see `scheduler.rs`).
+    pub(crate) schedules: crate::scheduler::Timers,
 }
 
 struct QueueState {
@@ -343,11 +345,15 @@ impl EngineBuilder {
             background: TaskTracker::new(),
             max_log_lines: self.max_log_lines,
             self_timed,
+            schedules: crate::scheduler::Timers::default(),
         });
         for q in inner.queues.values() {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
         }
         inner.background.spawn(timer(inner.clone()));
+        inner.background.spawn(crate::scheduler::run(Engine {
+            inner: inner.clone(),
+        }));
         inner
             .background
             .spawn(workflows::react(inner.clone(), inner.store.subscribe()));
@@ -455,7 +461,10 @@ impl Engine {
 
     /// For a job of a stored pipeline: its id and the spec with the definition's steps
     /// and defaults filled in, resolved now so that later edits do not change it.
-    async fn stored_pipeline_of(&self, spec: &JobSpec) -> Result<Option<(String, JobSpec)>> {
+    pub(crate) async fn stored_pipeline_of(
+        &self,
+        spec: &JobSpec,
+    ) -> Result<Option<(String, JobSpec)>> {
         let (KIND_PIPELINE, Some(id), None) = (
             spec.kind.as_str(),
             spec.pipeline.as_ref(),
@@ -505,7 +514,7 @@ impl Engine {
         Ok(self.inner.store.logs(id, after, limit).await?)
     }
 
-    fn check_kind_and_queue(&self, kind: &str, queue: &str) -> Result<()> {
+    pub(crate) fn check_kind_and_queue(&self, kind: &str, queue: &str) -> Result<()> {
         if !self.inner.handlers.contains_key(kind) {
             let mut known: Vec<&str> = self.inner.handlers.keys().map(String::as_str).collect();
             known.sort_unstable();
@@ -806,7 +815,7 @@ impl Inner {
     }
 
     /// Wakes whoever must act on a job that just became queued or scheduled.
-    fn job_became(&self, job: &Job) {
+    pub(crate) fn job_became(&self, job: &Job) {
         self.job_is(job.state, &job.queue, job.run_at);
     }
 

@@ -22,6 +22,12 @@ pub enum Error {
     ShuttingDown,
     #[error("invalid engine configuration: {0}")]
     Config(String),
+    #[error(transparent)]
+    Schedule(#[from] baton_core::ScheduleError),
+    #[error("schedule {0:?} not found")]
+    ScheduleNotFound(String),
+    #[error("schedule {0:?} exists already; put it to replace it")]
+    ScheduleExists(String),
 }
 
 /// The closed set of error codes.
@@ -36,7 +42,7 @@ pub enum ErrorCode {
     InvalidConfig,
     Internal,
     /// The request conflicts with what the store holds (a held unique key, a job id
-    /// taken).
+    /// or a schedule id taken).
     Conflict,
 }
 
@@ -66,6 +72,9 @@ impl Error {
             Error::Illegal { .. } => ErrorCode::IllegalTransition,
             Error::ShuttingDown => ErrorCode::Unavailable,
             Error::Config(_) => ErrorCode::InvalidConfig,
+            Error::Schedule(_) => ErrorCode::InvalidSpec,
+            Error::ScheduleNotFound(_) => ErrorCode::NotFound,
+            Error::ScheduleExists(_) => ErrorCode::Conflict,
             Error::Store(e) => match e {
                 S::NotFound(_) => ErrorCode::NotFound,
                 S::Transition { .. } | S::Conflict { .. } => ErrorCode::IllegalTransition,

@@ -30,14 +30,17 @@ mod context;
 mod engine;
 mod error;
 mod pipelines;
+mod scheduler;
 
+pub use baton_core::schedule::{Misfire, Overlap, Schedule, ScheduleSpec, Trigger, Weekday};
 pub use baton_core::{
     Condition, EdgeStatus, UniquePolicy, WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowSpec,
     WorkflowState,
 };
 pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, PipelineSpec, State, StepSpec};
 pub use baton_store::{
-    Checkpoint, Counts, JobFilter, JobPage, LogLine, Pipeline, ServerInfo, Submitted,
+    Checkpoint, Counts, FireAction, FirePage, FireReason, FireRecord, Fired, JobFilter, JobPage,
+    LogLine, Pipeline, PutSchedule, ScheduleFilter, SchedulePage, ServerInfo, Submitted,
 };
 pub use baton_store::{Link, SubmittedWorkflow};
 pub use clock::{Clock, ManualClock, SystemClock};

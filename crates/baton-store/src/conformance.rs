@@ -89,6 +89,7 @@ macro_rules! store_conformance_tests {
             fire_submits_jobs_and_moves_the_schedule_in_one_write,
             overlap_skip_and_queue_decide_on_active_jobs,
             history_pages_newest_first_with_job_outcomes,
+            fires_skip_a_job_whose_unique_key_is_held,
         );
     };
 }

@@ -433,7 +433,8 @@ pub trait Store: Send + Sync + 'static {
     /// with `created` false.
     async fn create_schedule(&self, schedule: NewSchedule) -> Result<PutSchedule>;
     /// Creates or replaces a schedule. A replaced schedule keeps its creation time, its
-    /// runs (`last_run`, `run_count`) and its history.
+    /// runs (`last_run`, `run_count`) and its history, and its next run when the
+    /// replace leaves its trigger, time zone and enabled flag as they were.
     async fn put_schedule(&self, schedule: NewSchedule) -> Result<PutSchedule>;
     /// Removes a schedule and its history (the jobs it submitted stay); `None` when
     /// there was none.

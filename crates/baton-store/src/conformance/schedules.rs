@@ -155,6 +155,23 @@ pub async fn schedules_are_created_replaced_listed_and_deleted(store: Arc<dyn St
     assert_eq!((b.created_at, b.updated_at), (T0, T0 + 10));
     assert_ne!(b.rev, a.rev, "a replace is a new revision");
     assert_ne!(b.next_run, a.next_run);
+    // The same timing again: the next run stays, whatever the caller computed.
+    let same = s
+        .put_schedule(NewSchedule {
+            next_run: Some(T0 + 999_999),
+            ..new_schedule(
+                ScheduleSpec::daily(2, 0)
+                    .id("report-1")
+                    .job(JobSpec::new("report").priority(3)),
+                T0 + 15,
+            )
+        })
+        .await
+        .expect("put same timing")
+        .schedule;
+    assert_eq!(same.next_run, b.next_run);
+    assert_eq!(same.job.priority, Some(3), "the new job template");
+    let b = same;
     let created = s
         .put_schedule(new_schedule(every_minute("report-2"), T0 + 20))
         .await
@@ -605,4 +622,37 @@ pub async fn history_pages_newest_first_with_job_outcomes(store: Arc<dyn Store>)
             .fires
             .is_empty()
     );
+}
+
+/// A job whose unique key is held is not submitted: the fire is recorded as skipped,
+/// the holder is left alone, and the rest of the fire goes through.
+pub async fn fires_skip_a_job_whose_unique_key_is_held(store: Arc<dyn Store>) {
+    let s = &*store;
+    for (id, policy) in [
+        ("reject", baton_core::UniquePolicy::Reject),
+        ("existing", baton_core::UniquePolicy::ReturnExisting),
+    ] {
+        let spec = ScheduleSpec::every(Duration::from_secs(60))
+            .id(id)
+            .job(JobSpec::new("report").unique(format!("nightly-{id}"), policy));
+        let sched = create(s, spec, T0).await;
+        let first = fire_next(s, &sched, T0 + MINUTE).await;
+        assert_eq!(first.jobs.len(), 1);
+        let holder = first.jobs[0].id.clone();
+        let second = fire_next(s, &first.schedule, T0 + 2 * MINUTE).await;
+        assert!(second.jobs.is_empty(), "{id}: no second job");
+        let rec = &second.records[0];
+        assert_eq!(rec.action, FireAction::Skipped, "{id}");
+        let message = rec.message.clone().unwrap();
+        assert!(message.contains(&holder), "{id}: {message}");
+        assert_eq!(
+            second.schedule.next_run,
+            Some(T0 + 3 * MINUTE),
+            "{id} moves on"
+        );
+        assert_eq!(second.schedule.run_count, 1);
+        let held = get(s, &holder).await;
+        assert_eq!(held.state, State::Queued, "{id}: the holder is untouched");
+        assert_eq!(held.schedule_id.as_deref(), Some(id));
+    }
 }

@@ -29,25 +29,32 @@ impl Writer {
         stored.enabled = None;
         let text = serde_json::to_string(&stored)
             .map_err(|e| Error::Internal(format!("cannot encode schedule {id:?}: {e}")))?;
-        let existing: Option<i64> = self
-            .conn
-            .prepare_cached("SELECT seq FROM schedules WHERE id = ?1")?
-            .query_row([&id], |r| r.get(0))
-            .optional()?;
-        match existing {
+        let existing = schedule_rows::schedule_row(&self.conn, &id)?;
+        match &existing {
             Some(_) if !replace => {
                 return Ok(PutSchedule {
                     schedule: self.schedule_now(&id)?,
                     created: false,
                 });
             }
-            Some(key) => {
+            Some(row) => {
+                // Putting the same timing again must not move (or repeat) a run: the
+                // next run stays, decided here where no fire can slip in between.
+                let old = &row.schedule;
+                let same_timing = old.enabled == enabled
+                    && old.trigger == s.spec.trigger
+                    && Some(&old.timezone) == s.spec.timezone.as_ref();
+                let next_run = if same_timing {
+                    old.next_run
+                } else {
+                    s.next_run
+                };
                 self.conn
                     .prepare_cached(
                         "UPDATE schedules SET spec = ?2, enabled = ?3, next_run = ?4, \
                          version = version + 1, updated_at = ?5 WHERE seq = ?1",
                     )?
-                    .execute(params![key, text, enabled, s.next_run, s.now])?;
+                    .execute(params![row.key, text, enabled, next_run, s.now])?;
             }
             None => {
                 self.conn
@@ -144,16 +151,12 @@ impl Writer {
                             let mut waiting = new.clone();
                             waiting.state = State::Awaiting;
                             waiting.run_at = None;
-                            let job = self.submit_for(id, &waiting)?;
-                            (
-                                FireAction::Created,
-                                Some(job),
-                                Some(format!(
-                                    "awaits the end of job {other:?} of this schedule ({state})"
-                                )),
-                            )
+                            let note = format!(
+                                "awaits the end of job {other:?} of this schedule ({state})"
+                            );
+                            self.submit_for(id, &waiting, Some(note))?
                         }
-                        _ => (FireAction::Created, Some(self.submit_for(id, new)?), None),
+                        _ => self.submit_for(id, new, None)?,
                     }
                 }
             };
@@ -278,18 +281,35 @@ impl Writer {
     }
 
     /// Submits a schedule's job (the same write as any submit, with its event) and
-    /// marks it as the schedule's.
-    fn submit_for(&mut self, schedule_id: &str, new: &NewJob) -> Result<Job> {
-        let mut out = self.submit(std::slice::from_ref(new), None)?;
-        let mut job = out
-            .pop()
-            .map(|s| s.job)
-            .ok_or_else(|| Error::Internal("submit returned nothing".into()))?;
+    /// marks it as the schedule's. A submit refused for the job's own reasons (its
+    /// unique key is held) skips the fire instead of failing it, leaving no trace.
+    fn submit_for(
+        &mut self,
+        schedule_id: &str,
+        new: &NewJob,
+        note: Option<String>,
+    ) -> Result<(FireAction, Option<Job>, Option<String>)> {
+        let submitted = self.atomically(|w| w.submit(std::slice::from_ref(new), None));
+        let submitted = match submitted {
+            Ok(mut out) => out.pop(),
+            Err(e @ Error::Internal(_)) => return Err(e),
+            Err(e) => return Ok((FireAction::Skipped, None, Some(format!("skipped: {e}")))),
+        };
+        let mut job = match submitted {
+            Some(s) if s.created => s.job,
+            // Its unique key is held and the policy returns the holder: that job is not
+            // this schedule's to claim.
+            Some(s) => {
+                let why = format!("skipped: job {:?} holds the job's unique key", s.job.id);
+                return Ok((FireAction::Skipped, None, Some(why)));
+            }
+            None => return Err(Error::Internal("submit returned nothing".into())),
+        };
         self.conn
             .prepare_cached("UPDATE jobs SET schedule_id = ?2 WHERE id = ?1")?
             .execute(params![job.id, schedule_id])?;
         job.schedule_id = Some(schedule_id.to_owned());
-        Ok(job)
+        Ok((FireAction::Created, Some(job), note))
     }
 
     /// Runs a write that makes several statements so that an error part way leaves no
