@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use baton_core::PipelineSpec;
+pub use baton_core::{Condition, WorkflowGraph, WorkflowSpec, WorkflowState};
 pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, State};
-pub use baton_core::{WorkflowGraph, WorkflowSpec};
 pub use baton_store::{Checkpoint, Link, LogLine, ServerInfo};
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.

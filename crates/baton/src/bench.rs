@@ -68,6 +68,21 @@ enum Bench {
         #[arg(long, default_value = "5ms", value_parser = parse_duration)]
         gap: Duration,
     },
+    /// A layered DAG of no-op jobs in one workflow: the engine's own time per job
+    /// (`overhead_us_per_node`: total time less the handlers' time, per job).
+    Workflow {
+        #[arg(long, default_value_t = 10_000)]
+        nodes: usize,
+        /// Jobs per layer.
+        #[arg(long, default_value_t = 100)]
+        width: usize,
+        /// Dependencies of each job on the layer before it.
+        #[arg(long, default_value_t = 4)]
+        fan_in: usize,
+        /// Concurrency of the queue.
+        #[arg(long, default_value_t = 256)]
+        workers: usize,
+    },
     /// Submit-to-start latency on an idle engine.
     Latency {
         #[arg(long, default_value_t = 2_000)]
@@ -137,6 +152,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 bail!("--jobs, --workers and --batch must be at least 1");
             }
             commands(store, jobs, workers, batch, &program, durability).await?
+        }
+        Bench::Workflow {
+            nodes,
+            width,
+            fan_in,
+            workers,
+        } => {
+            let settings = crate::bench_workflow::Settings {
+                nodes,
+                width,
+                fan_in,
+                workers,
+            };
+            crate::bench_workflow::run(store, settings, durability).await?
         }
         Bench::Latency { samples, gap } => {
             if samples == 0 {

@@ -307,13 +307,13 @@ pub fn print_servers(list: &ServerList) {
 
 pub fn print_queues(list: &QueueList) {
     println!(
-        "{:<16} {:>11} {:>8} {:>8} {:>10} {:>8}",
+        "{:<16} {:>11} {:>8} {:>8} {:>10} {:>8}  STATE",
         "QUEUE", "CONCURRENCY", "RUNNING", "QUEUED", "COMPLETED", "FAILED"
     );
     for q in &list.queues {
         let n = |s: &str| q.counts.get(s).copied().unwrap_or(0);
         println!(
-            "{:<16} {:>11} {:>8} {:>8} {:>10} {:>8}",
+            "{:<16} {:>11} {:>8} {:>8} {:>10} {:>8}  {}",
             clip(&q.name, 16),
             q.concurrency
                 .map(|c| c.to_string())
@@ -321,7 +321,8 @@ pub fn print_queues(list: &QueueList) {
             q.running,
             n("queued"),
             n("completed"),
-            n("failed")
+            n("failed"),
+            if q.paused { "paused" } else { "running" }
         );
     }
 }

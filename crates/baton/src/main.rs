@@ -2,11 +2,13 @@
 
 mod bench;
 mod bench_events;
+mod bench_workflow;
 mod client;
 mod config;
 mod daemon;
 mod local;
 mod serve;
+mod workflow_cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -103,6 +105,15 @@ enum Command {
         /// A label, key=value; may repeat.
         #[arg(long = "label")]
         labels: Vec<String>,
+        /// Run once this job has completed; may repeat.
+        #[arg(long = "depends-on", value_name = "ID")]
+        depends_on: Vec<String>,
+        /// At most one active job holds this key.
+        #[arg(long)]
+        unique_key: Option<String>,
+        /// What a second job with the key does: reject, return_existing or replace.
+        #[arg(long)]
+        unique_policy: Option<String>,
         /// Wait for the job, with a progress bar, and exit with its outcome.
         #[arg(long)]
         wait: bool,
@@ -209,6 +220,16 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Workflows: DAGs of jobs submitted together.
+    Workflow {
+        #[command(subcommand)]
+        command: workflow_cli::WorkflowCommand,
+    },
+    /// Queues: list, pause, resume.
+    Queue {
+        #[command(subcommand)]
+        command: workflow_cli::QueueCommand,
     },
     /// Measure the engine (DESIGN.md section 10).
     Bench(bench::BenchArgs),
@@ -358,6 +379,8 @@ fn run(cli: Cli) -> Result<u8> {
                 DaemonCommand::Status => daemon::status(&files, &client()?),
             }
         }
+        Command::Workflow { command } => workflow_cli::workflow(&client()?, command),
+        Command::Queue { command } => workflow_cli::queue(&client()?, command),
         Command::Bench(args) => {
             runtime()?.block_on(bench::run(args))?;
             Ok(exit::OK)
@@ -373,13 +396,21 @@ fn run(cli: Cli) -> Result<u8> {
             retries,
             id,
             labels,
+            depends_on,
+            unique_key,
+            unique_policy,
             wait,
             command,
         } => {
-            let spec = client::submit_spec(
+            let mut spec = client::submit_spec(
                 kind, command, shell, pipeline, payload, queue, priority, after, retries, id,
                 labels,
             )?;
+            if !depends_on.is_empty() {
+                spec.depends_on = Some(depends_on.into_iter().map(Value::String).collect());
+            }
+            spec.unique_key = unique_key;
+            spec.unique_policy = unique_policy;
             submit(&client()?, spec, wait)
         }
         Command::Run {

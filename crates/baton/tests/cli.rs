@@ -272,3 +272,78 @@ fn daemon_start_status_stop() {
     assert_eq!(status.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&status.stdout).contains("not running"));
 }
+
+#[test]
+fn workflows_and_queues_from_the_cli() {
+    let server = start(None);
+    let dir = server.dir.path();
+    std::fs::write(
+        dir.join("nightly.json"),
+        r#"{"id": "nightly", "jobs": {
+            "fetch": {"kind": "command", "command": ["sh", "-c", "echo ::result 7"]},
+            "load": {"kind": "command", "command": ["sh", "-c", "cat \"$BATON_PARENT_RESULTS\""],
+                     "depends_on": ["fetch"]},
+            "report": {"kind": "command", "command": ["true"], "depends_on": [{"job": "load", "on": "finished"}]}
+        }}"#,
+    )
+    .unwrap();
+    let out = ok(&baton(
+        &server,
+        &["workflow", "submit", "nightly.json", "--wait"],
+    ));
+    assert!(out.contains("workflow nightly: completed"), "{out}");
+    assert!(
+        out.contains("report") && out.contains("load (finished)"),
+        "{out}"
+    );
+    let graph = json(&server, &["workflow", "show", "nightly"]);
+    assert_eq!(graph["state"], "completed");
+    assert_eq!(graph["edges"].as_array().unwrap().len(), 2);
+    let load = graph["jobs"]["load"].as_str().unwrap().to_owned();
+    let logs = ok(&baton(&server, &["logs", &load]));
+    assert!(
+        logs.contains("\"fetch\"") && logs.contains("\"result\": 7"),
+        "{logs}"
+    );
+
+    std::fs::write(
+        dir.join("loop.toml"),
+        "[jobs.a]\nkind = \"command\"\ncommand = [\"true\"]\ndepends_on = [\"b\"]\n\n\
+         [jobs.b]\nkind = \"command\"\ncommand = [\"true\"]\ndepends_on = [\"a\"]\n",
+    )
+    .unwrap();
+    let refused = baton(&server, &["workflow", "submit", "loop.toml"]);
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("cycle: a -> b -> a"), "{err}");
+
+    let q = json(&server, &["queue", "pause", "default"]);
+    assert_eq!(q["paused"], true);
+    let id = ok(&baton(&server, &["submit", "--", "true"]))
+        .trim()
+        .to_owned();
+    let after = ok(&baton(
+        &server,
+        &["submit", "--depends-on", &id, "--", "true"],
+    ))
+    .trim()
+    .to_owned();
+    assert_eq!(json(&server, &["show", &after])["state"], "awaiting");
+    let table = ok(&baton(&server, &["queue", "ls"]));
+    assert!(table.contains("paused"), "{table}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(json(&server, &["show", &id])["state"], "queued");
+    ok(&baton(&server, &["queue", "resume", "default"]));
+    wait_for_state(&server, &after, "completed");
+    let dup = baton(
+        &server,
+        &["submit", "--unique-key", "k", "--", "sleep", "5"],
+    );
+    ok(&dup);
+    let again = baton(
+        &server,
+        &["submit", "--unique-key", "k", "--", "sleep", "5"],
+    );
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("unique key \"k\""));
+}

@@ -1,0 +1,128 @@
+//! `baton bench workflow`: the engine's own cost per job of a large DAG: a layered
+//! workflow of no-op handler jobs, each depending on several jobs of the layer before
+//! (fan-in and fan-out), submitted in one write and run to the end.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use baton_engine::{Engine, EventKind, JobSpec, WorkflowSpec};
+use baton_store::SqliteStore;
+use serde_json::{Value, json};
+
+pub struct Settings {
+    pub nodes: usize,
+    /// Jobs per layer.
+    pub width: usize,
+    /// Dependencies of each job on the layer before it.
+    pub fan_in: usize,
+    pub workers: usize,
+}
+
+pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Value> {
+    if s.nodes == 0 || s.width == 0 || s.fan_in == 0 || s.workers == 0 {
+        bail!("--nodes, --width, --fan-in and --workers must be at least 1");
+    }
+    let work_ns = Arc::new(AtomicU64::new(0));
+    let work = work_ns.clone();
+    let engine = Engine::builder()
+        .store(Arc::new(store))
+        .queue("default", s.workers)
+        .handler("noop", move |_ctx, _payload| {
+            let work = work.clone();
+            async move {
+                // The handler's own time is the work; everything else is overhead.
+                let t0 = Instant::now();
+                let out = Value::Null;
+                work.fetch_add(t0.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                Ok(out)
+            }
+        })
+        .build()
+        .await?;
+    let (spec, edges) = layered(&s);
+    let stats = engine.store().write_stats();
+    let counted = |stats: &Option<Arc<baton_store::WriteStats>>| {
+        stats.as_ref().map_or((0, 0), |w| {
+            (
+                w.batches.load(Ordering::Relaxed),
+                w.writes.load(Ordering::Relaxed),
+            )
+        })
+    };
+    let before = counted(&stats);
+    let mut events = engine.subscribe();
+    let started = Instant::now();
+    let out = engine.submit_workflow(spec).await?;
+    let submitted = started.elapsed();
+    let mut done = 0usize;
+    while done < s.nodes {
+        let e = tokio::time::timeout(Duration::from_secs(120), events.next()).await;
+        let Ok(Some(e)) = e else {
+            bail!("only {done} of {} jobs completed within 120 s", s.nodes);
+        };
+        match e.kind {
+            EventKind::Completed => done += 1,
+            EventKind::Failed | EventKind::Cancelled => {
+                bail!("job {:?} did not complete: {}", e.job_id, e.data)
+            }
+            _ => {}
+        }
+    }
+    let total = started.elapsed();
+    let after = counted(&stats);
+    let graph = engine.workflow(&out.id).await?;
+    if graph.state != baton_engine::WorkflowState::Completed {
+        bail!("the workflow ended {}", graph.state);
+    }
+    engine.shutdown(Duration::from_secs(5)).await;
+    let work = Duration::from_nanos(work_ns.load(Ordering::Relaxed));
+    let overhead = total.saturating_sub(work);
+    Ok(json!({
+        "bench": "workflow",
+        "nodes": s.nodes,
+        "edges": edges,
+        "width": s.width,
+        "fan_in": s.fan_in,
+        "layers": s.nodes.div_ceil(s.width),
+        "workers": s.workers,
+        "durability": durability,
+        "submit_ms": ms(submitted),
+        "store_commits": after.0 - before.0,
+        "store_writes": after.1 - before.1,
+        "total_ms": ms(total),
+        "work_ms": ms(work),
+        "overhead_us_per_node": (overhead.as_secs_f64() * 1e6 / s.nodes as f64 * 10.0).round() / 10.0,
+        "nodes_per_s": (s.nodes as f64 / total.as_secs_f64().max(1e-9)).round(),
+    }))
+}
+
+/// Layers of `width` jobs; each job after the first layer depends on `fan_in` jobs of
+/// the layer before, spread over it, so each job also has about `fan_in` dependents.
+fn layered(s: &Settings) -> (WorkflowSpec, usize) {
+    let name = |i: usize| format!("n{i:06}");
+    let mut spec = WorkflowSpec::new();
+    let mut edges = 0;
+    for i in 0..s.nodes {
+        let layer = i / s.width;
+        let mut job = JobSpec::new("noop").max_attempts(1);
+        if layer > 0 {
+            let prev_start = (layer - 1) * s.width;
+            let prev_len = s.width;
+            let k = s.fan_in.min(prev_len);
+            let pos = i % s.width;
+            let step = prev_len / k;
+            for j in 0..k {
+                job = job.depends_on(name(prev_start + (pos + j * step) % prev_len));
+                edges += 1;
+            }
+        }
+        spec = spec.job(name(i), job);
+    }
+    (spec, edges)
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
