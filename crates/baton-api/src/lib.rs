@@ -5,6 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod schedules;
+pub use schedules::*;
+
 pub use baton_core::PipelineSpec;
 pub use baton_core::{Condition, WorkflowGraph, WorkflowSpec, WorkflowState};
 pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, State};

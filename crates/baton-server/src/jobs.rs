@@ -61,6 +61,7 @@ pub struct ListQuery {
     label: Option<String>,
     q: Option<String>,
     workflow: Option<String>,
+    schedule: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
 }
@@ -70,6 +71,7 @@ pub struct ListQuery {
         ("queue" = Option<String>, Query), ("kind" = Option<String>, Query),
         ("label" = Option<String>, Query, description = "key:value"), ("q" = Option<String>, Query),
         ("workflow" = Option<String>, Query, description = "jobs of this workflow"),
+        ("schedule" = Option<String>, Query, description = "jobs submitted by this schedule"),
         ("limit" = Option<u32>, Query, description = "1 to 1000"), ("cursor" = Option<String>, Query)),
     responses((status = 200, body = baton_api::JobList), (status = 400, body = baton_api::ErrorBody)))]
 pub async fn list(
@@ -117,6 +119,7 @@ pub async fn list(
     filter.kind = q.kind.filter(|v| !v.is_empty());
     filter.text = q.q.filter(|v| !v.is_empty());
     filter.workflow = q.workflow.filter(|v| !v.is_empty());
+    filter.schedule = q.schedule.filter(|v| !v.is_empty());
     filter.cursor = q.cursor;
     let page = s.engine.list(filter).await?;
     Ok(Json(JobList {

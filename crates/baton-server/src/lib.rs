@@ -7,6 +7,7 @@ mod events;
 mod jobs;
 mod meta;
 mod resources;
+mod schedules;
 mod workflows;
 mod ws;
 
@@ -110,6 +111,20 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/api/workflows/{id}/cancel", post(workflows::cancel))
         .route("/api/queues/{name}/pause", post(workflows::pause_queue))
         .route("/api/queues/{name}/resume", post(workflows::resume_queue))
+        .route(
+            "/api/schedules",
+            get(schedules::list).post(schedules::create),
+        )
+        .route(
+            "/api/schedules/{id}",
+            get(schedules::show)
+                .put(schedules::put)
+                .delete(schedules::delete),
+        )
+        .route("/api/schedules/{id}/trigger", post(schedules::trigger))
+        .route("/api/schedules/{id}/pause", post(schedules::pause))
+        .route("/api/schedules/{id}/resume", post(schedules::resume))
+        .route("/api/schedules/{id}/history", get(schedules::history))
         .route("/api/pipelines", get(jobs::pipelines))
         .route(
             "/api/pipelines/{id}",

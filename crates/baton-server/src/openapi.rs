@@ -2,7 +2,7 @@
 
 use utoipa::OpenApi;
 
-use crate::{events, jobs, meta, resources, workflows};
+use crate::{events, jobs, meta, resources, schedules, workflows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -15,10 +15,12 @@ use crate::{events, jobs, meta, resources, workflows};
         workflows::submit, workflows::show, workflows::pause, workflows::resume, workflows::retry,
         workflows::cancel, workflows::dependencies, workflows::dependents,
         workflows::pause_queue, workflows::resume_queue,
+        schedules::list, schedules::create, schedules::show, schedules::put, schedules::delete,
+        schedules::trigger, schedules::pause, schedules::resume, schedules::history,
         meta::stats, meta::servers, meta::queues, resources::resources, meta::healthz, meta::readyz, meta::metrics,
     ),
     components(schemas(baton_api::WsRequest, baton_api::WsMessage, baton_api::ErrorBody)),
-    tags((name = "jobs"), (name = "control"), (name = "events"), (name = "pipelines"), (name = "workflows"), (name = "meta"))
+    tags((name = "jobs"), (name = "control"), (name = "events"), (name = "pipelines"), (name = "workflows"), (name = "schedules"), (name = "meta"))
 )]
 struct Doc;
 

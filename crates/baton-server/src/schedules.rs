@@ -1,0 +1,213 @@
+//! `/api/schedules`: create, read, replace and delete schedules, pause and resume
+//! them, fire them by hand, and read their history.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use baton_api::{
+    Schedule, ScheduleDeleted, ScheduleHistory, ScheduleList, ScheduleSpec, Triggered,
+};
+use baton_core::JobId;
+use baton_engine::ScheduleFilter;
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::jobs::{ApiJson, ApiQuery, flag};
+
+/// Schedule ids follow the rules of job ids.
+fn schedule_id(id: &str) -> ApiResult<&str> {
+    JobId::parse(id).map_err(|m| ApiError::bad_request(format!("invalid schedule id: {m}")))?;
+    Ok(id)
+}
+
+/// `limit` from 1 to 1000.
+fn limit(value: Option<&str>, default: usize) -> ApiResult<usize> {
+    match value {
+        None => Ok(default),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => Ok(n),
+            _ => Err(ApiError::bad_request(format!(
+                "invalid limit {v:?}: expected a number from 1 to 1000"
+            ))),
+        },
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    enabled: Option<String>,
+    q: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/schedules", tag = "schedules",
+    params(("enabled" = Option<bool>, Query, description = "only enabled (true) or paused (false) schedules"),
+        ("q" = Option<String>, Query, description = "text in the id"),
+        ("limit" = Option<u32>, Query, description = "1 to 1000"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = baton_api::ScheduleList), (status = 400, body = baton_api::ErrorBody)))]
+pub async fn list(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<ScheduleList>> {
+    let enabled = match q.enabled.as_deref() {
+        None | Some("") => None,
+        Some(v) => Some(flag("enabled", Some(v))?),
+    };
+    let filter = ScheduleFilter {
+        enabled,
+        text: q.q.filter(|v| !v.is_empty()),
+        limit: limit(q.limit.as_deref(), 50)?,
+        cursor: q.cursor.filter(|v| !v.is_empty()),
+    };
+    let page = s.engine.schedules(filter).await?;
+    Ok(Json(ScheduleList {
+        schedules: page.schedules,
+        next_cursor: page.next_cursor,
+        total: page.total,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/schedules", tag = "schedules", request_body = baton_core::ScheduleSpec,
+    responses((status = 201, description = "created", body = baton_core::Schedule),
+        (status = 409, description = "a schedule with this id exists (PUT replaces it)", body = baton_api::ErrorBody),
+        (status = 422, description = "invalid schedule: bad cron, unknown time zone, zero interval, a job that cannot run here", body = baton_api::ErrorBody)))]
+pub async fn create(
+    State(s): State<AppState>,
+    ApiJson(spec): ApiJson<ScheduleSpec>,
+) -> ApiResult<Response> {
+    let schedule = s.engine.create_schedule(spec).await?;
+    Ok((StatusCode::CREATED, Json(schedule)).into_response())
+}
+
+#[utoipa::path(get, path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Schedule), (status = 404, body = baton_api::ErrorBody)))]
+pub async fn show(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Schedule>> {
+    Ok(Json(s.engine.schedule(schedule_id(&id)?).await?))
+}
+
+#[utoipa::path(put, path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path)),
+    request_body = baton_core::ScheduleSpec,
+    responses((status = 201, description = "created", body = baton_core::Schedule),
+        (status = 200, description = "replaced; its history, runs and (when its timing is the same) next run stay", body = baton_core::Schedule),
+        (status = 422, body = baton_api::ErrorBody)))]
+pub async fn put(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(mut spec): ApiJson<ScheduleSpec>,
+) -> ApiResult<Response> {
+    schedule_id(&id)?;
+    match &spec.id {
+        None => spec.id = Some(id),
+        Some(given) if *given == id => {}
+        Some(given) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_spec",
+                format!("invalid schedule: id: {given:?} differs from the path's {id:?}"),
+            ));
+        }
+    }
+    let put = s.engine.put_schedule(spec).await?;
+    let status = if put.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(put.schedule)).into_response())
+}
+
+#[utoipa::path(delete, path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path)),
+    responses((status = 200, description = "deleted with its history; its jobs stay", body = baton_api::ScheduleDeleted),
+        (status = 404, body = baton_api::ErrorBody)))]
+pub async fn delete(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<ScheduleDeleted>> {
+    let gone = s.engine.delete_schedule(schedule_id(&id)?).await?;
+    Ok(Json(ScheduleDeleted {
+        id: gone.id,
+        deleted: true,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/schedules/{id}/trigger", tag = "schedules", params(("id" = String, Path)),
+    responses((status = 201, description = "fired; it submitted a job", body = baton_api::Triggered),
+        (status = 200, description = "fired; the overlap policy skipped the job", body = baton_api::Triggered),
+        (status = 404, body = baton_api::ErrorBody), (status = 422, description = "its job cannot be made", body = baton_api::ErrorBody)))]
+pub async fn trigger(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let mut fired = s.engine.trigger_schedule(schedule_id(&id)?).await?;
+    let fire = fired.records.pop().ok_or_else(|| {
+        ApiError::from(baton_engine::Error::Config(
+            "a fire without a record".into(),
+        ))
+    })?;
+    let job = fired.jobs.pop();
+    let status = if job.is_some() {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = Triggered {
+        fire,
+        job,
+        schedule: fired.schedule,
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+#[utoipa::path(post, path = "/api/schedules/{id}/pause", tag = "schedules", params(("id" = String, Path)),
+    responses((status = 200, description = "paused: it fires only by hand", body = baton_core::Schedule),
+        (status = 404, body = baton_api::ErrorBody)))]
+pub async fn pause(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Schedule>> {
+    Ok(Json(s.engine.pause_schedule(schedule_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/schedules/{id}/resume", tag = "schedules", params(("id" = String, Path)),
+    responses((status = 200, description = "enabled; runs missed while paused are not made up", body = baton_core::Schedule),
+        (status = 404, body = baton_api::ErrorBody)))]
+pub async fn resume(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Schedule>> {
+    Ok(Json(s.engine.resume_schedule(schedule_id(&id)?).await?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, path = "/api/schedules/{id}/history", tag = "schedules",
+    params(("id" = String, Path), ("limit" = Option<u32>, Query, description = "1 to 1000"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, body = baton_api::ScheduleHistory), (status = 400, body = baton_api::ErrorBody),
+        (status = 404, body = baton_api::ErrorBody)))]
+pub async fn history(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
+) -> ApiResult<Json<ScheduleHistory>> {
+    let limit = limit(q.limit.as_deref(), 50)?;
+    let before = match q.cursor.as_deref().filter(|c| !c.is_empty()) {
+        None => None,
+        Some(c) => Some(
+            c.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid cursor {c:?}")))?,
+        ),
+    };
+    let page = s
+        .engine
+        .schedule_history(schedule_id(&id)?, before, limit)
+        .await?;
+    Ok(Json(ScheduleHistory {
+        fires: page.fires,
+        next_cursor: page.next_cursor,
+    }))
+}
