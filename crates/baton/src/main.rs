@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod daemon;
 mod local;
+mod schedule;
 mod serve;
 mod workflow_cli;
 
@@ -231,6 +232,11 @@ enum Command {
         #[command(subcommand)]
         command: workflow_cli::QueueCommand,
     },
+    /// Schedules: list, show, add, rm, pause, resume, trigger, history.
+    Schedule {
+        #[command(subcommand)]
+        command: schedule::ScheduleCommand,
+    },
     /// Measure the engine (DESIGN.md section 10).
     Bench(bench::BenchArgs),
 }
@@ -381,6 +387,7 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Workflow { command } => workflow_cli::workflow(&client()?, command),
         Command::Queue { command } => workflow_cli::queue(&client()?, command),
+        Command::Schedule { command } => schedule::run(&client()?, command),
         Command::Bench(args) => {
             runtime()?.block_on(bench::run(args))?;
             Ok(exit::OK)
