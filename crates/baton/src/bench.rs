@@ -83,6 +83,27 @@ enum Bench {
         #[arg(long, default_value_t = 256)]
         workers: usize,
     },
+    /// Many stored schedules: how late fires are (`lateness_p99_ms`) and the engine's
+    /// CPU while nothing is due (`idle_cpu_pct`).
+    Scheduler {
+        #[arg(long, default_value_t = 100_000)]
+        schedules: usize,
+        /// Schedules that fire during the run (intervals of --period, starts spread
+        /// evenly); the others' next runs are hours away.
+        #[arg(long, default_value_t = 1_000)]
+        firing: usize,
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        period: Duration,
+        /// Periods measured.
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// The idle window the CPU is measured over.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        idle: Duration,
+        /// Schedules created at once.
+        #[arg(long, default_value_t = 256)]
+        concurrency: usize,
+    },
     /// Submit-to-start latency on an idle engine.
     Latency {
         #[arg(long, default_value_t = 2_000)]
@@ -166,6 +187,24 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 workers,
             };
             crate::bench_workflow::run(store, settings, durability).await?
+        }
+        Bench::Scheduler {
+            schedules,
+            firing,
+            period,
+            rounds,
+            idle,
+            concurrency,
+        } => {
+            let settings = crate::bench_scheduler::Settings {
+                schedules,
+                firing,
+                period,
+                rounds,
+                idle,
+                concurrency,
+            };
+            crate::bench_scheduler::run(store, settings, durability).await?
         }
         Bench::Latency { samples, gap } => {
             if samples == 0 {
