@@ -7,14 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_engine::{
-    Engine, Error, ErrorCode, EventKind, FireAction, FireReason, FireRecord, JobFilter, JobSpec,
-    ManualClock, Misfire, Overlap, Schedule, ScheduleFilter, ScheduleSpec, State, Subscription,
-    Trigger,
+    Engine, Error, ErrorCode, Event, EventKind, FireAction, FireReason, FireRecord, JobFilter,
+    JobSpec, ManualClock, Misfire, Overlap, Schedule, ScheduleFilter, ScheduleSpec, State, Trigger,
 };
-use baton_store::{SqliteOptions, SqliteStore};
+use baton_store::{SqliteOptions, SqliteStore, Store};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, broadcast};
 
 /// 2026-01-01T00:00:00Z
 const T0: i64 = 1_767_225_600_000;
@@ -24,7 +23,8 @@ const HOUR: i64 = 3_600_000;
 struct Harness {
     engine: Engine,
     clock: ManualClock,
-    events: Subscription,
+    /// Taken from the store before the engine starts: fires made at start are in it.
+    events: broadcast::Receiver<Arc<Event>>,
     /// Permits for `hold` jobs: each finishes when given one.
     gate: Arc<Semaphore>,
 }
@@ -34,6 +34,7 @@ async fn start(db: &Path, now: i64) -> Harness {
     let gate = Arc::new(Semaphore::new(0));
     let g = gate.clone();
     let store = SqliteStore::open(SqliteOptions::new(db)).unwrap();
+    let events = store.subscribe();
     let engine = Engine::builder()
         .store(Arc::new(store))
         .clock(Arc::new(clock.clone()))
@@ -51,7 +52,6 @@ async fn start(db: &Path, now: i64) -> Harness {
         .build()
         .await
         .unwrap();
-    let events = engine.subscribe();
     Harness {
         engine,
         clock,
@@ -71,7 +71,7 @@ impl Harness {
     async fn fired(&mut self) -> Value {
         within("a schedule.fired event", async {
             loop {
-                let e = self.events.next().await.expect("events");
+                let e = self.events.recv().await.expect("events");
                 if e.kind == EventKind::ScheduleFired {
                     return e.data.clone();
                 }
@@ -340,22 +340,26 @@ async fn overlap_policies_decide_while_the_previous_job_runs() {
     h.settle().await;
     assert_eq!(h.engine.get(&waiting).await.unwrap().state, State::Awaiting);
 
-    // Let the first jobs end (one permit each): the awaiting one goes next.
+    // Let every job end (a permit each, whoever takes them first): the awaiting one is
+    // queued only once the job before it has ended.
     let first_queue_job = first.iter().find(|f| f["schedule_id"] == "queue").unwrap()["job_id"]
         .as_str()
         .unwrap()
         .to_owned();
-    h.gate.add_permits(3);
-    within("first of queue", h.engine.wait(&first_queue_job))
+    h.gate.add_permits(5);
+    let before = within("first of queue", h.engine.wait(&first_queue_job))
         .await
         .unwrap();
-    h.wait_state(&waiting, State::Running).await;
-    // One for the allow schedule's second job, waiting before it, one for this.
-    h.gate.add_permits(2);
     let done = within("the awaiting job", h.engine.wait(&waiting))
         .await
         .unwrap();
     assert_eq!(done.state, State::Completed);
+    assert!(
+        done.started_at.unwrap() >= before.finished_at.unwrap(),
+        "started {:?}, the one before ended {:?}",
+        done.started_at,
+        before.finished_at
+    );
     let events: Vec<EventKind> = h
         .engine
         .events(&waiting, 0)
