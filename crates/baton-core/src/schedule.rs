@@ -7,9 +7,10 @@
 //! - a civil time skipped by a spring-forward gap fires once, at the first instant
 //!   after the gap (a 02:30 daily job in New York runs at 03:00 that day);
 //! - a civil time repeated by a fall-back fold fires once, at its first occurrence,
-//!   when the trigger names a fixed time of day (`daily`, `weekly`, `0 1 * * *`); a
-//!   trigger with a wildcard or step in its time fields (`*/15 * * * *`, `30 * * * *`)
-//!   fires on both occurrences, because real time passes twice.
+//!   when the trigger names fixed times of day (`daily`, `weekly`, `0 1 * * *`,
+//!   `0,30 1 * * *`: no `*` in the second, minute and hour fields, Vixie cron's rule); a
+//!   trigger with a `*` there (`*/15 * * * *`, `30 * * * *`) fires on both occurrences,
+//!   because real time passes twice.
 //!
 //! `interval` triggers count absolute time from their anchor and ignore the zone.
 
@@ -830,11 +831,28 @@ fn calendar(expr: &str) -> Result<Rule, String> {
         .build()
         .parse(expr.trim())
         .map_err(|e| cron_message(&e.to_string()))?;
-    let fixed = cron.determine_job_type() == croner::JobType::FixedTime;
+    let fixed = fixed_time(expr);
     Ok(Rule::Calendar {
         cron: Box::new(cron),
         fixed,
     })
+}
+
+/// Whether a cron expression names fixed times of day: no `*` (or `?`) in its second,
+/// minute and hour fields. Such a time repeated by a fall-back fold fires once; Vixie
+/// cron decides the same way.
+fn fixed_time(expr: &str) -> bool {
+    let expr = expr.trim();
+    if expr.starts_with('@') {
+        return !expr.eq_ignore_ascii_case("@hourly");
+    }
+    let fields: Vec<&str> = expr.split_whitespace().collect();
+    let time = if fields.len() == 6 {
+        &fields[..3]
+    } else {
+        &fields[..2.min(fields.len())]
+    };
+    !time.iter().any(|f| f.contains('*') || f.contains('?'))
 }
 
 /// Checks field counts, numbers and steps, to name the field that is wrong; the parser

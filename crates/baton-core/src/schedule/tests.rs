@@ -128,6 +128,30 @@ fn fall_back_fires_a_fixed_time_once_and_wildcards_twice() {
         "2026-10-24T12:00:00+01:00",
         &["2026-10-25T01:00:00+01:00", "2026-10-26T01:00:00+00:00"],
     );
+    // Fixed times of day, several: each once (no `*` in the time fields).
+    check(
+        Trigger::cron("0,30 1 * * *"),
+        "Europe/London",
+        "2026-10-24T12:00:00+01:00",
+        &[
+            "2026-10-25T01:00:00+01:00",
+            "2026-10-25T01:30:00+01:00",
+            "2026-10-26T01:00:00+00:00",
+        ],
+    );
+    // A step in the minutes asks for every half hour of both 01:00 hours.
+    check(
+        Trigger::cron("*/30 1 * * *"),
+        "Europe/London",
+        "2026-10-24T12:00:00+01:00",
+        &[
+            "2026-10-25T01:00:00+01:00",
+            "2026-10-25T01:30:00+01:00",
+            "2026-10-25T01:00:00+00:00",
+            "2026-10-25T01:30:00+00:00",
+            "2026-10-26T01:00:00+00:00",
+        ],
+    );
     // From inside the repeated hour, second pass: the fixed time is behind.
     check(
         Trigger::daily(1, 30),
@@ -597,6 +621,8 @@ const CRONS: &[&str] = &[
     "0 9 * * MON-FRI",
     "*/20 * * * * *",
     "15 0-3 * * *",
+    "0,30 1,2 * * *",
+    "*/10 1 * * *",
 ];
 
 fn trigger_strategy() -> impl Strategy<Value = Trigger> {
