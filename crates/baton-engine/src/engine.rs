@@ -68,6 +68,8 @@ pub(crate) struct Inner {
     pub(crate) limits: Limits,
     server: ServerInfo,
     running: Mutex<HashMap<String, RunHandle>>,
+    /// Notified each time an attempt is registered in `running`.
+    registered: Notify,
     /// The earliest `run_at` of a job scheduled since the timer last looked.
     pending_due: Mutex<Option<Millis>>,
     timer: Notify,
@@ -122,6 +124,13 @@ impl QueueState {
         self.running.fetch_sub(n, Ordering::SeqCst);
         self.wake.notify_one();
     }
+}
+
+/// What control needs of a registered attempt.
+struct HandleParts {
+    ctl: watch::Sender<Ctl>,
+    cancel: CancellationToken,
+    grace: Duration,
 }
 
 struct RunHandle {
@@ -337,6 +346,7 @@ impl EngineBuilder {
             limits: self.limits,
             server,
             running: Mutex::new(HashMap::new()),
+            registered: Notify::new(),
             pending_due: Mutex::new(None),
             timer: Notify::new(),
             shutdown: CancellationToken::new(),
@@ -607,8 +617,8 @@ impl Engine {
                     .expect(&[State::Running]),
             )
             .await?;
-        if let Some(h) = self.inner.running_handle(id) {
-            h.send_replace(Ctl::Pause);
+        if let Some(h) = self.inner.registered_handle(id).await {
+            h.ctl.send_replace(Ctl::Pause);
         }
         Ok(job)
     }
@@ -628,8 +638,8 @@ impl Engine {
                     .expect(&[State::Paused]),
             )
             .await?;
-        if let Some(h) = self.inner.running_handle(id) {
-            h.send_replace(Ctl::Run);
+        if let Some(h) = self.inner.registered_handle(id).await {
+            h.ctl.send_replace(Ctl::Run);
         }
         Ok(job)
     }
@@ -648,12 +658,9 @@ impl Engine {
             return Ok(job);
         }
         let now = self.inner.clock.now();
-        let (grace, handle) = {
-            let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
-            match running.get(id) {
-                Some(h) => (h.grace, Some((h.ctl.clone(), h.cancel.clone()))),
-                None => (Duration::ZERO, None),
-            }
+        let (grace, handle) = match self.inner.registered_handle(id).await {
+            Some(h) => (h.grace, Some((h.ctl, h.cancel))),
+            None => (Duration::ZERO, None),
         };
         let job = self
             .inner
@@ -809,6 +816,31 @@ fn illegal(id: &str, action: &'static str, state: State) -> Error {
 }
 
 impl Inner {
+    /// The attempt this engine runs for the job. The store may say `running` a moment
+    /// before the worker that claimed it has registered the attempt (the claim's reply
+    /// is still on its way): wait a little for it rather than take the job for orphaned.
+    async fn registered_handle(&self, id: &str) -> Option<HandleParts> {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        loop {
+            let registered = self.registered.notified();
+            tokio::pin!(registered);
+            registered.as_mut().enable();
+            {
+                let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(h) = running.get(id) {
+                    return Some(HandleParts {
+                        ctl: h.ctl.clone(),
+                        cancel: h.cancel.clone(),
+                        grace: h.grace,
+                    });
+                }
+            }
+            if tokio::time::timeout_at(deadline, registered).await.is_err() {
+                return None;
+            }
+        }
+    }
+
     fn running_handle(&self, id: &str) -> Option<watch::Sender<Ctl>> {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         running.get(id).map(|h| h.ctl.clone())
@@ -938,6 +970,7 @@ fn start_run(
                 grace: claimed.grace,
             },
         );
+    inner.registered.notify_waiters();
     run_job(
         inner.clone(),
         queue,
