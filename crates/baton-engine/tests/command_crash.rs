@@ -7,14 +7,14 @@
 //! The child is this test binary re-executed to run only `child_mode`, as in
 //! `tests/crash.rs`; it reports on stdout with `BATON ...` lines.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
+use support::Spawned;
 
 use baton_engine::{Engine, EventKind, JobSpec, State, StepSpec, proc_stat};
 use baton_store::{SqliteOptions, SqliteStore, Store};
@@ -52,7 +52,7 @@ fn after_sigkill_no_job_process_survives_and_the_pipeline_resumes_at_its_step() 
     let d = dir.path();
 
     // 1. The child runs both jobs until each has its process tree up and recorded.
-    let mut child = Spawned::start(d);
+    let mut child = Spawned::start(&[(CHILD_ENV, d.as_os_str()), (DIR_ENV, d.as_os_str())]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut seen = BTreeSet::new();
     while seen.len() < 2 {
@@ -208,57 +208,6 @@ fn pids(path: &Path, deadline: Instant) -> Vec<u32> {
             path.display()
         );
         std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// The child process; killed when dropped.
-struct Spawned {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Spawned {
-    fn start(dir: &Path) -> Self {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let mut child = Command::new(exe)
-            .args(["child_mode", "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, dir)
-            .env(DIR_ENV, dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the child");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(at) = line.find("BATON ")
-                    && tx.send(line[at + 6..].to_owned()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    fn next_line(&mut self, deadline: Instant) -> Option<String> {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        self.lines.recv_timeout(wait).ok()
-    }
-
-    fn kill(&mut self) -> std::process::ExitStatus {
-        self.child.kill().expect("kill the child");
-        self.child.wait().expect("reap the child")
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -9,15 +9,17 @@
 //! `BATON ...` line per fact, and every handler appends the steps it begins to a log
 //! file, so the parent knows what ran before and after the kill.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use support::Spawned;
 
 use baton_engine::{
     Checkpoint, Engine, Event, EventKind, Job, JobContext, JobError, JobFilter, JobSpec, State,
@@ -70,7 +72,11 @@ fn sigkill_mid_run_loses_no_job_and_resumes_from_checkpoints() {
 
     // 1. The child submits and runs jobs; kill it mid-run, just after a slow
     // checkpointing job saved a checkpoint.
-    let mut child = Spawned::start("bulk", &db, &log);
+    let mut child = Spawned::start(&[
+        (CHILD_ENV, OsStr::new("bulk")),
+        (DB_ENV, db.as_os_str()),
+        (LOG_ENV, log.as_os_str()),
+    ]);
     let mut acked: BTreeSet<String> = BTreeSet::new();
     let mut done = 0usize;
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -384,7 +390,11 @@ fn a_job_that_keeps_killing_its_engine_fails_with_code_crashed() {
     let log = dir.path().join("steps.log");
     // max_recoveries is 2: the job runs three times, and the third crash fails it.
     for round in 1..=3 {
-        let mut child = Spawned::start("hang", &db, &log);
+        let mut child = Spawned::start(&[
+            (CHILD_ENV, OsStr::new("hang")),
+            (DB_ENV, db.as_os_str()),
+            (LOG_ENV, log.as_os_str()),
+        ]);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let line = child
@@ -591,66 +601,6 @@ impl Witness {
 
 // ---------------------------------------------------------------------------------
 // The parent side.
-
-/// A child process running `child_mode`; killed when dropped.
-struct Spawned {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Spawned {
-    fn start(mode: &str, db: &Path, log: &Path) -> Self {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let mut child = Command::new(exe)
-            .args(["child_mode", "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, mode)
-            .env(DB_ENV, db)
-            .env(LOG_ENV, log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the child");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                // libtest may have begun the line with "test child_mode ... ".
-                if let Some(at) = line.find("BATON ")
-                    && tx.send(line[at + 6..].to_owned()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    /// The child's next report, or `None` if it exits or the deadline passes.
-    fn next_line(&mut self, deadline: Instant) -> Option<String> {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        self.lines.recv_timeout(wait).ok()
-    }
-
-    /// SIGKILL, then reap.
-    fn kill(&mut self) -> std::process::ExitStatus {
-        self.child.kill().expect("kill the child");
-        self.child.wait().expect("reap the child")
-    }
-
-    /// Reports still unread once the child is dead.
-    fn rest(&mut self) -> Vec<String> {
-        self.lines.iter().collect()
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 struct Seen {
     job: Job,

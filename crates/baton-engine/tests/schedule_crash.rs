@@ -8,14 +8,15 @@
 //! `BATON_SCHED_CRASH_CHILD` set (as in `crash.rs`); it reports each fire it saw
 //! committed on stdout as a `BATON fired ...` line.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
+use std::ffi::OsStr;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
+use support::Spawned;
 
 use baton_engine::{
     Engine, EventKind, FireAction, JobFilter, Misfire, ScheduleFilter, ScheduleSpec, Trigger,
@@ -70,7 +71,7 @@ fn sigkill_between_fires_loses_no_fire_and_doubles_none() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("baton.db");
 
-    let mut child = Spawned::start(&db);
+    let mut child = Spawned::start(&[(CHILD_ENV, OsStr::new("1")), (DB_ENV, db.as_os_str())]);
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut reported: Vec<(String, String)> = Vec::new();
     loop {
@@ -215,60 +216,6 @@ async fn start_engine(db: &Path) -> Engine {
         .build()
         .await
         .expect("start the engine")
-}
-
-struct Spawned {
-    child: Child,
-    lines: Receiver<String>,
-}
-
-impl Spawned {
-    fn start(db: &Path) -> Self {
-        let exe = std::env::current_exe().expect("the test binary's path");
-        let mut child = Command::new(exe)
-            .args(["child_mode", "--exact", "--nocapture", "--test-threads=1"])
-            .env(CHILD_ENV, "1")
-            .env(DB_ENV, db)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start the child");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(at) = line.find("BATON ")
-                    && tx.send(line[at + 6..].to_owned()).is_err()
-                {
-                    break;
-                }
-            }
-        });
-        Self { child, lines }
-    }
-
-    fn next_line(&mut self, deadline: Instant) -> Option<String> {
-        let wait = deadline.saturating_duration_since(Instant::now());
-        self.lines.recv_timeout(wait).ok()
-    }
-
-    fn kill(&mut self) -> std::process::ExitStatus {
-        self.child.kill().expect("kill the child");
-        self.child.wait().expect("reap the child")
-    }
-
-    fn rest(&mut self) -> Vec<String> {
-        self.lines.iter().collect()
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
