@@ -197,6 +197,29 @@ pub struct NewJob {
     pub workflow_name: Option<String>,
 }
 
+impl NewJob {
+    /// Makes the job wait for `deps` (job ids): `awaiting` when there are any. Refused
+    /// with a delay or `run_at`: an awaiting job is queued when its dependencies end,
+    /// and has no time of its own to wait for.
+    pub fn with_dependencies(mut self, deps: Vec<Dependency>) -> Result<NewJob, SpecError> {
+        if deps.is_empty() {
+            return Ok(self);
+        }
+        for (i, d) in deps.iter().enumerate() {
+            JobId::parse(&d.job).map_err(|m| SpecError::new(format!("depends_on[{i}]"), m))?;
+        }
+        if self.run_at.is_some() {
+            return Err(SpecError::new(
+                "depends_on",
+                "cannot be combined with delay or run_at",
+            ));
+        }
+        self.state = State::Awaiting;
+        self.depends_on = deps;
+        Ok(self)
+    }
+}
+
 pub const KIND_COMMAND: &str = "command";
 pub const KIND_PIPELINE: &str = "pipeline";
 pub const DEFAULT_QUEUE: &str = "default";
@@ -454,22 +477,6 @@ impl JobSpec {
         }
 
         let depends_on = parse_depends_on("depends_on", self.depends_on.as_deref().unwrap_or(&[]))?;
-        for (i, d) in depends_on.iter().enumerate() {
-            JobId::parse(&d.job).map_err(|m| SpecError::new(format!("depends_on[{i}]"), m))?;
-        }
-        if !depends_on.is_empty() && run_at.is_some() {
-            // An awaiting job is queued when its dependencies end; it has no time of
-            // its own to wait for.
-            return Err(SpecError::new(
-                "depends_on",
-                "cannot be combined with delay or run_at",
-            ));
-        }
-        let state = if depends_on.is_empty() {
-            state
-        } else {
-            State::Awaiting
-        };
         let unique_policy = match &self.unique_policy {
             None => UniquePolicy::default(),
             Some(_) if self.unique_key.is_none() => {
@@ -504,7 +511,7 @@ impl JobSpec {
         }
 
         let exec = self.validate_exec()?;
-        Ok(NewJob {
+        NewJob {
             id,
             kind: self.kind.clone(),
             queue,
@@ -520,12 +527,13 @@ impl JobSpec {
             grace,
             max_recoveries: self.max_recoveries.unwrap_or(limits.default_max_recoveries),
             created_at: now,
-            depends_on,
+            depends_on: Vec::new(),
             unique_key: self.unique_key.clone(),
             unique_policy,
             workflow_id: None,
             workflow_name: None,
-        })
+        }
+        .with_dependencies(depends_on)
     }
 
     fn validate_exec(&self) -> Result<Option<Value>, SpecError> {

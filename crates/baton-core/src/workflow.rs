@@ -1,7 +1,7 @@
 //! Job dependencies and workflows: the conditions of an edge, the workflow spec with
 //! its local names, cycle detection, and the graph that clients read back. Pure.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -130,33 +130,32 @@ pub fn parse_depends_on(field: &str, entries: &[Value]) -> Result<Vec<Dependency
         ));
     }
     let mut out: Vec<Dependency> = Vec::with_capacity(entries.len());
-    let mut seen = BTreeSet::new();
     for (i, entry) in entries.iter().enumerate() {
-        let at = format!("{field}[{i}]");
+        let at = || format!("{field}[{i}]");
         let dep = match entry {
             Value::String(id) => Dependency::new(id.clone(), Condition::Completed),
             Value::Object(map) => {
                 if let Some(k) = map.keys().find(|k| *k != "job" && *k != "on") {
                     return Err(SpecError::new(
-                        at,
+                        at(),
                         format!("unknown field {k:?}; expected \"job\" and \"on\""),
                     ));
                 }
                 let job = match map.get("job") {
                     Some(Value::String(id)) => id.clone(),
-                    _ => return Err(SpecError::new(at, "needs \"job\": the id it depends on")),
+                    _ => return Err(SpecError::new(at(), "needs \"job\": the id it depends on")),
                 };
                 let on = match map.get("on") {
                     None | Some(Value::Null) => Condition::Completed,
                     Some(Value::String(s)) => Condition::parse(s).ok_or_else(|| {
                         SpecError::new(
-                            format!("{at}.on"),
+                            format!("{}.on", at()),
                             format!("{s:?} is not a condition; expected \"completed\", \"failed\" or \"finished\""),
                         )
                     })?,
                     Some(other) => {
                         return Err(SpecError::new(
-                            format!("{at}.on"),
+                            format!("{}.on", at()),
                             format!("{other} is not a condition; expected \"completed\", \"failed\" or \"finished\""),
                         ));
                     }
@@ -165,18 +164,24 @@ pub fn parse_depends_on(field: &str, entries: &[Value]) -> Result<Vec<Dependency
             }
             other => {
                 return Err(SpecError::new(
-                    at,
+                    at(),
                     format!("{other} is neither a job id nor {{\"job\": id, \"on\": condition}}"),
                 ));
             }
         };
         if dep.job.is_empty() {
-            return Err(SpecError::new(at, "the job id must not be empty"));
-        }
-        if !seen.insert(dep.job.clone()) {
-            return Err(SpecError::new(at, format!("{:?} is listed twice", dep.job)));
+            return Err(SpecError::new(at(), "the job id must not be empty"));
         }
         out.push(dep);
+    }
+    let mut seen = std::collections::HashSet::with_capacity(out.len());
+    for (i, dep) in out.iter().enumerate() {
+        if !seen.insert(dep.job.as_str()) {
+            return Err(SpecError::new(
+                format!("{field}[{i}]"),
+                format!("{:?} is listed twice", dep.job),
+            ));
+        }
     }
     Ok(out)
 }
@@ -260,127 +265,118 @@ impl WorkflowSpec {
                 ),
             ));
         }
-        let mut deps: BTreeMap<&str, Vec<Dependency>> = BTreeMap::new();
-        for (name, spec) in &self.jobs {
+        // Names by index, in name order; edges inside the workflow as indices, parent
+        // -> children. Other references are ids of jobs stored already, checked by the
+        // store.
+        let names: Vec<&str> = self.jobs.keys().map(String::as_str).collect();
+        let index: std::collections::HashMap<&str, usize> =
+            names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+        let mut deps: Vec<Vec<Dependency>> = Vec::with_capacity(names.len());
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
+        let mut indegree = vec![0usize; names.len()];
+        for (i, (name, spec)) in self.jobs.iter().enumerate() {
             check_name("jobs", name, 128)?;
             let field = format!("jobs.{name}.depends_on");
             let parsed = parse_depends_on(&field, spec.depends_on.as_deref().unwrap_or(&[]))?;
-            deps.insert(name, parsed);
+            for d in &parsed {
+                if let Some(&parent) = index.get(d.job.as_str()) {
+                    children[parent].push(i);
+                    indegree[i] += 1;
+                }
+            }
+            deps.push(parsed);
         }
-        // Edges inside the workflow, parent -> children; other references are ids of
-        // jobs stored already, checked by the store.
-        let mut children: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for (name, list) in &deps {
-            for d in list {
-                if let Some((parent, _)) = self.jobs.get_key_value(d.job.as_str()) {
-                    children.entry(parent.as_str()).or_default().push(name);
+        if let Some(cycle) = cycle_of(&children) {
+            let path: Vec<&str> = cycle.iter().map(|i| names[*i]).collect();
+            return Err(SpecError::new(
+                "jobs",
+                format!("the dependencies form a cycle: {}", path.join(" -> ")),
+            ));
+        }
+        // Kahn's order, ties by name (the smallest index first).
+        let mut ready: std::collections::BinaryHeap<std::cmp::Reverse<usize>> = indegree
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| **d == 0)
+            .map(|(i, _)| std::cmp::Reverse(i))
+            .collect();
+        let mut deps: Vec<Option<Vec<Dependency>>> = deps.into_iter().map(Some).collect();
+        let mut out = Vec::with_capacity(names.len());
+        while let Some(std::cmp::Reverse(i)) = ready.pop() {
+            out.push((names[i].to_owned(), deps[i].take().unwrap_or_default()));
+            for &c in &children[i] {
+                indegree[c] -= 1;
+                if indegree[c] == 0 {
+                    ready.push(std::cmp::Reverse(c));
                 }
             }
         }
-        if let Some(cycle) = find_cycle(self.jobs.keys().map(String::as_str), &children) {
-            return Err(SpecError::new(
-                "jobs",
-                format!("the dependencies form a cycle: {}", cycle.join(" -> ")),
-            ));
-        }
-        let order = topological(self.jobs.keys().map(String::as_str), &children, &deps, self);
-        Ok(order
-            .into_iter()
-            .map(|name| {
-                let d = deps.remove(name).unwrap_or_default();
-                (name.to_owned(), d)
-            })
-            .collect())
+        Ok(out)
     }
 }
 
 /// Finds a cycle in a directed graph given as `node -> successors`; returns its path,
 /// starting and ending at its smallest node (`a -> b -> a`), or `None` for a DAG.
-/// Iterative, so a chain of any length cannot overflow the stack.
 pub fn find_cycle<'a>(
     nodes: impl Iterator<Item = &'a str>,
     edges: &BTreeMap<&'a str, Vec<&'a str>>,
 ) -> Option<Vec<String>> {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        OnPath,
-        Done,
+    let mut names: Vec<&str> = nodes.collect();
+    names.sort_unstable();
+    names.dedup();
+    let index: std::collections::HashMap<&str, usize> =
+        names.iter().enumerate().map(|(i, n)| (*n, i)).collect();
+    let mut succ: Vec<Vec<usize>> = vec![Vec::new(); names.len()];
+    for (from, tos) in edges {
+        if let Some(&f) = index.get(from) {
+            succ[f].extend(tos.iter().filter_map(|t| index.get(t).copied()));
+        }
     }
-    let nodes: Vec<&str> = nodes.collect();
-    let mut mark: BTreeMap<&str, Mark> = nodes.iter().map(|n| (*n, Mark::New)).collect();
-    let none: Vec<&str> = Vec::new();
-    for &start in &nodes {
-        if mark[start] != Mark::New {
+    cycle_of(&succ).map(|c| c.iter().map(|i| names[*i].to_owned()).collect())
+}
+
+/// A cycle of the graph `node -> successors` (nodes by index), starting and ending at
+/// its smallest node; `None` for a DAG. Iterative, so a chain of any length cannot
+/// overflow the stack.
+fn cycle_of(succ: &[Vec<usize>]) -> Option<Vec<usize>> {
+    const NEW: u8 = 0;
+    const ON_PATH: u8 = 1;
+    const DONE: u8 = 2;
+    let mut mark = vec![NEW; succ.len()];
+    for start in 0..succ.len() {
+        if mark[start] != NEW {
             continue;
         }
         // The current path, each node with the index of its next successor to visit.
-        let mut path: Vec<(&str, usize)> = vec![(start, 0)];
-        mark.insert(start, Mark::OnPath);
+        let mut path: Vec<(usize, usize)> = vec![(start, 0)];
+        mark[start] = ON_PATH;
         while let Some(top) = path.last_mut() {
             let node = top.0;
-            let succ = edges.get(node).unwrap_or(&none);
-            if top.1 >= succ.len() {
-                mark.insert(node, Mark::Done);
+            if top.1 >= succ[node].len() {
+                mark[node] = DONE;
                 path.pop();
                 continue;
             }
-            let to = succ[top.1];
+            let to = succ[node][top.1];
             top.1 += 1;
-            match mark.get(to).copied().unwrap_or(Mark::Done) {
-                Mark::New => {
-                    mark.insert(to, Mark::OnPath);
+            match mark[to] {
+                NEW => {
+                    mark[to] = ON_PATH;
                     path.push((to, 0));
                 }
-                Mark::OnPath => {
+                ON_PATH => {
                     let from = path.iter().position(|(n, _)| *n == to).unwrap_or(0);
-                    let mut cycle: Vec<&str> = path[from..].iter().map(|(n, _)| *n).collect();
+                    let mut cycle: Vec<usize> = path[from..].iter().map(|(n, _)| *n).collect();
                     let smallest = (0..cycle.len()).min_by_key(|i| cycle[*i]).unwrap_or(0);
                     cycle.rotate_left(smallest);
-                    let mut out: Vec<String> = cycle.iter().map(|s| s.to_string()).collect();
-                    out.push(cycle[0].to_owned());
-                    return Some(out);
+                    cycle.push(cycle[0]);
+                    return Some(cycle);
                 }
-                Mark::Done => {}
+                _ => {}
             }
         }
     }
     None
-}
-
-/// Kahn's order of an acyclic graph: a node after all its predecessors, ties by name.
-fn topological<'a>(
-    nodes: impl Iterator<Item = &'a str>,
-    children: &BTreeMap<&'a str, Vec<&'a str>>,
-    deps: &BTreeMap<&'a str, Vec<Dependency>>,
-    spec: &WorkflowSpec,
-) -> Vec<&'a str> {
-    let mut indegree: BTreeMap<&str, usize> = nodes.map(|n| (n, 0)).collect();
-    for (name, list) in deps {
-        let local = list
-            .iter()
-            .filter(|d| spec.jobs.contains_key(d.job.as_str()))
-            .count();
-        indegree.insert(name, local);
-    }
-    let mut ready: BTreeSet<&str> = indegree
-        .iter()
-        .filter(|(_, d)| **d == 0)
-        .map(|(n, _)| *n)
-        .collect();
-    let mut out = Vec::with_capacity(indegree.len());
-    while let Some(n) = ready.pop_first() {
-        out.push(n);
-        for c in children.get(n).map(Vec::as_slice).unwrap_or(&[]) {
-            if let Some(d) = indegree.get_mut(c) {
-                *d -= 1;
-                if *d == 0 {
-                    ready.insert(c);
-                }
-            }
-        }
-    }
-    out
 }
 
 /// A workflow's state, derived from its jobs' states.
@@ -514,6 +510,8 @@ pub struct WorkflowEdge {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
     use serde_json::json;
 

@@ -6,9 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use baton_core::{JobId, JobSpec, Millis, NewJob, SpecError, WorkflowGraph, WorkflowSpec};
+use baton_core::{
+    Dependency, JobId, JobSpec, Millis, NewJob, SpecError, WorkflowGraph, WorkflowSpec,
+};
 use baton_store::{Link, NewWorkflow, SubmittedWorkflow, WorkflowAction, WorkflowChange};
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::{Engine, Inner};
@@ -63,21 +65,27 @@ impl Engine {
         for (name, deps) in plan {
             let mut job = spec.jobs[&name].clone();
             job.id = Some(ids[name.as_str()].clone());
-            job.depends_on = (!deps.is_empty()).then(|| {
-                deps.iter()
-                    .map(|d| {
-                        let id = ids.get(d.job.as_str()).cloned().unwrap_or(d.job.clone());
-                        json!({"job": id, "on": d.on.as_str()})
-                    })
-                    .collect()
-            });
-            let mut new = self.prepare(&job, now).await.map_err(|e| match e {
+            // Local names become ids here, without another round through JSON.
+            job.depends_on = None;
+            let deps = deps
+                .into_iter()
+                .map(|d| Dependency {
+                    job: ids.get(d.job.as_str()).cloned().unwrap_or(d.job),
+                    on: d.on,
+                })
+                .collect();
+            let in_workflow = |e: Error| match e {
                 Error::Spec(e) => Error::Spec(SpecError::new(
                     format!("jobs.{name}.{}", e.field),
                     e.message,
                 )),
                 other => other,
-            })?;
+            };
+            let mut new = self
+                .prepare(&job, now)
+                .await
+                .and_then(|new| Ok(new.with_dependencies(deps)?))
+                .map_err(in_workflow)?;
             new.workflow_id = Some(workflow_id.clone());
             new.workflow_name = Some(name);
             jobs.push(new);

@@ -156,10 +156,11 @@ const MIGRATIONS: &[&str] = &[
         status INTEGER NOT NULL,
         PRIMARY KEY (child, parent)
     ) WITHOUT ROWID;
-    -- The dependents of a job, read when it ends.
-    CREATE INDEX deps_parent ON deps (parent, status);
+    -- The dependents of a job, read when it ends. Without `status`: an edge's status
+    -- changes once, and an index entry would have to move with it.
+    CREATE INDEX deps_parent ON deps (parent);
 
-    -- Edges still waiting: an awaiting job is queued when this reaches 0.
+    -- An awaiting job's waiting edges: it is queued when the last one is met.
     ALTER TABLE jobs ADD COLUMN deps_pending INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE jobs ADD COLUMN workflow_name TEXT;
     ALTER TABLE jobs ADD COLUMN unique_key TEXT;

@@ -115,6 +115,12 @@ pub struct Writer {
     /// While dependents are being settled: the jobs whose end (or reopening) still has
     /// to reach their dependents. See `deps.rs`.
     settling: Option<Vec<deps::Settle>>,
+    /// The jobs stored by the submit being applied, by id, with their row key and
+    /// state: their dependents in the same batch find them without a read.
+    fresh: std::collections::HashMap<String, (i64, State)>,
+    /// Whether any job ever had a dependency (`None` until first asked): a store that
+    /// holds no edges skips looking for dependents when a job ends.
+    has_edges: Option<bool>,
 }
 
 impl Writer {
@@ -129,6 +135,8 @@ impl Writer {
             claim_sql: std::collections::HashMap::new(),
             counters: Arc::default(),
             settling: None,
+            fresh: std::collections::HashMap::new(),
+            has_edges: None,
         })
     }
 
@@ -384,6 +392,7 @@ impl Writer {
     }
 
     fn submit(&mut self, jobs: &[NewJob], start: Option<&StartNow>) -> Result<Vec<Submitted>> {
+        self.fresh.clear();
         // Check every job before storing any: a refused batch must leave no trace.
         for new in jobs {
             state::check(None, new.state).map_err(|source| Error::Transition {
@@ -428,9 +437,10 @@ impl Writer {
                     "INSERT INTO jobs (id, kind, queue, priority, state, payload, exec, labels, \
                      max_attempts, backoff_initial_ms, backoff_max_ms, timeout_ms, grace_ms, \
                      max_recoveries, event_seq, created_at, run_at, updated_at, \
-                     attempt, fence, started_at, server_id) \
+                     attempt, fence, started_at, server_id, \
+                     deps_pending, unique_key, workflow_id, workflow_name) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?17, ?15, ?16, ?15, \
-                     ?18, ?18, ?19, ?20) ON CONFLICT (id) DO NOTHING",
+                     ?18, ?18, ?19, ?20, ?21, ?22, ?23, ?24) ON CONFLICT (id) DO NOTHING",
                 )?
                 .execute(params![
                     new.id.as_str(),
@@ -453,8 +463,16 @@ impl Writer {
                     u32::from(start_now.is_some()),
                     start_now.map(|_| new.created_at),
                     start_now.map(|s| s.server_id.as_str()),
+                    prepared.pending(),
+                    new.unique_key,
+                    new.workflow_id,
+                    new.workflow_name,
                 ])?;
             if inserted == 0 {
+                if new.workflow_id.is_some() {
+                    // A workflow's jobs are its own: an id taken elsewhere is refused.
+                    return Err(Error::JobExists(new.id.to_string()));
+                }
                 let existing = get_job(&self.conn, new.id.as_str())?
                     .ok_or_else(|| Error::NotFound(new.id.to_string()))?;
                 out.push(Submitted {

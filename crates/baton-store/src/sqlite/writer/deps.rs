@@ -49,6 +49,13 @@ pub(crate) struct Prepared {
     broken: Option<(String, Condition, State)>,
 }
 
+impl Prepared {
+    /// The job's waiting edges, stored with it.
+    pub(crate) fn pending(&self) -> i64 {
+        self.pending
+    }
+}
+
 const ACTIVE: &str = "state NOT IN ('completed', 'failed', 'cancelled', 'deleted')";
 
 impl Writer {
@@ -81,18 +88,19 @@ impl Writer {
         if new.depends_on.is_empty() && new.unique_key.is_none() && new.workflow_id.is_none() {
             return Ok(Prepared::default());
         }
-        let exists = self
-            .conn
-            .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
-            .query_row([new.id.as_str()], |_| Ok(()))
-            .optional()?
-            .is_some();
-        if exists {
-            if new.workflow_id.is_some() {
-                return Err(Error::JobExists(new.id.to_string()));
+        // Submit answers an existing client id with its job, as for any job; a
+        // workflow's job finds out at its insert (which refuses a taken id), and saves
+        // this read.
+        if new.workflow_id.is_none() {
+            let exists = self
+                .conn
+                .prepare_cached("SELECT 1 FROM jobs WHERE id = ?1")?
+                .query_row([new.id.as_str()], |_| Ok(()))
+                .optional()?
+                .is_some();
+            if exists {
+                return Ok(Prepared::default());
             }
-            // Submit answers with the existing job, as for any client id.
-            return Ok(Prepared::default());
         }
         let mut p = Prepared {
             extra: true,
@@ -137,18 +145,23 @@ impl Writer {
             }
         }
         for d in &new.depends_on {
-            let parent: Option<(i64, String)> = self
-                .conn
-                .prepare_cached("SELECT seq, state FROM jobs WHERE id = ?1")?
-                .query_row([&d.job], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
+            let parent = match self.fresh.get(&d.job) {
+                Some(found) => Some(*found),
+                None => self
+                    .conn
+                    .prepare_cached("SELECT seq, state FROM jobs WHERE id = ?1")?
+                    .query_row([&d.job], |r| {
+                        let state: String = r.get(1)?;
+                        Ok((r.get(0)?, rows::parse_state(&state)?))
+                    })
+                    .optional()?,
+            };
             let Some((key, state)) = parent else {
                 return Err(Error::UnknownDependency {
                     id: new.id.to_string(),
                     dependency: d.job.clone(),
                 });
             };
-            let state = rows::parse_state(&state)?;
             let status = EdgeStatus::of(d.on, state);
             match status {
                 EdgeStatus::Waiting => p.pending += 1,
@@ -169,31 +182,22 @@ impl Writer {
         Ok(p)
     }
 
-    /// After the insert: the job's edges, pending count, unique key and workflow.
+    /// After the insert (which stored the pending count, unique key and workflow):
+    /// the job's edges.
     pub(super) fn store_links(&mut self, key: i64, new: &NewJob, p: &Prepared) -> Result<()> {
-        if !p.extra {
+        self.fresh.insert(new.id.to_string(), (key, new.state));
+        if p.edges.is_empty() {
             return Ok(());
         }
-        {
-            let mut insert = self.conn.prepare_cached(
-                "INSERT INTO deps (child, parent, cond, status) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            for (parent, _, on, status) in &p.edges {
-                insert.execute(params![key, parent, condition_code(*on), status.as_i64()])?;
-            }
+        // Set before the edges are: a rolled-back batch leaves it set, which only
+        // costs a look.
+        self.has_edges = Some(true);
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO deps (child, parent, cond, status) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (parent, _, on, status) in &p.edges {
+            insert.execute(params![key, parent, condition_code(*on), status.as_i64()])?;
         }
-        self.conn
-            .prepare_cached(
-                "UPDATE jobs SET deps_pending = ?2, unique_key = ?3, workflow_id = ?4, \
-                 workflow_name = ?5 WHERE seq = ?1",
-            )?
-            .execute(params![
-                key,
-                p.pending,
-                new.unique_key,
-                new.workflow_id,
-                new.workflow_name
-            ])?;
         Ok(())
     }
 
@@ -225,7 +229,10 @@ impl Writer {
         to: State,
         now: Millis,
     ) -> Result<()> {
-        if from.is_terminal() == to.is_terminal() {
+        if let Some(fresh) = self.fresh.get_mut(id) {
+            fresh.1 = to;
+        }
+        if from.is_terminal() == to.is_terminal() || !self.has_edges()? {
             return Ok(());
         }
         let settle = Settle {
@@ -270,49 +277,75 @@ impl Writer {
             }
             return Ok(());
         }
-        let edges: Vec<(i64, i64, i64)> = {
-            let met = |yes: bool| {
-                EdgeStatus::as_i64(if yes {
-                    EdgeStatus::Met
-                } else {
-                    EdgeStatus::Never
-                })
-            };
-            let mut stmt = self.conn.prepare_cached(
-                "UPDATE deps SET status = CASE cond WHEN 0 THEN ?2 WHEN 1 THEN ?3 ELSE 1 END \
-                 WHERE parent = ?1 AND status = 0 RETURNING child, status, cond",
-            )?;
-            stmt.query_map(
-                params![
-                    s.key,
-                    met(s.to == State::Completed),
-                    met(s.to == State::Failed)
-                ],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?
-            .collect::<rusqlite::Result<_>>()?
+        let met_if = |yes: bool| {
+            if yes {
+                EdgeStatus::Met
+            } else {
+                EdgeStatus::Never
+            }
         };
-        for (child, status, cond) in edges {
-            if EdgeStatus::from_i64(status) == EdgeStatus::Met {
-                let left: Option<(String, i64, String, Option<String>)> = self
+        let (met_completed, met_failed) = (
+            met_if(s.to == State::Completed),
+            met_if(s.to == State::Failed),
+        );
+        // A read and one update rather than `UPDATE ... RETURNING`, which SQLite runs
+        // through a temporary table: this is on the path of every job that ends.
+        let edges: Vec<(i64, i64)> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached("SELECT child, cond FROM deps WHERE parent = ?1 AND status = 0")?;
+            stmt.query_map([s.key], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        if edges.is_empty() {
+            return Ok(());
+        }
+        self.conn
+            .prepare_cached(
+                "UPDATE deps SET status = CASE cond WHEN 0 THEN ?2 WHEN 1 THEN ?3 ELSE 1 END \
+                 WHERE parent = ?1 AND status = 0",
+            )?
+            .execute(params![s.key, met_completed.as_i64(), met_failed.as_i64()])?;
+        for (child, cond) in edges {
+            let status = match condition_of(cond) {
+                Condition::Completed => met_completed,
+                Condition::Failed => met_failed,
+                Condition::Finished => EdgeStatus::Met,
+            };
+            if status == EdgeStatus::Met {
+                // Most edges are not a job's last: count them down without a read.
+                let counted = self
                     .conn
                     .prepare_cached(
                         "UPDATE jobs SET deps_pending = deps_pending - 1 \
-                         WHERE seq = ?1 AND state = 'awaiting' \
-                         RETURNING id, deps_pending, queue, workflow_id",
+                         WHERE seq = ?1 AND state = 'awaiting' AND deps_pending > 1",
                     )?
-                    .query_row([child], |r| {
-                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-                    })
-                    .optional()?;
-                if let Some((id, pending, queue, workflow)) = left
-                    && pending <= 0
-                    && !self.workflow_paused(workflow.as_deref())?
-                {
-                    let t = Transition::new(id, State::Queued, EventKind::Queued, s.now)
-                        .data(json!({"reason": "dependencies", "queue": queue}));
-                    self.transition(&t, Resume::No, false)?;
+                    .execute([child])?;
+                if counted > 0 {
+                    continue;
                 }
+                let last: Option<(String, String, Option<String>)> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT id, queue, workflow_id FROM jobs \
+                         WHERE seq = ?1 AND state = 'awaiting' AND deps_pending = 1",
+                    )?
+                    .query_row([child], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    .optional()?;
+                let Some((id, queue, workflow)) = last else {
+                    continue;
+                };
+                // `deps_pending` counts only while the job awaits: it is left at 1 when
+                // the job is queued (a workflow pause that holds it again resets it).
+                if self.workflow_paused(workflow.as_deref())? {
+                    self.conn
+                        .prepare_cached("UPDATE jobs SET deps_pending = 0 WHERE seq = ?1")?
+                        .execute([child])?;
+                    continue;
+                }
+                let t = Transition::new(id, State::Queued, EventKind::Queued, s.now)
+                    .data(json!({"reason": "dependencies", "queue": queue}));
+                self.transition(&t, Resume::No, false)?;
             } else {
                 let found: Option<(String, String)> = self
                     .conn
@@ -356,6 +389,18 @@ impl Writer {
             });
         self.transition(&t, Resume::No, false)?;
         Ok(())
+    }
+
+    fn has_edges(&mut self) -> Result<bool> {
+        if let Some(known) = self.has_edges {
+            return Ok(known);
+        }
+        let any: bool = self
+            .conn
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM deps)")?
+            .query_row([], |r| r.get(0))?;
+        self.has_edges = Some(any);
+        Ok(any)
     }
 
     fn workflow_paused(&mut self, id: Option<&str>) -> Result<bool> {
@@ -471,8 +516,12 @@ impl Writer {
                     return Err(illegal(format!("it is {state}")));
                 }
                 self.set_workflow_paused(id, true, now)?;
-                for (_, job, s, _, _) in &jobs {
+                for (key, job, s, _, _) in &jobs {
                     if *s == State::Queued {
+                        // Its dependencies are met: nothing to count until released.
+                        self.conn
+                            .prepare_cached("UPDATE jobs SET deps_pending = 0 WHERE seq = ?1")?
+                            .execute([key])?;
                         let t = Transition::new(job, State::Awaiting, EventKind::Awaiting, now)
                             .expect(&[State::Queued])
                             .data(json!({"reason": "workflow_paused", "workflow_id": id}));
