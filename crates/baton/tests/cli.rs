@@ -1,85 +1,13 @@
 //! A real `baton serve` process on a free loopback port, driven by the real CLI.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use support::{BIN, Server, baton, json, ok, start};
 use tempfile::TempDir;
-
-const BIN: &str = env!("CARGO_BIN_EXE_baton");
-
-struct Server {
-    child: Child,
-    url: String,
-    dir: TempDir,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start(config: Option<&str>) -> Server {
-    let dir = TempDir::new().unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(dir.path())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "sqlite://baton.db",
-        ])
-        .env_remove("BATON_SERVER")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    if let Some(text) = config {
-        std::fs::write(dir.path().join("baton.toml"), text).unwrap();
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    out.read_line(&mut line).unwrap();
-    // Keep reading, as a terminal would, so the server can go on printing.
-    std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no URL in {line:?}"))
-        .to_owned();
-    Server { child, url, dir }
-}
-
-fn baton(server: &Server, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .current_dir(server.dir.path())
-        .arg("--server")
-        .arg(&server.url)
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn json(server: &Server, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    serde_json::from_str(&ok(&baton(server, &all))).unwrap()
-}
 
 fn wait_for_state(server: &Server, id: &str, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
