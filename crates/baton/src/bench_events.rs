@@ -50,16 +50,13 @@ pub async fn run(
         .await
     });
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<Duration>>();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Result<Vec<Duration>>>();
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     for _ in 0..subscribers {
         let tx = tx.clone();
         let ready = ready_tx.clone();
         tokio::spawn(async move {
-            let latencies = subscribe(addr, events, base, ready)
-                .await
-                .unwrap_or_default();
-            let _ = tx.send(latencies);
+            let _ = tx.send(subscribe(addr, events, base, ready).await);
         });
     }
     drop(tx);
@@ -80,17 +77,24 @@ pub async fn run(
     engine.wait(&job.job.id).await?;
     let mut all = Vec::with_capacity(subscribers * events);
     let mut complete = 0;
+    let mut failure = None;
     while let Ok(Some(l)) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
-        if l.len() == events {
-            complete += 1;
+        match l {
+            Ok(l) => {
+                if l.len() == events {
+                    complete += 1;
+                }
+                all.extend(l);
+            }
+            Err(e) => failure = Some(e),
         }
-        all.extend(l);
     }
     stop.cancel();
     let _ = server.await;
     engine.shutdown(Duration::from_secs(5)).await;
     if complete < subscribers {
-        bail!("only {complete} of {subscribers} subscribers received all {events} events");
+        let why = failure.map_or(String::new(), |e| format!(" (a subscriber failed: {e:#})"));
+        bail!("only {complete} of {subscribers} subscribers received all {events} events{why}");
     }
     all.sort();
     let pct = |p: f64| {

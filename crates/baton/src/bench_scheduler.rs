@@ -9,7 +9,7 @@
 //! published once the fire's write (the job, the history, the schedule's next run) is
 //! durable. Then the firing schedules are paused, every schedule's next run is hours
 //! away, and the engine's CPU time (from `/proc/self/stat`) is measured over an idle
-//! window.
+//! window; a figure that cannot be read fails the bench.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,6 +20,8 @@ use baton_store::SqliteStore;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
+use crate::bench_proc;
+
 pub struct Settings {
     pub schedules: usize,
     pub firing: usize,
@@ -29,9 +31,6 @@ pub struct Settings {
     /// Schedules created at once (group commit batches them).
     pub concurrency: usize,
 }
-
-/// Linux reports CPU times in clock ticks of USER_HZ, which is 100.
-const TICKS_PER_S: f64 = 100.0;
 
 pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Value> {
     if s.schedules == 0 || s.firing == 0 || s.rounds == 0 || s.concurrency == 0 {
@@ -116,11 +115,18 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
         if e.kind != EventKind::ScheduleFired {
             continue;
         }
+        // Only this run's schedules count (a reused --db may hold others).
+        if !e.data["schedule_id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("firing-"))
+        {
+            continue;
+        }
         let Some(at) = e.data["scheduled_for"]
             .as_str()
             .and_then(baton_core::time::parse_rfc3339)
         else {
-            continue;
+            bail!("a fire has no scheduled time: {}", e.data);
         };
         if e.data["action"] != "created" {
             bail!("a fire did not submit its job: {}", e.data);
@@ -133,17 +139,11 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
         engine.pause_schedule(&format!("firing-{i:06}")).await?;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let pid = std::process::id();
-    let ticks = || {
-        baton_engine::proc_stat(pid)
-            .map(|p| p.cpu_ticks)
-            .unwrap_or(0)
-    };
-    let (t0, c0) = (Instant::now(), ticks());
+    let (t0, c0) = (Instant::now(), bench_proc::cpu_ticks()?);
     tokio::time::sleep(s.idle).await;
-    let (wall, cpu) = (t0.elapsed(), ticks() - c0);
-    let idle_cpu_pct = cpu as f64 / TICKS_PER_S / wall.as_secs_f64() * 100.0;
-    let rss_mb = rss_mb();
+    let (wall, cpu) = (t0.elapsed(), bench_proc::cpu_ticks()? - c0);
+    let idle_cpu_pct = cpu as f64 / bench_proc::TICKS_PER_S / wall.as_secs_f64() * 100.0;
+    let rss_mb = bench_proc::rss_mb()?;
     engine.shutdown(Duration::from_secs(5)).await;
 
     late_us.sort_unstable();
@@ -162,19 +162,9 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
         "create_per_s": (far as f64 / created.as_secs_f64().max(1e-9)).round(),
         "lateness_p50_ms": pct(0.50),
         "lateness_p99_ms": pct(0.99),
-        "lateness_max_ms": late_us.last().copied().unwrap_or(0) as f64 / 1000.0,
+        "lateness_max_ms": pct(1.0),
         "idle_window_ms": wall.as_millis() as u64,
         "idle_cpu_pct": (idle_cpu_pct * 1000.0).round() / 1000.0,
         "rss_mb": rss_mb,
     }))
-}
-
-/// The process's resident memory, from `/proc/self/status`.
-fn rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| (kb / 1024.0 * 10.0).round() / 10.0)
 }
