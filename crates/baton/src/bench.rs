@@ -106,6 +106,32 @@ enum Bench {
         #[arg(long, default_value_t = 256)]
         concurrency: usize,
     },
+    /// Sustained load on a real `baton serve` child: 100 SSE clients, a mix of command,
+    /// pipeline and workflow jobs at 70 % of the measured capacity; fails unless every
+    /// client received every event, memory stayed flat and the queue did not grow.
+    Soak {
+        /// How long the load lasts (after the capacity probe).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        duration: Duration,
+        /// Jobs per second to submit (default: --load-pct of the measured capacity).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// The share of the measured capacity to submit, in percent.
+        #[arg(long, default_value_t = 70.0)]
+        load_pct: f64,
+        /// How long the capacity is measured for (flat out, before the soak).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        probe: Duration,
+        /// Connected SSE clients of `/api/events`.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Threads submitting over HTTP.
+        #[arg(long, default_value_t = 16)]
+        submitters: usize,
+        /// The most the server's resident memory may grow during the soak, in MB.
+        #[arg(long, default_value_t = 64.0)]
+        max_growth_mb: f64,
+    },
     /// Submit-to-start latency on an idle engine.
     Latency {
         #[arg(long, default_value_t = 2_000)]
@@ -150,10 +176,41 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    if let Bench::Soak {
+        duration,
+        rate,
+        load_pct,
+        probe,
+        clients,
+        submitters,
+        max_growth_mb,
+    } = args.bench
+    {
+        let settings = crate::bench_soak::Settings {
+            duration,
+            rate,
+            load_pct,
+            probe,
+            clients,
+            submitters,
+            max_growth_mb,
+        };
+        let report = crate::bench_soak::run(db, dir.path(), args.durability, settings).await?;
+        if args.json {
+            println!("{report}");
+        } else {
+            print_summary(&report);
+        }
+        let failures = crate::bench_soak::failures(&report);
+        if !failures.is_empty() {
+            bail!("the soak failed: {}", failures.join("; "));
+        }
+        return Ok(());
+    }
     let store = SqliteStore::open(SqliteOptions::new(&db).durability(args.durability))
         .with_context(|| format!("cannot open {}", db.display()))?;
     let report = match args.bench {
-        Bench::Events { .. } => unreachable!("handled above"),
+        Bench::Events { .. } | Bench::Soak { .. } => unreachable!("handled above"),
         Bench::Throughput {
             jobs,
             workers,

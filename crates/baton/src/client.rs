@@ -39,6 +39,7 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: Option<String>,

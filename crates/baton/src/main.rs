@@ -4,6 +4,7 @@ mod bench;
 mod bench_events;
 mod bench_proc;
 mod bench_scheduler;
+mod bench_soak;
 mod bench_workflow;
 mod client;
 mod config;

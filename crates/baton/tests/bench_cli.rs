@@ -1,0 +1,80 @@
+//! `baton bench` as a user runs it: the real binary, real files, real HTTP.
+
+mod support;
+
+use std::process::Command;
+
+use serde_json::Value;
+use support::BIN;
+
+fn bench(args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .env_remove("BATON_SERVER")
+        .output()
+        .unwrap()
+}
+
+/// A short soak: a child `baton serve`, SSE clients, the mixed load, and the check
+/// that every client received every stored event.
+#[test]
+fn a_short_soak_delivers_every_event_to_every_client() {
+    let out = bench(&[
+        "soak",
+        "--duration",
+        "4s",
+        "--probe",
+        "3s",
+        "--clients",
+        "8",
+        "--submitters",
+        "4",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["bench"], "soak");
+    assert_eq!(r["clients"], 8);
+    assert_eq!(r["clients_complete"], 8);
+    assert_eq!(r["missing_events"], 0);
+    assert_eq!(r["duplicate_events"], 0);
+    assert_eq!(r["failed"], 0);
+    let events = r["events"].as_u64().unwrap();
+    assert!(events > 100, "{r}");
+    assert!(r["deliveries"].as_u64().unwrap() >= events * 8, "{r}");
+    assert!(r["completed"].as_u64().unwrap() > 0, "{r}");
+    assert!(r["capacity_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    for key in ["rss_start_mb", "rss_end_mb", "rss_max_mb"] {
+        assert!(r[key].as_f64().unwrap() > 1.0, "{key}: {r}");
+    }
+}
+
+#[test]
+fn a_soak_refuses_settings_it_cannot_run() {
+    let check = |args: &[&str], expected: &str| {
+        let out = bench(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    };
+    check(
+        &["soak", "--clients", "0"],
+        "--clients and --submitters must be at least 1",
+    );
+    check(
+        &["soak", "--load-pct", "150"],
+        "--load-pct must be above 0 and at most 100, not 150",
+    );
+    check(&["soak", "--rate", "0"], "--rate must be above 0");
+    check(
+        &["soak", "--duration", "0s"],
+        "--duration must be at least 1s",
+    );
+}
