@@ -1,7 +1,7 @@
 //! The CLI as a client of `baton serve`: the same JSON shapes as the API, human
 //! tables by default and `--json` for scripts.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -339,11 +339,19 @@ pub fn print_event(e: &Event) {
     );
 }
 
-/// Waits for a job, drawing a progress bar on stderr from its live events.
+/// Whether to draw progress bars (escape codes on stderr): only when both stdout and
+/// stderr are terminals, so that `baton wait ID | cat` or a script's capture gets
+/// plain text.
+pub fn draws_bars() -> bool {
+    std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Waits for a job, drawing a progress bar on stderr from its live events when it
+/// runs on a terminal.
 pub fn wait(client: &Client, id: &str, timeout: Option<Duration>, quiet: bool) -> Result<u8> {
     let path = format!("/api/jobs/{id}/events");
     let mut last_line = String::new();
-    let draw = !quiet && !client.json;
+    let draw = !quiet && !client.json && draws_bars();
     let result = client.follow_for(&path, timeout, |e| {
         if draw
             && let Some(line) = progress_line(&e)

@@ -36,6 +36,7 @@ pub async fn run(spec: JobSpec, json: bool) -> Result<u8> {
         );
     }
     let mut drawn = false;
+    let bars = client::draws_bars();
     loop {
         let Some(e) = events.next().await else { break };
         if e.job_id.as_deref() != Some(id.as_str()) {
@@ -48,7 +49,7 @@ pub async fn run(spec: JobSpec, json: bool) -> Result<u8> {
                     drawn = false;
                 }
                 println!("{}", e.data["line"].as_str().unwrap_or(""));
-            } else if let Some(line) = client::progress_line(&e) {
+            } else if bars && let Some(line) = client::progress_line(&e) {
                 eprint!("\r\x1b[2K{line}");
                 let _ = std::io::stderr().flush();
                 drawn = true;

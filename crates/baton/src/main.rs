@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use baton_api::{Job, JobList, QueueList, ServerList, Stats, StatusRequest};
+use baton_api::{Job, JobList, ServerList, Stats, StatusRequest};
 use clap::{Parser, Subcommand};
 use serde_json::Value;
 use tracing_subscriber::EnvFilter;
@@ -166,30 +166,25 @@ enum Command {
         cursor: Option<String>,
     },
     /// Show one job.
-    Show {
-        id: String,
-    },
+    Show { id: String },
     /// Wait for a job to finish (exit 0 completed, 1 failed, 2 cancelled, 124 timeout).
     Wait {
         id: String,
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<std::time::Duration>,
     },
-    Pause {
-        id: String,
-    },
-    Resume {
-        id: String,
-    },
+    /// Pause a job (a handler at its next pause point; a command gets SIGSTOP).
+    Pause { id: String },
+    /// Resume a paused job.
+    Resume { id: String },
     /// Stop a running job (SIGTERM, then SIGKILL after its grace; --force at once).
     Stop {
         id: String,
         #[arg(long)]
         force: bool,
     },
-    Cancel {
-        id: String,
-    },
+    /// Cancel a job that has not ended (a running one is stopped gracefully).
+    Cancel { id: String },
     /// Run a finished job again.
     Retry {
         id: String,
@@ -197,14 +192,18 @@ enum Command {
         from_checkpoint: bool,
     },
     /// Delete a job.
-    Rm {
-        id: String,
-    },
-    /// Print events; -f follows live ones.
+    Rm { id: String },
+    /// A job's events (`baton events ID`); -f follows them live, or every job's
+    /// without an ID.
     Events {
+        /// The job (the same as --job).
+        #[arg(value_name = "ID", conflicts_with = "job")]
+        id: Option<String>,
+        /// Keep printing events as they happen.
         #[arg(short, long)]
         follow: bool,
-        #[arg(long)]
+        /// The job.
+        #[arg(long, value_name = "ID")]
         job: Option<String>,
         /// Start after this global event id.
         #[arg(long)]
@@ -214,12 +213,8 @@ enum Command {
     Stats,
     /// Servers with their heartbeats.
     Servers,
-    /// Queues with their counts.
-    Queues,
     /// Batch status of several jobs.
-    Status {
-        ids: Vec<String>,
-    },
+    Status { ids: Vec<String> },
     /// Tokens for `[auth]` in baton.toml.
     Token {
         #[command(subcommand)]
@@ -230,33 +225,32 @@ enum Command {
         #[command(subcommand)]
         command: workflow_cli::WorkflowCommand,
     },
-    /// Queues: list, pause, resume.
+    /// Queues: list (the default), pause, resume.
+    #[command(visible_alias = "queues")]
     Queue {
         #[command(subcommand)]
-        command: workflow_cli::QueueCommand,
+        command: Option<workflow_cli::QueueCommand>,
     },
     /// Schedules: list, show, add, rm, pause, resume, trigger, history.
     Schedule {
         #[command(subcommand)]
         command: schedule::ScheduleCommand,
     },
-    /// Measure the engine (DESIGN.md section 10).
+    /// Measure the engine: throughput, latency, commands, events, workflow, scheduler,
+    /// soak.
     Bench(bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
 enum PipelineCommand {
+    /// List the stored pipelines with their steps.
     Ls,
-    Show {
-        id: String,
-    },
+    /// Show one pipeline's definition.
+    Show { id: String },
     /// Store a definition from a TOML or JSON file (its id, or the file name).
-    Put {
-        file: PathBuf,
-    },
-    Rm {
-        id: String,
-    },
+    Put { file: PathBuf },
+    /// Delete a stored pipeline.
+    Rm { id: String },
 }
 
 #[derive(Subcommand)]
@@ -389,7 +383,10 @@ fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Workflow { command } => workflow_cli::workflow(&client()?, command),
-        Command::Queue { command } => workflow_cli::queue(&client()?, command),
+        Command::Queue { command } => workflow_cli::queue(
+            &client()?,
+            command.unwrap_or(workflow_cli::QueueCommand::Ls),
+        ),
         Command::Schedule { command } => schedule::run(&client()?, command),
         Command::Bench(args) => {
             runtime()?.block_on(bench::run(args))?;
@@ -619,10 +616,18 @@ fn run(cli: Cli) -> Result<u8> {
             report(&c, &job);
             Ok(exit::OK)
         }
-        Command::Events { follow, job, after } => {
+        Command::Events {
+            id,
+            follow,
+            job,
+            after,
+        } => {
             let c = client()?;
+            let job = id.or(job);
             if !follow {
-                let id = job.ok_or_else(|| anyhow::anyhow!("events without -f need --job ID"))?;
+                let id = job.ok_or_else(|| {
+                    anyhow::anyhow!("events without -f need a job: baton events ID")
+                })?;
                 let list: baton_api::EventList = c.call(
                     "GET",
                     &format!(
@@ -660,7 +665,6 @@ fn run(cli: Cli) -> Result<u8> {
         }
         Command::Stats => show::<Stats>(&client()?, "/api/stats", client::print_stats),
         Command::Servers => show::<ServerList>(&client()?, "/api/servers", client::print_servers),
-        Command::Queues => show::<QueueList>(&client()?, "/api/queues", client::print_queues),
         Command::Status { ids } => {
             let c = client()?;
             let body = serde_json::to_value(StatusRequest { ids })?;

@@ -22,25 +22,19 @@ pub enum WorkflowCommand {
         wait: bool,
     },
     /// Its jobs with their states and dependencies.
-    Show {
-        id: String,
-    },
+    Show { id: String },
     /// Pause it: running jobs pause, nothing new starts.
-    Pause {
-        id: String,
-    },
-    Resume {
-        id: String,
-    },
+    Pause { id: String },
+    /// Resume it: jobs whose dependencies are met are queued, paused jobs resume.
+    Resume { id: String },
     /// Run its failed and cancelled jobs again.
     Retry {
         id: String,
         #[arg(long)]
         from_checkpoint: bool,
     },
-    Cancel {
-        id: String,
-    },
+    /// Cancel it: waiting jobs at once, running ones stopped gracefully.
+    Cancel { id: String },
 }
 
 #[derive(Subcommand)]
@@ -48,12 +42,9 @@ pub enum QueueCommand {
     /// Queues with their counts and whether they are paused.
     Ls,
     /// Start no new jobs from this queue (running ones go on); kept across restarts.
-    Pause {
-        name: String,
-    },
-    Resume {
-        name: String,
-    },
+    Pause { name: String },
+    /// Start jobs from this queue again.
+    Resume { name: String },
 }
 
 pub fn workflow(c: &Client, command: WorkflowCommand) -> Result<u8> {

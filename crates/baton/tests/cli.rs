@@ -275,3 +275,155 @@ fn workflows_and_queues_from_the_cli() {
     assert_eq!(again.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&again.stderr).contains("unique key \"k\""));
 }
+
+/// A job that reports progress and a step, so that a terminal would get a bar.
+fn progress_job(server: &Server) -> String {
+    let script = "echo ::progress 0.25 quarter; sleep 0.3; echo ::step second; echo ::progress 0.75; sleep 0.3";
+    ok(&baton(server, &["submit", "--", "sh", "-c", script]))
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn wait_off_a_terminal_prints_no_escape_codes() {
+    let server = start(None);
+    // Output captured by pipes, as in `baton wait ID | cat`.
+    let id = progress_job(&server);
+    let waited = baton(&server, &["wait", &id]);
+    let stdout = ok(&waited);
+    let stderr = String::from_utf8_lossy(&waited.stderr);
+    assert!(stdout.contains("completed"), "{stdout}");
+    assert!(
+        !stdout.contains('\x1b') && !stderr.contains('\x1b'),
+        "stdout: {stdout:?}\nstderr: {stderr:?}"
+    );
+    let submitted = baton(
+        &server,
+        &[
+            "submit",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            "echo ::progress 0.5; sleep 0.3",
+        ],
+    );
+    let stdout = ok(&submitted);
+    let stderr = String::from_utf8_lossy(&submitted.stderr);
+    assert!(
+        !stdout.contains('\x1b') && !stderr.contains('\x1b'),
+        "stdout: {stdout:?}\nstderr: {stderr:?}"
+    );
+}
+
+#[test]
+fn wait_on_a_terminal_draws_the_bar() {
+    let server = start(None);
+    let id = progress_job(&server);
+    // `script` runs the command on a pseudo-terminal and copies what it draws.
+    let line = format!("{BIN} --server {} wait {id}", server.url);
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("BATON_SERVER")
+        .output()
+        .expect("script (util-linux) runs a command on a pseudo-terminal");
+    let drawn = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{drawn}");
+    assert!(
+        drawn.contains("\x1b[2K") && drawn.contains("75%"),
+        "{drawn:?}"
+    );
+}
+
+#[test]
+fn events_takes_the_job_as_an_argument() {
+    let server = start(None);
+    let id = ok(&baton(&server, &["submit", "--wait", "--", "true"]))
+        .lines()
+        .find_map(|l| l.strip_prefix("id").map(|v| v.trim().to_owned()))
+        .unwrap();
+    let by_arg = ok(&baton(&server, &["events", &id]));
+    assert!(
+        by_arg.contains("job.submitted") && by_arg.contains("job.completed"),
+        "{by_arg}"
+    );
+    assert_eq!(by_arg, ok(&baton(&server, &["events", "--job", &id])));
+    let both = baton(&server, &["events", &id, "--job", &id]);
+    assert_eq!(
+        both.status.code(),
+        Some(2),
+        "clap refuses a job given twice"
+    );
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+    let none = baton(&server, &["events"]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&none.stderr)
+            .contains("events without -f need a job: baton events ID")
+    );
+}
+
+#[test]
+fn queues_and_queue_ls_are_one_command() {
+    let server = start(None);
+    let ls = ok(&baton(&server, &["queue", "ls"]));
+    assert!(ls.contains("QUEUE") && ls.contains("default"), "{ls}");
+    assert_eq!(ok(&baton(&server, &["queues"])), ls);
+    assert_eq!(ok(&baton(&server, &["queue"])), ls);
+    assert_eq!(json(&server, &["queues"]), json(&server, &["queue", "ls"]));
+}
+
+/// The subcommands a help page lists, each with its help line (empty when it has none).
+fn listed(help: &str) -> Vec<(String, String)> {
+    help.lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            let l = l.trim();
+            let (name, text) = l.split_once(' ').unwrap_or((l, ""));
+            (name.to_owned(), text.trim().to_owned())
+        })
+        .filter(|(name, _)| name != "help")
+        .collect()
+}
+
+#[test]
+fn help_gives_every_subcommand_a_line_and_names_no_design_document() {
+    let help = |path: &[String]| {
+        let out = Command::new(BIN).args(path).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{path:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let top = Command::new(BIN).arg("help").output().unwrap();
+    let top = String::from_utf8_lossy(&top.stdout).into_owned();
+    let names: Vec<String> = listed(&top).into_iter().map(|(n, _)| n).collect();
+    for expected in ["pause", "resume", "cancel", "events", "queue", "bench"] {
+        assert!(names.iter().any(|n| n == expected), "{expected}: {top}");
+    }
+    assert!(
+        !names.iter().any(|n| n == "queues"),
+        "an alias, not a second command: {top}"
+    );
+    let mut pages = vec![(Vec::<String>::new(), top)];
+    let mut seen = 0;
+    while let Some((path, page)) = pages.pop() {
+        seen += 1;
+        assert!(
+            !page.contains("DESIGN"),
+            "{path:?} names a design document:\n{page}"
+        );
+        for (name, text) in listed(&page) {
+            assert!(
+                !text.is_empty(),
+                "`baton {} {name}` has no help line",
+                path.join(" ")
+            );
+            let mut sub = path.clone();
+            sub.push(name);
+            let page = help(&sub);
+            pages.push((sub, page));
+        }
+    }
+    assert!(seen > 40, "only {seen} help pages");
+}
