@@ -207,6 +207,8 @@ pub async fn run(
         "rss_max_mb": load.rss_max,
         "rss_growth_mb": (growth * 10.0).round() / 10.0,
         "rss_growth_bound_mb": s.max_growth_mb,
+        "rss_trend_mb": load.trend.iter().map(|t| t.0).collect::<Vec<_>>(),
+        "queued_trend": load.trend.iter().map(|t| t.1).collect::<Vec<_>>(),
         "queued_start": load.queued_start,
         "queued_end": load.queued_end,
         "queued_max": load.queued_max,
@@ -422,6 +424,8 @@ struct Load {
 }
 
 struct Loaded {
+    /// The server's RSS and the queued jobs at 0 %, 10 %, ... 100 % of the soak.
+    trend: Vec<(f64, u64)>,
     capacity: Option<f64>,
     rate: f64,
     submitted: u64,
@@ -614,6 +618,7 @@ fn load(api: &Client, pid: u32, s: Load) -> Result<Loaded> {
     let mut next = began;
     let mut rss_end = rss_soak_start;
     let mut queued_end = queued_start;
+    let mut samples = vec![(rss_soak_start, queued_start)];
     while began.elapsed() < s.duration {
         next += Duration::from_secs(1);
         let now = Instant::now();
@@ -627,12 +632,18 @@ fn load(api: &Client, pid: u32, s: Load) -> Result<Loaded> {
         queued_max = queued_max.max(c.queued);
         rss_end = rss;
         queued_end = c.queued;
+        samples.push((rss, c.queued));
     }
     let submitted = subs.finish()?;
     let ended_at = Instant::now();
     let after = drain(api)?;
     let drain_took = ended_at.elapsed();
+    // Eleven points from the start to the end, for the trend.
+    let trend: Vec<(f64, u64)> = (0..=10)
+        .map(|i| samples[i * (samples.len() - 1) / 10])
+        .collect();
     Ok(Loaded {
+        trend,
         capacity,
         rate,
         submitted,
@@ -696,7 +707,7 @@ impl IdSet {
     fn keep_below(&mut self, n: u64) {
         let words = n.div_ceil(64) as usize;
         self.bits.truncate(words);
-        if n % 64 != 0
+        if !n.is_multiple_of(64)
             && let Some(w) = self.bits.get_mut(words - 1)
         {
             *w &= (1u64 << (n % 64)) - 1;
