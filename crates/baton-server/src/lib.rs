@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod events;
 mod jobs;
+mod json;
 mod meta;
 mod resources;
 mod schedules;
