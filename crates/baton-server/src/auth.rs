@@ -143,9 +143,9 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
                     .or_else(|| v.strip_prefix("bearer "))
             })
             .map(str::trim)
-            // Browsers cannot set headers on EventSource or WebSocket: a query token.
             .map(str::to_owned)
-            .or_else(|| query_token(req.uri().query()));
+            // Browsers cannot set headers on EventSource or WebSocket: a query token.
+            .or_else(|| req.extensions().get::<QueryToken>().map(|t| t.0.clone()));
         let Some(token) = token else {
             return unauthorized("missing bearer token: send Authorization: Bearer <token>");
         };
@@ -203,11 +203,81 @@ fn unauthorized(message: &str) -> Response {
     response
 }
 
-fn query_token(query: Option<&str>) -> Option<String> {
-    query?
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("token="))
-        .map(str::to_owned)
+/// The `?token=` of a request, taken out of its query.
+#[derive(Clone)]
+struct QueryToken(String);
+
+/// The outermost layer: moves `token` out of the query string (into [`QueryToken`])
+/// before anything else sees the request, so that every endpoint takes `?token=`
+/// whatever its own query rules, and no log line, metric or handler can see it.
+pub async fn take_query_token(mut req: Request, next: Next) -> Response {
+    if let Some((token, rest)) = split_token(req.uri().query()) {
+        let mut parts = req.uri().clone().into_parts();
+        let path = req.uri().path();
+        let path_and_query = if rest.is_empty() {
+            path.to_owned()
+        } else {
+            format!("{path}?{rest}")
+        };
+        match path_and_query.parse() {
+            Ok(pq) => parts.path_and_query = Some(pq),
+            Err(_) => return ApiError::bad_request("invalid query string").into_response(),
+        }
+        match axum::http::Uri::from_parts(parts) {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return ApiError::bad_request("invalid query string").into_response(),
+        }
+        if let Some(token) = token {
+            req.extensions_mut().insert(QueryToken(token));
+        }
+    }
+    next.run(req).await
+}
+
+/// Splits a query into its (last non-empty, decoded) `token` and the rest, in order;
+/// `None` when it has no `token`.
+fn split_token(query: Option<&str>) -> Option<(Option<String>, String)> {
+    let query = query?;
+    let is_token = |pair: &str| pair == "token" || pair.starts_with("token=");
+    if !query.split('&').any(is_token) {
+        return None;
+    }
+    let mut token = None;
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        if is_token(pair) {
+            let value = percent_decode(pair.strip_prefix("token=").unwrap_or(""));
+            if !value.is_empty() {
+                token = Some(value);
+            }
+        } else {
+            rest.push(pair);
+        }
+    }
+    Some((token, rest.join("&")))
+}
+
+/// Decodes `application/x-www-form-urlencoded` text (`+` is a space, `%XX` a byte).
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len()
+                && bytes[i + 1].is_ascii_hexdigit()
+                && bytes[i + 2].is_ascii_hexdigit() =>
+            {
+                let hex = |b: u8| (b as char).to_digit(16).unwrap_or(0) as u8;
+                out.push(hex(bytes[i + 1]) << 4 | hex(bytes[i + 2]));
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[derive(Deserialize)]
@@ -286,6 +356,26 @@ mod tests {
         tampered.insert(good.find('.').unwrap() + 2, 'x');
         assert!(verify_jwt(&tampered, secret).is_none(), "tampered");
         assert!(verify_jwt("a.b", secret).is_none());
+    }
+
+    #[test]
+    fn the_query_token_is_taken_out_of_the_query() {
+        let split = |q: &str| split_token(Some(q));
+        assert_eq!(split("state=queued&limit=2"), None);
+        assert_eq!(split("tokens=1"), None);
+        assert_eq!(
+            split("token=abc"),
+            Some((Some("abc".to_owned()), String::new()))
+        );
+        assert_eq!(
+            split("state=queued&token=a%2Bb%3D+c&limit=2"),
+            Some((Some("a+b= c".to_owned()), "state=queued&limit=2".to_owned()))
+        );
+        assert_eq!(
+            split("token=&after=3&token"),
+            Some((None, "after=3".to_owned()))
+        );
+        assert_eq!(percent_decode("%zz%4"), "%zz%4");
     }
 
     #[test]

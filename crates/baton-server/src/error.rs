@@ -49,7 +49,16 @@ impl From<baton_engine::Error> for ApiError {
             ErrorCode::IllegalTransition => (StatusCode::CONFLICT, "illegal_transition"),
             ErrorCode::StaleFence => (StatusCode::CONFLICT, "stale_fence"),
             ErrorCode::Conflict => (StatusCode::CONFLICT, "conflict"),
-            ErrorCode::Locked => (StatusCode::SERVICE_UNAVAILABLE, "store_locked"),
+            ErrorCode::Locked => {
+                // Where the store lives and who holds it is for the operator, not for
+                // whoever asked (auth may not have run yet).
+                tracing::warn!(error = %e, "the store is locked by another engine");
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_locked",
+                    "the store is locked by another Baton engine",
+                );
+            }
             ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ErrorCode::InvalidConfig | ErrorCode::Internal => {
                 // The details go to the log, not to the client.
@@ -107,3 +116,24 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_locked_store_names_neither_its_path_nor_its_holder() {
+        let locked = baton_engine::Error::Store(baton_store::Error::Locked {
+            path: "/srv/secret/baton.db".into(),
+            holder: "pid 4242 on build-7".into(),
+        });
+        let e = ApiError::from(locked);
+        assert_eq!(e.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(e.code, "store_locked");
+        assert_eq!(e.message, "the store is locked by another Baton engine");
+        let body = format!("{:?}", e);
+        for secret in ["/srv/secret", "baton.db", "4242", "build-7"] {
+            assert!(!body.contains(secret), "{secret} leaked: {body}");
+        }
+    }
+}

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use baton_api::{CheckpointList, JobList, StatusRequest, StatusResponse};
@@ -14,19 +14,14 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-
-/// A JSON body whose rejections speak the API's error model.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
+pub use crate::json::ApiJson;
 
 /// A query string whose rejections speak the API's error model.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
-// The derives above name these conversions.
-const _: fn(JsonRejection) -> ApiError = ApiError::from;
+// The derive above names this conversion.
 const _: fn(QueryRejection) -> ApiError = ApiError::from;
 
 /// Checks a job id from the path before it reaches the store.

@@ -5,6 +5,7 @@ mod auth;
 mod error;
 mod events;
 mod jobs;
+mod json;
 mod meta;
 mod resources;
 mod schedules;
@@ -153,10 +154,11 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         ))
         .layer(DefaultBodyLimit::max(options.body_limit))
         .with_state(state);
-    match cors_layer(&options.cors_origins) {
+    let api = match cors_layer(&options.cors_origins) {
         Some(cors) => api.layer(cors),
         None => api,
-    }
+    };
+    api.layer(axum::middleware::from_fn(auth::take_query_token))
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {

@@ -56,7 +56,11 @@ async fn session(s: AppState, caller: Caller, mut socket: WebSocket) {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(_)) => continue,
                 };
-                let reply = match serde_json::from_str::<WsRequest>(&text) {
+                let parsed = match crate::json::find_duplicate_key(text.as_bytes()) {
+                    Some(duplicate) => Err(duplicate),
+                    None => serde_json::from_str::<WsRequest>(&text).map_err(|e| e.to_string()),
+                };
+                let reply = match parsed {
                     Err(e) => WsMessage::Error {
                         error: ErrorDetail {
                             code: "bad_request".into(),

@@ -979,3 +979,88 @@ async fn cors_allows_the_configured_origins_only() {
         .await;
     assert!(headers.get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn a_repeated_key_in_any_body_is_refused_with_400_naming_it() {
+    let h = harness().await;
+    let cases: [(Method, &str, &str, &str); 8] = [
+        (
+            Method::POST,
+            "/api/jobs",
+            r#"{"kind": "echo", "kind": "fail"}"#,
+            r#"duplicate key "kind" at the top level"#,
+        ),
+        (
+            Method::POST,
+            "/api/jobs",
+            r#"{"kind": "echo", "payload": {"rows": [{"n": 1, "n": 2}]}}"#,
+            r#"duplicate key "n" at payload.rows[0]"#,
+        ),
+        (
+            Method::POST,
+            "/api/workflows",
+            r#"{"id": "twice", "jobs": {"a": {"kind": "echo"}, "a": {"kind": "fail"}}}"#,
+            r#"duplicate key "a" at jobs"#,
+        ),
+        (
+            Method::POST,
+            "/api/schedules",
+            r#"{"id": "s", "job": {"kind": "echo", "labels": {"t": "x", "t": "y"}},
+                "trigger": {"type": "cron", "expr": "0 2 * * *"}}"#,
+            r#"duplicate key "t" at job.labels"#,
+        ),
+        (
+            Method::PUT,
+            "/api/schedules/s",
+            r#"{"job": {"kind": "echo"}, "trigger": {"type": "cron", "expr": "0 2 * * *", "expr": "0 3 * * *"}}"#,
+            r#"duplicate key "expr" at trigger"#,
+        ),
+        (
+            Method::PUT,
+            "/api/pipelines/p",
+            r#"{"steps": [{"name": "a", "command": ["true"], "name": "b"}]}"#,
+            r#"duplicate key "name" at steps[0]"#,
+        ),
+        (
+            Method::POST,
+            "/api/jobs/status",
+            r#"{"ids": ["x"], "ids": ["y"]}"#,
+            r#"duplicate key "ids" at the top level"#,
+        ),
+        // An escaped key is the same key.
+        (
+            Method::POST,
+            "/api/jobs",
+            r#"{"kind": "echo", "labels": {"team": "a", "te\u0061m": "b"}}"#,
+            r#"duplicate key "team" at labels"#,
+        ),
+    ];
+    for (method, uri, body, want) in cases {
+        let (status, out) = h.raw(method.clone(), uri, Some(body.into()), &[]).await;
+        let out: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {out}");
+        assert_eq!(out["error"]["code"], "bad_request", "{out}");
+        assert_eq!(out["error"]["message"], want, "{method} {uri}");
+    }
+    // Nothing was stored: no workflow, no job, no schedule, no pipeline.
+    let (status, _) = h.call(Method::GET, "/api/workflows/twice", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, jobs) = h.call(Method::GET, "/api/jobs", None).await;
+    assert_eq!(jobs["jobs"], json!([]), "{jobs}");
+    let (status, _) = h.call(Method::GET, "/api/schedules/s", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = h.call(Method::GET, "/api/pipelines/p", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The same workflow without the repeat is taken.
+    let (status, out) = h
+        .raw(
+            Method::POST,
+            "/api/workflows",
+            Some(
+                r#"{"id": "twice", "jobs": {"a": {"kind": "echo"}, "b": {"kind": "echo"}}}"#.into(),
+            ),
+            &[],
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{out}");
+}

@@ -321,4 +321,19 @@ async fn websocket_subscribes_resumes_and_controls() {
         }
         other => panic!("{other:?}"),
     }
+    // A repeated key is refused, not read as its last value: the job stays running.
+    let twice = format!(
+        r#"{{"op": "control", "id": "c9", "action": "pause", "job": "{id}", "job": "nope"}}"#
+    );
+    ws.send(Message::Text(twice.into())).await.unwrap();
+    match recv(&mut ws).await {
+        WsMessage::Error { error } => {
+            assert_eq!(error.code, "bad_request");
+            assert_eq!(
+                error.message,
+                r#"invalid message: duplicate key "job" at the top level"#
+            );
+        }
+        other => panic!("{other:?}"),
+    }
 }
