@@ -124,6 +124,11 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     Some(Role::Operator)
 }
 
+/// Whether the submit rate limit applies to a request (it creates jobs).
+pub fn rate_limited(method: &Method, path: &str) -> bool {
+    *method == Method::POST && matches!(path, "/api/jobs" | "/api/workflows")
+}
+
 pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
     let auth = &s.auth;
     let required = required_role(req.method(), req.uri().path());
@@ -165,8 +170,7 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
         }
     }
     if let Some(limiter) = &auth.limiter
-        && req.method() == Method::POST
-        && matches!(req.uri().path(), "/api/jobs" | "/api/workflows")
+        && rate_limited(req.method(), req.uri().path())
     {
         let key = if auth.config.enabled() {
             caller.name.clone()

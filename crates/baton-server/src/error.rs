@@ -2,7 +2,7 @@
 //! `{"error": {"code", "message"}}` with its status, decided here and nowhere else.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use baton_api::{ErrorBody, ErrorDetail};
@@ -99,6 +99,20 @@ impl From<JsonRejection> for ApiError {
 
 impl From<QueryRejection> for ApiError {
     fn from(r: QueryRejection) -> Self {
+        Self::bad_request(r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        if r.status().is_server_error() {
+            tracing::error!(error = %r.body_text(), "path parameters do not match the route");
+            return Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error; the server log has the details",
+            );
+        }
         Self::bad_request(r.body_text())
     }
 }

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{self, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::{ApiQuery, job_id};
+use crate::jobs::{ApiPath, ApiQuery, job_id};
 use crate::meta::SubscriberGuard;
 
 /// Events read from the store per page when a client catches up.
@@ -31,13 +31,15 @@ pub struct JobEventsQuery {
     after: Option<u64>,
 }
 
-#[utoipa::path(get, path = "/api/jobs/{id}/events", tag = "events",
+#[utoipa::path(get, operation_id = "job_events", path = "/api/jobs/{id}/events", tag = "events",
     params(("id" = String, Path), ("after" = Option<u64>, Query, description = "per-job seq (JSON)"),
         ("Last-Event-ID" = Option<u64>, Header, description = "global id to resume an SSE stream")),
-    responses((status = 200, description = "JSON, or SSE with Accept: text/event-stream", body = baton_api::EventList)))]
+    responses((status = 200, description = "JSON, or SSE with Accept: text/event-stream", body = baton_api::EventList),
+        (status = 400, description = "an invalid id, after or Last-Event-ID", body = baton_api::ErrorBody),
+        (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
 pub async fn job_events(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<JobEventsQuery>,
 ) -> ApiResult<Response> {
@@ -69,11 +71,12 @@ pub struct AllEventsQuery {
     types: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/events", tag = "events",
+#[utoipa::path(get, operation_id = "events", path = "/api/events", tag = "events",
     params(("after" = Option<u64>, Query), ("job" = Option<String>, Query),
         ("types" = Option<String>, Query, description = "event types, comma separated"),
         ("Last-Event-ID" = Option<u64>, Header)),
-    responses((status = 200, description = "an SSE stream of events", content_type = "text/event-stream", body = baton_core::Event)))]
+    responses((status = 200, description = "an SSE stream of events", content_type = "text/event-stream", body = baton_core::Event),
+        (status = 400, description = "an invalid after, job, types or Last-Event-ID", body = baton_api::ErrorBody)))]
 pub async fn all_events(
     State(s): State<AppState>,
     headers: HeaderMap,

@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use baton_api::{CheckpointList, JobList, StatusRequest, StatusResponse};
@@ -16,13 +16,20 @@ use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 pub use crate::json::ApiJson;
 
+/// A path's parameters whose rejections speak the API's error model (a segment
+/// that is not valid UTF-8 once decoded is a 400 with the JSON error body).
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
 /// A query string whose rejections speak the API's error model.
 #[derive(FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
 
-// The derive above names this conversion.
+// The derives above name these conversions.
 const _: fn(QueryRejection) -> ApiError = ApiError::from;
+const _: fn(PathRejection) -> ApiError = ApiError::from;
 
 /// Checks a job id from the path before it reaches the store.
 pub fn job_id(id: &str) -> ApiResult<&str> {
@@ -30,10 +37,11 @@ pub fn job_id(id: &str) -> ApiResult<&str> {
     Ok(id)
 }
 
-#[utoipa::path(post, path = "/api/jobs", tag = "jobs", request_body = baton_core::JobSpec,
+#[utoipa::path(post, operation_id = "submit_job", path = "/api/jobs", tag = "jobs", request_body = baton_core::JobSpec,
     responses((status = 201, description = "created", body = baton_core::Job),
         (status = 200, description = "a job with this client id exists", body = baton_core::Job),
-        (status = 422, description = "invalid spec", body = baton_api::ErrorBody)))]
+        (status = 409, description = "its unique_key is held by another job (unique_policy reject)", body = baton_api::ErrorBody),
+        (status = 422, description = "invalid spec: a bad field, an unknown kind or queue, an unknown dependency", body = baton_api::ErrorBody)))]
 pub async fn submit(
     State(s): State<AppState>,
     ApiJson(spec): ApiJson<JobSpec>,
@@ -61,14 +69,15 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/jobs", tag = "jobs",
+#[utoipa::path(get, operation_id = "list_jobs", path = "/api/jobs", tag = "jobs",
     params(("state" = Option<String>, Query, description = "states, comma separated; aliases accepted"),
         ("queue" = Option<String>, Query), ("kind" = Option<String>, Query),
         ("label" = Option<String>, Query, description = "key:value"), ("q" = Option<String>, Query),
         ("workflow" = Option<String>, Query, description = "jobs of this workflow"),
         ("schedule" = Option<String>, Query, description = "jobs submitted by this schedule"),
-        ("limit" = Option<u32>, Query, description = "1 to 1000"), ("cursor" = Option<String>, Query)),
-    responses((status = 200, body = baton_api::JobList), (status = 400, body = baton_api::ErrorBody)))]
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000"), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = baton_api::JobList),
+        (status = 400, description = "an unknown query parameter, or an invalid state, limit, label or cursor", body = baton_api::ErrorBody)))]
 pub async fn list(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -124,11 +133,11 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(get, path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = baton_core::Job), (status = 404, body = baton_api::ErrorBody)))]
+#[utoipa::path(get, operation_id = "get_job", path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Job), (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
 pub async fn show(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<baton_core::Job>> {
     Ok(Json(s.engine.get(job_id(&id)?).await?))
 }
@@ -136,8 +145,9 @@ pub async fn show(
 /// At most this many ids in one status request.
 const MAX_STATUS_IDS: usize = 1000;
 
-#[utoipa::path(post, path = "/api/jobs/status", tag = "jobs", request_body = baton_api::StatusRequest,
-    responses((status = 200, body = baton_api::StatusResponse)))]
+#[utoipa::path(post, operation_id = "job_status", path = "/api/jobs/status", tag = "jobs", request_body = baton_api::StatusRequest,
+    responses((status = 200, body = baton_api::StatusResponse),
+        (status = 400, description = "more than 1000 ids, or a malformed body", body = baton_api::ErrorBody)))]
 pub async fn status(
     State(s): State<AppState>,
     ApiJson(req): ApiJson<StatusRequest>,
@@ -180,12 +190,14 @@ pub struct WaitQuery {
 /// The longest a long-poll may wait.
 const MAX_WAIT: Duration = Duration::from_secs(300);
 
-#[utoipa::path(get, path = "/api/jobs/{id}/wait", tag = "jobs",
+#[utoipa::path(get, operation_id = "wait_job", path = "/api/jobs/{id}/wait", tag = "jobs",
     params(("id" = String, Path), ("timeout" = Option<String>, Query, description = "e.g. 30s; at most 5m")),
-    responses((status = 200, description = "the job, terminal or not", body = baton_core::Job)))]
+    responses((status = 200, description = "the job, terminal or not", body = baton_core::Job),
+        (status = 400, description = "an invalid id or timeout, or a timeout over 5m", body = baton_api::ErrorBody),
+        (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
 pub async fn wait(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<WaitQuery>,
 ) -> ApiResult<Json<baton_core::Job>> {
     let id = job_id(&id)?;
@@ -214,20 +226,22 @@ pub async fn wait(
     }
 }
 
-#[utoipa::path(post, path = "/api/jobs/{id}/pause", tag = "control", params(("id" = String, Path)),
-    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+#[utoipa::path(post, operation_id = "pause_job", path = "/api/jobs/{id}/pause", tag = "control", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Job), (status = 404, description = "no such job", body = baton_api::ErrorBody),
+        (status = 409, description = "illegal in the job's state", body = baton_api::ErrorBody)))]
 pub async fn pause(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<baton_core::Job>> {
     Ok(Json(s.engine.pause(job_id(&id)?).await?))
 }
 
-#[utoipa::path(post, path = "/api/jobs/{id}/resume", tag = "control", params(("id" = String, Path)),
-    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+#[utoipa::path(post, operation_id = "resume_job", path = "/api/jobs/{id}/resume", tag = "control", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Job), (status = 404, description = "no such job", body = baton_api::ErrorBody),
+        (status = 409, description = "illegal in the job's state", body = baton_api::ErrorBody)))]
 pub async fn resume(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<baton_core::Job>> {
     Ok(Json(s.engine.resume(job_id(&id)?).await?))
 }
@@ -239,12 +253,13 @@ pub struct StopQuery {
     force: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/jobs/{id}/stop", tag = "control",
+#[utoipa::path(post, operation_id = "stop_job", path = "/api/jobs/{id}/stop", tag = "control",
     params(("id" = String, Path), ("force" = Option<bool>, Query)),
-    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+    responses((status = 200, body = baton_core::Job), (status = 404, description = "no such job", body = baton_api::ErrorBody),
+        (status = 409, description = "illegal in the job's state", body = baton_api::ErrorBody)))]
 pub async fn stop(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<StopQuery>,
 ) -> ApiResult<Json<baton_core::Job>> {
     let force = flag("force", q.force.as_deref())?;
@@ -258,41 +273,44 @@ pub struct RetryQuery {
     pub(crate) from_checkpoint: Option<String>,
 }
 
-#[utoipa::path(post, path = "/api/jobs/{id}/retry", tag = "control",
+#[utoipa::path(post, operation_id = "retry_job", path = "/api/jobs/{id}/retry", tag = "control",
     params(("id" = String, Path), ("from_checkpoint" = Option<bool>, Query)),
-    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+    responses((status = 200, body = baton_core::Job), (status = 404, description = "no such job", body = baton_api::ErrorBody),
+        (status = 409, description = "illegal in the job's state", body = baton_api::ErrorBody)))]
 pub async fn retry(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<RetryQuery>,
 ) -> ApiResult<Json<baton_core::Job>> {
     let from = flag("from_checkpoint", q.from_checkpoint.as_deref())?;
     Ok(Json(s.engine.retry(job_id(&id)?, from).await?))
 }
 
-#[utoipa::path(post, path = "/api/jobs/{id}/cancel", tag = "control", params(("id" = String, Path)),
-    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+#[utoipa::path(post, operation_id = "cancel_job", path = "/api/jobs/{id}/cancel", tag = "control", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Job), (status = 404, description = "no such job", body = baton_api::ErrorBody),
+        (status = 409, description = "illegal in the job's state", body = baton_api::ErrorBody)))]
 pub async fn cancel(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<baton_core::Job>> {
     Ok(Json(s.engine.cancel(job_id(&id)?).await?))
 }
 
-#[utoipa::path(delete, path = "/api/jobs/{id}", tag = "control", params(("id" = String, Path)),
-    responses((status = 200, body = baton_core::Job), (status = 409, body = baton_api::ErrorBody)))]
+#[utoipa::path(delete, operation_id = "delete_job", path = "/api/jobs/{id}", tag = "control", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Job), (status = 404, description = "no such job", body = baton_api::ErrorBody),
+        (status = 409, description = "illegal in the job's state", body = baton_api::ErrorBody)))]
 pub async fn delete(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<baton_core::Job>> {
     Ok(Json(s.engine.delete(job_id(&id)?).await?))
 }
 
-#[utoipa::path(get, path = "/api/jobs/{id}/checkpoints", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = baton_api::CheckpointList)))]
+#[utoipa::path(get, operation_id = "job_checkpoints", path = "/api/jobs/{id}/checkpoints", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = baton_api::CheckpointList), (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
 pub async fn checkpoints(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<CheckpointList>> {
     let checkpoints = s.engine.checkpoints(job_id(&id)?).await?;
     Ok(Json(CheckpointList { checkpoints }))
@@ -305,13 +323,15 @@ pub struct LogsQuery {
     limit: Option<usize>,
 }
 
-#[utoipa::path(get, path = "/api/jobs/{id}/logs", tag = "jobs",
+#[utoipa::path(get, operation_id = "job_logs", path = "/api/jobs/{id}/logs", tag = "jobs",
     params(("id" = String, Path), ("after" = Option<u64>, Query, description = "line seq"),
-        ("limit" = Option<u32>, Query, description = "1 to 10000")),
-    responses((status = 200, body = baton_api::LogList)))]
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 10000, description = "1 to 10000")),
+    responses((status = 200, body = baton_api::LogList),
+        (status = 400, description = "an invalid id, after or limit", body = baton_api::ErrorBody),
+        (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
 pub async fn logs(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<LogsQuery>,
 ) -> ApiResult<Json<baton_api::LogList>> {
     let limit = q.limit.unwrap_or(1000);
@@ -326,7 +346,7 @@ pub async fn logs(
     Ok(Json(baton_api::LogList { lines, next }))
 }
 
-#[utoipa::path(get, path = "/api/pipelines", tag = "pipelines",
+#[utoipa::path(get, operation_id = "list_pipelines", path = "/api/pipelines", tag = "pipelines",
     responses((status = 200, body = Object)))]
 pub async fn pipelines(State(s): State<AppState>) -> ApiResult<Json<baton_api::PipelineList>> {
     let pipelines = s.engine.pipelines().await?;
@@ -338,11 +358,11 @@ pub async fn pipelines(State(s): State<AppState>) -> ApiResult<Json<baton_api::P
     }))
 }
 
-#[utoipa::path(get, path = "/api/pipelines/{id}", tag = "pipelines", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = baton_api::ErrorBody)))]
+#[utoipa::path(get, operation_id = "get_pipeline", path = "/api/pipelines/{id}", tag = "pipelines", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, description = "no such pipeline", body = baton_api::ErrorBody)))]
 pub async fn pipeline(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     match s.engine.pipeline(&id).await? {
         Some(p) => Ok(Json(serde_json::to_value(p).unwrap_or_default())),
@@ -350,12 +370,13 @@ pub async fn pipeline(
     }
 }
 
-#[utoipa::path(put, path = "/api/pipelines/{id}", tag = "pipelines", params(("id" = String, Path)),
+#[utoipa::path(put, operation_id = "put_pipeline", path = "/api/pipelines/{id}", tag = "pipelines", params(("id" = String, Path)),
     request_body = Object,
-    responses((status = 200, body = Object), (status = 422, body = baton_api::ErrorBody)))]
+    responses((status = 200, body = Object),
+        (status = 422, description = "invalid pipeline, or an id that differs from the path's", body = baton_api::ErrorBody)))]
 pub async fn put_pipeline(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(mut spec): ApiJson<baton_core::PipelineSpec>,
 ) -> ApiResult<Json<serde_json::Value>> {
     if spec.id.is_empty() {
@@ -374,11 +395,11 @@ pub async fn put_pipeline(
     Ok(Json(serde_json::to_value(stored).unwrap_or_default()))
 }
 
-#[utoipa::path(delete, path = "/api/pipelines/{id}", tag = "pipelines", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, body = baton_api::ErrorBody)))]
+#[utoipa::path(delete, operation_id = "delete_pipeline", path = "/api/pipelines/{id}", tag = "pipelines", params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 404, description = "no such pipeline", body = baton_api::ErrorBody)))]
 pub async fn delete_pipeline(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<serde_json::Value>> {
     if s.engine.delete_pipeline(&id).await? {
         Ok(Json(serde_json::json!({"id": id, "deleted": true})))

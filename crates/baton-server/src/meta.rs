@@ -179,12 +179,12 @@ pub async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Res
     response
 }
 
-#[utoipa::path(get, path = "/healthz", tag = "meta", responses((status = 200, description = "alive")))]
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "meta", responses((status = 200, description = "alive")))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "meta", responses((status = 200, description = "ready"), (status = 503, body = baton_api::ErrorBody)))]
+#[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "meta", responses((status = 200, description = "ready"), (status = 503, body = baton_api::ErrorBody)))]
 pub async fn readyz(State(s): State<AppState>) -> Response {
     if s.ready.load(Ordering::SeqCst) && !s.metrics.draining.is_cancelled() {
         Json(serde_json::json!({"status": "ready"})).into_response()
@@ -202,7 +202,7 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }
 
-#[utoipa::path(get, path = "/api/stats", tag = "meta", responses((status = 200, body = baton_api::Stats)))]
+#[utoipa::path(get, operation_id = "stats", path = "/api/stats", tag = "meta", responses((status = 200, body = baton_api::Stats)))]
 pub async fn stats(State(s): State<AppState>) -> ApiResult<Json<Stats>> {
     let counts = s
         .engine
@@ -235,7 +235,7 @@ pub async fn stats(State(s): State<AppState>) -> ApiResult<Json<Stats>> {
     Ok(Json(stats))
 }
 
-#[utoipa::path(get, path = "/api/servers", tag = "meta", responses((status = 200, body = baton_api::ServerList)))]
+#[utoipa::path(get, operation_id = "list_servers", path = "/api/servers", tag = "meta", responses((status = 200, body = baton_api::ServerList)))]
 pub async fn servers(State(s): State<AppState>) -> ApiResult<Json<ServerList>> {
     let servers = s
         .engine
@@ -246,7 +246,7 @@ pub async fn servers(State(s): State<AppState>) -> ApiResult<Json<ServerList>> {
     Ok(Json(ServerList { servers }))
 }
 
-#[utoipa::path(get, path = "/api/queues", tag = "meta", responses((status = 200, body = baton_api::QueueList)))]
+#[utoipa::path(get, operation_id = "list_queues", path = "/api/queues", tag = "meta", responses((status = 200, body = baton_api::QueueList)))]
 pub async fn queues(State(s): State<AppState>) -> ApiResult<Json<QueueList>> {
     let counts = s
         .engine
@@ -285,7 +285,7 @@ pub async fn queues(State(s): State<AppState>) -> ApiResult<Json<QueueList>> {
     }))
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text", content_type = "text/plain")))]
 pub async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
     let counts = s
         .engine

@@ -199,7 +199,7 @@ impl Sampler {
     }
 }
 
-#[utoipa::path(get, path = "/api/resources", tag = "meta",
+#[utoipa::path(get, operation_id = "resources", path = "/api/resources", tag = "meta",
     responses((status = 200, body = ResourcesResponse)))]
 pub async fn resources(State(s): State<AppState>) -> Json<ResourcesResponse> {
     Json(s.resources.snapshot())

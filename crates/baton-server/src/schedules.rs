@@ -2,7 +2,7 @@
 //! them, fire them by hand, and read their history.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use baton_api::{
@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::{ApiJson, ApiQuery, flag};
+use crate::jobs::{ApiJson, ApiPath, ApiQuery, flag};
 
 /// Schedule ids follow the rules of job ids.
 fn schedule_id(id: &str) -> ApiResult<&str> {
@@ -44,12 +44,13 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/schedules", tag = "schedules",
+#[utoipa::path(get, operation_id = "list_schedules", path = "/api/schedules", tag = "schedules",
     params(("enabled" = Option<bool>, Query, description = "only enabled (true) or paused (false) schedules"),
         ("q" = Option<String>, Query, description = "text in the id"),
-        ("limit" = Option<u32>, Query, description = "1 to 1000"),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
-    responses((status = 200, body = baton_api::ScheduleList), (status = 400, body = baton_api::ErrorBody)))]
+    responses((status = 200, body = baton_api::ScheduleList),
+        (status = 400, description = "an unknown query parameter, or an invalid enabled or limit", body = baton_api::ErrorBody)))]
 pub async fn list(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -72,7 +73,7 @@ pub async fn list(
     }))
 }
 
-#[utoipa::path(post, path = "/api/schedules", tag = "schedules", request_body = baton_core::ScheduleSpec,
+#[utoipa::path(post, operation_id = "create_schedule", path = "/api/schedules", tag = "schedules", request_body = baton_core::ScheduleSpec,
     responses((status = 201, description = "created", body = baton_core::Schedule),
         (status = 409, description = "a schedule with this id exists (PUT replaces it)", body = baton_api::ErrorBody),
         (status = 422, description = "invalid schedule: bad cron, unknown time zone, zero interval, a job that cannot run here", body = baton_api::ErrorBody)))]
@@ -84,20 +85,23 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(schedule)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path)),
-    responses((status = 200, body = baton_core::Schedule), (status = 404, body = baton_api::ErrorBody)))]
-pub async fn show(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Schedule>> {
+#[utoipa::path(get, operation_id = "get_schedule", path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Schedule), (status = 404, description = "no such schedule", body = baton_api::ErrorBody)))]
+pub async fn show(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Schedule>> {
     Ok(Json(s.engine.schedule(schedule_id(&id)?).await?))
 }
 
-#[utoipa::path(put, path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path)),
+#[utoipa::path(put, operation_id = "put_schedule", path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path)),
     request_body = baton_core::ScheduleSpec,
     responses((status = 201, description = "created", body = baton_core::Schedule),
         (status = 200, description = "replaced; its history, runs and (when its timing is the same) next run stay", body = baton_core::Schedule),
-        (status = 422, body = baton_api::ErrorBody)))]
+        (status = 422, description = "invalid schedule, or an id that differs from the path's", body = baton_api::ErrorBody)))]
 pub async fn put(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(mut spec): ApiJson<ScheduleSpec>,
 ) -> ApiResult<Response> {
     schedule_id(&id)?;
@@ -121,12 +125,12 @@ pub async fn put(
     Ok((status, Json(put.schedule)).into_response())
 }
 
-#[utoipa::path(delete, path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path)),
+#[utoipa::path(delete, operation_id = "delete_schedule", path = "/api/schedules/{id}", tag = "schedules", params(("id" = String, Path)),
     responses((status = 200, description = "deleted with its history; its jobs stay", body = baton_api::ScheduleDeleted),
-        (status = 404, body = baton_api::ErrorBody)))]
+        (status = 404, description = "no such schedule", body = baton_api::ErrorBody)))]
 pub async fn delete(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<ScheduleDeleted>> {
     let gone = s.engine.delete_schedule(schedule_id(&id)?).await?;
     Ok(Json(ScheduleDeleted {
@@ -135,11 +139,15 @@ pub async fn delete(
     }))
 }
 
-#[utoipa::path(post, path = "/api/schedules/{id}/trigger", tag = "schedules", params(("id" = String, Path)),
+#[utoipa::path(post, operation_id = "trigger_schedule", path = "/api/schedules/{id}/trigger", tag = "schedules", params(("id" = String, Path)),
     responses((status = 201, description = "fired; it submitted a job", body = baton_api::Triggered),
         (status = 200, description = "fired; the overlap policy skipped the job", body = baton_api::Triggered),
-        (status = 404, body = baton_api::ErrorBody), (status = 422, description = "its job cannot be made", body = baton_api::ErrorBody)))]
-pub async fn trigger(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+        (status = 404, description = "no such schedule", body = baton_api::ErrorBody), (status = 409, description = "its job's unique_key is held by another job", body = baton_api::ErrorBody),
+        (status = 422, description = "its job cannot be made", body = baton_api::ErrorBody)))]
+pub async fn trigger(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Response> {
     let mut fired = s.engine.trigger_schedule(schedule_id(&id)?).await?;
     let fire = fired.records.pop().ok_or_else(|| {
         ApiError::from(baton_engine::Error::Config(
@@ -160,19 +168,22 @@ pub async fn trigger(State(s): State<AppState>, Path(id): Path<String>) -> ApiRe
     Ok((status, Json(body)).into_response())
 }
 
-#[utoipa::path(post, path = "/api/schedules/{id}/pause", tag = "schedules", params(("id" = String, Path)),
+#[utoipa::path(post, operation_id = "pause_schedule", path = "/api/schedules/{id}/pause", tag = "schedules", params(("id" = String, Path)),
     responses((status = 200, description = "paused: it fires only by hand", body = baton_core::Schedule),
-        (status = 404, body = baton_api::ErrorBody)))]
-pub async fn pause(State(s): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Schedule>> {
+        (status = 404, description = "no such schedule", body = baton_api::ErrorBody)))]
+pub async fn pause(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<Schedule>> {
     Ok(Json(s.engine.pause_schedule(schedule_id(&id)?).await?))
 }
 
-#[utoipa::path(post, path = "/api/schedules/{id}/resume", tag = "schedules", params(("id" = String, Path)),
+#[utoipa::path(post, operation_id = "resume_schedule", path = "/api/schedules/{id}/resume", tag = "schedules", params(("id" = String, Path)),
     responses((status = 200, description = "enabled; runs missed while paused are not made up", body = baton_core::Schedule),
-        (status = 404, body = baton_api::ErrorBody)))]
+        (status = 404, description = "no such schedule", body = baton_api::ErrorBody)))]
 pub async fn resume(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<Schedule>> {
     Ok(Json(s.engine.resume_schedule(schedule_id(&id)?).await?))
 }
@@ -184,14 +195,15 @@ pub struct HistoryQuery {
     cursor: Option<String>,
 }
 
-#[utoipa::path(get, path = "/api/schedules/{id}/history", tag = "schedules",
-    params(("id" = String, Path), ("limit" = Option<u32>, Query, description = "1 to 1000"),
+#[utoipa::path(get, operation_id = "schedule_history", path = "/api/schedules/{id}/history", tag = "schedules",
+    params(("id" = String, Path), ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000"),
         ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
-    responses((status = 200, body = baton_api::ScheduleHistory), (status = 400, body = baton_api::ErrorBody),
-        (status = 404, body = baton_api::ErrorBody)))]
+    responses((status = 200, body = baton_api::ScheduleHistory),
+        (status = 400, description = "an invalid id, limit or cursor", body = baton_api::ErrorBody),
+        (status = 404, description = "no such schedule", body = baton_api::ErrorBody)))]
 pub async fn history(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> ApiResult<Json<ScheduleHistory>> {
     let limit = limit(q.limit.as_deref(), 50)?;

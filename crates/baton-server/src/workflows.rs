@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use baton_api::{LinkList, QueueInfo, WorkflowGraph, WorkflowSpec, WorkflowSubmitted};
@@ -12,14 +12,14 @@ use baton_core::JobId;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::jobs::{ApiJson, ApiQuery, RetryQuery, flag, job_id};
+use crate::jobs::{ApiJson, ApiPath, ApiQuery, RetryQuery, flag, job_id};
 
 fn workflow_id(id: &str) -> ApiResult<&str> {
     JobId::parse(id).map_err(|m| ApiError::bad_request(format!("invalid workflow id: {m}")))?;
     Ok(id)
 }
 
-#[utoipa::path(post, path = "/api/workflows", tag = "workflows", request_body = baton_api::WorkflowSpec,
+#[utoipa::path(post, operation_id = "submit_workflow", path = "/api/workflows", tag = "workflows", request_body = baton_api::WorkflowSpec,
     responses((status = 201, description = "created", body = baton_api::WorkflowSubmitted),
         (status = 200, description = "a workflow with this id exists", body = baton_api::WorkflowSubmitted),
         (status = 422, description = "invalid spec, a cycle or an unknown dependency", body = baton_api::ErrorBody),
@@ -41,42 +41,42 @@ pub async fn submit(
     Ok((status, Json(body)).into_response())
 }
 
-#[utoipa::path(get, path = "/api/workflows/{id}", tag = "workflows", params(("id" = String, Path)),
-    responses((status = 200, body = baton_api::WorkflowGraph), (status = 404, body = baton_api::ErrorBody)))]
+#[utoipa::path(get, operation_id = "get_workflow", path = "/api/workflows/{id}", tag = "workflows", params(("id" = String, Path)),
+    responses((status = 200, body = baton_api::WorkflowGraph), (status = 404, description = "no such workflow", body = baton_api::ErrorBody)))]
 pub async fn show(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<WorkflowGraph>> {
     Ok(Json(s.engine.workflow(workflow_id(&id)?).await?))
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/pause", tag = "workflows", params(("id" = String, Path)),
-    responses((status = 200, body = baton_api::WorkflowGraph), (status = 404, body = baton_api::ErrorBody),
-        (status = 409, body = baton_api::ErrorBody)))]
+#[utoipa::path(post, operation_id = "pause_workflow", path = "/api/workflows/{id}/pause", tag = "workflows", params(("id" = String, Path)),
+    responses((status = 200, body = baton_api::WorkflowGraph), (status = 404, description = "no such workflow", body = baton_api::ErrorBody),
+        (status = 409, description = "illegal in the workflow's state", body = baton_api::ErrorBody)))]
 pub async fn pause(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<WorkflowGraph>> {
     Ok(Json(s.engine.pause_workflow(workflow_id(&id)?).await?))
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/resume", tag = "workflows", params(("id" = String, Path)),
-    responses((status = 200, body = baton_api::WorkflowGraph), (status = 404, body = baton_api::ErrorBody),
-        (status = 409, body = baton_api::ErrorBody)))]
+#[utoipa::path(post, operation_id = "resume_workflow", path = "/api/workflows/{id}/resume", tag = "workflows", params(("id" = String, Path)),
+    responses((status = 200, body = baton_api::WorkflowGraph), (status = 404, description = "no such workflow", body = baton_api::ErrorBody),
+        (status = 409, description = "illegal in the workflow's state", body = baton_api::ErrorBody)))]
 pub async fn resume(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<WorkflowGraph>> {
     Ok(Json(s.engine.resume_workflow(workflow_id(&id)?).await?))
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/retry", tag = "workflows",
+#[utoipa::path(post, operation_id = "retry_workflow", path = "/api/workflows/{id}/retry", tag = "workflows",
     params(("id" = String, Path), ("from_checkpoint" = Option<bool>, Query)),
-    responses((status = 200, body = baton_api::WorkflowGraph), (status = 404, body = baton_api::ErrorBody),
-        (status = 409, body = baton_api::ErrorBody)))]
+    responses((status = 200, body = baton_api::WorkflowGraph), (status = 404, description = "no such workflow", body = baton_api::ErrorBody),
+        (status = 409, description = "illegal in the workflow's state", body = baton_api::ErrorBody)))]
 pub async fn retry(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiQuery(q): ApiQuery<RetryQuery>,
 ) -> ApiResult<Json<WorkflowGraph>> {
     let from = flag("from_checkpoint", q.from_checkpoint.as_deref())?;
@@ -85,50 +85,50 @@ pub async fn retry(
     ))
 }
 
-#[utoipa::path(post, path = "/api/workflows/{id}/cancel", tag = "workflows", params(("id" = String, Path)),
-    responses((status = 200, body = baton_api::WorkflowGraph), (status = 404, body = baton_api::ErrorBody),
-        (status = 409, body = baton_api::ErrorBody)))]
+#[utoipa::path(post, operation_id = "cancel_workflow", path = "/api/workflows/{id}/cancel", tag = "workflows", params(("id" = String, Path)),
+    responses((status = 200, body = baton_api::WorkflowGraph), (status = 404, description = "no such workflow", body = baton_api::ErrorBody),
+        (status = 409, description = "illegal in the workflow's state", body = baton_api::ErrorBody)))]
 pub async fn cancel(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<WorkflowGraph>> {
     Ok(Json(s.engine.cancel_workflow(workflow_id(&id)?).await?))
 }
 
-#[utoipa::path(get, path = "/api/jobs/{id}/dependencies", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = baton_api::LinkList), (status = 404, body = baton_api::ErrorBody)))]
+#[utoipa::path(get, operation_id = "job_dependencies", path = "/api/jobs/{id}/dependencies", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = baton_api::LinkList), (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
 pub async fn dependencies(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<LinkList>> {
     let jobs = s.engine.dependencies(job_id(&id)?).await?;
     Ok(Json(LinkList { jobs }))
 }
 
-#[utoipa::path(get, path = "/api/jobs/{id}/dependents", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = baton_api::LinkList), (status = 404, body = baton_api::ErrorBody)))]
+#[utoipa::path(get, operation_id = "job_dependents", path = "/api/jobs/{id}/dependents", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, body = baton_api::LinkList), (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
 pub async fn dependents(
     State(s): State<AppState>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<LinkList>> {
     let jobs = s.engine.dependents(job_id(&id)?).await?;
     Ok(Json(LinkList { jobs }))
 }
 
-#[utoipa::path(post, path = "/api/queues/{name}/pause", tag = "meta", params(("name" = String, Path)),
-    responses((status = 200, body = baton_api::QueueInfo), (status = 404, body = baton_api::ErrorBody)))]
+#[utoipa::path(post, operation_id = "pause_queue", path = "/api/queues/{name}/pause", tag = "meta", params(("name" = String, Path)),
+    responses((status = 200, body = baton_api::QueueInfo), (status = 404, description = "no such queue", body = baton_api::ErrorBody)))]
 pub async fn pause_queue(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<QueueInfo>> {
     set_queue_paused(&s, &name, true).await
 }
 
-#[utoipa::path(post, path = "/api/queues/{name}/resume", tag = "meta", params(("name" = String, Path)),
-    responses((status = 200, body = baton_api::QueueInfo), (status = 404, body = baton_api::ErrorBody)))]
+#[utoipa::path(post, operation_id = "resume_queue", path = "/api/queues/{name}/resume", tag = "meta", params(("name" = String, Path)),
+    responses((status = 200, body = baton_api::QueueInfo), (status = 404, description = "no such queue", body = baton_api::ErrorBody)))]
 pub async fn resume_queue(
     State(s): State<AppState>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
 ) -> ApiResult<Json<QueueInfo>> {
     set_queue_paused(&s, &name, false).await
 }
