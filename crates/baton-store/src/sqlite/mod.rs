@@ -1,6 +1,8 @@
 //! The embedded SQLite store: WAL, one writer thread with group commit, a pool of read
 //! connections, and a lock file so that one engine at a time owns the database.
 
+#[cfg(feature = "faults")]
+mod faults;
 mod graph;
 mod rows;
 mod schedule_rows;
@@ -10,7 +12,7 @@ mod writer;
 use std::fs::{File, TryLockError};
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -25,6 +27,8 @@ use crate::{
     StartNow, Store, Submitted, Transition, Update,
 };
 
+#[cfg(feature = "faults")]
+pub use faults::Faults;
 pub use schema::VERSION as SCHEMA_VERSION;
 
 /// How hard a commit works to survive a power loss.
@@ -62,6 +66,9 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// Events buffered for live subscribers before a slow one must catch up from the store.
     pub event_buffer: usize,
+    /// Faults a test injects (feature `faults`).
+    #[cfg(feature = "faults")]
+    pub faults: Faults,
 }
 
 impl SqliteOptions {
@@ -72,6 +79,8 @@ impl SqliteOptions {
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             event_buffer: 65_536,
+            #[cfg(feature = "faults")]
+            faults: Faults::default(),
         }
     }
 
@@ -90,7 +99,7 @@ pub struct SqliteStore {
 struct Inner {
     path: PathBuf,
     options: SqliteOptions,
-    tx: mpsc::Sender<Msg>,
+    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
     readers: Mutex<Vec<Connection>>,
     bus: broadcast::Sender<Arc<Event>>,
     lock: Mutex<File>,
@@ -115,9 +124,14 @@ impl SqliteStore {
         configure(&conn, &options, true)?;
         schema::migrate(&mut conn)?;
         let (bus, _) = broadcast::channel(options.event_buffer.max(16));
-        let writer = Writer::new(conn, bus.clone())?;
+        #[allow(unused_mut)]
+        let mut writer = Writer::new(conn, bus.clone())?;
+        #[cfg(feature = "faults")]
+        {
+            writer.faults = options.faults.clone();
+        }
         let counters = writer.counters();
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         std::thread::Builder::new()
             .name("baton-sqlite-writer".into())
             .spawn(move || writer.run(rx))
@@ -578,7 +592,7 @@ impl Store for SqliteStore {
             }
             *closed = true;
         }
-        let (ack, done) = mpsc::channel();
+        let (ack, done) = std::sync::mpsc::channel();
         if self.inner.tx.send(Msg::Close(ack)).is_ok() {
             let _ = tokio::task::spawn_blocking(move || done.recv()).await;
         }

@@ -3,11 +3,11 @@
 //! many writers; events are published after the commit made them durable.
 
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, TryRecvError};
 
 use baton_core::{ErrorInfo, Event, EventKind, Millis, NewJob, State, state};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
+use tokio::sync::mpsc::{UnboundedReceiver as Receiver, error::TryRecvError};
 use tokio::sync::{broadcast, oneshot};
 
 use super::rows::{self, JOB_COLUMNS, JobRow, get_job, read_job};
@@ -121,6 +121,11 @@ pub struct Writer {
     /// Whether any job ever had a dependency (`None` until first asked): a store that
     /// holds no edges skips looking for dependents when a job ends.
     has_edges: Option<bool>,
+    /// Set when the open transaction can no longer be trusted (a savepoint statement
+    /// failed): the batch is retried write by write.
+    lost: bool,
+    #[cfg(feature = "faults")]
+    pub faults: super::Faults,
 }
 
 impl Writer {
@@ -137,17 +142,20 @@ impl Writer {
             settling: None,
             fresh: std::collections::HashMap::new(),
             has_edges: None,
+            lost: false,
+            #[cfg(feature = "faults")]
+            faults: super::Faults::default(),
         })
     }
 
-    pub fn run(mut self, rx: Receiver<Msg>) {
+    pub fn run(mut self, mut rx: Receiver<Msg>) {
         let mut batch: Vec<Request> = Vec::new();
         let mut close: Option<std::sync::mpsc::Sender<()>> = None;
         loop {
-            match rx.recv() {
-                Ok(Msg::Request(r)) => batch.push(r),
-                Ok(Msg::Close(ack)) => close = Some(ack),
-                Err(_) => break,
+            match rx.blocking_recv() {
+                Some(Msg::Request(r)) => batch.push(r),
+                Some(Msg::Close(ack)) => close = Some(ack),
+                None => break,
             }
             while close.is_none() && batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -157,6 +165,10 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
+                #[cfg(feature = "faults")]
+                if let Some(delay) = self.faults.batch_delay() {
+                    std::thread::sleep(delay);
+                }
                 self.commit_batch(&mut batch);
             }
             if let Some(ack) = close.take() {
@@ -216,26 +228,69 @@ impl Writer {
         }
     }
 
-    /// Applies writes in one transaction. A write refused for its own reasons (a bad
-    /// transition, a stale fence) is checked before it writes anything, so it leaves no
-    /// trace and the others commit; an error from SQLite aborts the whole transaction.
+    /// Applies writes in one transaction, each in its own savepoint (see [`Self::savepoint`]):
+    /// a write that fails leaves no trace and the others commit. `Err` when the
+    /// transaction itself is lost (SQLite rolls it back on a full disk or an IO error) or
+    /// cannot commit: then nothing of the batch was written.
     fn apply_all(&mut self, batch: &[Request]) -> Result<Vec<Result<Output>>> {
         self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
+        self.lost = false;
         let mut outputs = Vec::with_capacity(batch.len());
         for req in batch {
-            match self.apply(&req.op) {
-                Err(Error::Internal(msg)) => {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                    return Err(Error::Internal(msg));
-                }
-                other => outputs.push(other),
+            let out = self.savepoint(|w| w.apply(&req.op));
+            if self.lost || self.conn.is_autocommit() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                return Err(match out {
+                    Err(e) => e,
+                    Ok(_) => Error::Internal("the write's transaction was rolled back".into()),
+                });
             }
+            outputs.push(out);
         }
         if let Err(e) = self.conn.prepare_cached("COMMIT")?.execute([]) {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e.into());
         }
         Ok(outputs)
+    }
+
+    /// Runs `f` in a savepoint. This is the one place that makes a write all-or-nothing:
+    /// every operation of a batch runs through it, so an error from any depth (a
+    /// dependent's transition, a recovery loop half done, a refused submit) rolls back
+    /// all the operation wrote and drops the events it recorded, which are therefore
+    /// never published. A schedule's fire also uses it around each job it submits, to
+    /// skip that job alone. When the savepoint cannot be rolled back, the transaction is
+    /// marked lost and the batch retried write by write.
+    pub(super) fn savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        let events = self.events.len();
+        let next_event_id = self.next_event_id;
+        if let Err(e) = self.conn.prepare_cached("SAVEPOINT op").and_then(|mut s| s.execute([])) {
+            self.lost = true;
+            return Err(e.into());
+        }
+        let result = f(self);
+        if result.is_ok() {
+            match self.conn.prepare_cached("RELEASE op").and_then(|mut s| s.execute([])) {
+                Ok(_) => return result,
+                Err(e) => {
+                    self.lost = true;
+                    return Err(e.into());
+                }
+            }
+        }
+        self.events.truncate(events);
+        self.next_event_id = next_event_id;
+        // What this write stored is gone: its jobs cannot be found by a later one.
+        self.fresh.clear();
+        let undone = self
+            .conn
+            .prepare_cached("ROLLBACK TO op")
+            .and_then(|mut s| s.execute([]))
+            .and_then(|_| self.conn.prepare_cached("RELEASE op")?.execute([]));
+        if undone.is_err() {
+            self.lost = true;
+        }
+        result
     }
 
     fn publish(&mut self) {
@@ -246,16 +301,14 @@ impl Writer {
 
     fn apply(&mut self, op: &Op) -> Result<Output> {
         match op {
-            // A submit can be refused half way (an unknown dependency, a held unique
-            // key): it runs in a savepoint, so that it leaves no trace then.
             Op::Submit(jobs, start) => self
-                .in_savepoint(|w| w.submit(jobs, start.as_ref()))
+                .submit(jobs, start.as_ref())
                 .map(Output::Submitted),
             Op::SubmitWorkflow(wf) => self
-                .in_savepoint(|w| w.submit_workflow(wf))
+                .submit_workflow(wf)
                 .map(|s| Output::Workflow(Box::new(s))),
             Op::ControlWorkflow { id, action, now } => self
-                .in_savepoint(|w| w.control_workflow(id, *action, *now))
+                .control_workflow(id, *action, *now)
                 .map(|c| Output::WorkflowChange(Box::new(c))),
             Op::SetQueuePaused { queue, paused, now } => self
                 .set_queue_paused(queue, *paused, *now)

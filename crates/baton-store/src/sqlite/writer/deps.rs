@@ -59,29 +59,6 @@ impl Prepared {
 const ACTIVE: &str = "state NOT IN ('completed', 'failed', 'cancelled', 'deleted')";
 
 impl Writer {
-    /// Runs `f` in a savepoint: a write refused half way leaves no trace, and the
-    /// events it recorded are dropped with it.
-    pub(super) fn in_savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let events = self.events.len();
-        let next_event_id = self.next_event_id;
-        self.conn
-            .prepare_cached("SAVEPOINT job_write")?
-            .execute([])?;
-        match f(self) {
-            Ok(v) => {
-                self.conn.prepare_cached("RELEASE job_write")?.execute([])?;
-                Ok(v)
-            }
-            Err(e) => {
-                self.conn
-                    .execute_batch("ROLLBACK TO job_write; RELEASE job_write")?;
-                self.events.truncate(events);
-                self.next_event_id = next_event_id;
-                Err(e)
-            }
-        }
-    }
-
     /// Before a new job is stored: resolves its dependencies (each must exist; one
     /// that ended already is decided now) and its unique key.
     pub(super) fn prepare_new(&mut self, new: &NewJob) -> Result<Prepared> {
@@ -343,6 +320,7 @@ impl Writer {
                         .execute([child])?;
                     continue;
                 }
+                self.dependent_fault(&id)?;
                 let t = Transition::new(id, State::Queued, EventKind::Queued, s.now)
                     .data(json!({"reason": "dependencies", "queue": queue}));
                 self.transition(&t, Resume::No, false)?;
@@ -355,6 +333,7 @@ impl Writer {
                 if let Some((id, state)) = found
                     && rows::parse_state(&state)? == State::Awaiting
                 {
+                    self.dependent_fault(&id)?;
                     self.cancel_upstream(&id, &s.id, condition_of(cond), s.to, s.now)?;
                 }
             }
@@ -388,6 +367,25 @@ impl Writer {
                 ..Changes::default()
             });
         self.transition(&t, Resume::No, false)?;
+        Ok(())
+    }
+
+    /// A fault injected by a test (feature `faults`) in the middle of settling.
+    #[cfg(feature = "faults")]
+    fn dependent_fault(&self, id: &str) -> Result<()> {
+        if self.faults.dependent_fails() {
+            return Err(Error::Conflict {
+                id: id.to_owned(),
+                actual: State::Awaiting,
+                expected: "a dependent that does not fail (a fault injected by a test)".into(),
+            });
+        }
+        Ok(())
+    }
+
+    #[cfg(not(feature = "faults"))]
+    #[inline(always)]
+    fn dependent_fault(&self, _id: &str) -> Result<()> {
         Ok(())
     }
 

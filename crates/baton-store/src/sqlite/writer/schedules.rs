@@ -105,10 +105,6 @@ impl Writer {
     }
 
     pub(super) fn fire(&mut self, f: &Fire) -> Result<FireOutcome> {
-        self.atomically(|w| w.fire_inner(f))
-    }
-
-    fn fire_inner(&mut self, f: &Fire) -> Result<FireOutcome> {
         let Some(ScheduleRow {
             schedule,
             key,
@@ -235,10 +231,6 @@ impl Writer {
     }
 
     pub(super) fn release_schedule(&mut self, id: &str, now: Millis) -> Result<Released> {
-        self.atomically(|w| w.release_inner(id, now))
-    }
-
-    fn release_inner(&mut self, id: &str, now: Millis) -> Result<Released> {
         let active: Vec<(String, String)> = {
             let mut stmt = self.conn.prepare_cached(&format!(
                 "SELECT id, state FROM jobs WHERE schedule_id = ?1 AND {ACTIVE} ORDER BY seq"
@@ -289,7 +281,7 @@ impl Writer {
         new: &NewJob,
         note: Option<String>,
     ) -> Result<(FireAction, Option<Job>, Option<String>)> {
-        let submitted = self.atomically(|w| w.submit(std::slice::from_ref(new), None));
+        let submitted = self.savepoint(|w| w.submit(std::slice::from_ref(new), None));
         let submitted = match submitted {
             Ok(mut out) => out.pop(),
             Err(e @ Error::Internal(_)) => return Err(e),
@@ -310,32 +302,6 @@ impl Writer {
             .execute(params![job.id, schedule_id])?;
         job.schedule_id = Some(schedule_id.to_owned());
         Ok((FireAction::Created, Some(job), note))
-    }
-
-    /// Runs a write that makes several statements so that an error part way leaves no
-    /// trace: the other writes of the batch still commit.
-    fn atomically<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let events = self.events.len();
-        let next_event_id = self.next_event_id;
-        self.conn
-            .prepare_cached("SAVEPOINT schedule_write")?
-            .execute([])?;
-        match f(self) {
-            Ok(v) => {
-                self.conn
-                    .prepare_cached("RELEASE schedule_write")?
-                    .execute([])?;
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = self
-                    .conn
-                    .execute_batch("ROLLBACK TO schedule_write; RELEASE schedule_write;");
-                self.events.truncate(events);
-                self.next_event_id = next_event_id;
-                Err(e)
-            }
-        }
     }
 
     fn schedule_now(&self, id: &str) -> Result<Schedule> {
