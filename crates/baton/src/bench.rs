@@ -250,7 +250,7 @@ async fn throughput(
         .handler("noop", |_ctx, _payload| async { Ok(Value::Null) })
         .build()
         .await?;
-    let mut events = engine.subscribe();
+    let mut events = engine.subscribe().await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for s in 0..submitters {
@@ -319,7 +319,7 @@ async fn commands(
         .queue("default", workers)
         .build()
         .await?;
-    let mut events = engine.subscribe();
+    let mut events = engine.subscribe().await?;
     let started = Instant::now();
     let submitter = {
         let engine = engine.clone();
