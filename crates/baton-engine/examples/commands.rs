@@ -13,7 +13,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = SqliteStore::open(SqliteOptions::new(dir.join("baton.db")))?;
     let engine = Engine::builder().store(Arc::new(store)).build().await?;
 
-    let mut events = engine.subscribe();
+    let mut events = engine.subscribe().await?;
     tokio::spawn(async move {
         while let Some(e) = events.next().await {
             if matches!(

@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .await?; // returns once the job is durable
 
-    let mut events = engine.subscribe(); // live events, no polling
+    let mut events = engine.subscribe().await?; // live events, no polling
     tokio::spawn(async move {
         while let Some(e) = events.next().await {
             println!("{} {} {}", e.id, e.kind, e.data);

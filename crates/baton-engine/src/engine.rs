@@ -570,15 +570,22 @@ impl Engine {
         Ok(self.inner.store.checkpoints(id).await?)
     }
 
-    /// Live events from now on, without polling. A subscriber that falls behind reads
-    /// what it missed from the store, so it sees every event once, in order.
-    pub fn subscribe(&self) -> Subscription {
-        Subscription {
-            rx: self.inner.store.subscribe(),
+    /// Live events from now on (every event committed after this call), without
+    /// polling. A subscriber that falls behind reads what it missed from the store,
+    /// however much, so it sees every event once, in order.
+    pub async fn subscribe(&self) -> Result<Subscription> {
+        // Subscribe before reading the position: an event committed after the read is
+        // published after it, so it reaches the receiver (or the receiver lags and the
+        // store has it).
+        let rx = self.inner.store.subscribe();
+        let last = self.inner.store.last_event_id().await?;
+        Ok(Subscription {
+            rx,
             store: self.inner.store.clone(),
-            last: None,
+            last,
+            catching_up: false,
             backlog: VecDeque::new(),
-        }
+        })
     }
 
     /// Waits until the job is in a terminal state and returns it.
@@ -1224,40 +1231,71 @@ async fn heartbeat(inner: Arc<Inner>, every: Duration) {
     }
 }
 
+/// Events read from the store per page while a subscription catches up.
+const CATCH_UP_PAGE: usize = 10_000;
+
 /// A live event stream; see [`Engine::subscribe`].
+///
+/// It never skips: it knows the id of the last event it handed out (at first, the
+/// store's last committed event when it was made), and when its live receiver falls
+/// behind it reads the store after that id, page by page, until a page comes back
+/// short, then carries on live, dropping what it already handed out.
 pub struct Subscription {
     rx: broadcast::Receiver<Arc<baton_core::Event>>,
     store: Arc<dyn Store>,
-    last: Option<u64>,
+    /// Every event up to this id was handed out (or came before the subscription).
+    last: u64,
+    /// The live receiver lagged: read the store after `last` until caught up.
+    catching_up: bool,
     backlog: VecDeque<baton_core::Event>,
 }
 
 impl Subscription {
     /// The next event; `None` once the engine has closed.
     pub async fn next(&mut self) -> Option<Arc<baton_core::Event>> {
+        let mut failures = 0u32;
         loop {
             if let Some(e) = self.backlog.pop_front() {
-                self.last = Some(e.id);
+                self.last = e.id;
                 return Some(Arc::new(e));
+            }
+            if self.catching_up {
+                match self.store.events_after(self.last, CATCH_UP_PAGE).await {
+                    Ok(page) => {
+                        failures = 0;
+                        self.catching_up = page.len() == CATCH_UP_PAGE;
+                        self.backlog.extend(page);
+                    }
+                    Err(baton_store::Error::Closed) => return None,
+                    Err(e) => {
+                        // Going on live would skip the gap: wait and read again.
+                        failures += 1;
+                        tracing::warn!(after = self.last, attempt = failures, error = %e,
+                            "cannot read missed events for a subscriber; retrying");
+                        let pause = Duration::from_millis(50 << failures.min(6));
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                continue;
             }
             match self.rx.recv().await {
                 Ok(e) => {
-                    if self.last.is_some_and(|l| e.id <= l) {
+                    if e.id <= self.last {
                         continue;
                     }
-                    self.last = Some(e.id);
+                    self.last = e.id;
                     return Some(e);
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    if let Some(last) = self.last
-                        && let Ok(missed) = self.store.events_after(last, 10_000).await
-                    {
-                        self.backlog.extend(missed);
-                    }
-                }
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
                 Err(broadcast::error::RecvError::Closed) => return None,
             }
         }
+    }
+
+    /// The id of the last event handed out, or of the store's last committed event
+    /// when the subscription was made and has handed out nothing yet.
+    pub fn position(&self) -> u64 {
+        self.last
     }
 }
 

@@ -31,7 +31,7 @@ fn child_mode() {
     let dir = PathBuf::from(dir);
     runtime().block_on(async move {
         let engine = start_engine(&dir).await;
-        let mut events = engine.subscribe();
+        let mut events = engine.subscribe().await.expect("subscribe");
         engine.submit(command_job(&dir)).await.expect("submit");
         engine.submit(pipeline_job(&dir)).await.expect("submit");
         while let Some(e) = events.next().await {

@@ -134,7 +134,7 @@ async fn a_command_gets_its_environment_and_completes_with_its_result() {
 async fn directives_become_events_and_stored_state_and_bad_ones_are_logged() {
     let dir = TempDir::new().unwrap();
     let engine = engine(&dir).await;
-    let mut live = engine.subscribe();
+    let mut live = engine.subscribe().await.expect("subscribe");
     let script = r#"
 echo "starting"
 echo "::progress 0.25 fetching page 3"

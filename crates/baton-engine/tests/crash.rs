@@ -313,7 +313,7 @@ fn shutdown_past_its_timeout_leaves_the_job_to_resume_from_its_checkpoint() {
         let engine = start_engine(&db, Witness::new(&log, "first", false)).await;
         // Kept across the restart, as a UI would keep its stream open: a live
         // subscription must not keep the shut-down engine's database locked.
-        let mut stream = engine.subscribe();
+        let mut stream = engine.subscribe().await.expect("subscribe");
         let spec = JobSpec::new("steps")
             .id(id)
             .max_attempts(1)

@@ -559,7 +559,7 @@ async fn retry_from_checkpoint_resumes_where_the_job_left_off() {
 async fn subscribers_see_every_event_in_order() {
     let dir = TempDir::new().unwrap();
     let engine = builder(&dir).build().await.unwrap();
-    let mut sub = engine.subscribe();
+    let mut sub = engine.subscribe().await.expect("subscribe");
     let mut ids = Vec::new();
     for i in 0..20 {
         ids.push(

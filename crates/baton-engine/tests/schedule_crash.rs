@@ -39,7 +39,7 @@ fn child_mode() {
     let db = PathBuf::from(std::env::var(DB_ENV).expect("BATON_SCHED_CRASH_DB is set"));
     runtime().block_on(async move {
         let engine = start_engine(&db).await;
-        let mut events = engine.subscribe();
+        let mut events = engine.subscribe().await.expect("subscribe");
         for i in 0..SCHEDULES {
             engine
                 .create_schedule(
@@ -117,7 +117,7 @@ fn sigkill_between_fires_loses_no_fire_and_doubles_none() {
     // Start again; let every schedule fire at least twice more, then stop.
     rt.block_on(async {
         let engine = start_engine(&db).await;
-        let mut events = engine.subscribe();
+        let mut events = engine.subscribe().await.expect("subscribe");
         let mut after: BTreeMap<String, usize> = BTreeMap::new();
         let until = Instant::now() + Duration::from_secs(20);
         while after.len() < SCHEDULES || after.values().any(|n| *n < 2) {

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
@@ -54,7 +55,8 @@ pub async fn job_events(
             job: Some(id),
             kinds: None,
         };
-        return Ok(sse_response(stream(s, start, filter)));
+        let feed = Feed::new(s, start, filter).await?;
+        return Ok(sse_response(stream(feed)));
     }
     let events = s.engine.events(&id, q.after.unwrap_or(0)).await?;
     Ok(Json(EventList { events }).into_response())
@@ -104,7 +106,8 @@ pub async fn all_events(
         }
     };
     let filter = Filter { job: q.job, kinds };
-    Ok(sse_response(stream(s, start, filter)))
+    let feed = Feed::new(s, start, filter).await?;
+    Ok(sse_response(stream(feed)))
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {
@@ -176,16 +179,24 @@ impl Frame {
 }
 
 /// Fans the engine's events out to the streams: one subscription to the engine and
-/// one serialization per event, however many clients follow.
+/// one serialization per event, however many clients follow. The subscription never
+/// skips, so the hub sends every event, in order.
 pub(crate) struct Hub {
     tx: broadcast::Sender<Arc<Frame>>,
 }
 
+/// Frames the hub keeps for streams that are a little behind; one further behind
+/// reads the store.
+const HUB_BUFFER: usize = 16_384;
+
 impl Hub {
-    pub fn start(engine: &baton_engine::Engine, draining: CancellationToken) -> Arc<Hub> {
-        let (tx, _) = broadcast::channel(16_384);
+    pub async fn start(
+        engine: &baton_engine::Engine,
+        draining: CancellationToken,
+    ) -> Result<Arc<Hub>, baton_engine::Error> {
+        let (tx, _) = broadcast::channel(HUB_BUFFER);
         let hub = Arc::new(Hub { tx: tx.clone() });
-        let mut sub = engine.subscribe();
+        let mut sub = engine.subscribe().await?;
         tokio::spawn(async move {
             loop {
                 let e = tokio::select! {
@@ -197,127 +208,155 @@ impl Hub {
                 let _ = tx.send(Arc::new(Frame::new(&e)));
             }
         });
-        hub
+        Ok(hub)
     }
 }
 
-/// Stored events then live ones, each once, in order. A stream that falls behind
-/// the live fan-out reads what it missed from the store, so it never slows the
-/// engine or other streams.
+/// Stored events then live ones, each once, in order, with nothing skipped. A stream
+/// that falls behind the live fan-out reads what it missed from the store, page by
+/// page until caught up, so it never slows the engine or other streams.
 pub(crate) struct Feed {
     state: AppState,
     live: broadcast::Receiver<Arc<Frame>>,
     filter: Filter,
     backlog: VecDeque<Event>,
-    /// More stored events may follow `last` (catching up page by page).
+    /// A job's history still to send (job id, its last seq sent): its events up to
+    /// `last`, the position when the stream began.
+    history: Option<(String, u64)>,
+    /// The live fan-out lagged (or the stream resumes from a point): read the stored
+    /// events after `last`, page by page, until a page comes back short.
     catching_up: bool,
+    /// Every event up to this id was sent or filtered out.
     last: u64,
     _guard: SubscriberGuard,
 }
 
 impl Feed {
-    pub async fn new(state: AppState, start: Start, filter: Filter) -> Feed {
-        // Subscribe before reading the store, so nothing falls between the two;
-        // duplicates are dropped by id.
+    pub async fn new(state: AppState, start: Start, filter: Filter) -> ApiResult<Feed> {
+        // Subscribe before reading the store's position: a later event reaches the
+        // fan-out after this, so it arrives live (or the stream lags and reads it).
         let live = state.hub.tx.subscribe();
+        let position = || async {
+            state
+                .engine
+                .store()
+                .last_event_id()
+                .await
+                .map_err(|e| ApiError::from(baton_engine::Error::from(e)))
+        };
+        let (last, catching_up, history) = match start {
+            Start::Live => (position().await?, false, None),
+            Start::After(id) => (id, true, None),
+            Start::JobHistory => {
+                let job = filter.job.clone().unwrap_or_default();
+                (position().await?, false, Some((job, 0)))
+            }
+        };
         let guard = state.metrics.subscriber();
-        let mut feed = Feed {
+        Ok(Feed {
             live,
             filter,
             backlog: VecDeque::new(),
-            catching_up: false,
-            last: 0,
+            history,
+            catching_up,
+            last,
             _guard: guard,
             state,
-        };
-        match start {
-            Start::Live => {}
-            Start::After(id) => {
-                feed.last = id;
-                feed.catching_up = true;
-            }
-            Start::JobHistory => {
-                if let Some(job) = &feed.filter.job
-                    && let Ok(events) = feed.state.engine.events(job, 0).await
-                {
-                    feed.backlog.extend(events);
-                }
-            }
-        }
-        feed
+        })
     }
 
     /// The next frame, or `None` when the server is shutting down.
     pub async fn next(&mut self) -> Option<Arc<Frame>> {
+        let mut failures = 0u32;
         loop {
             if let Some(e) = self.backlog.pop_front() {
-                if e.id <= self.last && self.last != 0 {
-                    continue;
-                }
-                self.last = self.last.max(e.id);
                 if self.filter.matches(e.job_id.as_deref(), e.kind) {
                     return Some(Arc::new(Frame::new(&e)));
                 }
                 continue;
             }
-            if self.catching_up {
-                match self
-                    .state
-                    .engine
-                    .store()
-                    .events_after(self.last, PAGE)
-                    .await
-                {
+            let read = if let Some((job, seq)) = &self.history {
+                let (job, seq) = (job.clone(), *seq);
+                let store = self.state.engine.store();
+                match store.job_events(&job, seq, PAGE).await {
+                    Ok(page) => {
+                        let full = page.len() == PAGE;
+                        let end = self.last;
+                        let before: Vec<Event> = page.into_iter().filter(|e| e.id <= end).collect();
+                        let more = full && before.len() == PAGE;
+                        self.history = match before.last() {
+                            Some(e) if more => Some((job, e.seq)),
+                            _ => None,
+                        };
+                        self.backlog.extend(before);
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            } else if self.catching_up {
+                let store = self.state.engine.store();
+                match store.events_after(self.last, PAGE).await {
                     Ok(page) => {
                         self.catching_up = page.len() == PAGE;
+                        if let Some(e) = page.last() {
+                            self.last = e.id;
+                        }
                         self.backlog.extend(page);
+                        Ok(())
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot read stored events for a stream");
-                        self.catching_up = false;
-                    }
+                    Err(e) => Err(e),
                 }
-                continue;
-            }
-            let next = tokio::select! {
-                f = self.live.recv() => f,
-                _ = self.state.metrics.draining.cancelled() => return None,
-            };
-            let f = match next {
-                Ok(f) => f,
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Read the gap from the store, then carry on live.
-                    self.catching_up = true;
+            } else {
+                let next = tokio::select! {
+                    f = self.live.recv() => f,
+                    _ = self.state.metrics.draining.cancelled() => return None,
+                };
+                let f = match next {
+                    Ok(f) => f,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Read the gap from the store, then carry on live.
+                        self.catching_up = true;
+                        continue;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                };
+                if f.id <= self.last {
                     continue;
                 }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            };
-            if f.id <= self.last {
+                self.last = f.id;
+                if self.filter.matches(f.job_id.as_deref(), f.kind) {
+                    return Some(f);
+                }
                 continue;
-            }
-            self.last = f.id;
-            if self.filter.matches(f.job_id.as_deref(), f.kind) {
-                return Some(f);
+            };
+            match read {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    // Going on without the stored events would skip them: read again.
+                    failures += 1;
+                    tracing::warn!(after = self.last, attempt = failures, error = %e,
+                        "cannot read stored events for a stream; retrying");
+                    let pause = Duration::from_millis(50 << failures.min(6));
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.state.metrics.draining.cancelled() => return None,
+                    }
+                }
             }
         }
     }
 }
 
+/// An SSE stream of what the feed yields.
 pub(crate) fn stream(
-    state: AppState,
-    start: Start,
-    filter: Filter,
+    feed: Feed,
 ) -> impl Stream<Item = Result<sse::Event, Infallible>> + Send + 'static {
-    futures::stream::once(Feed::new(state, start, filter)).flat_map(|feed| {
-        futures::stream::unfold(feed, |mut feed| async move {
-            let f = feed.next().await?;
-            let frame = sse::Event::default()
-                .id(f.id.to_string())
-                .event(f.kind.as_str())
-                .data(&f.json);
-            Some((Ok(frame), feed))
-        })
+    futures::stream::unfold(feed, |mut feed| async move {
+        let f = feed.next().await?;
+        let frame = sse::Event::default()
+            .id(f.id.to_string())
+            .event(f.kind.as_str())
+            .data(&f.json);
+        Some((Ok(frame), feed))
     })
 }
-
-use futures::StreamExt as _;

@@ -68,19 +68,21 @@ pub struct AppState {
 }
 
 impl AppState {
-    pub fn new(engine: Engine, options: &ServerOptions) -> Self {
-        let metrics = Metrics::start(&engine);
-        let hub = events::Hub::start(&engine, metrics.draining.clone());
+    /// Starts the metrics and the event fan-out, each following the engine's events
+    /// from now on; fails only when the store cannot say where its event log ends.
+    pub async fn new(engine: Engine, options: &ServerOptions) -> Result<Self, baton_engine::Error> {
+        let metrics = Metrics::start(&engine).await?;
+        let hub = events::Hub::start(&engine, metrics.draining.clone()).await?;
         let resources =
             resources::Resources::start(options.data_dir.clone(), metrics.draining.clone());
-        Self {
+        Ok(Self {
             engine,
             metrics,
             hub,
             resources,
             auth: Arc::new(auth::Auth::new(options)),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-        }
+        })
     }
 }
 

@@ -88,7 +88,8 @@ impl Drop for SubscriberGuard {
 }
 
 impl Metrics {
-    pub fn start(engine: &Engine) -> Arc<Metrics> {
+    /// Starts counting the engine's events from now on.
+    pub async fn start(engine: &Engine) -> Result<Arc<Metrics>, baton_engine::Error> {
         let metrics = Arc::new(Metrics {
             started: Instant::now(),
             events: AtomicU64::new(0),
@@ -103,7 +104,8 @@ impl Metrics {
             draining: CancellationToken::new(),
         });
         let m = metrics.clone();
-        let mut sub = engine.subscribe();
+        // Never skips an event, however far behind the counting falls.
+        let mut sub = engine.subscribe().await?;
         tokio::spawn(async move {
             // When each job was submitted and started, to time queueing and running.
             let mut submitted: HashMap<String, Millis> = HashMap::new();
@@ -146,7 +148,7 @@ impl Metrics {
                 }
             }
         });
-        metrics
+        Ok(metrics)
     }
 
     pub fn subscriber(self: &Arc<Self>) -> SubscriberGuard {

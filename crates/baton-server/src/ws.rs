@@ -73,12 +73,19 @@ async fn session(s: AppState, caller: Caller, mut socket: WebSocket) {
                             None => subs.all = true,
                         }
                         // A resume point (or the first subscription) starts a new feed.
-                        if after.is_some() || feed.is_none() {
+                        let started = if after.is_some() || feed.is_none() {
                             let start = after.map_or(Start::Live, Start::After);
                             let filter = Filter { job: None, kinds: None };
-                            feed = Some(Feed::new(s.clone(), start, filter).await);
+                            Feed::new(s.clone(), start, filter).await.map(|f| feed = Some(f))
+                        } else {
+                            Ok(())
+                        };
+                        match started {
+                            Ok(()) => WsMessage::Subscribed { job },
+                            Err(e) => WsMessage::Error {
+                                error: ErrorDetail { code: e.code.into(), message: e.message },
+                            },
                         }
-                        WsMessage::Subscribed { job }
                     }
                     Ok(WsRequest::Unsubscribe { job }) => {
                         match &job {

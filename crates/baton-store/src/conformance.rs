@@ -752,6 +752,7 @@ pub async fn list_paginates_and_filters(store: Arc<dyn Store>) {
 pub async fn events_are_gapless_and_match_the_live_stream(store: Arc<dyn Store>) {
     let s = &*store;
     let mut rx = s.subscribe();
+    assert_eq!(s.last_event_id().await.expect("last_event_id"), 0);
     s.register_server(server("srv-1", T0))
         .await
         .expect("register");
@@ -823,6 +824,12 @@ pub async fn events_are_gapless_and_match_the_live_stream(store: Arc<dyn Store>)
     assert_eq!(
         others.iter().map(|e| (e.kind, e.seq)).collect::<Vec<_>>(),
         [(EventKind::ServerUp, 0), (EventKind::ServerDown, 0)]
+    );
+
+    assert_eq!(
+        s.last_event_id().await.expect("last_event_id"),
+        log[14].id,
+        "the last committed event"
     );
 
     // Reading from a point.

@@ -401,6 +401,10 @@ pub trait Store: Send + Sync + 'static {
     async fn list(&self, filter: JobFilter) -> Result<JobPage>;
     async fn job_events(&self, job_id: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>>;
     async fn events_after(&self, after_id: u64, limit: usize) -> Result<Vec<Event>>;
+    /// The id of the last committed event (0 when there is none). Every event with a
+    /// greater id is published after this call began: a subscriber that subscribes first
+    /// and reads this next misses nothing between the store and the live stream.
+    async fn last_event_id(&self) -> Result<u64>;
     async fn checkpoints(&self, job_id: &str) -> Result<Vec<Checkpoint>>;
     async fn servers(&self) -> Result<Vec<ServerInfo>>;
     async fn counts(&self) -> Result<Counts>;

@@ -313,7 +313,7 @@ async fn throughput(
     // recovery runs at the same time, and those must not count.
     let ids = job_ids(jobs);
     let own: Arc<HashSet<String>> = Arc::new(ids.iter().cloned().collect());
-    let mut events = engine.subscribe();
+    let mut events = engine.subscribe().await?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     let mut rest = ids.as_slice();
@@ -389,7 +389,7 @@ async fn commands(
         .await?;
     let ids = job_ids(jobs);
     let own: HashSet<String> = ids.iter().cloned().collect();
-    let mut events = engine.subscribe();
+    let mut events = engine.subscribe().await?;
     let started = Instant::now();
     let submitter = {
         let engine = engine.clone();

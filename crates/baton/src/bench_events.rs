@@ -38,7 +38,7 @@ pub async fn run(
         .build()
         .await?;
     let options = ServerOptions::default();
-    let state = AppState::new(engine.clone(), &options);
+    let state = AppState::new(engine.clone(), &options).await?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let stop = tokio_util_cancel();

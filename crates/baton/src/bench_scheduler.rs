@@ -77,7 +77,7 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
         .context("cannot create the schedules")?;
     let created = started.elapsed();
 
-    let mut events = engine.subscribe();
+    let mut events = engine.subscribe().await?;
     let period_ms = s.period.as_millis() as i64;
     let first = chrono::Utc::now().timestamp_millis() + 2000;
     let step = period_ms as f64 / s.firing as f64;

@@ -47,7 +47,7 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
         )
     };
     let before = counted();
-    let mut events = engine.subscribe();
+    let mut events = engine.subscribe().await?;
     let started = Instant::now();
     let out = engine.submit_workflow(spec).await?;
     let submitted = started.elapsed();

@@ -26,7 +26,7 @@ pub async fn run(spec: JobSpec, json: bool) -> Result<u8> {
         builder = builder.pipelines_dir(dir);
     }
     let engine = builder.build().await?;
-    let mut events = engine.subscribe();
+    let mut events = engine.subscribe().await?;
     let submitted = engine.submit(spec).await?;
     let id = submitted.job.id.clone();
     if !json {

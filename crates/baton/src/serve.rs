@@ -50,7 +50,7 @@ pub async fn run(flags: Flags) -> Result<()> {
     if !addr.ip().is_loopback() && !options.auth.enabled() {
         tracing::warn!(%addr, "listening beyond this machine without auth: anyone who can reach it controls your jobs");
     }
-    let state = AppState::new(engine.clone(), &options);
+    let state = AppState::new(engine.clone(), &options).await?;
     say(format_args!(
         "baton {} serving on {url} (store {}, durability {:?}); API {url}/api/jobs, events {url}/api/events",
         env!("CARGO_PKG_VERSION"),

@@ -59,7 +59,9 @@ pub async fn test_engine(dir: &TempDir) -> Engine {
 pub async fn harness_with(options: ServerOptions) -> Harness {
     let dir = TempDir::new().unwrap();
     let engine = test_engine(&dir).await;
-    let state = AppState::new(engine.clone(), &options);
+    let state = AppState::new(engine.clone(), &options)
+        .await
+        .expect("start the server's state");
     Harness {
         app: router(state.clone(), &options),
         engine,

@@ -373,6 +373,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn last_event_id(&self) -> Result<u64> {
+        self.read(rows::last_event_id).await
+    }
+
     async fn checkpoints(&self, job_id: &str) -> Result<Vec<crate::Checkpoint>> {
         let id = job_id.to_owned();
         self.read(move |c| rows::checkpoints(c, &id)).await

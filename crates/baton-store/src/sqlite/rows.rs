@@ -162,6 +162,13 @@ pub fn events_after(conn: &Connection, after: u64, limit: usize) -> Result<Vec<E
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+pub fn last_event_id(conn: &Connection) -> Result<u64> {
+    let id: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM events")?
+        .query_row([], |r| r.get(0))?;
+    Ok(id as u64)
+}
+
 pub fn checkpoints(conn: &Connection, job_id: &str) -> Result<Vec<Checkpoint>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, attempt, step, data, at FROM checkpoints WHERE job_id = ?1 ORDER BY seq",
