@@ -26,7 +26,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use auth::{AuthConfig, Role, TokenEntry, hash_token, sign_jwt};
 pub use error::{ApiError, ApiResult};
-pub use limit::{DEFAULT_MAX_REQUESTS, DEFAULT_MAX_STREAMS};
+pub use limit::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_STREAMS};
 pub use meta::Metrics;
 
 /// How the server behaves; see `baton serve` for where each setting comes from.
@@ -45,6 +45,9 @@ pub struct ServerOptions {
     pub max_requests: usize,
     /// Streams (SSE, WebSocket, `/wait` long-polls) open at once; past it, 503.
     pub max_streams: usize,
+    /// The longest a request body may take to arrive (408 past it), so that slow
+    /// uploads cannot hold the request permits for ever.
+    pub body_timeout: Duration,
     /// The folder of the store, whose disk `/api/resources` watches.
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -59,6 +62,7 @@ impl Default for ServerOptions {
             submit_burst: 100,
             max_requests: DEFAULT_MAX_REQUESTS,
             max_streams: DEFAULT_MAX_STREAMS,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             data_dir: None,
         }
     }
@@ -73,6 +77,7 @@ pub struct AppState {
     pub(crate) resources: Arc<resources::Resources>,
     pub(crate) auth: Arc<auth::Auth>,
     pub(crate) limits: Arc<limit::Limits>,
+    pub(crate) body_timeout: Duration,
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -94,6 +99,7 @@ impl AppState {
                 options.max_requests,
                 options.max_streams,
             )),
+            body_timeout: options.body_timeout,
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         }
     }

@@ -26,6 +26,8 @@ use crate::error::ApiError;
 pub const DEFAULT_MAX_REQUESTS: usize = 512;
 /// The default bound on streams (SSE, WebSocket, long-polls) open at once.
 pub const DEFAULT_MAX_STREAMS: usize = 4096;
+/// The default time a request body may take to arrive.
+pub const DEFAULT_BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 pub struct Limits {
     requests: Arc<Semaphore>,

@@ -213,3 +213,45 @@ async fn past_the_stream_limit_streams_are_answered_503_and_requests_go_on() {
     }
     h.engine.cancel(&job.id).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_frees_its_place() {
+    let options = ServerOptions {
+        max_requests: 1,
+        body_timeout: Duration::from_millis(500),
+        ..ServerOptions::default()
+    };
+    let h = harness_with(options.clone()).await;
+    let addr = serve(&h, options).await;
+    let head = "POST /api/jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n";
+    let t0 = std::time::Instant::now();
+    let mut slow = TcpStream::connect(addr).await.unwrap();
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(b"{\"kind\": ").await.unwrap();
+    // The one place is taken while the body trickles in...
+    let (status, _, text) = loop {
+        let answer = call(addr, "GET", "/api/stats").await;
+        if answer.0 == 503 || t0.elapsed() > Duration::from_secs(10) {
+            break answer;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(status, 503, "{text}");
+    // ...until the body timeout answers it.
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(t0.elapsed() >= Duration::from_millis(500));
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("\"request_timeout\""), "{answer}");
+    assert!(
+        answer.contains("did not arrive within 500ms (body_timeout)"),
+        "{answer}"
+    );
+    let (status, _, text) = call(addr, "GET", "/api/stats").await;
+    assert_eq!(status, 200, "{text}");
+    let (_, jobs) = h.call(axum::http::Method::GET, "/api/jobs", None).await;
+    assert_eq!(jobs["jobs"], serde_json::json!([]));
+}

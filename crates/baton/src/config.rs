@@ -27,6 +27,8 @@ pub struct FileConfig {
     pub max_requests: Option<usize>,
     /// Streams (SSE, WebSocket, long-polls) open at once (503 past it).
     pub max_streams: Option<usize>,
+    /// The longest a request body may take to arrive.
+    pub body_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
     /// Folders of pipeline definitions (one TOML file each), loaded at start.
     pub pipelines_dirs: Option<Vec<PathBuf>>,
@@ -69,6 +71,7 @@ pub struct Config {
     pub submit_burst: u32,
     pub max_requests: usize,
     pub max_streams: usize,
+    pub body_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub queues: BTreeMap<String, usize>,
     pub auth: AuthConfig,
@@ -171,6 +174,20 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         &source,
     )?
     .unwrap_or(baton_server::DEFAULT_MAX_STREAMS);
+    let body_timeout = match env("BATON_BODY_TIMEOUT")
+        .map(|v| (v, "BATON_BODY_TIMEOUT".to_owned()))
+        .or_else(|| {
+            file.body_timeout
+                .clone()
+                .map(|v| (v, source("body_timeout")))
+        }) {
+        None => baton_server::DEFAULT_BODY_TIMEOUT,
+        Some((text, named)) => match baton_core::duration::parse(&text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => bail!("invalid setting {named} = {text:?}: must be longer than 0s"),
+            Err(m) => bail!("invalid setting {named} = {text:?}: {m}"),
+        },
+    };
     let shutdown_timeout = match file.shutdown_timeout.as_deref() {
         None => Duration::from_secs(30),
         Some(t) => baton_core::duration::parse(t)
@@ -235,6 +252,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         submit_burst: file.submit_burst.unwrap_or(100),
         max_requests,
         max_streams,
+        body_timeout,
         shutdown_timeout,
         queues,
         auth,
@@ -419,6 +437,29 @@ mod tests {
         };
         let c = load_with(Some(file), &env, flags).unwrap();
         assert_eq!((c.max_requests, c.max_streams), (16, 20));
+    }
+
+    #[test]
+    fn the_body_timeout_comes_from_env_or_file_and_is_checked() {
+        let c = load_with(None, &[], Flags::default()).unwrap();
+        assert_eq!(c.body_timeout, baton_server::DEFAULT_BODY_TIMEOUT);
+        let file = "body_timeout = \"5s\"";
+        let c = load_with(Some(file), &[], Flags::default()).unwrap();
+        assert_eq!(c.body_timeout, Duration::from_secs(5));
+        let c = load_with(
+            Some(file),
+            &[("BATON_BODY_TIMEOUT", "250ms")],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.body_timeout, Duration::from_millis(250));
+        refused(Some("body_timeout = \"0s\""), &[], "body_timeout in");
+        refused(Some("body_timeout = \"0s\""), &[], "must be longer than 0s");
+        refused(
+            None,
+            &[("BATON_BODY_TIMEOUT", "soon")],
+            "invalid setting BATON_BODY_TIMEOUT = \"soon\"",
+        );
     }
 
     #[test]
