@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, header};
@@ -74,6 +75,9 @@ pub struct Caller {
     pub role: Role,
 }
 
+/// How often the rate limiter forgets idle clients.
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct Auth {
     config: AuthConfig,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
@@ -89,6 +93,42 @@ impl Auth {
             config: options.auth.clone(),
             limiter,
         }
+    }
+
+    /// Forgets the clients whose allowance is full again (they look like new ones), so
+    /// that the limiter holds only clients seen within about `burst / rate` seconds,
+    /// however many addresses come and go; the number of clients it still holds.
+    pub fn prune(&self) -> usize {
+        match &self.limiter {
+            Some(limiter) => {
+                limiter.retain_recent();
+                limiter.shrink_to_fit();
+                limiter.len()
+            }
+            None => 0,
+        }
+    }
+
+    /// Prunes the limiter every [`PRUNE_EVERY`] until `stop`, or until the server is
+    /// gone.
+    pub fn prune_in_background(auth: &Arc<Auth>, stop: tokio_util::sync::CancellationToken) {
+        if auth.limiter.is_none() {
+            return;
+        }
+        let auth = Arc::downgrade(auth);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(PRUNE_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.cancelled() => return,
+                }
+                let Some(auth) = auth.upgrade() else { return };
+                let held = auth.prune();
+                tracing::trace!(held, "rate limiter pruned");
+            }
+        });
     }
 
     fn identify(&self, token: &str) -> Option<Caller> {
@@ -380,6 +420,36 @@ mod tests {
             Some((None, "after=3".to_owned()))
         );
         assert_eq!(percent_decode("%zz%4"), "%zz%4");
+    }
+
+    #[test]
+    fn the_limiter_forgets_idle_clients() {
+        // Two a second, no burst: the limiter forgets a client about a second after it
+        // submitted (its allowance is full again, and governor keeps one more interval).
+        let options = ServerOptions {
+            submit_rate: 2,
+            submit_burst: 1,
+            ..ServerOptions::default()
+        };
+        let auth = Auth::new(&options);
+        let limiter = auth.limiter.as_ref().unwrap();
+        for i in 0..20_000u32 {
+            let addr = std::net::Ipv6Addr::from(u128::from(i) << 16 | 0xbeef);
+            assert!(limiter.check_key(&addr.to_string()).is_ok());
+        }
+        assert_eq!(limiter.len(), 20_000);
+        assert_eq!(auth.prune(), 20_000, "none is idle yet");
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        // One client submits again; it is remembered, with what it has used.
+        let busy = "203.0.113.7".to_owned();
+        assert!(limiter.check_key(&busy).is_ok());
+        assert_eq!(auth.prune(), 1, "only the busy client is left");
+        assert!(
+            limiter.check_key(&busy).is_err(),
+            "its use is not forgotten"
+        );
+        // Without a rate there is nothing to prune.
+        assert_eq!(Auth::new(&ServerOptions::default()).prune(), 0);
     }
 
     #[test]

@@ -12,16 +12,17 @@ use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode, header};
 use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess};
 
+use crate::AppState;
 use crate::error::ApiError;
 
 /// A JSON body whose rejections speak the API's error model, and which refuses a
 /// repeated key anywhere in the document.
 pub struct ApiJson<T>(pub T);
 
-impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         if !json_content_type(req.headers()) {
             return Err(ApiError::new(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -29,14 +30,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
                 "expected a body with content-type application/json",
             ));
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            let text = r.body_text();
-            if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", text)
-            } else {
-                ApiError::new(r.status(), "bad_request", text)
-            }
-        })?;
+        // A body that trickles in holds a request permit (crate::limit): bounded.
+        let limit = state.body_timeout;
+        let bytes = tokio::time::timeout(limit, Bytes::from_request(req, state))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request body did not arrive within {} (body_timeout)",
+                        baton_core::duration::format(limit)
+                    ),
+                )
+            })?
+            .map_err(|r| {
+                let text = r.body_text();
+                if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", text)
+                } else {
+                    ApiError::new(r.status(), "bad_request", text)
+                }
+            })?;
         parse(&bytes).map(ApiJson)
     }
 }

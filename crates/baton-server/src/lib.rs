@@ -6,6 +6,7 @@ mod error;
 mod events;
 mod jobs;
 mod json;
+mod limit;
 mod meta;
 mod resources;
 mod schedules;
@@ -25,6 +26,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use auth::{AuthConfig, Role, TokenEntry, hash_token, sign_jwt};
 pub use error::{ApiError, ApiResult};
+pub use limit::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_STREAMS};
 pub use meta::Metrics;
 
 /// How the server behaves; see `baton serve` for where each setting comes from.
@@ -39,6 +41,13 @@ pub struct ServerOptions {
     pub submit_rate: u32,
     /// Submissions a client may burst above the rate.
     pub submit_burst: u32,
+    /// Requests worked on at once; past it a request is answered 503 at once.
+    pub max_requests: usize,
+    /// Streams (SSE, WebSocket, `/wait` long-polls) open at once; past it, 503.
+    pub max_streams: usize,
+    /// The longest a request body may take to arrive (408 past it), so that slow
+    /// uploads cannot hold the request permits for ever.
+    pub body_timeout: Duration,
     /// The folder of the store, whose disk `/api/resources` watches.
     pub data_dir: Option<std::path::PathBuf>,
 }
@@ -51,6 +60,9 @@ impl Default for ServerOptions {
             body_limit: 2 * 1024 * 1024,
             submit_rate: 0,
             submit_burst: 100,
+            max_requests: DEFAULT_MAX_REQUESTS,
+            max_streams: DEFAULT_MAX_STREAMS,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
             data_dir: None,
         }
     }
@@ -64,6 +76,8 @@ pub struct AppState {
     pub(crate) hub: Arc<events::Hub>,
     pub(crate) resources: Arc<resources::Resources>,
     pub(crate) auth: Arc<auth::Auth>,
+    pub(crate) limits: Arc<limit::Limits>,
+    pub(crate) body_timeout: Duration,
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -75,12 +89,19 @@ impl AppState {
         let hub = events::Hub::start(&engine, metrics.draining.clone()).await?;
         let resources =
             resources::Resources::start(options.data_dir.clone(), metrics.draining.clone());
+        let auth = Arc::new(auth::Auth::new(options));
+        auth::Auth::prune_in_background(&auth, metrics.draining.clone());
         Ok(Self {
             engine,
             metrics,
             hub,
             resources,
-            auth: Arc::new(auth::Auth::new(options)),
+            auth,
+            limits: Arc::new(limit::Limits::new(
+                options.max_requests,
+                options.max_streams,
+            )),
+            body_timeout: options.body_timeout,
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     }
@@ -149,6 +170,10 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::middleware,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limit::middleware,
         ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

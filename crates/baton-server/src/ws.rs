@@ -13,13 +13,20 @@ use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
 use crate::events::{Feed, Filter, Start};
+use crate::limit::StreamPermit;
 
 pub async fn upgrade(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
+    permit: Option<Extension<StreamPermit>>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.on_upgrade(move |socket| session(s, caller, socket))
+    // The session holds its stream permit (crate::limit) until the socket closes.
+    let permit = permit.and_then(|Extension(p)| p.take());
+    ws.on_upgrade(move |socket| async move {
+        session(s, caller, socket).await;
+        drop(permit);
+    })
 }
 
 /// What the socket follows.

@@ -23,6 +23,12 @@ pub struct FileConfig {
     pub body_limit_bytes: Option<usize>,
     pub submit_rate: Option<u32>,
     pub submit_burst: Option<u32>,
+    /// Requests worked on at once (503 past it).
+    pub max_requests: Option<usize>,
+    /// Streams (SSE, WebSocket, long-polls) open at once (503 past it).
+    pub max_streams: Option<usize>,
+    /// The longest a request body may take to arrive.
+    pub body_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
     /// Folders of pipeline definitions (one TOML file each), loaded at start.
     pub pipelines_dirs: Option<Vec<PathBuf>>,
@@ -49,6 +55,8 @@ pub struct Flags {
     pub store: Option<String>,
     pub durability: Option<String>,
     pub allow_remote: bool,
+    pub max_requests: Option<String>,
+    pub max_streams: Option<String>,
 }
 
 /// The checked configuration.
@@ -61,6 +69,9 @@ pub struct Config {
     pub body_limit: usize,
     pub submit_rate: u32,
     pub submit_burst: u32,
+    pub max_requests: usize,
+    pub max_streams: usize,
+    pub body_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub queues: BTreeMap<String, usize>,
     pub auth: AuthConfig,
@@ -145,6 +156,38 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             Some(v) => parse_bool("BATON_ALLOW_REMOTE", &v)?,
             None => file.allow_remote.unwrap_or(false),
         };
+    let max_requests = limit_setting(
+        "max_requests",
+        flags.max_requests.as_deref(),
+        "BATON_MAX_REQUESTS",
+        env,
+        file.max_requests,
+        &source,
+    )?
+    .unwrap_or(baton_server::DEFAULT_MAX_REQUESTS);
+    let max_streams = limit_setting(
+        "max_streams",
+        flags.max_streams.as_deref(),
+        "BATON_MAX_STREAMS",
+        env,
+        file.max_streams,
+        &source,
+    )?
+    .unwrap_or(baton_server::DEFAULT_MAX_STREAMS);
+    let body_timeout = match env("BATON_BODY_TIMEOUT")
+        .map(|v| (v, "BATON_BODY_TIMEOUT".to_owned()))
+        .or_else(|| {
+            file.body_timeout
+                .clone()
+                .map(|v| (v, source("body_timeout")))
+        }) {
+        None => baton_server::DEFAULT_BODY_TIMEOUT,
+        Some((text, named)) => match baton_core::duration::parse(&text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => bail!("invalid setting {named} = {text:?}: must be longer than 0s"),
+            Err(m) => bail!("invalid setting {named} = {text:?}: {m}"),
+        },
+    };
     let shutdown_timeout = match file.shutdown_timeout.as_deref() {
         None => Duration::from_secs(30),
         Some(t) => baton_core::duration::parse(t)
@@ -207,6 +250,9 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         body_limit: file.body_limit_bytes.unwrap_or(2 * 1024 * 1024),
         submit_rate: file.submit_rate.unwrap_or(0),
         submit_burst: file.submit_burst.unwrap_or(100),
+        max_requests,
+        max_streams,
+        body_timeout,
         shutdown_timeout,
         queues,
         auth,
@@ -225,6 +271,31 @@ fn read_file(path: &Path) -> Result<FileConfig> {
             e.to_string().trim()
         )
     })
+}
+
+/// A bound of at least 1 from `--flag`, then `ENV`, then the file; `None` when none
+/// sets it.
+fn limit_setting(
+    key: &str,
+    flag: Option<&str>,
+    env_name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    file: Option<usize>,
+    source: &dyn Fn(&str) -> String,
+) -> Result<Option<usize>> {
+    let (value, named) = if let Some(v) = flag {
+        (v.to_owned(), format!("--{}", key.replace('_', "-")))
+    } else if let Some(v) = env(env_name) {
+        (v, env_name.to_owned())
+    } else if let Some(n) = file {
+        (n.to_string(), source(key))
+    } else {
+        return Ok(None);
+    };
+    match value.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(Some(n)),
+        _ => bail!("invalid setting {named} = {value:?}: expected a whole number of at least 1"),
+    }
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool> {
@@ -341,6 +412,81 @@ mod tests {
             &[("BATON_ALLOW_REMOTE", "perhaps")],
             "BATON_ALLOW_REMOTE",
         );
+    }
+
+    #[test]
+    fn request_and_stream_limits_come_from_flags_env_or_file() {
+        let c = load_with(None, &[], Flags::default()).unwrap();
+        assert_eq!(
+            (c.max_requests, c.max_streams),
+            (
+                baton_server::DEFAULT_MAX_REQUESTS,
+                baton_server::DEFAULT_MAX_STREAMS
+            )
+        );
+        let file = "max_requests = 64\nmax_streams = 100";
+        let c = load_with(Some(file), &[], Flags::default()).unwrap();
+        assert_eq!((c.max_requests, c.max_streams), (64, 100));
+        let env = [("BATON_MAX_REQUESTS", "32"), ("BATON_MAX_STREAMS", "50")];
+        let c = load_with(Some(file), &env, Flags::default()).unwrap();
+        assert_eq!((c.max_requests, c.max_streams), (32, 50));
+        let flags = Flags {
+            max_requests: Some("16".into()),
+            max_streams: Some("20".into()),
+            ..Flags::default()
+        };
+        let c = load_with(Some(file), &env, flags).unwrap();
+        assert_eq!((c.max_requests, c.max_streams), (16, 20));
+    }
+
+    #[test]
+    fn the_body_timeout_comes_from_env_or_file_and_is_checked() {
+        let c = load_with(None, &[], Flags::default()).unwrap();
+        assert_eq!(c.body_timeout, baton_server::DEFAULT_BODY_TIMEOUT);
+        let file = "body_timeout = \"5s\"";
+        let c = load_with(Some(file), &[], Flags::default()).unwrap();
+        assert_eq!(c.body_timeout, Duration::from_secs(5));
+        let c = load_with(
+            Some(file),
+            &[("BATON_BODY_TIMEOUT", "250ms")],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.body_timeout, Duration::from_millis(250));
+        refused(Some("body_timeout = \"0s\""), &[], "body_timeout in");
+        refused(Some("body_timeout = \"0s\""), &[], "must be longer than 0s");
+        refused(
+            None,
+            &[("BATON_BODY_TIMEOUT", "soon")],
+            "invalid setting BATON_BODY_TIMEOUT = \"soon\"",
+        );
+    }
+
+    #[test]
+    fn bad_request_and_stream_limits_are_named() {
+        refused(
+            Some("max_requests = 0"),
+            &[],
+            "invalid setting max_requests in",
+        );
+        refused(Some("max_streams = 0"), &[], "max_streams in");
+        refused(Some("max_streams = -4"), &[], "max_streams");
+        refused(
+            None,
+            &[("BATON_MAX_REQUESTS", "lots")],
+            "invalid setting BATON_MAX_REQUESTS = \"lots\": expected a whole number of at least 1",
+        );
+        refused(
+            None,
+            &[("BATON_MAX_STREAMS", "0")],
+            "invalid setting BATON_MAX_STREAMS = \"0\"",
+        );
+        let flags = Flags {
+            max_streams: Some("1.5".into()),
+            ..Flags::default()
+        };
+        let e = load_with(None, &[], flags).unwrap_err().to_string();
+        assert!(e.contains("invalid setting --max-streams = \"1.5\""), "{e}");
     }
 
     #[test]

@@ -69,6 +69,14 @@ enum Command {
         /// Allow listening beyond this machine without auth.
         #[arg(long)]
         allow_remote: bool,
+        /// Requests worked on at once; past it, 503 with Retry-After [default: 512; env
+        /// BATON_MAX_REQUESTS].
+        #[arg(long, value_name = "N")]
+        max_requests: Option<String>,
+        /// SSE streams, WebSockets and /wait long-polls open at once; past it, 503
+        /// [default: 4096; env BATON_MAX_STREAMS].
+        #[arg(long, value_name = "N")]
+        max_streams: Option<String>,
     },
     /// Run `baton serve` in the background (pid file and log file).
     Daemon {
@@ -326,6 +334,8 @@ fn run(cli: Cli) -> Result<u8> {
             config,
             durability,
             allow_remote,
+            max_requests,
+            max_streams,
         } => {
             let flags = config::Flags {
                 config,
@@ -333,6 +343,8 @@ fn run(cli: Cli) -> Result<u8> {
                 store,
                 durability,
                 allow_remote,
+                max_requests,
+                max_streams,
             };
             runtime()?.block_on(serve::run(flags))?;
             Ok(exit::OK)

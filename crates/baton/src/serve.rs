@@ -40,6 +40,9 @@ pub async fn run(flags: Flags) -> Result<()> {
         body_limit: config.body_limit,
         submit_rate: config.submit_rate,
         submit_burst: config.submit_burst,
+        max_requests: config.max_requests,
+        max_streams: config.max_streams,
+        body_timeout: config.body_timeout,
         data_dir: Some(
             path.parent()
                 .filter(|p| !p.as_os_str().is_empty())

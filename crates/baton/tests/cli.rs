@@ -427,3 +427,48 @@ fn help_gives_every_subcommand_a_line_and_names_no_design_document() {
     }
     assert!(seen > 40, "only {seen} help pages");
 }
+
+#[test]
+fn serve_refuses_a_bad_request_or_stream_limit_at_start() {
+    let dir = TempDir::new().unwrap();
+    /// Flags, environment, and what the error says.
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 3] = [
+        (
+            &["--max-requests", "0"],
+            &[],
+            "invalid setting --max-requests = \"0\": expected a whole number of at least 1",
+        ),
+        (
+            &[],
+            &[("BATON_MAX_STREAMS", "many")],
+            "invalid setting BATON_MAX_STREAMS = \"many\"",
+        ),
+        (
+            &["--config", "limits.toml"],
+            &[],
+            "invalid setting max_streams in limits.toml",
+        ),
+    ];
+    std::fs::write(dir.path().join("limits.toml"), "max_streams = 0\n").unwrap();
+    for (args, env, want) in cases {
+        let out = Command::new(BIN)
+            .current_dir(dir.path())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                "sqlite://x.db",
+            ])
+            .args(args)
+            .envs(env.iter().copied())
+            .env_remove("BATON_MAX_REQUESTS")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {env:?} was taken: {err}");
+        assert!(err.contains(want), "{err} lacks {want}");
+    }
+    assert!(!dir.path().join("x.db").exists(), "nothing was opened");
+}
