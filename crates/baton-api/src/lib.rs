@@ -67,8 +67,9 @@ pub struct LogList {
 }
 
 /// `GET /api/pipelines`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PipelineList {
+    #[schema(value_type = Vec<baton_store::Pipeline>)]
     pub pipelines: Vec<serde_json::Value>,
 }
 

@@ -9,7 +9,7 @@ use crate::spec::{BackoffSpec, JobSpec, KIND_PIPELINE, SpecError, StepSpec, chec
 /// A pipeline definition as stored, sent to `PUT /api/pipelines/{id}` or written in a
 /// TOML file. Submitting `{"kind": "pipeline", "pipeline": id}` copies its steps into
 /// the job, and its defaults where the job spec leaves a field out.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineSpec {
     /// Empty in a TOML file: the file's name (without `.toml`) is the id.

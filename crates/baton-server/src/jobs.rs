@@ -296,6 +296,17 @@ pub async fn cancel(
     Ok(Json(s.engine.cancel(job_id(&id)?).await?))
 }
 
+/// `PATCH` cancels as `POST` does; a separate operation so that each has its own id.
+#[utoipa::path(patch, operation_id = "cancel_job_patch", path = "/api/jobs/{id}/cancel", tag = "control", params(("id" = String, Path)),
+    responses((status = 200, body = baton_core::Job), (status = 404, description = "no such job", body = baton_api::ErrorBody),
+        (status = 409, description = "illegal in the job's state", body = baton_api::ErrorBody)))]
+pub async fn cancel_patch(
+    state: State<AppState>,
+    id: ApiPath<String>,
+) -> ApiResult<Json<baton_core::Job>> {
+    cancel(state, id).await
+}
+
 #[utoipa::path(delete, operation_id = "delete_job", path = "/api/jobs/{id}", tag = "control", params(("id" = String, Path)),
     responses((status = 200, body = baton_core::Job), (status = 404, description = "no such job", body = baton_api::ErrorBody),
         (status = 409, description = "illegal in the job's state", body = baton_api::ErrorBody)))]
@@ -347,7 +358,7 @@ pub async fn logs(
 }
 
 #[utoipa::path(get, operation_id = "list_pipelines", path = "/api/pipelines", tag = "pipelines",
-    responses((status = 200, body = Object)))]
+    responses((status = 200, body = baton_api::PipelineList)))]
 pub async fn pipelines(State(s): State<AppState>) -> ApiResult<Json<baton_api::PipelineList>> {
     let pipelines = s.engine.pipelines().await?;
     Ok(Json(baton_api::PipelineList {
@@ -359,7 +370,7 @@ pub async fn pipelines(State(s): State<AppState>) -> ApiResult<Json<baton_api::P
 }
 
 #[utoipa::path(get, operation_id = "get_pipeline", path = "/api/pipelines/{id}", tag = "pipelines", params(("id" = String, Path)),
-    responses((status = 200, body = Object), (status = 404, description = "no such pipeline", body = baton_api::ErrorBody)))]
+    responses((status = 200, body = baton_store::Pipeline), (status = 404, description = "no such pipeline", body = baton_api::ErrorBody)))]
 pub async fn pipeline(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
@@ -371,8 +382,8 @@ pub async fn pipeline(
 }
 
 #[utoipa::path(put, operation_id = "put_pipeline", path = "/api/pipelines/{id}", tag = "pipelines", params(("id" = String, Path)),
-    request_body = Object,
-    responses((status = 200, body = Object),
+    request_body = baton_core::PipelineSpec,
+    responses((status = 200, description = "stored (created or replaced)", body = baton_store::Pipeline),
         (status = 422, description = "invalid pipeline, or an id that differs from the path's", body = baton_api::ErrorBody)))]
 pub async fn put_pipeline(
     State(s): State<AppState>,

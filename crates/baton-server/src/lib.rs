@@ -120,7 +120,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/api/jobs/{id}/retry", post(jobs::retry))
         .route(
             "/api/jobs/{id}/cancel",
-            post(jobs::cancel).patch(jobs::cancel),
+            post(jobs::cancel).patch(jobs::cancel_patch),
         )
         .route("/api/jobs/{id}/events", get(events::job_events))
         .route("/api/jobs/{id}/checkpoints", get(jobs::checkpoints))

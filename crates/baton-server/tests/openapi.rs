@@ -305,7 +305,16 @@ async fn answered_statuses_are_documented() {
         ),
         case(Method::POST, "/api/schedules", "/api/schedules", 409)
             .body(r#"{"id": "s", "job": {"kind": "echo"}, "trigger": {"type": "manual"}}"#),
+        case(
+            Method::PATCH,
+            "/api/jobs/{id}/cancel",
+            &format!("/api/jobs/{done}/cancel"),
+            409,
+        ),
         // And what succeeds.
+        case(Method::PUT, "/api/pipelines/{id}", "/api/pipelines/p", 200)
+            .body(r#"{"steps": [{"name": "a", "command": ["true"]}]}"#),
+        case(Method::GET, "/api/pipelines/{id}", "/api/pipelines/p", 200),
         case(
             Method::GET,
             "/api/jobs/{id}",

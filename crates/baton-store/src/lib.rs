@@ -278,13 +278,15 @@ pub struct LogLine {
 }
 
 /// A stored pipeline definition.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct Pipeline {
     #[serde(flatten)]
     pub spec: baton_core::PipelineSpec,
     #[serde(with = "baton_core::time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,
     #[serde(with = "baton_core::time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Millis,
 }
 
