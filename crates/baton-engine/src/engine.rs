@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, SystemClock};
-use crate::context::{Ctl, CtxInner, JobContext, JobError};
+use crate::context::{CtxInner, JobContext, JobError};
+use crate::run::{Ctl, RunEnv};
 use crate::{Error, Result};
 
 mod workflows;
@@ -1022,15 +1023,19 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
         )))),
         Some(handler) => {
             let ctx = JobContext::new(CtxInner {
-                engine: inner.clone(),
-                job_id: id.clone(),
+                run: RunEnv {
+                    store: inner.store.clone(),
+                    clock: inner.clock.clone(),
+                    job_id: id.clone(),
+                    fence: claimed.fence,
+                    ctl: ctl_rx,
+                    cancel: cancel.clone(),
+                    max_log_lines: inner.max_log_lines,
+                },
                 kind: claimed.job.kind.clone(),
                 queue: claimed.job.queue.clone(),
-                fence: claimed.fence,
                 attempt: claimed.job.attempt,
                 checkpoint: claimed.checkpoint.clone(),
-                ctl: ctl_rx,
-                cancel: cancel.clone(),
                 step: Mutex::new(claimed.job.step.clone()),
                 exec: claimed.exec.clone(),
                 timeout: claimed.timeout,
