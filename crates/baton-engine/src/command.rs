@@ -25,7 +25,8 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::context::{Ctl, JobContext, JobError};
+use crate::context::{JobContext, JobError};
+use crate::run::Ctl;
 
 /// A longer line is cut into pieces of this size, so that a process that never prints
 /// a newline cannot make the engine buffer without bound.

@@ -8,15 +8,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::Inner;
-
-/// The control intent for a running attempt.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Ctl {
-    Run,
-    Pause,
-    Stop,
-}
+use crate::run::{Ctl, RunEnv};
 
 /// A handler's failure. Plain errors (anything that implements `std::error::Error`
 /// converts with `?`) are retried while attempts remain; [`JobError::fatal`] is not.
@@ -114,15 +106,12 @@ pub struct JobContext {
 }
 
 pub(crate) struct CtxInner {
-    pub engine: Arc<Inner>,
-    pub job_id: String,
+    /// What the attempt may use of the engine, and no more.
+    pub run: RunEnv,
     pub kind: String,
     pub queue: String,
-    pub fence: u64,
     pub attempt: u32,
     pub checkpoint: Option<Value>,
-    pub ctl: watch::Receiver<Ctl>,
-    pub cancel: CancellationToken,
     pub step: std::sync::Mutex<Option<String>>,
     /// What a command or pipeline job executes (the spec's `exec`).
     pub exec: Option<Value>,
@@ -140,7 +129,7 @@ impl JobContext {
     }
 
     pub fn job_id(&self) -> &str {
-        &self.inner.job_id
+        &self.inner.run.job_id
     }
 
     pub fn kind(&self) -> &str {
@@ -164,11 +153,11 @@ impl JobContext {
     /// Fires when the job is being stopped; a handler that waits on something else can
     /// `select!` on it.
     pub fn cancellation(&self) -> &CancellationToken {
-        &self.inner.cancel
+        &self.inner.run.cancel
     }
 
     pub fn is_stopping(&self) -> bool {
-        self.inner.cancel.is_cancelled()
+        self.inner.run.cancel.is_cancelled()
     }
 
     /// Reports progress (a fraction from 0 to 1) and a message; a pause point.
@@ -217,9 +206,9 @@ impl JobContext {
     ) -> Result<std::collections::BTreeMap<String, baton_store::Link>, JobError> {
         let links = self
             .inner
-            .engine
+            .run
             .store
-            .dependencies(&self.inner.job_id)
+            .dependencies(&self.inner.run.job_id)
             .await
             .map_err(|e| JobError::new(format!("cannot read the parent results: {e}")))?;
         Ok(links
@@ -240,7 +229,7 @@ impl JobContext {
 
     /// Blocks while the job is paused; returns an error once it is being stopped.
     pub async fn pause_point(&self) -> Result<(), JobError> {
-        let mut ctl = self.inner.ctl.clone();
+        let mut ctl = self.inner.run.ctl.clone();
         loop {
             let now = *ctl.borrow_and_update();
             match now {
@@ -256,7 +245,7 @@ impl JobContext {
 
     /// The control intent as it changes: command jobs turn it into signals.
     pub(crate) fn control(&self) -> watch::Receiver<Ctl> {
-        self.inner.ctl.clone()
+        self.inner.run.ctl.clone()
     }
 
     pub(crate) fn exec(&self) -> Option<&Value> {
@@ -296,15 +285,14 @@ impl JobContext {
         &self,
         lines: Vec<(String, String)>,
     ) -> Result<baton_store::Appended, baton_store::Error> {
-        let engine = &self.inner.engine;
-        engine
-            .store
+        let run = &self.inner.run;
+        run.store
             .append_logs(baton_store::AppendLogs {
-                job_id: self.inner.job_id.clone(),
-                fence: self.inner.fence,
-                now: engine.clock.now(),
+                job_id: run.job_id.clone(),
+                fence: run.fence,
+                now: run.clock.now(),
                 lines,
-                max_lines: engine.max_log_lines,
+                max_lines: run.max_log_lines,
             })
             .await
     }
@@ -313,21 +301,14 @@ impl JobContext {
         &self,
         process: Option<baton_store::JobProcess>,
     ) -> Result<(), baton_store::Error> {
-        self.inner
-            .engine
-            .store
-            .set_process(&self.inner.job_id, self.inner.fence, process)
-            .await
+        let run = &self.inner.run;
+        run.store.set_process(&run.job_id, run.fence, process).await
     }
 
     async fn record(&self, update: Update) -> Result<(), JobError> {
-        let engine = &self.inner.engine;
-        let now = engine.clock.now();
-        match engine
-            .store
-            .update(&self.inner.job_id, self.inner.fence, now, update)
-            .await
-        {
+        let run = &self.inner.run;
+        let now = run.clock.now();
+        match run.store.update(&run.job_id, run.fence, now, update).await {
             Ok(()) => Ok(()),
             Err(baton_store::Error::StaleFence { .. }) => Err(JobError {
                 code: "cancelled".into(),

@@ -1,6 +1,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::{Clock, SystemClock};
-use crate::context::{Ctl, CtxInner, JobContext, JobError};
+use crate::context::{CtxInner, JobContext, JobError};
+use crate::run::{Ctl, RunEnv};
 use crate::{Error, Result};
 
 mod workflows;
@@ -74,8 +75,11 @@ pub(crate) struct Inner {
     pending_due: Mutex<Option<Millis>>,
     timer: Notify,
     pub(crate) shutdown: CancellationToken,
-    /// Set when shutdown gives up waiting: aborted attempts then write nothing.
-    abandoning: AtomicBool,
+    /// Fires when shutdown gives up waiting: aborted attempts then write nothing, and
+    /// outcome writes stop retrying.
+    abandoning: CancellationToken,
+    /// Outcome writes that failed and were tried again.
+    outcome_write_retries: AtomicU64,
     tasks: TaskTracker,
     background: TaskTracker,
     /// Log lines kept per job (command and pipeline jobs).
@@ -350,7 +354,8 @@ impl EngineBuilder {
             pending_due: Mutex::new(None),
             timer: Notify::new(),
             shutdown: CancellationToken::new(),
-            abandoning: AtomicBool::new(false),
+            abandoning: CancellationToken::new(),
+            outcome_write_retries: AtomicU64::new(0),
             tasks: TaskTracker::new(),
             background: TaskTracker::new(),
             max_log_lines: self.max_log_lines,
@@ -772,6 +777,11 @@ impl Engine {
             .collect()
     }
 
+    /// Outcome writes that failed and were tried again since the engine started.
+    pub fn outcome_write_retries(&self) -> u64 {
+        self.inner.outcome_write_retries.load(Ordering::Relaxed)
+    }
+
     /// Jobs this engine is executing now.
     pub fn running_jobs(&self) -> Vec<String> {
         let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
@@ -790,7 +800,7 @@ impl Engine {
             .await
             .is_err()
         {
-            inner.abandoning.store(true, Ordering::SeqCst);
+            inner.abandoning.cancel();
             let handles: Vec<CancellationToken> = {
                 let running = inner.running.lock().unwrap_or_else(|e| e.into_inner());
                 running.values().map(|h| h.kill.clone()).collect()
@@ -1013,15 +1023,19 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
         )))),
         Some(handler) => {
             let ctx = JobContext::new(CtxInner {
-                engine: inner.clone(),
-                job_id: id.clone(),
+                run: RunEnv {
+                    store: inner.store.clone(),
+                    clock: inner.clock.clone(),
+                    job_id: id.clone(),
+                    fence: claimed.fence,
+                    ctl: ctl_rx,
+                    cancel: cancel.clone(),
+                    max_log_lines: inner.max_log_lines,
+                },
                 kind: claimed.job.kind.clone(),
                 queue: claimed.job.queue.clone(),
-                fence: claimed.fence,
                 attempt: claimed.job.attempt,
                 checkpoint: claimed.checkpoint.clone(),
-                ctl: ctl_rx,
-                cancel: cancel.clone(),
                 step: Mutex::new(claimed.job.step.clone()),
                 exec: claimed.exec.clone(),
                 timeout: claimed.timeout,
@@ -1072,7 +1086,9 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
             running.remove(&id);
         }
     }
-    if !inner.abandoning.load(Ordering::SeqCst) {
+    // The slot stays taken until the outcome is recorded (or refused): no more work
+    // starts than can be recorded.
+    if !inner.abandoning.is_cancelled() {
         let intent = *ctl_tx.borrow();
         if let Err(e) = finish(&inner, &claimed, intent, outcome).await {
             // A stale fence means a user ended the attempt (force stop) first.
@@ -1087,7 +1103,7 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
 
 async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) -> Result<()> {
     let id = c.job.id.as_str();
-    let store = &inner.store;
+    let store = Outcomes { inner };
     let now = inner.clock.now();
     let t = |to, event| Transition::new(id, to, event, now).fence(c.fence);
     if intent == Ctl::Pause {
@@ -1164,6 +1180,67 @@ async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) 
         )
         .await?;
     Ok(())
+}
+
+/// Writes an attempt's outcome, trying again (same transition, same fencing token)
+/// after a failure until it lands, the store refuses it for good, or shutdown gives up.
+struct Outcomes<'a> {
+    inner: &'a Arc<Inner>,
+}
+
+impl Outcomes<'_> {
+    async fn record(&self, t: Transition) -> Result<()> {
+        let mut attempt: u32 = 0;
+        loop {
+            attempt += 1;
+            let e = match self.inner.store.record(t.clone()).await {
+                Ok(()) => {
+                    if attempt > 1 {
+                        tracing::info!(job_id = %t.job_id, attempt, "recorded the job's outcome");
+                    }
+                    return Ok(());
+                }
+                Err(e) if !outcome_write_may_succeed_later(&e) => return Err(e.into()),
+                Err(e) => e,
+            };
+            tracing::warn!(job_id = %t.job_id, attempt, error = %e,
+                "cannot record the job's outcome; retrying");
+            let pause = OUTCOME_RETRY_FIRST
+                .saturating_mul(1 << (attempt - 1).min(8))
+                .min(OUTCOME_RETRY_MAX);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.inner.abandoning.cancelled() => {
+                    tracing::error!(job_id = %t.job_id, attempt, error = %e,
+                        "shutdown gave up recording the job's outcome; it runs again at the next start");
+                    return Err(e.into());
+                }
+            }
+            self.inner
+                .outcome_write_retries
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The pause before the first retry of an outcome write; it doubles up to the most.
+const OUTCOME_RETRY_FIRST: Duration = Duration::from_millis(20);
+const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(2);
+
+/// Whether an outcome write that failed may land when tried again: a refusal (a stale
+/// fencing token, a job that moved on or is gone, a closed store) is final.
+fn outcome_write_may_succeed_later(e: &baton_store::Error) -> bool {
+    use baton_store::Error as E;
+    !matches!(
+        e,
+        E::StaleFence { .. }
+            | E::NotFound(_)
+            | E::Transition { .. }
+            | E::Conflict { .. }
+            | E::Closed
+            | E::Locked { .. }
+            | E::Config(_)
+    )
 }
 
 /// Queues delayed jobs and retries when their time comes: sleeps until the earliest

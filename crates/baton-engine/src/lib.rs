@@ -30,6 +30,7 @@ mod context;
 mod engine;
 mod error;
 mod pipelines;
+mod run;
 mod scheduler;
 
 pub use baton_core::schedule::{Misfire, Overlap, Schedule, ScheduleSpec, Trigger, Weekday};

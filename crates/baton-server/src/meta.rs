@@ -378,6 +378,13 @@ pub async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
     );
     metric(
         &mut out,
+        "baton_outcome_write_retries_total",
+        "counter",
+        "Writes of a job's outcome that failed and were tried again.",
+        s.engine.outcome_write_retries(),
+    );
+    metric(
+        &mut out,
         "baton_uptime_seconds",
         "gauge",
         "Seconds since the server started.",

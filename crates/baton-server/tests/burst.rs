@@ -1,5 +1,6 @@
-//! No event is lost to a burst: with the store's live buffer at 16 events, a real SSE
-//! client over HTTP and the `/metrics` counters see every one of 100,000 events, once.
+//! No event is lost to a burst: with the store's live buffer at 16 events, real SSE
+//! clients over HTTP, a WebSocket client and the `/metrics` counters see every one of
+//! 100,000 events, once, in order.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -7,10 +8,13 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use baton_api::{WsMessage, WsRequest};
 use baton_engine::{Engine, JobSpec};
 use baton_server::{AppState, ServerOptions};
 use baton_store::{SqliteOptions, SqliteStore, Store};
+use futures::{SinkExt, StreamExt};
 use tempfile::TempDir;
+use tokio_tungstenite::tungstenite::Message;
 
 const BURST: usize = 100_000;
 const BATCH: usize = 1_000;
@@ -132,7 +136,7 @@ async fn metric(addr: SocketAddr, name: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sse_clients_and_metrics_see_every_event_of_a_burst() {
+async fn sse_and_websocket_clients_and_metrics_see_every_event_of_a_burst() {
     let dir = TempDir::new().unwrap();
     let engine = engine_with_tiny_buffer(&dir).await;
     let store = engine.store().clone();
@@ -143,7 +147,21 @@ async fn sse_clients_and_metrics_see_every_event_of_a_burst() {
     let (reading_connected, reading_end, reading) = sse_client(addr, false);
     idle_connected.recv().unwrap();
     reading_connected.recv().unwrap();
-    assert_eq!(metric(addr, "baton_event_subscribers").await, 2);
+    // A WebSocket client that subscribes to everything, then reads nothing until the
+    // burst is over.
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
+        .await
+        .unwrap();
+    let subscribe = WsRequest::Subscribe {
+        job: None,
+        after: None,
+    };
+    let text = serde_json::to_string(&subscribe).unwrap();
+    ws.send(Message::Text(text.into())).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap();
+    let reply: WsMessage = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+    assert_eq!(reply, WsMessage::Subscribed { job: None });
+    assert_eq!(metric(addr, "baton_event_subscribers").await, 3);
 
     for _ in 0..BURST / BATCH {
         let specs = (0..BATCH)
@@ -186,6 +204,28 @@ async fn sse_clients_and_metrics_see_every_event_of_a_burst() {
     assert!(
         seen == expected,
         "the reading client got the log's ids, in order"
+    );
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|l| *l < end + 1) {
+        let msg = tokio::time::timeout(Duration::from_secs(60), ws.next())
+            .await
+            .expect("a WebSocket message within a minute")
+            .expect("the socket stays open")
+            .unwrap();
+        if let Message::Text(t) = msg
+            && let WsMessage::Event { event } = serde_json::from_str(&t).unwrap()
+        {
+            seen.push(event.id);
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        BURST + 1,
+        "the WebSocket client got every event once"
+    );
+    assert!(
+        seen == expected,
+        "the WebSocket client got the log's ids, in order"
     );
 
     // The counters follow the same events: each one counted, once.
