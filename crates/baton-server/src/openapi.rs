@@ -8,8 +8,9 @@
 //!
 //! - 400: a malformed path segment, query string, header or JSON body (an operation
 //!   with parameters or a body);
-//! - 413, 415, 422: a body too large, not sent as JSON, or not of the documented
-//!   shape (an operation with a body);
+//! - 408, 413, 415, 422: a body that did not arrive within `body_timeout`, too
+//!   large, not sent as JSON, or not of the documented shape (an operation with a
+//!   body);
 //! - 401 when auth is on and the token is missing or wrong (an operation that needs a
 //!   role, [`auth::required_role`]); 403 when the caller's role is too low (an
 //!   operation that needs more than `viewer`);
@@ -65,7 +66,7 @@ struct Common {
     header: Option<(&'static str, &'static str)>,
 }
 
-const COMMON: [Common; 9] = [
+const COMMON: [Common; 10] = [
     Common {
         status: "400",
         name: "BadRequest",
@@ -82,6 +83,12 @@ const COMMON: [Common; 9] = [
         status: "403",
         name: "Forbidden",
         description: "the token's role may not do this (viewer reads; operator submits and controls; admin deletes and manages schedules and pipelines)",
+        header: None,
+    },
+    Common {
+        status: "408",
+        name: "RequestTimeout",
+        description: "the body did not arrive within the server's body_timeout",
         header: None,
     },
     Common {
@@ -175,7 +182,7 @@ fn common_statuses(method: &Method, path: &str, op: &Operation) -> Vec<&'static 
         out.push("400");
     }
     if has_body {
-        out.extend(["413", "415", "422"]);
+        out.extend(["408", "413", "415", "422"]);
     }
     if let Some(role) = auth::required_role(method, path) {
         out.push("401");

@@ -297,8 +297,18 @@ async fn stats_servers_queues_health_and_metrics() {
         StatusCode::OK
     );
     assert_eq!(h.call(Method::GET, "/readyz", None).await.0, StatusCode::OK);
-    let (status, text) = h.raw(Method::GET, "/metrics", None, &[]).await;
-    assert_eq!(status, StatusCode::OK);
+    // The counters follow the event stream, which may still be delivering the
+    // completion that the store already shows: wait for it, briefly.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let (status, text) = h.raw(Method::GET, "/metrics", None, &[]).await;
+        assert_eq!(status, StatusCode::OK);
+        if text.contains("baton_jobs_completed_total 1") || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
     assert!(
         text.contains("baton_jobs{queue=\"default\",state=\"completed\"} 1"),
         "{text}"
