@@ -142,6 +142,7 @@ async fn durability_normal_opens_and_works() {
     let path = dir.path().join("baton.db");
     let store = SqliteStore::open(SqliteOptions::new(&path).durability(Durability::Normal))
         .unwrap_or_else(|e| panic!("open: {e}"));
+    assert_eq!(store.synchronous(), Some("normal"));
     store.submit(vec![job("job-1", T0)]).await.expect("submit");
     let claimed = store
         .claim(claim_req(T0 + 1))
@@ -160,6 +161,7 @@ async fn durability_normal_opens_and_works() {
     drop(store);
 
     let store = open(&path).expect("reopen with full durability");
+    assert_eq!(store.synchronous(), Some("full"));
     assert_eq!(
         store.get("job-1").await.expect("get").map(|j| j.state),
         Some(State::Completed)

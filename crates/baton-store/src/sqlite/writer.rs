@@ -7,7 +7,7 @@ use std::sync::Arc;
 use baton_core::{ErrorInfo, Event, EventKind, Millis, NewJob, State, state};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
-use tokio::sync::mpsc::{UnboundedReceiver as Receiver, error::TryRecvError};
+use tokio::sync::mpsc::{Receiver, error::TryRecvError};
 use tokio::sync::{broadcast, oneshot};
 
 use super::rows::{self, JOB_COLUMNS, JobRow, get_job, read_job};
