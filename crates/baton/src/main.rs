@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_events;
+mod bench_fs;
 mod bench_scheduler;
 mod bench_workflow;
 mod client;
