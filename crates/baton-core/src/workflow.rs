@@ -99,11 +99,13 @@ impl EdgeStatus {
         }
     }
 
-    pub fn from_i64(v: i64) -> EdgeStatus {
+    /// The status stored as `v`; `None` for a code that is not one.
+    pub fn from_i64(v: i64) -> Option<EdgeStatus> {
         match v {
-            1 => EdgeStatus::Met,
-            2 => EdgeStatus::Never,
-            _ => EdgeStatus::Waiting,
+            0 => Some(EdgeStatus::Waiting),
+            1 => Some(EdgeStatus::Met),
+            2 => Some(EdgeStatus::Never),
+            _ => None,
         }
     }
 

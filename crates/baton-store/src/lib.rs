@@ -76,6 +76,12 @@ pub enum Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
+        // A stored value Baton does not know: its own message names it.
+        if let rusqlite::Error::FromSqlConversionFailure(_, _, inner) = &e
+            && let Some(bad) = inner.downcast_ref::<sqlite::codes::Unreadable>()
+        {
+            return Error::Internal(bad.to_string());
+        }
         Error::Internal(e.to_string())
     }
 }

@@ -1,6 +1,7 @@
 //! The embedded SQLite store: WAL, one writer thread with group commit, a pool of read
 //! connections, and a lock file so that one engine at a time owns the database.
 
+pub(crate) mod codes;
 #[cfg(feature = "faults")]
 mod faults;
 mod graph;

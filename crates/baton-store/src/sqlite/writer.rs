@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::{Receiver, error::TryRecvError};
 use tokio::sync::{broadcast, oneshot};
 
-use super::rows::{self, JOB_COLUMNS, JobRow, get_job, read_job};
+use super::rows::{JOB_COLUMNS, JobRow, get_job, read_job};
 use crate::{
     AppendLogs, Appended, ClaimRequest, Claimed, Error, JobProcess, Pipeline, Promoted,
     RecoverRequest, Recovered, Result, ServerInfo, StartNow, Submitted, Transition, Update,
@@ -703,7 +703,7 @@ impl Writer {
         let Some((key, from, fence, event_seq)) = found else {
             return Err(Error::NotFound(t.job_id.clone()));
         };
-        let from = rows::parse_state(&from)?;
+        let from = super::codes::parse_state(&from)?;
         if let Some(expected) = t.fence
             && (fence as u64 != expected || !from.is_executing())
         {
@@ -795,7 +795,7 @@ impl Writer {
         let Some((seq, state, row_fence, event_seq, attempt)) = found else {
             return Err(Error::NotFound(job_id.to_owned()));
         };
-        let state = rows::parse_state(&state)?;
+        let state = super::codes::parse_state(&state)?;
         if row_fence as u64 != fence || !state.is_executing() {
             return Err(Error::StaleFence {
                 id: job_id.to_owned(),
