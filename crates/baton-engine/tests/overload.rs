@@ -81,7 +81,10 @@ async fn a_flood_of_submits_is_answered_bounded_and_loses_nothing_acknowledged()
         most_queued.load(Ordering::SeqCst)
     );
     assert_eq!(accepted.len() + refused.len(), SUBMITS);
-    assert!(!refused.is_empty(), "the slowed writer never filled its queue");
+    assert!(
+        !refused.is_empty(),
+        "the slowed writer never filled its queue"
+    );
     assert!(!accepted.is_empty(), "no submit was accepted");
     let most = most_queued.load(Ordering::SeqCst);
     assert!(most <= QUEUE, "{most} writes queued, more than {QUEUE}");

@@ -36,8 +36,13 @@ async fn submits_beyond_the_write_queue_answer_503_with_retry_after() {
         .expect("bind");
     let addr = listener.local_addr().expect("address");
     tokio::spawn(async move {
-        baton_server::serve(listener, state, &ServerOptions::default(), std::future::pending())
-            .await
+        baton_server::serve(
+            listener,
+            state,
+            &ServerOptions::default(),
+            std::future::pending(),
+        )
+        .await
     });
 
     faults.slow_batches(Duration::from_millis(20));
@@ -82,8 +87,19 @@ async fn submits_beyond_the_write_queue_answer_503_with_retry_after() {
     for id in &accepted {
         assert!(store.get(id).await.expect("get").is_some(), "{id} was lost");
     }
-    let total: u64 = store.counts().await.expect("counts").rows.iter().map(|r| r.2).sum();
-    assert_eq!(total as usize, accepted.len(), "a refused submit was stored");
+    let total: u64 = store
+        .counts()
+        .await
+        .expect("counts")
+        .rows
+        .iter()
+        .map(|r| r.2)
+        .sum();
+    assert_eq!(
+        total as usize,
+        accepted.len(),
+        "a refused submit was stored"
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }
 

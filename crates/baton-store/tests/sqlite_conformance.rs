@@ -225,7 +225,10 @@ async fn a_stored_value_that_is_not_known_fails_the_read_naming_it() {
             .expect("corrupt a row");
         let reads = [
             ("get", store.get("child").await.map(|_| ())),
-            ("dependencies", store.dependencies("child").await.map(|_| ())),
+            (
+                "dependencies",
+                store.dependencies("child").await.map(|_| ()),
+            ),
             ("dependents", store.dependents("parent").await.map(|_| ())),
             ("events", store.events_after(0, 100).await.map(|_| ())),
             ("list", store.list(Default::default()).await.map(|_| ())),
@@ -281,11 +284,21 @@ async fn an_unknown_condition_refuses_the_transition_that_would_settle_it() {
     store
         .submit(vec![
             job("parent", T0),
-            new_job(JobSpec::new("work").id("child").queue("other").depends_on("parent"), T0),
+            new_job(
+                JobSpec::new("work")
+                    .id("child")
+                    .queue("other")
+                    .depends_on("parent"),
+                T0,
+            ),
         ])
         .await
         .expect("submit");
-    let claimed = store.claim(claim_req(T0 + 1)).await.expect("claim").remove(0);
+    let claimed = store
+        .claim(claim_req(T0 + 1))
+        .await
+        .expect("claim")
+        .remove(0);
     rusqlite::Connection::open(&path)
         .expect("open with rusqlite")
         .execute_batch("UPDATE deps SET cond = 7")

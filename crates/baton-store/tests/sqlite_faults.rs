@@ -150,8 +150,7 @@ async fn a_failure_while_settling_a_fan_out_refuses_the_whole_transition() {
     // The same transition, without the fault, lands whole.
     store
         .transition(
-            Transition::new("parent", State::Completed, EventKind::Completed, T0 + 4)
-                .fence(fence),
+            Transition::new("parent", State::Completed, EventKind::Completed, T0 + 4).fence(fence),
         )
         .await
         .expect("complete");
@@ -202,7 +201,13 @@ async fn a_failure_half_way_through_a_release_leaves_every_job_as_it_was() {
     assert_eq!(state(&store, "stopped").await, State::Stopping);
     assert_eq!(state(&store, "child-1").await, State::Awaiting);
     assert_eq!(state(&store, "child-2").await, State::Awaiting);
-    assert!(store.events_after(mark, 100).await.expect("events").is_empty());
+    assert!(
+        store
+            .events_after(mark, 100)
+            .await
+            .expect("events")
+            .is_empty()
+    );
     assert!(published(&mut live).is_empty());
 
     // Without the fault the same release lands whole.
@@ -235,7 +240,9 @@ async fn a_full_write_queue_refuses_submits_and_lets_outcomes_wait() {
     for i in 0..=QUEUE {
         let store = store.clone();
         flood.push(tokio::spawn(async move {
-            store.submit(vec![new_job(job(&format!("flood-{i}")))]).await
+            store
+                .submit(vec![new_job(job(&format!("flood-{i}")))])
+                .await
         }));
         tokio::time::sleep(Duration::from_millis(5)).await;
     }

@@ -33,13 +33,17 @@ fn bench_lines_carry_sqlites_synchronous_setting() {
 fn a_bench_on_tmpfs_warns_and_one_on_disk_does_not() {
     let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
     assert!(
-        mounts.lines().any(|l| l.split(' ').nth(1) == Some("/dev/shm")
-            && l.split(' ').nth(2) == Some("tmpfs")),
+        mounts.lines().any(
+            |l| l.split(' ').nth(1) == Some("/dev/shm") && l.split(' ').nth(2) == Some("tmpfs")
+        ),
         "this test needs /dev/shm on tmpfs"
     );
     let shm = tempfile::tempdir_in("/dev/shm").expect("temp dir on tmpfs");
     let (_, stderr) = bench(&shm.path().join("bench.db"), "full");
-    assert!(stderr.contains("is on tmpfs (mounted at /dev/shm)"), "{stderr}");
+    assert!(
+        stderr.contains("is on tmpfs (mounted at /dev/shm)"),
+        "{stderr}"
+    );
 
     // The build's own temporary folder lies under its target folder, on a disk: the
     // bench stays quiet about it.

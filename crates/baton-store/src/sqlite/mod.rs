@@ -293,7 +293,9 @@ struct Lent<'a> {
 
 impl Lent<'_> {
     fn get(&self) -> &Connection {
-        self.conn.as_ref().expect("a lent connection is present until dropped")
+        self.conn
+            .as_ref()
+            .expect("a lent connection is present until dropped")
     }
 }
 

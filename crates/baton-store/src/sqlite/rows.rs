@@ -51,8 +51,7 @@ impl JobRow {
 }
 
 pub fn read_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
-    let labels: BTreeMap<String, String> =
-        json_as("labels", r.get(10)?)?.unwrap_or_default();
+    let labels: BTreeMap<String, String> = json_as("labels", r.get(10)?)?.unwrap_or_default();
     let error_code: Option<String> = r.get(18)?;
     let error_message: Option<String> = r.get(19)?;
     let state: String = r.get(4)?;
