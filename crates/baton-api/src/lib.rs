@@ -83,6 +83,11 @@ pub struct Stats {
     pub total: u64,
     /// Jobs that reached each terminal state since this server started.
     pub since_start: BTreeMap<String, u64>,
+    /// The store's durability as the database reports it (SQLite's `PRAGMA
+    /// synchronous`, read back when the store opened): `full` survives a power loss,
+    /// `normal` a crash of Baton only. Absent for a store without the setting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synchronous: Option<String>,
 }
 
 /// `GET /api/servers`.

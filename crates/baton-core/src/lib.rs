@@ -2,6 +2,7 @@
 //! retry maths and schedule maths. Pure: no IO, no clocks, no threads.
 
 pub mod backoff;
+pub mod dependency;
 pub mod duration;
 pub mod event;
 pub mod id;
@@ -14,6 +15,7 @@ pub mod time;
 pub mod workflow;
 
 pub use backoff::Backoff;
+pub use dependency::{Condition, Dependency, EdgeStatus, UniquePolicy};
 pub use event::{Event, EventKind};
 pub use id::JobId;
 pub use job::{ErrorInfo, Job};
@@ -22,7 +24,4 @@ pub use schedule::{Misfire, Overlap, Schedule, ScheduleError, ScheduleSpec, Trig
 pub use spec::{JobSpec, Limits, NewJob, SpecError, StepSpec};
 pub use state::{State, TransitionError};
 pub use time::Millis;
-pub use workflow::{
-    Condition, Dependency, EdgeStatus, UniquePolicy, WorkflowEdge, WorkflowGraph, WorkflowNode,
-    WorkflowSpec, WorkflowState,
-};
+pub use workflow::{WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowSpec, WorkflowState};

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::backoff::Backoff;
+use crate::dependency::{Condition, Dependency, MAX_DEPENDENCIES, UniquePolicy};
 use crate::duration;
 use crate::id::{JobId, is_id_char};
 use crate::state::State;
 use crate::time::{self, Millis};
-use crate::workflow::{Condition, Dependency, UniquePolicy, parse_depends_on};
 
 /// A job spec: DESIGN.md section 6's wire shape. Every field but `kind` is optional.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -703,6 +703,75 @@ fn check_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), SpecErro
         }
     }
     Ok(())
+}
+
+/// Parses a spec's `depends_on`: each entry a job id, or `{"job": id, "on": condition}`.
+/// `field` names the list in errors.
+pub fn parse_depends_on(field: &str, entries: &[Value]) -> Result<Vec<Dependency>, SpecError> {
+    if entries.len() > MAX_DEPENDENCIES {
+        return Err(SpecError::new(
+            field,
+            format!(
+                "has {} dependencies; at most {MAX_DEPENDENCIES} are allowed",
+                entries.len()
+            ),
+        ));
+    }
+    let mut out: Vec<Dependency> = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
+        let at = || format!("{field}[{i}]");
+        let dep = match entry {
+            Value::String(id) => Dependency::new(id.clone(), Condition::Completed),
+            Value::Object(map) => {
+                if let Some(k) = map.keys().find(|k| *k != "job" && *k != "on") {
+                    return Err(SpecError::new(
+                        at(),
+                        format!("unknown field {k:?}; expected \"job\" and \"on\""),
+                    ));
+                }
+                let job = match map.get("job") {
+                    Some(Value::String(id)) => id.clone(),
+                    _ => return Err(SpecError::new(at(), "needs \"job\": the id it depends on")),
+                };
+                let on = match map.get("on") {
+                    None | Some(Value::Null) => Condition::Completed,
+                    Some(Value::String(s)) => Condition::parse(s).ok_or_else(|| {
+                        SpecError::new(
+                            format!("{}.on", at()),
+                            format!("{s:?} is not a condition; expected \"completed\", \"failed\" or \"finished\""),
+                        )
+                    })?,
+                    Some(other) => {
+                        return Err(SpecError::new(
+                            format!("{}.on", at()),
+                            format!("{other} is not a condition; expected \"completed\", \"failed\" or \"finished\""),
+                        ));
+                    }
+                };
+                Dependency::new(job, on)
+            }
+            other => {
+                return Err(SpecError::new(
+                    at(),
+                    format!("{other} is neither a job id nor {{\"job\": id, \"on\": condition}}"),
+                ));
+            }
+        };
+        if dep.job.is_empty() {
+            return Err(SpecError::new(at(), "the job id must not be empty"));
+        }
+        out.push(dep);
+    }
+    let mut seen = std::collections::HashSet::with_capacity(out.len());
+    for (i, dep) in out.iter().enumerate() {
+        if !seen.insert(dep.job.as_str()) {
+            return Err(SpecError::new(
+                format!("{field}[{i}]"),
+                format!("{:?} is listed twice", dep.job),
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Names (kinds, queues, label keys) use letters, digits, `.`, `_`, `:` and `-`.

@@ -17,7 +17,10 @@ pub enum Error {
         state: State,
     },
     #[error(transparent)]
-    Store(#[from] baton_store::Error),
+    Store(baton_store::Error),
+    /// Too much work is waiting to be written: nothing was submitted; retry shortly.
+    #[error("the engine is overloaded ({queued} writes are queued); retry shortly")]
+    Overloaded { queued: usize },
     #[error("the engine is shutting down")]
     ShuttingDown,
     #[error("invalid engine configuration: {0}")]
@@ -28,6 +31,15 @@ pub enum Error {
     ScheduleNotFound(String),
     #[error("schedule {0:?} exists already; put it to replace it")]
     ScheduleExists(String),
+}
+
+impl From<baton_store::Error> for Error {
+    fn from(e: baton_store::Error) -> Self {
+        match e {
+            baton_store::Error::Overloaded { queued } => Error::Overloaded { queued },
+            other => Error::Store(other),
+        }
+    }
 }
 
 /// The closed set of error codes.
@@ -44,6 +56,8 @@ pub enum ErrorCode {
     /// The request conflicts with what the store holds (a held unique key, a job id
     /// or a schedule id taken).
     Conflict,
+    /// Too much work is waiting: retry later (HTTP 503 with `Retry-After`).
+    Overloaded,
 }
 
 impl ErrorCode {
@@ -58,6 +72,7 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::Internal => "internal",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 }
@@ -71,6 +86,7 @@ impl Error {
             }
             Error::Illegal { .. } => ErrorCode::IllegalTransition,
             Error::ShuttingDown => ErrorCode::Unavailable,
+            Error::Overloaded { .. } => ErrorCode::Overloaded,
             Error::Config(_) => ErrorCode::InvalidConfig,
             Error::Schedule(_) => ErrorCode::InvalidSpec,
             Error::ScheduleNotFound(_) => ErrorCode::NotFound,
@@ -82,6 +98,7 @@ impl Error {
                 S::Locked { .. } => ErrorCode::Locked,
                 S::Config(_) => ErrorCode::InvalidConfig,
                 S::Closed => ErrorCode::Unavailable,
+                S::Overloaded { .. } => ErrorCode::Overloaded,
                 S::Internal(_) => ErrorCode::Internal,
                 S::UnknownDependency { .. } => ErrorCode::InvalidSpec,
                 S::UniqueHeld { .. } | S::JobExists(_) => ErrorCode::Conflict,

@@ -501,6 +501,8 @@ fn bulk_spec(i: usize) -> JobSpec {
 async fn start_engine(db: &Path, w: Arc<Witness>) -> Engine {
     let store = SqliteStore::open(SqliteOptions::new(db).durability(Durability::Full))
         .expect("open the store");
+    // What the promise rests on, as SQLite itself reports it.
+    assert_eq!(store.synchronous(), Some("full"));
     let (w1, w2, w3) = (w.clone(), w.clone(), w);
     Engine::builder()
         .store(Arc::new(store))

@@ -60,6 +60,7 @@ impl From<baton_engine::Error> for ApiError {
                 );
             }
             ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ErrorCode::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ErrorCode::InvalidConfig | ErrorCode::Internal => {
                 // The details go to the log, not to the client.
                 tracing::error!(error = %e, "internal error");
@@ -125,11 +126,19 @@ impl IntoResponse for ApiError {
                 message: self.message,
             },
         };
+        if self.code == "overloaded" {
+            // The writer's queue drains in well under a second: ask for a short pause.
+            let retry = [(axum::http::header::RETRY_AFTER, RETRY_AFTER_SECS)];
+            return (self.status, retry, Json(body)).into_response();
+        }
         (self.status, Json(body)).into_response()
     }
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+/// What an `overloaded` answer asks the client to wait, in seconds.
+pub const RETRY_AFTER_SECS: &str = "1";
 
 #[cfg(test)]
 mod tests {

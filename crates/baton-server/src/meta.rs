@@ -212,7 +212,10 @@ pub async fn stats(State(s): State<AppState>) -> ApiResult<Json<Stats>> {
         .counts()
         .await
         .map_err(baton_engine::Error::from)?;
-    let mut stats = Stats::default();
+    let mut stats = Stats {
+        synchronous: s.engine.store().synchronous().map(str::to_owned),
+        ..Stats::default()
+    };
     for state in JobState::ALL {
         stats.states.insert(state.as_str().into(), 0);
     }

@@ -282,6 +282,7 @@ async fn stats_servers_queues_health_and_metrics() {
     assert_eq!(stats["states"]["completed"], 1);
     assert_eq!(stats["states"]["failed"], 0);
     assert_eq!(stats["queues"]["default"]["completed"], 1);
+    assert_eq!(stats["synchronous"], "full");
     let (_, servers) = h.call(Method::GET, "/api/servers", None).await;
     assert_eq!(servers["servers"][0]["pid"], std::process::id());
     let (_, queues) = h.call(Method::GET, "/api/queues", None).await;

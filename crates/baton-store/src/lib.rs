@@ -49,6 +49,9 @@ pub enum Error {
     Config(String),
     #[error("the store is closed")]
     Closed,
+    /// The writer's queue is full: the caller should retry shortly.
+    #[error("the store is overloaded: {queued} writes are queued; retry shortly")]
+    Overloaded { queued: usize },
     #[error("store error: {0}")]
     Internal(String),
     #[error("job {id:?} depends on {dependency:?}, which does not exist")]
@@ -73,6 +76,12 @@ pub enum Error {
 
 impl From<rusqlite::Error> for Error {
     fn from(e: rusqlite::Error) -> Self {
+        // A stored value Baton does not know: its own message names it.
+        if let rusqlite::Error::FromSqlConversionFailure(_, _, inner) = &e
+            && let Some(bad) = inner.downcast_ref::<sqlite::codes::Unreadable>()
+        {
+            return Error::Internal(bad.to_string());
+        }
         Error::Internal(e.to_string())
     }
 }
@@ -505,6 +514,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Counters of the store's writes, for metrics; `None` when it keeps none.
     fn write_stats(&self) -> Option<Arc<WriteStats>> {
+        None
+    }
+    /// How hard a commit works to survive a power loss, as the database itself reports
+    /// it (SQLite's `PRAGMA synchronous` read back on open: `"full"` or `"normal"`);
+    /// `None` for a store without such a setting.
+    fn synchronous(&self) -> Option<&'static str> {
         None
     }
     /// Flushes and stops the store's background work.

@@ -78,19 +78,3 @@ pub struct Link {
     pub result: Option<Value>,
     pub error: Option<ErrorInfo>,
 }
-
-pub(crate) fn condition_code(on: Condition) -> i64 {
-    match on {
-        Condition::Completed => 0,
-        Condition::Failed => 1,
-        Condition::Finished => 2,
-    }
-}
-
-pub(crate) fn condition_of(code: i64) -> Condition {
-    match code {
-        1 => Condition::Failed,
-        2 => Condition::Finished,
-        _ => Condition::Completed,
-    }
-}

@@ -142,6 +142,7 @@ async fn durability_normal_opens_and_works() {
     let path = dir.path().join("baton.db");
     let store = SqliteStore::open(SqliteOptions::new(&path).durability(Durability::Normal))
         .unwrap_or_else(|e| panic!("open: {e}"));
+    assert_eq!(store.synchronous(), Some("normal"));
     store.submit(vec![job("job-1", T0)]).await.expect("submit");
     let claimed = store
         .claim(claim_req(T0 + 1))
@@ -160,6 +161,7 @@ async fn durability_normal_opens_and_works() {
     drop(store);
 
     let store = open(&path).expect("reopen with full durability");
+    assert_eq!(store.synchronous(), Some("full"));
     assert_eq!(
         store.get("job-1").await.expect("get").map(|j| j.state),
         Some(State::Completed)
@@ -199,4 +201,126 @@ fn claim_req(now: Millis) -> ClaimRequest {
         server_id: "server-a".into(),
         now,
     }
+}
+
+/// A stored state, condition, edge status, event type or JSON value that Baton does not
+/// know (a row damaged, or written by a newer Baton) fails the read with an error that
+/// names it; it is never read as some default.
+#[tokio::test]
+async fn a_stored_value_that_is_not_known_fails_the_read_naming_it() {
+    async fn check(corrupt: &str, expected: &str) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("baton.db");
+        let store = open(&path).expect("open");
+        store
+            .submit(vec![
+                job("parent", T0),
+                new_job(JobSpec::new("work").id("child").depends_on("parent"), T0),
+            ])
+            .await
+            .expect("submit");
+        rusqlite::Connection::open(&path)
+            .expect("open with rusqlite")
+            .execute_batch(corrupt)
+            .expect("corrupt a row");
+        let reads = [
+            ("get", store.get("child").await.map(|_| ())),
+            (
+                "dependencies",
+                store.dependencies("child").await.map(|_| ()),
+            ),
+            ("dependents", store.dependents("parent").await.map(|_| ())),
+            ("events", store.events_after(0, 100).await.map(|_| ())),
+            ("list", store.list(Default::default()).await.map(|_| ())),
+        ];
+        let failed: Vec<String> = reads
+            .into_iter()
+            .filter_map(|(what, r)| match r {
+                Err(Error::Internal(message)) => Some(format!("{what}: {message}")),
+                Err(other) => panic!("{what}: expected an internal error, got {other:?}"),
+                Ok(()) => None,
+            })
+            .collect();
+        assert!(!failed.is_empty(), "{corrupt}: every read succeeded");
+        for message in &failed {
+            assert!(message.contains(expected), "{corrupt}: {message}");
+        }
+        store.close().await;
+    }
+    check(
+        "UPDATE jobs SET state = 'bogus' WHERE id = 'child'",
+        "stored job state \"bogus\" is not known",
+    )
+    .await;
+    check(
+        "UPDATE deps SET cond = 7",
+        "stored dependency condition code 7 is not known",
+    )
+    .await;
+    check(
+        "UPDATE deps SET status = 9",
+        "stored dependency status code 9 is not known",
+    )
+    .await;
+    check(
+        "UPDATE events SET type = 'job.bogus' WHERE id = 1",
+        "stored event type \"job.bogus\" is not known",
+    )
+    .await;
+    check(
+        "UPDATE jobs SET payload = '{not json' WHERE id = 'child'",
+        "stored payload \"{not json\" cannot be read",
+    )
+    .await;
+}
+
+/// A dependent whose stored condition is not known stops the job it depends on from
+/// ending, whole: the error names the code, and nothing of the transition is written.
+#[tokio::test]
+async fn an_unknown_condition_refuses_the_transition_that_would_settle_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("baton.db");
+    let store = open(&path).expect("open");
+    store
+        .submit(vec![
+            job("parent", T0),
+            new_job(
+                JobSpec::new("work")
+                    .id("child")
+                    .queue("other")
+                    .depends_on("parent"),
+                T0,
+            ),
+        ])
+        .await
+        .expect("submit");
+    let claimed = store
+        .claim(claim_req(T0 + 1))
+        .await
+        .expect("claim")
+        .remove(0);
+    rusqlite::Connection::open(&path)
+        .expect("open with rusqlite")
+        .execute_batch("UPDATE deps SET cond = 7")
+        .expect("corrupt the edge");
+    let before = store.events_after(0, 100).await.expect("events");
+    let refused = store
+        .transition(
+            Transition::new("parent", State::Completed, EventKind::Completed, T0 + 2)
+                .fence(claimed.fence),
+        )
+        .await;
+    match refused {
+        Err(Error::Internal(message)) => assert!(
+            message.contains("stored dependency condition code 7 is not known"),
+            "{message}"
+        ),
+        other => panic!("expected the unknown condition to refuse the write, got {other:?}"),
+    }
+    assert_eq!(
+        store.get("parent").await.expect("get").map(|j| j.state),
+        Some(State::Running)
+    );
+    assert_eq!(store.events_after(0, 100).await.expect("events"), before);
+    store.close().await;
 }

@@ -150,8 +150,7 @@ async fn a_failure_while_settling_a_fan_out_refuses_the_whole_transition() {
     // The same transition, without the fault, lands whole.
     store
         .transition(
-            Transition::new("parent", State::Completed, EventKind::Completed, T0 + 4)
-                .fence(fence),
+            Transition::new("parent", State::Completed, EventKind::Completed, T0 + 4).fence(fence),
         )
         .await
         .expect("complete");
@@ -202,7 +201,13 @@ async fn a_failure_half_way_through_a_release_leaves_every_job_as_it_was() {
     assert_eq!(state(&store, "stopped").await, State::Stopping);
     assert_eq!(state(&store, "child-1").await, State::Awaiting);
     assert_eq!(state(&store, "child-2").await, State::Awaiting);
-    assert!(store.events_after(mark, 100).await.expect("events").is_empty());
+    assert!(
+        store
+            .events_after(mark, 100)
+            .await
+            .expect("events")
+            .is_empty()
+    );
     assert!(published(&mut live).is_empty());
 
     // Without the fault the same release lands whole.
@@ -213,4 +218,133 @@ async fn a_failure_half_way_through_a_release_leaves_every_job_as_it_was() {
     assert_eq!(state(&store, "child-1").await, State::Cancelled);
     assert_eq!(state(&store, "child-2").await, State::Cancelled);
     store.close().await;
+}
+
+/// A full writer queue refuses a submit at once with `Overloaded`, and refuses it
+/// whole; a write that finishes work already taken (here a worker's outcome) waits for
+/// room instead and lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_write_queue_refuses_submits_and_lets_outcomes_wait() {
+    const QUEUE: usize = 8;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let faults = Faults::default();
+    let mut options = SqliteOptions::new(dir.path().join("baton.db")).write_queue(QUEUE);
+    options.faults = faults.clone();
+    let store = SqliteStore::open(options).unwrap_or_else(|e| panic!("open: {e}"));
+    submit(&store, job("running")).await;
+    let fence = claim(&store, "running", T0 + 1).await;
+
+    faults.slow_batches(Duration::from_millis(200));
+    // One write for the writer to sleep on, then enough to fill its queue.
+    let mut flood = Vec::new();
+    for i in 0..=QUEUE {
+        let store = store.clone();
+        flood.push(tokio::spawn(async move {
+            store
+                .submit(vec![new_job(job(&format!("flood-{i}")))])
+                .await
+        }));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(store.queued_writes(), QUEUE);
+    let refused = store.submit(vec![new_job(job("refused"))]).await;
+    assert_eq!(refused, Err(Error::Overloaded { queued: QUEUE }));
+    assert_eq!(
+        refused.unwrap_err().to_string(),
+        format!("the store is overloaded: {QUEUE} writes are queued; retry shortly")
+    );
+    let outcome = store.record(
+        Transition::new("running", State::Completed, EventKind::Completed, T0 + 2).fence(fence),
+    );
+    let outcome = tokio::time::timeout(Duration::from_secs(30), outcome).await;
+    outcome
+        .expect("the outcome waits for room, then lands")
+        .expect("the outcome is stored");
+    faults.slow_batches(Duration::ZERO);
+    for task in flood {
+        task.await.expect("join").expect("a queued submit lands");
+    }
+    assert_eq!(state(&store, "running").await, State::Completed);
+    assert_eq!(store.get("refused").await.expect("get"), None);
+    assert!(store.queued_writes() <= QUEUE);
+    store.close().await;
+}
+
+/// The read pool is fixed: however many reads run at once, the store holds the writer's
+/// connection and `readers` read connections to its database, and a read waits for a
+/// free one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_wait_for_a_connection_of_the_fixed_pool() {
+    const READERS: usize = 2;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("baton.db");
+    let faults = Faults::default();
+    let mut options = SqliteOptions::new(&path).readers(READERS);
+    options.faults = faults.clone();
+    let store = SqliteStore::open(options).unwrap_or_else(|e| panic!("open: {e}"));
+    submit(&store, job("job-1")).await;
+    let files = || open_files(&path);
+    assert_eq!(files(), 1 + READERS, "the pool opens with the store");
+
+    faults.slow_reads(Duration::from_millis(20));
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = std::thread::spawn({
+        let (watching, path) = (watching.clone(), path.clone());
+        move || {
+            let mut most = 0;
+            while watching.load(Ordering::SeqCst) {
+                most = most.max(open_files(&path));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            most
+        }
+    });
+    let started = std::time::Instant::now();
+    let reads: Vec<_> = (0..40)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.get("job-1").await })
+        })
+        .collect();
+    for read in reads {
+        let job = read.await.expect("join").expect("read");
+        assert_eq!(job.map(|j| j.id).as_deref(), Some("job-1"));
+    }
+    let took = started.elapsed();
+    watching.store(false, Ordering::SeqCst);
+    let most = watcher.join().expect("watcher");
+    assert_eq!(most, 1 + READERS, "connections open to the database");
+    // 40 reads of 20 ms each through 2 connections take at least 400 ms.
+    assert!(took >= Duration::from_millis(390), "{took:?}");
+    store.close().await;
+}
+
+/// How many files this process holds open on the database itself (not its WAL).
+fn open_files(db: &Path) -> usize {
+    let db = std::fs::canonicalize(db).expect("canonical path");
+    std::fs::read_dir("/proc/self/fd")
+        .expect("read /proc/self/fd")
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| *target == db)
+        .count()
+}
+
+/// SQLite's own `synchronous` is read back on open; a store that does not run at the
+/// level its durability asks for refuses to open, naming both.
+#[tokio::test]
+async fn a_store_whose_synchronous_is_not_the_asked_durability_refuses_to_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let faults = Faults::default();
+    faults.force_synchronous("off");
+    let mut options = SqliteOptions::new(dir.path().join("baton.db"));
+    options.faults = faults;
+    match SqliteStore::open(options) {
+        Err(Error::Config(message)) => {
+            assert!(message.contains("synchronous=off"), "{message}");
+            assert!(message.contains("synchronous=full"), "{message}");
+            assert!(message.contains("baton.db"), "{message}");
+        }
+        Err(other) => panic!("expected a configuration error, got {other}"),
+        Ok(_) => panic!("opened a store whose commits would not be durable"),
+    }
 }

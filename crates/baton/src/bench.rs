@@ -165,6 +165,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         if *events == 0 || subscribers.contains(&0) {
             bail!("--events and --subscribers must be at least 1");
         }
+        crate::bench_fs::warn_if_tmpfs(&dir.path().join("events.db"));
         for n in subscribers {
             let file = dir.path().join(format!("events-{n}.db"));
             let report = crate::bench_events::run(file, args.durability, *n, *events, *gap).await?;
@@ -209,7 +210,10 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     let store = SqliteStore::open(SqliteOptions::new(&db).durability(args.durability))
         .with_context(|| format!("cannot open {}", db.display()))?;
-    let report = match args.bench {
+    crate::bench_fs::warn_if_tmpfs(&db);
+    // SQLite's own setting, read back on open: what the figures were measured with.
+    let synchronous = baton_store::Store::synchronous(&store);
+    let mut report = match args.bench {
         Bench::Events { .. } | Bench::Soak { .. } => unreachable!("handled above"),
         Bench::Throughput {
             jobs,
@@ -272,6 +276,9 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             latency(store, samples, gap, durability).await?
         }
     };
+    if let Value::Object(map) = &mut report {
+        map.insert("synchronous".into(), json!(synchronous));
+    }
     if args.json {
         println!("{report}");
     } else {

@@ -21,6 +21,7 @@ pub async fn run(
 ) -> Result<Value> {
     let store = SqliteStore::open(SqliteOptions::new(&db).durability(durability))
         .with_context(|| format!("cannot open {}", db.display()))?;
+    let synchronous = baton_store::Store::synchronous(&store);
     let base = Instant::now();
     let engine = Engine::builder()
         .store(Arc::new(store))
@@ -107,6 +108,7 @@ pub async fn run(
         "events": events,
         "gap_ms": ms(gap),
         "durability": match durability { Durability::Full => "full", Durability::Normal => "normal" },
+        "synchronous": synchronous,
         "deliveries": all.len(),
         "p50_ms": pct(0.50),
         "p90_ms": pct(0.90),

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_events;
+mod bench_fs;
 mod bench_proc;
 mod bench_scheduler;
 mod bench_soak;

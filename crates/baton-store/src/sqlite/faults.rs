@@ -15,7 +15,9 @@ pub struct Faults {
 #[derive(Debug, Default)]
 struct Armed {
     batch_delay_us: AtomicU64,
+    read_delay_us: AtomicU64,
     fail_dependent_in: AtomicUsize,
+    synchronous: std::sync::Mutex<Option<&'static str>>,
 }
 
 impl Faults {
@@ -32,11 +34,32 @@ impl Faults {
         self.inner.fail_dependent_in.store(n, Ordering::SeqCst);
     }
 
-    pub(crate) fn batch_delay(&self) -> Option<Duration> {
-        match self.inner.batch_delay_us.load(Ordering::SeqCst) {
-            0 => None,
-            us => Some(Duration::from_micros(us)),
+    /// The store sets this `PRAGMA synchronous` level behind the one its durability
+    /// asks for, before reading it back on open (as a build of SQLite that ignored the
+    /// setting would).
+    pub fn force_synchronous(&self, level: &'static str) {
+        if let Ok(mut s) = self.inner.synchronous.lock() {
+            *s = Some(level);
         }
+    }
+
+    pub(crate) fn forced_synchronous(&self) -> Option<&'static str> {
+        self.inner.synchronous.lock().ok().and_then(|s| *s)
+    }
+
+    /// Each read holds its connection this long more.
+    pub fn slow_reads(&self, delay: Duration) {
+        self.inner
+            .read_delay_us
+            .store(delay.as_micros() as u64, Ordering::SeqCst);
+    }
+
+    pub(crate) fn batch_delay(&self) -> Option<Duration> {
+        delay(&self.inner.batch_delay_us)
+    }
+
+    pub(crate) fn read_delay(&self) -> Option<Duration> {
+        delay(&self.inner.read_delay_us)
     }
 
     /// Whether settling this dependent fails (counts down an armed fault).
@@ -45,5 +68,12 @@ impl Faults {
             .fail_dependent_in
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
             .is_ok_and(|before| before == 1)
+    }
+}
+
+fn delay(us: &AtomicU64) -> Option<Duration> {
+    match us.load(Ordering::SeqCst) {
+        0 => None,
+        us => Some(Duration::from_micros(us)),
     }
 }

@@ -3,12 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use baton_core::{EdgeStatus, ErrorInfo, WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowState};
+use baton_core::{ErrorInfo, WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowState};
 use rusqlite::{Connection, OptionalExtension};
-use serde_json::Value;
 
-use super::rows::parse_state;
-use crate::workflow::condition_of;
+use super::codes::{condition_of, edge_status, json, parse_state};
 use crate::{Error, Link, Result};
 
 /// Which end of its edges a job is looked at from.
@@ -63,10 +61,10 @@ pub fn links(conn: &Connection, id: &str, side: Side) -> Result<Vec<Link>> {
             job_id: r.get(0)?,
             // A name means something only inside its own workflow.
             name: name.filter(|_| other_workflow.is_some() && other_workflow == workflow),
-            on: condition_of(r.get(3)?),
-            status: EdgeStatus::from_i64(r.get(4)?),
+            on: condition_of(r.get(3)?)?,
+            status: edge_status(r.get(4)?)?,
             state: parse_state(&state)?,
-            result: result.and_then(|s| serde_json::from_str::<Value>(&s).ok()),
+            result: json("result", result)?,
             error: code.map(|c| ErrorInfo::new(c, message.unwrap_or_default())),
         })
     })?;
@@ -126,8 +124,8 @@ pub fn workflow(conn: &Connection, id: &str) -> Result<Option<WorkflowGraph>> {
             Ok(WorkflowEdge {
                 from: r.get(0)?,
                 to: r.get(1)?,
-                on: condition_of(r.get(2)?),
-                status: EdgeStatus::from_i64(r.get(3)?),
+                on: condition_of(r.get(2)?)?,
+                status: edge_status(r.get(3)?)?,
             })
         })?;
         rows.collect::<rusqlite::Result<Vec<_>>>()?

@@ -1,6 +1,7 @@
 //! The embedded SQLite store: WAL, one writer thread with group commit, a pool of read
 //! connections, and a lock file so that one engine at a time owns the database.
 
+pub(crate) mod codes;
 #[cfg(feature = "faults")]
 mod faults;
 mod graph;
@@ -43,6 +44,39 @@ pub enum Durability {
     Normal,
 }
 
+impl Durability {
+    /// The `PRAGMA synchronous` level it asks SQLite for, as SQLite names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Full => "full",
+            Durability::Normal => "normal",
+        }
+    }
+}
+
+/// The writer connection's `PRAGMA synchronous`, read back from SQLite: the level its
+/// commits really run at. Anything but what `durability` asked for is refused.
+fn check_synchronous(conn: &Connection, o: &SqliteOptions) -> Result<&'static str> {
+    let level: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+    let actual = match level {
+        0 => "off",
+        1 => "normal",
+        2 => "full",
+        3 => "extra",
+        _ => "unknown",
+    };
+    if actual != o.durability.as_str() {
+        return Err(Error::Config(format!(
+            "store {}: SQLite runs with synchronous={actual} (level {level}), not the \
+             synchronous={} that durability {:?} asked for",
+            o.path.display(),
+            o.durability.as_str(),
+            o.durability.as_str()
+        )));
+    }
+    Ok(actual)
+}
+
 impl std::str::FromStr for Durability {
     type Err = String;
 
@@ -61,8 +95,13 @@ impl std::str::FromStr for Durability {
 pub struct SqliteOptions {
     pub path: PathBuf,
     pub durability: Durability,
-    /// Read connections kept open.
+    /// Read connections: a fixed pool, opened with the store; a read waits for a free
+    /// one.
     pub readers: usize,
+    /// Writes queued for the writer thread at most. When the queue is full a submit
+    /// fails at once with [`Error::Overloaded`]; other writes (a worker's outcome, a
+    /// heartbeat) wait for room, so that none is lost.
+    pub write_queue: usize,
     pub busy_timeout: Duration,
     /// Events buffered for live subscribers before a slow one must catch up from the store.
     pub event_buffer: usize,
@@ -77,6 +116,7 @@ impl SqliteOptions {
             path: path.into(),
             durability: Durability::Full,
             readers: 4,
+            write_queue: 10_000,
             busy_timeout: Duration::from_secs(5),
             event_buffer: 65_536,
             #[cfg(feature = "faults")]
@@ -86,6 +126,16 @@ impl SqliteOptions {
 
     pub fn durability(mut self, d: Durability) -> Self {
         self.durability = d;
+        self
+    }
+
+    pub fn readers(mut self, n: usize) -> Self {
+        self.readers = n;
+        self
+    }
+
+    pub fn write_queue(mut self, capacity: usize) -> Self {
+        self.write_queue = capacity;
         self
     }
 }
@@ -98,13 +148,18 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    options: SqliteOptions,
-    tx: tokio::sync::mpsc::UnboundedSender<Msg>,
+    tx: tokio::sync::mpsc::Sender<Msg>,
     readers: Mutex<Vec<Connection>>,
+    /// One permit per read connection: a read holds one while it uses a connection.
+    free_readers: tokio::sync::Semaphore,
     bus: broadcast::Sender<Arc<Event>>,
     lock: Mutex<File>,
     closed: Mutex<bool>,
     counters: Arc<crate::WriteStats>,
+    /// The writer's `PRAGMA synchronous`, as read back on open.
+    synchronous: &'static str,
+    #[cfg(feature = "faults")]
+    faults: Faults,
 }
 
 impl SqliteStore {
@@ -122,6 +177,7 @@ impl SqliteStore {
         let mut conn = Connection::open(&path)
             .map_err(|e| Error::Config(format!("cannot open store {}: {e}", path.display())))?;
         configure(&conn, &options, true)?;
+        let synchronous = check_synchronous(&conn, &options)?;
         schema::migrate(&mut conn)?;
         let (bus, _) = broadcast::channel(options.event_buffer.max(16));
         #[allow(unused_mut)]
@@ -131,7 +187,10 @@ impl SqliteStore {
             writer.faults = options.faults.clone();
         }
         let counters = writer.counters();
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let readers = (0..options.readers.max(1))
+            .map(|_| open_reader(&options))
+            .collect::<Result<Vec<_>>>()?;
+        let (tx, rx) = tokio::sync::mpsc::channel(options.write_queue.max(1));
         std::thread::Builder::new()
             .name("baton-sqlite-writer".into())
             .spawn(move || writer.run(rx))
@@ -139,13 +198,16 @@ impl SqliteStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
-                options,
                 tx,
-                readers: Mutex::new(Vec::new()),
+                free_readers: tokio::sync::Semaphore::new(readers.len()),
+                readers: Mutex::new(readers),
                 bus,
                 lock: Mutex::new(lock),
                 closed: Mutex::new(false),
                 counters,
+                synchronous,
+                #[cfg(feature = "faults")]
+                faults: options.faults.clone(),
             }),
         })
     }
@@ -160,12 +222,28 @@ impl SqliteStore {
         write_holder(&mut f, Some(url))
     }
 
+    /// Writes queued for the writer now (never more than `write_queue`).
+    pub fn queued_writes(&self) -> usize {
+        self.inner.tx.max_capacity() - self.inner.tx.capacity()
+    }
+
     async fn write(&self, op: Op) -> Result<Output> {
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(Msg::Request(Request { op, reply }))
-            .map_err(|_| Error::Closed)?;
+        // New work is refused when the queue is full; what finishes work already taken
+        // (an outcome, a heartbeat, a claim) waits for room instead.
+        let fail_fast = matches!(op, Op::Submit(..) | Op::SubmitWorkflow(_));
+        let msg = Msg::Request(Request { op, reply });
+        if fail_fast {
+            use tokio::sync::mpsc::error::TrySendError;
+            self.inner.tx.try_send(msg).map_err(|e| match e {
+                TrySendError::Full(_) => Error::Overloaded {
+                    queued: self.inner.tx.max_capacity(),
+                },
+                TrySendError::Closed(_) => Error::Closed,
+            })?;
+        } else {
+            self.inner.tx.send(msg).await.map_err(|_| Error::Closed)?;
+        }
         rx.await.map_err(|_| Error::Closed)?
     }
 
@@ -174,31 +252,69 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T> + Send + 'static,
     {
+        // Wait (without holding a thread) for a free connection of the fixed pool.
+        let permit = self
+            .inner
+            .free_readers
+            .acquire()
+            .await
+            .map_err(|_| Error::Closed)?;
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = inner.readers.lock().ok().and_then(|mut v| v.pop());
-            let conn = match conn {
-                Some(c) => c,
-                None => {
-                    let c = Connection::open_with_flags(
-                        &inner.path,
-                        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-                    )?;
-                    configure(&c, &inner.options, false)?;
-                    c
-                }
+        let result = tokio::task::spawn_blocking(move || {
+            let conn = inner
+                .readers
+                .lock()
+                .map_err(|_| Error::Internal("the read pool is poisoned".into()))?
+                .pop()
+                .ok_or_else(|| Error::Internal("no free read connection".into()))?;
+            let conn = Lent {
+                pool: &inner.readers,
+                conn: Some(conn),
             };
-            let result = f(&conn);
-            if let Ok(mut pool) = inner.readers.lock()
-                && pool.len() < inner.options.readers
-            {
-                pool.push(conn);
+            #[cfg(feature = "faults")]
+            if let Some(delay) = inner.faults.read_delay() {
+                std::thread::sleep(delay);
             }
-            result
+            f(conn.get())
         })
         .await
-        .map_err(|e| Error::Internal(format!("read task failed: {e}")))?
+        .map_err(|e| Error::Internal(format!("read task failed: {e}")));
+        drop(permit);
+        result?
     }
+}
+
+/// A read connection lent out of the pool; it goes back when dropped, even when the
+/// read panics.
+struct Lent<'a> {
+    pool: &'a Mutex<Vec<Connection>>,
+    conn: Option<Connection>,
+}
+
+impl Lent<'_> {
+    fn get(&self) -> &Connection {
+        self.conn
+            .as_ref()
+            .expect("a lent connection is present until dropped")
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        if let (Some(conn), Ok(mut pool)) = (self.conn.take(), self.pool.lock()) {
+            pool.push(conn);
+        }
+    }
+}
+
+fn open_reader(o: &SqliteOptions) -> Result<Connection> {
+    let c = Connection::open_with_flags(
+        &o.path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| Error::Config(format!("cannot open store {}: {e}", o.path.display())))?;
+    configure(&c, o, false)?;
+    Ok(c)
 }
 
 fn configure(conn: &Connection, o: &SqliteOptions, writer: bool) -> Result<()> {
@@ -211,13 +327,14 @@ fn configure(conn: &Connection, o: &SqliteOptions, writer: bool) -> Result<()> {
                 o.path.display()
             )));
         }
-        let sync = match o.durability {
-            Durability::Full => "FULL",
-            Durability::Normal => "NORMAL",
-        };
         conn.execute_batch(&format!(
-            "PRAGMA synchronous = {sync}; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;"
+            "PRAGMA synchronous = {}; PRAGMA cache_size = -2000; PRAGMA temp_store = MEMORY;",
+            o.durability.as_str()
         ))?;
+        #[cfg(feature = "faults")]
+        if let Some(level) = o.faults.forced_synchronous() {
+            conn.execute_batch(&format!("PRAGMA synchronous = {level}"))?;
+        }
     } else {
         conn.execute_batch("PRAGMA query_only = 1; PRAGMA cache_size = -8000;")?;
     }
@@ -578,6 +695,10 @@ impl Store for SqliteStore {
         self.read(graph::paused_queues).await
     }
 
+    fn synchronous(&self) -> Option<&'static str> {
+        Some(self.inner.synchronous)
+    }
+
     fn write_stats(&self) -> Option<Arc<crate::WriteStats>> {
         Some(self.inner.counters.clone())
     }
@@ -597,7 +718,7 @@ impl Store for SqliteStore {
             *closed = true;
         }
         let (ack, done) = std::sync::mpsc::channel();
-        if self.inner.tx.send(Msg::Close(ack)).is_ok() {
+        if self.inner.tx.send(Msg::Close(ack)).await.is_ok() {
             let _ = tokio::task::spawn_blocking(move || done.recv()).await;
         }
         // Nothing writes any more: let the next engine take the database, even while

@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baton_core::{Backoff, ErrorInfo, Event, EventKind, Job, State};
+use baton_core::{Backoff, ErrorInfo, Event, Job};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
+use super::codes::{event_kind, json, json_as, parse_state};
 use crate::{
     Checkpoint, Claimed, Counts, Error, JobFilter, JobPage, JobProcess, LogLine, Pipeline,
     ProcessRecord, Result, ServerInfo,
@@ -49,25 +50,8 @@ impl JobRow {
     }
 }
 
-pub fn parse_state(s: &str) -> rusqlite::Result<State> {
-    State::parse(s).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            0,
-            rusqlite::types::Type::Text,
-            format!("unknown state {s:?}").into(),
-        )
-    })
-}
-
-fn json(v: Option<String>) -> Option<Value> {
-    v.and_then(|s| serde_json::from_str(&s).ok())
-}
-
 pub fn read_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
-    let labels: Option<String> = r.get(10)?;
-    let labels: BTreeMap<String, String> = labels
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or_default();
+    let labels: BTreeMap<String, String> = json_as("labels", r.get(10)?)?.unwrap_or_default();
     let error_code: Option<String> = r.get(18)?;
     let error_message: Option<String> = r.get(19)?;
     let state: String = r.get(4)?;
@@ -90,9 +74,9 @@ pub fn read_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
         run_at: r.get(14)?,
         started_at: r.get(15)?,
         finished_at: r.get(16)?,
-        result: json(r.get(17)?),
+        result: json("result", r.get(17)?)?,
         error: error_code.map(|code| ErrorInfo::new(code, error_message.unwrap_or_default())),
-        payload: json(r.get(20)?),
+        payload: json("payload", r.get(20)?)?,
         recoveries: r.get(21)?,
         max_recoveries: r.get(22)?,
         updated_at: r.get(23)?,
@@ -102,8 +86,8 @@ pub fn read_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
         job,
         fence: r.get::<_, i64>(24)? as u64,
         event_seq: r.get::<_, i64>(25)? as u64,
-        checkpoint: json(r.get(26)?),
-        exec: json(r.get(27)?),
+        checkpoint: json("checkpoint", r.get(26)?)?,
+        exec: json("exec", r.get(27)?)?,
         backoff: Backoff {
             initial: Duration::from_millis(r.get::<_, i64>(28)? as u64),
             max: Duration::from_millis(r.get::<_, i64>(29)? as u64),
@@ -133,15 +117,9 @@ pub fn read_event(r: &Row<'_>) -> rusqlite::Result<Event> {
         id: r.get::<_, i64>(0)? as u64,
         job_id: r.get(1)?,
         seq: r.get::<_, i64>(2)? as u64,
-        kind: EventKind::parse(&kind).ok_or_else(|| {
-            rusqlite::Error::FromSqlConversionFailure(
-                3,
-                rusqlite::types::Type::Text,
-                format!("unknown event type {kind:?}").into(),
-            )
-        })?,
+        kind: event_kind(&kind)?,
         at: r.get(4)?,
-        data: serde_json::from_str(&data).unwrap_or(Value::Null),
+        data: json("event data", Some(data))?.unwrap_or(Value::Null),
     })
 }
 
@@ -179,7 +157,7 @@ pub fn checkpoints(conn: &Connection, job_id: &str) -> Result<Vec<Checkpoint>> {
             seq: r.get::<_, i64>(0)? as u64,
             attempt: r.get(1)?,
             step: r.get(2)?,
-            data: serde_json::from_str(&data).unwrap_or(Value::Null),
+            data: json("checkpoint", Some(data))?.unwrap_or(Value::Null),
             at: r.get(4)?,
         })
     })?;

@@ -4,7 +4,7 @@ use baton_core::schedule::ScheduleSpec;
 use baton_core::{ErrorInfo, Schedule};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::rows::parse_state;
+use super::codes::parse_state;
 use crate::{
     Error, FireAction, FirePage, FireReason, FireRecord, Result, ScheduleFilter, SchedulePage,
     ScheduleTimer,

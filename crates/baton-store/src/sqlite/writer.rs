@@ -7,10 +7,10 @@ use std::sync::Arc;
 use baton_core::{ErrorInfo, Event, EventKind, Millis, NewJob, State, state};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::{Value, json};
-use tokio::sync::mpsc::{UnboundedReceiver as Receiver, error::TryRecvError};
+use tokio::sync::mpsc::{Receiver, error::TryRecvError};
 use tokio::sync::{broadcast, oneshot};
 
-use super::rows::{self, JOB_COLUMNS, JobRow, get_job, read_job};
+use super::rows::{JOB_COLUMNS, JobRow, get_job, read_job};
 use crate::{
     AppendLogs, Appended, ClaimRequest, Claimed, Error, JobProcess, Pipeline, Promoted,
     RecoverRequest, Recovered, Result, ServerInfo, StartNow, Submitted, Transition, Update,
@@ -264,13 +264,21 @@ impl Writer {
     pub(super) fn savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let events = self.events.len();
         let next_event_id = self.next_event_id;
-        if let Err(e) = self.conn.prepare_cached("SAVEPOINT op").and_then(|mut s| s.execute([])) {
+        if let Err(e) = self
+            .conn
+            .prepare_cached("SAVEPOINT op")
+            .and_then(|mut s| s.execute([]))
+        {
             self.lost = true;
             return Err(e.into());
         }
         let result = f(self);
         if result.is_ok() {
-            match self.conn.prepare_cached("RELEASE op").and_then(|mut s| s.execute([])) {
+            match self
+                .conn
+                .prepare_cached("RELEASE op")
+                .and_then(|mut s| s.execute([]))
+            {
                 Ok(_) => return result,
                 Err(e) => {
                     self.lost = true;
@@ -301,9 +309,7 @@ impl Writer {
 
     fn apply(&mut self, op: &Op) -> Result<Output> {
         match op {
-            Op::Submit(jobs, start) => self
-                .submit(jobs, start.as_ref())
-                .map(Output::Submitted),
+            Op::Submit(jobs, start) => self.submit(jobs, start.as_ref()).map(Output::Submitted),
             Op::SubmitWorkflow(wf) => self
                 .submit_workflow(wf)
                 .map(|s| Output::Workflow(Box::new(s))),
@@ -703,7 +709,7 @@ impl Writer {
         let Some((key, from, fence, event_seq)) = found else {
             return Err(Error::NotFound(t.job_id.clone()));
         };
-        let from = rows::parse_state(&from)?;
+        let from = super::codes::parse_state(&from)?;
         if let Some(expected) = t.fence
             && (fence as u64 != expected || !from.is_executing())
         {
@@ -795,7 +801,7 @@ impl Writer {
         let Some((seq, state, row_fence, event_seq, attempt)) = found else {
             return Err(Error::NotFound(job_id.to_owned()));
         };
-        let state = rows::parse_state(&state)?;
+        let state = super::codes::parse_state(&state)?;
         if row_fence as u64 != fence || !state.is_executing() {
             return Err(Error::StaleFence {
                 id: job_id.to_owned(),

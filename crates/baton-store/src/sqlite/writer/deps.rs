@@ -17,8 +17,8 @@ use rusqlite::{OptionalExtension, params};
 use serde_json::json;
 
 use super::{Resume, Writer};
+use crate::sqlite::codes::{condition_code, condition_of, parse_state};
 use crate::sqlite::rows::{self, get_job};
-use crate::workflow::{condition_code, condition_of};
 use crate::{
     Changes, Error, NewWorkflow, Result, SubmittedWorkflow, Transition, WorkflowAction,
     WorkflowChange,
@@ -129,7 +129,7 @@ impl Writer {
                     .prepare_cached("SELECT seq, state FROM jobs WHERE id = ?1")?
                     .query_row([&d.job], |r| {
                         let state: String = r.get(1)?;
-                        Ok((r.get(0)?, rows::parse_state(&state)?))
+                        Ok((r.get(0)?, parse_state(&state)?))
                     })
                     .optional()?,
             };
@@ -284,7 +284,7 @@ impl Writer {
             )?
             .execute(params![s.key, met_completed.as_i64(), met_failed.as_i64()])?;
         for (child, cond) in edges {
-            let status = match condition_of(cond) {
+            let status = match condition_of(cond)? {
                 Condition::Completed => met_completed,
                 Condition::Failed => met_failed,
                 Condition::Finished => EdgeStatus::Met,
@@ -331,10 +331,10 @@ impl Writer {
                     .query_row([child], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()?;
                 if let Some((id, state)) = found
-                    && rows::parse_state(&state)? == State::Awaiting
+                    && parse_state(&state)? == State::Awaiting
                 {
                     self.dependent_fault(&id)?;
-                    self.cancel_upstream(&id, &s.id, condition_of(cond), s.to, s.now)?;
+                    self.cancel_upstream(&id, &s.id, condition_of(cond)?, s.to, s.now)?;
                 }
             }
         }
@@ -485,7 +485,7 @@ impl Writer {
                 Ok((
                     r.get(0)?,
                     r.get(1)?,
-                    rows::parse_state(&state)?,
+                    parse_state(&state)?,
                     r.get(3)?,
                     r.get(4)?,
                 ))
@@ -639,7 +639,7 @@ impl Writer {
             )?;
             stmt.query_map([key], |r| {
                 let state: String = r.get(2)?;
-                Ok((r.get(0)?, r.get(1)?, rows::parse_state(&state)?))
+                Ok((r.get(0)?, r.get(1)?, parse_state(&state)?))
             })?
             .collect::<rusqlite::Result<_>>()?
         };
@@ -648,7 +648,7 @@ impl Writer {
             let status = if retried.contains(parent) && !skipped.contains(parent) {
                 EdgeStatus::Waiting
             } else {
-                EdgeStatus::of(condition_of(*cond), *pstate)
+                EdgeStatus::of(condition_of(*cond)?, *pstate)
             };
             if status == EdgeStatus::Never {
                 return Ok(None);

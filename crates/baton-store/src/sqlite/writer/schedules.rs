@@ -267,7 +267,7 @@ impl Writer {
             .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         Ok(match found {
-            Some((job, state)) => Some((job, super::rows::parse_state(&state)?)),
+            Some((job, state)) => Some((job, super::super::codes::parse_state(&state)?)),
             None => None,
         })
     }
