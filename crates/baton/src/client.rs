@@ -138,7 +138,15 @@ impl Client {
     fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
         // A server that answered but could not be trusted is not "unreachable": that
         // exit code lets `submit --wait` run the job here instead.
-        if let ureq::Error::Rustls(tls) = &e {
+        let tls = match &e {
+            ureq::Error::Rustls(tls) => Some(tls),
+            // The handshake runs inside the connection's reads and writes.
+            ureq::Error::Io(io) => io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+            _ => None,
+        };
+        if let Some(tls) = tls {
             let hint = match tls {
                 rustls::Error::InvalidCertificate(_) => {
                     "; its certificate is not trusted: pass --ca FILE (or BATON_CA) with the certificate of the authority that signed it"
