@@ -25,7 +25,48 @@ use crate::{AppState, ServerOptions, router};
 /// pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Handshakes worked on at once; more connections wait in the kernel's backlog.
-const MAX_HANDSHAKES: usize = 256;
+const MAX_HANDSHAKES: usize = 1024;
+/// Handshakes one client address may have under way; its further connections are
+/// closed at once, so that one host holding silent connections open cannot make
+/// everybody else wait for [`HANDSHAKE_TIMEOUT`].
+const MAX_HANDSHAKES_PER_CLIENT: usize = 16;
+
+/// The handshakes under way per client address.
+#[derive(Clone, Default)]
+struct Pending(Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>);
+
+impl Pending {
+    /// Counts one more handshake from `ip`, unless it already has its share.
+    fn enter(&self, ip: std::net::IpAddr) -> Option<PendingGuard> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(ip).or_insert(0);
+        if *n >= MAX_HANDSHAKES_PER_CLIENT {
+            return None;
+        }
+        *n += 1;
+        Some(PendingGuard {
+            pending: self.clone(),
+            ip,
+        })
+    }
+}
+
+struct PendingGuard {
+    pending: Pending,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        let mut map = self.pending.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// Why a listener could not be set up; each names the file or address at fault.
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +179,7 @@ impl TlsListener {
         let acceptor = TlsAcceptor::from(tls.config.clone());
         let (tx, done) = mpsc::channel(64);
         let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        let pending = Pending::default();
         let accepting = tokio::spawn(async move {
             loop {
                 let Ok(permit) = permits.clone().acquire_owned().await else {
@@ -151,12 +193,16 @@ impl TlsListener {
                         continue;
                     }
                 };
+                let Some(counted) = pending.enter(peer.ip()) else {
+                    tracing::debug!(%peer, "too many TLS handshakes from this address; closed");
+                    continue;
+                };
                 // Events are small writes that must leave at once, not wait for an ACK.
                 let _ = stream.set_nodelay(true);
                 let acceptor = acceptor.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let _permit = permit;
+                    let _held = (permit, counted);
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let _ = tx.send((tls, peer)).await;

@@ -535,3 +535,58 @@ fn serve_refuses_a_non_loopback_listen_without_tls_and_auth_unless_told() {
     .expect("an unreadable certificate");
     assert!(err.contains("cannot read tls_cert missing.pem"), "{err}");
 }
+
+#[test]
+fn silent_connections_from_one_host_cannot_hold_the_tls_port() {
+    let dir = TempDir::new().unwrap();
+    let certs = make_certs(dir.path(), "baton");
+    let server = serve_tls(dir.path(), &certs);
+    let url = server.url("https://");
+    let addr: std::net::SocketAddr = url.trim_start_matches("https://").parse().unwrap();
+
+    // One host opens connections and never starts a handshake.
+    let attacker: std::net::SocketAddr = "127.0.0.2:0".parse().unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        let s = connect_from(attacker, addr);
+        silent.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut closed = 0;
+    for s in &mut silent {
+        s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+        if matches!(s.read(&mut [0u8; 1]), Ok(0)) {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed,
+        40 - 16,
+        "connections past the per-host share are closed at once"
+    );
+
+    // Everybody else still gets in at once.
+    let t0 = Instant::now();
+    ok(&cli(
+        dir.path(),
+        &url,
+        &["--ca", certs.ca.to_str().unwrap()],
+        &["stats"],
+    ));
+    assert!(t0.elapsed() < Duration::from_secs(3), "{:?}", t0.elapsed());
+}
+
+/// A TCP connection from `from` (an address of this machine) to `to`.
+fn connect_from(from: std::net::SocketAddr, to: std::net::SocketAddr) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(from).unwrap();
+        let stream = socket.connect(to).await.unwrap().into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    })
+}
