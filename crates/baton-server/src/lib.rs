@@ -27,7 +27,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub use auth::{AuthConfig, Role, TokenEntry, hash_token, sign_jwt};
 pub use error::{ApiError, ApiResult};
 pub use limit::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_STREAMS};
-pub use listen::{ListenError, Listener, SocketFile, TlsConfig, TlsListener, bind_unix, serve_all};
+pub use listen::{
+    ListenError, Listener, SocketFile, TlsConfig, TlsListener, UnixPeer, bind_unix, serve_all,
+};
 pub use meta::Metrics;
 
 /// How the server behaves; see `baton serve` for where each setting comes from.

@@ -343,6 +343,31 @@ pub fn bind_unix(
     Ok((listener, file))
 }
 
+/// The connection info of a request that came over the unix socket, as
+/// `ConnectInfo<UnixPeer>` (TCP and TLS requests carry `ConnectInfo<SocketAddr>`).
+/// Such a client is on this machine and passed the socket file's permissions; no
+/// browser can open a unix socket, so checks against DNS rebinding (`Host`) do not
+/// apply to it.
+#[derive(Clone, Copy, Debug)]
+pub struct UnixPeer {
+    /// The peer's user id, as the kernel reports it.
+    pub uid: Option<u32>,
+    /// The peer's process id, as the kernel reports it.
+    pub pid: Option<i32>,
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, UnixListener>>
+    for UnixPeer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, UnixListener>) -> Self {
+        let cred = stream.io().peer_cred().ok();
+        UnixPeer {
+            uid: cred.map(|c| c.uid()),
+            pid: cred.and_then(|c| c.pid()),
+        }
+    }
+}
+
 /// One listener the API answers on.
 pub enum Listener {
     Tcp(TcpListener),
@@ -396,7 +421,7 @@ pub async fn serve_all(
             }
             Listener::Unix(l) => {
                 serving.spawn(
-                    axum::serve(l, app.into_make_service())
+                    axum::serve(l, app.into_make_service_with_connect_info::<UnixPeer>())
                         .with_graceful_shutdown(stop.cancelled_owned())
                         .into_future(),
                 );

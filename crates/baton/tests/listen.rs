@@ -590,3 +590,35 @@ fn connect_from(from: std::net::SocketAddr, to: std::net::SocketAddr) -> std::ne
         stream
     })
 }
+
+/// Sends one raw HTTP/1.1 request over the unix socket and returns the status line.
+fn raw_over_socket(sock: &Path, head: &str) -> String {
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).unwrap();
+    answer.trim().to_owned()
+}
+
+#[test]
+fn socket_clients_are_not_held_to_a_host_name() {
+    // No browser can open a unix socket, so DNS rebinding cannot reach it; HTTP
+    // clients for sockets send what they like as Host (the socket's path, encoded,
+    // for some), and all must be served.
+    let dir = TempDir::new().unwrap();
+    let sock = dir.path().join("baton.sock");
+    let _server = serve(
+        dir.path(),
+        &["--listen", &format!("unix://{}", sock.display())],
+    )
+    .unwrap();
+    let encoded = sock.display().to_string().replace('/', "%2F");
+    for host in ["localhost", "evil.example", encoded.as_str()] {
+        let status = raw_over_socket(
+            &sock,
+            &format!("GET /api/stats HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        );
+        assert_eq!(status, "HTTP/1.1 200 OK", "Host: {host}");
+    }
+}
