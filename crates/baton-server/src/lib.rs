@@ -7,13 +7,13 @@ mod events;
 mod jobs;
 mod json;
 mod limit;
+mod listen;
 mod meta;
 mod resources;
 mod schedules;
 mod workflows;
 mod ws;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +27,9 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 pub use auth::{AuthConfig, Role, TokenEntry, hash_token, sign_jwt};
 pub use error::{ApiError, ApiResult};
 pub use limit::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_STREAMS};
+pub use listen::{
+    ListenError, Listener, SocketFile, TlsConfig, TlsListener, UnixPeer, bind_unix, serve_all,
+};
 pub use meta::Metrics;
 
 /// How the server behaves; see `baton serve` for where each setting comes from.
@@ -214,22 +217,7 @@ pub async fn serve(
     options: &ServerOptions,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(state.clone(), options).into_make_service_with_connect_info::<SocketAddr>();
-    let draining = state.metrics.draining.clone();
-    use axum::serve::ListenerExt as _;
-    // Events are small writes that must leave at once, not wait for an ACK.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            // Open streams end their responses once this is set.
-            draining.cancel();
-        })
-        .await
+    serve_all(vec![Listener::Tcp(listener)], state, options, shutdown).await
 }
 
 /// The OpenAPI document served at `/api/openapi.json`.

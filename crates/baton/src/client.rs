@@ -2,6 +2,7 @@
 //! tables by default and `--json` for scripts.
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
@@ -10,6 +11,7 @@ use baton_api::{
 };
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use ureq::tls::{Certificate, RootCerts, TlsConfig, TlsProvider};
 
 /// Exit codes scripts can rely on.
 pub mod exit {
@@ -41,7 +43,10 @@ impl std::error::Error for Exit {}
 
 #[derive(Clone)]
 pub struct Client {
+    /// Where requests go: the server's URL, or `http://localhost` over a unix socket.
     base: String,
+    /// The server as the user named it, for messages.
+    server: String,
     token: Option<String>,
     agent: ureq::Agent,
     pub json: bool,
@@ -49,18 +54,52 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: &str, token: Option<String>, json: bool) -> Result<Client> {
-        let base = server.trim_end_matches('/').to_owned();
-        if !base.starts_with("http://") {
+        Client::connect(server, token, json, None)
+    }
+
+    /// A client of `server`: `http://`, `https://` (verified with the usual roots, or
+    /// only with the certificates in `ca`), or `unix:///path/baton.sock`.
+    pub fn connect(
+        server: &str,
+        token: Option<String>,
+        json: bool,
+        ca: Option<&Path>,
+    ) -> Result<Client> {
+        let server = server.trim_end_matches('/').to_owned();
+        let config = ureq::Agent::config_builder().http_status_as_error(false);
+        let (base, agent) = if let Some(path) = server.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err(anyhow!(
+                    "invalid server {server:?}: expected a socket path like unix:///run/baton/baton.sock"
+                ));
+            }
+            // The host is only what the server sees in `Host`: a loopback name.
+            let agent = ureq::Agent::with_parts(
+                config.proxy(None).build(),
+                crate::unix_http::UnixConnector { path: path.into() },
+                ureq::unversioned::resolver::DefaultResolver::default(),
+            );
+            ("http://localhost".to_owned(), agent)
+        } else if server.starts_with("https://") {
+            let roots = match ca {
+                None => RootCerts::WebPki,
+                Some(file) => RootCerts::new_with_certs(&read_ca(file)?),
+            };
+            let tls = TlsConfig::builder()
+                .provider(TlsProvider::Rustls)
+                .root_certs(roots)
+                .build();
+            (server.clone(), config.tls_config(tls).build().into())
+        } else if server.starts_with("http://") {
+            (server.clone(), config.build().into())
+        } else {
             return Err(anyhow!(
-                "invalid server {server:?}: expected a URL like http://127.0.0.1:7700"
+                "invalid server {server:?}: expected a URL like http://127.0.0.1:7700, https://host:7700 or unix:///path/baton.sock"
             ));
-        }
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .build()
-            .into();
+        };
         Ok(Client {
             base,
+            server,
             token,
             agent,
             json,
@@ -97,9 +136,34 @@ impl Client {
     }
 
     fn unreachable(&self, e: ureq::Error) -> anyhow::Error {
+        // A server that answered but could not be trusted is not "unreachable": that
+        // exit code lets `submit --wait` run the job here instead.
+        let tls = match &e {
+            ureq::Error::Rustls(tls) => Some(tls),
+            // The handshake runs inside the connection's reads and writes.
+            ureq::Error::Io(io) => io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+            _ => None,
+        };
+        if let Some(tls) = tls {
+            let hint = match tls {
+                rustls::Error::InvalidCertificate(_) => {
+                    "; its certificate is not trusted: pass --ca FILE (or BATON_CA) with the certificate of the authority that signed it"
+                }
+                _ => "",
+            };
+            return anyhow::Error::new(Exit {
+                code: exit::FAILED,
+                message: format!(
+                    "cannot talk to the Baton server at {} securely: {tls}{hint}",
+                    self.server
+                ),
+            });
+        }
         anyhow::Error::new(Exit {
             code: exit::UNREACHABLE,
-            message: format!("cannot reach the Baton server at {}: {e}", self.base),
+            message: format!("cannot reach the Baton server at {}: {e}", self.server),
         })
     }
 
@@ -174,6 +238,26 @@ impl Client {
     pub fn print_json(&self, value: &impl serde::Serialize) {
         println!("{}", serde_json::to_string(value).unwrap_or_default());
     }
+}
+
+/// The certificates of a `--ca` file.
+fn read_ca(file: &Path) -> Result<Vec<Certificate<'static>>> {
+    let pem =
+        std::fs::read(file).with_context(|| format!("cannot read --ca {}", file.display()))?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&pem) {
+        let item = item.map_err(|e| anyhow!("invalid --ca {}: {e}", file.display()))?;
+        if let ureq::tls::PemItem::Certificate(c) = item {
+            certs.push(c);
+        }
+    }
+    if certs.is_empty() {
+        return Err(anyhow!(
+            "invalid --ca {}: it holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            file.display()
+        ));
+    }
+    Ok(certs)
 }
 
 /// The API's error message, or what the server said when it is not the API's shape.

@@ -15,7 +15,16 @@ use serde::Deserialize;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
-    pub listen: Option<String>,
+    /// One address or a list: `127.0.0.1:7700`, `unix:///run/baton/baton.sock`.
+    pub listen: Option<OneOrMany>,
+    /// The group given access (mode 0660) to the unix socket; without it, 0600.
+    pub socket_group: Option<String>,
+    /// PEM certificate chain: with `tls_key`, TCP listeners speak HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Listen beyond loopback without TLS or auth.
+    pub allow_insecure_remote: Option<bool>,
     pub store: Option<String>,
     pub durability: Option<String>,
     pub allow_remote: Option<bool>,
@@ -39,6 +48,56 @@ pub struct FileConfig {
     pub auth: Option<FileAuth>,
 }
 
+/// A setting given as one value or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// Where `baton serve` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Listen {
+    Tcp(SocketAddr),
+    /// A unix socket file: no network port; access by file permissions.
+    Unix(PathBuf),
+}
+
+impl Listen {
+    pub fn parse(text: &str) -> Result<Listen, String> {
+        if let Some(path) = text.strip_prefix("unix://") {
+            if path.is_empty() {
+                return Err(format!(
+                    "{text:?} names no socket file (e.g. unix:///run/baton/baton.sock)"
+                ));
+            }
+            return Ok(Listen::Unix(PathBuf::from(path)));
+        }
+        text.parse().map(Listen::Tcp).map_err(|_| {
+            format!("{text:?}: expected an address like 127.0.0.1:7700 or unix:///path/baton.sock")
+        })
+    }
+}
+
+impl std::fmt::Display for Listen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listen::Tcp(a) => write!(f, "{a}"),
+            Listen::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileAuth {
@@ -51,7 +110,12 @@ pub struct FileAuth {
 #[derive(Debug, Default, Clone)]
 pub struct Flags {
     pub config: Option<PathBuf>,
-    pub listen: Option<String>,
+    /// Every `--listen` given; empty: not set on the command line.
+    pub listen: Vec<String>,
+    pub socket_group: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub allow_insecure_remote: bool,
     pub store: Option<String>,
     pub durability: Option<String>,
     pub allow_remote: bool,
@@ -62,7 +126,12 @@ pub struct Flags {
 /// The checked configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen: SocketAddr,
+    /// At least one; TCP, unix sockets, or both.
+    pub listen: Vec<Listen>,
+    /// The group id given the unix socket (mode 0660); `None`: mode 0600.
+    pub socket_group: Option<u32>,
+    /// When set, every TCP listener speaks TLS.
+    pub tls: Option<baton_server::TlsConfig>,
     pub store: StoreUrl,
     pub durability: Durability,
     pub cors_origins: Vec<String>,
@@ -123,17 +192,79 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         None => key.to_owned(),
     };
 
-    let listen_text = flags
-        .listen
-        .clone()
-        .or_else(|| env("BATON_LISTEN"))
-        .or(file.listen.clone())
-        .unwrap_or_else(|| "127.0.0.1:7700".into());
-    let listen: SocketAddr = listen_text.parse().map_err(|_| {
-        anyhow::anyhow!(
-            "invalid setting listen = {listen_text:?}: expected an address like 127.0.0.1:7700"
+    let (listen_texts, listen_named) = if !flags.listen.is_empty() {
+        (flags.listen.clone(), "--listen".to_owned())
+    } else if let Some(v) = env("BATON_LISTEN") {
+        (
+            v.split(',').map(|s| s.trim().to_owned()).collect(),
+            "BATON_LISTEN".to_owned(),
         )
-    })?;
+    } else if let Some(v) = file.listen.clone() {
+        (v.into_vec(), source("listen"))
+    } else {
+        (vec!["127.0.0.1:7700".into()], "listen".to_owned())
+    };
+    if listen_texts.is_empty() {
+        bail!("invalid setting {listen_named}: it lists no address");
+    }
+    let mut listen = Vec::new();
+    for text in &listen_texts {
+        let l = Listen::parse(text)
+            .map_err(|m| anyhow::anyhow!("invalid setting {listen_named} = {m}"))?;
+        if listen.contains(&l) {
+            bail!("invalid setting {listen_named}: {text:?} is listed twice");
+        }
+        listen.push(l);
+    }
+    let has_socket = listen.iter().any(|l| matches!(l, Listen::Unix(_)));
+    let socket_group = match setting(
+        "socket_group",
+        flags.socket_group.clone(),
+        "BATON_SOCKET_GROUP",
+        env,
+        file.socket_group.clone(),
+        &source,
+    ) {
+        None => None,
+        Some((_, named)) if !has_socket => {
+            bail!(
+                "invalid setting {named}: it applies to a unix:// listen address, and none is set"
+            )
+        }
+        Some((name, named)) => Some(
+            group_id(&name)
+                .map_err(|m| anyhow::anyhow!("invalid setting {named} = {name:?}: {m}"))?,
+        ),
+    };
+    let tls_cert = setting(
+        "tls_cert",
+        flags.tls_cert.as_ref().map(|p| p.display().to_string()),
+        "BATON_TLS_CERT",
+        env,
+        file.tls_cert.as_ref().map(|p| p.display().to_string()),
+        &source,
+    );
+    let tls_key = setting(
+        "tls_key",
+        flags.tls_key.as_ref().map(|p| p.display().to_string()),
+        "BATON_TLS_KEY",
+        env,
+        file.tls_key.as_ref().map(|p| p.display().to_string()),
+        &source,
+    );
+    let tls = match (tls_cert, tls_key) {
+        (None, None) => None,
+        (Some((cert, _)), Some((key, _))) => Some(
+            baton_server::TlsConfig::load(Path::new(&cert), Path::new(&key))
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        ),
+        (Some((_, named)), None) => bail!(
+            "invalid setting {named}: tls_key is missing; give both tls_cert and tls_key (PEM files), or neither"
+        ),
+        (None, Some((_, named))) => bail!(
+            "invalid setting {named}: tls_cert is missing; give both tls_cert and tls_key (PEM files), or neither"
+        ),
+    };
     let store_text = flags
         .store
         .clone()
@@ -151,7 +282,13 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     let durability: Durability = durability_text
         .parse()
         .map_err(|m| anyhow::anyhow!("invalid setting durability: {m}"))?;
-    let allow_remote = flags.allow_remote
+    // `allow_remote` is the older name of `allow_insecure_remote`.
+    let allow_insecure_remote = flags.allow_insecure_remote
+        || flags.allow_remote
+        || match env("BATON_ALLOW_INSECURE_REMOTE") {
+            Some(v) => parse_bool("BATON_ALLOW_INSECURE_REMOTE", &v)?,
+            None => file.allow_insecure_remote.unwrap_or(false),
+        }
         || match env("BATON_ALLOW_REMOTE") {
             Some(v) => parse_bool("BATON_ALLOW_REMOTE", &v)?,
             None => file.allow_remote.unwrap_or(false),
@@ -237,13 +374,25 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     if auth.jwt_secret.as_deref().is_some_and(|s| s.len() < 16) {
         bail!("invalid setting jwt_secret: it must be at least 16 characters long");
     }
-    if !listen.ip().is_loopback() && !auth.enabled() && !allow_remote {
+    for l in &listen {
+        let Listen::Tcp(addr) = l else { continue };
+        if addr.ip().is_loopback() || allow_insecure_remote {
+            continue;
+        }
+        let missing = match (tls.is_some(), auth.enabled()) {
+            (true, true) => continue,
+            (false, false) => "TLS and auth",
+            (false, true) => "TLS",
+            (true, false) => "auth",
+        };
         bail!(
-            "refusing to listen on {listen} without auth: anyone on the network could control jobs; configure [auth] tokens, or pass --allow-remote (BATON_ALLOW_REMOTE=true) to do it anyway"
+            "refusing to listen on {addr} without {missing}: anyone on the network could read and control jobs; configure tls_cert and tls_key, and [auth] tokens, or pass --allow-insecure-remote (BATON_ALLOW_INSECURE_REMOTE=true) to do it anyway"
         );
     }
     Ok(Config {
         listen,
+        socket_group,
+        tls,
         store,
         durability,
         cors_origins: file.cors_origins.unwrap_or_default(),
@@ -298,6 +447,37 @@ fn limit_setting(
     }
 }
 
+/// A text setting from `--flag`, then `ENV`, then the file, with the name to quote
+/// when it is wrong.
+fn setting(
+    key: &str,
+    flag: Option<String>,
+    env_name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    file: Option<String>,
+    source: &dyn Fn(&str) -> String,
+) -> Option<(String, String)> {
+    if let Some(v) = flag {
+        Some((v, format!("--{}", key.replace('_', "-"))))
+    } else if let Some(v) = env(env_name) {
+        Some((v, env_name.to_owned()))
+    } else {
+        file.map(|v| (v, source(key)))
+    }
+}
+
+/// A group name or number, as the system knows it.
+fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(name) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        Ok(None) => Err("no such group".into()),
+        Err(e) => Err(format!("cannot look the group up: {e}")),
+    }
+}
+
 fn parse_bool(name: &str, v: &str) -> Result<bool> {
     match v {
         "1" | "true" | "yes" => Ok(true),
@@ -330,7 +510,9 @@ mod tests {
     #[test]
     fn defaults() {
         let c = load_with(None, &[], Flags::default()).unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:7700");
+        assert_eq!(c.listen, [Listen::Tcp("127.0.0.1:7700".parse().unwrap())]);
+        assert!(c.tls.is_none());
+        assert_eq!(c.socket_group, None);
         assert_eq!(c.store, StoreUrl::Sqlite("baton.db".into()));
         assert_eq!(c.durability, Durability::Full);
     }
@@ -339,21 +521,28 @@ mod tests {
     fn flags_beat_env_beat_file() {
         let file = "listen = \"127.0.0.1:1\"\nstore = \"sqlite:///tmp/a.db\"";
         let c = load_with(Some(file), &[], Flags::default()).unwrap();
-        assert_eq!(c.listen.port(), 1);
+        assert_eq!(port(&c), 1);
         let c = load_with(
             Some(file),
             &[("BATON_LISTEN", "127.0.0.1:2")],
             Flags::default(),
         )
         .unwrap();
-        assert_eq!(c.listen.port(), 2);
+        assert_eq!(port(&c), 2);
         let flags = Flags {
-            listen: Some("127.0.0.1:3".into()),
+            listen: vec!["127.0.0.1:3".into()],
             ..Flags::default()
         };
         let c = load_with(Some(file), &[("BATON_LISTEN", "127.0.0.1:2")], flags).unwrap();
-        assert_eq!(c.listen.port(), 3);
+        assert_eq!(port(&c), 3);
         assert_eq!(c.store, StoreUrl::Sqlite("/tmp/a.db".into()));
+    }
+
+    fn port(c: &Config) -> u16 {
+        match &c.listen[..] {
+            [Listen::Tcp(a)] => a.port(),
+            other => panic!("{other:?}"),
+        }
     }
 
     fn refused(file: Option<&str>, env: &[(&str, &str)], part: &str) {
@@ -368,7 +557,7 @@ mod tests {
         refused(
             Some("listen = \"nowhere\""),
             &[],
-            "invalid setting listen = \"nowhere\"",
+            "invalid setting listen in",
         );
         refused(Some("colour = \"red\""), &[], "unknown field `colour`");
         refused(
@@ -405,7 +594,7 @@ mod tests {
         refused(
             None,
             &[("BATON_LISTEN", "0.0.0.0:7700")],
-            "refusing to listen on 0.0.0.0:7700 without auth",
+            "refusing to listen on 0.0.0.0:7700 without TLS and auth",
         );
         refused(
             None,
@@ -490,20 +679,223 @@ mod tests {
     }
 
     #[test]
-    fn remote_binds_need_auth_or_consent() {
-        let c = load_with(
-            None,
-            &[
-                ("BATON_LISTEN", "0.0.0.0:7700"),
-                ("BATON_ALLOW_REMOTE", "true"),
-            ],
-            Flags::default(),
+    fn listen_takes_tcp_addresses_and_unix_sockets_one_or_many() {
+        let file = "listen = [\"127.0.0.1:1\", \"unix:///run/baton/baton.sock\"]";
+        let c = load_with(Some(file), &[], Flags::default()).unwrap();
+        assert_eq!(
+            c.listen,
+            [
+                Listen::Tcp("127.0.0.1:1".parse().unwrap()),
+                Listen::Unix("/run/baton/baton.sock".into())
+            ]
         );
-        assert!(c.is_ok());
-        let file = format!(
-            "listen = \"0.0.0.0:7700\"\n[auth]\ntokens = [{{name = \"ci\", sha256 = \"{}\", role = \"operator\"}}]",
+        let env = [("BATON_LISTEN", "unix://baton.sock, 127.0.0.1:2")];
+        let c = load_with(Some(file), &env, Flags::default()).unwrap();
+        assert_eq!(
+            c.listen,
+            [
+                Listen::Unix("baton.sock".into()),
+                Listen::Tcp("127.0.0.1:2".parse().unwrap())
+            ]
+        );
+        let flags = Flags {
+            listen: vec!["unix:///tmp/b.sock".into()],
+            ..Flags::default()
+        };
+        let c = load_with(Some(file), &env, flags).unwrap();
+        assert_eq!(c.listen, [Listen::Unix("/tmp/b.sock".into())]);
+        refused(Some("listen = \"unix://\""), &[], "names no socket file");
+        refused(Some("listen = []"), &[], "it lists no address");
+        refused(
+            None,
+            &[("BATON_LISTEN", "127.0.0.1:1,127.0.0.1:1")],
+            "invalid setting BATON_LISTEN: \"127.0.0.1:1\" is listed twice",
+        );
+        refused(
+            None,
+            &[("BATON_LISTEN", "127.0.0.1:1,nowhere")],
+            "invalid setting BATON_LISTEN = \"nowhere\": expected an address like 127.0.0.1:7700 or unix:///path/baton.sock",
+        );
+    }
+
+    #[test]
+    fn the_socket_group_is_resolved_and_needs_a_socket() {
+        let unix = "listen = \"unix:///tmp/b.sock\"\n";
+        let c = load_with(
+            Some(&format!("{unix}socket_group = \"root\"")),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.socket_group, Some(0));
+        let c = load_with(
+            Some(unix),
+            &[("BATON_SOCKET_GROUP", "4242")],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.socket_group, Some(4242));
+        refused(
+            Some(&format!("{unix}socket_group = \"no-such-group-here\"")),
+            &[],
+            "invalid setting socket_group in",
+        );
+        refused(
+            Some(&format!("{unix}socket_group = \"no-such-group-here\"")),
+            &[],
+            "= \"no-such-group-here\": no such group",
+        );
+        refused(
+            None,
+            &[("BATON_SOCKET_GROUP", "root")],
+            "invalid setting BATON_SOCKET_GROUP: it applies to a unix:// listen address, and none is set",
+        );
+    }
+
+    /// A self-signed certificate and its key, written in `dir`.
+    fn cert_files(dir: &Path) -> (PathBuf, PathBuf) {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, made.cert.pem()).unwrap();
+        std::fs::write(&key, made.signing_key.serialize_pem()).unwrap();
+        (cert, key)
+    }
+
+    #[test]
+    fn tls_needs_a_readable_certificate_and_key_both() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = cert_files(dir.path());
+        let (c, k) = (cert.display().to_string(), key.display().to_string());
+        let both = [
+            ("BATON_TLS_CERT", c.as_str()),
+            ("BATON_TLS_KEY", k.as_str()),
+        ];
+        assert!(
+            load_with(None, &both, Flags::default())
+                .unwrap()
+                .tls
+                .is_some()
+        );
+        let file = format!("tls_cert = {c:?}\ntls_key = {k:?}");
+        assert!(
+            load_with(Some(&file), &[], Flags::default())
+                .unwrap()
+                .tls
+                .is_some()
+        );
+
+        refused(
+            None,
+            &[("BATON_TLS_CERT", &c)],
+            "invalid setting BATON_TLS_CERT: tls_key is missing; give both tls_cert and tls_key",
+        );
+        refused(
+            Some(&format!("tls_key = {k:?}")),
+            &[],
+            "tls_cert is missing",
+        );
+        let flags = Flags {
+            tls_cert: Some(cert.clone()),
+            ..Flags::default()
+        };
+        let e = load_with(None, &[], flags).unwrap_err().to_string();
+        assert!(
+            e.contains("invalid setting --tls-cert: tls_key is missing"),
+            "{e}"
+        );
+
+        let gone = dir.path().join("gone.pem").display().to_string();
+        refused(
+            None,
+            &[("BATON_TLS_CERT", &gone), ("BATON_TLS_KEY", &k)],
+            &format!("cannot read tls_cert {gone}"),
+        );
+        let junk = dir.path().join("junk.pem");
+        std::fs::write(&junk, "not a certificate\n").unwrap();
+        let junk = junk.display().to_string();
+        refused(
+            None,
+            &[("BATON_TLS_CERT", &junk), ("BATON_TLS_KEY", &k)],
+            &format!("invalid tls_cert {junk}: it holds no PEM certificate"),
+        );
+        refused(
+            None,
+            &[("BATON_TLS_CERT", &c), ("BATON_TLS_KEY", &junk)],
+            &format!("invalid tls_key {junk}: it holds no PEM private key"),
+        );
+        // A key that is not the certificate's.
+        let other = tempfile::tempdir().unwrap();
+        let (_, other_key) = cert_files(other.path());
+        let other_key = other_key.display().to_string();
+        refused(
+            None,
+            &[("BATON_TLS_CERT", &c), ("BATON_TLS_KEY", &other_key)],
+            "cannot be used together",
+        );
+    }
+
+    #[test]
+    fn beyond_loopback_needs_tls_and_auth_or_consent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = cert_files(dir.path());
+        let tls = format!(
+            "listen = \"0.0.0.0:7700\"\ntls_cert = {:?}\ntls_key = {:?}\n",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        let auth = format!(
+            "[auth]\ntokens = [{{name = \"ci\", sha256 = \"{}\", role = \"operator\"}}]\n",
             baton_server::hash_token("t")
         );
-        assert!(load_with(Some(&file), &[], Flags::default()).is_ok());
+        assert!(load_with(Some(&format!("{tls}{auth}")), &[], Flags::default()).is_ok());
+        refused(
+            Some(&tls),
+            &[],
+            "refusing to listen on 0.0.0.0:7700 without auth: anyone on the network could read and control jobs; configure tls_cert and tls_key, and [auth] tokens, or pass --allow-insecure-remote (BATON_ALLOW_INSECURE_REMOTE=true) to do it anyway",
+        );
+        refused(
+            Some(&format!("listen = \"0.0.0.0:7700\"\n{auth}")),
+            &[],
+            "refusing to listen on 0.0.0.0:7700 without TLS:",
+        );
+        refused(
+            Some("listen = [\"127.0.0.1:7700\", \"[::]:7701\"]"),
+            &[],
+            "refusing to listen on [::]:7701 without TLS and auth",
+        );
+        // A unix socket is no network listener.
+        assert!(
+            load_with(
+                Some("listen = \"unix:///tmp/b.sock\""),
+                &[],
+                Flags::default()
+            )
+            .is_ok()
+        );
+        let remote = [("BATON_LISTEN", "0.0.0.0:7700")];
+        for consent in [
+            ("BATON_ALLOW_INSECURE_REMOTE", "true"),
+            ("BATON_ALLOW_REMOTE", "true"),
+        ] {
+            assert!(load_with(None, &[remote[0], consent], Flags::default()).is_ok());
+        }
+        assert!(
+            load_with(
+                Some("allow_insecure_remote = true"),
+                &remote,
+                Flags::default()
+            )
+            .is_ok()
+        );
+        let flags = Flags {
+            allow_insecure_remote: true,
+            ..Flags::default()
+        };
+        assert!(load_with(None, &remote, flags).is_ok());
+        refused(
+            None,
+            &[("BATON_ALLOW_INSECURE_REMOTE", "perhaps")],
+            "invalid setting BATON_ALLOW_INSECURE_REMOTE=\"perhaps\"",
+        );
     }
 }

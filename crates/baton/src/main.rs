@@ -13,6 +13,7 @@ mod daemon;
 mod local;
 mod schedule;
 mod serve;
+mod unix_http;
 mod workflow_cli;
 
 use std::path::PathBuf;
@@ -33,7 +34,8 @@ use crate::client::{Client, Exit, exit};
     about = "Baton: one engine for background jobs"
 )]
 struct Cli {
-    /// The server that client commands talk to.
+    /// The server that client commands talk to: http://HOST:PORT, https://HOST:PORT,
+    /// or unix:///path/baton.sock.
     #[arg(
         long,
         global = true,
@@ -44,6 +46,10 @@ struct Cli {
     /// Bearer token for a server with auth.
     #[arg(long, global = true, env = "BATON_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM certificate(s) to trust for an https:// server, instead of the usual roots
+    /// (e.g. the certificate of a private CA, or the server's own).
+    #[arg(long, global = true, env = "BATON_CA", value_name = "FILE")]
+    ca: Option<PathBuf>,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -55,9 +61,22 @@ struct Cli {
 enum Command {
     /// Run the engine with its API and dashboard.
     Serve {
-        /// Address to listen on [default: 127.0.0.1:7700; env BATON_LISTEN].
+        /// Address to listen on: 127.0.0.1:7700, or unix:///path/baton.sock for a
+        /// socket file; may repeat [default: 127.0.0.1:7700; env BATON_LISTEN, comma
+        /// separated].
         #[arg(long)]
-        listen: Option<String>,
+        listen: Vec<String>,
+        /// Group given access to the unix socket (mode 0660 instead of 0600) [env
+        /// BATON_SOCKET_GROUP].
+        #[arg(long, value_name = "GROUP")]
+        socket_group: Option<String>,
+        /// PEM certificate chain; with --tls-key, TCP listeners speak HTTPS only [env
+        /// BATON_TLS_CERT].
+        #[arg(long, value_name = "FILE")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert [env BATON_TLS_KEY].
+        #[arg(long, value_name = "FILE")]
+        tls_key: Option<PathBuf>,
         /// Store URL: sqlite://baton.db or sqlite:///abs/path.db [env BATON_STORE].
         #[arg(long)]
         store: Option<String>,
@@ -67,8 +86,12 @@ enum Command {
         /// SQLite durability: full or normal [env BATON_DURABILITY].
         #[arg(long)]
         durability: Option<String>,
-        /// Allow listening beyond this machine without auth.
+        /// Allow listening beyond this machine without TLS or without auth [env
+        /// BATON_ALLOW_INSECURE_REMOTE].
         #[arg(long)]
+        allow_insecure_remote: bool,
+        /// The older name of --allow-insecure-remote.
+        #[arg(long, hide = true)]
         allow_remote: bool,
         /// Requests worked on at once; past it, 503 with Retry-After [default: 512; env
         /// BATON_MAX_REQUESTS].
@@ -327,13 +350,17 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> Result<u8> {
-    let client = || Client::new(&cli.server, cli.token.clone(), cli.json);
+    let client = || Client::connect(&cli.server, cli.token.clone(), cli.json, cli.ca.as_deref());
     match cli.command {
         Command::Serve {
             listen,
+            socket_group,
+            tls_cert,
+            tls_key,
             store,
             config,
             durability,
+            allow_insecure_remote,
             allow_remote,
             max_requests,
             max_streams,
@@ -341,6 +368,10 @@ fn run(cli: Cli) -> Result<u8> {
             let flags = config::Flags {
                 config,
                 listen,
+                socket_group,
+                tls_cert,
+                tls_key,
+                allow_insecure_remote,
                 store,
                 durability,
                 allow_remote,
@@ -370,7 +401,11 @@ fn run(cli: Cli) -> Result<u8> {
                     let mut args = Vec::new();
                     let mut server = cli.server.clone();
                     if let Some(l) = listen {
-                        server = format!("http://{l}");
+                        server = if l.starts_with("unix://") {
+                            l.clone()
+                        } else {
+                            format!("http://{l}")
+                        };
                         args.extend(["--listen".to_string(), l]);
                     }
                     if let Some(s) = store {

@@ -4,22 +4,52 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use baton_engine::Engine;
-use baton_server::{AppState, ServerOptions};
+use baton_server::{AppState, Listener, ServerOptions, TlsListener};
 use baton_store::{SqliteOptions, SqliteStore};
 use tokio::net::TcpListener;
 
-use crate::config::{self, Flags, StoreUrl};
+use crate::config::{self, Flags, Listen, StoreUrl};
 
 pub async fn run(flags: Flags) -> Result<()> {
     let config = config::load(&flags, &|k| std::env::var(k).ok())?;
     let StoreUrl::Sqlite(path) = &config.store;
+    // Every listener is bound first, so that a taken address or socket path is
+    // refused before the store is touched.
+    let mut listeners = Vec::new();
+    let mut sockets = Vec::new();
+    let mut urls = Vec::new();
+    for l in &config.listen {
+        match l {
+            Listen::Tcp(want) => {
+                let tcp = TcpListener::bind(want)
+                    .await
+                    .with_context(|| format!("cannot listen on {want}"))?;
+                let addr = tcp.local_addr()?;
+                if !addr.ip().is_loopback() && (config.tls.is_none() || !config.auth.enabled()) {
+                    tracing::warn!(%addr, "listening beyond this machine without TLS or without auth: whoever can reach it may read or control your jobs");
+                }
+                match &config.tls {
+                    Some(tls) => {
+                        urls.push(format!("https://{addr}"));
+                        listeners.push(Listener::Tls(TlsListener::new(tcp, tls)?));
+                    }
+                    None => {
+                        urls.push(format!("http://{addr}"));
+                        listeners.push(Listener::Tcp(tcp));
+                    }
+                }
+            }
+            Listen::Unix(path) => {
+                let (unix, file) = baton_server::bind_unix(path, config.socket_group)?;
+                urls.push(format!("unix://{}", path.display()));
+                listeners.push(Listener::Unix(unix));
+                sockets.push(file);
+            }
+        }
+    }
+    let url = urls[0].clone();
     let store = SqliteStore::open(SqliteOptions::new(path).durability(config.durability))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let addr = listener.local_addr()?;
-    let url = format!("http://{addr}");
     store.set_holder(&url).map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut builder = Engine::builder().store(Arc::new(store)).url(&url);
     for (name, concurrency) in &config.queues {
@@ -50,17 +80,22 @@ pub async fn run(flags: Flags) -> Result<()> {
                 .unwrap_or_else(|| ".".into()),
         ),
     };
-    if !addr.ip().is_loopback() && !options.auth.enabled() {
-        tracing::warn!(%addr, "listening beyond this machine without auth: anyone who can reach it controls your jobs");
-    }
     let state = AppState::new(engine.clone(), &options).await?;
+    let api = urls
+        .iter()
+        .find(|u| u.starts_with("http"))
+        .map(|u| format!("; API {u}/api/jobs, events {u}/api/events"))
+        .unwrap_or_default();
     say(format_args!(
-        "baton {} serving on {url} (store {}, durability {:?}); API {url}/api/jobs, events {url}/api/events",
+        "baton {} serving on {} (store {}, durability {:?}){api}",
         env!("CARGO_PKG_VERSION"),
+        urls.join(" and "),
         path.display(),
         config.durability
     ));
-    baton_server::serve(listener, state, &options, shutdown_signal()).await?;
+    baton_server::serve_all(listeners, state, &options, shutdown_signal()).await?;
+    // The socket files go as soon as nothing answers on them.
+    drop(sockets);
     println!(
         "shutting down: letting running jobs finish (up to {:?})",
         config.shutdown_timeout
