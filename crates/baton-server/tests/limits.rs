@@ -151,7 +151,12 @@ async fn past_the_stream_limit_streams_are_answered_503_and_requests_go_on() {
     let probe = format!("/api/jobs/{}/wait?timeout=10ms", job.id);
 
     // An SSE stream, a WebSocket and a long-poll hold the three stream permits.
-    let (_sse, status, _) = open(addr, "GET /api/events HTTP/1.1\r\nhost: localhost\r\n\r\n", b"").await;
+    let (_sse, status, _) = open(
+        addr,
+        "GET /api/events HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        b"",
+    )
+    .await;
     assert_eq!(status, 200);
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
         .await
@@ -170,7 +175,12 @@ async fn past_the_stream_limit_streams_are_answered_503_and_requests_go_on() {
         }
     };
     assert_overloaded(status, &head, &text, "max_streams");
-    let (_, status, _) = open(addr, "GET /api/events HTTP/1.1\r\nhost: localhost\r\n\r\n", b"").await;
+    let (_, status, _) = open(
+        addr,
+        "GET /api/events HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        b"",
+    )
+    .await;
     assert_eq!(status, 503, "an SSE stream past the limit");
     match tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
@@ -200,7 +210,12 @@ async fn past_the_stream_limit_streams_are_answered_503_and_requests_go_on() {
     let t0 = std::time::Instant::now();
     let mut streams = Vec::new();
     while streams.len() < 2 {
-        let (tcp, status, _) = open(addr, "GET /api/events HTTP/1.1\r\nhost: localhost\r\n\r\n", b"").await;
+        let (tcp, status, _) = open(
+            addr,
+            "GET /api/events HTTP/1.1\r\nhost: localhost\r\n\r\n",
+            b"",
+        )
+        .await;
         if status == 200 {
             streams.push(tcp);
         } else {
