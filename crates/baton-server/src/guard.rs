@@ -7,7 +7,7 @@
 //!
 //! - Host: a rebinding page reaches the server under its own name (`Host:
 //!   attacker.example`), so a request is served only when its `Host` is a loopback name
-//!   or address, the address the connection arrived on (the listen address, or with a
+//!   or address (or `0.0.0.0`, `[::]`), the address the connection arrived on (the listen address, or with a
 //!   wildcard listen the machine's address the client used), or a name listed in
 //!   `allowed_hosts`. A request without `Host` (HTTP/1.0) is served: browsers always
 //!   send one, so it cannot come from a page.
@@ -110,7 +110,10 @@ impl Guard {
             return false;
         };
         if let Ok(ip) = name.parse::<IpAddr>() {
+            // 0.0.0.0 and [::] reach this machine only (the CLI uses them when told
+            // the wildcard listen address).
             return ip.to_canonical().is_loopback()
+                || ip.is_unspecified()
                 || local.is_some_and(|l| l.to_canonical() == ip.to_canonical())
                 || self.hosts.contains(&name);
         }
@@ -295,6 +298,8 @@ mod tests {
             "10.1.2.3:80",
             "[fd00::1]:7700",
             "192.168.1.5:7700",
+            "0.0.0.0:7700",
+            "[::]:7700",
         ] {
             assert!(g.host_allowed(ok, Some(lan)), "{ok} is refused");
         }
