@@ -257,15 +257,15 @@ pub async fn middleware(State(s): State<AppState>, req: Request, next: Next) -> 
         }
     }
     let changes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if changes || is_upgrade(&req) {
-        if let Some(origin) = req.headers().get(header::ORIGIN) {
-            let origin = String::from_utf8_lossy(origin.as_bytes());
-            if !guard.origin_allowed(&origin, host.as_deref()) {
-                return ApiError::forbidden(format!(
-                    "origin {origin:?} may not change anything on this server nor open its WebSocket: only its own origin and the origins in cors_origins may (set cors_origins in baton.toml, BATON_CORS_ORIGINS or --cors-origin to allow it); this guards against cross-site requests and WebSocket hijacking"
-                ))
-                .into_response();
-            }
+    if (changes || is_upgrade(&req))
+        && let Some(origin) = req.headers().get(header::ORIGIN)
+    {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        if !guard.origin_allowed(&origin, host.as_deref()) {
+            return ApiError::forbidden(format!(
+                "origin {origin:?} may not change anything on this server nor open its WebSocket: only its own origin and the origins in cors_origins may (set cors_origins in baton.toml, BATON_CORS_ORIGINS or --cors-origin to allow it); this guards against cross-site requests and WebSocket hijacking"
+            ))
+            .into_response();
         }
     }
     next.run(req).await
