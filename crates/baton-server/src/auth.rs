@@ -1,9 +1,12 @@
 //! Who may do what: bearer tokens with roles (stored as SHA-256 hashes, never in
-//! clear), optional HS256 JWTs, and a rate limit on job creation.
+//! clear, compared in constant time), optional HS256 JWTs (no other `alg`), a limit on
+//! failed authentications per client, and a rate limit on job creation.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, header};
@@ -78,8 +81,77 @@ pub struct Caller {
 /// How often the rate limiter forgets idle clients.
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Failed authentications a client may make within [`FAILURE_WINDOW`]; past them
+/// every request of that client that needs a token is answered 429 until the window
+/// ends, whatever its token, so that guessing cannot go on.
+pub const MAX_AUTH_FAILURES: u32 = 10;
+/// See [`MAX_AUTH_FAILURES`].
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Clients whose failures are remembered at once, at most; past it the windows that
+/// ended are forgotten first.
+const MAX_FAILING_CLIENTS: usize = 100_000;
+
+/// Failed authentications per client, in fixed windows.
+#[derive(Default)]
+struct Failures {
+    clients: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl Failures {
+    /// How long the client must still wait when it has failed too often.
+    fn blocked(&self, client: IpAddr) -> Option<Duration> {
+        let clients = self.clients.lock().ok()?;
+        let (since, count) = clients.get(&client)?;
+        let left = FAILURE_WINDOW.checked_sub(since.elapsed())?;
+        (*count >= MAX_AUTH_FAILURES && !left.is_zero()).then_some(left)
+    }
+
+    fn record(&self, client: IpAddr) {
+        let Ok(mut clients) = self.clients.lock() else {
+            return;
+        };
+        if clients.len() >= MAX_FAILING_CLIENTS {
+            clients.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+        }
+        let entry = clients.entry(client).or_insert((Instant::now(), 0));
+        if entry.0.elapsed() >= FAILURE_WINDOW {
+            *entry = (Instant::now(), 0);
+        }
+        entry.1 += 1;
+    }
+
+    fn prune(&self) {
+        if let Ok(mut clients) = self.clients.lock() {
+            clients.retain(|_, (since, _)| since.elapsed() < FAILURE_WINDOW);
+            clients.shrink_to_fit();
+        }
+    }
+}
+
+/// The client a failure is counted against: its address, an IPv6 one by its /64 (one
+/// host usually has all of them); a request without one (in process) is loopback.
+fn client_of(req: &Request) -> IpAddr {
+    let ip = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or(IpAddr::from([127, 0, 0, 1]), |c| c.0.ip().to_canonical());
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+/// Whether two digests are equal, in a time that does not depend on where they differ.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(diff) == 0
+}
+
 pub struct Auth {
     config: AuthConfig,
+    /// The configured tokens' SHA-256, decoded, beside `config.tokens`.
+    digests: Vec<[u8; 32]>,
+    failures: Failures,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
 }
 
@@ -89,8 +161,23 @@ impl Auth {
             let burst = NonZeroU32::new(options.submit_burst).unwrap_or(rate);
             RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
         });
+        // The configuration checked the digests; one that is not hex matches nothing.
+        let digests = options
+            .auth
+            .tokens
+            .iter()
+            .map(|t| {
+                let mut d = [0u8; 32];
+                if hex::decode_to_slice(&t.sha256, &mut d).is_err() {
+                    d = [0; 32];
+                }
+                d
+            })
+            .collect();
         Self {
             config: options.auth.clone(),
+            digests,
+            failures: Failures::default(),
             limiter,
         }
     }
@@ -99,6 +186,7 @@ impl Auth {
     /// that the limiter holds only clients seen within about `burst / rate` seconds,
     /// however many addresses come and go; the number of clients it still holds.
     pub fn prune(&self) -> usize {
+        self.failures.prune();
         match &self.limiter {
             Some(limiter) => {
                 limiter.retain_recent();
@@ -112,7 +200,7 @@ impl Auth {
     /// Prunes the limiter every [`PRUNE_EVERY`] until `stop`, or until the server is
     /// gone.
     pub fn prune_in_background(auth: &Arc<Auth>, stop: tokio_util::sync::CancellationToken) {
-        if auth.limiter.is_none() {
+        if auth.limiter.is_none() && !auth.config.enabled() {
             return;
         }
         let auth = Arc::downgrade(auth);
@@ -132,13 +220,15 @@ impl Auth {
     }
 
     fn identify(&self, token: &str) -> Option<Caller> {
-        let hash = hash_token(token);
-        if let Some(t) = self
-            .config
-            .tokens
-            .iter()
-            .find(|t| t.sha256.eq_ignore_ascii_case(&hash))
-        {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        // Every token is compared, in constant time, whichever matches.
+        let mut found = None;
+        for (i, d) in self.digests.iter().enumerate() {
+            if same_digest(d, &digest) && found.is_none() {
+                found = Some(i);
+            }
+        }
+        if let Some(t) = found.map(|i| &self.config.tokens[i]) {
             return Some(Caller {
                 name: t.name.clone(),
                 role: t.role,
@@ -194,8 +284,18 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
         let Some(token) = token else {
             return unauthorized("missing bearer token: send Authorization: Bearer <token>");
         };
+        let client = client_of(&req);
+        if let Some(wait) = auth.failures.blocked(client) {
+            return too_many(
+                "too many failed authentications from this client; retry in {} s",
+                wait,
+            );
+        }
         match auth.identify(&token) {
-            None => return unauthorized("invalid token"),
+            None => {
+                auth.failures.record(client);
+                return unauthorized("invalid token");
+            }
             Some(c) if c.role < required => {
                 return ApiError::forbidden(format!(
                     "the {} role may not {} {}; it needs the {} role",
@@ -222,21 +322,26 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
         };
         if let Err(not_until) = limiter.check_key(&key) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
-            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            let mut response = ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("too many jobs submitted; retry in {secs} s"),
-            )
-            .into_response();
-            if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return response;
+            return too_many("too many jobs submitted; retry in {} s", wait);
         }
     }
     req.extensions_mut().insert(caller);
     next.run(req).await
+}
+
+/// A 429 with `Retry-After`; `{}` in the message is the wait in whole seconds.
+fn too_many(message: &str, wait: Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = ApiError::new(
+        axum::http::StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        message.replace("{}", &secs.to_string()),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        response.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    response
 }
 
 fn unauthorized(message: &str) -> Response {

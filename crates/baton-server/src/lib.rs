@@ -4,6 +4,7 @@
 mod auth;
 mod error;
 mod events;
+mod guard;
 mod jobs;
 mod json;
 mod limit;
@@ -26,6 +27,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use auth::{AuthConfig, Role, TokenEntry, hash_token, sign_jwt};
 pub use error::{ApiError, ApiResult};
+pub use guard::{Peer, normalize_host, normalize_origin};
 pub use limit::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_STREAMS};
 pub use listen::{
     ListenError, Listener, SocketFile, TlsConfig, TlsListener, UnixPeer, bind_unix, serve_all,
@@ -36,8 +38,12 @@ pub use meta::Metrics;
 #[derive(Clone, Debug)]
 pub struct ServerOptions {
     pub auth: AuthConfig,
-    /// Origins allowed by CORS; empty: no CORS headers; `*`: any origin.
+    /// Origins other than the server's own that may read (CORS), change state and
+    /// open the WebSocket; empty: none; `*`: any origin.
     pub cors_origins: Vec<String>,
+    /// Names (or addresses) besides loopback and the listen address that requests may
+    /// give as their `Host`; `*`: any.
+    pub allowed_hosts: Vec<String>,
     /// The largest request body, in bytes.
     pub body_limit: usize,
     /// Job submissions per second and client; 0: unlimited.
@@ -60,6 +66,7 @@ impl Default for ServerOptions {
         Self {
             auth: AuthConfig::default(),
             cors_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
             body_limit: 2 * 1024 * 1024,
             submit_rate: 0,
             submit_burst: 100,
@@ -79,6 +86,7 @@ pub struct AppState {
     pub(crate) hub: Arc<events::Hub>,
     pub(crate) resources: Arc<resources::Resources>,
     pub(crate) auth: Arc<auth::Auth>,
+    pub(crate) guard: Arc<guard::Guard>,
     pub(crate) limits: Arc<limit::Limits>,
     pub(crate) body_timeout: Duration,
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
@@ -100,6 +108,10 @@ impl AppState {
             hub,
             resources,
             auth,
+            guard: Arc::new(guard::Guard::new(
+                &options.allowed_hosts,
+                &options.cors_origins,
+            )),
             limits: Arc::new(limit::Limits::new(
                 options.max_requests,
                 options.max_streams,
@@ -178,6 +190,12 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
             state.clone(),
             limit::middleware,
         ))
+        // Before the limits and auth, so that a refused request holds no permit and
+        // counts as no failed authentication; inside `observe`, so that it is logged.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             meta::observe,
@@ -189,6 +207,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         None => api,
     };
     api.layer(axum::middleware::from_fn(auth::take_query_token))
+        .layer(axum::middleware::from_fn(guard::peer))
 }
 
 fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
@@ -198,7 +217,12 @@ fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| o.parse().ok()))
+        // The configuration checked each origin; a browser sends it without a final `/`.
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| o.trim().trim_end_matches('/').parse().ok()),
+        )
     };
     Some(
         CorsLayer::new()

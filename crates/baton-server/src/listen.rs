@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
@@ -19,6 +18,7 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::guard::Peer;
 use crate::{AppState, ServerOptions, router};
 
 /// A TLS handshake not done by then is dropped, so that silent connections cannot
@@ -368,6 +368,17 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Unix
     }
 }
 
+/// Both ends of a TLS connection, read from the TCP stream under it: the local end is
+/// the address the client reached, which the `Host` check accepts.
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
+        Peer {
+            remote: *stream.remote_addr(),
+            local: stream.io().get_ref().0.local_addr().ok(),
+        }
+    }
+}
+
 /// One listener the API answers on.
 pub enum Listener {
     Tcp(TcpListener),
@@ -399,22 +410,18 @@ pub async fn serve_all(
         let stop = stop.clone();
         match listener {
             Listener::Tcp(l) => {
-                let l = l.tap_io(|tcp| {
-                    if let Err(e) = tcp.set_nodelay(true) {
-                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                    }
-                });
                 serving.spawn(
-                    axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
-                        .with_graceful_shutdown(stop.cancelled_owned())
-                        .into_future(),
+                    axum::serve(
+                        crate::guard::NoDelay(l),
+                        app.into_make_service_with_connect_info::<Peer>(),
+                    )
+                    .with_graceful_shutdown(stop.cancelled_owned())
+                    .into_future(),
                 );
             }
             Listener::Tls(l) => {
-                // `tap_io` gives the connection the peer's address as its ConnectInfo.
-                let l = l.tap_io(|_| {});
                 serving.spawn(
-                    axum::serve(l, app.into_make_service_with_connect_info::<SocketAddr>())
+                    axum::serve(l, app.into_make_service_with_connect_info::<Peer>())
                         .with_graceful_shutdown(stop.cancelled_owned())
                         .into_future(),
                 );

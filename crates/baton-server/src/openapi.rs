@@ -12,9 +12,11 @@
 //!   large, not sent as JSON, or not of the documented shape (an operation with a
 //!   body);
 //! - 401 when auth is on and the token is missing or wrong (an operation that needs a
-//!   role, [`auth::required_role`]); 403 when the caller's role is too low (an
-//!   operation that needs more than `viewer`);
-//! - 429 with `Retry-After`: the submit rate limit ([`auth::rate_limited`]);
+//!   role, [`auth::required_role`]); 403 when the caller's role is too low, or the
+//!   request's `Host` or `Origin` is not allowed (every operation but the probes,
+//!   `crate::guard`);
+//! - 429 with `Retry-After`: the submit rate limit ([`auth::rate_limited`]), and too
+//!   many failed authentications from the client (an operation that needs a role);
 //! - 500: an internal error (an operation that reaches the engine);
 //! - 503: the store is locked or unavailable, the engine is overloaded, or too many
 //!   requests are in flight (every operation), with `Retry-After` when a retry helps.
@@ -29,7 +31,7 @@ use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
 use utoipa::openapi::{Content, Header, OpenApi as Document, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::auth::{self, Role};
+use crate::auth;
 use crate::{events, jobs, meta, resources, schedules, workflows};
 
 #[derive(OpenApi)]
@@ -82,7 +84,7 @@ const COMMON: [Common; 10] = [
     Common {
         status: "403",
         name: "Forbidden",
-        description: "the token's role may not do this (viewer reads; operator submits and controls; admin deletes and manages schedules and pipelines)",
+        description: "the token's role may not do this (viewer reads; operator submits and controls; admin deletes and manages schedules and pipelines), or the request's Host is not allowed (allowed_hosts), or its Origin may not change state or open the WebSocket (cors_origins)",
         header: None,
     },
     Common {
@@ -112,7 +114,7 @@ const COMMON: [Common; 10] = [
     Common {
         status: "429",
         name: "RateLimited",
-        description: "the submit rate limit (submit_rate) is reached; retry after the given seconds",
+        description: "the submit rate limit (submit_rate) is reached, or the client failed to authenticate too often; retry after the given seconds",
         header: Some(("Retry-After", "seconds to wait")),
     },
     Common {
@@ -184,14 +186,10 @@ fn common_statuses(method: &Method, path: &str, op: &Operation) -> Vec<&'static 
     if has_body {
         out.extend(["408", "413", "415", "422"]);
     }
-    if let Some(role) = auth::required_role(method, path) {
-        out.push("401");
-        if role > Role::Viewer {
-            out.push("403");
-        }
-    }
-    if auth::rate_limited(method, path) {
-        out.push("429");
+    if auth::required_role(method, path).is_some() {
+        // A role too low, or a Host or Origin refused (crate::guard, which leaves the
+        // probes alone as auth does); too many failed authentications.
+        out.extend(["401", "403", "429"]);
     }
     if !matches!(path, "/healthz" | "/readyz") {
         out.push("500");

@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -12,10 +11,10 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use baton_api::{ControlAction, WsMessage, WsRequest};
 use baton_server::{AuthConfig, Role, ServerOptions, TokenEntry, hash_token};
+use common::chromium::Browser;
 use common::{Harness, harness_with};
 use futures::{SinkExt, StreamExt};
-use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tower::ServiceExt;
 
@@ -344,75 +343,6 @@ async fn a_websocket_authenticates_with_a_query_token() {
     h.engine.cancel(&job.id).await.unwrap();
 }
 
-/// Where Chromium is: `BATON_TEST_CHROMIUM` (scripts/test sets it) or the Debian path.
-fn chromium() -> String {
-    let path = std::env::var("BATON_TEST_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    assert!(
-        std::path::Path::new(&path).exists(),
-        "this test needs Chromium at {path}: run `bash scripts/test` (it installs it), or \
-         `apt-get install -y chromium`, or set BATON_TEST_CHROMIUM to its path"
-    );
-    path
-}
-
-/// A DevTools protocol client over the browser's WebSocket.
-struct Cdp {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    next_id: u64,
-    events: Vec<Value>,
-}
-
-impl Cdp {
-    async fn call(&mut self, session: Option<&str>, method: &str, params: Value) -> Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let mut msg = json!({"id": id, "method": method, "params": params});
-        if let Some(s) = session {
-            msg["sessionId"] = json!(s);
-        }
-        self.ws
-            .send(Message::Text(msg.to_string().into()))
-            .await
-            .unwrap();
-        loop {
-            let msg = self.read().await;
-            if msg["id"] == id {
-                assert!(msg.get("error").is_none(), "{method}: {msg}");
-                return msg["result"].clone();
-            }
-            self.events.push(msg);
-        }
-    }
-
-    async fn read(&mut self) -> Value {
-        loop {
-            let msg = tokio::time::timeout(Duration::from_secs(60), self.ws.next())
-                .await
-                .expect("Chromium answers within 60 s")
-                .expect("Chromium's DevTools socket is open")
-                .unwrap();
-            if let Message::Text(t) = msg {
-                return serde_json::from_str(&t).unwrap();
-            }
-        }
-    }
-
-    async fn wait_event(&mut self, method: &str) -> Value {
-        if let Some(i) = self.events.iter().position(|e| e["method"] == method) {
-            return self.events.remove(i);
-        }
-        loop {
-            let msg = self.read().await;
-            if msg["method"] == method {
-                return msg;
-            }
-            self.events.push(msg);
-        }
-    }
-}
-
 /// What the page runs: follows every event with an EventSource authenticated by
 /// `?token=`, submits a job through the API, waits for the job's completion on the
 /// stream, then tries a stale token and a viewer's submit.
@@ -471,96 +401,14 @@ const SCRIPT: &str = r#"
 
 #[tokio::test]
 async fn chromium_streams_events_with_a_query_token() {
-    let chromium = chromium();
     let h = harness_with(auth_options()).await;
     let addr = serve(&h, auth_options()).await;
-    let profile = tempfile::TempDir::new().unwrap();
-    let mut browser = tokio::process::Command::new(&chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--remote-debugging-port=0",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("about:blank")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {chromium}: {e}"));
-
-    // Chromium says where its DevTools listen on stderr; the rest of stderr is kept
-    // for a failure message.
-    let mut lines = BufReader::new(browser.stderr.take().unwrap()).lines();
-    let mut said = String::new();
-    let devtools = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(url) = line.strip_prefix("DevTools listening on ") {
-                return url.trim().to_owned();
-            }
-            said.push_str(&line);
-            said.push('\n');
-        }
-        panic!("Chromium exited before its DevTools listened:\n{said}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("Chromium's DevTools did not listen within 60 s"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    let (ws, _) = tokio_tungstenite::connect_async(&devtools).await.unwrap();
-    let mut cdp = Cdp {
-        ws,
-        next_id: 0,
-        events: Vec::new(),
-    };
-    let targets = cdp.call(None, "Target.getTargets", json!({})).await;
-    let page = targets["targetInfos"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["type"] == "page")
-        .unwrap_or_else(|| panic!("no page in {targets}"))["targetId"]
-        .clone();
-    let attached = cdp
-        .call(
-            None,
-            "Target.attachToTarget",
-            json!({"targetId": page, "flatten": true}),
-        )
-        .await;
-    let session = attached["sessionId"].as_str().unwrap().to_owned();
-    let session = Some(session.as_str());
-    cdp.call(session, "Page.enable", json!({})).await;
+    let mut browser = Browser::start().await;
     // A page of the server's own origin (no auth on /healthz), so that the script's
     // relative URLs reach the server without CORS.
-    cdp.call(
-        session,
-        "Page.navigate",
-        json!({"url": format!("http://{addr}/healthz")}),
-    )
-    .await;
-    cdp.wait_event("Page.loadEventFired").await;
-    let result = cdp
-        .call(
-            session,
-            "Runtime.evaluate",
-            json!({"expression": SCRIPT, "awaitPromise": true, "returnByValue": true}),
-        )
-        .await;
-    assert!(
-        result.get("exceptionDetails").is_none(),
-        "the page's script failed: {}",
-        result["exceptionDetails"]
-    );
-    let out: Value = serde_json::from_str(result["result"]["value"].as_str().unwrap()).unwrap();
-    cdp.call(None, "Browser.close", json!({})).await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), browser.wait()).await;
+    browser.open(&format!("http://{addr}/healthz")).await;
+    let out = browser.evaluate(SCRIPT).await;
+    browser.close().await;
 
     assert_eq!(out["created"], 201, "{out}");
     assert_eq!(

@@ -49,7 +49,7 @@ async fn open(addr: SocketAddr, head: &str, body: &[u8]) -> (TcpStream, u16, Str
 
 /// A whole request: status, head (lowercase) and body.
 async fn call(addr: SocketAddr, method: &str, path: &str) -> (u16, String, String) {
-    let head = format!("{method} {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+    let head = format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
     let (mut tcp, status, head) = open(addr, &head, b"").await;
     let mut body = String::new();
     tokio::time::timeout(Duration::from_secs(10), tcp.read_to_string(&mut body))
@@ -81,7 +81,7 @@ async fn past_the_request_limit_requests_are_answered_503_with_retry_after() {
     // Two submits whose bodies arrive slowly are in progress: the limit is reached.
     let body = br#"{"kind": "echo", "payload": "slow"}"#;
     let head = format!(
-        "POST /api/jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "POST /api/jobs HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()
     );
     let mut slow = Vec::new();
@@ -108,7 +108,7 @@ async fn past_the_request_limit_requests_are_answered_503_with_retry_after() {
     assert_eq!(call(addr, "GET", "/readyz").await.0, 200);
     let (_sse, status, _) = open(
         addr,
-        "GET /api/events HTTP/1.1\r\nhost: x\r\naccept: text/event-stream\r\n\r\n",
+        "GET /api/events HTTP/1.1\r\nhost: localhost\r\naccept: text/event-stream\r\n\r\n",
         b"",
     )
     .await;
@@ -151,13 +151,18 @@ async fn past_the_stream_limit_streams_are_answered_503_and_requests_go_on() {
     let probe = format!("/api/jobs/{}/wait?timeout=10ms", job.id);
 
     // An SSE stream, a WebSocket and a long-poll hold the three stream permits.
-    let (_sse, status, _) = open(addr, "GET /api/events HTTP/1.1\r\nhost: x\r\n\r\n", b"").await;
+    let (_sse, status, _) = open(
+        addr,
+        "GET /api/events HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        b"",
+    )
+    .await;
     assert_eq!(status, 200);
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
         .await
         .unwrap();
     let poll = format!(
-        "GET /api/jobs/{}/wait?timeout=2s HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        "GET /api/jobs/{}/wait?timeout=2s HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
         job.id
     );
     let mut poll_tcp = TcpStream::connect(addr).await.unwrap();
@@ -170,7 +175,12 @@ async fn past_the_stream_limit_streams_are_answered_503_and_requests_go_on() {
         }
     };
     assert_overloaded(status, &head, &text, "max_streams");
-    let (_, status, _) = open(addr, "GET /api/events HTTP/1.1\r\nhost: x\r\n\r\n", b"").await;
+    let (_, status, _) = open(
+        addr,
+        "GET /api/events HTTP/1.1\r\nhost: localhost\r\n\r\n",
+        b"",
+    )
+    .await;
     assert_eq!(status, 503, "an SSE stream past the limit");
     match tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws")).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
@@ -200,7 +210,12 @@ async fn past_the_stream_limit_streams_are_answered_503_and_requests_go_on() {
     let t0 = std::time::Instant::now();
     let mut streams = Vec::new();
     while streams.len() < 2 {
-        let (tcp, status, _) = open(addr, "GET /api/events HTTP/1.1\r\nhost: x\r\n\r\n", b"").await;
+        let (tcp, status, _) = open(
+            addr,
+            "GET /api/events HTTP/1.1\r\nhost: localhost\r\n\r\n",
+            b"",
+        )
+        .await;
         if status == 200 {
             streams.push(tcp);
         } else {
@@ -223,7 +238,7 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_frees_its_place
     };
     let h = harness_with(options.clone()).await;
     let addr = serve(&h, options).await;
-    let head = "POST /api/jobs HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n";
+    let head = "POST /api/jobs HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 100\r\nconnection: close\r\n\r\n";
     let t0 = std::time::Instant::now();
     let mut slow = TcpStream::connect(addr).await.unwrap();
     slow.write_all(head.as_bytes()).await.unwrap();

@@ -379,26 +379,41 @@ async fn auth_and_rate_limit_statuses_are_documented() {
             .body(submit)
             .header("authorization", operator),
         case(Method::GET, "/healthz", "/healthz", 200),
+        case(Method::GET, "/api/jobs", "/api/jobs", 403).header("host", "attacker.example"),
+        case(
+            Method::POST,
+            "/api/jobs/{id}/pause",
+            "/api/jobs/x/pause",
+            403,
+        )
+        .header("origin", "http://evil.example"),
     ];
     for c in cases {
         check(&h, &doc, c).await;
     }
+    // Ten failed authentications (one above), then 429.
+    for _ in 0..9 {
+        let (status, _) = h.call_as(Method::GET, "/api/jobs", "wrong").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    check(
+        &h,
+        &doc,
+        case(Method::GET, "/api/jobs", "/api/jobs", 429).header("authorization", viewer),
+    )
+    .await;
     let rate_limited = resolve(&doc, &doc["paths"]["/api/jobs"]["post"]["responses"]["429"]);
     assert!(
         rate_limited["headers"]["Retry-After"].is_object(),
         "{rate_limited}"
     );
-    // Reads need only the lowest role: no 403 is promised for them, nor 429.
-    let list = &doc["paths"]["/api/jobs"]["get"]["responses"];
+    // Health checks need no token and take any Host.
+    let health = &doc["paths"]["/healthz"]["get"]["responses"];
     assert!(
-        list.get("403").is_none() && list.get("429").is_none(),
-        "{list}"
-    );
-    // Health checks need no token.
-    assert!(
-        doc["paths"]["/healthz"]["get"]["responses"]
-            .get("401")
-            .is_none()
+        ["401", "403", "429"]
+            .iter()
+            .all(|s| health.get(s).is_none()),
+        "{health}"
     );
 }
 

@@ -29,6 +29,8 @@ pub struct FileConfig {
     pub durability: Option<String>,
     pub allow_remote: Option<bool>,
     pub cors_origins: Option<Vec<String>>,
+    /// Names besides loopback and the listen address that requests may reach.
+    pub allowed_hosts: Option<Vec<String>>,
     pub body_limit_bytes: Option<usize>,
     pub submit_rate: Option<u32>,
     pub submit_burst: Option<u32>,
@@ -121,6 +123,10 @@ pub struct Flags {
     pub allow_remote: bool,
     pub max_requests: Option<String>,
     pub max_streams: Option<String>,
+    /// `--allowed-host`, each given.
+    pub allowed_hosts: Vec<String>,
+    /// `--cors-origin`, each given.
+    pub cors_origins: Vec<String>,
 }
 
 /// The checked configuration.
@@ -135,6 +141,7 @@ pub struct Config {
     pub store: StoreUrl,
     pub durability: Durability,
     pub cors_origins: Vec<String>,
+    pub allowed_hosts: Vec<String>,
     pub body_limit: usize,
     pub submit_rate: u32,
     pub submit_burst: u32,
@@ -354,6 +361,32 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             source("max_log_lines")
         );
     }
+    let allowed_hosts = list_setting(
+        "allowed_hosts",
+        &flags.allowed_hosts,
+        "BATON_ALLOWED_HOSTS",
+        env,
+        file.allowed_hosts.clone(),
+        &source,
+        |h| {
+            (h == "*" || baton_server::normalize_host(h).is_some())
+                .then_some(())
+                .ok_or("expected a host name or an IP address, without scheme or port")
+        },
+    )?;
+    let cors_origins = list_setting(
+        "cors_origins",
+        &flags.cors_origins,
+        "BATON_CORS_ORIGINS",
+        env,
+        file.cors_origins.clone(),
+        &source,
+        |o| {
+            (o == "*" || baton_server::normalize_origin(o).is_some())
+                .then_some(())
+                .ok_or("expected an origin like https://app.example or http://localhost:3000 (scheme, host and port only)")
+        },
+    )?;
     let mut auth = AuthConfig::default();
     if let Some(a) = file.auth {
         for t in &a.tokens {
@@ -395,7 +428,8 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         tls,
         store,
         durability,
-        cors_origins: file.cors_origins.unwrap_or_default(),
+        cors_origins,
+        allowed_hosts,
         body_limit: file.body_limit_bytes.unwrap_or(2 * 1024 * 1024),
         submit_rate: file.submit_rate.unwrap_or(0),
         submit_burst: file.submit_burst.unwrap_or(100),
@@ -476,6 +510,46 @@ fn group_id(name: &str) -> Result<u32, String> {
         Ok(None) => Err("no such group".into()),
         Err(e) => Err(format!("cannot look the group up: {e}")),
     }
+}
+
+/// A list from `--flag` (given once per value), then `ENV` (comma-separated), then the
+/// file; each value checked by `check`.
+#[allow(clippy::too_many_arguments)]
+fn list_setting(
+    key: &str,
+    flags: &[String],
+    env_name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    file: Option<Vec<String>>,
+    source: &dyn Fn(&str) -> String,
+    check: impl Fn(&str) -> Result<(), &'static str>,
+) -> Result<Vec<String>> {
+    let (values, named) = if !flags.is_empty() {
+        let flag = match key {
+            "allowed_hosts" => "--allowed-host".to_owned(),
+            "cors_origins" => "--cors-origin".to_owned(),
+            other => format!("--{}", other.replace('_', "-")),
+        };
+        (flags.to_vec(), flag)
+    } else if let Some(v) = env(env_name) {
+        let values = v
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        (values, env_name.to_owned())
+    } else if let Some(v) = file {
+        (v, source(key))
+    } else {
+        return Ok(Vec::new());
+    };
+    for v in &values {
+        if let Err(m) = check(v.trim()) {
+            bail!("invalid setting {named}: {v:?}: {m}");
+        }
+    }
+    Ok(values.into_iter().map(|v| v.trim().to_owned()).collect())
 }
 
 fn parse_bool(name: &str, v: &str) -> Result<bool> {
@@ -676,6 +750,70 @@ mod tests {
         };
         let e = load_with(None, &[], flags).unwrap_err().to_string();
         assert!(e.contains("invalid setting --max-streams = \"1.5\""), "{e}");
+    }
+
+    #[test]
+    fn allowed_hosts_and_cors_origins_come_from_flags_env_or_file() {
+        let c = load_with(None, &[], Flags::default()).unwrap();
+        assert!(c.allowed_hosts.is_empty() && c.cors_origins.is_empty());
+        let file = "allowed_hosts = [\"baton.lan\"]\ncors_origins = [\"https://app.example\"]";
+        let c = load_with(Some(file), &[], Flags::default()).unwrap();
+        assert_eq!(c.allowed_hosts, ["baton.lan"]);
+        assert_eq!(c.cors_origins, ["https://app.example"]);
+        let env = [
+            ("BATON_ALLOWED_HOSTS", "a.lan, 10.0.0.2,[fd00::1]"),
+            ("BATON_CORS_ORIGINS", "http://localhost:3000"),
+        ];
+        let c = load_with(Some(file), &env, Flags::default()).unwrap();
+        assert_eq!(c.allowed_hosts, ["a.lan", "10.0.0.2", "[fd00::1]"]);
+        assert_eq!(c.cors_origins, ["http://localhost:3000"]);
+        let flags = Flags {
+            allowed_hosts: vec!["b.lan".into(), "*".into()],
+            cors_origins: vec!["*".into()],
+            ..Flags::default()
+        };
+        let c = load_with(Some(file), &env, flags).unwrap();
+        assert_eq!(c.allowed_hosts, ["b.lan", "*"]);
+        assert_eq!(c.cors_origins, ["*"]);
+    }
+
+    #[test]
+    fn bad_allowed_hosts_and_cors_origins_are_named() {
+        refused(
+            Some("allowed_hosts = [\"http://baton.lan\"]"),
+            &[],
+            "invalid setting allowed_hosts in",
+        );
+        refused(
+            None,
+            &[("BATON_ALLOWED_HOSTS", "baton.lan:7700")],
+            "invalid setting BATON_ALLOWED_HOSTS: \"baton.lan:7700\": expected a host name or an IP address",
+        );
+        refused(
+            Some("cors_origins = [\"app.example\"]"),
+            &[],
+            "invalid setting cors_origins in",
+        );
+        refused(
+            None,
+            &[("BATON_CORS_ORIGINS", "https://app.example/path")],
+            "invalid setting BATON_CORS_ORIGINS: \"https://app.example/path\": expected an origin",
+        );
+        let flags = Flags {
+            cors_origins: vec!["null".into()],
+            ..Flags::default()
+        };
+        let e = load_with(None, &[], flags).unwrap_err().to_string();
+        assert!(e.contains("invalid setting --cors-origin: \"null\""), "{e}");
+        let flags = Flags {
+            allowed_hosts: vec!["bad host".into()],
+            ..Flags::default()
+        };
+        let e = load_with(None, &[], flags).unwrap_err().to_string();
+        assert!(
+            e.contains("invalid setting --allowed-host: \"bad host\""),
+            "{e}"
+        );
     }
 
     #[test]

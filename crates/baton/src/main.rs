@@ -101,6 +101,16 @@ enum Command {
         /// [default: 4096; env BATON_MAX_STREAMS].
         #[arg(long, value_name = "N")]
         max_streams: Option<String>,
+        /// A name (or address) the server may be reached by besides loopback and its
+        /// listen address; repeat for more; `*` for any [env BATON_ALLOWED_HOSTS,
+        /// comma-separated].
+        #[arg(long = "allowed-host", value_name = "HOST")]
+        allowed_hosts: Vec<String>,
+        /// An origin (https://app.example) besides the server's own that may read,
+        /// change state and open the WebSocket; repeat for more [env
+        /// BATON_CORS_ORIGINS, comma-separated].
+        #[arg(long = "cors-origin", value_name = "ORIGIN")]
+        cors_origins: Vec<String>,
     },
     /// Run `baton serve` in the background (pid file and log file).
     Daemon {
@@ -364,6 +374,8 @@ fn run(cli: Cli) -> Result<u8> {
             allow_remote,
             max_requests,
             max_streams,
+            allowed_hosts,
+            cors_origins,
         } => {
             let flags = config::Flags {
                 config,
@@ -377,6 +389,8 @@ fn run(cli: Cli) -> Result<u8> {
                 allow_remote,
                 max_requests,
                 max_streams,
+                allowed_hosts,
+                cors_origins,
             };
             runtime()?.block_on(serve::run(flags))?;
             Ok(exit::OK)

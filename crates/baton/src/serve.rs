@@ -67,6 +67,7 @@ pub async fn run(flags: Flags) -> Result<()> {
     let options = ServerOptions {
         auth: config.auth.clone(),
         cors_origins: config.cors_origins.clone(),
+        allowed_hosts: config.allowed_hosts.clone(),
         body_limit: config.body_limit,
         submit_rate: config.submit_rate,
         submit_burst: config.submit_burst,

@@ -1,5 +1,7 @@
 #![allow(dead_code)]
 
+pub mod chromium;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -152,4 +154,52 @@ impl Harness {
         .await
         .unwrap_or_else(|_| panic!("{id} never became {state}"));
     }
+}
+
+/// Serves the harness's state over real HTTP on a free loopback port, with `options`.
+pub async fn serve(h: &Harness, options: ServerOptions) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let state = h.state.clone();
+    tokio::spawn(async move {
+        baton_server::serve(listener, state, &options, std::future::pending()).await
+    });
+    addr
+}
+
+/// Sends `request` (its head without the final blank line; `Connection: close` and the
+/// body's length are added) over a new TCP connection, byte for byte as written, so
+/// that headers such as `Host` are exactly what the test says; the status and the
+/// whole answer.
+pub async fn http(addr: std::net::SocketAddr, request: &str, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = request.trim_end();
+    let length = if body.is_empty() && !head.starts_with("POST") && !head.starts_with("PUT") {
+        String::new()
+    } else {
+        format!("Content-Length: {}\r\n", body.len())
+    };
+    let close = if head.contains("HTTP/1.0") {
+        ""
+    } else {
+        "Connection: close\r\n"
+    };
+    let text = format!(
+        "{}\r\n{length}{close}\r\n{body}",
+        head.replace('\n', "\r\n")
+    );
+    tcp.write_all(text.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut answer))
+        .await
+        .expect("an answer within 20 s")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP answer: {answer:?}"));
+    (status, answer)
 }
