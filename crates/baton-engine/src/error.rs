@@ -28,6 +28,9 @@ pub enum Error {
     ScheduleNotFound(String),
     #[error("schedule {0:?} exists already; put it to replace it")]
     ScheduleExists(String),
+    /// The commands policy refuses a program the job would run.
+    #[error("{0}")]
+    CommandNotAllowed(String),
 }
 
 /// The closed set of error codes.
@@ -44,6 +47,8 @@ pub enum ErrorCode {
     /// The request conflicts with what the store holds (a held unique key, a job id
     /// or a schedule id taken).
     Conflict,
+    /// The server's commands policy does not allow a program the job would run.
+    CommandNotAllowed,
 }
 
 impl ErrorCode {
@@ -58,6 +63,7 @@ impl ErrorCode {
             ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::Internal => "internal",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::CommandNotAllowed => "command_not_allowed",
         }
     }
 }
@@ -75,6 +81,7 @@ impl Error {
             Error::Schedule(_) => ErrorCode::InvalidSpec,
             Error::ScheduleNotFound(_) => ErrorCode::NotFound,
             Error::ScheduleExists(_) => ErrorCode::Conflict,
+            Error::CommandNotAllowed(_) => ErrorCode::CommandNotAllowed,
             Error::Store(e) => match e {
                 S::NotFound(_) => ErrorCode::NotFound,
                 S::Transition { .. } | S::Conflict { .. } => ErrorCode::IllegalTransition,

@@ -303,8 +303,7 @@ async fn stats_servers_queues_health_and_metrics() {
     let text = loop {
         let (status, text) = h.raw(Method::GET, "/metrics", None, &[]).await;
         assert_eq!(status, StatusCode::OK);
-        if text.contains("baton_jobs_completed_total 1") || std::time::Instant::now() > deadline
-        {
+        if text.contains("baton_jobs_completed_total 1") || std::time::Instant::now() > deadline {
             break text;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

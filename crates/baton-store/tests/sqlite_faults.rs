@@ -150,8 +150,7 @@ async fn a_failure_while_settling_a_fan_out_refuses_the_whole_transition() {
     // The same transition, without the fault, lands whole.
     store
         .transition(
-            Transition::new("parent", State::Completed, EventKind::Completed, T0 + 4)
-                .fence(fence),
+            Transition::new("parent", State::Completed, EventKind::Completed, T0 + 4).fence(fence),
         )
         .await
         .expect("complete");
@@ -202,7 +201,13 @@ async fn a_failure_half_way_through_a_release_leaves_every_job_as_it_was() {
     assert_eq!(state(&store, "stopped").await, State::Stopping);
     assert_eq!(state(&store, "child-1").await, State::Awaiting);
     assert_eq!(state(&store, "child-2").await, State::Awaiting);
-    assert!(store.events_after(mark, 100).await.expect("events").is_empty());
+    assert!(
+        store
+            .events_after(mark, 100)
+            .await
+            .expect("events")
+            .is_empty()
+    );
     assert!(published(&mut live).is_empty());
 
     // Without the fault the same release lands whole.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use baton_engine::{CommandPolicy, SecretKey, Security};
 use baton_server::{AuthConfig, TokenEntry};
 use baton_store::Durability;
 use serde::Deserialize;
@@ -37,6 +38,28 @@ pub struct FileConfig {
     /// Queue name to concurrency.
     pub queues: Option<BTreeMap<String, usize>>,
     pub auth: Option<FileAuth>,
+    pub security: Option<FileSecurity>,
+}
+
+/// `[security]`: what jobs may run and how secret env values are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSecurity {
+    /// `"any"`, `"none"`, or a list of absolute paths and patterns.
+    pub commands: Option<CommandsSetting>,
+    /// 32 bytes, as 64 hex digits or base64.
+    pub secret_key: Option<String>,
+    /// A file holding the key.
+    pub secret_key_file: Option<PathBuf>,
+    /// Every env value of a job is secret.
+    pub redact_env: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CommandsSetting {
+    Word(String),
+    List(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -77,6 +100,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub pipelines_dirs: Vec<PathBuf>,
     pub max_log_lines: Option<u64>,
+    pub security: Security,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,6 +266,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             "refusing to listen on {listen} without auth: anyone on the network could control jobs; configure [auth] tokens, or pass --allow-remote (BATON_ALLOW_REMOTE=true) to do it anyway"
         );
     }
+    let security = security_settings(file.security.unwrap_or_default(), env, &source)?;
     Ok(Config {
         listen,
         store,
@@ -258,6 +283,82 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         auth,
         pipelines_dirs: file.pipelines_dirs.unwrap_or_default(),
         max_log_lines: file.max_log_lines,
+        security,
+    })
+}
+
+/// `[security]`, with `BATON_COMMANDS` (`any`, `none` or a comma-separated list),
+/// `BATON_SECRET_KEY`, `BATON_SECRET_KEY_FILE` and `BATON_REDACT_ENV` over it.
+fn security_settings(
+    file: FileSecurity,
+    env: &dyn Fn(&str) -> Option<String>,
+    source: &dyn Fn(&str) -> String,
+) -> Result<Security> {
+    let commands = match (env("BATON_COMMANDS"), file.commands) {
+        (Some(text), _) => {
+            let named = "BATON_COMMANDS";
+            let text = text.trim();
+            let policy = if text == "any" || text == "none" {
+                CommandPolicy::from_word(text)
+            } else {
+                let list: Vec<String> = text
+                    .split(',')
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                CommandPolicy::from_list(&list)
+            };
+            policy.map_err(|m| anyhow::anyhow!("invalid setting {named}: {m}"))?
+        }
+        (None, Some(CommandsSetting::Word(w))) => CommandPolicy::from_word(&w)
+            .map_err(|m| anyhow::anyhow!("invalid setting {}: {m}", source("security.commands")))?,
+        (None, Some(CommandsSetting::List(list))) => CommandPolicy::from_list(&list)
+            .map_err(|m| anyhow::anyhow!("invalid setting {}: {m}", source("security.commands")))?,
+        (None, None) => CommandPolicy::Any,
+    };
+    let redact_env = match env("BATON_REDACT_ENV") {
+        Some(v) => parse_bool("BATON_REDACT_ENV", &v)?,
+        None => file.redact_env.unwrap_or(false),
+    };
+    let key_text = env("BATON_SECRET_KEY")
+        .map(|k| (k, "BATON_SECRET_KEY".to_owned()))
+        .or_else(|| file.secret_key.map(|k| (k, source("security.secret_key"))));
+    let key_file = env("BATON_SECRET_KEY_FILE")
+        .map(|f| (PathBuf::from(f), "BATON_SECRET_KEY_FILE".to_owned()))
+        .or_else(|| {
+            file.secret_key_file
+                .map(|f| (f, source("security.secret_key_file")))
+        });
+    let secret_key = match (key_text, key_file) {
+        (Some((_, a)), Some((_, b))) => {
+            bail!("invalid setting {a}: give either a secret key or a key file ({b}), not both")
+        }
+        (Some((text, named)), None) => Some(
+            SecretKey::parse(&text)
+                .map_err(|m| anyhow::anyhow!("invalid setting {named}: the key {m}"))?,
+        ),
+        (None, Some((path, named))) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid setting {named}: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            Some(SecretKey::parse(&text).map_err(|m| {
+                anyhow::anyhow!("invalid setting {named}: the key in {} {m}", path.display())
+            })?)
+        }
+        (None, None) => None,
+    };
+    if redact_env && secret_key.is_none() {
+        bail!(
+            "invalid setting redact_env: it needs a secret key to seal the values with (set security.secret_key or security.secret_key_file)"
+        );
+    }
+    Ok(Security {
+        commands,
+        secret_key,
+        redact_env,
     })
 }
 

@@ -21,7 +21,10 @@ pub async fn run(flags: Flags) -> Result<()> {
     let addr = listener.local_addr()?;
     let url = format!("http://{addr}");
     store.set_holder(&url).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut builder = Engine::builder().store(Arc::new(store)).url(&url);
+    let mut builder = Engine::builder()
+        .store(Arc::new(store))
+        .url(&url)
+        .security(config.security.clone());
     for (name, concurrency) in &config.queues {
         builder = builder.queue(name, *concurrency);
     }

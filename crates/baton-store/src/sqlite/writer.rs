@@ -264,13 +264,21 @@ impl Writer {
     pub(super) fn savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let events = self.events.len();
         let next_event_id = self.next_event_id;
-        if let Err(e) = self.conn.prepare_cached("SAVEPOINT op").and_then(|mut s| s.execute([])) {
+        if let Err(e) = self
+            .conn
+            .prepare_cached("SAVEPOINT op")
+            .and_then(|mut s| s.execute([]))
+        {
             self.lost = true;
             return Err(e.into());
         }
         let result = f(self);
         if result.is_ok() {
-            match self.conn.prepare_cached("RELEASE op").and_then(|mut s| s.execute([])) {
+            match self
+                .conn
+                .prepare_cached("RELEASE op")
+                .and_then(|mut s| s.execute([]))
+            {
                 Ok(_) => return result,
                 Err(e) => {
                     self.lost = true;
@@ -301,9 +309,7 @@ impl Writer {
 
     fn apply(&mut self, op: &Op) -> Result<Output> {
         match op {
-            Op::Submit(jobs, start) => self
-                .submit(jobs, start.as_ref())
-                .map(Output::Submitted),
+            Op::Submit(jobs, start) => self.submit(jobs, start.as_ref()).map(Output::Submitted),
             Op::SubmitWorkflow(wf) => self
                 .submit_workflow(wf)
                 .map(|s| Output::Workflow(Box::new(s))),
