@@ -40,8 +40,9 @@ pub fn job_id(id: &str) -> ApiResult<&str> {
 #[utoipa::path(post, operation_id = "submit_job", path = "/api/jobs", tag = "jobs", request_body = baton_core::JobSpec,
     responses((status = 201, description = "created", body = baton_core::Job),
         (status = 200, description = "a job with this client id exists", body = baton_core::Job),
+        (status = 403, description = "the token's role may not submit, or the server's commands policy does not allow a program the job would run (code command_not_allowed); nothing is stored", body = baton_api::ErrorBody),
         (status = 409, description = "its unique_key is held by another job (unique_policy reject)", body = baton_api::ErrorBody),
-        (status = 422, description = "invalid spec: a bad field, an unknown kind or queue, an unknown dependency", body = baton_api::ErrorBody)))]
+        (status = 422, description = "invalid spec: a bad field, an unknown kind or queue, an unknown dependency, a secret env value on a server without a secret_key", body = baton_api::ErrorBody)))]
 pub async fn submit(
     State(s): State<AppState>,
     ApiJson(spec): ApiJson<JobSpec>,

@@ -1,0 +1,587 @@
+//! What may run (the commands policy) and secret env values, through the HTTP API over
+//! a real SQLite file and real processes.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use baton_engine::{CommandPolicy, Engine, SecretKey, Security};
+use baton_server::{AppState, ServerOptions, router};
+use baton_store::{SqliteOptions, SqliteStore};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tower::ServiceExt;
+
+struct Server {
+    app: Router,
+    engine: Engine,
+}
+
+async fn serve(db: &Path, security: Security) -> Server {
+    let store = SqliteStore::open(SqliteOptions::new(db)).unwrap();
+    let engine = Engine::builder()
+        .store(Arc::new(store))
+        .security(security)
+        .build()
+        .await
+        .unwrap();
+    let options = ServerOptions::default();
+    let state = AppState::new(engine.clone(), &options).await.unwrap();
+    Server {
+        app: router(state, &options),
+        engine,
+    }
+}
+
+impl Server {
+    async fn call(&self, method: Method, uri: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(uri);
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let req = req
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .unwrap();
+        let response = self.app.clone().oneshot(req).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    async fn job_count(&self) -> usize {
+        let (status, list) = self.call(Method::GET, "/api/jobs", None).await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        list["jobs"].as_array().unwrap().len()
+    }
+
+    async fn wait(&self, id: &str) -> Value {
+        let (status, job) = self
+            .call(
+                Method::GET,
+                &format!("/api/jobs/{id}/wait?timeout=20s"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        job
+    }
+}
+
+/// An executable script at `path` that runs `body` with /bin/sh.
+fn script(path: &Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// A folder of allowed programs, and a policy that allows exactly its files.
+fn allowed_folder(dir: &Path) -> (PathBuf, CommandPolicy) {
+    let allowed = dir.join("allowed");
+    std::fs::create_dir(&allowed).unwrap();
+    let policy = CommandPolicy::from_list(&[format!("{}/*", allowed.display())]).unwrap();
+    (allowed, policy)
+}
+
+fn which(name: &str) -> PathBuf {
+    std::env::var("PATH")
+        .unwrap()
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{name} is not in PATH"))
+}
+
+#[tokio::test]
+async fn the_commands_policy_refuses_a_disallowed_program_with_403_and_stores_nothing() {
+    let dir = TempDir::new().unwrap();
+    let (allowed, policy) = allowed_folder(dir.path());
+    let marker = dir.path().join("ran");
+    let ok = allowed.join("ok");
+    script(&ok, &format!("echo hello; touch {}.ok", marker.display()));
+    // A symlink planted in the allowed folder that leads to the shell.
+    std::os::unix::fs::symlink(which("sh"), allowed.join("sneaky")).unwrap();
+    let s = serve(
+        &dir.path().join("baton.db"),
+        Security {
+            commands: policy,
+            ..Security::default()
+        },
+    )
+    .await;
+    let touch = format!("touch {}", marker.display());
+    let attempts = [
+        // The shell, named, by path, and through `shell: true`.
+        json!({"kind": "command", "command": ["sh", "-c", touch]}),
+        json!({"kind": "command", "command": [which("sh"), "-c", touch]}),
+        json!({"kind": "command", "command": [touch], "shell": true}),
+        // A name that PATH (the job's own) would find in a folder it controls.
+        json!({"kind": "command", "command": ["sh", "-c", touch],
+               "env": {"PATH": format!("{}:/usr/bin:/bin", allowed.display())}}),
+        // A symlink in the allowed folder that resolves outside it.
+        json!({"kind": "command", "command": [allowed.join("sneaky"), "-c", touch]}),
+        // A relative path climbing out of the allowed folder.
+        json!({"kind": "command", "command": ["../../../../../../../bin/sh", "-c", touch],
+               "cwd": allowed}),
+        // An allowed program made to load other code.
+        json!({"kind": "command", "command": [&ok], "env": {"LD_PRELOAD": "/tmp/evil.so"}}),
+    ];
+    for spec in attempts {
+        let (status, body) = s.call(Method::POST, "/api/jobs", Some(spec.clone())).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{spec} -> {body}");
+        assert_eq!(body["error"]["code"], "command_not_allowed", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("the commands policy")
+                && message.contains(&allowed.display().to_string()),
+            "the message names the policy: {message}"
+        );
+    }
+    // Named: the executable as written and the file it resolves to.
+    let (_, body) = s
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "command", "command": [allowed.join("sneaky")]})),
+        )
+        .await;
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("sneaky") && message.contains("resolved to"),
+        "{message}"
+    );
+    assert_eq!(s.job_count().await, 0, "a refused spec writes nothing");
+    // A workflow holding one disallowed job is refused whole.
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/api/workflows",
+            Some(json!({"jobs": {
+                "a": {"kind": "command", "command": [&ok]},
+                "b": {"kind": "command", "command": ["sh", "-c", touch], "depends_on": ["a"]},
+            }})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(s.job_count().await, 0);
+
+    // The allowed program runs, by path and by name through the job's PATH.
+    for spec in [
+        json!({"kind": "command", "command": [&ok]}),
+        json!({"kind": "command", "command": ["ok"],
+               "env": {"PATH": format!("{}:/usr/bin:/bin", allowed.display())}}),
+    ] {
+        let (status, job) = s.call(Method::POST, "/api/jobs", Some(spec.clone())).await;
+        assert_eq!(status, StatusCode::CREATED, "{spec} -> {job}");
+        let done = s.wait(job["id"].as_str().unwrap()).await;
+        assert_eq!(done["state"], "completed", "{done}");
+    }
+    assert!(Path::new(&format!("{}.ok", marker.display())).exists());
+    assert!(!marker.exists(), "no refused command ran");
+    s.engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn pipeline_steps_are_held_to_the_commands_policy() {
+    let dir = TempDir::new().unwrap();
+    let (allowed, policy) = allowed_folder(dir.path());
+    let marker = dir.path().join("ran");
+    let ok = allowed.join("ok");
+    script(&ok, "echo step");
+    let s = serve(
+        &dir.path().join("baton.db"),
+        Security {
+            commands: policy,
+            ..Security::default()
+        },
+    )
+    .await;
+    let touch = format!("touch {}", marker.display());
+    // Inline steps: the second runs the shell.
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "pipeline", "steps": [
+                {"name": "one", "command": [&ok]},
+                {"name": "two", "command": [touch], "shell": true},
+            ]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(body["error"]["code"], "command_not_allowed");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"sh\""),
+        "{body}"
+    );
+    // A step's own env cannot point PATH at another shell either.
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "pipeline", "steps": [
+                {"name": "one", "command": ["ok"], "env": {"PATH": allowed}},
+                {"name": "two", "command": ["touch", marker]},
+            ]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // A stored pipeline's steps are checked when a job of it is submitted.
+    let (status, body) = s
+        .call(
+            Method::PUT,
+            "/api/pipelines/nightly",
+            Some(json!({"steps": [
+                {"name": "one", "command": [&ok]},
+                {"name": "two", "command": ["touch", marker]},
+            ]})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "pipeline", "pipeline": "nightly"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("touch"),
+        "{body}"
+    );
+    assert_eq!(s.job_count().await, 0);
+    // Every step allowed: the pipeline runs.
+    let (status, job) = s
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "pipeline", "steps": [
+                {"name": "one", "command": [&ok]},
+                {"name": "two", "command": ["ok"], "env": {"PATH": allowed}},
+            ]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let done = s.wait(job["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert!(!marker.exists());
+    s.engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_job_stored_before_the_policy_changed_fails_without_running() {
+    let dir = TempDir::new().unwrap();
+    let db = dir.path().join("baton.db");
+    let marker = dir.path().join("ran");
+    // Stored under "any", in a paused queue so that it does not start.
+    let s = serve(&db, Security::default()).await;
+    let (status, _) = s
+        .call(Method::POST, "/api/queues/default/pause", None)
+        .await;
+    assert!(status.is_success());
+    let (status, job) = s
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "command", "command": ["touch", marker]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+    s.engine.shutdown(Duration::from_secs(5)).await;
+    drop(s);
+
+    // The server restarts with nothing allowed.
+    let s = serve(
+        &db,
+        Security {
+            commands: CommandPolicy::Nothing,
+            ..Security::default()
+        },
+    )
+    .await;
+    let (status, _) = s
+        .call(Method::POST, "/api/queues/default/resume", None)
+        .await;
+    assert!(status.is_success());
+    let done = s.wait(&id).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "command_not_allowed", "{done}");
+    let message = done["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("\"none\"") && message.contains("touch"),
+        "{message}"
+    );
+    assert_eq!(done["attempt"], 1, "not retried: {done}");
+    assert!(!marker.exists(), "the process never ran");
+    s.engine.shutdown(Duration::from_secs(5)).await;
+}
+
+const SECRET: &str = "s3cr3t-Value-4c8e1f";
+
+/// Every file of `dir` (the database, its WAL, ...) read raw.
+fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.is_file() {
+            continue;
+        }
+        seen += 1;
+        let bytes = std::fs::read(&path).unwrap();
+        if bytes.windows(needle.len()).any(|w| w == needle.as_bytes()) {
+            hits.push(path);
+        }
+    }
+    assert!(seen >= 2, "the database and its WAL were read");
+    hits
+}
+
+fn key() -> SecretKey {
+    SecretKey::from_bytes([0x5a; 32])
+}
+
+#[tokio::test]
+async fn a_secret_env_value_reaches_the_process_and_nothing_else() {
+    let store_dir = TempDir::new().unwrap();
+    let out_dir = TempDir::new().unwrap();
+    let received = out_dir.path().join("received");
+    let s = serve(
+        &store_dir.path().join("baton.db"),
+        Security {
+            secret_key: Some(key()),
+            ..Security::default()
+        },
+    )
+    .await;
+    // The process echoes the secret to stdout, in a directive, and to stderr before
+    // failing; it writes it to a file to show that it received it.
+    let script = r#"
+        printf %s "$API_KEY" > "$OUT"
+        echo "the key is $API_KEY."
+        echo "::progress 0.5 using $API_KEY"
+        echo "::output $API_KEY"
+        echo "::result {\"key\": \"$API_KEY\"}"
+        echo "bad key $API_KEY" >&2
+        exit 3
+    "#;
+    let (status, job) = s
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({
+                "kind": "command",
+                "command": [script],
+                "shell": true,
+                "max_attempts": 1,
+                "env": {"API_KEY": {"secret": SECRET}, "OUT": received},
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    assert!(!job.to_string().contains(SECRET), "{job}");
+    let id = job["id"].as_str().unwrap();
+    let done = s.wait(id).await;
+    assert_eq!(done["state"], "failed", "{done}");
+    assert_eq!(
+        std::fs::read_to_string(&received).unwrap(),
+        SECRET,
+        "the process received it"
+    );
+
+    let (_, job) = s.call(Method::GET, &format!("/api/jobs/{id}"), None).await;
+    assert!(!job.to_string().contains(SECRET), "the job object: {job}");
+    assert!(
+        job["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad key ***"),
+        "the stderr quoted in the error is masked: {job}"
+    );
+    let (_, logs) = s
+        .call(Method::GET, &format!("/api/jobs/{id}/logs"), None)
+        .await;
+    assert!(!logs.to_string().contains(SECRET), "the logs: {logs}");
+    let lines: Vec<&str> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap_or_default())
+        .collect();
+    assert!(lines.contains(&"the key is ***."), "{lines:?}");
+    assert!(lines.contains(&"bad key ***"), "{lines:?}");
+    let (_, events) = s
+        .call(Method::GET, &format!("/api/jobs/{id}/events"), None)
+        .await;
+    assert!(!events.to_string().contains(SECRET), "the events: {events}");
+    assert!(events.to_string().contains("using ***"), "{events}");
+    s.engine.shutdown(Duration::from_secs(5)).await;
+    drop(s);
+    assert_eq!(
+        files_containing(store_dir.path(), SECRET),
+        Vec::<PathBuf>::new()
+    );
+}
+
+#[tokio::test]
+async fn redact_env_seals_every_value_and_a_retry_still_receives_them() {
+    let store_dir = TempDir::new().unwrap();
+    let out_dir = TempDir::new().unwrap();
+    let received = out_dir.path().join("received");
+    let s = serve(
+        &store_dir.path().join("baton.db"),
+        Security {
+            secret_key: Some(key()),
+            redact_env: true,
+            ..Security::default()
+        },
+    )
+    .await;
+    let (status, job) = s
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({
+                "kind": "command",
+                "command": ["printf %s \"$PLAIN\" >> \"$OUT\"; echo \"$PLAIN\""],
+                "shell": true,
+                "env": {"PLAIN": SECRET, "OUT": received},
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(s.wait(id).await["state"], "completed");
+    let (status, _) = s
+        .call(Method::POST, &format!("/api/jobs/{id}/retry"), None)
+        .await;
+    assert!(status.is_success());
+    assert_eq!(s.wait(id).await["state"], "completed");
+    assert_eq!(
+        std::fs::read_to_string(&received).unwrap(),
+        format!("{SECRET}{SECRET}"),
+        "both attempts received the value"
+    );
+    let (_, logs) = s
+        .call(Method::GET, &format!("/api/jobs/{id}/logs"), None)
+        .await;
+    assert!(!logs.to_string().contains(SECRET), "{logs}");
+    s.engine.shutdown(Duration::from_secs(5)).await;
+    drop(s);
+    assert_eq!(
+        files_containing(store_dir.path(), SECRET),
+        Vec::<PathBuf>::new()
+    );
+}
+
+#[tokio::test]
+async fn secrets_are_refused_without_a_key_and_sealed_values_from_clients_are_refused() {
+    let dir = TempDir::new().unwrap();
+    let s = serve(&dir.path().join("baton.db"), Security::default()).await;
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "command", "command": ["true"],
+                        "env": {"API_KEY": {"secret": SECRET}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("env.API_KEY") && message.contains("secret_key"),
+        "{message}"
+    );
+    assert!(!message.contains(SECRET));
+    assert_eq!(s.job_count().await, 0);
+    s.engine.shutdown(Duration::from_secs(5)).await;
+    drop(s);
+    assert_eq!(files_containing(dir.path(), SECRET), Vec::<PathBuf>::new());
+
+    // With a key: a sealed value copied from elsewhere is not opened for a client.
+    let dir = TempDir::new().unwrap();
+    let s = serve(
+        &dir.path().join("baton.db"),
+        Security {
+            secret_key: Some(key()),
+            ..Security::default()
+        },
+    )
+    .await;
+    let (status, body) = s
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "command", "command": ["env"],
+                        "env": {"API_KEY": {"sealed": key().seal(SECRET)}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("sealed value is made by the server"),
+        "{body}"
+    );
+    assert_eq!(s.job_count().await, 0);
+    s.engine.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_schedule_template_keeps_its_secret_sealed_and_its_jobs_receive_it() {
+    let store_dir = TempDir::new().unwrap();
+    let out_dir = TempDir::new().unwrap();
+    let received = out_dir.path().join("received");
+    let s = serve(
+        &store_dir.path().join("baton.db"),
+        Security {
+            secret_key: Some(key()),
+            ..Security::default()
+        },
+    )
+    .await;
+    let (status, body) = s
+        .call(
+            Method::PUT,
+            "/api/schedules/nightly",
+            Some(json!({
+                "id": "nightly",
+                "trigger": {"type": "manual"},
+                "job": {"kind": "command", "command": ["printf %s \"$K\" > \"$OUT\""],
+                        "shell": true, "env": {"K": {"secret": SECRET}, "OUT": received}},
+            })),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    assert!(!body.to_string().contains(SECRET), "{body}");
+    let (_, shown) = s.call(Method::GET, "/api/schedules/nightly", None).await;
+    assert!(!shown.to_string().contains(SECRET), "{shown}");
+    let (status, fired) = s
+        .call(Method::POST, "/api/schedules/nightly/trigger", None)
+        .await;
+    assert!(status.is_success(), "{fired}");
+    let id = fired["job"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("a job was submitted: {fired}"));
+    assert_eq!(s.wait(id).await["state"], "completed");
+    assert_eq!(std::fs::read_to_string(&received).unwrap(), SECRET);
+    s.engine.shutdown(Duration::from_secs(5)).await;
+    drop(s);
+    assert_eq!(
+        files_containing(store_dir.path(), SECRET),
+        Vec::<PathBuf>::new()
+    );
+}
