@@ -39,6 +39,11 @@ impl SecretKey {
                 .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
                 .collect::<Result<Vec<u8>, _>>()
                 .map_err(|e| e.to_string())?
+        } else if text.len() != 43 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "is {} hex digits long; a key is 64 hex digits, 32 bytes (make one with `openssl rand -hex 32`)",
+                text.len()
+            ));
         } else {
             STANDARD.decode(text).map_err(|_| {
                 "is neither 64 hex digits nor base64 (make one with `openssl rand -hex 32`)"
@@ -132,6 +137,8 @@ mod tests {
         assert!(SecretKey::parse(&STANDARD.encode([1u8; 32])).is_ok());
         let err = SecretKey::parse(&STANDARD.encode([1u8; 16])).unwrap_err();
         assert!(err.contains("is 16 bytes long"), "{err}");
+        let err = SecretKey::parse(&"ab".repeat(16)).unwrap_err();
+        assert!(err.contains("is 32 hex digits long"), "{err}");
         let err = SecretKey::parse("not a key!").unwrap_err();
         assert!(err.contains("neither 64 hex digits nor base64"), "{err}");
     }

@@ -465,6 +465,98 @@ mod tests {
     }
 
     #[test]
+    fn security_settings_are_read_and_bad_ones_named() {
+        let c = load_with(None, &[], Flags::default()).unwrap();
+        assert_eq!(
+            c.security.commands,
+            CommandPolicy::Any,
+            "\"any\" by default"
+        );
+        assert!(c.security.secret_key.is_none() && !c.security.redact_env);
+        let c = load_with(
+            Some("[security]\ncommands = \"none\""),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.security.commands, CommandPolicy::Nothing);
+        let c = load_with(
+            Some("[security]\ncommands = \"none\""),
+            &[("BATON_COMMANDS", "/usr/bin/env, /opt/jobs/*")],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.security.commands,
+            CommandPolicy::from_list(&["/usr/bin/env".into(), "/opt/jobs/*".into()]).unwrap()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, format!("{}\n", "ab".repeat(32))).unwrap();
+        let c = load_with(
+            Some(&format!(
+                "[security]\nsecret_key_file = {:?}\nredact_env = true",
+                key_file.display().to_string()
+            )),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        let key = c.security.secret_key.expect("the key file is read");
+        assert!(key.open(&key.seal("x")).is_ok());
+        assert!(c.security.redact_env);
+
+        refused(
+            Some("[security]\ncommands = \"some\""),
+            &[],
+            "invalid setting security.commands in",
+        );
+        refused(
+            Some("[security]\ncommands = [\"python3\"]"),
+            &[],
+            "\"python3\" is not an absolute path",
+        );
+        refused(
+            None,
+            &[("BATON_COMMANDS", "bin/sh")],
+            "invalid setting BATON_COMMANDS",
+        );
+        refused(
+            Some("[security]\nsecret_key = \"abcd\""),
+            &[],
+            "invalid setting security.secret_key in",
+        );
+        refused(
+            None,
+            &[("BATON_SECRET_KEY", &"ab".repeat(16))],
+            "invalid setting BATON_SECRET_KEY: the key is 32 hex digits long",
+        );
+        refused(
+            None,
+            &[("BATON_SECRET_KEY_FILE", "/nonexistent/key")],
+            "invalid setting BATON_SECRET_KEY_FILE: cannot read /nonexistent/key",
+        );
+        refused(
+            Some("[security]\nredact_env = true"),
+            &[],
+            "invalid setting redact_env: it needs a secret key",
+        );
+        refused(
+            None,
+            &[
+                ("BATON_SECRET_KEY", &"ab".repeat(32)),
+                ("BATON_SECRET_KEY_FILE", "/k"),
+            ],
+            "not both",
+        );
+        refused(
+            Some("[security]\ncolour = 1"),
+            &[],
+            "unknown field `colour`",
+        );
+    }
+
+    #[test]
     fn bad_settings_are_named() {
         refused(
             Some("listen = \"nowhere\""),
