@@ -478,6 +478,28 @@ async fn redact_env_seals_every_value_and_a_retry_still_receives_them() {
         .call(Method::GET, &format!("/api/jobs/{id}/logs"), None)
         .await;
     assert!(!logs.to_string().contains(SECRET), "{logs}");
+    // A pipeline step's own variables are sealed too.
+    let step_out = out_dir.path().join("step");
+    let (status, job) = s
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "pipeline", "steps": [{
+                "name": "one",
+                "command": ["printf %s \"$STEP_VALUE\" > \"$STEP_OUT\"; echo \"$STEP_VALUE\""],
+                "shell": true,
+                "env": {"STEP_VALUE": SECRET, "STEP_OUT": step_out},
+            }]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let id = job["id"].as_str().unwrap();
+    assert_eq!(s.wait(id).await["state"], "completed");
+    assert_eq!(std::fs::read_to_string(&step_out).unwrap(), SECRET);
+    let (_, logs) = s
+        .call(Method::GET, &format!("/api/jobs/{id}/logs"), None)
+        .await;
+    assert!(!logs.to_string().contains(SECRET), "{logs}");
     s.engine.shutdown(Duration::from_secs(5)).await;
     drop(s);
     assert_eq!(
