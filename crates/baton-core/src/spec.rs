@@ -658,10 +658,10 @@ impl JobSpec {
             return Err(SpecError::new("cwd", "must not be empty"));
         }
         if let Some(env) = &self.env {
-            let plain = env.iter().filter_map(|(k, v)| match v {
-                EnvValue::Plain(v) => Some((k, v.as_str())),
-                EnvValue::Secret(s) => Some((k, s.secret.as_str())),
-                EnvValue::Sealed(_) => Some((k, "")),
+            let plain = env.iter().map(|(k, v)| match v {
+                EnvValue::Plain(v) => (k, v.as_str()),
+                EnvValue::Secret(s) => (k, s.secret.as_str()),
+                EnvValue::Sealed(_) => (k, ""),
             });
             check_env_pairs("env", plain)?;
         }

@@ -73,17 +73,19 @@ impl CommandPolicy {
         matches!(self, CommandPolicy::Any)
     }
 
-    /// Refuses the dynamic loader's variables (`LD_PRELOAD`, `LD_LIBRARY_PATH`, ...)
-    /// under a restrictive policy: they make any allowed program load other code.
+    /// Refuses, under a restrictive policy, the variables that make an allowed program
+    /// or its interpreter run other code: the dynamic loader's (`LD_PRELOAD`, ...),
+    /// the shells' (`BASH_ENV` is expanded, command substitution included, by every
+    /// non-interactive bash), and the interpreters' module and option paths.
     pub fn check_env<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Result<(), Refused> {
         if self.is_any() {
             return Ok(());
         }
-        match names.into_iter().find(|n| n.starts_with("LD_")) {
+        match names.into_iter().find(|n| is_code_injecting(n)) {
             None => Ok(()),
             Some(name) => Err(Refused {
                 message: format!(
-                    "the commands policy ({}) does not allow setting {name}: it makes an allowed program load other code",
+                    "the commands policy ({}) does not allow setting {name}: it makes an allowed program run other code",
                     self.describe()
                 ),
             }),
@@ -123,6 +125,33 @@ impl CommandPolicy {
             }
         }
     }
+}
+
+/// Variables a job may not set under a restrictive policy (see
+/// [`CommandPolicy::check_env`]).
+const CODE_INJECTING: &[&str] = &[
+    "BASH_ENV",
+    "ENV",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS4",
+    "GCONV_PATH",
+    "PYTHONPATH",
+    "PYTHONSTARTUP",
+    "PYTHONHOME",
+    "PERL5OPT",
+    "PERL5LIB",
+    "PERLLIB",
+    "RUBYOPT",
+    "RUBYLIB",
+    "NODE_OPTIONS",
+    "NODE_PATH",
+    "JAVA_TOOL_OPTIONS",
+    "_JAVA_OPTIONS",
+];
+
+fn is_code_injecting(name: &str) -> bool {
+    name.starts_with("LD_") || name.starts_with("BASH_FUNC_") || CODE_INJECTING.contains(&name)
 }
 
 /// Finds the file `argv0` names as the spawn would: a name with a `/` is a path (from

@@ -132,6 +132,10 @@ async fn the_commands_policy_refuses_a_disallowed_program_with_403_and_stores_no
                "cwd": allowed}),
         // An allowed program made to load other code.
         json!({"kind": "command", "command": [&ok], "env": {"LD_PRELOAD": "/tmp/evil.so"}}),
+        // A bash script made to run a command substitution before its first line.
+        json!({"kind": "command", "command": [&ok], "env": {"BASH_ENV": format!("$({touch})")}}),
+        json!({"kind": "command", "command": [&ok],
+               "env": {"BASH_FUNC_echo%%": format!("() {{ {touch}; }}")}}),
     ];
     for spec in attempts {
         let (status, body) = s.call(Method::POST, "/api/jobs", Some(spec.clone())).await;
