@@ -431,6 +431,25 @@ async fn a_secret_env_value_reaches_the_process_and_nothing_else() {
         .await;
     assert!(!events.to_string().contains(SECRET), "the events: {events}");
     assert!(events.to_string().contains("using ***"), "{events}");
+    // A workflow's jobs keep their secrets sealed the same way.
+    let from_workflow = out_dir.path().join("from-workflow");
+    let (status, wf) = s
+        .call(
+            Method::POST,
+            "/api/workflows",
+            Some(json!({"jobs": {"only": {
+                "kind": "command",
+                "command": ["printf %s \"$API_KEY\" > \"$OUT\""],
+                "shell": true,
+                "env": {"API_KEY": {"secret": SECRET}, "OUT": from_workflow},
+            }}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{wf}");
+    assert!(!wf.to_string().contains(SECRET));
+    let done = s.wait(wf["jobs"]["only"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(std::fs::read_to_string(&from_workflow).unwrap(), SECRET);
     s.engine.shutdown(Duration::from_secs(5)).await;
     drop(s);
     assert_eq!(
