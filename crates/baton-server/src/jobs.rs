@@ -45,8 +45,23 @@ pub fn job_id(id: &str) -> ApiResult<&str> {
         (status = 422, description = "invalid spec: a bad field, an unknown kind or queue, an unknown dependency, a secret env value on a server without a secret_key", body = baton_api::ErrorBody)))]
 pub async fn submit(
     State(s): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> ApiResult<Response> {
+    if let Some(axum::Extension(caller)) = &caller
+        && caller.queues.is_some()
+    {
+        // The queue the job will go to: its own, its stored pipeline's, or the default.
+        let mut queue = spec.queue.clone();
+        if queue.is_none()
+            && spec.steps.is_none()
+            && let Some(id) = &spec.pipeline
+            && let Some(p) = s.engine.pipeline(id).await?
+        {
+            queue = p.spec.queue;
+        }
+        caller.check_queue(queue.as_deref().unwrap_or(baton_core::spec::DEFAULT_QUEUE))?;
+    }
     let submitted = s.engine.submit(spec).await?;
     let status = if submitted.created {
         StatusCode::CREATED

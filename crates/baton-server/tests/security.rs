@@ -643,3 +643,203 @@ async fn a_schedule_template_keeps_its_secret_sealed_and_its_jobs_receive_it() {
         Vec::<PathBuf>::new()
     );
 }
+
+#[tokio::test]
+async fn a_token_narrowed_to_a_queue_changes_only_that_queues_jobs() {
+    use baton_server::{AuthConfig, Role, TokenEntry, hash_token};
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open(SqliteOptions::new(dir.path().join("baton.db"))).unwrap();
+    let engine = Engine::builder()
+        .store(Arc::new(store))
+        .queue("media", 2)
+        .handler("sleep", |ctx, _p| async move {
+            loop {
+                ctx.pause_point().await?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    let options = ServerOptions {
+        auth: AuthConfig {
+            tokens: vec![
+                TokenEntry {
+                    name: "media-ops".into(),
+                    sha256: hash_token("media-token"),
+                    role: Role::Operator,
+                    queues: Some(vec!["media".into()]),
+                },
+                TokenEntry {
+                    name: "me".into(),
+                    sha256: hash_token("admin-token"),
+                    role: Role::Admin,
+                    queues: None,
+                },
+            ],
+            jwt_secret: None,
+        },
+        ..ServerOptions::default()
+    };
+    let state = AppState::new(engine.clone(), &options).await.unwrap();
+    let app = router(state.clone(), &options);
+    let call = |method: Method, uri: String, token: &'static str, body: Option<Value>| {
+        let app = app.clone();
+        async move {
+            let mut req = Request::builder()
+                .method(method)
+                .uri(uri)
+                .header("authorization", format!("Bearer {token}"));
+            if body.is_some() {
+                req = req.header("content-type", "application/json");
+            }
+            let req = req
+                .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+                .unwrap();
+            let response = app.oneshot(req).await.unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    let media = "media-token";
+    // Its own queue: submit and control.
+    let (status, job) = call(
+        Method::POST,
+        "/api/jobs".into(),
+        media,
+        Some(json!({"kind": "sleep", "queue": "media"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{job}");
+    let mine = job["id"].as_str().unwrap().to_owned();
+    // Another queue (named, or the default by leaving it out): 403, nothing stored.
+    for spec in [
+        json!({"kind": "sleep", "queue": "default"}),
+        json!({"kind": "sleep"}),
+    ] {
+        let (status, body) = call(Method::POST, "/api/jobs".into(), media, Some(spec)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("limited to queues [\"media\"]") && message.contains("\"default\""),
+            "{message}"
+        );
+    }
+    let (_, list) = call(Method::GET, "/api/jobs".into(), media, None).await;
+    assert_eq!(
+        list["jobs"].as_array().unwrap().len(),
+        1,
+        "reads see all; one stored"
+    );
+    // A job of another queue, submitted by an admin: the narrowed token may read it,
+    // not change it, over HTTP.
+    let (_, theirs) = call(
+        Method::POST,
+        "/api/jobs".into(),
+        "admin-token",
+        Some(json!({"kind": "sleep"})),
+    )
+    .await;
+    let theirs = theirs["id"].as_str().unwrap().to_owned();
+    let (status, _) = call(Method::GET, format!("/api/jobs/{theirs}"), media, None).await;
+    assert_eq!(status, StatusCode::OK);
+    for action in ["pause", "stop", "cancel"] {
+        let (status, body) = call(
+            Method::POST,
+            format!("/api/jobs/{theirs}/{action}"),
+            media,
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{action}: {body}");
+    }
+    let (status, _) = call(
+        Method::POST,
+        "/api/queues/default/pause".into(),
+        media,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // Workflows span queues: refused whole.
+    let (status, body) = call(
+        Method::POST,
+        "/api/workflows".into(),
+        media,
+        Some(json!({"jobs": {"a": {"kind": "sleep", "queue": "media"}}})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    // And not over the WebSocket either.
+    {
+        use baton_api::{ControlAction, WsMessage, WsRequest};
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = options.clone();
+        tokio::spawn(async move {
+            baton_server::serve(listener, state, &served, std::future::pending()).await
+        });
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws?token={media}"))
+                .await
+                .unwrap();
+        let request = WsRequest::Control {
+            id: Some("c1".into()),
+            action: ControlAction::Cancel,
+            job: theirs.clone(),
+            force: false,
+            from_checkpoint: false,
+        };
+        ws.send(Message::Text(
+            serde_json::to_string(&request).unwrap().into(),
+        ))
+        .await
+        .unwrap();
+        let reply = loop {
+            let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("a reply")
+                .unwrap()
+                .unwrap();
+            if let Message::Text(t) = msg
+                && let Ok(m @ WsMessage::Reply { .. }) = serde_json::from_str::<WsMessage>(&t)
+            {
+                break m;
+            }
+        };
+        let WsMessage::Reply { ok, error, .. } = reply else {
+            unreachable!()
+        };
+        assert!(!ok);
+        let error = error.unwrap();
+        assert_eq!(error.code, "forbidden");
+        assert!(
+            error.message.contains("limited to queues"),
+            "{}",
+            error.message
+        );
+    }
+    let state = engine.get(&theirs).await.unwrap().state;
+    assert!(
+        matches!(state.as_str(), "queued" | "running"),
+        "the other queue's job was not changed: {state}"
+    );
+    // Its own job it controls.
+    let (status, body) = call(
+        Method::POST,
+        format!("/api/jobs/{mine}/cancel"),
+        media,
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = call(Method::POST, "/api/queues/media/pause".into(), media, None).await;
+    assert_eq!(status, StatusCode::OK);
+    engine.shutdown(Duration::from_millis(200)).await;
+}

@@ -252,6 +252,17 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 );
             }
         }
+        for t in &a.tokens {
+            for q in t.queues.iter().flatten() {
+                if q != baton_core::spec::DEFAULT_QUEUE && !queues.contains_key(q) {
+                    bail!(
+                        "invalid setting {}: token {:?} is limited to queue {q:?}, which is not configured in [queues]",
+                        source("auth.tokens"),
+                        t.name
+                    );
+                }
+            }
+        }
         auth.tokens = a.tokens;
         auth.jwt_secret = a.jwt_secret;
     }
@@ -554,6 +565,23 @@ mod tests {
             &[],
             "unknown field `colour`",
         );
+        let token = format!("sha256 = \"{}\", role = \"operator\"", "a".repeat(64));
+        refused(
+            Some(&format!(
+                "[auth]\ntokens = [{{ name = \"ci\", {token}, queues = [\"media\"] }}]"
+            )),
+            &[],
+            "token \"ci\" is limited to queue \"media\", which is not configured in [queues]",
+        );
+        let c = load_with(
+            Some(&format!(
+                "[queues]\nmedia = 2\n[auth]\ntokens = [{{ name = \"ci\", {token}, queues = [\"media\"] }}]"
+            )),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.auth.tokens[0].queues, Some(vec!["media".to_owned()]));
     }
 
     #[test]
