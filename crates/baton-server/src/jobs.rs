@@ -61,6 +61,14 @@ pub async fn submit(
             queue = p.spec.queue;
         }
         caller.check_queue(queue.as_deref().unwrap_or(baton_core::spec::DEFAULT_QUEUE))?;
+        // Replacing cancels the key's holder, which may be in any queue.
+        if spec.unique_policy.as_deref() == Some("replace") {
+            return Err(ApiError::forbidden(format!(
+                "token {:?} is limited to queues {:?}; it may not use unique_policy \"replace\", which cancels the key's holder in whatever queue",
+                caller.name,
+                caller.queues.as_deref().unwrap_or_default()
+            )));
+        }
     }
     let submitted = s.engine.submit(spec).await?;
     let status = if submitted.created {

@@ -729,6 +729,15 @@ async fn a_token_narrowed_to_a_queue_changes_only_that_queues_jobs() {
             "{message}"
         );
     }
+    // Replacing a unique key's holder would cancel a job of any queue.
+    let (status, body) = call(
+        Method::POST,
+        "/api/jobs".into(),
+        media,
+        Some(json!({"kind": "sleep", "queue": "media", "unique_key": "k", "unique_policy": "replace"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (_, list) = call(Method::GET, "/api/jobs".into(), media, None).await;
     assert_eq!(
         list["jobs"].as_array().unwrap().len(),
