@@ -21,7 +21,7 @@ pub use id::JobId;
 pub use job::{ErrorInfo, Job};
 pub use pipeline::PipelineSpec;
 pub use schedule::{Misfire, Overlap, Schedule, ScheduleError, ScheduleSpec, Trigger};
-pub use spec::{JobSpec, Limits, NewJob, SpecError, StepSpec};
+pub use spec::{EnvValue, JobSpec, Limits, NewJob, SealedValue, SecretValue, SpecError, StepSpec};
 pub use state::{State, TransitionError};
 pub use time::Millis;
 pub use workflow::{WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowSpec, WorkflowState};

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::{BackoffSpec, JobSpec, KIND_PIPELINE, SpecError, StepSpec, check_name};
+use crate::spec::{BackoffSpec, EnvValue, JobSpec, KIND_PIPELINE, SpecError, StepSpec, check_name};
 
 /// A pipeline definition as stored, sent to `PUT /api/pipelines/{id}` or written in a
 /// TOML file. Submitting `{"kind": "pipeline", "pipeline": id}` copies its steps into
@@ -97,7 +97,18 @@ impl PipelineSpec {
             timeout: job.timeout.clone().or_else(|| self.timeout.clone()),
             grace: job.grace.clone().or_else(|| self.grace.clone()),
             labels: merge(&self.labels, &job.labels),
-            env: merge(&self.env, &job.env),
+            env: match (&self.env, &job.env) {
+                (None, None) => None,
+                (base, over) => {
+                    let mut m: BTreeMap<String, EnvValue> = base
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), EnvValue::Plain(v.clone())))
+                        .collect();
+                    m.extend(over.clone().unwrap_or_default());
+                    Some(m)
+                }
+            },
             cwd: job.cwd.clone().or_else(|| self.cwd.clone()),
             ..job.clone()
         }
@@ -194,7 +205,7 @@ mod tests {
         let labels = resolved.labels.clone().unwrap();
         assert_eq!(labels["source"], "alfabeta");
         assert_eq!(labels["run"], "manual");
-        assert_eq!(resolved.env.clone().unwrap()["A"], "2");
+        assert_eq!(resolved.env.clone().unwrap()["A"], "2".into());
         let new = resolved.validate(0, &Limits::default()).expect("valid job");
         assert_eq!(new.max_attempts, 5);
     }

@@ -24,8 +24,10 @@ pub struct JobSpec {
     pub command: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shell: Option<bool>,
+    /// Variables for the process: a value is a string, or `{"secret": "..."}` for one
+    /// that is stored encrypted, passed to the process and never shown again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub env: Option<BTreeMap<String, String>>,
+    pub env: Option<BTreeMap<String, EnvValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -112,6 +114,55 @@ impl StepSpec {
             .get_or_insert_with(BTreeMap::new)
             .insert(key.into(), value.into());
         self
+    }
+}
+
+/// A job's environment value: plain text, a secret as the client sends it, or a
+/// secret as the engine stores it (sealed; only the engine makes these).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum EnvValue {
+    Plain(String),
+    Secret(SecretValue),
+    Sealed(SealedValue),
+}
+
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SecretValue {
+    pub secret: String,
+}
+
+impl std::fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretValue(***)")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SealedValue {
+    pub sealed: String,
+}
+
+impl From<String> for EnvValue {
+    fn from(v: String) -> Self {
+        EnvValue::Plain(v)
+    }
+}
+
+impl From<&str> for EnvValue {
+    fn from(v: &str) -> Self {
+        EnvValue::Plain(v.to_owned())
+    }
+}
+
+impl EnvValue {
+    /// A secret value, as a client sends it.
+    pub fn secret(value: impl Into<String>) -> Self {
+        EnvValue::Secret(SecretValue {
+            secret: value.into(),
+        })
     }
 }
 
@@ -336,7 +387,15 @@ impl JobSpec {
     pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.env
             .get_or_insert_with(BTreeMap::new)
-            .insert(key.into(), value.into());
+            .insert(key.into(), EnvValue::Plain(value.into()));
+        self
+    }
+
+    /// A variable whose value is secret: stored encrypted, never shown again.
+    pub fn secret_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env
+            .get_or_insert_with(BTreeMap::new)
+            .insert(key.into(), EnvValue::secret(value));
         self
     }
 
@@ -599,7 +658,12 @@ impl JobSpec {
             return Err(SpecError::new("cwd", "must not be empty"));
         }
         if let Some(env) = &self.env {
-            check_env("env", env)?;
+            let plain = env.iter().map(|(k, v)| match v {
+                EnvValue::Plain(v) => (k, v.as_str()),
+                EnvValue::Secret(s) => (k, s.secret.as_str()),
+                EnvValue::Sealed(_) => (k, ""),
+            });
+            check_env_pairs("env", plain)?;
         }
         if !is_command && !is_pipeline {
             return Ok(None);
@@ -680,14 +744,20 @@ pub(crate) fn check_steps(steps: &[StepSpec]) -> Result<(), SpecError> {
             ));
         }
         if let Some(env) = &step.env {
-            check_env(&format!("steps[{i}].env"), env)?;
+            check_env_pairs(
+                &format!("steps[{i}].env"),
+                env.iter().map(|(k, v)| (k, v.as_str())),
+            )?;
         }
     }
     Ok(())
 }
 
 /// Environment variable names: non-empty, no `=` or NUL (the OS cannot pass them).
-fn check_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), SpecError> {
+fn check_env_pairs<'a>(
+    field: &str,
+    env: impl Iterator<Item = (&'a String, &'a str)>,
+) -> Result<(), SpecError> {
     for (k, v) in env {
         if k.is_empty() || k.contains('=') || k.contains('\0') {
             return Err(SpecError::new(

@@ -26,7 +26,9 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use crate::context::{JobContext, JobError};
+use crate::policy::CommandPolicy;
 use crate::run::Ctl;
+use crate::security::Refusal;
 
 /// A longer line is cut into pieces of this size, so that a process that never prints
 /// a newline cannot make the engine buffer without bound.
@@ -69,7 +71,7 @@ struct PipelineCheckpoint {
 
 /// The built-in handler of kind `command`.
 pub(crate) async fn run_command(ctx: JobContext, _payload: Value) -> Result<Value, JobError> {
-    let exec = exec_of(&ctx)?;
+    let (exec, secrets) = exec_of(&ctx)?;
     let argv = exec
         .command
         .filter(|c| !c.is_empty())
@@ -91,6 +93,7 @@ pub(crate) async fn run_command(ctx: JobContext, _payload: Value) -> Result<Valu
         cwd: exec.cwd,
         timeout: ctx.timeout(),
         grace: ctx.grace(),
+        secrets,
     };
     let run = run_process(&ctx, &spec, Scope::Command).await?;
     run.outcome("")
@@ -99,7 +102,7 @@ pub(crate) async fn run_command(ctx: JobContext, _payload: Value) -> Result<Valu
 /// The built-in handler of kind `pipeline`: each step a process, a checkpoint after
 /// each; a retried or recovered job skips the steps its checkpoint lists as completed.
 pub(crate) async fn run_pipeline(ctx: JobContext, _payload: Value) -> Result<Value, JobError> {
-    let exec = exec_of(&ctx)?;
+    let (exec, secrets) = exec_of(&ctx)?;
     let steps = exec
         .steps
         .filter(|s| !s.is_empty())
@@ -166,6 +169,7 @@ pub(crate) async fn run_pipeline(ctx: JobContext, _payload: Value) -> Result<Val
                 cwd: step.cwd.clone().or_else(|| exec.cwd.clone()),
                 timeout,
                 grace: ctx.grace(),
+                secrets: secrets.clone(),
             };
             first_run = false;
             let scope = Scope::Step {
@@ -296,6 +300,8 @@ struct ProcSpec {
     cwd: Option<String>,
     timeout: Option<Duration>,
     grace: Duration,
+    /// Values masked in what the process prints (longest first).
+    secrets: Vec<String>,
 }
 
 /// How a process's directives map onto the job.
@@ -426,7 +432,7 @@ async fn run_process(
     spec: &ProcSpec,
     scope: Scope<'_>,
 ) -> Result<Finished, JobError> {
-    let mut child = spawn(spec)?;
+    let mut child = spawn(spec, &ctx.security().commands)?;
     let pid = child.id().unwrap_or(0);
     let guard = GroupGuard { pgid: pid as i32 };
     let start_time = proc_stat(pid).map_or(0, |s| s.start_time);
@@ -448,6 +454,7 @@ async fn run_process(
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let shared = Shared {
+        secrets: &spec.secrets,
         logs_full: AtomicBool::new(false),
         result: Mutex::new(None),
         tail: Mutex::new(VecDeque::new()),
@@ -495,9 +502,21 @@ async fn run_process(
     })
 }
 
-fn spawn(spec: &ProcSpec) -> Result<Child, JobError> {
+fn spawn(spec: &ProcSpec, policy: &CommandPolicy) -> Result<Child, JobError> {
     let program = &spec.argv[0];
-    let mut cmd = Command::new(program);
+    // Under a restrictive policy the file checked is the file run: the resolved path,
+    // with the name as written kept as argv[0] (a multi-call program reads it).
+    let checked = policy
+        .check(program, &spec.env, spec.cwd.as_deref())
+        .map_err(|r| JobError::fatal_with_code("command_not_allowed", r.message))?;
+    let mut cmd = match &checked {
+        Some(path) => {
+            let mut cmd = Command::new(path);
+            cmd.arg0(program);
+            cmd
+        }
+        None => Command::new(program),
+    };
     cmd.args(&spec.argv[1..])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -651,7 +670,8 @@ async fn sleep_until(at: Option<Instant>) {
 // The pipes.
 
 /// What the readers leave for the outcome.
-struct Shared {
+struct Shared<'a> {
+    secrets: &'a [String],
     logs_full: AtomicBool,
     result: Mutex<Option<Value>>,
     tail: Mutex<VecDeque<String>>,
@@ -659,7 +679,7 @@ struct Shared {
 
 async fn read_stdout(
     ctx: &JobContext,
-    shared: &Shared,
+    shared: &Shared<'_>,
     scope: Scope<'_>,
     out: tokio::process::ChildStdout,
 ) {
@@ -675,7 +695,9 @@ async fn read_stdout(
                 break;
             }
         }
-        let text = String::from_utf8_lossy(&line).into_owned();
+        // Masked before anything reads it: a directive's text ends up in the job and
+        // its events as surely as a log line does.
+        let text = crate::secrets::mask(&String::from_utf8_lossy(&line), shared.secrets);
         match parse_directive(&text) {
             None => batch.push(("stdout".into(), text)),
             Some(Err(why)) => {
@@ -699,7 +721,7 @@ async fn read_stdout(
     write_logs(ctx, shared, &mut batch).await;
 }
 
-async fn read_stderr(ctx: &JobContext, shared: &Shared, err: tokio::process::ChildStderr) {
+async fn read_stderr(ctx: &JobContext, shared: &Shared<'_>, err: tokio::process::ChildStderr) {
     let mut reader = BufReader::with_capacity(PIPE_BUFFER, err);
     let mut line = Vec::new();
     let mut batch: Vec<(String, String)> = Vec::new();
@@ -712,7 +734,7 @@ async fn read_stderr(ctx: &JobContext, shared: &Shared, err: tokio::process::Chi
                 break;
             }
         }
-        let text = String::from_utf8_lossy(&line).into_owned();
+        let text = crate::secrets::mask(&String::from_utf8_lossy(&line), shared.secrets);
         if let Ok(mut tail) = shared.tail.lock() {
             if tail.len() == STDERR_TAIL {
                 tail.pop_front();
@@ -729,7 +751,7 @@ async fn read_stderr(ctx: &JobContext, shared: &Shared, err: tokio::process::Chi
 
 /// Stores a batch of log lines (each also a `job.log` event), unless the job's log is
 /// full already.
-async fn write_logs(ctx: &JobContext, shared: &Shared, batch: &mut Vec<(String, String)>) {
+async fn write_logs(ctx: &JobContext, shared: &Shared<'_>, batch: &mut Vec<(String, String)>) {
     if batch.is_empty() {
         return;
     }
@@ -832,7 +854,7 @@ fn parse_directive(line: &str) -> Option<Result<Directive, String>> {
     Some(d)
 }
 
-async fn apply(ctx: &JobContext, shared: &Shared, scope: Scope<'_>, d: Directive) {
+async fn apply(ctx: &JobContext, shared: &Shared<'_>, scope: Scope<'_>, d: Directive) {
     let update = match d {
         Directive::Progress(f, message) => Update::Progress {
             fraction: Some(scope.progress(f)),
@@ -857,11 +879,18 @@ async fn apply(ctx: &JobContext, shared: &Shared, scope: Scope<'_>, d: Directive
     }
 }
 
-fn exec_of(ctx: &JobContext) -> Result<Exec, JobError> {
+/// The job's `exec` with its secrets opened, checked against today's commands policy
+/// (the job may have been stored under another), and the secret values to mask.
+fn exec_of(ctx: &JobContext) -> Result<(Exec, Vec<String>), JobError> {
     let exec = ctx.exec().cloned().unwrap_or(Value::Null);
-    serde_json::from_value(exec).map_err(|e| {
+    let opened = ctx.security().open(&exec).map_err(|r| match r {
+        Refusal::Policy(r) => JobError::fatal_with_code("command_not_allowed", r.message),
+        Refusal::Spec(e) => JobError::fatal_with_code("invalid_spec", e.to_string()),
+    })?;
+    let parsed = serde_json::from_value(opened.exec).map_err(|e| {
         JobError::fatal_with_code("invalid_spec", format!("the job's command is invalid: {e}"))
-    })
+    })?;
+    Ok((parsed, opened.secrets))
 }
 
 /// The results of a job's dependencies in a JSON file for its processes, named by

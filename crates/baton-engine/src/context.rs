@@ -248,6 +248,10 @@ impl JobContext {
         self.inner.run.ctl.clone()
     }
 
+    pub(crate) fn security(&self) -> &crate::Security {
+        &self.inner.run.security
+    }
+
     pub(crate) fn exec(&self) -> Option<&Value> {
         self.inner.exec.as_ref()
     }

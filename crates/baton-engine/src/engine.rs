@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::{Clock, SystemClock};
 use crate::context::{CtxInner, JobContext, JobError};
 use crate::run::{Ctl, RunEnv};
+use crate::security::{Origin, Security};
 use crate::{Error, Result};
 
 mod workflows;
@@ -50,6 +51,7 @@ pub struct EngineBuilder {
     max_log_lines: u64,
     pipeline_dirs: Vec<std::path::PathBuf>,
     pipelines: Vec<PipelineSpec>,
+    security: Security,
 }
 
 /// The most log lines kept per job unless configured.
@@ -89,6 +91,8 @@ pub(crate) struct Inner {
     self_timed: HashSet<String>,
     /// The scheduler's timers (see `scheduler.rs`).
     pub(crate) schedules: crate::scheduler::Timers,
+    /// The commands policy and the secret key.
+    pub(crate) security: Arc<Security>,
 }
 
 struct QueueState {
@@ -167,6 +171,7 @@ impl Engine {
             max_log_lines: DEFAULT_MAX_LOG_LINES,
             pipeline_dirs: Vec::new(),
             pipelines: Vec::new(),
+            security: Security::default(),
         }
     }
 }
@@ -234,6 +239,13 @@ impl EngineBuilder {
     /// with an error naming the file and the field.
     pub fn pipelines_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
         self.pipeline_dirs.push(dir.into());
+        self
+    }
+
+    /// What jobs may run and how secret env values are kept (default: any program,
+    /// no secret key, so secret values are refused).
+    pub fn security(mut self, security: Security) -> Self {
+        self.security = security;
         self
     }
 
@@ -361,6 +373,7 @@ impl EngineBuilder {
             max_log_lines: self.max_log_lines,
             self_timed,
             schedules: crate::scheduler::Timers::default(),
+            security: Arc::new(self.security),
         });
         for q in inner.queues.values() {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
@@ -408,7 +421,7 @@ impl Engine {
         let now = self.inner.clock.now();
         let mut jobs = Vec::with_capacity(specs.len());
         for spec in &specs {
-            let job = match self.stored_pipeline_of(spec).await? {
+            let mut job = match self.stored_pipeline_of(spec).await? {
                 Some((id, resolved)) => {
                     let mut job = resolved.validate(now, &self.inner.limits)?;
                     if let Some(Value::Object(exec)) = &mut job.exec {
@@ -419,6 +432,7 @@ impl Engine {
                 None => spec.validate(now, &self.inner.limits)?,
             };
             self.check_kind_and_queue(&job.kind, &job.queue)?;
+            self.admit(&mut job, Origin::Client)?;
             jobs.push(job);
         }
         // With idle workers and nothing waiting in the queue, the jobs start in the same
@@ -472,6 +486,15 @@ impl Engine {
             q.release(reserved - started);
         }
         Ok(out)
+    }
+
+    /// Checks a validated job against the commands policy and seals its secret env
+    /// values, before anything is stored.
+    pub(crate) fn admit(&self, job: &mut baton_core::NewJob, origin: Origin) -> Result<()> {
+        if let Some(exec) = &mut job.exec {
+            self.inner.security.admit(exec, origin)?;
+        }
+        Ok(())
     }
 
     /// For a job of a stored pipeline: its id and the spec with the definition's steps
@@ -1031,6 +1054,7 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
                     ctl: ctl_rx,
                     cancel: cancel.clone(),
                     max_log_lines: inner.max_log_lines,
+                    security: inner.security.clone(),
                 },
                 kind: claimed.job.kind.clone(),
                 queue: claimed.job.queue.clone(),

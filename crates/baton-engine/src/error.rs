@@ -31,6 +31,9 @@ pub enum Error {
     ScheduleNotFound(String),
     #[error("schedule {0:?} exists already; put it to replace it")]
     ScheduleExists(String),
+    /// The commands policy refuses a program the job would run.
+    #[error("{0}")]
+    CommandNotAllowed(String),
 }
 
 impl From<baton_store::Error> for Error {
@@ -58,6 +61,8 @@ pub enum ErrorCode {
     Conflict,
     /// Too much work is waiting: retry later (HTTP 503 with `Retry-After`).
     Overloaded,
+    /// The server's commands policy does not allow a program the job would run.
+    CommandNotAllowed,
 }
 
 impl ErrorCode {
@@ -73,6 +78,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::Conflict => "conflict",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::CommandNotAllowed => "command_not_allowed",
         }
     }
 }
@@ -91,6 +97,7 @@ impl Error {
             Error::Schedule(_) => ErrorCode::InvalidSpec,
             Error::ScheduleNotFound(_) => ErrorCode::NotFound,
             Error::ScheduleExists(_) => ErrorCode::Conflict,
+            Error::CommandNotAllowed(_) => ErrorCode::CommandNotAllowed,
             Error::Store(e) => match e {
                 S::NotFound(_) => ErrorCode::NotFound,
                 S::Transition { .. } | S::Conflict { .. } => ErrorCode::IllegalTransition,

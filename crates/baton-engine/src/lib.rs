@@ -30,15 +30,20 @@ mod context;
 mod engine;
 mod error;
 mod pipelines;
+mod policy;
 mod run;
 mod scheduler;
+mod secrets;
+mod security;
 
 pub use baton_core::schedule::{Misfire, Overlap, Schedule, ScheduleSpec, Trigger, Weekday};
 pub use baton_core::{
     Condition, EdgeStatus, UniquePolicy, WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowSpec,
     WorkflowState,
 };
-pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, PipelineSpec, State, StepSpec};
+pub use baton_core::{
+    EnvValue, ErrorInfo, Event, EventKind, Job, JobSpec, PipelineSpec, State, StepSpec,
+};
 pub use baton_store::{
     Checkpoint, Counts, FireAction, FirePage, FireReason, FireRecord, Fired, JobFilter, JobPage,
     LogLine, Pipeline, PutSchedule, ScheduleFilter, SchedulePage, ServerInfo, Submitted,
@@ -50,6 +55,9 @@ pub use context::{JobContext, JobError};
 pub use engine::QueueStatus;
 pub use engine::{DEFAULT_MAX_LOG_LINES, Engine, EngineBuilder, Recovery, Subscription};
 pub use error::{Error, ErrorCode};
+pub use policy::CommandPolicy;
+pub use secrets::SecretKey;
+pub use security::Security;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A handler's input.

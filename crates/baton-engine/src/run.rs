@@ -31,4 +31,6 @@ pub(crate) struct RunEnv {
     pub cancel: CancellationToken,
     /// Log lines kept per job (command and pipeline jobs).
     pub max_log_lines: u64,
+    /// The commands policy and the secret key, applied again at spawn.
+    pub security: Arc<crate::Security>,
 }

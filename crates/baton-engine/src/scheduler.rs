@@ -641,6 +641,8 @@ impl Engine {
         let spec = tokio::task::spawn_blocking(move || spec.validate(now, &limits))
             .await
             .map_err(|e| Error::Config(format!("validation task failed: {e}")))??;
+        let mut spec = spec;
+        self.inner.security.seal_template(&mut spec.job)?;
         self.schedule_job(&spec.job, now)
             .await
             .map_err(|e| match e {
@@ -664,7 +666,7 @@ impl Engine {
     /// stored pipeline's steps and defaults copied in), checked against this engine's
     /// handlers and queues.
     async fn schedule_job(&self, template: &JobSpec, now: Millis) -> Result<NewJob> {
-        let job = match self.stored_pipeline_of(template).await? {
+        let mut job = match self.stored_pipeline_of(template).await? {
             Some((id, resolved)) => {
                 let mut job = resolved.validate(now, &self.inner.limits)?;
                 if let Some(Value::Object(exec)) = &mut job.exec {
@@ -675,6 +677,8 @@ impl Engine {
             None => template.validate(now, &self.inner.limits)?,
         };
         self.check_kind_and_queue(&job.kind, &job.queue)?;
+        // The template's secrets were sealed when it was stored.
+        self.admit(&mut job, crate::security::Origin::Stored)?;
         Ok(job)
     }
 }

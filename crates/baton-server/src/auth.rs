@@ -51,6 +51,10 @@ pub struct TokenEntry {
     pub name: String,
     pub sha256: String,
     pub role: Role,
+    /// When set, the token's role applies to jobs of these queues only: it reads
+    /// everything, but submits and controls only their jobs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -76,6 +80,23 @@ pub fn hash_token(token: &str) -> String {
 pub struct Caller {
     pub name: String,
     pub role: Role,
+    /// The queues the caller's role is narrowed to; `None` for all.
+    pub queues: Option<Vec<String>>,
+}
+
+impl Caller {
+    /// Refuses (403) a change to a job of `queue` by a caller narrowed to others.
+    pub fn check_queue(&self, queue: &str) -> Result<(), ApiError> {
+        match &self.queues {
+            Some(queues) if !queues.iter().any(|q| q == queue) => {
+                Err(ApiError::forbidden(format!(
+                    "token {:?} is limited to queues {queues:?}; queue {queue:?} is not one of them",
+                    self.name
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How often the rate limiter forgets idle clients.
@@ -232,6 +253,7 @@ impl Auth {
             return Some(Caller {
                 name: t.name.clone(),
                 role: t.role,
+                queues: t.queues.clone(),
             });
         }
         let secret = self.config.jwt_secret.as_deref()?;
@@ -265,6 +287,7 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
     let mut caller = Caller {
         name: "anonymous".into(),
         role: Role::Admin,
+        queues: None,
     };
     if let Some(required) = required
         && auth.config.enabled()
@@ -306,7 +329,15 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
                 ))
                 .into_response();
             }
-            Some(c) => caller = c,
+            Some(c) => {
+                if c.queues.is_some()
+                    && required > Role::Viewer
+                    && let Err(e) = narrowed(&s, &c, req.method(), req.uri().path()).await
+                {
+                    return e.into_response();
+                }
+                caller = c;
+            }
         }
     }
     if let Some(limiter) = &auth.limiter
@@ -342,6 +373,28 @@ fn too_many(message: &str, wait: Duration) -> Response {
         response.headers_mut().insert(header::RETRY_AFTER, v);
     }
     response
+}
+
+/// A change by a caller narrowed to some queues: allowed only where the queue it acts
+/// on is known (a job by id, a queue by name, or a submit, whose handler checks the
+/// job's queue); every other change (workflows, schedules) is refused.
+async fn narrowed(s: &AppState, c: &Caller, method: &Method, path: &str) -> Result<(), ApiError> {
+    if *method == Method::POST && matches!(path, "/api/jobs" | "/api/jobs/status") {
+        return Ok(());
+    }
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["api", "jobs", id] | ["api", "jobs", id, _] => {
+            let job = s.engine.get(id).await.map_err(ApiError::from)?;
+            c.check_queue(&job.queue)
+        }
+        ["api", "queues", name, _] => c.check_queue(name),
+        _ => Err(ApiError::forbidden(format!(
+            "token {:?} is limited to queues {:?}; it may not {method} {path}",
+            c.name,
+            c.queues.as_deref().unwrap_or_default()
+        ))),
+    }
 }
 
 fn unauthorized(message: &str) -> Response {
@@ -443,6 +496,8 @@ struct JwtClaims {
     exp: Option<i64>,
     #[serde(default)]
     nbf: Option<i64>,
+    #[serde(default)]
+    queues: Option<Vec<String>>,
 }
 
 /// Verifies an HS256 JWT and returns who it names; `None` for anything else.
@@ -469,6 +524,7 @@ fn verify_jwt(token: &str, secret: &[u8]) -> Option<Caller> {
     Some(Caller {
         name: claims.sub.unwrap_or_else(|| "jwt".into()),
         role: claims.role,
+        queues: claims.queues,
     })
 }
 

@@ -49,6 +49,7 @@ impl From<baton_engine::Error> for ApiError {
             ErrorCode::IllegalTransition => (StatusCode::CONFLICT, "illegal_transition"),
             ErrorCode::StaleFence => (StatusCode::CONFLICT, "stale_fence"),
             ErrorCode::Conflict => (StatusCode::CONFLICT, "conflict"),
+            ErrorCode::CommandNotAllowed => (StatusCode::FORBIDDEN, "command_not_allowed"),
             ErrorCode::Locked => {
                 // Where the store lives and who holds it is for the operator, not for
                 // whoever asked (auth may not have run yet).

@@ -40,12 +40,36 @@ pub fn job_id(id: &str) -> ApiResult<&str> {
 #[utoipa::path(post, operation_id = "submit_job", path = "/api/jobs", tag = "jobs", request_body = baton_core::JobSpec,
     responses((status = 201, description = "created", body = baton_core::Job),
         (status = 200, description = "a job with this client id exists", body = baton_core::Job),
+        (status = 403, description = "the token's role may not submit, or the server's commands policy does not allow a program the job would run (code command_not_allowed); nothing is stored", body = baton_api::ErrorBody),
         (status = 409, description = "its unique_key is held by another job (unique_policy reject)", body = baton_api::ErrorBody),
-        (status = 422, description = "invalid spec: a bad field, an unknown kind or queue, an unknown dependency", body = baton_api::ErrorBody)))]
+        (status = 422, description = "invalid spec: a bad field, an unknown kind or queue, an unknown dependency, a secret env value on a server without a secret_key", body = baton_api::ErrorBody)))]
 pub async fn submit(
     State(s): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> ApiResult<Response> {
+    if let Some(axum::Extension(caller)) = &caller
+        && caller.queues.is_some()
+    {
+        // The queue the job will go to: its own, its stored pipeline's, or the default.
+        let mut queue = spec.queue.clone();
+        if queue.is_none()
+            && spec.steps.is_none()
+            && let Some(id) = &spec.pipeline
+            && let Some(p) = s.engine.pipeline(id).await?
+        {
+            queue = p.spec.queue;
+        }
+        caller.check_queue(queue.as_deref().unwrap_or(baton_core::spec::DEFAULT_QUEUE))?;
+        // Replacing cancels the key's holder, which may be in any queue.
+        if spec.unique_policy.as_deref() == Some("replace") {
+            return Err(ApiError::forbidden(format!(
+                "token {:?} is limited to queues {:?}; it may not use unique_policy \"replace\", which cancels the key's holder in whatever queue",
+                caller.name,
+                caller.queues.as_deref().unwrap_or_default()
+            )));
+        }
+    }
     let submitted = s.engine.submit(spec).await?;
     let status = if submitted.created {
         StatusCode::CREATED

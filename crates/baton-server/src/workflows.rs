@@ -22,6 +22,7 @@ fn workflow_id(id: &str) -> ApiResult<&str> {
 #[utoipa::path(post, operation_id = "submit_workflow", path = "/api/workflows", tag = "workflows", request_body = baton_api::WorkflowSpec,
     responses((status = 201, description = "created", body = baton_api::WorkflowSubmitted),
         (status = 200, description = "a workflow with this id exists", body = baton_api::WorkflowSubmitted),
+        (status = 403, description = "the token's role may not submit, or the server's commands policy does not allow a program one of its jobs would run (code command_not_allowed); nothing is stored", body = baton_api::ErrorBody),
         (status = 422, description = "invalid spec, a cycle or an unknown dependency", body = baton_api::ErrorBody),
         (status = 409, description = "a job id or unique key is taken", body = baton_api::ErrorBody)))]
 pub async fn submit(

@@ -137,12 +137,21 @@ async fn control(
     } else {
         Role::Operator
     };
+    let narrowed = match &caller.queues {
+        None => Ok(()),
+        Some(_) => match s.engine.get(job).await {
+            Ok(j) => caller.check_queue(&j.queue),
+            Err(e) => Err(ApiError::from(e)),
+        },
+    };
     let result: Result<baton_core::Job, ApiError> = if caller.role < needed {
         Err(ApiError::forbidden(format!(
             "the {} role may not {action:?} jobs; it needs the {} role",
             caller.role.as_str(),
             needed.as_str()
         )))
+    } else if let Err(e) = narrowed {
+        Err(e)
     } else {
         let e = &s.engine;
         let r = match action {

@@ -584,6 +584,7 @@ fn auth_options() -> ServerOptions {
         name: name.into(),
         sha256: hash_token(&format!("{name}-token")),
         role,
+        queues: None,
     };
     ServerOptions {
         auth: AuthConfig {

@@ -340,6 +340,7 @@ async fn auth_and_rate_limit_statuses_are_documented() {
         name: name.into(),
         sha256: hash_token(&format!("{name}-token")),
         role,
+        queues: None,
     };
     let h = harness_with(ServerOptions {
         auth: AuthConfig {

@@ -358,6 +358,7 @@ async fn viewers_read_operators_trigger_admins_manage() {
         name: name.into(),
         sha256: hash_token(&format!("{name}-token")),
         role,
+        queues: None,
     };
     let h = harness_with(ServerOptions {
         auth: AuthConfig {

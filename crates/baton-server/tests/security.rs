@@ -430,6 +430,7 @@ fn jwt_options() -> ServerOptions {
                 name: "ci".into(),
                 sha256: hash_token("ci-token"),
                 role: Role::Operator,
+                queues: None,
             }],
             jwt_secret: Some(SECRET.into()),
         },

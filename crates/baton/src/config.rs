@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use baton_engine::{CommandPolicy, SecretKey, Security};
 use baton_server::{AuthConfig, TokenEntry};
 use baton_store::Durability;
 use serde::Deserialize;
@@ -48,6 +49,28 @@ pub struct FileConfig {
     /// Queue name to concurrency.
     pub queues: Option<BTreeMap<String, usize>>,
     pub auth: Option<FileAuth>,
+    pub security: Option<FileSecurity>,
+}
+
+/// `[security]`: what jobs may run and how secret env values are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSecurity {
+    /// `"any"`, `"none"`, or a list of absolute paths and patterns.
+    pub commands: Option<CommandsSetting>,
+    /// 32 bytes, as 64 hex digits or base64.
+    pub secret_key: Option<String>,
+    /// A file holding the key.
+    pub secret_key_file: Option<PathBuf>,
+    /// Every env value of a job is secret.
+    pub redact_env: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum CommandsSetting {
+    Word(String),
+    List(Vec<String>),
 }
 
 /// A setting given as one value or a list.
@@ -153,6 +176,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub pipelines_dirs: Vec<PathBuf>,
     pub max_log_lines: Option<u64>,
+    pub security: Security,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -398,6 +422,17 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 );
             }
         }
+        for t in &a.tokens {
+            for q in t.queues.iter().flatten() {
+                if q != baton_core::spec::DEFAULT_QUEUE && !queues.contains_key(q) {
+                    bail!(
+                        "invalid setting {}: token {:?} is limited to queue {q:?}, which is not configured in [queues]",
+                        source("auth.tokens"),
+                        t.name
+                    );
+                }
+            }
+        }
         auth.tokens = a.tokens;
         auth.jwt_secret = a.jwt_secret;
     }
@@ -422,6 +457,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             "refusing to listen on {addr} without {missing}: anyone on the network could read and control jobs; configure tls_cert and tls_key, and [auth] tokens, or pass --allow-insecure-remote (BATON_ALLOW_INSECURE_REMOTE=true) to do it anyway"
         );
     }
+    let security = security_settings(file.security.unwrap_or_default(), env, &source)?;
     Ok(Config {
         listen,
         socket_group,
@@ -441,6 +477,82 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         auth,
         pipelines_dirs: file.pipelines_dirs.unwrap_or_default(),
         max_log_lines: file.max_log_lines,
+        security,
+    })
+}
+
+/// `[security]`, with `BATON_COMMANDS` (`any`, `none` or a comma-separated list),
+/// `BATON_SECRET_KEY`, `BATON_SECRET_KEY_FILE` and `BATON_REDACT_ENV` over it.
+fn security_settings(
+    file: FileSecurity,
+    env: &dyn Fn(&str) -> Option<String>,
+    source: &dyn Fn(&str) -> String,
+) -> Result<Security> {
+    let commands = match (env("BATON_COMMANDS"), file.commands) {
+        (Some(text), _) => {
+            let named = "BATON_COMMANDS";
+            let text = text.trim();
+            let policy = if text == "any" || text == "none" {
+                CommandPolicy::from_word(text)
+            } else {
+                let list: Vec<String> = text
+                    .split(',')
+                    .map(|p| p.trim().to_owned())
+                    .filter(|p| !p.is_empty())
+                    .collect();
+                CommandPolicy::from_list(&list)
+            };
+            policy.map_err(|m| anyhow::anyhow!("invalid setting {named}: {m}"))?
+        }
+        (None, Some(CommandsSetting::Word(w))) => CommandPolicy::from_word(&w)
+            .map_err(|m| anyhow::anyhow!("invalid setting {}: {m}", source("security.commands")))?,
+        (None, Some(CommandsSetting::List(list))) => CommandPolicy::from_list(&list)
+            .map_err(|m| anyhow::anyhow!("invalid setting {}: {m}", source("security.commands")))?,
+        (None, None) => CommandPolicy::Any,
+    };
+    let redact_env = match env("BATON_REDACT_ENV") {
+        Some(v) => parse_bool("BATON_REDACT_ENV", &v)?,
+        None => file.redact_env.unwrap_or(false),
+    };
+    let key_text = env("BATON_SECRET_KEY")
+        .map(|k| (k, "BATON_SECRET_KEY".to_owned()))
+        .or_else(|| file.secret_key.map(|k| (k, source("security.secret_key"))));
+    let key_file = env("BATON_SECRET_KEY_FILE")
+        .map(|f| (PathBuf::from(f), "BATON_SECRET_KEY_FILE".to_owned()))
+        .or_else(|| {
+            file.secret_key_file
+                .map(|f| (f, source("security.secret_key_file")))
+        });
+    let secret_key = match (key_text, key_file) {
+        (Some((_, a)), Some((_, b))) => {
+            bail!("invalid setting {a}: give either a secret key or a key file ({b}), not both")
+        }
+        (Some((text, named)), None) => Some(
+            SecretKey::parse(&text)
+                .map_err(|m| anyhow::anyhow!("invalid setting {named}: the key {m}"))?,
+        ),
+        (None, Some((path, named))) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                anyhow::anyhow!(
+                    "invalid setting {named}: cannot read {}: {e}",
+                    path.display()
+                )
+            })?;
+            Some(SecretKey::parse(&text).map_err(|m| {
+                anyhow::anyhow!("invalid setting {named}: the key in {} {m}", path.display())
+            })?)
+        }
+        (None, None) => None,
+    };
+    if redact_env && secret_key.is_none() {
+        bail!(
+            "invalid setting redact_env: it needs a secret key to seal the values with (set security.secret_key or security.secret_key_file)"
+        );
+    }
+    Ok(Security {
+        commands,
+        secret_key,
+        redact_env,
     })
 }
 
@@ -624,6 +736,115 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains(part), "{e} lacks {part}");
+    }
+
+    #[test]
+    fn security_settings_are_read_and_bad_ones_named() {
+        let c = load_with(None, &[], Flags::default()).unwrap();
+        assert_eq!(
+            c.security.commands,
+            CommandPolicy::Any,
+            "\"any\" by default"
+        );
+        assert!(c.security.secret_key.is_none() && !c.security.redact_env);
+        let c = load_with(
+            Some("[security]\ncommands = \"none\""),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.security.commands, CommandPolicy::Nothing);
+        let c = load_with(
+            Some("[security]\ncommands = \"none\""),
+            &[("BATON_COMMANDS", "/usr/bin/env, /opt/jobs/*")],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.security.commands,
+            CommandPolicy::from_list(&["/usr/bin/env".into(), "/opt/jobs/*".into()]).unwrap()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, format!("{}\n", "ab".repeat(32))).unwrap();
+        let c = load_with(
+            Some(&format!(
+                "[security]\nsecret_key_file = {:?}\nredact_env = true",
+                key_file.display().to_string()
+            )),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        let key = c.security.secret_key.expect("the key file is read");
+        assert!(key.open(&key.seal("x")).is_ok());
+        assert!(c.security.redact_env);
+
+        refused(
+            Some("[security]\ncommands = \"some\""),
+            &[],
+            "invalid setting security.commands in",
+        );
+        refused(
+            Some("[security]\ncommands = [\"python3\"]"),
+            &[],
+            "\"python3\" is not an absolute path",
+        );
+        refused(
+            None,
+            &[("BATON_COMMANDS", "bin/sh")],
+            "invalid setting BATON_COMMANDS",
+        );
+        refused(
+            Some("[security]\nsecret_key = \"abcd\""),
+            &[],
+            "invalid setting security.secret_key in",
+        );
+        refused(
+            None,
+            &[("BATON_SECRET_KEY", &"ab".repeat(16))],
+            "invalid setting BATON_SECRET_KEY: the key is 32 hex digits long",
+        );
+        refused(
+            None,
+            &[("BATON_SECRET_KEY_FILE", "/nonexistent/key")],
+            "invalid setting BATON_SECRET_KEY_FILE: cannot read /nonexistent/key",
+        );
+        refused(
+            Some("[security]\nredact_env = true"),
+            &[],
+            "invalid setting redact_env: it needs a secret key",
+        );
+        refused(
+            None,
+            &[
+                ("BATON_SECRET_KEY", &"ab".repeat(32)),
+                ("BATON_SECRET_KEY_FILE", "/k"),
+            ],
+            "not both",
+        );
+        refused(
+            Some("[security]\ncolour = 1"),
+            &[],
+            "unknown field `colour`",
+        );
+        let token = format!("sha256 = \"{}\", role = \"operator\"", "a".repeat(64));
+        refused(
+            Some(&format!(
+                "[auth]\ntokens = [{{ name = \"ci\", {token}, queues = [\"media\"] }}]"
+            )),
+            &[],
+            "token \"ci\" is limited to queue \"media\", which is not configured in [queues]",
+        );
+        let c = load_with(
+            Some(&format!(
+                "[queues]\nmedia = 2\n[auth]\ntokens = [{{ name = \"ci\", {token}, queues = [\"media\"] }}]"
+            )),
+            &[],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.auth.tokens[0].queues, Some(vec!["media".to_owned()]));
     }
 
     #[test]

@@ -51,7 +51,10 @@ pub async fn run(flags: Flags) -> Result<()> {
     let store = SqliteStore::open(SqliteOptions::new(path).durability(config.durability))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     store.set_holder(&url).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut builder = Engine::builder().store(Arc::new(store)).url(&url);
+    let mut builder = Engine::builder()
+        .store(Arc::new(store))
+        .url(&url)
+        .security(config.security.clone());
     for (name, concurrency) in &config.queues {
         builder = builder.queue(name, *concurrency);
     }
