@@ -227,6 +227,28 @@ pub async fn peer(mut req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
+/// Headers every answer carries, so that a browser neither runs, frames nor sniffs
+/// what the API sends, nor tells another site which URL it came from. An answer that
+/// sets its own (a page that runs its own scripts) keeps them.
+pub async fn headers(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+    ] {
+        if !headers.contains_key(&name) {
+            headers.insert(name, header::HeaderValue::from_static(value));
+        }
+    }
+    response
+}
+
 /// The Host and Origin checks (see the module documentation); `/healthz` and
 /// `/readyz`, which neither say nor change anything, are outside them so that probes
 /// may use any name.

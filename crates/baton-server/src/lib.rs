@@ -207,6 +207,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         None => api,
     };
     api.layer(axum::middleware::from_fn(auth::take_query_token))
+        .layer(axum::middleware::from_fn(guard::headers))
         .layer(axum::middleware::from_fn(guard::peer))
 }
 

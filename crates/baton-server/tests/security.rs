@@ -668,3 +668,30 @@ async fn refused_requests_are_logged_without_their_tokens() {
         assert!(!text.contains(secret), "{secret} is in the log:\n{text}");
     }
 }
+
+#[tokio::test]
+async fn every_answer_tells_the_browser_not_to_run_frame_or_sniff_it() {
+    let h = harness_with(ServerOptions::default()).await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    for request in [
+        "GET /api/jobs HTTP/1.1\nHost: localhost",
+        "GET /api/jobs/nope HTTP/1.1\nHost: localhost",
+        "GET /api/jobs HTTP/1.1\nHost: attacker.example",
+        "GET /healthz HTTP/1.1\nHost: localhost",
+    ] {
+        let (_, answer) = http(addr, request, "").await;
+        let head = answer
+            .split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .to_ascii_lowercase();
+        for line in [
+            "content-security-policy: default-src 'none'; frame-ancestors 'none'",
+            "x-content-type-options: nosniff",
+            "referrer-policy: no-referrer",
+            "x-frame-options: deny",
+        ] {
+            assert!(head.contains(line), "{request}: no {line:?} in\n{head}");
+        }
+    }
+}

@@ -228,7 +228,9 @@ async fn workflow_control_answers_409_when_it_makes_no_sense() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{g}");
-    assert_eq!(g["state"], "pending");
+    // The answer reads the graph after the retry's write; a dispatcher may have claimed
+    // the looper in between.
+    assert!(g["state"] == "pending" || g["state"] == "running", "{g}");
     h.wait_state(&spin, "running").await;
     let (_, job) = h
         .call(Method::GET, &format!("/api/jobs/{after}"), None)
