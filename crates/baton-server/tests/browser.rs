@@ -4,7 +4,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -12,7 +11,7 @@ use axum::http::{Method, Request, StatusCode};
 use baton_api::{ControlAction, WsMessage, WsRequest};
 use baton_server::{AuthConfig, Role, ServerOptions, TokenEntry, hash_token};
 use common::chromium::Browser;
-use common::{Harness, harness_with};
+use common::{Harness, capture_log, harness_with};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -180,30 +179,9 @@ async fn a_query_token_is_taken_by_every_endpoint_and_checked_like_a_header() {
     assert_eq!(status, StatusCode::OK);
 }
 
-/// A writer that keeps what the log says.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn a_query_token_never_reaches_the_log() {
-    let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = capture_log();
     let h = harness_with(auth_options()).await;
     for uri in [
         "/api/jobs?state=queued&token=viewer-token",
@@ -406,7 +384,10 @@ async fn chromium_streams_events_with_a_query_token() {
     let addr = serve(&h, auth_options()).await;
     let mut browser = Browser::start().await;
     // A page of the server's own origin (no auth on /healthz), so that the script's
-    // relative URLs reach the server without CORS.
+    // relative URLs reach the server without CORS. The API's own answers forbid
+    // scripts any connection (`default-src 'none'`); the page stands in for one of
+    // the server's own that allows them, so the test lifts that policy.
+    browser.bypass_csp().await;
     browser.open(&format!("http://{addr}/healthz")).await;
     let out = browser.evaluate(SCRIPT).await;
     browser.close().await;

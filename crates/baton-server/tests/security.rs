@@ -6,7 +6,6 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use baton_api::{ControlAction, WsMessage, WsRequest};
 use baton_server::{AuthConfig, Role, ServerOptions, TokenEntry, hash_token, sign_jwt};
 use common::chromium::Browser;
-use common::{Harness, harness_with, http, serve};
+use common::{Harness, capture_log, harness_with, http, serve};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -609,30 +608,9 @@ async fn repeated_bad_tokens_get_429() {
     assert_eq!(status, StatusCode::OK);
 }
 
-/// A writer that keeps what the log says.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn refused_requests_are_logged_without_their_tokens() {
-    let log = Captured::default();
-    let writer = log.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (log, _guard) = capture_log();
     let h = harness_with(jwt_options()).await;
     let secret_jwt = sign_jwt(&json!({"role": "admin"}), SECRET.as_bytes());
     for (uri, headers) in [

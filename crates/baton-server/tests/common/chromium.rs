@@ -159,6 +159,18 @@ impl Browser {
         }
     }
 
+    /// Lets the page's scripts connect wherever the test says, whatever the
+    /// Content-Security-Policy of the document it loaded.
+    pub async fn bypass_csp(&mut self) {
+        self.cdp
+            .call(
+                Some(&self.session),
+                "Page.setBypassCSP",
+                json!({"enabled": true}),
+            )
+            .await;
+    }
+
     /// Loads `url` in the page and waits for its load event.
     pub async fn open(&mut self, url: &str) {
         self.cdp
