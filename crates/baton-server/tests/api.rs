@@ -3,8 +3,8 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use baton_server::{AuthConfig, Role, ServerOptions, TokenEntry, hash_token, sign_jwt};
-use common::{Harness, harness, harness_with};
+use baton_server::{AuthConfig, Role, ServerOptions, sign_jwt};
+use common::{Harness, harness, harness_with, token};
 use serde_json::{Value, json};
 
 #[tokio::test]
@@ -580,12 +580,6 @@ type Case = (
 );
 
 fn auth_options() -> ServerOptions {
-    let token = |name: &str, role| TokenEntry {
-        name: name.into(),
-        sha256: hash_token(&format!("{name}-token")),
-        role,
-        queues: None,
-    };
     ServerOptions {
         auth: AuthConfig {
             tokens: vec![

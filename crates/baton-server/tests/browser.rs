@@ -3,27 +3,20 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
 use baton_api::{ControlAction, WsMessage, WsRequest};
-use baton_server::{AuthConfig, Role, ServerOptions, TokenEntry, hash_token};
+use baton_server::{AuthConfig, Role, ServerOptions};
 use common::chromium::Browser;
-use common::{Harness, capture_log, harness_with};
+use common::{Harness, capture_log, harness_with, serve, token};
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tower::ServiceExt;
 
 fn auth_options() -> ServerOptions {
-    let token = |name: &str, role| TokenEntry {
-        name: name.into(),
-        sha256: hash_token(&format!("{name}-token")),
-        role,
-        queues: None,
-    };
     ServerOptions {
         auth: AuthConfig {
             tokens: vec![
@@ -35,16 +28,6 @@ fn auth_options() -> ServerOptions {
         },
         ..ServerOptions::default()
     }
-}
-
-async fn serve(h: &Harness, options: ServerOptions) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = h.state.clone();
-    tokio::spawn(async move {
-        baton_server::serve(listener, state, &options, std::future::pending()).await
-    });
-    addr
 }
 
 /// The status and content type of a request; the body is not read (streams never end).

@@ -6,8 +6,8 @@
 mod common;
 
 use axum::http::{Method, StatusCode};
-use baton_server::{AuthConfig, Role, ServerOptions, TokenEntry, hash_token};
-use common::{Harness, harness_with};
+use baton_server::{AuthConfig, Role, ServerOptions};
+use common::{Harness, harness_with, token};
 use serde_json::{Value, json};
 
 /// One request and the status it must be answered with.
@@ -336,12 +336,6 @@ async fn answered_statuses_are_documented() {
 
 #[tokio::test]
 async fn auth_and_rate_limit_statuses_are_documented() {
-    let token = |name: &str, role| TokenEntry {
-        name: name.into(),
-        sha256: hash_token(&format!("{name}-token")),
-        role,
-        queues: None,
-    };
     let h = harness_with(ServerOptions {
         auth: AuthConfig {
             tokens: vec![

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use baton_server::{AuthConfig, Role, ServerOptions, TokenEntry, hash_token};
-use common::{Harness, harness, harness_with};
+use baton_server::{AuthConfig, Role, ServerOptions};
+use common::{Harness, harness, harness_with, token};
 use serde_json::{Value, json};
 
 fn daily() -> Value {
@@ -354,12 +354,6 @@ async fn schedules_are_in_the_openapi_document() {
 
 #[tokio::test]
 async fn viewers_read_operators_trigger_admins_manage() {
-    let token = |name: &str, role| TokenEntry {
-        name: name.into(),
-        sha256: hash_token(&format!("{name}-token")),
-        role,
-        queues: None,
-    };
     let h = harness_with(ServerOptions {
         auth: AuthConfig {
             tokens: vec![

@@ -229,3 +229,13 @@ pub fn capture_log() -> (Captured, tracing::subscriber::DefaultGuard) {
         .finish();
     (log, tracing::subscriber::set_default(subscriber))
 }
+
+/// A token named `name` whose secret is `{name}-token`, for every queue.
+pub fn token(name: &str, role: baton_server::Role) -> baton_server::TokenEntry {
+    baton_server::TokenEntry {
+        name: name.into(),
+        sha256: baton_server::hash_token(&format!("{name}-token")),
+        role,
+        queues: None,
+    }
+}
