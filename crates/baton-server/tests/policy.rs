@@ -366,19 +366,20 @@ fn key() -> SecretKey {
     SecretKey::from_bytes([0x5a; 32])
 }
 
+/// Any program may run; secrets are sealed with [`key`].
+fn with_key() -> Security {
+    Security {
+        secret_key: Some(key()),
+        ..Security::default()
+    }
+}
+
 #[tokio::test]
 async fn a_secret_env_value_reaches_the_process_and_nothing_else() {
     let store_dir = TempDir::new().unwrap();
     let out_dir = TempDir::new().unwrap();
     let received = out_dir.path().join("received");
-    let s = serve(
-        &store_dir.path().join("baton.db"),
-        Security {
-            secret_key: Some(key()),
-            ..Security::default()
-        },
-    )
-    .await;
+    let s = serve(&store_dir.path().join("baton.db"), with_key()).await;
     // The process echoes the secret to stdout, in a directive, and to stderr before
     // failing; it writes it to a file to show that it received it.
     let script = r#"
@@ -569,14 +570,7 @@ async fn secrets_are_refused_without_a_key_and_sealed_values_from_clients_are_re
 
     // With a key: a sealed value copied from elsewhere is not opened for a client.
     let dir = TempDir::new().unwrap();
-    let s = serve(
-        &dir.path().join("baton.db"),
-        Security {
-            secret_key: Some(key()),
-            ..Security::default()
-        },
-    )
-    .await;
+    let s = serve(&dir.path().join("baton.db"), with_key()).await;
     let (status, body) = s
         .call(
             Method::POST,
@@ -602,14 +596,7 @@ async fn a_schedule_template_keeps_its_secret_sealed_and_its_jobs_receive_it() {
     let store_dir = TempDir::new().unwrap();
     let out_dir = TempDir::new().unwrap();
     let received = out_dir.path().join("received");
-    let s = serve(
-        &store_dir.path().join("baton.db"),
-        Security {
-            secret_key: Some(key()),
-            ..Security::default()
-        },
-    )
-    .await;
+    let s = serve(&store_dir.path().join("baton.db"), with_key()).await;
     let (status, body) = s
         .call(
             Method::PUT,
