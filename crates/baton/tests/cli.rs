@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::{BIN, Server, baton, json, ok, start};
+use support::{BIN, Refusal, Server, baton, json, ok, refused_at_start, start};
 use tempfile::TempDir;
 
 fn wait_for_state(server: &Server, id: &str, state: &str) {
@@ -431,9 +431,7 @@ fn help_gives_every_subcommand_a_line_and_names_no_design_document() {
 #[test]
 fn serve_refuses_a_bad_request_or_stream_limit_at_start() {
     let dir = TempDir::new().unwrap();
-    /// Flags, environment, and what the error says.
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 3] = [
+    let cases: [Refusal; 3] = [
         (
             &["--max-requests", "0"],
             &[],
@@ -451,24 +449,5 @@ fn serve_refuses_a_bad_request_or_stream_limit_at_start() {
         ),
     ];
     std::fs::write(dir.path().join("limits.toml"), "max_streams = 0\n").unwrap();
-    for (args, env, want) in cases {
-        let out = Command::new(BIN)
-            .current_dir(dir.path())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-                "sqlite://x.db",
-            ])
-            .args(args)
-            .envs(env.iter().copied())
-            .env_remove("BATON_MAX_REQUESTS")
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} {env:?} was taken: {err}");
-        assert!(err.contains(want), "{err} lacks {want}");
-    }
-    assert!(!dir.path().join("x.db").exists(), "nothing was opened");
+    refused_at_start(dir.path(), &cases);
 }

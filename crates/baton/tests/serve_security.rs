@@ -5,9 +5,8 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::Command;
 
-use support::{BIN, baton, ok, start};
+use support::{Refusal, baton, ok, refused_at_start, start};
 use tempfile::TempDir;
 
 #[test]
@@ -18,8 +17,7 @@ fn serve_refuses_bad_allowed_hosts_and_cors_origins_at_start() {
         "cors_origins = [\"app.example\"]\n",
     )
     .unwrap();
-    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
-    let cases: [Case; 4] = [
+    let cases: [Refusal; 4] = [
         (
             &["--allowed-host", "http://baton.lan"],
             &[],
@@ -41,27 +39,7 @@ fn serve_refuses_bad_allowed_hosts_and_cors_origins_at_start() {
             "invalid setting cors_origins in origins.toml: \"app.example\"",
         ),
     ];
-    for (args, env, want) in cases {
-        let out = Command::new(BIN)
-            .current_dir(dir.path())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--store",
-                "sqlite://x.db",
-            ])
-            .args(args)
-            .env_remove("BATON_ALLOWED_HOSTS")
-            .env_remove("BATON_CORS_ORIGINS")
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success(), "{args:?} {env:?} was taken: {err}");
-        assert!(err.contains(want), "{args:?} {env:?}: {err}");
-    }
-    assert!(!dir.path().join("x.db").exists(), "nothing was opened");
+    refused_at_start(dir.path(), &cases);
 }
 
 /// Sends a request as written; the answer's status line and body.

@@ -80,3 +80,34 @@ pub fn json(server: &Server, args: &[&str]) -> Value {
     all.extend_from_slice(args);
     serde_json::from_str(ok(&baton(server, &all)).trim()).unwrap()
 }
+
+/// One way to start `baton serve` wrongly: its flags, its `BATON_*` environment (none
+/// other is inherited), and what the refusal must say.
+pub type Refusal<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+
+/// Starts `baton serve` in `dir` once per case and checks that each is refused at
+/// start, naming the setting, before any database is opened.
+pub fn refused_at_start(dir: &std::path::Path, cases: &[Refusal]) {
+    for (args, env, want) in cases {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(dir)
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--store",
+                "sqlite://x.db",
+            ])
+            .args(*args);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("BATON_") {
+                cmd.env_remove(name);
+            }
+        }
+        let out = cmd.envs(env.iter().copied()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} {env:?} was taken: {err}");
+        assert!(err.contains(want), "{args:?} {env:?}: {err} lacks {want}");
+    }
+    assert!(!dir.join("x.db").exists(), "nothing was opened");
+}
