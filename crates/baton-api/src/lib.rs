@@ -58,6 +58,12 @@ pub struct CheckpointList {
     pub checkpoints: Vec<Checkpoint>,
 }
 
+/// `GET /api/jobs/{id}/attempts`: oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttemptList {
+    pub attempts: Vec<baton_core::Attempt>,
+}
+
 /// `GET /api/jobs/{id}/logs`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogList {

@@ -138,6 +138,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
             post(jobs::cancel).patch(jobs::cancel_patch),
         )
         .route("/api/jobs/{id}/events", get(events::job_events))
+        .route("/api/jobs/{id}/attempts", get(jobs::attempts))
         .route("/api/jobs/{id}/checkpoints", get(jobs::checkpoints))
         .route("/api/jobs/{id}/logs", get(jobs::logs))
         .route("/api/jobs/{id}/dependencies", get(workflows::dependencies))

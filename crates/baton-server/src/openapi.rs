@@ -39,7 +39,7 @@ use crate::{events, jobs, meta, resources, schedules, workflows};
     info(title = "Baton", description = "One engine for background jobs: submit, control and follow jobs."),
     paths(
         jobs::submit, jobs::list, jobs::show, jobs::status, jobs::wait, jobs::pause, jobs::resume,
-        jobs::stop, jobs::retry, jobs::cancel, jobs::cancel_patch, jobs::delete, jobs::checkpoints, jobs::logs,
+        jobs::stop, jobs::retry, jobs::cancel, jobs::cancel_patch, jobs::delete, jobs::attempts, jobs::checkpoints, jobs::logs,
         jobs::pipelines, jobs::pipeline, jobs::put_pipeline, jobs::delete_pipeline,
         events::job_events, events::all_events,
         workflows::submit, workflows::show, workflows::pause, workflows::resume, workflows::retry,
