@@ -22,8 +22,12 @@ pub const ATTEMPT_EVENTS: &[EventKind] = &[
 /// One attempt of a job (`GET /api/jobs/{id}/attempts`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attempt {
-    /// The attempt's number, as the job's `attempt` counts.
+    /// The attempt's number, as the job's `attempt` counts. An attempt that a crash or
+    /// a shutdown interrupted goes on under the same number, as a second entry.
     pub attempt: u32,
+    /// Whether this entry goes on with an attempt that a crash or a shutdown
+    /// interrupted (the one before it has the same number).
+    pub continued: bool,
     /// The server that ran it.
     pub server_id: Option<String>,
     #[serde(with = "rfc3339")]
@@ -77,8 +81,10 @@ pub fn from_events<'a>(
     let mut out: Vec<Attempt> = Vec::new();
     for e in events {
         if e.kind == EventKind::Started {
+            let attempt = e.data["attempt"].as_u64().unwrap_or(out.len() as u64 + 1) as u32;
             out.push(Attempt {
-                attempt: e.data["attempt"].as_u64().unwrap_or(out.len() as u64 + 1) as u32,
+                attempt,
+                continued: out.last().is_some_and(|a| a.attempt == attempt),
                 server_id: e.data["server_id"].as_str().map(str::to_owned),
                 started_at: e.at,
                 finished_at: None,
@@ -180,7 +186,7 @@ mod tests {
             ev(
                 10,
                 EventKind::Started,
-                json!({"attempt": 3, "server_id": "s2", "checkpoint": {"seq": 4, "step": "b"}}),
+                json!({"attempt": 2, "server_id": "s2", "checkpoint": {"seq": 4, "step": "b"}}),
             ),
             ev(11, EventKind::Completed, json!({})),
         ];
@@ -198,6 +204,12 @@ mod tests {
         );
         assert_eq!(a[1].resumed_from, None);
         assert_eq!(a[2].server_id.as_deref(), Some("s2"));
+        assert_eq!(
+            a.iter()
+                .map(|a| (a.attempt, a.continued))
+                .collect::<Vec<_>>(),
+            [(1, false), (2, false), (2, true)]
+        );
         assert_eq!(
             a[2].resumed_from,
             Some(CheckpointRef {

@@ -206,9 +206,14 @@ enum Command {
         limit: u32,
         #[arg(long)]
         cursor: Option<String>,
+        /// Add a column with what each job runs (its command, or its pipeline's steps).
+        #[arg(long)]
+        command: bool,
     },
-    /// Show one job.
+    /// Show one job: what it runs, its state and its attempts.
     Show { id: String },
+    /// A job's attempts: server, times, outcome, exit code, the checkpoint it resumed from.
+    Attempts { id: String },
     /// Wait for a job to finish (exit 0 completed, 1 failed, 2 cancelled, 124 timeout).
     Wait {
         id: String,
@@ -616,6 +621,7 @@ fn run(cli: Cli) -> Result<u8> {
             q,
             limit,
             cursor,
+            command,
         } => {
             let c = client()?;
             let mut query = vec![format!("limit={limit}")];
@@ -635,7 +641,7 @@ fn run(cli: Cli) -> Result<u8> {
             if c.json {
                 c.print_json(&list);
             } else {
-                client::print_jobs(&list);
+                client::print_jobs(&list, command);
             }
             Ok(exit::OK)
         }
@@ -646,6 +652,23 @@ fn run(cli: Cli) -> Result<u8> {
                 c.print_json(&job);
             } else {
                 client::print_job(&job);
+                let list: baton_api::AttemptList =
+                    c.call("GET", &format!("/api/jobs/{}/attempts", encode(&id)), None)?;
+                if !list.attempts.is_empty() {
+                    println!();
+                    client::print_attempts(&list.attempts);
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Attempts { id } => {
+            let c = client()?;
+            let list: baton_api::AttemptList =
+                c.call("GET", &format!("/api/jobs/{}/attempts", encode(&id)), None)?;
+            if c.json {
+                c.print_json(&list);
+            } else {
+                client::print_attempts(&list.attempts);
             }
             Ok(exit::OK)
         }
