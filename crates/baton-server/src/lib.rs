@@ -2,6 +2,7 @@
 //! metrics and health, over an [`Engine`]. Only this crate knows HTTP.
 
 mod auth;
+mod dashboard;
 mod error;
 mod events;
 mod guard;
@@ -180,6 +181,9 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/api/resources", get(resources::resources))
         .route("/api/openapi.json", get(meta::openapi))
         .route("/metrics", get(meta::metrics))
+        .route("/", get(dashboard::index))
+        .route("/ui/{name}", get(dashboard::asset))
+        .route("/api/whoami", get(meta::whoami))
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .fallback(meta::not_found)

@@ -1,0 +1,501 @@
+// Baton's dashboard: one SSE stream per tab, views that change with its events, and
+// the HTTP API for everything else. Nothing here polls.
+
+const STATES = ["scheduled", "awaiting", "queued", "running", "paused", "stopping",
+  "crashed", "completed", "failed", "cancelled", "deleted"];
+const EVENT_TYPES = ["job.submitted", "job.scheduled", "job.awaiting", "job.queued",
+  "job.started", "job.progress", "job.step", "job.output", "job.log", "job.checkpoint",
+  "job.paused", "job.resumed", "job.stopping", "job.retrying", "job.completed",
+  "job.failed", "job.cancelled", "job.crashed", "job.recovered", "job.deleted",
+  "schedule.fired", "queue.paused", "queue.resumed", "server.up", "server.down",
+  "resource.alert", "resource.cleared", "job.usage", "worker.connected",
+  "worker.disconnected"];
+const ACTIVE = new Set(["running", "paused", "stopping"]);
+// Which controls DESIGN's state machine allows from each state.
+const CONTROLS = [
+  ["pause", "Pause", s => s === "running"],
+  ["resume", "Resume", s => s === "paused"],
+  ["stop", "Stop", s => s === "running" || s === "paused"],
+  ["stop?force=true", "Force stop", s => ACTIVE.has(s)],
+  ["cancel", "Cancel", s => ["scheduled", "awaiting", "queued", "running", "paused"].includes(s)],
+  ["retry", "Retry", s => ["completed", "failed", "cancelled", "deleted"].includes(s)],
+  ["retry?from_checkpoint=true", "Retry from checkpoint", s => ["completed", "failed", "cancelled", "deleted"].includes(s)],
+  ["delete", "Delete", s => ["completed", "failed", "cancelled"].includes(s)],
+];
+
+// ---- the API ----------------------------------------------------------------------
+
+const session = { token: sessionStorage.getItem("baton.token"), role: null };
+
+class ApiError extends Error {
+  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (session.token) headers.authorization = `Bearer ${session.token}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (!res.ok) {
+    const err = data && data.error ? data.error : { code: String(res.status), message: text || res.statusText };
+    if (res.status === 401) signIn(err.message);
+    throw new ApiError(res.status, err.code, err.message);
+  }
+  return data;
+}
+
+// ---- small helpers ------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+const enc = encodeURIComponent;
+const stateTag = s => el("span", { class: `state ${s}`, "data-state": s }, s);
+const jobLink = id => el("a", { href: `#/jobs/${enc(id)}` }, id);
+
+function when(t) {
+  if (!t) return "–";
+  const d = new Date(t);
+  return el("time", { datetime: t, title: d.toISOString() }, d.toLocaleString());
+}
+
+function duration(ms) {
+  if (!isFinite(ms) || ms < 0) return "–";
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}
+
+function bar(fraction) {
+  const inner = el("span");
+  inner.style.width = `${Math.round((fraction || 0) * 100)}%`;
+  return el("div", { class: "bar", role: "progressbar", "aria-valuenow": Math.round((fraction || 0) * 100) }, inner);
+}
+
+function setBar(node, fraction) {
+  node.setAttribute("aria-valuenow", Math.round((fraction || 0) * 100));
+  node.firstChild.style.width = `${Math.round((fraction || 0) * 100)}%`;
+}
+
+function toast(text, bad = false) {
+  const t = el("div", { class: bad ? "toast bad" : "toast", role: "status" }, text);
+  document.getElementById("toasts").append(t);
+  setTimeout(() => t.remove(), 6000);
+}
+
+function showError(target, err) {
+  target.replaceChildren(el("p", { class: "error", role: "alert" }, err.message || String(err)));
+}
+
+// ---- the stream -----------------------------------------------------------------------
+
+const stream = {
+  source: null, lastId: null, lastAt: null, pending: [], scheduled: false, retry: 500,
+  listeners: new Set(),
+};
+
+function setConn(state) {
+  const c = document.getElementById("conn");
+  c.dataset.state = state;
+  const last = stream.lastAt ? ` · last event ${stream.lastAt.toLocaleTimeString()}` : "";
+  c.textContent = state === "live" ? "live" : `${state}${last}`;
+}
+
+function connect() {
+  const q = new URLSearchParams();
+  if (stream.lastId !== null) q.set("after", stream.lastId);
+  if (session.token) q.set("token", session.token);
+  const source = new EventSource(`/api/events?${q}`);
+  stream.source = source;
+  source.onopen = () => { stream.retry = 500; setConn("live"); };
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) {
+      // The browser gave up (the server answered an error): try again, from the last id.
+      setConn("offline");
+      stream.retry = Math.min(stream.retry * 2, 10000);
+      setTimeout(() => { if (stream.source === source) connect(); }, stream.retry);
+    } else {
+      setConn(stream.lastAt ? "reconnecting" : "offline");
+    }
+  };
+  const onFrame = frame => {
+    const event = JSON.parse(frame.data);
+    stream.lastId = event.id;
+    stream.lastAt = new Date();
+    stream.pending.push(event);
+    // At most one render per animation frame, however fast events come; a hidden tab
+    // keeps them and catches up when it shows again.
+    if (!stream.scheduled) {
+      stream.scheduled = true;
+      requestAnimationFrame(flush);
+    }
+  };
+  for (const type of EVENT_TYPES) source.addEventListener(type, onFrame);
+}
+
+function flush() {
+  stream.scheduled = false;
+  const batch = stream.pending;
+  stream.pending = [];
+  for (const listener of stream.listeners) {
+    try { listener(batch); } catch (e) { console.error(e); }
+  }
+}
+
+function listen(fn) { stream.listeners.add(fn); return () => stream.listeners.delete(fn); }
+
+// ---- views --------------------------------------------------------------------------
+
+let current = null;
+
+async function route() {
+  if (current && current.dispose) current.dispose();
+  current = null;
+  const main = document.getElementById("main");
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const [path, query] = hash.split("?");
+  const params = new URLSearchParams(query || "");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  let view;
+  if (parts.length === 0) view = overview;
+  else if (parts[0] === "jobs" && parts.length === 1) view = jobs;
+  else if (parts[0] === "jobs" && parts.length === 2) view = job;
+  else { main.replaceChildren(el("p", {}, "No such page. ", el("a", { href: "#/" }, "Overview"))); return; }
+  current = { dispose: null };
+  try {
+    const mine = current;
+    const dispose = await view(main, parts, params);
+    if (current === mine) mine.dispose = dispose; else if (dispose) dispose();
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 401)) showError(main, e);
+  }
+}
+
+async function overview(main) {
+  const [stats, running, failed, queues, servers] = await Promise.all([
+    api("GET", "/api/stats"),
+    api("GET", "/api/jobs?state=running,paused,stopping&limit=50"),
+    api("GET", "/api/jobs?state=failed&limit=10"),
+    api("GET", "/api/queues"),
+    api("GET", "/api/servers"),
+  ]);
+  const counts = { ...stats.states };
+  const countNodes = {};
+  const cards = el("div", { class: "cards", id: "counters" }, STATES.filter(s => s !== "deleted").map(s => {
+    countNodes[s] = el("div", { class: "n", "data-count": s }, counts[s] || 0);
+    return el("a", { class: "card", href: `#/jobs?state=${s}` }, countNodes[s], el("div", { class: "l" }, s));
+  }));
+
+  const runningBody = el("tbody", { id: "running" });
+  const rows = new Map();
+  const addRunning = j => {
+    if (rows.has(j.id)) return;
+    const b = bar(j.progress);
+    const step = el("td", {}, j.step || "");
+    const eta = el("td", { class: "num hide-narrow" }, "–");
+    const state = el("td", {}, stateTag(j.state));
+    const tr = el("tr", { "data-job": j.id }, el("td", {}, jobLink(j.id)), el("td", {}, j.kind), state,
+      el("td", {}, b), step, eta);
+    rows.set(j.id, { tr, bar: b, step, eta, state, first: null });
+    runningBody.append(tr);
+  };
+  running.jobs.forEach(addRunning);
+
+  const failedBody = el("tbody", { id: "failures" }, failed.jobs.map(j => failureRow(j.id, j.kind, j.error, j.finished_at)));
+
+  main.replaceChildren(
+    el("h1", {}, "Overview"),
+    cards,
+    el("h2", {}, "Running now"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Job", "Kind", "State", "Progress", "Step", "ETA"].map(h => el("th", {}, h)))), runningBody),
+    el("h2", {}, "Recent failures"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Job", "Kind", "Error", "When"].map(h => el("th", {}, h)))), failedBody),
+    el("h2", {}, "Queues"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Queue", "Concurrency", "Running", "Queued", "Paused"].map(h => el("th", {}, h)))),
+      el("tbody", {}, queues.queues.map(q => el("tr", {}, el("td", {}, el("a", { href: `#/jobs?queue=${enc(q.name)}` }, q.name)),
+        el("td", { class: "num" }, q.concurrency ?? "–"), el("td", { class: "num" }, q.running),
+        el("td", { class: "num" }, q.counts.queued || 0), el("td", {}, q.paused ? "paused" : ""))))),
+    el("h2", {}, "Servers"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Server", "Host", "PID", "Workers", "Heartbeat"].map(h => el("th", {}, h)))),
+      el("tbody", {}, servers.servers.map(s => el("tr", {}, el("td", {}, s.id), el("td", {}, s.host), el("td", { class: "num" }, s.pid),
+        el("td", { class: "num" }, s.workers), el("td", {}, s.stopped_at ? "stopped" : when(s.heartbeat_at)))))),
+  );
+
+  return listen(batch => {
+    for (const e of batch) {
+      const d = e.data || {};
+      if (e.job_id && d.state && STATES.includes(d.state)) {
+        const from = d.from || (e.type === "job.started" ? "queued" : null);
+        if (e.type !== "job.submitted" && from && counts[from] > 0) counts[from] -= 1;
+        if (e.type === "job.submitted" || from) counts[d.state] = (counts[d.state] || 0) + 1;
+      }
+      const row = e.job_id && rows.get(e.job_id);
+      if (e.type === "job.started" && !row) {
+        addRunning({ id: e.job_id, kind: "", state: "running", progress: null, step: null });
+        api("GET", `/api/jobs/${enc(e.job_id)}`).then(j => { const r = rows.get(j.id); if (r) r.tr.children[1].textContent = j.kind; }).catch(() => {});
+      } else if (row && e.type === "job.progress") {
+        setBar(row.bar, d.progress);
+        const now = Date.now();
+        if (!row.first && d.progress != null) row.first = { at: now, p: d.progress };
+        else if (row.first && d.progress > row.first.p) {
+          row.eta.textContent = duration((1 - d.progress) * (now - row.first.at) / (d.progress - row.first.p));
+        }
+      } else if (row && e.type === "job.step") {
+        row.step.textContent = d.step;
+      } else if (row && d.state && ACTIVE.has(d.state)) {
+        row.state.replaceChildren(stateTag(d.state));
+      } else if (row && d.state && !ACTIVE.has(d.state)) {
+        row.tr.remove();
+        rows.delete(e.job_id);
+      }
+      if (e.type === "job.failed") {
+        failedBody.prepend(failureRow(e.job_id, "", d.error, e.at));
+        while (failedBody.children.length > 10) failedBody.lastChild.remove();
+        toast(`${e.job_id} failed: ${d.error ? d.error.message : ""}`, true);
+      }
+    }
+    for (const s of Object.keys(countNodes)) countNodes[s].textContent = counts[s] || 0;
+  });
+}
+
+function failureRow(id, kind, error, at) {
+  return el("tr", {}, el("td", {}, jobLink(id)), el("td", {}, kind || ""),
+    el("td", { class: "error" }, error ? `${error.code}: ${error.message.split("\n")[0]}` : ""), el("td", {}, when(at)));
+}
+
+async function jobs(main, _parts, params) {
+  const filters = ["state", "queue", "kind", "label", "q", "workflow", "schedule"];
+  const form = el("form", { class: "filters", id: "filters" },
+    el("select", { name: "state", "aria-label": "state" }, el("option", { value: "" }, "any state"),
+      STATES.map(s => el("option", { value: s, selected: params.get("state") === s }, s))),
+    ["queue", "kind", "label", "q"].map(f => el("input", { name: f, placeholder: f === "q" ? "search" : f === "label" ? "label key:value" : f, value: params.get(f) || "" })),
+    el("button", { type: "submit" }, "Filter"));
+  form.addEventListener("submit", ev => {
+    ev.preventDefault();
+    const q = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (v) q.set(k, v);
+    location.hash = `#/jobs?${q}`;
+  });
+  const query = new URLSearchParams();
+  for (const f of filters) if (params.get(f)) query.set(f, params.get(f));
+  query.set("limit", "50");
+  if (params.get("cursor")) query.set("cursor", params.get("cursor"));
+  const list = await api("GET", `/api/jobs?${query}`);
+  const cells = new Map();
+  const body = el("tbody", { id: "jobs" }, list.jobs.map(j => {
+    const state = el("td", {}, stateTag(j.state));
+    const b = bar(j.progress);
+    cells.set(j.id, { state, bar: b });
+    return el("tr", { "data-job": j.id }, el("td", {}, jobLink(j.id)), el("td", {}, j.kind), el("td", { class: "hide-narrow" }, j.queue),
+      state, el("td", { class: "hide-narrow" }, b), el("td", { class: "num" }, `${j.attempt}/${j.max_attempts}`), el("td", { class: "hide-narrow" }, when(j.created_at)));
+  }));
+  const next = new URLSearchParams(params);
+  if (list.next_cursor) next.set("cursor", list.next_cursor);
+  main.replaceChildren(
+    el("h1", {}, "Jobs"), form,
+    el("p", { class: "muted", id: "total" }, `${list.total} matching`),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Job", "Kind", "Queue", "State", "Progress", "Attempt", "Created"].map(h => el("th", {}, h)))), body),
+    list.next_cursor ? el("p", {}, el("a", { href: `#/jobs?${next}` }, "Older →")) : null,
+  );
+  return listen(batch => {
+    for (const e of batch) {
+      const c = e.job_id && cells.get(e.job_id);
+      if (!c) continue;
+      if (e.data && e.data.state) c.state.replaceChildren(stateTag(e.data.state));
+      if (e.type === "job.progress") setBar(c.bar, e.data.progress);
+    }
+  });
+}
+
+async function job(main, parts) {
+  const id = parts[1];
+  const [j, attempts, history, logs] = await Promise.all([
+    api("GET", `/api/jobs/${enc(id)}`),
+    api("GET", `/api/jobs/${enc(id)}/attempts`),
+    api("GET", `/api/jobs/${enc(id)}/events`),
+    api("GET", `/api/jobs/${enc(id)}/logs`),
+  ]);
+  let state = j.state;
+  let requested = null;
+  let changes = 0; // state changes the stream has told of
+
+  const stateCell = el("dd", { id: "job-state" }, stateTag(state));
+  const note = el("span", { class: "muted", id: "job-note" });
+  const progress = bar(j.progress);
+  const message = el("span", { id: "job-message" }, j.message || "");
+  const step = el("dd", { id: "job-step" }, j.step || "–");
+  const outcome = el("p", { id: "job-outcome", role: "status" });
+  const buttons = CONTROLS.map(([action, label, allowed]) => {
+    const b = el("button", { "data-action": action, type: "button" }, label);
+    b.addEventListener("click", async () => {
+      if (action === "delete" && !confirm(`Delete job ${id}?`)) return;
+      b.disabled = true;
+      const before = changes;
+      try {
+        const method = action === "delete" ? "DELETE" : "POST";
+        const path = action === "delete" ? `/api/jobs/${enc(id)}` : `/api/jobs/${enc(id)}/${action}`;
+        const after = await api(method, path);
+        outcome.textContent = `${label}: done`;
+        outcome.className = "";
+        // The stream may have told of later changes already: the answer is older news.
+        if (changes === before) {
+          if (action === "pause" && after.state !== "paused") { requested = "pause"; note.textContent = "pause requested"; }
+          update(after.state);
+        } else refresh();
+      } catch (e) {
+        outcome.textContent = `${label}: ${e.message}`;
+        outcome.className = "error";
+        refresh();
+      }
+    });
+    return [b, allowed];
+  });
+  const refresh = () => { for (const [b, allowed] of buttons) b.disabled = !allowed(state) || session.role === "viewer"; };
+  const update = s => {
+    state = s;
+    stateCell.replaceChildren(stateTag(s));
+    if (requested === "pause" && s !== "running") { requested = null; note.textContent = ""; }
+    refresh();
+  };
+  refresh();
+
+  const what = j.command ? j.command.join(" ") : j.pipeline ? `pipeline ${j.pipeline}` : j.steps ? `steps ${j.steps.map(s => s.name).join(", ")}` : "handler";
+  const timeline = el("tbody", { id: "timeline" });
+  let lastAt = null;
+  const addEvent = e => {
+    const gap = lastAt ? duration(Date.parse(e.at) - lastAt) : "";
+    lastAt = Date.parse(e.at);
+    timeline.append(el("tr", {}, el("td", { class: "num" }, e.seq), el("td", {}, e.type), el("td", {}, when(e.at)), el("td", { class: "num" }, gap),
+      el("td", { class: "hide-narrow" }, summary(e))));
+  };
+  history.events.forEach(addEvent);
+  const log = el("pre", { class: "log", id: "job-log" });
+  const addLine = (text, marker = false) => {
+    log.append(marker ? el("span", { class: "marker" }, `— ${text} —`) : text, "\n");
+    log.scrollTop = log.scrollHeight;
+  };
+  logs.lines.forEach(l => addLine(l.line));
+  const attemptsBody = el("tbody", { id: "attempts" });
+  const drawAttempts = list => attemptsBody.replaceChildren(...list.map(a => el("tr", {},
+    el("td", { class: "num" }, a.attempt), el("td", {}, a.outcome || "running"), el("td", { class: "num" }, a.exit_code ?? a.signal ?? "–"),
+    el("td", {}, when(a.started_at)), el("td", { class: "num" }, a.finished_at ? duration(Date.parse(a.finished_at) - Date.parse(a.started_at)) : "–"),
+    el("td", {}, a.resumed_from ? `checkpoint ${a.resumed_from.seq}` : "–"),
+    el("td", { class: "error" }, a.error ? `${a.error.code}: ${a.error.message.split("\n")[0]}` : ""))));
+  drawAttempts(attempts.attempts);
+
+  main.replaceChildren(
+    el("h1", {}, `Job ${id} `, note),
+    el("dl", { class: "kv" },
+      el("dt", {}, "State"), stateCell,
+      el("dt", {}, "Runs"), el("dd", { id: "job-runs" }, what),
+      el("dt", {}, "Queue"), el("dd", {}, `${j.queue} (priority ${j.priority})`),
+      el("dt", {}, "Attempt"), el("dd", { id: "job-attempt" }, `${j.attempt} of ${j.max_attempts}`),
+      el("dt", {}, "Progress"), el("dd", {}, progress, " ", message),
+      el("dt", {}, "Step"), step,
+      el("dt", {}, "Created"), el("dd", {}, when(j.created_at)),
+      el("dt", {}, "Labels"), el("dd", {}, Object.entries(j.labels).map(([k, v]) => `${k}:${v}`).join(" ") || "–"),
+      el("dt", {}, "Error"), el("dd", { class: "error", id: "job-error" }, j.error ? `${j.error.code}: ${j.error.message}` : "–"),
+      el("dt", {}, "Result"), el("dd", { id: "job-result" }, j.result === null ? "–" : JSON.stringify(j.result))),
+    el("div", { class: "controls", id: "controls" }, buttons.map(([b]) => b)), outcome,
+    el("h2", {}, "Output and logs"), log,
+    el("h2", {}, "Attempts"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["#", "Outcome", "Exit", "Started", "Took", "Resumed from", "Error"].map(h => el("th", {}, h)))), attemptsBody),
+    el("h2", {}, "Timeline"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Seq", "Event", "At", "After", "Data"].map(h => el("th", {}, h)))), timeline),
+  );
+
+  let seen = history.events.length ? history.events[history.events.length - 1].seq : 0;
+  return listen(batch => {
+    let ended = false;
+    for (const e of batch) {
+      if (e.job_id !== id || e.seq <= seen) continue;
+      seen = e.seq;
+      addEvent(e);
+      const d = e.data || {};
+      if (d.state) { changes += 1; update(d.state); }
+      if (e.type === "job.progress") { setBar(progress, d.progress); message.textContent = d.message || ""; }
+      if (e.type === "job.step") step.textContent = d.step;
+      if (e.type === "job.log") addLine(d.line);
+      if (e.type === "job.output") addLine(d.text);
+      if (["job.paused", "job.resumed", "job.crashed", "job.recovered", "job.started"].includes(e.type)) addLine(e.type.slice(4), true);
+      if (e.type === "job.checkpoint") addLine(`checkpoint ${e.seq}`, true);
+      if (e.type === "job.failed" || e.type === "job.retrying") document.getElementById("job-error").textContent = d.error ? `${d.error.code}: ${d.error.message}` : "";
+      if (d.state && !ACTIVE.has(d.state) || e.type === "job.started") ended = true;
+    }
+    if (ended) {
+      api("GET", `/api/jobs/${enc(id)}/attempts`).then(a => drawAttempts(a.attempts)).catch(() => {});
+      api("GET", `/api/jobs/${enc(id)}`).then(now => {
+        document.getElementById("job-result").textContent = now.result === null ? "–" : JSON.stringify(now.result);
+        document.getElementById("job-attempt").textContent = `${now.attempt} of ${now.max_attempts}`;
+      }).catch(() => {});
+    }
+  });
+}
+
+function summary(e) {
+  const d = e.data || {};
+  if (e.type === "job.progress") return `${Math.round((d.progress || 0) * 100)}% ${d.message || ""}`;
+  if (e.type === "job.log") return d.line;
+  if (d.error) return `${d.error.code}: ${d.error.message.split("\n")[0]}`;
+  if (d.state) return d.from ? `${d.from} → ${d.state}` : d.state;
+  return "";
+}
+
+// ---- sign-in -----------------------------------------------------------------------
+
+function signIn(reason) {
+  if (stream.source) { stream.source.close(); stream.source = null; }
+  const input = el("input", { type: "password", name: "token", autocomplete: "off", placeholder: "token", "aria-label": "token" });
+  const form = el("form", { class: "signin", id: "signin" },
+    el("h1", {}, "Sign in"),
+    el("p", { class: "muted" }, "This Baton asks for a token. It is kept for this tab only."),
+    reason ? el("p", { class: "error" }, reason) : null,
+    input, el("button", { class: "primary", type: "submit" }, "Sign in"));
+  form.addEventListener("submit", ev => {
+    ev.preventDefault();
+    session.token = input.value.trim();
+    sessionStorage.setItem("baton.token", session.token);
+    start();
+  });
+  document.getElementById("main").replaceChildren(form);
+  input.focus();
+}
+
+async function whoAmI() {
+  try {
+    const me = await api("GET", "/api/whoami");
+    session.role = me.role;
+    document.getElementById("who").textContent = me.auth ? `${me.name} (${me.role})` : "";
+    document.body.dataset.role = me.role;
+    return true;
+  } catch (e) {
+    return !(e instanceof ApiError && e.status === 401);
+  }
+}
+
+async function start() {
+  if (!(await whoAmI())) return;
+  if (!stream.source) connect();
+  await route();
+}
+
+window.addEventListener("hashchange", route);
+// After the page's load: a stream opened before it would hold the load event open.
+if (document.readyState === "complete") start();
+else window.addEventListener("load", start, { once: true });

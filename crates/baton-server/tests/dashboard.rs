@@ -1,0 +1,309 @@
+//! The dashboard in real Chromium over real HTTP: live progress without a reload, and
+//! control of a running process from the job's page.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use baton_server::{AuthConfig, Role, ServerOptions};
+use common::chromium::Browser;
+use common::{harness, harness_with, serve, token};
+use serde_json::json;
+
+/// The state letter of a process in `/proc/PID/stat` (`T` when stopped).
+fn proc_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    after.trim_start().chars().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_job_moves_live_and_is_paused_resumed_and_stopped_from_its_page() {
+    let h = harness().await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "command", "id": "crawl", "command": ["sh", "-c",
+                "i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo \"::progress $((i/6))% page $i\"; echo line $i; sleep 0.1; done"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    h.wait_state("crawl", "running").await;
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "command", "id": "broken", "command": ["sh", "-c", "exit 7"], "max_attempts": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    h.wait_state("broken", "failed").await;
+
+    let mut browser = Browser::start().await;
+    browser.size(1280, 900).await;
+    let base = format!("http://127.0.0.1:{}", addr.port());
+
+    // The overview: counters, the running job with its bar, the failure.
+    browser.open(&format!("{base}/")).await;
+    browser
+        .wait_for(
+            "the stream live",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the running job",
+            "document.querySelector('#running tr[data-job=\"crawl\"]') !== null",
+        )
+        .await;
+    let failed = browser
+        .wait_for(
+            "the failure",
+            "document.querySelector('#failures')?.textContent.includes('exit_code')",
+        )
+        .await;
+    assert_eq!(failed, json!(true));
+    let first = browser
+        .wait_for(
+            "progress",
+            "Number(document.querySelector('#running tr[data-job=\"crawl\"] [role=progressbar]').getAttribute('aria-valuenow'))",
+        )
+        .await;
+    let moved = format!(
+        "Number(document.querySelector('#running tr[data-job=\"crawl\"] [role=progressbar]').getAttribute('aria-valuenow')) > {first}"
+    );
+    browser
+        .wait_for("the bar moving without a reload", &moved)
+        .await;
+    let running = browser
+        .evaluate("JSON.stringify(document.querySelector('[data-count=running]').textContent)")
+        .await;
+    assert_eq!(running, json!("1"));
+    browser.screenshot("overview").await;
+
+    // The job's page: its controls follow the state machine.
+    // As a click on its link: the page changes view without reloading.
+    browser
+        .evaluate("(location.hash = '#/jobs/crawl', '1')")
+        .await;
+    browser
+        .wait_for(
+            "the job's state",
+            "document.querySelector('#job-state [data-state=running]') !== null",
+        )
+        .await;
+    browser
+        .wait_for(
+            "log lines streaming",
+            "document.getElementById('job-log').textContent.includes('line ')",
+        )
+        .await;
+    let enabled = browser
+        .evaluate("JSON.stringify([...document.querySelectorAll('#controls button')].filter(b => !b.disabled).map(b => b.dataset.action))")
+        .await;
+    assert_eq!(
+        enabled,
+        json!(["pause", "stop", "stop?force=true", "cancel"])
+    );
+    browser.screenshot("job-running").await;
+
+    let pid = h.engine.store().processes().await.unwrap()[0].process.pgid;
+    browser
+        .evaluate("(document.querySelector('[data-action=pause]').click(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "paused",
+            "document.querySelector('#job-state [data-state=paused]') !== null",
+        )
+        .await;
+    assert_eq!(proc_state(pid), 'T', "the job's process is stopped");
+    let enabled = browser
+        .evaluate("JSON.stringify([...document.querySelectorAll('#controls button')].filter(b => !b.disabled).map(b => b.dataset.action))")
+        .await;
+    assert_eq!(
+        enabled,
+        json!(["resume", "stop", "stop?force=true", "cancel"])
+    );
+
+    browser
+        .evaluate("(document.querySelector('[data-action=resume]').click(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "running again",
+            "document.querySelector('#job-state [data-state=running]') !== null",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_ne!(proc_state(pid), 'T', "the job's process runs again");
+
+    browser
+        .evaluate("(document.querySelector('[data-action=stop]').click(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "cancelled",
+            "document.querySelector('#job-state [data-state=cancelled]') !== null",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the attempt's outcome",
+            "document.getElementById('attempts').textContent.includes('cancelled')",
+        )
+        .await;
+    let enabled = browser
+        .evaluate("JSON.stringify([...document.querySelectorAll('#controls button')].filter(b => !b.disabled).map(b => b.dataset.action))")
+        .await;
+    assert_eq!(
+        enabled,
+        json!(["retry", "retry?from_checkpoint=true", "delete"])
+    );
+    assert_eq!(
+        h.engine.get("crawl").await.unwrap().state.as_str(),
+        "cancelled"
+    );
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_signs_in_and_sees_no_controls_an_operator_can_pause() {
+    let options = ServerOptions {
+        auth: AuthConfig {
+            tokens: vec![token("watcher", Role::Viewer), token("ops", Role::Operator)],
+            ..AuthConfig::default()
+        },
+        ..ServerOptions::default()
+    };
+    let h = harness_with(options.clone()).await;
+    let addr = serve(&h, options).await;
+    h.engine
+        .submit(serde_json::from_value(json!({"kind": "looper", "id": "loop"})).unwrap())
+        .await
+        .unwrap();
+    h.wait_state("loop", "running").await;
+
+    let mut browser = Browser::start().await;
+    let base = format!("http://127.0.0.1:{}", addr.port());
+    // The files load without a token; the data does not.
+    browser.open(&format!("{base}/#/jobs/loop")).await;
+    browser
+        .wait_for(
+            "the sign-in form",
+            "document.getElementById('signin') !== null",
+        )
+        .await;
+    let sign_in = |token: &str| {
+        format!(
+            "(() => {{ const f = document.getElementById('signin'); f.token.value = '{token}'; f.requestSubmit(); return '1'; }})()"
+        )
+    };
+    browser.evaluate(&sign_in("nope")).await;
+    browser
+        .wait_for(
+            "a refused token",
+            "document.getElementById('signin')?.textContent.includes('invalid token')",
+        )
+        .await;
+    browser.evaluate(&sign_in("watcher-token")).await;
+    browser
+        .wait_for(
+            "the job for a viewer",
+            "document.querySelector('#job-state [data-state=running]') !== null",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .evaluate("JSON.stringify(document.getElementById('who').textContent)")
+            .await,
+        json!("watcher (viewer)")
+    );
+    browser
+        .wait_for(
+            "the stream with a query token",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    let enabled = browser
+        .evaluate("JSON.stringify([...document.querySelectorAll('#controls button')].filter(b => !b.disabled).length)")
+        .await;
+    assert_eq!(enabled, json!(0), "a viewer has no controls");
+
+    // Another tab's session: an operator.
+    browser
+        .evaluate("(sessionStorage.setItem('baton.token', 'ops-token'), '1')")
+        .await;
+    browser.reload().await;
+    browser
+        .wait_for(
+            "the pause button",
+            "document.querySelector('[data-action=pause]:not(:disabled)') !== null",
+        )
+        .await;
+    browser
+        .evaluate("(document.querySelector('[data-action=pause]').click(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "paused",
+            "document.querySelector('#job-state [data-state=paused]') !== null",
+        )
+        .await;
+    assert_eq!(h.engine.get("loop").await.unwrap().state.as_str(), "paused");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn the_files_carry_a_policy_that_runs_only_their_own_scripts() {
+    let h = harness().await;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+    ] {
+        let (status, body, headers) = h.raw_with_headers(Method::GET, path, None, &[]).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!body.is_empty());
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind));
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe"), "{csp}");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+        // A second load with the tag is a 304.
+        let etag = headers["etag"].to_str().unwrap().to_owned();
+        let (status, _, _) = h
+            .raw_with_headers(Method::GET, path, None, &[("if-none-match", &etag)])
+            .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED, "{path}");
+    }
+    let (status, e) = h.call(Method::GET, "/ui/secrets.txt", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("secrets.txt")
+    );
+    // The API itself keeps its stricter policy.
+    let (_, _, headers) = h
+        .raw_with_headers(Method::GET, "/api/stats", None, &[])
+        .await;
+    assert_eq!(
+        headers["content-security-policy"],
+        "default-src 'none'; frame-ancestors 'none'"
+    );
+    // A forged Host is refused for the page as for the API.
+    let (status, _) = h
+        .raw(Method::GET, "/", None, &[("host", "attacker.example")])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
