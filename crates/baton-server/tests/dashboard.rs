@@ -18,20 +18,22 @@ fn proc_state(pid: i32) -> char {
     after.trim_start().chars().next().unwrap()
 }
 
+/// Clicks the button of `action` in the page.
+fn click(action: &str) -> String {
+    format!("(document.querySelector('[data-action=\"{action}\"]').click(), '1')")
+}
+
+const ENABLED: &str = "JSON.stringify([...document.querySelectorAll('#controls button')].filter(b => !b.disabled).map(b => b.dataset.action))";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_job_moves_live_and_is_paused_resumed_and_stopped_from_its_page() {
+async fn a_job_from_the_submit_form_moves_live_and_is_paused_resumed_and_stopped() {
     let h = harness().await;
     let addr = serve(&h, ServerOptions::default()).await;
-    let (status, _) = h
-        .call(
-            Method::POST,
-            "/api/jobs",
-            Some(json!({"kind": "command", "id": "crawl", "command": ["sh", "-c",
-                "i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo \"::progress $((i/6))% page $i\"; echo line $i; sleep 0.1; done"]})),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
-    h.wait_state("crawl", "running").await;
+    h.engine
+        .submit(serde_json::from_value(json!({"kind": "looper", "id": "spinner"})).unwrap())
+        .await
+        .unwrap();
+    h.wait_state("spinner", "running").await;
     let (status, _) = h
         .call(
             Method::POST,
@@ -46,7 +48,7 @@ async fn a_running_job_moves_live_and_is_paused_resumed_and_stopped_from_its_pag
     browser.size(1280, 900).await;
     let base = format!("http://127.0.0.1:{}", addr.port());
 
-    // The overview: counters, the running job with its bar, the failure.
+    // The overview: counters, the running job with its bar moving, the failure.
     browser.open(&format!("{base}/")).await;
     browser
         .wait_for(
@@ -54,47 +56,68 @@ async fn a_running_job_moves_live_and_is_paused_resumed_and_stopped_from_its_pag
             "document.getElementById('conn').dataset.state === 'live'",
         )
         .await;
+    let bar = "Number(document.querySelector('#running tr[data-job=\"spinner\"] [role=progressbar]')?.getAttribute('aria-valuenow'))";
+    let first = browser.wait_for("progress", bar).await;
     browser
         .wait_for(
-            "the running job",
-            "document.querySelector('#running tr[data-job=\"crawl\"]') !== null",
+            "the bar moving without a reload",
+            &format!("{bar} !== {first}"),
         )
         .await;
-    let failed = browser
+    browser
         .wait_for(
             "the failure",
             "document.querySelector('#failures')?.textContent.includes('exit_code')",
         )
         .await;
-    assert_eq!(failed, json!(true));
-    let first = browser
-        .wait_for(
-            "progress",
-            "Number(document.querySelector('#running tr[data-job=\"crawl\"] [role=progressbar]').getAttribute('aria-valuenow'))",
-        )
+    let counts = browser
+        .evaluate("JSON.stringify([document.querySelector('[data-count=running]').textContent, document.querySelector('[data-count=failed]').textContent])")
         .await;
-    let moved = format!(
-        "Number(document.querySelector('#running tr[data-job=\"crawl\"] [role=progressbar]').getAttribute('aria-valuenow')) > {first}"
-    );
-    browser
-        .wait_for("the bar moving without a reload", &moved)
-        .await;
-    let running = browser
-        .evaluate("JSON.stringify(document.querySelector('[data-count=running]').textContent)")
-        .await;
-    assert_eq!(running, json!("1"));
+    assert_eq!(counts, json!(["1", "1"]));
     browser.screenshot("overview").await;
 
-    // The job's page: its controls follow the state machine.
-    // As a click on its link: the page changes view without reloading.
-    browser
-        .evaluate("(location.hash = '#/jobs/crawl', '1')")
-        .await;
+    // A job started from the submit form; its page opens.
+    browser.evaluate("(location.hash = '#/submit', '1')").await;
     browser
         .wait_for(
-            "the job's state",
+            "the submit form",
+            "document.getElementById('submit-form') !== null",
+        )
+        .await;
+    let script = "i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo \"::progress $((i/6))% page $i\"; echo line $i; sleep 0.1; done";
+    browser
+        .evaluate(&format!(
+            "(() => {{ const f = document.getElementById('submit-form'); f.command.value = {}; f.labels.value = 'source=dashboard'; f.requestSubmit(); return '1'; }})()",
+            serde_json::to_string(script).unwrap()
+        ))
+        .await;
+    let opened = browser
+        .wait_for(
+            "the new job's page",
+            "location.hash.startsWith('#/jobs/') && location.hash",
+        )
+        .await;
+    let id = opened
+        .as_str()
+        .unwrap()
+        .trim_start_matches("#/jobs/")
+        .to_owned();
+    let job = h.engine.get(&id).await.unwrap();
+    assert_eq!(job.runs.command, Some(vec![script.to_owned()]));
+    assert_eq!(job.runs.shell, Some(true));
+    assert_eq!(job.labels["source"], "dashboard");
+
+    // Its page: the bar moves, logs stream, the controls follow the state machine.
+    browser
+        .wait_for(
+            "the job running",
             "document.querySelector('#job-state [data-state=running]') !== null",
         )
+        .await;
+    let bar = "Number(document.getElementById('job-progress').getAttribute('aria-valuenow'))";
+    let first = browser.wait_for("progress on the job's page", bar).await;
+    browser
+        .wait_for("the job's bar moving", &format!("{bar} > {first}"))
         .await;
     browser
         .wait_for(
@@ -102,19 +125,24 @@ async fn a_running_job_moves_live_and_is_paused_resumed_and_stopped_from_its_pag
             "document.getElementById('job-log').textContent.includes('line ')",
         )
         .await;
-    let enabled = browser
-        .evaluate("JSON.stringify([...document.querySelectorAll('#controls button')].filter(b => !b.disabled).map(b => b.dataset.action))")
-        .await;
     assert_eq!(
-        enabled,
+        browser.evaluate(ENABLED).await,
         json!(["pause", "stop", "stop?force=true", "cancel"])
     );
     browser.screenshot("job-running").await;
 
-    let pid = h.engine.store().processes().await.unwrap()[0].process.pgid;
-    browser
-        .evaluate("(document.querySelector('[data-action=pause]').click(), '1')")
-        .await;
+    let pid = h
+        .engine
+        .store()
+        .processes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.job_id == id)
+        .expect("the job's process")
+        .process
+        .pgid;
+    browser.evaluate(&click("pause")).await;
     browser
         .wait_for(
             "paused",
@@ -122,17 +150,11 @@ async fn a_running_job_moves_live_and_is_paused_resumed_and_stopped_from_its_pag
         )
         .await;
     assert_eq!(proc_state(pid), 'T', "the job's process is stopped");
-    let enabled = browser
-        .evaluate("JSON.stringify([...document.querySelectorAll('#controls button')].filter(b => !b.disabled).map(b => b.dataset.action))")
-        .await;
     assert_eq!(
-        enabled,
+        browser.evaluate(ENABLED).await,
         json!(["resume", "stop", "stop?force=true", "cancel"])
     );
-
-    browser
-        .evaluate("(document.querySelector('[data-action=resume]').click(), '1')")
-        .await;
+    browser.evaluate(&click("resume")).await;
     browser
         .wait_for(
             "running again",
@@ -141,10 +163,7 @@ async fn a_running_job_moves_live_and_is_paused_resumed_and_stopped_from_its_pag
         .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_ne!(proc_state(pid), 'T', "the job's process runs again");
-
-    browser
-        .evaluate("(document.querySelector('[data-action=stop]').click(), '1')")
-        .await;
+    browser.evaluate(&click("stop")).await;
     browser
         .wait_for(
             "cancelled",
@@ -157,17 +176,141 @@ async fn a_running_job_moves_live_and_is_paused_resumed_and_stopped_from_its_pag
             "document.getElementById('attempts').textContent.includes('cancelled')",
         )
         .await;
-    let enabled = browser
-        .evaluate("JSON.stringify([...document.querySelectorAll('#controls button')].filter(b => !b.disabled).map(b => b.dataset.action))")
-        .await;
     assert_eq!(
-        enabled,
+        browser.evaluate(ENABLED).await,
         json!(["retry", "retry?from_checkpoint=true", "delete"])
     );
-    assert_eq!(
-        h.engine.get("crawl").await.unwrap().state.as_str(),
-        "cancelled"
-    );
+    assert_eq!(h.engine.get(&id).await.unwrap().state.as_str(), "cancelled");
+
+    // A refused form shows the API's message.
+    browser.evaluate("(location.hash = '#/submit', '1')").await;
+    browser
+        .wait_for(
+            "the submit form",
+            "document.getElementById('submit-form') !== null",
+        )
+        .await;
+    browser
+        .evaluate("(() => { const f = document.getElementById('submit-form'); f.command.value = 'true'; f.delay.value = 'soon'; f.requestSubmit(); return '1'; })()")
+        .await;
+    let said = browser
+        .wait_for(
+            "the refusal",
+            "document.getElementById('submit-error').textContent",
+        )
+        .await;
+    assert!(said.as_str().unwrap().contains("delay"), "{said}");
+
+    // Queues: paused and resumed from their page.
+    browser.evaluate("(location.hash = '#/queues', '1')").await;
+    browser
+        .wait_for(
+            "the queues",
+            "document.querySelector('button[data-queue=other]') !== null",
+        )
+        .await;
+    browser
+        .evaluate("(document.querySelector('button[data-queue=other]').click(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "the queue paused",
+            "document.querySelector('tr[data-queue=other] [data-paused=true]') !== null",
+        )
+        .await;
+    let (_, queues) = h.call(Method::GET, "/api/queues", None).await;
+    let other = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "other")
+        .unwrap()
+        .clone();
+    assert_eq!(other["paused"], true);
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_says_so_and_catches_up_with_what_it_missed() {
+    let h = harness().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = {
+        let state = h.state.clone();
+        tokio::spawn(async move {
+            baton_server::serve(listener, state, &ServerOptions::default(), async {
+                stopped.await.ok();
+            })
+            .await
+        })
+    };
+    let mut browser = Browser::start().await;
+    browser.open(&format!("http://{addr}/")).await;
+    browser
+        .wait_for(
+            "the stream live",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    h.engine
+        .submit(serde_json::from_value(json!({"kind": "echo", "id": "before"})).unwrap())
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "one completed",
+            "document.querySelector('[data-count=completed]').textContent === '1'",
+        )
+        .await;
+
+    // The server stops: the page says the stream is down, and when it last heard.
+    stop.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    let said = browser
+        .wait_for(
+            "the stream down",
+            "document.getElementById('conn').dataset.state !== 'live' && document.getElementById('conn').textContent",
+        )
+        .await;
+    assert!(said.as_str().unwrap().contains("last event"), "{said}");
+    // Meanwhile jobs run and end.
+    for i in 0..3 {
+        h.engine
+            .submit(
+                serde_json::from_value(json!({"kind": "echo", "id": format!("missed-{i}")}))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        h.engine.wait(&format!("missed-{i}")).await.unwrap();
+    }
+    // A new server on the same address: the page comes back and counts what it missed.
+    let state = baton_server::AppState::new(h.engine.clone(), &ServerOptions::default())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        baton_server::serve(
+            listener,
+            state,
+            &ServerOptions::default(),
+            std::future::pending(),
+        )
+        .await
+    });
+    browser
+        .wait_for(
+            "the stream live again",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the missed jobs counted",
+            "document.querySelector('[data-count=completed]').textContent === '4'",
+        )
+        .await;
     browser.close().await;
 }
 

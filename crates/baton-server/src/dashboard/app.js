@@ -131,7 +131,7 @@ function connect() {
       stream.retry = Math.min(stream.retry * 2, 10000);
       setTimeout(() => { if (stream.source === source) connect(); }, stream.retry);
     } else {
-      setConn(stream.lastAt ? "reconnecting" : "offline");
+      setConn("reconnecting");
     }
   };
   const onFrame = frame => {
@@ -176,6 +176,8 @@ async function route() {
   if (parts.length === 0) view = overview;
   else if (parts[0] === "jobs" && parts.length === 1) view = jobs;
   else if (parts[0] === "jobs" && parts.length === 2) view = job;
+  else if (parts[0] === "submit") view = submit;
+  else if (parts[0] === "queues") view = queuesView;
   else { main.replaceChildren(el("p", {}, "No such page. ", el("a", { href: "#/" }, "Overview"))); return; }
   current = { dispose: null };
   try {
@@ -338,6 +340,7 @@ async function job(main, parts) {
   const stateCell = el("dd", { id: "job-state" }, stateTag(state));
   const note = el("span", { class: "muted", id: "job-note" });
   const progress = bar(j.progress);
+  progress.id = "job-progress";
   const message = el("span", { id: "job-message" }, j.message || "");
   const step = el("dd", { id: "job-step" }, j.step || "–");
   const outcome = el("p", { id: "job-outcome", role: "status" });
@@ -455,6 +458,80 @@ function summary(e) {
   if (d.error) return `${d.error.code}: ${d.error.message.split("\n")[0]}`;
   if (d.state) return d.from ? `${d.from} → ${d.state}` : d.state;
   return "";
+}
+
+async function submit(main) {
+  const [queues, pipelines] = await Promise.all([api("GET", "/api/queues"), api("GET", "/api/pipelines")]);
+  const error = el("p", { class: "error", id: "submit-error", role: "alert" });
+  const queueSelect = () => el("select", { name: "queue", "aria-label": "queue" }, queues.queues.map(q => el("option", { value: q.name }, q.name)));
+  const form = el("form", { id: "submit-form", class: "kv" },
+    el("label", { for: "f-command" }, "Command"), el("textarea", { id: "f-command", name: "command", rows: 3, required: true, placeholder: "python3 scrape.py --site alfabeta" }),
+    el("label", { for: "f-shell" }, "Through sh -c"), el("input", { id: "f-shell", name: "shell", type: "checkbox", checked: true }),
+    el("label", {}, "Queue"), queueSelect(),
+    el("label", { for: "f-priority" }, "Priority"), el("input", { id: "f-priority", name: "priority", type: "number", value: "0" }),
+    el("label", { for: "f-delay" }, "Delay"), el("input", { id: "f-delay", name: "delay", placeholder: "30s, 10m (optional)" }),
+    el("label", { for: "f-attempts" }, "Attempts"), el("input", { id: "f-attempts", name: "max_attempts", type: "number", min: "1", placeholder: "3" }),
+    el("label", { for: "f-labels" }, "Labels"), el("input", { id: "f-labels", name: "labels", placeholder: "source=alfabeta, team=data" }),
+    el("label", { for: "f-env" }, "Environment"), el("textarea", { id: "f-env", name: "env", rows: 2, placeholder: "KEY=value, one a line" }),
+    el("span"), el("div", {}, el("button", { class: "primary", type: "submit" }, "Submit")));
+  form.addEventListener("submit", async ev => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    const text = f.get("command").trim();
+    const shell = form.shell.checked;
+    const spec = { kind: "command", command: shell ? [text] : text.split(/\s+/), queue: f.get("queue"), priority: Number(f.get("priority") || 0) };
+    if (shell) spec.shell = true;
+    if (f.get("delay")) spec.delay = f.get("delay").trim();
+    if (f.get("max_attempts")) spec.max_attempts = Number(f.get("max_attempts"));
+    const pairs = (value, sep) => Object.fromEntries(value.split(sep).map(p => p.trim()).filter(Boolean).map(p => {
+      const i = p.indexOf("=");
+      return i < 0 ? [p, ""] : [p.slice(0, i).trim(), p.slice(i + 1)];
+    }));
+    if (f.get("labels").trim()) spec.labels = pairs(f.get("labels"), ",");
+    if (f.get("env").trim()) spec.env = pairs(f.get("env"), "\n");
+    try {
+      const created = await api("POST", "/api/jobs", spec);
+      location.hash = `#/jobs/${enc(created.id)}`;
+    } catch (e) { error.textContent = e.message; }
+  });
+  const runError = el("p", { class: "error", id: "run-error", role: "alert" });
+  const run = el("form", { id: "run-form", class: "filters" },
+    el("select", { name: "pipeline", "aria-label": "pipeline" }, pipelines.pipelines.map(p => el("option", { value: p.id }, p.id))),
+    el("button", { type: "submit", disabled: pipelines.pipelines.length === 0 }, "Run pipeline"));
+  run.addEventListener("submit", async ev => {
+    ev.preventDefault();
+    const id = new FormData(run).get("pipeline");
+    if (!confirm(`Run pipeline ${id}?`)) return;
+    try {
+      const created = await api("POST", "/api/jobs", { kind: "pipeline", pipeline: id });
+      location.hash = `#/jobs/${enc(created.id)}`;
+    } catch (e) { runError.textContent = e.message; }
+  });
+  main.replaceChildren(el("h1", {}, "Submit a job"), form, error,
+    el("h2", {}, "Run a stored pipeline"), pipelines.pipelines.length ? run : el("p", { class: "muted" }, "No pipeline is stored."), runError);
+}
+
+async function queuesView(main) {
+  const body = el("tbody", { id: "queues" });
+  const draw = list => body.replaceChildren(...list.queues.map(q => {
+    const action = q.paused ? "resume" : "pause";
+    const b = el("button", { type: "button", "data-queue": q.name, "data-action": action, disabled: session.role === "viewer" }, q.paused ? "Resume" : "Pause");
+    b.addEventListener("click", async () => {
+      b.disabled = true;
+      try { await api("POST", `/api/queues/${enc(q.name)}/${action}`); } catch (e) { toast(e.message, true); }
+      draw(await api("GET", "/api/queues"));
+    });
+    return el("tr", { "data-queue": q.name }, el("td", {}, el("a", { href: `#/jobs?queue=${enc(q.name)}` }, q.name)),
+      el("td", { class: "num" }, q.concurrency ?? "–"), el("td", { class: "num" }, q.running),
+      ["queued", "scheduled", "failed", "completed"].map(s => el("td", { class: "num" }, q.counts[s] || 0)),
+      el("td", { "data-paused": String(q.paused) }, q.paused ? "paused" : "running"), el("td", {}, b));
+  }));
+  draw(await api("GET", "/api/queues"));
+  main.replaceChildren(el("h1", {}, "Queues"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Queue", "Concurrency", "Running", "Queued", "Scheduled", "Failed", "Completed", "State", ""].map(h => el("th", {}, h)))), body));
+  return listen(async batch => {
+    if (batch.some(e => e.type === "queue.paused" || e.type === "queue.resumed")) draw(await api("GET", "/api/queues"));
+  });
 }
 
 // ---- sign-in -----------------------------------------------------------------------
