@@ -269,7 +269,12 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
     {
         return None;
     }
-    if *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS {
+    // A preview reads: it stores nothing.
+    if *method == Method::GET
+        || *method == Method::HEAD
+        || *method == Method::OPTIONS
+        || (*method == Method::POST && path == "/api/schedule-preview")
+    {
         return Some(Role::Viewer);
     }
     let admin_area = path.starts_with("/api/schedules") || path.starts_with("/api/pipelines");

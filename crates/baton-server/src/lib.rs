@@ -162,6 +162,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
                 .put(schedules::put)
                 .delete(schedules::delete),
         )
+        .route("/api/schedule-preview", post(schedules::preview))
         .route("/api/schedules/{id}/trigger", post(schedules::trigger))
         .route("/api/schedules/{id}/pause", post(schedules::pause))
         .route("/api/schedules/{id}/resume", post(schedules::resume))

@@ -45,7 +45,7 @@ use crate::{events, jobs, meta, resources, schedules, workflows};
         workflows::submit, workflows::show, workflows::pause, workflows::resume, workflows::retry,
         workflows::cancel, workflows::dependencies, workflows::dependents,
         workflows::pause_queue, workflows::resume_queue,
-        schedules::list, schedules::create, schedules::show, schedules::put, schedules::delete,
+        schedules::list, schedules::preview, schedules::create, schedules::show, schedules::put, schedules::delete,
         schedules::trigger, schedules::pause, schedules::resume, schedules::history,
         meta::whoami, meta::stats, meta::servers, meta::queues, resources::resources, meta::healthz, meta::readyz, meta::metrics,
     ),

@@ -450,3 +450,86 @@ async fn the_files_carry_a_policy_that_runs_only_their_own_scripts() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_is_checked_at_the_field_created_previewed_and_triggered() {
+    let h = harness().await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    let mut browser = Browser::start().await;
+    browser.size(1280, 900).await;
+    browser
+        .open(&format!("http://127.0.0.1:{}/#/schedules", addr.port()))
+        .await;
+    browser
+        .wait_for(
+            "the form",
+            "document.getElementById('schedule-form') !== null",
+        )
+        .await;
+    let fill = |expr: &str| {
+        format!(
+            "(() => {{ const f = document.getElementById('schedule-form'); f.id.value = 'nightly'; \
+             f.elements['trigger.expr'].value = '{expr}'; f.timezone.value = 'Europe/London'; \
+             f.elements['job.command'].value = 'echo nightly'; \
+             f.dispatchEvent(new Event('change')); return '1'; }})()"
+        )
+    };
+    browser.evaluate(&fill("61 * * * *")).await;
+    let said = browser
+        .wait_for(
+            "the cron refused at its field",
+            "document.querySelector('[data-error-for=\"trigger.expr\"]').textContent",
+        )
+        .await;
+    assert!(
+        said.as_str().unwrap().contains("invalid cron expression"),
+        "{said}"
+    );
+    browser.evaluate(&fill("0 2 * * *")).await;
+    let runs = browser
+        .wait_for(
+            "five runs previewed",
+            "document.querySelectorAll('#schedule-preview li').length === 5 && [...document.querySelectorAll('#schedule-preview time')].map(t => t.getAttribute('datetime'))",
+        )
+        .await;
+    assert_eq!(runs.as_array().unwrap().len(), 5);
+    assert_eq!(
+        browser
+            .evaluate("JSON.stringify(document.querySelector('[data-error-for=\"trigger.expr\"]').textContent)")
+            .await,
+        json!(""),
+        "the error went with the mistake"
+    );
+    browser
+        .evaluate("(document.getElementById('schedule-form').requestSubmit(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "the schedule's page",
+            "location.hash === '#/schedules/nightly' && document.getElementById('schedule-when')",
+        )
+        .await;
+    let words = browser
+        .evaluate("JSON.stringify(document.getElementById('schedule-when').textContent)")
+        .await;
+    assert_eq!(words, json!("cron 0 2 * * * (Europe/London)"));
+    let (status, stored) = h.call(Method::GET, "/api/schedules/nightly", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stored["next_run"].as_str(), runs[0].as_str());
+
+    browser
+        .evaluate("(document.querySelector('[data-action=trigger]').click(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "the run in the history, completed",
+            "document.querySelector('#history [data-state=completed]') !== null",
+        )
+        .await;
+    browser.screenshot("schedules").await;
+    let (_, history) = h
+        .call(Method::GET, "/api/schedules/nightly/history", None)
+        .await;
+    assert_eq!(history["fires"][0]["outcome"], "completed");
+    browser.close().await;
+}

@@ -178,6 +178,8 @@ async function route() {
   else if (parts[0] === "jobs" && parts.length === 2) view = job;
   else if (parts[0] === "submit") view = submit;
   else if (parts[0] === "queues") view = queuesView;
+  else if (parts[0] === "schedules" && parts.length === 1) view = schedules;
+  else if (parts[0] === "schedules" && parts.length === 2) view = schedule;
   else { main.replaceChildren(el("p", {}, "No such page. ", el("a", { href: "#/" }, "Overview"))); return; }
   current = { dispose: null };
   try {
@@ -509,6 +511,145 @@ async function submit(main) {
   });
   main.replaceChildren(el("h1", {}, "Submit a job"), form, error,
     el("h2", {}, "Run a stored pipeline"), pipelines.pipelines.length ? run : el("p", { class: "muted" }, "No pipeline is stored."), runError);
+}
+
+// A trigger in words: "every day at 02:00 (Europe/London)".
+function triggerWords(t, tz) {
+  const at = (h, m) => `${String(h).padStart(2, "0")}:${String(m ?? 0).padStart(2, "0")}`;
+  const zone = tz && tz !== "UTC" ? ` (${tz})` : " (UTC)";
+  switch (t.type) {
+    case "cron": return `cron ${t.expr}${zone}`;
+    case "interval": return `every ${t.every}${t.start_at ? ` from ${new Date(t.start_at).toLocaleString()}` : ""}`;
+    case "daily": return `every day at ${at(t.hour, t.minute)}${zone}`;
+    case "weekly": return `every ${t.days.join(", ")} at ${at(t.hour, t.minute)}${zone}`;
+    case "once": return `once at ${new Date(t.at).toLocaleString()}`;
+    case "manual": return "by hand only";
+    default: return t.type;
+  }
+}
+
+async function schedules(main) {
+  const list = await api("GET", "/api/schedules?limit=1000");
+  const body = el("tbody", { id: "schedules" }, list.schedules.map(sc => el("tr", { "data-schedule": sc.id },
+    el("td", {}, el("a", { href: `#/schedules/${enc(sc.id)}` }, sc.id)), el("td", {}, triggerWords(sc.trigger, sc.timezone)),
+    el("td", {}, sc.enabled ? when(sc.next_run) : "paused"), el("td", {}, when(sc.last_run)), el("td", { class: "num" }, sc.run_count))));
+  main.replaceChildren(el("h1", {}, "Schedules"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Schedule", "When", "Next run", "Last run", "Runs"].map(h => el("th", {}, h)))), body),
+    el("h2", {}, "New schedule"), scheduleForm(null));
+  return listen(async batch => {
+    if (batch.some(e => e.type === "schedule.fired")) route();
+  });
+}
+
+// The create (or edit) form: fields by trigger type, the next runs previewed as the
+// person types, and the API's refusal shown at the field it names.
+function scheduleForm(existing) {
+  const t = existing ? existing.trigger : { type: "cron", expr: "0 2 * * *" };
+  const field = (name, label, attrs = {}) => el("label", { class: "field", "data-field": name }, label, " ",
+    el("input", { name, ...attrs }), el("span", { class: "field-error error", "data-error-for": name }));
+  const type = el("select", { name: "type", "aria-label": "trigger" }, ["cron", "interval", "daily", "weekly", "once", "manual"].map(v => el("option", { value: v, selected: t.type === v }, v)));
+  const form = el("form", { id: "schedule-form", class: "schedule-form" },
+    field("id", "Id", { value: existing ? existing.id : "", required: true, readonly: !!existing }),
+    el("label", { class: "field" }, "Trigger ", type),
+    field("trigger.expr", "Cron", { value: t.expr || "", placeholder: "0 2 * * *" }),
+    field("trigger.every", "Every", { value: t.every || "", placeholder: "6h" }),
+    field("trigger.hour", "Hour", { type: "number", min: "0", max: "23", value: t.hour ?? "" }),
+    field("trigger.minute", "Minute", { type: "number", min: "0", max: "59", value: t.minute ?? "" }),
+    field("trigger.days", "Days", { value: (t.days || []).join(","), placeholder: "mon,fri" }),
+    field("trigger.at", "At", { value: t.at || "", placeholder: "2026-05-01T10:00:00Z" }),
+    field("timezone", "Time zone", { value: existing ? existing.timezone : "UTC" }),
+    field("job.command", "Command (sh -c)", { value: existing && existing.job.command ? existing.job.command[0] : "", placeholder: "./nightly.sh" }),
+    el("button", { class: "primary", type: "submit" }, existing ? "Save" : "Create"),
+    el("p", { class: "error", id: "schedule-error", role: "alert" }));
+  const preview = el("ol", { id: "schedule-preview", class: "muted" });
+  const shown = { expr: ["cron"], every: ["interval"], hour: ["daily", "weekly"], minute: ["daily", "weekly"], days: ["weekly"], at: ["once"] };
+  const showFields = () => {
+    for (const [k, types] of Object.entries(shown)) form.querySelector(`[data-field="trigger.${k}"]`).hidden = !types.includes(type.value);
+  };
+  const spec = () => {
+    const f = new FormData(form);
+    const get = k => (f.get(k) || "").trim();
+    const trigger = { type: type.value };
+    if (type.value === "cron") trigger.expr = get("trigger.expr");
+    if (type.value === "interval") trigger.every = get("trigger.every");
+    if (type.value === "daily" || type.value === "weekly") { trigger.hour = Number(get("trigger.hour") || 0); trigger.minute = Number(get("trigger.minute") || 0); }
+    if (type.value === "weekly") trigger.days = get("trigger.days").split(",").map(d => d.trim()).filter(Boolean);
+    if (type.value === "once") trigger.at = get("trigger.at");
+    const job = existing ? { ...existing.job } : { kind: "command" };
+    if (get("job.command")) { job.kind = "command"; job.command = [get("job.command")]; job.shell = true; }
+    return { id: get("id"), job, timezone: get("timezone") || "UTC", trigger };
+  };
+  const showError = e => {
+    for (const n of form.querySelectorAll(".field-error")) n.textContent = "";
+    const named = e && (e.field || (e.message.match(/\b(trigger\.[a-z_]+|timezone|job\.[a-z_]+|id)\b/) || [])[1]);
+    const at = named && form.querySelector(`[data-error-for="${named}"]`);
+    form.querySelector("#schedule-error").textContent = e && !at ? e.message : "";
+    if (at) at.textContent = e.message;
+  };
+  let pending = 0;
+  const refreshPreview = async () => {
+    const mine = ++pending;
+    try {
+      const p = await api("POST", "/api/schedule-preview?count=5", spec());
+      if (mine !== pending) return;
+      showError(null);
+      preview.replaceChildren(...(p.runs.length ? p.runs.map(r => el("li", {}, when(r))) : [el("li", {}, "no runs: it fires only when triggered")]));
+    } catch (e) {
+      if (mine !== pending) return;
+      preview.replaceChildren();
+      showError(e);
+    }
+  };
+  type.addEventListener("change", () => { showFields(); refreshPreview(); });
+  form.addEventListener("change", refreshPreview);
+  form.addEventListener("submit", async ev => {
+    ev.preventDefault();
+    try {
+      const body = spec();
+      const saved = existing ? await api("PUT", `/api/schedules/${enc(existing.id)}`, body) : await api("POST", "/api/schedules", body);
+      location.hash = `#/schedules/${enc(saved.id)}`;
+      if (existing) route();
+    } catch (e) { showError(e); }
+  });
+  showFields();
+  refreshPreview();
+  return el("div", {}, form, el("h2", {}, "Next runs"), preview);
+}
+
+async function schedule(main, parts) {
+  const id = parts[1];
+  const [sc, history] = await Promise.all([api("GET", `/api/schedules/${enc(id)}`), api("GET", `/api/schedules/${enc(id)}/history?limit=50`)]);
+  const outcome = el("p", { id: "schedule-outcome", role: "status" });
+  const act = (label, action, method = "POST") => {
+    const b = el("button", { type: "button", "data-action": action, disabled: session.role !== "admin" && action !== "trigger" || session.role === "viewer" }, label);
+    b.addEventListener("click", async () => {
+      if (action === "delete" && !confirm(`Delete schedule ${id}?`)) return;
+      try {
+        await api(method, action === "delete" ? `/api/schedules/${enc(id)}` : `/api/schedules/${enc(id)}/${action}`);
+        if (action === "delete") { location.hash = "#/schedules"; return; }
+        route();
+      } catch (e) { outcome.textContent = e.message; outcome.className = "error"; }
+    });
+    return b;
+  };
+  const fires = el("tbody", { id: "history" }, history.fires.map(f => el("tr", {},
+    el("td", { class: "num" }, f.seq), el("td", {}, when(f.scheduled_for)), el("td", {}, f.reason), el("td", {}, f.action),
+    el("td", {}, f.job_id ? jobLink(f.job_id) : "–"), el("td", {}, f.outcome ? stateTag(f.outcome) : "–"),
+    el("td", { class: "error" }, f.error ? f.error.message : f.message || ""))));
+  main.replaceChildren(el("h1", {}, `Schedule ${id}`),
+    el("dl", { class: "kv" }, el("dt", {}, "When"), el("dd", { id: "schedule-when" }, triggerWords(sc.trigger, sc.timezone)),
+      el("dt", {}, "State"), el("dd", {}, sc.enabled ? "enabled" : "paused"),
+      el("dt", {}, "Next run"), el("dd", {}, when(sc.next_run)), el("dt", {}, "Last run"), el("dd", {}, when(sc.last_run)),
+      el("dt", {}, "Runs"), el("dd", {}, sc.run_count), el("dt", {}, "Misfire, overlap"), el("dd", {}, `${sc.misfire}, ${sc.overlap}`)),
+    el("div", { class: "controls" }, act("Trigger now", "trigger"), sc.enabled ? act("Pause", "pause") : act("Resume", "resume"), act("Delete", "delete", "DELETE")), outcome,
+    el("h2", {}, "History"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["#", "For", "Why", "Action", "Job", "Outcome", "Note"].map(h => el("th", {}, h)))), fires),
+    el("h2", {}, "Edit"), scheduleForm(sc));
+  return listen(batch => {
+    if (batch.some(e => e.type === "schedule.fired" && e.data && e.data.schedule_id === id)) route();
+    const jobs = new Set(history.fires.map(f => f.job_id).filter(Boolean));
+    if (batch.some(e => jobs.has(e.job_id) && e.data && e.data.state && !ACTIVE.has(e.data.state) && e.data.state !== "queued")) route();
+  });
 }
 
 async function queuesView(main) {
