@@ -533,3 +533,81 @@ async fn a_schedule_is_checked_at_the_field_created_previewed_and_triggered() {
     assert_eq!(history["fires"][0]["outcome"], "completed");
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_is_drawn_and_its_nodes_change_live() {
+    let h = harness().await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    let (status, made) = h
+        .call(
+            Method::POST,
+            "/api/workflows",
+            Some(json!({"id": "nightly", "jobs": {
+                "fetch": {"kind": "command", "command": ["sleep", "1"]},
+                "parse": {"kind": "command", "command": ["sleep", "1"], "depends_on": ["fetch"]},
+                "side": {"kind": "echo", "depends_on": ["fetch"]},
+                "report": {"kind": "echo", "depends_on": ["parse", "side"]}
+            }})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let mut browser = Browser::start().await;
+    browser.size(1280, 900).await;
+    browser
+        .open(&format!(
+            "http://127.0.0.1:{}/#/workflows/nightly",
+            addr.port()
+        ))
+        .await;
+    let drawn = browser
+        .wait_for(
+            "the graph",
+            "document.querySelectorAll('#dag .node').length === 4 && [document.querySelectorAll('#dag .node').length, document.querySelectorAll('#dag .edge').length]",
+        )
+        .await;
+    assert_eq!(drawn, json!([4, 4]));
+    // Layers: fetch above parse and side, report below both.
+    let rows = browser
+        .evaluate("JSON.stringify(Object.fromEntries([...document.querySelectorAll('#dag .node')].map(g => [g.textContent.replace(/(queued|awaiting|running|completed|scheduled)$/, ''), Number(g.getAttribute('transform').match(/,([0-9.]+)/)[1])])))")
+        .await;
+    assert!(rows["fetch"].as_f64() < rows["parse"].as_f64(), "{rows}");
+    assert_eq!(rows["parse"], rows["side"], "{rows}");
+    assert!(rows["side"].as_f64() < rows["report"].as_f64(), "{rows}");
+    let report = made["jobs"]["report"].as_str().unwrap().to_owned();
+    let running = browser
+        .wait_for(
+            "a node running",
+            "document.querySelector('#dag .node[data-state=running]')?.textContent",
+        )
+        .await;
+    assert!(
+        running.as_str().unwrap().starts_with("fetch")
+            || running.as_str().unwrap().starts_with("parse")
+    );
+    browser.screenshot("workflow").await;
+    browser
+        .wait_for(
+            "the last node completed, live",
+            &format!("document.querySelector('#dag .node[data-job=\"{report}\"]').dataset.state === 'completed'"),
+        )
+        .await;
+    assert_eq!(
+        h.engine.get(&report).await.unwrap().state.as_str(),
+        "completed"
+    );
+    // The page was not reloaded: the critical path drawn at first is still there.
+    let path = browser
+        .evaluate("JSON.stringify(document.getElementById('critical').textContent)")
+        .await;
+    assert!(path.as_str().unwrap().starts_with("fetch"), "{path}");
+    // A node opens its job.
+    browser
+        .evaluate(&format!(
+            "(document.querySelector('#dag .node[data-job=\"{report}\"]').dispatchEvent(new MouseEvent('click', {{bubbles: true}})), '1')"
+        ))
+        .await;
+    browser
+        .wait_for("the job's page", &format!("location.hash === '#/jobs/{report}' && document.getElementById('job-workflow')?.textContent === 'nightly'"))
+        .await;
+    browser.close().await;
+}

@@ -178,6 +178,7 @@ async function route() {
   else if (parts[0] === "jobs" && parts.length === 2) view = job;
   else if (parts[0] === "submit") view = submit;
   else if (parts[0] === "queues") view = queuesView;
+  else if (parts[0] === "workflows" && parts.length === 2) view = workflow;
   else if (parts[0] === "schedules" && parts.length === 1) view = schedules;
   else if (parts[0] === "schedules" && parts.length === 2) view = schedule;
   else { main.replaceChildren(el("p", {}, "No such page. ", el("a", { href: "#/" }, "Overview"))); return; }
@@ -414,6 +415,9 @@ async function job(main, parts) {
       el("dt", {}, "Progress"), el("dd", {}, progress, " ", message),
       el("dt", {}, "Step"), step,
       el("dt", {}, "Created"), el("dd", {}, when(j.created_at)),
+      j.workflow_id ? [el("dt", {}, "Workflow"), el("dd", {}, el("a", { href: `#/workflows/${enc(j.workflow_id)}`, id: "job-workflow" }, j.workflow_id))] : null,
+      j.schedule_id ? [el("dt", {}, "Schedule"), el("dd", {}, el("a", { href: `#/schedules/${enc(j.schedule_id)}` }, j.schedule_id))] : null,
+      j.depends_on.length ? [el("dt", {}, "Depends on"), el("dd", {}, j.depends_on.map(d => [jobLink(d), " "]))] : null,
       el("dt", {}, "Labels"), el("dd", {}, Object.entries(j.labels).map(([k, v]) => `${k}:${v}`).join(" ") || "–"),
       el("dt", {}, "Error"), el("dd", { class: "error", id: "job-error" }, j.error ? `${j.error.code}: ${j.error.message}` : "–"),
       el("dt", {}, "Result"), el("dd", { id: "job-result" }, j.result === null ? "–" : JSON.stringify(j.result))),
@@ -511,6 +515,125 @@ async function submit(main) {
   });
   main.replaceChildren(el("h1", {}, "Submit a job"), form, error,
     el("h2", {}, "Run a stored pipeline"), pipelines.pipelines.length ? run : el("p", { class: "muted" }, "No pipeline is stored."), runError);
+}
+
+// Layers for a DAG: each node one layer below its deepest parent; within a layer,
+// nodes ordered by the mean position of their parents, so that edges cross less.
+function layout(nodes, edges) {
+  const parents = new Map(nodes.map(n => [n.id, []]));
+  for (const e of edges) if (parents.has(e.to) && parents.has(e.from)) parents.get(e.to).push(e.from);
+  const depth = new Map();
+  const visit = (id, seen = new Set()) => {
+    if (depth.has(id)) return depth.get(id);
+    if (seen.has(id)) return 0;
+    seen.add(id);
+    const d = parents.get(id).reduce((m, p) => Math.max(m, visit(p, seen) + 1), 0);
+    depth.set(id, d);
+    return d;
+  };
+  nodes.forEach(n => visit(n.id));
+  const layers = [];
+  for (const n of nodes) (layers[depth.get(n.id)] ||= []).push(n.id);
+  const pos = new Map();
+  layers.forEach((layer, i) => {
+    if (i > 0) {
+      const key = id => { const ps = parents.get(id); return ps.length ? ps.reduce((a, p) => a + pos.get(p).x, 0) / ps.length : 0; };
+      layer.sort((a, b) => key(a) - key(b));
+    }
+    layer.forEach((id, j) => pos.set(id, { x: j, y: i }));
+  });
+  return { pos, layers, parents };
+}
+
+// The critical path: the chain of dependencies that took (or is taking) longest.
+function criticalPath(nodes, parents) {
+  const byId = new Map(nodes.map(n => [n.id, n]));
+  const took = n => n.started_at ? (n.finished_at ? Date.parse(n.finished_at) : Date.now()) - Date.parse(n.started_at) : 0;
+  const best = new Map();
+  const longest = id => {
+    if (best.has(id)) return best.get(id);
+    best.set(id, { total: 0, prev: null });
+    let prev = null, total = 0;
+    for (const p of parents.get(id)) { const t = longest(p).total; if (t >= total) { total = t; prev = p; } }
+    const out = { total: total + took(byId.get(id)), prev };
+    best.set(id, out);
+    return out;
+  };
+  let end = null;
+  for (const n of nodes) if (!end || longest(n.id).total > longest(end).total) end = n.id;
+  const path = new Set();
+  for (let id = end; id; id = best.get(id).prev) path.add(id);
+  return path;
+}
+
+async function workflow(main, parts) {
+  const id = parts[1];
+  let graph = await api("GET", `/api/workflows/${enc(id)}`);
+  const W = 170, H = 46, GX = 40, GY = 60;
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svgEl = (tag, attrs = {}) => { const n = document.createElementNS(svgNS, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); return n; };
+  const { pos, layers, parents } = layout(graph.nodes, graph.edges);
+  const width = Math.max(...layers.map(l => l.length)) * (W + GX) + GX;
+  const height = layers.length * (H + GY) + GY;
+  const svg = svgEl("svg", { id: "dag", viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": `workflow ${id}` });
+  const xy = nid => { const p = pos.get(nid); return { x: GX + p.x * (W + GX), y: GY / 2 + p.y * (H + GY) }; };
+  const critical = criticalPath(graph.nodes, parents);
+  for (const e of graph.edges) {
+    if (!pos.has(e.from) || !pos.has(e.to)) continue;
+    const a = xy(e.from), b = xy(e.to);
+    const x1 = a.x + W / 2, y1 = a.y + H, x2 = b.x + W / 2, y2 = b.y;
+    const onPath = critical.has(e.from) && critical.has(e.to);
+    svg.append(svgEl("path", { d: `M${x1},${y1} C${x1},${y1 + GY / 2} ${x2},${y2 - GY / 2} ${x2},${y2}`, class: `edge ${e.status}${onPath ? " critical" : ""}`, "data-from": e.from, "data-to": e.to }));
+  }
+  const nodes = new Map();
+  for (const n of graph.nodes) {
+    const { x, y } = xy(n.id);
+    const g = svgEl("g", { class: `node ${n.state}${critical.has(n.id) ? " critical" : ""}`, "data-job": n.id, "data-state": n.state, transform: `translate(${x},${y})`, tabindex: "0" });
+    g.append(svgEl("rect", { width: W, height: H, rx: 6 }));
+    const fill = svgEl("rect", { class: "fill", x: 0, y: H - 5, height: 5, width: W * (n.progress || 0), rx: 2 });
+    g.append(fill);
+    const label = svgEl("text", { x: 10, y: 19 }); label.textContent = n.name || n.id.slice(0, 18);
+    const state = svgEl("text", { x: 10, y: 35, class: "sub" }); state.textContent = n.state;
+    g.append(label, state);
+    g.addEventListener("click", () => { location.hash = `#/jobs/${enc(n.id)}`; });
+    g.addEventListener("keydown", ev => { if (ev.key === "Enter") location.hash = `#/jobs/${enc(n.id)}`; });
+    svg.append(g);
+    nodes.set(n.id, { g, fill, state });
+  }
+  const outcome = el("p", { id: "workflow-outcome", role: "status" });
+  const stateLine = el("dd", { id: "workflow-state" }, graph.state);
+  const control = (label, action) => {
+    const b = el("button", { type: "button", "data-action": action, disabled: session.role === "viewer" }, label);
+    b.addEventListener("click", async () => {
+      if (action === "cancel" && !confirm(`Cancel every unfinished job of workflow ${id}?`)) return;
+      try { graph = await api("POST", `/api/workflows/${enc(id)}/${action}`); stateLine.textContent = graph.state; outcome.textContent = `${label}: done`; outcome.className = ""; }
+      catch (e) { outcome.textContent = `${label}: ${e.message}`; outcome.className = "error"; }
+    });
+    return b;
+  };
+  main.replaceChildren(el("h1", {}, `Workflow ${id}`),
+    el("dl", { class: "kv" }, el("dt", {}, "State"), stateLine, el("dt", {}, "Jobs"), el("dd", {}, graph.nodes.length),
+      el("dt", {}, "Critical path"), el("dd", { id: "critical" }, [...critical].reverse().map(j => { const n = graph.nodes.find(x => x.id === j); return n.name || n.id; }).join(" → "))),
+    el("div", { class: "controls" }, control("Pause", "pause"), control("Resume", "resume"), control("Retry", "retry"), control("Cancel", "cancel")), outcome,
+    el("div", { class: "dag" }, svg));
+  return listen(batch => {
+    let ended = false;
+    for (const e of batch) {
+      const n = e.job_id && nodes.get(e.job_id);
+      if (!n) continue;
+      if (e.data && ["completed", "failed", "cancelled"].includes(e.data.state)) ended = true;
+      const d = e.data || {};
+      if (d.state) {
+        n.g.setAttribute("data-state", d.state);
+        n.g.setAttribute("class", `node ${d.state}${critical.has(e.job_id) ? " critical" : ""}`);
+        n.state.textContent = d.state;
+        if (d.state === "completed") n.fill.setAttribute("width", W);
+      }
+      if (e.type === "job.progress" && d.progress != null) n.fill.setAttribute("width", W * d.progress);
+    }
+    // A node that ended may end the workflow: read its state once.
+    if (ended) api("GET", `/api/workflows/${enc(id)}`).then(g => { stateLine.textContent = g.state; }).catch(() => {});
+  });
 }
 
 // A trigger in words: "every day at 02:00 (Europe/London)".
