@@ -2,6 +2,7 @@
 //! metrics and health, over an [`Engine`]. Only this crate knows HTTP.
 
 mod auth;
+mod bulk;
 mod error;
 mod events;
 mod guard;
@@ -26,6 +27,7 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use auth::{AuthConfig, Role, TokenEntry, hash_token, sign_jwt};
+pub use bulk::DEFAULT_BULK_LIMIT;
 pub use error::{ApiError, ApiResult};
 pub use guard::{Peer, normalize_host, normalize_origin};
 pub use limit::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_STREAMS};
@@ -59,6 +61,9 @@ pub struct ServerOptions {
     pub body_timeout: Duration,
     /// The folder of the store, whose disk `/api/resources` watches.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The most jobs one bulk action (`POST /api/jobs/bulk`) reaches: ids given, or
+    /// jobs a filter matches.
+    pub bulk_limit: usize,
 }
 
 impl Default for ServerOptions {
@@ -74,6 +79,7 @@ impl Default for ServerOptions {
             max_streams: DEFAULT_MAX_STREAMS,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             data_dir: None,
+            bulk_limit: DEFAULT_BULK_LIMIT,
         }
     }
 }
@@ -89,6 +95,7 @@ pub struct AppState {
     pub(crate) guard: Arc<guard::Guard>,
     pub(crate) limits: Arc<limit::Limits>,
     pub(crate) body_timeout: Duration,
+    pub(crate) bulk_limit: usize,
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -117,6 +124,7 @@ impl AppState {
                 options.max_streams,
             )),
             body_timeout: options.body_timeout,
+            bulk_limit: options.bulk_limit.max(1),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     }
@@ -127,6 +135,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
     let api = Router::new()
         .route("/api/jobs", post(jobs::submit).get(jobs::list))
         .route("/api/jobs/status", post(jobs::status))
+        .route("/api/jobs/bulk", post(bulk::bulk))
         .route("/api/jobs/{id}", get(jobs::show).delete(jobs::delete))
         .route("/api/jobs/{id}/wait", get(jobs::wait))
         .route("/api/jobs/{id}/pause", post(jobs::pause))
