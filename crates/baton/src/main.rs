@@ -1,6 +1,7 @@
 //! `baton`: the command-line entry point.
 
 mod bench;
+mod bench_bulk;
 mod bench_events;
 mod bench_fs;
 mod bench_proc;
