@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod bulk;
 mod schedules;
+pub use bulk::*;
 pub use schedules::*;
 
 pub use baton_core::PipelineSpec;

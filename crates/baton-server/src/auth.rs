@@ -384,10 +384,12 @@ fn too_many(message: &str, wait: Duration) -> Response {
 }
 
 /// A change by a caller narrowed to some queues: allowed only where the queue it acts
-/// on is known (a job by id, a queue by name, or a submit, whose handler checks the
-/// job's queue); every other change (workflows, schedules) is refused.
+/// on is known (a job by id, a queue by name, or a submit or bulk action, whose handler
+/// checks each job's queue); every other change (workflows, schedules) is refused.
 async fn narrowed(s: &AppState, c: &Caller, method: &Method, path: &str) -> Result<(), ApiError> {
-    if *method == Method::POST && matches!(path, "/api/jobs" | "/api/jobs/status") {
+    if *method == Method::POST
+        && matches!(path, "/api/jobs" | "/api/jobs/status" | "/api/jobs/bulk")
+    {
         return Ok(());
     }
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();

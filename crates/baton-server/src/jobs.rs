@@ -7,7 +7,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequestParts, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use baton_api::{CheckpointList, JobList, StatusRequest, StatusResponse};
+use baton_api::{CheckpointList, JobList, ListFilter, StatusRequest, StatusResponse};
 use baton_core::{JobId, JobSpec, State as JobState};
 use baton_engine::JobFilter;
 use serde::Deserialize;
@@ -106,11 +106,46 @@ pub async fn list(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<JobList>> {
-    let mut filter = JobFilter {
-        limit: 50,
-        ..JobFilter::default()
-    };
-    if let Some(states) = q.state.as_deref().filter(|v| !v.is_empty()) {
+    let mut filter = job_filter(&ListFilter {
+        state: q.state,
+        queue: q.queue,
+        kind: q.kind,
+        label: q.label,
+        q: q.q,
+        workflow: q.workflow,
+        schedule: q.schedule,
+    })?;
+    filter.limit = 50;
+    if let Some(limit) = &q.limit {
+        filter.limit = match limit.parse::<usize>() {
+            Ok(n) if (1..=1000).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid limit {limit:?}: expected a number from 1 to 1000"
+                )));
+            }
+        };
+    }
+    if let Some(cursor) = &q.cursor
+        && cursor.parse::<i64>().is_err()
+    {
+        return Err(ApiError::bad_request(format!("invalid cursor {cursor:?}")));
+    }
+    filter.cursor = q.cursor;
+    let page = s.engine.list(filter).await?;
+    Ok(Json(JobList {
+        jobs: page.jobs,
+        next_cursor: page.next_cursor,
+        total: page.total,
+    }))
+}
+
+/// The engine's filter for the list filters of `GET /api/jobs` (also the `filter` of
+/// a bulk action): an empty value is no filter; a bad state or label is a 400 naming
+/// it. Its limit and cursor are the caller's to set.
+pub fn job_filter(f: &ListFilter) -> ApiResult<JobFilter> {
+    let mut filter = JobFilter::default();
+    if let Some(states) = f.state.as_deref().filter(|v| !v.is_empty()) {
         for name in states.split(',') {
             let state = JobState::parse(name.trim()).ok_or_else(|| {
                 ApiError::bad_request(format!(
@@ -122,39 +157,19 @@ pub async fn list(
             }
         }
     }
-    if let Some(limit) = &q.limit {
-        filter.limit = match limit.parse::<usize>() {
-            Ok(n) if (1..=1000).contains(&n) => n,
-            _ => {
-                return Err(ApiError::bad_request(format!(
-                    "invalid limit {limit:?}: expected a number from 1 to 1000"
-                )));
-            }
-        };
-    }
-    if let Some(label) = &q.label {
+    if let Some(label) = &f.label {
         let (k, v) = label.split_once(':').ok_or_else(|| {
             ApiError::bad_request(format!("invalid label {label:?}: expected key:value"))
         })?;
         filter.label = Some((k.to_owned(), v.to_owned()));
     }
-    if let Some(cursor) = &q.cursor
-        && cursor.parse::<i64>().is_err()
-    {
-        return Err(ApiError::bad_request(format!("invalid cursor {cursor:?}")));
-    }
-    filter.queue = q.queue.filter(|v| !v.is_empty());
-    filter.kind = q.kind.filter(|v| !v.is_empty());
-    filter.text = q.q.filter(|v| !v.is_empty());
-    filter.workflow = q.workflow.filter(|v| !v.is_empty());
-    filter.schedule = q.schedule.filter(|v| !v.is_empty());
-    filter.cursor = q.cursor;
-    let page = s.engine.list(filter).await?;
-    Ok(Json(JobList {
-        jobs: page.jobs,
-        next_cursor: page.next_cursor,
-        total: page.total,
-    }))
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    filter.queue = given(&f.queue);
+    filter.kind = given(&f.kind);
+    filter.text = given(&f.q);
+    filter.workflow = given(&f.workflow);
+    filter.schedule = given(&f.schedule);
+    Ok(filter)
 }
 
 #[utoipa::path(get, operation_id = "get_job", path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path)),

@@ -2,6 +2,7 @@
 //! metrics and health, over an [`Engine`]. Only this crate knows HTTP.
 
 mod auth;
+mod bulk;
 mod dashboard;
 mod error;
 mod events;
@@ -27,6 +28,7 @@ use tokio::net::TcpListener;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use auth::{AuthConfig, Role, TokenEntry, hash_token, sign_jwt};
+pub use bulk::DEFAULT_BULK_LIMIT;
 pub use error::{ApiError, ApiResult};
 pub use guard::{Peer, normalize_host, normalize_origin};
 pub use limit::{DEFAULT_BODY_TIMEOUT, DEFAULT_MAX_REQUESTS, DEFAULT_MAX_STREAMS};
@@ -60,6 +62,9 @@ pub struct ServerOptions {
     pub body_timeout: Duration,
     /// The folder of the store, whose disk `/api/resources` watches.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The most jobs one bulk action (`POST /api/jobs/bulk`) reaches: ids given, or
+    /// jobs a filter matches.
+    pub bulk_limit: usize,
 }
 
 impl Default for ServerOptions {
@@ -75,6 +80,7 @@ impl Default for ServerOptions {
             max_streams: DEFAULT_MAX_STREAMS,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             data_dir: None,
+            bulk_limit: DEFAULT_BULK_LIMIT,
         }
     }
 }
@@ -90,6 +96,7 @@ pub struct AppState {
     pub(crate) guard: Arc<guard::Guard>,
     pub(crate) limits: Arc<limit::Limits>,
     pub(crate) body_timeout: Duration,
+    pub(crate) bulk_limit: usize,
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -118,6 +125,7 @@ impl AppState {
                 options.max_streams,
             )),
             body_timeout: options.body_timeout,
+            bulk_limit: options.bulk_limit.max(1),
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     }
@@ -128,6 +136,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
     let api = Router::new()
         .route("/api/jobs", post(jobs::submit).get(jobs::list))
         .route("/api/jobs/status", post(jobs::status))
+        .route("/api/jobs/bulk", post(bulk::bulk))
         .route("/api/jobs/{id}", get(jobs::show).delete(jobs::delete))
         .route("/api/jobs/{id}/wait", get(jobs::wait))
         .route("/api/jobs/{id}/pause", post(jobs::pause))

@@ -217,6 +217,15 @@ async fn answered_statuses_are_documented() {
         case(Method::POST, "/api/jobs", "/api/jobs", 422).body(r#"{"kind": "no-such-kind"}"#),
         case(Method::POST, "/api/jobs", "/api/jobs", 413).body(too_big),
         case(Method::POST, "/api/jobs/status", "/api/jobs/status", 400).body(too_many_ids),
+        case(Method::POST, "/api/jobs/bulk", "/api/jobs/bulk", 200)
+            .body(r#"{"action": "cancel", "ids": ["no-such-job"]}"#),
+        case(Method::POST, "/api/jobs/bulk", "/api/jobs/bulk", 400)
+            .body(r#"{"action": "cancel", "filter": {"state": "bogus"}}"#),
+        case(Method::POST, "/api/jobs/bulk", "/api/jobs/bulk", 422)
+            .body(r#"{"action": "cancel", "ids": 5}"#),
+        case(Method::POST, "/api/jobs/bulk", "/api/jobs/bulk", 415)
+            .body("{}")
+            .header("content-type", "text/plain"),
         case(Method::POST, "/api/workflows", "/api/workflows", 415)
             .body("{}")
             .header("content-type", "application/x-www-form-urlencoded"),
@@ -364,6 +373,14 @@ async fn auth_and_rate_limit_statuses_are_documented() {
             .header("authorization", viewer),
         case(Method::DELETE, "/api/jobs/{id}", "/api/jobs/x", 403)
             .header("authorization", operator),
+        case(Method::POST, "/api/jobs/bulk", "/api/jobs/bulk", 403)
+            .body(r#"{"action": "cancel", "ids": []}"#)
+            .header("authorization", viewer),
+        case(Method::POST, "/api/jobs/bulk", "/api/jobs/bulk", 403)
+            .body(r#"{"action": "delete", "ids": []}"#)
+            .header("authorization", operator),
+        case(Method::POST, "/api/jobs/bulk", "/api/jobs/bulk", 401)
+            .body(r#"{"action": "cancel", "ids": []}"#),
         case(Method::PUT, "/api/schedules/{id}", "/api/schedules/x", 403)
             .body("{}")
             .header("authorization", operator),

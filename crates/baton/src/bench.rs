@@ -143,6 +143,12 @@ enum Bench {
         #[arg(long, default_value_t = 20)]
         samples: usize,
     },
+    /// One `POST /api/jobs/bulk` cancelling every queued job of a paused queue by a
+    /// filter, over HTTP: the time of the answer (`bulk_ms`).
+    Bulk {
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+    },
     /// Submit-to-start latency on an idle engine.
     Latency {
         #[arg(long, default_value_t = 2_000)]
@@ -287,6 +293,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             let settings = crate::bench_dashboard::Settings { jobs, samples };
             crate::bench_dashboard::run(store, settings, durability).await?
         }
+        Bench::Bulk { jobs } => crate::bench_bulk::run(store, jobs, durability).await?,
         Bench::Latency { samples, gap } => {
             if samples == 0 {
                 bail!("--samples must be at least 1");
@@ -521,7 +528,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-fn job_ids(n: usize) -> Vec<String> {
+pub(crate) fn job_ids(n: usize) -> Vec<String> {
     (0..n)
         .map(|_| baton_core::JobId::generate().to_string())
         .collect()
@@ -531,7 +538,7 @@ fn rate(n: usize, d: Duration) -> f64 {
     (n as f64 / d.as_secs_f64().max(1e-9)).round()
 }
 
-fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 

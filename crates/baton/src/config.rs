@@ -39,6 +39,8 @@ pub struct FileConfig {
     pub max_requests: Option<usize>,
     /// Streams (SSE, WebSocket, long-polls) open at once (503 past it).
     pub max_streams: Option<usize>,
+    /// The most jobs one bulk action reaches.
+    pub bulk_limit: Option<usize>,
     /// The longest a request body may take to arrive.
     pub body_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
@@ -146,6 +148,7 @@ pub struct Flags {
     pub allow_remote: bool,
     pub max_requests: Option<String>,
     pub max_streams: Option<String>,
+    pub bulk_limit: Option<String>,
     /// `--allowed-host`, each given.
     pub allowed_hosts: Vec<String>,
     /// `--cors-origin`, each given.
@@ -170,6 +173,7 @@ pub struct Config {
     pub submit_burst: u32,
     pub max_requests: usize,
     pub max_streams: usize,
+    pub bulk_limit: usize,
     pub body_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub queues: BTreeMap<String, usize>,
@@ -342,6 +346,15 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         &source,
     )?
     .unwrap_or(baton_server::DEFAULT_MAX_STREAMS);
+    let bulk_limit = limit_setting(
+        "bulk_limit",
+        flags.bulk_limit.as_deref(),
+        "BATON_BULK_LIMIT",
+        env,
+        file.bulk_limit,
+        &source,
+    )?
+    .unwrap_or(baton_server::DEFAULT_BULK_LIMIT);
     let body_timeout = match env("BATON_BODY_TIMEOUT")
         .map(|v| (v, "BATON_BODY_TIMEOUT".to_owned()))
         .or_else(|| {
@@ -471,6 +484,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         submit_burst: file.submit_burst.unwrap_or(100),
         max_requests,
         max_streams,
+        bulk_limit,
         body_timeout,
         shutdown_timeout,
         queues,
@@ -921,6 +935,43 @@ mod tests {
         };
         let c = load_with(Some(file), &env, flags).unwrap();
         assert_eq!((c.max_requests, c.max_streams), (16, 20));
+    }
+
+    #[test]
+    fn the_bulk_limit_comes_from_flags_env_or_file_and_is_checked() {
+        let c = load_with(None, &[], Flags::default()).unwrap();
+        assert_eq!(c.bulk_limit, baton_server::DEFAULT_BULK_LIMIT);
+        let file = "bulk_limit = 500";
+        assert_eq!(
+            load_with(Some(file), &[], Flags::default())
+                .unwrap()
+                .bulk_limit,
+            500
+        );
+        let env = [("BATON_BULK_LIMIT", "50")];
+        assert_eq!(
+            load_with(Some(file), &env, Flags::default())
+                .unwrap()
+                .bulk_limit,
+            50
+        );
+        let flags = Flags {
+            bulk_limit: Some("10".into()),
+            ..Flags::default()
+        };
+        assert_eq!(load_with(Some(file), &env, flags).unwrap().bulk_limit, 10);
+        refused(Some("bulk_limit = 0"), &[], "invalid setting bulk_limit in");
+        refused(
+            None,
+            &[("BATON_BULK_LIMIT", "all")],
+            "invalid setting BATON_BULK_LIMIT = \"all\": expected a whole number of at least 1",
+        );
+        let flags = Flags {
+            bulk_limit: Some("-1".into()),
+            ..Flags::default()
+        };
+        let e = load_with(None, &[], flags).unwrap_err().to_string();
+        assert!(e.contains("invalid setting --bulk-limit = \"-1\""), "{e}");
     }
 
     #[test]

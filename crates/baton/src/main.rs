@@ -1,6 +1,7 @@
 //! `baton`: the command-line entry point.
 
 mod bench;
+mod bench_bulk;
 mod bench_dashboard;
 mod bench_events;
 mod bench_fs;
@@ -8,6 +9,7 @@ mod bench_proc;
 mod bench_scheduler;
 mod bench_soak;
 mod bench_workflow;
+mod bulk_cli;
 mod client;
 mod config;
 mod daemon;
@@ -102,6 +104,10 @@ enum Command {
         /// [default: 4096; env BATON_MAX_STREAMS].
         #[arg(long, value_name = "N")]
         max_streams: Option<String>,
+        /// The most jobs one bulk action reaches (ids given, or jobs a filter
+        /// matches) [default: 100000; env BATON_BULK_LIMIT].
+        #[arg(long, value_name = "N")]
+        bulk_limit: Option<String>,
         /// A name (or address) the server may be reached by besides loopback and its
         /// listen address; repeat for more; `*` for any [env BATON_ALLOWED_HOSTS,
         /// comma-separated].
@@ -221,26 +227,40 @@ enum Command {
         #[arg(long, value_parser = parse_duration)]
         timeout: Option<std::time::Duration>,
     },
-    /// Pause a job (a handler at its next pause point; a command gets SIGSTOP).
-    Pause { id: String },
-    /// Resume a paused job.
-    Resume { id: String },
-    /// Stop a running job (SIGTERM, then SIGKILL after its grace; --force at once).
+    /// Pause running jobs (a handler at its next pause point; a command gets SIGSTOP).
+    Pause {
+        #[command(flatten)]
+        jobs: bulk_cli::Targets,
+    },
+    /// Resume paused jobs.
+    Resume {
+        #[command(flatten)]
+        jobs: bulk_cli::Targets,
+    },
+    /// Stop running jobs (SIGTERM, then SIGKILL after their grace; --force at once).
     Stop {
-        id: String,
+        #[command(flatten)]
+        jobs: bulk_cli::Targets,
         #[arg(long)]
         force: bool,
     },
-    /// Cancel a job that has not ended (a running one is stopped gracefully).
-    Cancel { id: String },
-    /// Run a finished job again.
+    /// Cancel jobs that have not ended (running ones are stopped gracefully).
+    Cancel {
+        #[command(flatten)]
+        jobs: bulk_cli::Targets,
+    },
+    /// Run finished jobs again.
     Retry {
-        id: String,
+        #[command(flatten)]
+        jobs: bulk_cli::Targets,
         #[arg(long)]
         from_checkpoint: bool,
     },
-    /// Delete a job.
-    Rm { id: String },
+    /// Delete jobs (the admin role).
+    Rm {
+        #[command(flatten)]
+        jobs: bulk_cli::Targets,
+    },
     /// A job's events (`baton events ID`); -f follows them live, or every job's
     /// without an ID.
     Events {
@@ -380,6 +400,7 @@ fn run(cli: Cli) -> Result<u8> {
             allow_remote,
             max_requests,
             max_streams,
+            bulk_limit,
             allowed_hosts,
             cors_origins,
         } => {
@@ -395,6 +416,7 @@ fn run(cli: Cli) -> Result<u8> {
                 allow_remote,
                 max_requests,
                 max_streams,
+                bulk_limit,
                 allowed_hosts,
                 cors_origins,
             };
@@ -674,34 +696,15 @@ fn run(cli: Cli) -> Result<u8> {
             Ok(exit::OK)
         }
         Command::Wait { id, timeout } => client::wait(&client()?, &id, timeout, false),
-        Command::Pause { id } => control(&client()?, "POST", &id, "pause"),
-        Command::Resume { id } => control(&client()?, "POST", &id, "resume"),
-        Command::Stop { id, force } => control(
-            &client()?,
-            "POST",
-            &id,
-            if force { "stop?force=true" } else { "stop" },
-        ),
-        Command::Cancel { id } => control(&client()?, "POST", &id, "cancel"),
+        Command::Pause { jobs } => control(&client()?, jobs, "pause", None, None),
+        Command::Resume { jobs } => control(&client()?, jobs, "resume", None, None),
+        Command::Stop { jobs, force } => control(&client()?, jobs, "stop", Some(force), None),
+        Command::Cancel { jobs } => control(&client()?, jobs, "cancel", None, None),
         Command::Retry {
-            id,
+            jobs,
             from_checkpoint,
-        } => control(
-            &client()?,
-            "POST",
-            &id,
-            if from_checkpoint {
-                "retry?from_checkpoint=true"
-            } else {
-                "retry"
-            },
-        ),
-        Command::Rm { id } => {
-            let c = client()?;
-            let job: Job = c.call("DELETE", &format!("/api/jobs/{}", encode(&id)), None)?;
-            report(&c, &job);
-            Ok(exit::OK)
-        }
+        } => control(&client()?, jobs, "retry", None, Some(from_checkpoint)),
+        Command::Rm { jobs } => control(&client()?, jobs, "delete", None, None),
         Command::Events {
             id,
             follow,
@@ -830,12 +833,28 @@ fn show<T: serde::de::DeserializeOwned + serde::Serialize>(
     Ok(exit::OK)
 }
 
-fn control(c: &Client, method: &str, id: &str, action: &str) -> Result<u8> {
-    let job: Job = c.call(
-        method,
-        &format!("/api/jobs/{}/{action}", encode(id)),
-        None::<&Value>,
-    )?;
+/// A control command: one job through its own endpoint, several (ids or a filter)
+/// through the bulk endpoint.
+fn control(
+    c: &Client,
+    jobs: bulk_cli::Targets,
+    action: &str,
+    force: Option<bool>,
+    from_checkpoint: Option<bool>,
+) -> Result<u8> {
+    let id = match jobs.plan(action, force, from_checkpoint)? {
+        bulk_cli::Plan::Bulk(request) => return bulk_cli::run(c, &request),
+        bulk_cli::Plan::One(id) => encode(&id),
+    };
+    let (method, path) = match action {
+        "delete" => ("DELETE", format!("/api/jobs/{id}")),
+        "stop" if force == Some(true) => ("POST", format!("/api/jobs/{id}/stop?force=true")),
+        "retry" if from_checkpoint == Some(true) => {
+            ("POST", format!("/api/jobs/{id}/retry?from_checkpoint=true"))
+        }
+        _ => ("POST", format!("/api/jobs/{id}/{action}")),
+    };
+    let job: Job = c.call(method, &path, None::<&Value>)?;
     report(c, &job);
     Ok(exit::OK)
 }

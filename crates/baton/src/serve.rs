@@ -77,6 +77,7 @@ pub async fn run(flags: Flags) -> Result<()> {
         max_requests: config.max_requests,
         max_streams: config.max_streams,
         body_timeout: config.body_timeout,
+        bulk_limit: config.bulk_limit,
         data_dir: Some(
             path.parent()
                 .filter(|p| !p.as_os_str().is_empty())
