@@ -611,3 +611,117 @@ async fn a_workflow_is_drawn_and_its_nodes_change_live() {
         .await;
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_job_is_retried_from_its_page_and_fifty_queued_jobs_are_cancelled_by_filter() {
+    let h = harness().await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    h.engine.pause_queue("other").await.unwrap();
+    let specs = (0..50)
+        .map(|i| {
+            serde_json::from_value(
+                json!({"kind": "echo", "id": format!("wait-{i}"), "queue": "other"}),
+            )
+            .unwrap()
+        })
+        .collect();
+    h.engine.submit_many(specs).await.unwrap();
+    h.engine
+        .submit(serde_json::from_value(json!({"kind": "fail", "id": "doomed"})).unwrap())
+        .await
+        .unwrap();
+    h.wait_state("doomed", "failed").await;
+
+    let mut browser = Browser::start().await;
+    browser.size(1280, 900).await;
+    let base = format!("http://127.0.0.1:{}", addr.port());
+    browser.open(&format!("{base}/#/jobs?state=failed")).await;
+    browser
+        .wait_for(
+            "the failed job listed",
+            "document.querySelector('#jobs tr[data-job=doomed] [data-state=failed]') !== null",
+        )
+        .await;
+    browser
+        .evaluate("(document.querySelector('#jobs tr[data-job=doomed] a').click(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "its page",
+            "document.querySelector('[data-action=retry]:not(:disabled)') !== null",
+        )
+        .await;
+    browser.evaluate(&click("retry")).await;
+    browser
+        .wait_for(
+            "a second attempt, failed again",
+            "document.querySelectorAll('#attempts tr').length === 2 && document.querySelector('#job-state [data-state=failed]') !== null",
+        )
+        .await;
+    assert_eq!(h.engine.attempts("doomed").await.unwrap().len(), 2);
+
+    // Every queued job of the paused queue, by the filter; the page says how many.
+    browser
+        .evaluate("(location.hash = '#/jobs?state=queued&queue=other', '1')")
+        .await;
+    let total = browser
+        .wait_for("the total", "document.getElementById('total')?.textContent.startsWith('50') && document.getElementById('total').textContent")
+        .await;
+    assert_eq!(total, json!("50 matching"));
+    browser
+        .evaluate(
+            "(() => { window.asked = []; window.confirm = q => (window.asked.push(q), true); \
+             document.getElementById('bulk-scope').value = 'filter'; \
+             document.querySelector('[data-bulk=cancel]').click(); return '1'; })()",
+        )
+        .await;
+    let said = browser
+        .wait_for(
+            "the result",
+            "document.getElementById('bulk-result').textContent",
+        )
+        .await;
+    assert_eq!(said, json!("Cancel: 50 of 50 done"));
+    assert_eq!(
+        browser.evaluate("JSON.stringify(window.asked)").await,
+        json!(["Cancel 50 jobs?"])
+    );
+    for i in 0..50 {
+        assert_eq!(
+            h.engine
+                .get(&format!("wait-{i}"))
+                .await
+                .unwrap()
+                .state
+                .as_str(),
+            "cancelled"
+        );
+    }
+    // Selected rows: a refusal is counted with its reason.
+    browser
+        .evaluate("(location.hash = '#/jobs?queue=other', '1')")
+        .await;
+    browser
+        .wait_for(
+            "the cancelled jobs",
+            "document.getElementById('bulk-result')?.textContent === '' && document.querySelectorAll('#jobs [data-state=cancelled]').length === 50",
+        )
+        .await;
+    browser
+        .evaluate(
+            "(() => { document.querySelector('[data-select=\"wait-1\"]').click(); document.querySelector('[data-select=\"wait-2\"]').click(); \
+             document.getElementById('bulk-scope').value = 'selected'; document.querySelector('[data-bulk=pause]').click(); return '1'; })()",
+        )
+        .await;
+    let said = browser
+        .wait_for(
+            "the refusal counted",
+            "document.getElementById('bulk-result').textContent",
+        )
+        .await;
+    assert_eq!(
+        said,
+        json!("Pause: 0 of 2 done; refused: 2 illegal transition")
+    );
+    browser.close().await;
+}

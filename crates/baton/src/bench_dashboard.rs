@@ -56,7 +56,7 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
         (
             "text",
             JobFilter {
-                text: Some("page 4242".into()),
+                text: Some("s42".into()),
                 ..JobFilter::default()
             },
         ),

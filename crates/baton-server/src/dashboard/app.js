@@ -303,19 +303,59 @@ async function jobs(main, _parts, params) {
   if (params.get("cursor")) query.set("cursor", params.get("cursor"));
   const list = await api("GET", `/api/jobs?${query}`);
   const cells = new Map();
+  const selected = new Set();
+  const selection = el("span", { id: "selection", class: "muted" });
+  const showSelection = () => { selection.textContent = selected.size ? `${selected.size} selected` : ""; };
   const body = el("tbody", { id: "jobs" }, list.jobs.map(j => {
     const state = el("td", {}, stateTag(j.state));
     const b = bar(j.progress);
     cells.set(j.id, { state, bar: b });
-    return el("tr", { "data-job": j.id }, el("td", {}, jobLink(j.id)), el("td", {}, j.kind), el("td", { class: "hide-narrow" }, j.queue),
+    const box = el("input", { type: "checkbox", "aria-label": `select ${j.id}`, "data-select": j.id });
+    box.addEventListener("change", () => { if (box.checked) selected.add(j.id); else selected.delete(j.id); showSelection(); });
+    return el("tr", { "data-job": j.id }, el("td", {}, box), el("td", {}, jobLink(j.id)), el("td", {}, j.kind), el("td", { class: "hide-narrow" }, j.queue),
       state, el("td", { class: "hide-narrow" }, b), el("td", { class: "num" }, `${j.attempt}/${j.max_attempts}`), el("td", { class: "hide-narrow" }, when(j.created_at)));
   }));
+  const all = el("input", { type: "checkbox", "aria-label": "select this page", id: "select-page" });
+  all.addEventListener("change", () => {
+    for (const box of body.querySelectorAll("[data-select]")) { box.checked = all.checked; if (all.checked) selected.add(box.dataset.select); else selected.delete(box.dataset.select); }
+    showSelection();
+  });
+  // Bulk actions: on the selected rows, or on everything the filter matches.
+  const scope = el("select", { id: "bulk-scope", "aria-label": "which jobs" },
+    el("option", { value: "selected" }, "the selected jobs"), el("option", { value: "filter" }, "everything matching this filter"));
+  const result = el("p", { id: "bulk-result", role: "status" });
+  const bulk = (label, action) => {
+    const b = el("button", { type: "button", "data-bulk": action, disabled: session.role === "viewer" || (action === "delete" && session.role !== "admin") }, label);
+    b.addEventListener("click", async () => {
+      const request = { action };
+      let count;
+      if (scope.value === "selected") {
+        if (!selected.size) { result.textContent = "Select jobs first, or choose everything matching this filter."; result.className = "error"; return; }
+        request.ids = [...selected];
+        count = selected.size;
+      } else {
+        request.filter = {};
+        for (const f of filters) if (params.get(f)) request.filter[f] = params.get(f);
+        count = list.total;
+      }
+      if (!confirm(`${label} ${count} job${count === 1 ? "" : "s"}?`)) return;
+      try {
+        const r = await api("POST", "/api/jobs/bulk", request);
+        const refused = Object.entries(r.refused).map(([code, n]) => `${n} ${code.replace(/_/g, " ")}`);
+        result.textContent = `${label}: ${r.done} of ${r.matched} done${refused.length ? `; refused: ${refused.join(", ")}` : ""}${r.capped ? `; stopped at the limit of ${r.limit}, run it again for the rest` : ""}`;
+        result.className = "";
+      } catch (e) { result.textContent = `${label}: ${e.message}`; result.className = "error"; }
+    });
+    return b;
+  };
   const next = new URLSearchParams(params);
   if (list.next_cursor) next.set("cursor", list.next_cursor);
   main.replaceChildren(
     el("h1", {}, "Jobs"), form,
     el("p", { class: "muted", id: "total" }, `${list.total} matching`),
-    el("table", {}, el("thead", {}, el("tr", {}, ["Job", "Kind", "Queue", "State", "Progress", "Attempt", "Created"].map(h => el("th", {}, h)))), body),
+    el("div", { class: "controls", id: "bulk" }, scope, ["Retry", "Cancel", "Pause", "Resume", "Delete"].map(l => bulk(l, l.toLowerCase())), selection),
+    result,
+    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, all), ["Job", "Kind", "Queue", "State", "Progress", "Attempt", "Created"].map(h => el("th", {}, h)))), body),
     list.next_cursor ? el("p", {}, el("a", { href: `#/jobs?${next}` }, "Older →")) : null,
   );
   return listen(batch => {
