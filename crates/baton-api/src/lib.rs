@@ -32,7 +32,16 @@ pub struct ErrorDetail {
 pub struct JobList {
     pub jobs: Vec<Job>,
     pub next_cursor: Option<String>,
+    /// Jobs matching the filter; a lower bound when `total_exact` is false.
     pub total: u64,
+    /// False when the filter (a kind, label, text, workflow or schedule) matched more
+    /// than 10,000 jobs and counting stopped there: `total` is then "at least".
+    #[serde(default = "exact")]
+    pub total_exact: bool,
+}
+
+fn exact() -> bool {
+    true
 }
 
 /// `POST /api/jobs/status`.

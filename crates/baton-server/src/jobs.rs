@@ -137,6 +137,7 @@ pub async fn list(
         jobs: page.jobs,
         next_cursor: page.next_cursor,
         total: page.total,
+        total_exact: page.total_exact,
     }))
 }
 

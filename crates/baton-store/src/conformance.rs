@@ -44,6 +44,8 @@ macro_rules! store_conformance_tests {
             async fn $test() {
                 let (store, _guard): (::std::sync::Arc<dyn $crate::Store>, _) = $make.await;
                 $crate::conformance::$test(::std::sync::Arc::clone(&store)).await;
+                // Whatever the test did, the kept counts still match the rows.
+                $crate::Store::verify(&*store).await.expect("the store's counts match its rows");
                 $crate::Store::close(&*store).await;
             }
         )*
@@ -68,6 +70,7 @@ macro_rules! store_conformance_tests {
             recover_fails_a_job_after_max_recoveries,
             servers_register_heartbeat_and_stop,
             counts_by_queue_and_state,
+            list_totals_are_exact_by_state_and_queue_and_capped_otherwise,
             submit_and_start_runs_new_jobs_in_one_write,
             release_hands_back_only_this_servers_jobs,
             logs_are_appended_paged_and_bounded,
@@ -1508,6 +1511,68 @@ pub async fn servers_register_heartbeat_and_stop(store: Arc<dyn Store>) {
 }
 
 /// Counts by queue and state, deleted jobs included.
+/// A list filtered by states and a queue counts exactly (from the kept counts); one
+/// filtered by more counts up to [`crate::LIST_COUNT_CAP`] and says when it stopped.
+pub async fn list_totals_are_exact_by_state_and_queue_and_capped_otherwise(store: Arc<dyn Store>) {
+    let s = &*store;
+    let cap = crate::LIST_COUNT_CAP as usize;
+    let jobs: Vec<NewJob> = (0..cap + 5)
+        .map(|i| {
+            new_job(
+                JobSpec::new(if i % 2 == 0 { "even" } else { "odd" })
+                    .id(format!("j{i}"))
+                    .label("batch", "big"),
+                T0,
+            )
+        })
+        .collect();
+    s.submit(jobs).await.expect("submit");
+    submit(s, JobSpec::new("odd").id("media-1").queue("media"), T0).await;
+    let page = |f: JobFilter| async move { list(s, f, 10).await };
+    let all = page(JobFilter::default()).await;
+    assert_eq!((all.total, all.total_exact), (cap as u64 + 6, true));
+    let queued = page(JobFilter {
+        states: vec![State::Queued],
+        queue: Some("media".into()),
+        ..JobFilter::default()
+    })
+    .await;
+    assert_eq!((queued.total, queued.total_exact), (1, true));
+    let none = page(JobFilter {
+        states: vec![State::Failed],
+        ..JobFilter::default()
+    })
+    .await;
+    assert_eq!((none.total, none.total_exact), (0, true));
+    // Under the cap, another filter counts exactly; past it, it says "at least".
+    let odd = page(JobFilter {
+        kind: Some("odd".into()),
+        ..JobFilter::default()
+    })
+    .await;
+    assert_eq!((odd.total, odd.total_exact), ((cap / 2 + 3) as u64, true));
+    let labelled = page(JobFilter {
+        label: Some(("batch".into(), "big".into())),
+        ..JobFilter::default()
+    })
+    .await;
+    assert_eq!((labelled.total, labelled.total_exact), (cap as u64, false));
+    assert_eq!(labelled.jobs.len(), 10);
+    // A job that moves on is counted where it is now.
+    let c = claim_one(s, "media", T0 + 1).await;
+    s.transition(
+        Transition::new("media-1", State::Completed, EventKind::Completed, T0 + 2).fence(c.fence),
+    )
+    .await
+    .expect("complete");
+    let done = page(JobFilter {
+        states: vec![State::Completed],
+        ..JobFilter::default()
+    })
+    .await;
+    assert_eq!((done.total, done.total_exact), (1, true));
+}
+
 pub async fn counts_by_queue_and_state(store: Arc<dyn Store>) {
     let s = &*store;
     assert!(

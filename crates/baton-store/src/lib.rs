@@ -335,11 +335,19 @@ pub struct JobFilter {
     pub schedule: Option<String>,
 }
 
+/// Past this many matches, a list filtered by more than states and a queue stops
+/// counting: its total is then a lower bound (`JobPage::total_exact` is false), since
+/// counting further would read every job.
+pub const LIST_COUNT_CAP: u64 = 10_000;
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct JobPage {
     pub jobs: Vec<Job>,
     pub next_cursor: Option<String>,
+    /// Jobs matching the filter, or, when `total_exact` is false, a lower bound.
     pub total: u64,
+    /// False when counting stopped at a cap: there are at least `total`.
+    pub total_exact: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -531,5 +539,11 @@ pub trait Store: Send + Sync + 'static {
         None
     }
     /// Flushes and stops the store's background work.
+    /// Checks what the store keeps beside its rows (counts) against the rows
+    /// themselves; an error names the difference. For tests and diagnosis.
+    async fn verify(&self) -> Result<()> {
+        Ok(())
+    }
+
     async fn close(&self);
 }

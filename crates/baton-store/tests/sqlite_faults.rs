@@ -190,6 +190,7 @@ async fn a_failure_half_way_through_a_release_leaves_every_job_as_it_was() {
         .expect("stop");
     let mark = last_event_id(&store).await;
     let mut live = store.subscribe();
+    let counts_before = store.counts().await.expect("counts").rows;
 
     faults.fail_dependent(2);
     let refused = store.release(SERVER, T0 + 3).await;
@@ -209,10 +210,24 @@ async fn a_failure_half_way_through_a_release_leaves_every_job_as_it_was() {
             .is_empty()
     );
     assert!(published(&mut live).is_empty());
+    // The kept counts went back with the rows.
+    assert_eq!(store.counts().await.expect("counts").rows, counts_before);
 
     // Without the fault the same release lands whole.
     let released = store.release(SERVER, T0 + 4).await.expect("release");
     assert_eq!(released.len(), 2);
+    let counts = store.counts().await.expect("counts").rows;
+    let of = |state: State| {
+        counts
+            .iter()
+            .filter(|(_, s, _)| *s == state)
+            .map(|r| r.2)
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (of(State::Queued), of(State::Cancelled), of(State::Running)),
+        (1, 3, 0)
+    );
     assert_eq!(state(&store, "first").await, State::Queued);
     assert_eq!(state(&store, "stopped").await, State::Cancelled);
     assert_eq!(state(&store, "child-1").await, State::Cancelled);

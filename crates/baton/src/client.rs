@@ -476,7 +476,8 @@ pub fn print_jobs(list: &JobList, command: bool) {
         .as_deref()
         .map(|c| format!("; more with --cursor {c}"))
         .unwrap_or_default();
-    println!("{} of {} jobs{more}", list.jobs.len(), list.total);
+    let plus = if list.total_exact { "" } else { "+" };
+    println!("{} of {}{plus} jobs{more}", list.jobs.len(), list.total);
 }
 
 fn clip(s: &str, n: usize) -> String {

@@ -498,6 +498,10 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn verify(&self) -> Result<()> {
+        self.read(rows::verify_counts).await
+    }
+
     async fn events_after(&self, after_id: u64, limit: usize) -> Result<Vec<Event>> {
         self.read(move |c| rows::events_after(c, after_id, limit))
             .await

@@ -212,8 +212,10 @@ pub fn servers(conn: &Connection) -> Result<Vec<ServerInfo>> {
 }
 
 pub fn counts(conn: &Connection) -> Result<Counts> {
-    let mut stmt =
-        conn.prepare_cached("SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state")?;
+    // Kept by triggers on `jobs` (schema version 5).
+    let mut stmt = conn.prepare_cached(
+        "SELECT queue, state, n FROM job_counts WHERE n > 0 ORDER BY queue, state",
+    )?;
     let rows = stmt.query_map([], |r| {
         let state: String = r.get(1)?;
         Ok((r.get(0)?, parse_state(&state)?, r.get::<_, i64>(2)? as u64))
@@ -221,6 +223,27 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
     Ok(Counts {
         rows: rows.collect::<rusqlite::Result<_>>()?,
     })
+}
+
+const COUNT_CAP: i64 = crate::LIST_COUNT_CAP as i64;
+
+/// Compares `job_counts` with a count of the rows (a full scan).
+pub fn verify_counts(conn: &Connection) -> Result<()> {
+    let read = |sql: &str| -> Result<Vec<(String, String, i64)>> {
+        let mut stmt = conn.prepare(sql)?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    };
+    let kept = read("SELECT queue, state, n FROM job_counts WHERE n != 0 ORDER BY queue, state")?;
+    let real = read(
+        "SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state ORDER BY queue, state",
+    )?;
+    if kept != real {
+        return Err(Error::Internal(format!(
+            "job_counts {kept:?} differ from the jobs' rows {real:?}"
+        )));
+    }
+    Ok(())
 }
 
 pub fn list(conn: &Connection, f: &JobFilter) -> Result<JobPage> {
@@ -270,11 +293,36 @@ pub fn list(conn: &Connection, f: &JobFilter) -> Result<JobPage> {
         ));
     }
     let filter = clauses.join(" AND ");
-    let total: i64 = conn.query_row(
-        &format!("SELECT COUNT(*) FROM jobs WHERE {filter}"),
-        rusqlite::params_from_iter(args.iter()),
-        |r| r.get(0),
-    )?;
+    // A filter of states and a queue only is counted exactly from the kept counts;
+    // another is counted up to COUNT_CAP matches, and past it the total says so.
+    let by_counts = f.kind.is_none()
+        && f.label.is_none()
+        && f.text.is_none()
+        && f.workflow.is_none()
+        && f.schedule.is_none();
+    let (total, total_exact) = if by_counts {
+        let mut sql = String::from("SELECT COALESCE(SUM(n), 0) FROM job_counts WHERE ");
+        sql.push_str(&clauses[0]);
+        let mut count_args: Vec<rusqlite::types::Value> = Vec::new();
+        if let Some(q) = &f.queue {
+            count_args.push(q.clone().into());
+            sql.push_str(" AND queue = ?1");
+        }
+        let n: i64 = conn.query_row(&sql, rusqlite::params_from_iter(count_args.iter()), |r| {
+            r.get(0)
+        })?;
+        (n, true)
+    } else {
+        let n: i64 = conn.query_row(
+            &format!(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE {filter} LIMIT {})",
+                COUNT_CAP + 1
+            ),
+            rusqlite::params_from_iter(args.iter()),
+            |r| r.get(0),
+        )?;
+        (n.min(COUNT_CAP), n <= COUNT_CAP)
+    };
     let mut page_clauses = filter.clone();
     if let Some(c) = &f.cursor {
         let seq: i64 = c
@@ -304,6 +352,7 @@ pub fn list(conn: &Connection, f: &JobFilter) -> Result<JobPage> {
         jobs: rows.into_iter().map(|r| r.job).collect(),
         next_cursor,
         total: total as u64,
+        total_exact,
     })
 }
 

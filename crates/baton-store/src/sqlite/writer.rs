@@ -124,6 +124,10 @@ pub struct Writer {
     /// Set when the open transaction can no longer be trusted (a savepoint statement
     /// failed): the batch is retried write by write.
     lost: bool,
+    /// Changes of the jobs per queue and state made by the open transaction, written
+    /// to `job_counts` just before it commits (a handful of rows however many jobs
+    /// moved); a savepoint rolled back drops its own.
+    moves: Vec<(String, Option<State>, State)>,
     #[cfg(feature = "faults")]
     pub faults: super::Faults,
 }
@@ -143,6 +147,7 @@ impl Writer {
             fresh: std::collections::HashMap::new(),
             has_edges: None,
             lost: false,
+            moves: Vec::new(),
             #[cfg(feature = "faults")]
             faults: super::Faults::default(),
         })
@@ -233,6 +238,7 @@ impl Writer {
     /// transaction itself is lost (SQLite rolls it back on a full disk or an IO error) or
     /// cannot commit: then nothing of the batch was written.
     fn apply_all(&mut self, batch: &[Request]) -> Result<Vec<Result<Output>>> {
+        self.moves.clear();
         self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         self.lost = false;
         let mut outputs = Vec::with_capacity(batch.len());
@@ -246,6 +252,10 @@ impl Writer {
                 });
             }
             outputs.push(out);
+        }
+        if let Err(e) = self.write_counts() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            return Err(e);
         }
         if let Err(e) = self.conn.prepare_cached("COMMIT")?.execute([]) {
             let _ = self.conn.execute_batch("ROLLBACK");
@@ -263,6 +273,7 @@ impl Writer {
     /// marked lost and the batch retried write by write.
     pub(super) fn savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
         let events = self.events.len();
+        let moves = self.moves.len();
         let next_event_id = self.next_event_id;
         if let Err(e) = self
             .conn
@@ -287,6 +298,7 @@ impl Writer {
             }
         }
         self.events.truncate(events);
+        self.moves.truncate(moves);
         self.next_event_id = next_event_id;
         // What this write stored is gone: its jobs cannot be found by a later one.
         self.fresh.clear();
@@ -299,6 +311,37 @@ impl Writer {
             self.lost = true;
         }
         result
+    }
+
+    /// Records that a job of `queue` left `from` (none: it is new) for `to`.
+    pub(super) fn moved(&mut self, queue: String, from: Option<State>, to: State) {
+        self.moves.push((queue, from, to));
+    }
+
+    /// Adds the transaction's moves to `job_counts`, one row per queue and state.
+    fn write_counts(&mut self) -> Result<()> {
+        if self.moves.is_empty() {
+            return Ok(());
+        }
+        let mut sums: std::collections::BTreeMap<(&str, State), i64> = Default::default();
+        for (queue, from, to) in &self.moves {
+            if let Some(from) = from {
+                *sums.entry((queue.as_str(), *from)).or_default() -= 1;
+            }
+            *sums.entry((queue.as_str(), *to)).or_default() += 1;
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO job_counts (queue, state, n) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n",
+        )?;
+        for ((queue, state), n) in sums {
+            if n != 0 {
+                stmt.execute(params![queue, state.as_str(), n])?;
+            }
+        }
+        drop(stmt);
+        self.moves.clear();
+        Ok(())
     }
 
     fn publish(&mut self) {
@@ -527,6 +570,14 @@ impl Writer {
                     new.workflow_id,
                     new.workflow_name,
                 ])?;
+            if inserted == 1 {
+                let state = if start_now.is_some() {
+                    State::Running
+                } else {
+                    new.state
+                };
+                self.moved(new.queue.clone(), None, state);
+            }
             if inserted == 0 {
                 if new.workflow_id.is_some() {
                     // A workflow's jobs are its own: an id taken elsewhere is refused.
@@ -665,6 +716,8 @@ impl Writer {
                  updated_at = ?4, server_id = ?5, event_seq = ?6 WHERE seq = ?1",
             )?;
             for row in &mut claimed {
+                self.moves
+                    .push((row.job.queue.clone(), Some(State::Queued), State::Running));
                 row.fence += 1;
                 row.event_seq += 1;
                 row.job.attempt += 1;
@@ -721,14 +774,14 @@ impl Writer {
         resume: Resume,
         read_back: bool,
     ) -> Result<Option<JobRow>> {
-        let found: Option<(i64, String, i64, i64)> = self
+        let found: Option<(i64, String, i64, i64, String)> = self
             .conn
-            .prepare_cached("SELECT seq, state, fence, event_seq FROM jobs WHERE id = ?1")?
+            .prepare_cached("SELECT seq, state, fence, event_seq, queue FROM jobs WHERE id = ?1")?
             .query_row([&t.job_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })
             .optional()?;
-        let Some((key, from, fence, event_seq)) = found else {
+        let Some((key, from, fence, event_seq, queue)) = found else {
             return Err(Error::NotFound(t.job_id.clone()));
         };
         let from = super::codes::parse_state(&from)?;
@@ -795,6 +848,7 @@ impl Writer {
                 i64::from(resume != Resume::No),
                 i64::from(resume == Resume::AfterCrash),
             ])?;
+        self.moved(queue, Some(from), t.to);
         let mut data = t.data.clone();
         if let Value::Object(map) = &mut data {
             map.insert("state".into(), json!(t.to));
@@ -982,6 +1036,9 @@ impl Writer {
             })?
             .collect::<rusqlite::Result<_>>()?
         };
+        for (_, queue, _, _) in &promoted {
+            self.moved(queue.clone(), Some(State::Scheduled), State::Queued);
+        }
         let mut queues: Vec<String> = Vec::new();
         for (id, queue, seq, key) in &promoted {
             self.event(
