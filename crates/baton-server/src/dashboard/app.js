@@ -336,7 +336,7 @@ async function jobs(main, _parts, params) {
       } else {
         request.filter = {};
         for (const f of filters) if (params.get(f)) request.filter[f] = params.get(f);
-        count = list.total;
+        count = list.total_exact ? list.total : `at least ${list.total}`;
       }
       if (!confirm(`${label} ${count} job${count === 1 ? "" : "s"}?`)) return;
       try {
@@ -352,7 +352,7 @@ async function jobs(main, _parts, params) {
   if (list.next_cursor) next.set("cursor", list.next_cursor);
   main.replaceChildren(
     el("h1", {}, "Jobs"), form,
-    el("p", { class: "muted", id: "total" }, `${list.total} matching`),
+    el("p", { class: "muted", id: "total", title: list.total_exact ? "" : "counting stops here; there are more" }, `${list.total}${list.total_exact ? "" : "+"} matching`),
     el("div", { class: "controls", id: "bulk" }, scope, ["Retry", "Cancel", "Pause", "Resume", "Delete"].map(l => bulk(l, l.toLowerCase())), selection),
     result,
     el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, all), ["Job", "Kind", "Queue", "State", "Progress", "Attempt", "Created"].map(h => el("th", {}, h)))), body),
