@@ -725,3 +725,102 @@ async fn a_failed_job_is_retried_from_its_page_and_fifty_queued_jobs_are_cancell
     );
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_inspector_filters_and_holds_its_view_and_pipelines_run_from_their_page() {
+    let h = harness().await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    let (status, _) = h
+        .call(
+            Method::PUT,
+            "/api/pipelines/nightly",
+            Some(json!({"steps": [{"name": "fetch", "command": ["true"]}, {"name": "load", "command": ["true"]}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let mut browser = Browser::start().await;
+    let base = format!("http://127.0.0.1:{}", addr.port());
+    browser.open(&format!("{base}/#/events")).await;
+    browser
+        .wait_for(
+            "the stream live",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    browser
+        .evaluate("(document.getElementById('event-type').value = 'job.completed', '1')")
+        .await;
+    h.engine
+        .submit(serde_json::from_value(json!({"kind": "echo", "id": "seen"})).unwrap())
+        .await
+        .unwrap();
+    h.engine.wait("seen").await.unwrap();
+    let types = browser
+        .wait_for(
+            "the completion",
+            "document.querySelectorAll('#event-rows tr').length > 0 && [...document.querySelectorAll('#event-rows tr')].map(r => r.children[1].textContent)",
+        )
+        .await;
+    assert_eq!(types, json!(["job.completed"]), "only the filtered type");
+    // A held view keeps what arrives, and shows it on resume.
+    browser
+        .evaluate("(document.getElementById('event-pause').click(), '1')")
+        .await;
+    h.engine
+        .submit(serde_json::from_value(json!({"kind": "echo", "id": "held"})).unwrap())
+        .await
+        .unwrap();
+    h.engine.wait("held").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        browser
+            .evaluate("JSON.stringify(document.querySelectorAll('#event-rows tr').length)")
+            .await,
+        json!(1)
+    );
+    browser
+        .evaluate("(document.getElementById('event-pause').click(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "the held event shown",
+            "document.querySelectorAll('#event-rows tr').length === 2",
+        )
+        .await;
+
+    // Pipelines: listed with their steps, run after a confirmation.
+    browser
+        .evaluate("(location.hash = '#/pipelines', '1')")
+        .await;
+    let steps = browser
+        .wait_for("the pipeline", "document.querySelector('#pipelines tr[data-pipeline=nightly]')?.children[1].textContent")
+        .await;
+    assert_eq!(steps, json!("fetch → load"));
+    browser
+        .evaluate("(window.confirm = () => true, document.querySelector('[data-run=nightly]').click(), '1')")
+        .await;
+    let opened = browser
+        .wait_for(
+            "the run's page",
+            "location.hash.startsWith('#/jobs/') && location.hash",
+        )
+        .await;
+    let id = opened
+        .as_str()
+        .unwrap()
+        .trim_start_matches("#/jobs/")
+        .to_owned();
+    let job = h.engine.wait(&id).await.unwrap();
+    assert_eq!(
+        (job.state.as_str(), job.runs.pipeline.as_deref()),
+        ("completed", Some("nightly"))
+    );
+
+    // Servers: this one, with its heartbeat.
+    browser.evaluate("(location.hash = '#/servers', '1')").await;
+    let server = h.engine.server().id.clone();
+    browser
+        .wait_for("the server", &format!("document.querySelector('#servers tr[data-server=\"{server}\"]')?.textContent.includes('ago')"))
+        .await;
+    browser.close().await;
+}

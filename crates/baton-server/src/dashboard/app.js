@@ -178,6 +178,9 @@ async function route() {
   else if (parts[0] === "jobs" && parts.length === 2) view = job;
   else if (parts[0] === "submit") view = submit;
   else if (parts[0] === "queues") view = queuesView;
+  else if (parts[0] === "servers") view = serversView;
+  else if (parts[0] === "pipelines") view = pipelinesView;
+  else if (parts[0] === "events") view = eventsView;
   else if (parts[0] === "workflows" && parts.length === 2) view = workflow;
   else if (parts[0] === "schedules" && parts.length === 1) view = schedules;
   else if (parts[0] === "schedules" && parts.length === 2) view = schedule;
@@ -836,6 +839,68 @@ async function queuesView(main) {
   return listen(async batch => {
     if (batch.some(e => e.type === "queue.paused" || e.type === "queue.resumed")) draw(await api("GET", "/api/queues"));
   });
+}
+
+async function serversView(main) {
+  const list = await api("GET", "/api/servers");
+  const age = t => t ? duration(Date.now() - Date.parse(t)) : "–";
+  main.replaceChildren(el("h1", {}, "Servers"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Server", "Host", "PID", "Started", "Heartbeat", "Workers", "Queues"].map(h => el("th", {}, h)))),
+      el("tbody", { id: "servers" }, list.servers.map(sv => el("tr", { "data-server": sv.id, class: sv.stopped_at ? "muted" : "" },
+        el("td", {}, sv.id), el("td", {}, sv.host), el("td", { class: "num" }, sv.pid), el("td", {}, when(sv.started_at)),
+        el("td", {}, sv.stopped_at ? "stopped" : `${age(sv.heartbeat_at)} ago`), el("td", { class: "num" }, sv.workers),
+        el("td", {}, Array.isArray(sv.queues) ? sv.queues.map(q => q.name || q).join(", ") : ""))))));
+  return listen(batch => { if (batch.some(e => e.type === "server.up" || e.type === "server.down")) route(); });
+}
+
+async function pipelinesView(main) {
+  const list = await api("GET", "/api/pipelines");
+  const result = el("p", { id: "pipeline-result", role: "status" });
+  main.replaceChildren(el("h1", {}, "Pipelines"),
+    list.pipelines.length === 0 ? el("p", { class: "muted" }, "No pipeline is stored.") :
+    el("table", {}, el("thead", {}, el("tr", {}, ["Pipeline", "Steps", "Queue", ""].map(h => el("th", {}, h)))),
+      el("tbody", { id: "pipelines" }, list.pipelines.map(p => {
+        const run = el("button", { type: "button", "data-run": p.id, disabled: session.role === "viewer" }, "Run");
+        run.addEventListener("click", async () => {
+          if (!confirm(`Run pipeline ${p.id}?`)) return;
+          try { const j = await api("POST", "/api/jobs", { kind: "pipeline", pipeline: p.id }); location.hash = `#/jobs/${enc(j.id)}`; }
+          catch (e) { result.textContent = e.message; result.className = "error"; }
+        });
+        return el("tr", { "data-pipeline": p.id }, el("td", {}, p.id), el("td", {}, (p.steps || []).map(st => st.name).join(" → ")),
+          el("td", {}, p.queue || "default"), el("td", {}, run));
+      }))), result);
+}
+
+// The live inspector: every event as it arrives, filtered by type and job, with the
+// lag between its time and its arrival. Pausing the view keeps the stream.
+async function eventsView(main) {
+  const rows = el("tbody", { id: "event-rows" });
+  const type = el("input", { id: "event-type", placeholder: "type, e.g. job.failed", "aria-label": "type" });
+  const job = el("input", { id: "event-job", placeholder: "job id", "aria-label": "job" });
+  const pause = el("button", { type: "button", id: "event-pause" }, "Pause view");
+  const count = el("span", { class: "muted", id: "event-count" });
+  let paused = false, held = [], shown = 0;
+  pause.addEventListener("click", () => {
+    paused = !paused;
+    pause.textContent = paused ? "Resume view" : "Pause view";
+    if (!paused) { add(held); held = []; }
+  });
+  const add = batch => {
+    const now = Date.now();
+    for (const e of batch) {
+      if (type.value && !e.type.includes(type.value.trim())) continue;
+      if (job.value && e.job_id !== job.value.trim()) continue;
+      rows.prepend(el("tr", { "data-event": e.id }, el("td", { class: "num" }, e.id), el("td", {}, e.type),
+        el("td", {}, e.job_id ? jobLink(e.job_id) : "–"), el("td", {}, when(e.at)),
+        el("td", { class: "num" }, `${Math.max(0, now - Date.parse(e.at))} ms`), el("td", { class: "hide-narrow" }, summary(e))));
+      shown += 1;
+    }
+    while (rows.children.length > 500) rows.lastChild.remove();
+    count.textContent = `${shown} shown`;
+  };
+  main.replaceChildren(el("h1", {}, "Events"), el("div", { class: "filters" }, type, job, pause, count),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Id", "Type", "Job", "At", "Lag", "Data"].map(h => el("th", {}, h)))), rows));
+  return listen(batch => { if (paused) held.push(...batch); else add(batch); });
 }
 
 // ---- sign-in -----------------------------------------------------------------------
