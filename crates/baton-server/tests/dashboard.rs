@@ -824,3 +824,73 @@ async fn the_event_inspector_filters_and_holds_its_view_and_pipelines_run_from_t
         .await;
     browser.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn times_theme_and_keys_are_the_persons_choice_and_failures_are_told() {
+    let h = harness().await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    for i in 0..3 {
+        h.engine
+            .submit(serde_json::from_value(json!({"kind": "echo", "id": format!("e{i}")})).unwrap())
+            .await
+            .unwrap();
+        h.engine.wait(&format!("e{i}")).await.unwrap();
+    }
+    let mut browser = Browser::start().await;
+    let base = format!("http://127.0.0.1:{}", addr.port());
+    browser.open(&format!("{base}/#/jobs")).await;
+    browser
+        .wait_for(
+            "the list",
+            "document.querySelectorAll('#jobs tr').length === 3",
+        )
+        .await;
+    // UTC times, remembered across a reload.
+    browser
+        .evaluate("(() => { const s = document.getElementById('pref-time'); s.value = 'utc'; s.dispatchEvent(new Event('change')); return '1'; })()")
+        .await;
+    browser
+        .wait_for(
+            "UTC times",
+            "document.querySelector('#jobs time')?.textContent.endsWith(' UTC')",
+        )
+        .await;
+    browser.reload().await;
+    browser
+        .wait_for(
+            "UTC times after a reload",
+            "document.querySelector('#jobs time')?.textContent.endsWith(' UTC')",
+        )
+        .await;
+    // Dark, by choice.
+    let dark = browser
+        .evaluate("(() => { const s = document.getElementById('pref-theme'); s.value = 'dark'; s.dispatchEvent(new Event('change')); return JSON.stringify(getComputedStyle(document.body).backgroundColor); })()")
+        .await;
+    assert_eq!(dark, json!("rgb(21, 23, 27)"));
+    // j and k move in the list; Enter opens the row.
+    browser
+        .evaluate("(['j', 'j', 'k', 'j'].forEach(key => document.dispatchEvent(new KeyboardEvent('keydown', {key, bubbles: true}))), '1')")
+        .await;
+    let focused = browser
+        .evaluate("JSON.stringify([...document.querySelectorAll('#jobs tr')].findIndex(r => r.classList.contains('focused')))")
+        .await;
+    assert_eq!(focused, json!(1));
+    browser
+        .evaluate("(document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter', bubbles: true})), '1')")
+        .await;
+    browser
+        .wait_for("the row's job", "location.hash === '#/jobs/e1'")
+        .await;
+    // A failure is told on whatever page is open.
+    h.engine
+        .submit(serde_json::from_value(json!({"kind": "fail", "id": "oops"})).unwrap())
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "a toast",
+            "document.getElementById('toasts').textContent.includes('oops failed: boom')",
+        )
+        .await;
+    browser.close().await;
+}

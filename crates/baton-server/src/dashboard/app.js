@@ -68,10 +68,19 @@ const enc = encodeURIComponent;
 const stateTag = s => el("span", { class: `state ${s}`, "data-state": s }, s);
 const jobLink = id => el("a", { href: `#/jobs/${enc(id)}` }, id);
 
+// Times as the person chose (remembered): local, UTC or relative.
+const prefs = { time: localStorage.getItem("baton.time") || "local", theme: localStorage.getItem("baton.theme") || "system" };
+
 function when(t) {
   if (!t) return "–";
   const d = new Date(t);
-  return el("time", { datetime: t, title: d.toISOString() }, d.toLocaleString());
+  let text;
+  if (prefs.time === "utc") text = d.toISOString().replace("T", " ").replace(/\.\d+Z$/, " UTC");
+  else if (prefs.time === "relative") {
+    const s = Math.round((Date.now() - d.getTime()) / 1000);
+    text = s >= 0 ? `${duration(s * 1000)} ago` : `in ${duration(-s * 1000)}`;
+  } else text = d.toLocaleString();
+  return el("time", { datetime: t, title: d.toISOString() }, text);
 }
 
 function duration(ms) {
@@ -275,7 +284,6 @@ async function overview(main) {
       if (e.type === "job.failed") {
         failedBody.prepend(failureRow(e.job_id, "", d.error, e.at));
         while (failedBody.children.length > 10) failedBody.lastChild.remove();
-        toast(`${e.job_id} failed: ${d.error ? d.error.message : ""}`, true);
       }
     }
     for (const s of Object.keys(countNodes)) countNodes[s].textContent = counts[s] || 0;
@@ -903,6 +911,51 @@ async function eventsView(main) {
   return listen(batch => { if (paused) held.push(...batch); else add(batch); });
 }
 
+// ---- preferences, keys and toasts -------------------------------------------------
+
+function applyTheme() {
+  if (prefs.theme === "system") delete document.documentElement.dataset.theme;
+  else document.documentElement.dataset.theme = prefs.theme;
+}
+
+function setupChrome() {
+  const time = el("select", { id: "pref-time", "aria-label": "times" },
+    [["local", "local time"], ["utc", "UTC"], ["relative", "relative"]].map(([v, l]) => el("option", { value: v, selected: prefs.time === v }, l)));
+  time.addEventListener("change", () => { prefs.time = time.value; localStorage.setItem("baton.time", time.value); route(); });
+  const theme = el("select", { id: "pref-theme", "aria-label": "theme" },
+    [["system", "system theme"], ["light", "light"], ["dark", "dark"]].map(([v, l]) => el("option", { value: v, selected: prefs.theme === v }, l)));
+  theme.addEventListener("change", () => { prefs.theme = theme.value; localStorage.setItem("baton.theme", theme.value); applyTheme(); });
+  document.querySelector("header.top").append(time, theme);
+  applyTheme();
+  // Keys: / searches, j and k move in a list, Enter opens, ? lists them.
+  document.addEventListener("keydown", ev => {
+    if ((ev.target instanceof Element && ev.target.closest("input, textarea, select")) || ev.metaKey || ev.ctrlKey || ev.altKey) return;
+    const rows = [...document.querySelectorAll("main tbody tr")];
+    const at = rows.findIndex(r => r.classList.contains("focused"));
+    const move = to => {
+      if (!rows.length) return;
+      rows.forEach(r => r.classList.remove("focused"));
+      const row = rows[Math.max(0, Math.min(rows.length - 1, to))];
+      row.classList.add("focused");
+      row.scrollIntoView({ block: "nearest" });
+    };
+    if (ev.key === "/") { const q = document.querySelector("main input[name=q], main input"); if (q) { ev.preventDefault(); q.focus(); } }
+    else if (ev.key === "j") move(at + 1);
+    else if (ev.key === "k") move(at < 0 ? 0 : at - 1);
+    else if (ev.key === "Enter" && at >= 0) { const a = rows[at].querySelector("a"); if (a) a.click(); }
+    else if (ev.key === "?") toast("Keys: / search, j next row, k previous row, Enter open, ? this help");
+  });
+  // Toasts for what matters, whatever the page.
+  listen(batch => {
+    for (const e of batch) {
+      if (e.type === "job.failed") toast(`${e.job_id} failed: ${e.data && e.data.error ? e.data.error.message.split("\n")[0] : ""}`, true);
+      else if (e.type === "job.crashed") toast(`${e.job_id} crashed: ${e.data && e.data.reason || ""}`, true);
+      else if (e.type === "schedule.fired" && e.data && e.data.action && e.data.action !== "created") toast(`schedule ${e.data.schedule_id}: ${e.data.action}${e.data.message ? ` (${e.data.message})` : ""}`);
+      else if (e.type === "server.down") toast(`server ${e.data && e.data.server_id || ""} is down`, true);
+    }
+  });
+}
+
 // ---- sign-in -----------------------------------------------------------------------
 
 function signIn(reason) {
@@ -935,7 +988,10 @@ async function whoAmI() {
   }
 }
 
+let chrome = false;
+
 async function start() {
+  if (!chrome) { chrome = true; setupChrome(); }
   if (!(await whoAmI())) return;
   if (!stream.source) connect();
   await route();
