@@ -118,6 +118,10 @@ enum Command {
         /// BATON_CORS_ORIGINS, comma-separated].
         #[arg(long = "cors-origin", value_name = "ORIGIN")]
         cors_origins: Vec<String>,
+        /// Open the dashboard in a browser once serving ($BROWSER, else xdg-open or
+        /// open).
+        #[arg(long)]
+        open: bool,
     },
     /// Run `baton serve` in the background (pid file and log file).
     Daemon {
@@ -403,6 +407,7 @@ fn run(cli: Cli) -> Result<u8> {
             bulk_limit,
             allowed_hosts,
             cors_origins,
+            open,
         } => {
             let flags = config::Flags {
                 config,
@@ -420,7 +425,7 @@ fn run(cli: Cli) -> Result<u8> {
                 allowed_hosts,
                 cors_origins,
             };
-            runtime()?.block_on(serve::run(flags))?;
+            runtime()?.block_on(serve::run(flags, open))?;
             Ok(exit::OK)
         }
         Command::Daemon {

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{self, Flags, Listen, StoreUrl};
 
-pub async fn run(flags: Flags) -> Result<()> {
+pub async fn run(flags: Flags, open: bool) -> Result<()> {
     let config = config::load(&flags, &|k| std::env::var(k).ok())?;
     let StoreUrl::Sqlite(path) = &config.store;
     // Every listener is bound first, so that a taken address or socket path is
@@ -98,6 +98,9 @@ pub async fn run(flags: Flags) -> Result<()> {
         path.display(),
         config.durability
     ));
+    if open {
+        open_dashboard(&urls);
+    }
     baton_server::serve_all(listeners, state, &options, shutdown_signal()).await?;
     // The socket files go as soon as nothing answers on them.
     drop(sockets);
@@ -108,6 +111,42 @@ pub async fn run(flags: Flags) -> Result<()> {
     engine.shutdown(config.shutdown_timeout).await;
     say(format_args!("stopped"));
     Ok(())
+}
+
+/// `--open`: the dashboard of the first TCP listener in the person's browser
+/// (`$BROWSER`, else the desktop's opener). A browser that cannot be started is said,
+/// with the address to open by hand; serving goes on.
+fn open_dashboard(urls: &[String]) {
+    let Some(url) = urls.iter().find(|u| u.starts_with("http")) else {
+        eprintln!(
+            "warning: --open needs a TCP listener; the dashboard is not served on a unix socket to a browser"
+        );
+        return;
+    };
+    let url = format!("{url}/");
+    let opener = std::env::var("BROWSER")
+        .ok()
+        .filter(|b| !b.trim().is_empty())
+        .unwrap_or_else(|| {
+            if cfg!(target_os = "macos") {
+                "open".into()
+            } else {
+                "xdg-open".into()
+            }
+        });
+    match std::process::Command::new(&opener)
+        .arg(&url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    {
+        Ok(mut child) => {
+            // Reaped in the background: an opener exits at once or runs on.
+            std::thread::spawn(move || child.wait());
+        }
+        Err(e) => eprintln!("warning: cannot open a browser with {opener:?} ({e}); open {url}"),
+    }
 }
 
 /// Prints a line; a closed stdout (a daemon's reader went away) is not an error.

@@ -541,3 +541,68 @@ fn serve_refuses_a_bad_request_or_stream_limit_at_start() {
     std::fs::write(dir.path().join("limits.toml"), "max_streams = 0\n").unwrap();
     refused_at_start(dir.path(), &cases);
 }
+
+#[test]
+fn serve_open_starts_the_browser_on_the_dashboard_or_says_why_not() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new().unwrap();
+    let opened = dir.path().join("opened.txt");
+    let browser = dir.path().join("browser.sh");
+    std::fs::write(
+        &browser,
+        format!("#!/bin/sh\necho \"$1\" > {}\n", opened.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &browser,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let start = |browser: &str| {
+        let mut child = Command::new(BIN)
+            .current_dir(dir.path())
+            .args(["serve", "--listen", "127.0.0.1:0", "--open"])
+            .env("BROWSER", browser)
+            .env_remove("BATON_SERVER")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap()
+            .to_owned();
+        (child, url)
+    };
+    let (mut child, url) = start(browser.to_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !opened.exists() {
+        assert!(Instant::now() < deadline, "the browser was not started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(
+        std::fs::read_to_string(&opened).unwrap().trim(),
+        format!("{url}/")
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // A browser that cannot start is said, with the address; the server serves on.
+    let (mut child, url) = start("/nonexistent/browser");
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut said = String::new();
+    stderr.read_line(&mut said).unwrap();
+    assert!(
+        said.contains("cannot open a browser") && said.contains(&format!("{url}/")),
+        "{said}"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the server goes on");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
