@@ -13,6 +13,7 @@ mod bulk_cli;
 mod client;
 mod config;
 mod daemon;
+mod demo;
 mod local;
 mod schedule;
 mod serve;
@@ -122,6 +123,10 @@ enum Command {
         /// open).
         #[arg(long)]
         open: bool,
+        /// Load demo data (named demo-..., labelled demo=true): a pipeline, a schedule
+        /// every minute, a workflow and a job that fails.
+        #[arg(long)]
+        demo: bool,
     },
     /// Run `baton serve` in the background (pid file and log file).
     Daemon {
@@ -408,6 +413,7 @@ fn run(cli: Cli) -> Result<u8> {
             allowed_hosts,
             cors_origins,
             open,
+            demo,
         } => {
             let flags = config::Flags {
                 config,
@@ -425,7 +431,7 @@ fn run(cli: Cli) -> Result<u8> {
                 allowed_hosts,
                 cors_origins,
             };
-            runtime()?.block_on(serve::run(flags, open))?;
+            runtime()?.block_on(serve::run(flags, open, demo))?;
             Ok(exit::OK)
         }
         Command::Daemon {

@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{self, Flags, Listen, StoreUrl};
 
-pub async fn run(flags: Flags, open: bool) -> Result<()> {
+pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
     let config = config::load(&flags, &|k| std::env::var(k).ok())?;
     let StoreUrl::Sqlite(path) = &config.store;
     // Every listener is bound first, so that a taken address or socket path is
@@ -85,6 +85,9 @@ pub async fn run(flags: Flags, open: bool) -> Result<()> {
                 .unwrap_or_else(|| ".".into()),
         ),
     };
+    if demo {
+        crate::demo::load(&engine).await?;
+    }
     let state = AppState::new(engine.clone(), &options).await?;
     let api = urls
         .iter()
@@ -98,6 +101,11 @@ pub async fn run(flags: Flags, open: bool) -> Result<()> {
         path.display(),
         config.durability
     ));
+    if demo {
+        say(format_args!(
+            "demo data loaded: pipeline demo-etl, schedule demo-every-minute, workflow demo-workflow, job demo-fails (all named demo-... and labelled demo=true)"
+        ));
+    }
     if open {
         open_dashboard(&urls);
     }

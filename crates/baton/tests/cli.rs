@@ -606,3 +606,50 @@ fn serve_open_starts_the_browser_on_the_dashboard_or_says_why_not() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+#[test]
+fn serve_demo_loads_a_pipeline_a_schedule_a_workflow_and_a_failing_job() {
+    use std::io::{BufRead, BufReader};
+    let dir = TempDir::new().unwrap();
+    let mut child = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["serve", "--listen", "127.0.0.1:0", "--demo"])
+        .env_remove("BATON_SERVER")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .to_owned();
+    let mut said = String::new();
+    out.read_line(&mut said).unwrap();
+    assert!(said.starts_with("demo data loaded"), "{said}");
+    let server = Server { child, url, dir };
+    let pipelines = json(&server, &["pipeline", "ls"]);
+    assert_eq!(pipelines["pipelines"][0]["id"], "demo-etl");
+    let schedule = json(&server, &["schedule", "show", "demo-every-minute"]);
+    assert!(schedule["next_run"].is_string(), "{schedule}");
+    let workflow = json(&server, &["workflow", "show", "demo-workflow"]);
+    assert_eq!(workflow["nodes"].as_array().unwrap().len(), 5);
+    let demo = json(&server, &["ls", "--label", "demo:true", "--limit", "100"]);
+    assert!(demo["total"].as_u64().unwrap() >= 7, "{demo}");
+    // The pipeline reports progress within seconds; the failing job fails.
+    wait_for_state(&server, "demo-pipeline-now", "running");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while json(&server, &["show", "demo-pipeline-now"])["progress"].is_null() {
+        assert!(
+            Instant::now() < deadline,
+            "no progress from the demo pipeline"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for_state(&server, "demo-fails", "failed");
+    let failed = json(&server, &["show", "demo-fails"]);
+    assert_eq!(failed["error"]["code"], "exit_code");
+}
