@@ -69,6 +69,19 @@ pub struct CheckpointList {
     pub checkpoints: Vec<Checkpoint>,
 }
 
+/// `GET /api/throughput`: jobs completed and failed per bucket, oldest first; the last
+/// bucket holds now and ends at `end`. Counted from the events this server has seen
+/// since `since` (buckets before it are zero for want of knowing).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Throughput {
+    pub window: String,
+    pub bucket_seconds: u32,
+    pub end: String,
+    pub since: String,
+    pub completed: Vec<u32>,
+    pub failed: Vec<u32>,
+}
+
 /// `GET /api/whoami`: who the request's token names. Without auth every request is
 /// `anonymous` with the `admin` role.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

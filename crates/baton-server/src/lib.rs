@@ -194,6 +194,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/", get(dashboard::index))
         .route("/ui/{name}", get(dashboard::asset))
         .route("/api/whoami", get(meta::whoami))
+        .route("/api/throughput", get(meta::throughput))
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .fallback(meta::not_found)

@@ -33,8 +33,72 @@ pub struct Metrics {
     requests: std::sync::Mutex<BTreeMap<u16, u64>>,
     durations: Histogram,
     queue_latency: Histogram,
+    /// Jobs completed and failed per second and per minute, for the dashboard's chart.
+    rates: std::sync::Mutex<Rates>,
     /// Fires when the server stops: streams end, long-polls answer.
     pub draining: CancellationToken,
+}
+
+/// Completed and failed jobs in buckets of one second (the last 15 minutes) and one
+/// minute (the last day), counted from the events since this server started.
+#[derive(Default)]
+struct Rates {
+    seconds: std::collections::VecDeque<(i64, u32, u32)>,
+    minutes: std::collections::VecDeque<(i64, u32, u32)>,
+}
+
+impl Rates {
+    fn add(
+        ring: &mut std::collections::VecDeque<(i64, u32, u32)>,
+        slot: i64,
+        failed: bool,
+        keep: usize,
+    ) {
+        let i = match ring.iter().rposition(|b| b.0 <= slot) {
+            Some(i) if ring[i].0 == slot => i,
+            Some(i) => {
+                ring.insert(i + 1, (slot, 0, 0));
+                i + 1
+            }
+            None => {
+                ring.push_front((slot, 0, 0));
+                0
+            }
+        };
+        if failed {
+            ring[i].2 += 1;
+        } else {
+            ring[i].1 += 1;
+        }
+        while ring.len() > keep {
+            ring.pop_front();
+        }
+    }
+
+    fn record(&mut self, at: Millis, failed: bool) {
+        Self::add(&mut self.seconds, at.div_euclid(1000), failed, 900);
+        Self::add(&mut self.minutes, at.div_euclid(60_000), failed, 1440);
+    }
+
+    /// `count` buckets ending with the one holding `now`, zero where nothing ended.
+    fn window(&self, now: Millis, per_minute: bool, count: usize) -> (Vec<u32>, Vec<u32>) {
+        let (ring, size) = if per_minute {
+            (&self.minutes, 60_000)
+        } else {
+            (&self.seconds, 1000)
+        };
+        let last = now.div_euclid(size);
+        let first = last - count as i64 + 1;
+        let mut completed = vec![0; count];
+        let mut failed = vec![0; count];
+        for (slot, c, f) in ring {
+            if *slot >= first && *slot <= last {
+                completed[(slot - first) as usize] = *c;
+                failed[(slot - first) as usize] = *f;
+            }
+        }
+        (completed, failed)
+    }
 }
 
 struct Histogram {
@@ -101,6 +165,7 @@ impl Metrics {
             requests: std::sync::Mutex::new(BTreeMap::new()),
             durations: Histogram::new(),
             queue_latency: Histogram::new(),
+            rates: std::sync::Mutex::new(Rates::default()),
             draining: CancellationToken::new(),
         });
         let m = metrics.clone();
@@ -119,6 +184,12 @@ impl Metrics {
                 m.events.fetch_add(1, Ordering::Relaxed);
                 if let Some(c) = m.by_kind.get(&e.kind) {
                     c.fetch_add(1, Ordering::Relaxed);
+                }
+                if matches!(e.kind, EventKind::Completed | EventKind::Failed) {
+                    m.rates
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .record(e.at, e.kind == EventKind::Failed);
                 }
                 let Some(id) = e.job_id.clone() else { continue };
                 match e.kind {
@@ -198,6 +269,53 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
         )
         .into_response()
     }
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThroughputQuery {
+    window: Option<String>,
+}
+
+#[utoipa::path(get, operation_id = "throughput", path = "/api/throughput", tag = "meta",
+    params(("window" = Option<String>, Query, description = "15m (per second, the default), 1h or 1d (per minute)")),
+    responses((status = 200, description = "jobs completed and failed per bucket, oldest first, counted since this server started", body = baton_api::Throughput),
+        (status = 400, description = "an unknown window", body = baton_api::ErrorBody)))]
+pub async fn throughput(
+    State(s): State<AppState>,
+    crate::jobs::ApiQuery(q): crate::jobs::ApiQuery<ThroughputQuery>,
+) -> ApiResult<Json<baton_api::Throughput>> {
+    let window = q.window.unwrap_or_else(|| "15m".into());
+    let (per_minute, count) = match window.as_str() {
+        "15m" => (false, 900),
+        "1h" => (true, 60),
+        "1d" => (true, 1440),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "invalid window {other:?}: expected 15m, 1h or 1d"
+            )));
+        }
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis);
+    let (completed, failed) = s
+        .metrics
+        .rates
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .window(now, per_minute, count);
+    let size: Millis = if per_minute { 60_000 } else { 1000 };
+    let end = (now.div_euclid(size) + 1) * size;
+    let started = now - s.metrics.started.elapsed().as_millis() as Millis;
+    Ok(Json(baton_api::Throughput {
+        window,
+        bucket_seconds: (size / 1000) as u32,
+        end: baton_core::time::to_rfc3339(end),
+        since: baton_core::time::to_rfc3339(started),
+        completed,
+        failed,
+    }))
 }
 
 #[utoipa::path(get, operation_id = "whoami", path = "/api/whoami", tag = "meta",

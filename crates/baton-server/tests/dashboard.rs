@@ -74,6 +74,17 @@ async fn a_job_from_the_submit_form_moves_live_and_is_paused_resumed_and_stopped
         .evaluate("JSON.stringify([document.querySelector('[data-count=running]').textContent, document.querySelector('[data-count=failed]').textContent])")
         .await;
     assert_eq!(counts, json!(["1", "1"]));
+    let chart = browser
+        .wait_for(
+            "the chart",
+            "document.querySelector('#throughput .failed')?.getAttribute('points')",
+        )
+        .await;
+    assert_eq!(
+        chart.as_str().unwrap().split(' ').count(),
+        900,
+        "a point a second for 15 minutes"
+    );
     browser.screenshot("overview").await;
 
     // A job started from the submit form; its page opens.

@@ -315,3 +315,69 @@ async fn attempts_of_an_unknown_or_invalid_job_are_refused() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn throughput_counts_completed_and_failed_jobs_per_bucket() {
+    let h = harness().await;
+    for i in 0..4 {
+        submit(&h, json!({"kind": "echo", "id": format!("ok-{i}")})).await;
+    }
+    submit(&h, json!({"kind": "fail", "id": "bad"})).await;
+    for id in ["ok-0", "ok-1", "ok-2", "ok-3", "bad"] {
+        finished(&h, id).await;
+    }
+    // The metrics follow the stream a moment behind the store.
+    let mut rates = Value::Null;
+    for _ in 0..200 {
+        let (status, body) = h.call(Method::GET, "/api/throughput", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        rates = body;
+        let sum = |k: &str| {
+            rates[k]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .sum::<u64>()
+        };
+        if sum("completed") == 4 && sum("failed") == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        (rates["window"].as_str(), rates["bucket_seconds"].as_u64()),
+        (Some("15m"), Some(1))
+    );
+    assert_eq!(rates["completed"].as_array().unwrap().len(), 900);
+    let sum = |v: &Value| {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum::<u64>()
+    };
+    assert_eq!(
+        (sum(&rates["completed"]), sum(&rates["failed"])),
+        (4, 1),
+        "{rates}"
+    );
+    let (_, day) = h.call(Method::GET, "/api/throughput?window=1d", None).await;
+    assert_eq!(
+        (
+            day["bucket_seconds"].as_u64(),
+            day["completed"].as_array().unwrap().len()
+        ),
+        (Some(60), 1440)
+    );
+    assert_eq!(sum(&day["completed"]), 4);
+    let (status, e) = h.call(Method::GET, "/api/throughput?window=2h", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("15m, 1h or 1d"),
+        "{e}"
+    );
+}

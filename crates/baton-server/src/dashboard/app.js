@@ -205,13 +205,15 @@ async function route() {
 }
 
 async function overview(main) {
-  const [stats, running, failed, queues, servers] = await Promise.all([
+  const [stats, running, failed, queues, servers, rates] = await Promise.all([
     api("GET", "/api/stats"),
     api("GET", "/api/jobs?state=running,paused,stopping&limit=50"),
     api("GET", "/api/jobs?state=failed&limit=10"),
     api("GET", "/api/queues"),
     api("GET", "/api/servers"),
+    api("GET", `/api/throughput?window=${enc(prefs.window || "15m")}`),
   ]);
+  const chart = throughputChart(rates);
   const counts = { ...stats.states };
   const countNodes = {};
   const cards = el("div", { class: "cards", id: "counters" }, STATES.filter(s => s !== "deleted").map(s => {
@@ -239,6 +241,7 @@ async function overview(main) {
   main.replaceChildren(
     el("h1", {}, "Overview"),
     cards,
+    chart.node,
     el("h2", {}, "Running now"),
     el("table", {}, el("thead", {}, el("tr", {}, ["Job", "Kind", "State", "Progress", "Step", "ETA"].map(h => el("th", {}, h)))), runningBody),
     el("h2", {}, "Recent failures"),
@@ -254,7 +257,7 @@ async function overview(main) {
         el("td", { class: "num" }, s.workers), el("td", {}, s.stopped_at ? "stopped" : when(s.heartbeat_at)))))),
   );
 
-  return listen(batch => {
+  const unlisten = listen(batch => {
     for (const e of batch) {
       const d = e.data || {};
       if (e.job_id && d.state && STATES.includes(d.state)) {
@@ -281,6 +284,7 @@ async function overview(main) {
         row.tr.remove();
         rows.delete(e.job_id);
       }
+      if (e.type === "job.completed" || e.type === "job.failed") chart.add(Date.parse(e.at), e.type === "job.failed");
       if (e.type === "job.failed") {
         failedBody.prepend(failureRow(e.job_id, "", d.error, e.at));
         while (failedBody.children.length > 10) failedBody.lastChild.remove();
@@ -288,6 +292,7 @@ async function overview(main) {
     }
     for (const s of Object.keys(countNodes)) countNodes[s].textContent = counts[s] || 0;
   });
+  return () => { unlisten(); chart.stop(); };
 }
 
 function failureRow(id, kind, error, at) {
@@ -566,6 +571,48 @@ async function submit(main) {
   });
   main.replaceChildren(el("h1", {}, "Submit a job"), form, error,
     el("h2", {}, "Run a stored pipeline"), pipelines.pipelines.length ? run : el("p", { class: "muted" }, "No pipeline is stored."), runError);
+}
+
+// Completed and failed jobs per second (15 minutes) or per minute (an hour, a day):
+// read once, then moved by the stream's events; a local clock slides the window.
+function throughputChart(data) {
+  const W = 900, H = 110;
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svg = document.createElementNS(svgNS, "svg");
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
+  svg.setAttribute("id", "throughput");
+  svg.setAttribute("preserveAspectRatio", "none");
+  const line = cls => { const p = document.createElementNS(svgNS, "polyline"); p.setAttribute("class", cls); svg.append(p); return p; };
+  const ok = line("completed"), bad = line("failed");
+  const size = data.bucket_seconds * 1000;
+  let end = Date.parse(data.end);
+  const completed = data.completed.slice(), failed = data.failed.slice();
+  const peak = el("span", { class: "muted", id: "throughput-peak" });
+  const draw = () => {
+    const max = Math.max(1, ...completed, ...failed);
+    const pts = arr => arr.map((v, i) => `${(i / (arr.length - 1)) * W},${H - (v / max) * (H - 10)}`).join(" ");
+    ok.setAttribute("points", pts(completed));
+    bad.setAttribute("points", pts(failed));
+    peak.textContent = `peak ${max} per ${data.bucket_seconds === 1 ? "second" : "minute"}; now ${completed[completed.length - 1]} completed, ${failed[failed.length - 1]} failed`;
+  };
+  const slide = now => {
+    while (now >= end) { completed.shift(); failed.shift(); completed.push(0); failed.push(0); end += size; }
+  };
+  const add = (at, isFailed) => {
+    slide(at);
+    const i = completed.length - 1 - Math.floor((end - 1 - at) / size);
+    if (i < 0) return;
+    if (isFailed) failed[i] += 1; else completed[i] += 1;
+    draw();
+  };
+  const windowSelect = el("select", { id: "throughput-window", "aria-label": "window" },
+    [["15m", "last 15 minutes"], ["1h", "last hour"], ["1d", "last day"]].map(([v, l]) => el("option", { value: v, selected: data.window === v }, l)));
+  windowSelect.addEventListener("change", () => { prefs.window = windowSelect.value; route(); });
+  // The clock only moves the picture; it asks the server nothing.
+  const tick = setInterval(() => { slide(Date.now()); draw(); }, size);
+  draw();
+  const node = el("div", { class: "chart" }, el("h2", {}, "Completed and failed ", windowSelect, " ", peak), svg);
+  return { node, add, stop: () => clearInterval(tick) };
 }
 
 // Layers for a DAG: each node one layer below its deepest parent; within a layer,
