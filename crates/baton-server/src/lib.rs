@@ -2,6 +2,7 @@
 //! metrics and health, over an [`Engine`]. Only this crate knows HTTP.
 
 mod auth;
+mod batch;
 mod error;
 mod events;
 mod guard;
@@ -127,6 +128,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
     let api = Router::new()
         .route("/api/jobs", post(jobs::submit).get(jobs::list))
         .route("/api/jobs/status", post(jobs::status))
+        .route("/api/jobs/batch", post(batch::submit_batch))
         .route("/api/jobs/{id}", get(jobs::show).delete(jobs::delete))
         .route("/api/jobs/{id}/wait", get(jobs::wait))
         .route("/api/jobs/{id}/pause", post(jobs::pause))
