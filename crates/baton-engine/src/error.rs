@@ -67,9 +67,7 @@ impl Error {
             Error::Spec(s) => Some(s.field.clone()),
             Error::UnknownKind { .. } => Some("kind".into()),
             Error::UnknownQueue { .. } => Some("queue".into()),
-            Error::Store(baton_store::Error::UnknownDependency { .. }) => {
-                Some("depends_on".into())
-            }
+            Error::Store(baton_store::Error::UnknownDependency { .. }) => Some("depends_on".into()),
             _ => None,
         };
         Error::InBatch {

@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use baton_server::{AuthConfig, Role, ServerOptions, TokenEntry, hash_token};
 use common::{Harness, harness_with, serve, token};
 use serde_json::{Value, json};
+use std::net::SocketAddr;
 
 /// Sends `body` to `path` over HTTP; the status and the JSON answer.
 async fn post(addr: SocketAddr, path: &str, token: Option<&str>, body: String) -> (u16, Value) {
@@ -232,7 +232,9 @@ async fn a_job_may_depend_on_an_earlier_job_of_its_batch() {
         addr,
         "/api/jobs/batch",
         None,
-        batch(vec![json!({"id": "self", "kind": "echo", "depends_on": ["self"]})]),
+        batch(vec![
+            json!({"id": "self", "kind": "echo", "depends_on": ["self"]}),
+        ]),
     )
     .await;
     assert_eq!(status, 422, "{answer}");
@@ -244,12 +246,20 @@ async fn batch_size_and_body_bounds() {
     let (_h, addr) = server(ServerOptions::default()).await;
     let (status, answer) = post(addr, "/api/jobs/batch", None, batch(vec![])).await;
     assert_eq!(status, 400, "{answer}");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("empty"));
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("empty")
+    );
     let specs = (0..10_001).map(|_| json!({"kind": "echo"})).collect();
     let (status, answer) = post(addr, "/api/jobs/batch", None, batch(specs)).await;
     assert_eq!(status, 400, "{answer}");
     let message = answer["error"]["message"].as_str().unwrap();
-    assert!(message.contains("10001") && message.contains("10000"), "{message}");
+    assert!(
+        message.contains("10001") && message.contains("10000"),
+        "{message}"
+    );
     let (status, answer) = post(addr, "/api/jobs/batch", None, "{\"jobs\": {}}".into()).await;
     assert_eq!(status, 422, "{answer}");
     let (status, answer) = post(addr, "/api/jobs/batch", None, "[".into()).await;
@@ -316,8 +326,13 @@ async fn roles_and_queue_scoped_tokens() {
     assert_eq!(status, 403, "{answer}");
     assert_eq!(answer["error"]["index"], 1);
     let message = answer["error"]["message"].as_str().unwrap();
-    assert!(message.starts_with("jobs[1]: ") && message.contains("\"default\""), "{message}");
-    let replace = batch(vec![json!({"kind": "echo", "queue": "other", "unique_key": "k", "unique_policy": "replace"})]);
+    assert!(
+        message.starts_with("jobs[1]: ") && message.contains("\"default\""),
+        "{message}"
+    );
+    let replace = batch(vec![
+        json!({"kind": "echo", "queue": "other", "unique_key": "k", "unique_policy": "replace"}),
+    ]);
     let (status, answer) = post(addr, "/api/jobs/batch", Some("other-ops-token"), replace).await;
     assert_eq!(status, 403, "{answer}");
     // An operator for every queue may.
@@ -371,7 +386,8 @@ async fn the_rate_limit_counts_every_job_of_a_batch() {
     // single submits pass (plus one per second since), then 429.
     let mut passed = 0;
     loop {
-        let (status, answer) = post(addr, "/api/jobs", None, json!({"kind": "echo"}).to_string()).await;
+        let (status, answer) =
+            post(addr, "/api/jobs", None, json!({"kind": "echo"}).to_string()).await;
         match status {
             201 => passed += 1,
             429 => break,
@@ -380,5 +396,8 @@ async fn the_rate_limit_counts_every_job_of_a_batch() {
         assert!(passed <= 20, "the limit never answered 429");
     }
     let refilled = started.elapsed().as_secs() + 1;
-    assert!(passed >= 2 && passed <= 2 + refilled, "{passed} single submits passed");
+    assert!(
+        passed >= 2 && passed <= 2 + refilled,
+        "{passed} single submits passed"
+    );
 }

@@ -59,7 +59,11 @@ pub fn run(client: &Client, file: &Path, batch_size: usize) -> Result<u8> {
     for chunk in lines.chunks(batch_size) {
         let specs: Vec<&JobSpec> = chunk.iter().map(|l| &l.spec).collect();
         let body = json!({ "jobs": specs });
-        let answer: BatchResponse = match client.call_or_refusal("POST", "/api/jobs/batch", Some(&body))? {
+        let answer: BatchResponse = match client.call_or_refusal(
+            "POST",
+            "/api/jobs/batch",
+            Some(&body),
+        )? {
             Ok(answer) => answer,
             Err(refusal) => {
                 bar.clear();

@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 use support::{BIN, Server, baton, json, ok, start};
 
 fn spec(i: usize) -> String {
-    format!(r#"{{"id": "file-{i}", "kind": "command", "command": ["true"], "labels": {{"n": "{i}"}}}}"#)
+    format!(
+        r#"{{"id": "file-{i}", "kind": "command", "command": ["true"], "labels": {{"n": "{i}"}}}}"#
+    )
 }
 
 fn total(server: &Server) -> u64 {
@@ -30,7 +32,16 @@ fn a_file_is_sent_in_batches_and_its_ids_printed() {
     }
     let file = server.dir.path().join("jobs.jsonl");
     std::fs::write(&file, &text).unwrap();
-    let out = baton(&server, &["submit", "--file", file.to_str().unwrap(), "--batch-size", "10"]);
+    let out = baton(
+        &server,
+        &[
+            "submit",
+            "--file",
+            file.to_str().unwrap(),
+            "--batch-size",
+            "10",
+        ],
+    );
     let stdout = ok(&out);
     let ids: Vec<&str> = stdout.lines().collect();
     let expected: Vec<String> = (0..25).map(|i| format!("file-{i}")).collect();
@@ -40,12 +51,18 @@ fn a_file_is_sent_in_batches_and_its_ids_printed() {
         stderr.contains("submitted 25 jobs in 3 batches: 25 created, 0 existed already"),
         "{stderr}"
     );
-    assert!(!stderr.contains('\x1b'), "no bar off a terminal: {stderr:?}");
+    assert!(
+        !stderr.contains('\x1b'),
+        "no bar off a terminal: {stderr:?}"
+    );
     assert_eq!(total(&server), 25);
     assert_eq!(json(&server, &["show", "file-24"])["labels"]["n"], "24");
 
     // Again, with --json: the jobs, each one that existed answered as it is.
-    let out = baton(&server, &["--json", "submit", "--file", file.to_str().unwrap()]);
+    let out = baton(
+        &server,
+        &["--json", "submit", "--file", file.to_str().unwrap()],
+    );
     let jobs: Vec<serde_json::Value> = ok(&out)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
@@ -74,7 +91,10 @@ fn specs_can_come_from_standard_input() {
     }
     drop(stdin);
     let out = child.wait_with_output().unwrap();
-    assert_eq!(ok(&out).lines().collect::<Vec<_>>(), ["file-0", "file-1", "file-2"]);
+    assert_eq!(
+        ok(&out).lines().collect::<Vec<_>>(),
+        ["file-0", "file-1", "file-2"]
+    );
     assert_eq!(total(&server), 3);
 }
 
@@ -82,11 +102,22 @@ fn specs_can_come_from_standard_input() {
 fn a_bad_line_is_named_before_anything_is_sent() {
     let server = start(None);
     let file = server.dir.path().join("bad.jsonl");
-    std::fs::write(&file, format!("{}\n\n{{\"kind\": \"command\", \"comand\": [\"true\"]}}\n{}\n", spec(0), spec(1))).unwrap();
+    std::fs::write(
+        &file,
+        format!(
+            "{}\n\n{{\"kind\": \"command\", \"comand\": [\"true\"]}}\n{}\n",
+            spec(0),
+            spec(1)
+        ),
+    )
+    .unwrap();
     let out = baton(&server, &["submit", "--file", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("line 3 of ") && stderr.contains("comand"), "{stderr}");
+    assert!(
+        stderr.contains("line 3 of ") && stderr.contains("comand"),
+        "{stderr}"
+    );
     assert_eq!(total(&server), 0, "nothing was sent");
 
     let out = baton(&server, &["submit", "--file", "missing.jsonl"]);
@@ -102,7 +133,16 @@ fn a_refused_batch_stops_and_says_what_was_stored() {
     lines[14] = r#"{"kind": "command", "command": ["true"], "delay": "soon"}"#.into();
     let file = server.dir.path().join("jobs.jsonl");
     std::fs::write(&file, lines.join("\n")).unwrap();
-    let out = baton(&server, &["submit", "--file", file.to_str().unwrap(), "--batch-size", "10"]);
+    let out = baton(
+        &server,
+        &[
+            "submit",
+            "--file",
+            file.to_str().unwrap(),
+            "--batch-size",
+            "10",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -114,7 +154,16 @@ fn a_refused_batch_stops_and_says_what_was_stored() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 10);
     assert_eq!(total(&server), 10);
 
-    let out = baton(&server, &["submit", "--file", file.to_str().unwrap(), "--batch-size", "0"]);
+    let out = baton(
+        &server,
+        &[
+            "submit",
+            "--file",
+            file.to_str().unwrap(),
+            "--batch-size",
+            "0",
+        ],
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --batch-size 0"));
 }
