@@ -13,14 +13,17 @@ use crate::auth::{Caller, SubmitQuota};
 use crate::error::{ApiError, ApiResult};
 use crate::json::ApiJson;
 
+/// Submit many jobs in one write, all or none.
+///
+/// The submit rate limit (429) counts every job of the batch; a batch with more jobs
+/// than the limit's burst is refused with 429 whatever the wait, and must be split.
 #[utoipa::path(post, operation_id = "submit_batch", path = "/api/jobs/batch", tag = "jobs", request_body = baton_api::BatchRequest,
     responses((status = 201, description = "stored in one write: the jobs in the order given, and for each whether this request created it (false: a job with its client id existed, and is answered as it is)", body = baton_api::BatchResponse),
         (status = 200, description = "every job existed already (each client id was taken); nothing was written", body = baton_api::BatchResponse),
         (status = 400, description = "no jobs, more than 10000, or a malformed body", body = baton_api::ErrorBody),
         (status = 403, description = "the token's role may not submit; a token narrowed to queues and a job of another queue (index names it); or the commands policy refuses a program of a job (code command_not_allowed, index names it); nothing is stored", body = baton_api::ErrorBody),
         (status = 409, description = "a job's unique_key is held by another job (unique_policy reject); nothing is stored", body = baton_api::ErrorBody),
-        (status = 422, description = "a job is invalid: the message, `index` and `field` name it (`jobs[3].command: ...`); a repeated id within the batch, a dependency on a later job of the batch or on no job; nothing is stored", body = baton_api::ErrorBody),
-        (status = 429, description = "the submit rate limit, which counts every job of the batch; also a batch larger than the limit's burst, which never passes", body = baton_api::ErrorBody)))]
+        (status = 422, description = "a job is invalid: the message, `index` and `field` name it (`jobs[3].command: ...`); a repeated id within the batch, a dependency on a later job of the batch or on no job; nothing is stored", body = baton_api::ErrorBody)))]
 pub async fn submit_batch(
     State(s): State<AppState>,
     caller: Option<axum::Extension<Caller>>,
