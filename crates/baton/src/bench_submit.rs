@@ -16,6 +16,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use baton_store::Durability;
 use serde_json::{Value, json};
 
+use crate::bench_proc;
 use crate::bench_server::Server;
 
 #[derive(Clone, Debug)]
@@ -42,7 +43,8 @@ pub async fn run(db: &Path, workdir: &Path, durability: Durability, s: Settings)
     }
     let server = Server::start(db, workdir, durability, "submit-server.log")?;
     let url = server.url.clone();
-    let measured = tokio::task::spawn_blocking(move || measure(&url, &s)).await?;
+    let stat = std::path::PathBuf::from(format!("/proc/{}/stat", server.pid));
+    let measured = tokio::task::spawn_blocking(move || measure(&url, &stat, &s)).await?;
     let mut report = match measured {
         Ok(report) => report,
         Err(e) => return Err(e.context(server.log_tail())),
@@ -55,7 +57,7 @@ pub async fn run(db: &Path, workdir: &Path, durability: Durability, s: Settings)
     Ok(report)
 }
 
-fn measure(url: &str, s: &Settings) -> Result<Value> {
+fn measure(url: &str, stat: &Path, s: &Settings) -> Result<Value> {
     let api = Http::new(url);
     let (status, text) = api.post("/api/queues/default/pause", "")?;
     if status != 200 {
@@ -82,7 +84,9 @@ fn measure(url: &str, s: &Settings) -> Result<Value> {
         .iter()
         .map(|id| (spec(id.clone()).to_string(), 1))
         .collect();
+    let cpu = bench_proc::cpu_ticks_from(stat)?;
     let single = send(&api, "/api/jobs", bodies, s.threads)?;
+    let single_cpu = bench_proc::cpu_ticks_from(stat)? - cpu;
 
     let batch_ids: Vec<String> = (0..s.batch_jobs).map(|i| format!("b{run}-{i}")).collect();
     let bodies: Vec<(String, usize)> = batch_ids
@@ -92,7 +96,9 @@ fn measure(url: &str, s: &Settings) -> Result<Value> {
             (json!({ "jobs": jobs }).to_string(), ids.len())
         })
         .collect();
+    let cpu = bench_proc::cpu_ticks_from(stat)?;
     let batch = send(&api, "/api/jobs/batch", bodies, s.threads)?;
+    let batch_cpu = bench_proc::cpu_ticks_from(stat)? - cpu;
 
     verify(&api, &single_ids)?;
     verify(&api, &batch_ids)?;
@@ -115,7 +121,15 @@ fn measure(url: &str, s: &Settings) -> Result<Value> {
         "batch_ms": batch.as_secs_f64() * 1000.0,
         "single_per_s": per_s(s.single_jobs, single)?,
         "batch_per_s": per_s(s.batch_jobs, batch)?,
+        // The server's own CPU time (all its threads) per job: unlike the rates, it
+        // does not depend on what else the machine runs meanwhile.
+        "single_server_cpu_us_per_job": cpu_us_per_job(single_cpu, s.single_jobs),
+        "batch_server_cpu_us_per_job": cpu_us_per_job(batch_cpu, s.batch_jobs),
     }))
+}
+
+fn cpu_us_per_job(ticks: u64, jobs: usize) -> f64 {
+    ticks as f64 / bench_proc::TICKS_PER_S * 1e6 / jobs as f64
 }
 
 /// Sends every body (with the jobs it holds) to `path` from `threads` threads; the time
