@@ -921,7 +921,7 @@ impl Writer {
                 (EventKind::Output, json!({"text": text}))
             }
             Update::Checkpoint { data, step } => {
-                let text = json_text(&data);
+                let text = json_text(data);
                 self.conn
                     .prepare_cached(
                         "UPDATE jobs SET checkpoint = ?2, event_seq = ?3, updated_at = ?4 WHERE seq = ?1",
