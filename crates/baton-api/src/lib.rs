@@ -79,6 +79,25 @@ pub struct CheckpointList {
     pub checkpoints: Vec<Checkpoint>,
 }
 
+/// `GET /api/whoami`: who the request's token names. Without auth every request is
+/// `anonymous` with the `admin` role.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WhoAmI {
+    /// Whether the server asks for tokens.
+    pub auth: bool,
+    pub name: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// The queues the role is narrowed to, when it is.
+    pub queues: Option<Vec<String>>,
+}
+
+/// `GET /api/jobs/{id}/attempts`: oldest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AttemptList {
+    pub attempts: Vec<baton_core::Attempt>,
+}
+
 /// `GET /api/jobs/{id}/logs`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogList {

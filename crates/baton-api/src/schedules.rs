@@ -39,3 +39,11 @@ pub struct ScheduleDeleted {
     pub id: String,
     pub deleted: bool,
 }
+
+/// `POST /api/schedule-preview`: the next runs of a schedule spec, were it created now.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SchedulePreview {
+    /// RFC 3339 times, soonest first; fewer than asked when the trigger has no more
+    /// (`once`), none for `manual`.
+    pub runs: Vec<String>,
+}

@@ -1,8 +1,11 @@
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::backoff::Backoff;
+use crate::duration;
 use crate::state::State;
 use crate::time::{Millis, opt_rfc3339, rfc3339};
 
@@ -45,6 +48,115 @@ pub struct Job {
     #[serde(with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: Millis,
+    /// What the job runs, and its time limits and retry backoff.
+    #[serde(flatten)]
+    pub runs: Runs,
+}
+
+/// What a job runs: the program of a command job, the steps of a pipeline job, and
+/// the limits every job has. Environment values are never shown, only their names.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Runs {
+    /// The program and its arguments (kind `command`); `null` for other kinds.
+    pub command: Option<Vec<String>>,
+    /// Whether `command[0]` runs through `sh -c` (kind `command`).
+    pub shell: Option<bool>,
+    /// The working folder of a command or pipeline job, when set.
+    pub cwd: Option<String>,
+    /// The names of the job's environment variables; their values are never returned.
+    pub env: Option<Vec<String>>,
+    /// The steps of a pipeline job (a stored pipeline's as they were when it was submitted).
+    pub steps: Option<Vec<StepInfo>>,
+    /// The stored pipeline the job was made from.
+    pub pipeline: Option<String>,
+    /// How long one attempt may run (`"1h"`), when limited.
+    pub timeout: Option<String>,
+    /// How long a stopped job has to wind down before it is killed (`"10s"`).
+    pub grace: String,
+    /// The wait before each retry.
+    pub backoff: BackoffInfo,
+}
+
+/// One step of a pipeline job as clients see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StepInfo {
+    pub name: String,
+    pub command: Vec<String>,
+    pub shell: bool,
+    pub cwd: Option<String>,
+    /// The names of the step's own environment variables.
+    pub env: Option<Vec<String>>,
+    pub timeout: Option<String>,
+    pub retries: Option<u32>,
+}
+
+/// A job's retry backoff as durations (`{"initial": "1s", "max": "5m"}`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct BackoffInfo {
+    pub initial: String,
+    pub max: String,
+}
+
+impl Runs {
+    /// Describes a stored job: `exec` is what a command or pipeline job executes, as
+    /// [`crate::JobSpec::validate`] made it.
+    pub fn describe(
+        exec: Option<&Value>,
+        timeout: Option<Duration>,
+        grace: Duration,
+        backoff: Backoff,
+    ) -> Self {
+        let exec = exec.and_then(Value::as_object);
+        let field = |k: &str| exec.and_then(|e| e.get(k));
+        let string = |k: &str| field(k).and_then(Value::as_str).map(str::to_owned);
+        Self {
+            command: field("command").map(strings),
+            shell: field("command")
+                .map(|_| field("shell").and_then(Value::as_bool).unwrap_or(false)),
+            cwd: string("cwd"),
+            env: field("env").and_then(names),
+            steps: field("steps").and_then(Value::as_array).map(|steps| {
+                steps
+                    .iter()
+                    .map(|s| StepInfo {
+                        name: s["name"].as_str().unwrap_or_default().to_owned(),
+                        command: strings(&s["command"]),
+                        shell: s["shell"].as_bool().unwrap_or(false),
+                        cwd: s["cwd"].as_str().map(str::to_owned),
+                        env: names(&s["env"]),
+                        timeout: s["timeout"].as_str().map(str::to_owned),
+                        retries: s["retries"].as_u64().map(|n| n as u32),
+                    })
+                    .collect()
+            }),
+            pipeline: string("pipeline"),
+            timeout: timeout.map(duration::format),
+            grace: duration::format(grace),
+            backoff: BackoffInfo {
+                initial: duration::format(backoff.initial),
+                max: duration::format(backoff.max),
+            },
+        }
+    }
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The keys of an environment object, sorted; never its values.
+fn names(v: &Value) -> Option<Vec<String>> {
+    v.as_object().map(|m| {
+        let mut keys: Vec<String> = m.keys().cloned().collect();
+        keys.sort();
+        keys
+    })
 }
 
 /// Why a job failed or was cancelled.

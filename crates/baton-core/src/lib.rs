@@ -1,6 +1,7 @@
 //! Baton's job model: ids, specs and their validation, the state machine, events,
 //! retry maths and schedule maths. Pure: no IO, no clocks, no threads.
 
+pub mod attempt;
 pub mod backoff;
 pub mod dependency;
 pub mod duration;
@@ -14,11 +15,12 @@ pub mod state;
 pub mod time;
 pub mod workflow;
 
+pub use attempt::{Attempt, CheckpointRef, Outcome};
 pub use backoff::Backoff;
 pub use dependency::{Condition, Dependency, EdgeStatus, UniquePolicy};
 pub use event::{Event, EventKind};
 pub use id::JobId;
-pub use job::{ErrorInfo, Job};
+pub use job::{BackoffInfo, ErrorInfo, Job, Runs, StepInfo};
 pub use pipeline::PipelineSpec;
 pub use schedule::{Misfire, Overlap, Schedule, ScheduleError, ScheduleSpec, Trigger};
 pub use spec::{EnvValue, JobSpec, Limits, NewJob, SealedValue, SecretValue, SpecError, StepSpec};

@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-use crate::context::{JobContext, JobError};
+use crate::context::{Exit, JobContext, JobError};
 use crate::policy::CommandPolicy;
 use crate::run::Ctl;
 use crate::security::Refusal;
@@ -365,6 +365,11 @@ impl Finished {
             let lines: Vec<&str> = self.stderr_tail.iter().map(String::as_str).collect();
             format!("; last lines of stderr:\n{}", lines.join("\n"))
         };
+        let exit = match (self.status.code(), self.status.signal()) {
+            (Some(code), _) => Some(Exit::Code(code)),
+            (None, Some(n)) => Some(Exit::Signal(signal_name(n))),
+            (None, None) => None,
+        };
         if let Some(limit) = self.timed_out {
             return Err(JobError::with_code(
                 "timeout",
@@ -373,7 +378,8 @@ impl Finished {
                     baton_core::duration::format(limit),
                     signal_suffix(self.status)
                 ),
-            ));
+            )
+            .with_exit(exit));
         }
         if self.status.success() {
             return Ok(self.result.unwrap_or(Value::Null));
@@ -382,13 +388,14 @@ impl Finished {
             return Err(JobError::with_code(
                 "exit_code",
                 format!("{what}exited with code {code}{tail}"),
-            ));
+            )
+            .with_exit(exit));
         }
         let signal = self.status.signal().map_or("?".into(), signal_name);
-        Err(JobError::with_code(
-            "signal",
-            format!("{what}killed by {signal}{tail}"),
-        ))
+        Err(
+            JobError::with_code("signal", format!("{what}killed by {signal}{tail}"))
+                .with_exit(exit),
+        )
     }
 }
 

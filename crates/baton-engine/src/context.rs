@@ -17,6 +17,15 @@ pub struct JobError {
     code: String,
     message: String,
     retryable: bool,
+    exit: Option<Exit>,
+}
+
+/// How the process of a command or pipeline job ended, when it ended badly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    /// The signal's name (`SIGKILL`).
+    Signal(String),
 }
 
 impl JobError {
@@ -38,6 +47,7 @@ impl JobError {
             code: code.into(),
             message: message.into(),
             retryable: true,
+            exit: None,
         }
     }
 
@@ -61,7 +71,19 @@ impl JobError {
             code: "cancelled".into(),
             message: "the job was stopped".into(),
             retryable: false,
+            exit: None,
         }
+    }
+
+    /// The same error, with how the job's process ended.
+    pub(crate) fn with_exit(mut self, exit: Option<Exit>) -> Self {
+        self.exit = exit;
+        self
+    }
+
+    /// How the job's process ended (command and pipeline kinds).
+    pub fn exit(&self) -> Option<&Exit> {
+        self.exit.as_ref()
     }
 
     pub fn code(&self) -> &str {
@@ -78,6 +100,23 @@ impl JobError {
 
     pub(crate) fn info(&self) -> baton_core::ErrorInfo {
         baton_core::ErrorInfo::new(self.code.clone(), self.message.clone())
+    }
+
+    /// The data of the event that records this failure: the error, and the exit code
+    /// or signal of the process when there was one.
+    pub(crate) fn event_data(&self) -> serde_json::Map<String, Value> {
+        let mut data = serde_json::Map::new();
+        data.insert("error".into(), serde_json::json!(self.info()));
+        match &self.exit {
+            Some(Exit::Code(code)) => {
+                data.insert("exit_code".into(), Value::from(*code));
+            }
+            Some(Exit::Signal(name)) => {
+                data.insert("signal".into(), Value::String(name.clone()));
+            }
+            None => {}
+        }
+        data
     }
 }
 
@@ -318,6 +357,7 @@ impl JobContext {
                 code: "cancelled".into(),
                 message: "this attempt no longer holds the job".into(),
                 retryable: false,
+                exit: None,
             }),
             Err(e) => Err(JobError::new(format!("cannot record: {e}"))),
         }

@@ -670,6 +670,28 @@ impl Engine {
         Ok(self.inner.store.job_events(id, after, 10_000).await?)
     }
 
+    /// The job's attempts, oldest first, read from its events.
+    pub async fn attempts(&self, id: &str) -> Result<Vec<baton_core::Attempt>> {
+        let job = self.get(id).await?;
+        const PAGE: usize = 1000;
+        let mut events = Vec::new();
+        loop {
+            let after = events.last().map_or(0, |e: &baton_core::Event| e.seq);
+            let page = self
+                .inner
+                .store
+                .job_events_of(id, baton_core::attempt::ATTEMPT_EVENTS, after, PAGE)
+                .await?;
+            let full = page.len() == PAGE;
+            events.extend(page);
+            if !full {
+                break;
+            }
+        }
+        let runs_process = matches!(job.kind.as_str(), KIND_COMMAND | KIND_PIPELINE);
+        Ok(baton_core::attempt::from_events(&events, runs_process))
+    }
+
     pub async fn checkpoints(&self, id: &str) -> Result<Vec<baton_store::Checkpoint>> {
         self.get(id).await?;
         Ok(self.inner.store.checkpoints(id).await?)
@@ -1250,22 +1272,24 @@ async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) 
     if error.is_retryable() && c.retries_left > 0 {
         let delay = c.backoff.delay(c.job.attempt);
         let run_at = now + delay.as_millis() as i64;
-        let data = json!({
-            "error": info,
-            "attempt": c.job.attempt,
-            "run_at": baton_core::time::to_rfc3339(run_at),
-        });
+        let mut data = error.event_data();
+        data.insert("attempt".into(), json!(c.job.attempt));
+        data.insert("run_at".into(), json!(baton_core::time::to_rfc3339(run_at)));
         let (to, run_at) = if delay.is_zero() {
             (State::Queued, None)
         } else {
             (State::Scheduled, Some(run_at))
         };
         store
-            .record(t(to, EventKind::Retrying).data(data).changes(Changes {
-                error: Some(info),
-                run_at,
-                ..Changes::default()
-            }))
+            .record(
+                t(to, EventKind::Retrying)
+                    .data(Value::Object(data))
+                    .changes(Changes {
+                        error: Some(info),
+                        run_at,
+                        ..Changes::default()
+                    }),
+            )
             .await?;
         inner.job_is(to, &c.job.queue, run_at);
         return Ok(());
@@ -1273,7 +1297,7 @@ async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) 
     store
         .record(
             t(State::Failed, EventKind::Failed)
-                .data(json!({"error": info}))
+                .data(Value::Object(error.event_data()))
                 .changes(Changes {
                     error: Some(info.clone()),
                     ..Changes::default()

@@ -51,7 +51,7 @@ pub use baton_store::{
 pub use baton_store::{Link, SubmittedWorkflow};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use command::{ProcStat, proc_stat};
-pub use context::{JobContext, JobError};
+pub use context::{Exit, JobContext, JobError};
 pub use engine::QueueStatus;
 pub use engine::{DEFAULT_MAX_LOG_LINES, Engine, EngineBuilder, Recovery, Subscription};
 pub use error::{Error, ErrorCode};

@@ -457,6 +457,23 @@ impl Waits {
 impl Engine {
     /// Creates a schedule; an id that exists already is refused
     /// ([`Error::ScheduleExists`]). Its first run follows the trigger.
+    /// The next `count` runs a schedule with this spec would have if it were created
+    /// now, after the same checks as a create; nothing is stored.
+    pub async fn preview_schedule(&self, spec: ScheduleSpec, count: usize) -> Result<Vec<Millis>> {
+        let (spec, now) = self.check_schedule(spec).await?;
+        let plan = spec.plan(now)?;
+        let mut runs = Vec::with_capacity(count);
+        let mut next = plan.first_run(now);
+        while let Some(at) = next {
+            if runs.len() == count {
+                break;
+            }
+            runs.push(at);
+            next = plan.next_after(at);
+        }
+        Ok(runs)
+    }
+
     pub async fn create_schedule(&self, spec: ScheduleSpec) -> Result<Schedule> {
         let (spec, now) = self.check_schedule(spec).await?;
         let plan = spec.plan(now)?;

@@ -169,7 +169,7 @@ fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 pub struct Auth {
-    config: AuthConfig,
+    pub(crate) config: AuthConfig,
     /// The configured tokens' SHA-256, decoded, beside `config.tokens`.
     digests: Vec<[u8; 32]>,
     failures: Failures,
@@ -263,10 +263,18 @@ impl Auth {
 
 /// The role a request needs.
 pub fn required_role(method: &Method, path: &str) -> Option<Role> {
-    if matches!(path, "/healthz" | "/readyz") {
+    // The dashboard's files hold no data: its pages ask the API with the person's token.
+    if matches!(path, "/healthz" | "/readyz")
+        || (*method == Method::GET && crate::dashboard::is_asset_path(path))
+    {
         return None;
     }
-    if *method == Method::GET || *method == Method::HEAD || *method == Method::OPTIONS {
+    // A preview reads: it stores nothing.
+    if *method == Method::GET
+        || *method == Method::HEAD
+        || *method == Method::OPTIONS
+        || (*method == Method::POST && path == "/api/schedule-preview")
+    {
         return Some(Role::Viewer);
     }
     let admin_area = path.starts_with("/api/schedules") || path.starts_with("/api/pipelines");

@@ -361,6 +361,18 @@ pub async fn delete(
     Ok(Json(s.engine.delete(job_id(&id)?).await?))
 }
 
+#[utoipa::path(get, operation_id = "job_attempts", path = "/api/jobs/{id}/attempts", tag = "jobs", params(("id" = String, Path)),
+    responses((status = 200, description = "the job's attempts, oldest first: server, times, outcome, error, exit code or signal, the checkpoint it resumed from", body = baton_api::AttemptList),
+        (status = 400, description = "an invalid job id", body = baton_api::ErrorBody),
+        (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
+pub async fn attempts(
+    State(s): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<Json<baton_api::AttemptList>> {
+    let attempts = s.engine.attempts(job_id(&id)?).await?;
+    Ok(Json(baton_api::AttemptList { attempts }))
+}
+
 #[utoipa::path(get, operation_id = "job_checkpoints", path = "/api/jobs/{id}/checkpoints", tag = "jobs", params(("id" = String, Path)),
     responses((status = 200, body = baton_api::CheckpointList), (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
 pub async fn checkpoints(

@@ -3,6 +3,7 @@
 
 mod auth;
 mod batch;
+mod dashboard;
 mod error;
 mod events;
 mod guard;
@@ -140,6 +141,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
             post(jobs::cancel).patch(jobs::cancel_patch),
         )
         .route("/api/jobs/{id}/events", get(events::job_events))
+        .route("/api/jobs/{id}/attempts", get(jobs::attempts))
         .route("/api/jobs/{id}/checkpoints", get(jobs::checkpoints))
         .route("/api/jobs/{id}/logs", get(jobs::logs))
         .route("/api/jobs/{id}/dependencies", get(workflows::dependencies))
@@ -162,6 +164,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
                 .put(schedules::put)
                 .delete(schedules::delete),
         )
+        .route("/api/schedule-preview", post(schedules::preview))
         .route("/api/schedules/{id}/trigger", post(schedules::trigger))
         .route("/api/schedules/{id}/pause", post(schedules::pause))
         .route("/api/schedules/{id}/resume", post(schedules::resume))
@@ -181,6 +184,9 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/api/resources", get(resources::resources))
         .route("/api/openapi.json", get(meta::openapi))
         .route("/metrics", get(meta::metrics))
+        .route("/", get(dashboard::index))
+        .route("/ui/{name}", get(dashboard::asset))
+        .route("/api/whoami", get(meta::whoami))
         .route("/healthz", get(meta::healthz))
         .route("/readyz", get(meta::readyz))
         .fallback(meta::not_found)

@@ -200,6 +200,25 @@ pub async fn readyz(State(s): State<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(get, operation_id = "whoami", path = "/api/whoami", tag = "meta",
+    responses((status = 200, description = "who the request's token names, and its role", body = baton_api::WhoAmI)))]
+pub async fn whoami(
+    State(s): State<AppState>,
+    caller: Option<axum::Extension<crate::auth::Caller>>,
+) -> Json<baton_api::WhoAmI> {
+    let auth = s.auth.config.enabled();
+    let (name, role, queues) = match caller {
+        Some(axum::Extension(c)) => (c.name, c.role.as_str().to_owned(), c.queues),
+        None => ("anonymous".into(), "admin".into(), None),
+    };
+    Json(baton_api::WhoAmI {
+        auth,
+        name,
+        role,
+        queues,
+    })
+}
+
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such endpoint")
 }

@@ -73,6 +73,39 @@ pub async fn list(
     }))
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewQuery {
+    count: Option<String>,
+}
+
+#[utoipa::path(post, operation_id = "preview_schedule", path = "/api/schedule-preview", tag = "schedules", request_body = baton_core::ScheduleSpec,
+    params(("count" = Option<u32>, Query, minimum = 1, maximum = 100, description = "how many runs, 1 to 100 (default 5)")),
+    responses((status = 200, description = "the next runs, were the schedule created now; nothing is stored", body = baton_api::SchedulePreview),
+        (status = 400, description = "an invalid count", body = baton_api::ErrorBody),
+        (status = 422, description = "invalid schedule, as a create would say", body = baton_api::ErrorBody)))]
+pub async fn preview(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<PreviewQuery>,
+    ApiJson(spec): ApiJson<ScheduleSpec>,
+) -> ApiResult<Json<baton_api::SchedulePreview>> {
+    let count = match q.count.as_deref() {
+        None => 5,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=100).contains(&n) => n,
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid count {v:?}: expected a number from 1 to 100"
+                )));
+            }
+        },
+    };
+    let runs = s.engine.preview_schedule(spec, count).await?;
+    Ok(Json(baton_api::SchedulePreview {
+        runs: runs.into_iter().map(baton_core::time::to_rfc3339).collect(),
+    }))
+}
+
 #[utoipa::path(post, operation_id = "create_schedule", path = "/api/schedules", tag = "schedules", request_body = baton_core::ScheduleSpec,
     responses((status = 201, description = "created", body = baton_core::Schedule),
         (status = 409, description = "a schedule with this id exists (PUT replaces it)", body = baton_api::ErrorBody),

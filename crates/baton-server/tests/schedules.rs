@@ -414,3 +414,86 @@ async fn viewers_read_operators_trigger_admins_manage() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn a_preview_gives_the_next_runs_and_stores_nothing() {
+    let options = ServerOptions {
+        auth: AuthConfig {
+            tokens: vec![token("watcher", Role::Viewer)],
+            ..AuthConfig::default()
+        },
+        ..ServerOptions::default()
+    };
+    let h = harness_with(options).await;
+    let auth = [("authorization", "Bearer watcher-token")];
+    let (status, body) = h
+        .raw(
+            Method::POST,
+            "/api/schedule-preview?count=3",
+            Some(daily().to_string()),
+            &auth,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let runs: Vec<chrono::DateTime<chrono::Utc>> =
+        serde_json::from_str::<Value>(&body).unwrap()["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().parse().unwrap())
+            .collect();
+    assert_eq!(runs.len(), 3);
+    let london: chrono_tz::Tz = "Europe/London".parse().unwrap();
+    for (i, run) in runs.iter().enumerate() {
+        let local = run.with_timezone(&london);
+        assert_eq!(local.format("%H:%M").to_string(), "02:00", "{run}");
+        assert!(*run > chrono::Utc::now());
+        if i > 0 {
+            assert!(*run > runs[i - 1]);
+        }
+    }
+    // A manual schedule has no runs; a once one has one.
+    let mut manual = daily();
+    manual["trigger"] = json!({"type": "manual"});
+    let (_, body) = h
+        .raw(
+            Method::POST,
+            "/api/schedule-preview",
+            Some(manual.to_string()),
+            &auth,
+        )
+        .await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["runs"],
+        json!([])
+    );
+    // Bad input: the field, as a create names it; a bad count.
+    let mut bad = daily();
+    bad["trigger"] = json!({"type": "cron", "expr": "61 * * * *"});
+    let (status, body) = h
+        .raw(
+            Method::POST,
+            "/api/schedule-preview",
+            Some(bad.to_string()),
+            &auth,
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(body.contains("trigger.expr"), "{body}");
+    for count in ["0", "101", "x"] {
+        let (status, body) = h
+            .raw(
+                Method::POST,
+                &format!("/api/schedule-preview?count={count}"),
+                Some(daily().to_string()),
+                &auth,
+            )
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{count}: {body}");
+    }
+    // Nothing was stored.
+    let (_, list) = h
+        .call_as(Method::GET, "/api/schedules", "watcher-token")
+        .await;
+    assert_eq!(list["total"], 0, "{list}");
+}

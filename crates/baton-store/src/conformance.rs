@@ -1202,6 +1202,52 @@ pub async fn checkpoints_resume_the_next_claim(store: Arc<dyn Store>) {
         saved,
         [json!({"page": 1}), json!({"page": 2}), json!({"page": 3})]
     );
+
+    // Each start names the checkpoint it resumed from; the one from scratch none.
+    let starts = s
+        .job_events_of("crawl", &[EventKind::Started], 0, 100)
+        .await
+        .expect("starts");
+    assert!(starts.iter().all(|e| e.kind == EventKind::Started));
+    assert!(starts.windows(2).all(|w| w[0].seq < w[1].seq));
+    let resumed: Vec<_> = starts
+        .iter()
+        .map(|e| (e.data["attempt"].clone(), e.data.get("checkpoint").cloned()))
+        .collect();
+    assert_eq!(
+        resumed,
+        [
+            (json!(1), None),
+            (json!(2), Some(json!({"seq": cps[1].seq, "step": "fetch"}))),
+            (json!(3), Some(json!({"seq": cps[2].seq, "step": "parse"}))),
+            (json!(4), None),
+        ]
+    );
+    // Kinds filter, `after` pages on the job's own order.
+    let ends = s
+        .job_events_of(
+            "crawl",
+            &[EventKind::Completed, EventKind::Failed],
+            starts[1].seq,
+            100,
+        )
+        .await
+        .expect("ends");
+    assert_eq!(
+        ends.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        [EventKind::Completed, EventKind::Failed]
+    );
+    let first = s
+        .job_events_of("crawl", &[EventKind::Started], 0, 1)
+        .await
+        .expect("page");
+    assert_eq!(first.len(), 1);
+    assert!(
+        s.job_events_of("nope", &[EventKind::Started], 0, 10)
+            .await
+            .expect("unknown job")
+            .is_empty()
+    );
 }
 
 /// Recovery after a crash: running and paused jobs become `crashed` and then

@@ -411,6 +411,14 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, id: &str) -> Result<Option<Job>>;
     async fn list(&self, filter: JobFilter) -> Result<JobPage>;
     async fn job_events(&self, job_id: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>>;
+    /// The job's events of these kinds only, in the job's order after `after_seq`.
+    async fn job_events_of(
+        &self,
+        job_id: &str,
+        kinds: &[EventKind],
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>>;
     async fn events_after(&self, after_id: u64, limit: usize) -> Result<Vec<Event>>;
     /// The id of the last committed event (0 when there is none). Every event with a
     /// greater id is published after this call began: a subscriber that subscribes first

@@ -148,6 +148,17 @@ enum Bench {
         #[arg(long, default_value_t = 8)]
         threads: usize,
     },
+    /// The dashboard's queries at a million jobs: the first page of the job list, its
+    /// filters (state, label, kind and queue, text) and the counts per state, as the
+    /// store answers them.
+    Dashboard {
+        /// Jobs in the store (a reused --db is filled up to this many).
+        #[arg(long, default_value_t = 1_000_000)]
+        jobs: usize,
+        /// Times each query runs.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+    },
     /// Submit-to-start latency on an idle engine.
     Latency {
         #[arg(long, default_value_t = 2_000)]
@@ -308,6 +319,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 concurrency,
             };
             crate::bench_scheduler::run(store, settings, durability).await?
+        }
+        Bench::Dashboard { jobs, samples } => {
+            if jobs == 0 || samples == 0 {
+                bail!("--jobs and --samples must be at least 1");
+            }
+            let settings = crate::bench_dashboard::Settings { jobs, samples };
+            crate::bench_dashboard::run(store, settings, durability).await?
         }
         Bench::Latency { samples, gap } => {
             if samples == 0 {

@@ -314,6 +314,41 @@ pub fn print_job(job: &Job) {
         "queue",
         format!("{} (priority {})", job.queue, job.priority),
     );
+    let runs = &job.runs;
+    if let Some(command) = &runs.command {
+        let shell = if runs.shell == Some(true) {
+            " (sh -c)"
+        } else {
+            ""
+        };
+        row("command", format!("{}{shell}", argv(command)));
+    }
+    if let Some(p) = &runs.pipeline {
+        row("pipeline", p.clone());
+    }
+    for (i, step) in runs.steps.iter().flatten().enumerate() {
+        let shell = if step.shell { " (sh -c)" } else { "" };
+        row(
+            if i == 0 { "steps" } else { "" },
+            format!("{}. {}: {}{shell}", i + 1, step.name, argv(&step.command)),
+        );
+    }
+    if let Some(cwd) = &runs.cwd {
+        row("cwd", cwd.clone());
+    }
+    if let Some(env) = &runs.env {
+        row("env", env.join(" "));
+    }
+    row(
+        "timing",
+        format!(
+            "timeout {}, grace {}, backoff {} to {}",
+            runs.timeout.as_deref().unwrap_or("none"),
+            runs.grace,
+            runs.backoff.initial,
+            runs.backoff.max
+        ),
+    );
     row("state", job.state.to_string());
     if let Some(p) = job.progress {
         row(
@@ -356,16 +391,106 @@ pub fn print_job(job: &Job) {
     }
 }
 
-pub fn print_jobs(list: &JobList) {
+/// A command line as a person would type it: arguments with spaces or quotes quoted.
+fn argv(args: &[String]) -> String {
+    args.iter()
+        .map(|a| {
+            if !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
+            {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// What a job runs, in one line: its command, its stored pipeline, or its steps.
+fn runs_of(job: &Job) -> String {
+    let runs = &job.runs;
+    if let Some(c) = &runs.command {
+        return argv(c);
+    }
+    if let Some(p) = &runs.pipeline {
+        return format!("pipeline {p}");
+    }
+    if let Some(steps) = &runs.steps {
+        let names: Vec<&str> = steps.iter().map(|s| s.name.as_str()).collect();
+        return format!("steps {}", names.join(", "));
+    }
+    "-".into()
+}
+
+pub fn print_attempts(attempts: &[baton_core::Attempt]) {
     println!(
-        "{:<38} {:<14} {:<10} {:<10} {:>5} {:>7}  CREATED",
-        "ID", "KIND", "QUEUE", "STATE", "PROG", "ATTEMPT"
+        "{:>7}  {:<8} {:<24} {:<24} {:<11} {:<9} {:<10} ERROR",
+        "ATTEMPT", "SERVER", "STARTED", "FINISHED", "OUTCOME", "EXIT", "RESUMED"
+    );
+    for a in attempts {
+        let outcome = a.outcome.map_or("running".into(), |o| {
+            serde_json::to_value(o)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default()
+        });
+        let exit = match (a.exit_code, &a.signal) {
+            (Some(code), _) => code.to_string(),
+            (None, Some(signal)) => signal.clone(),
+            (None, None) => "-".into(),
+        };
+        let resumed = a
+            .resumed_from
+            .as_ref()
+            .map_or("-".into(), |c| format!("cp {}", c.seq));
+        println!(
+            "{:>7}  {:<8} {:<24} {:<24} {:<11} {:<9} {:<10} {}",
+            a.attempt,
+            a.server_id
+                .as_deref()
+                .map_or("-".into(), |s| s.chars().take(8).collect::<String>()),
+            baton_core::time::to_rfc3339(a.started_at),
+            a.finished_at
+                .map_or("-".into(), baton_core::time::to_rfc3339),
+            outcome,
+            exit,
+            resumed,
+            a.error.as_ref().map_or(String::new(), |e| format!(
+                "{}: {}",
+                e.code,
+                first_line(&e.message)
+            ))
+        );
+    }
+}
+
+fn first_line(s: &str) -> &str {
+    s.lines().next().unwrap_or_default()
+}
+
+pub fn print_jobs(list: &JobList, command: bool) {
+    println!(
+        "{:<38} {:<14} {:<10} {:<10} {:>5} {:>7}  {}",
+        "ID",
+        "KIND",
+        "QUEUE",
+        "STATE",
+        "PROG",
+        "ATTEMPT",
+        if command {
+            format!("{:<24} COMMAND", "CREATED")
+        } else {
+            "CREATED".into()
+        }
     );
     for j in &list.jobs {
         let progress = j
             .progress
             .map(|p| format!("{:.0}%", p * 100.0))
             .unwrap_or_else(|| "-".into());
+        let created = baton_core::time::to_rfc3339(j.created_at);
         println!(
             "{:<38} {:<14} {:<10} {:<10} {:>5} {:>7}  {}",
             j.id,
@@ -374,7 +499,11 @@ pub fn print_jobs(list: &JobList) {
             j.state.as_str(),
             progress,
             format!("{}/{}", j.attempt, j.max_attempts),
-            baton_core::time::to_rfc3339(j.created_at)
+            if command {
+                format!("{created:<24} {}", clip(&runs_of(j), 60))
+            } else {
+                created
+            }
         );
     }
     let more = list

@@ -1,6 +1,7 @@
 //! `baton`: the command-line entry point.
 
 mod bench;
+mod bench_dashboard;
 mod bench_events;
 mod bench_fs;
 mod bench_proc;
@@ -216,9 +217,14 @@ enum Command {
         limit: u32,
         #[arg(long)]
         cursor: Option<String>,
+        /// Add a column with what each job runs (its command, or its pipeline's steps).
+        #[arg(long)]
+        command: bool,
     },
-    /// Show one job.
+    /// Show one job: what it runs, its state and its attempts.
     Show { id: String },
+    /// A job's attempts: server, times, outcome, exit code, the checkpoint it resumed from.
+    Attempts { id: String },
     /// Wait for a job to finish (exit 0 completed, 1 failed, 2 cancelled, 124 timeout).
     Wait {
         id: String,
@@ -631,6 +637,7 @@ fn run(cli: Cli) -> Result<u8> {
             q,
             limit,
             cursor,
+            command,
         } => {
             let c = client()?;
             let mut query = vec![format!("limit={limit}")];
@@ -650,7 +657,7 @@ fn run(cli: Cli) -> Result<u8> {
             if c.json {
                 c.print_json(&list);
             } else {
-                client::print_jobs(&list);
+                client::print_jobs(&list, command);
             }
             Ok(exit::OK)
         }
@@ -661,6 +668,23 @@ fn run(cli: Cli) -> Result<u8> {
                 c.print_json(&job);
             } else {
                 client::print_job(&job);
+                let list: baton_api::AttemptList =
+                    c.call("GET", &format!("/api/jobs/{}/attempts", encode(&id)), None)?;
+                if !list.attempts.is_empty() {
+                    println!();
+                    client::print_attempts(&list.attempts);
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Attempts { id } => {
+            let c = client()?;
+            let list: baton_api::AttemptList =
+                c.call("GET", &format!("/api/jobs/{}/attempts", encode(&id)), None)?;
+            if c.json {
+                c.print_json(&list);
+            } else {
+                client::print_attempts(&list.attempts);
             }
             Ok(exit::OK)
         }

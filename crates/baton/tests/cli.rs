@@ -66,6 +66,96 @@ fn submit_wait_show_logs_and_list() {
 }
 
 #[test]
+fn show_ls_and_attempts_tell_what_a_job_runs_and_how_each_attempt_ended() {
+    let server = start(None);
+    // The first attempt saves a checkpoint and is killed with its server; the second
+    // resumes from it and completes.
+    let script = r#"if [ -n "$BATON_CHECKPOINT" ]; then echo "::result $BATON_CHECKPOINT"; exit 0; fi; echo '::checkpoint {"page": 4}'; sleep 60"#;
+    let id = ok(&baton(
+        &server,
+        &["submit", "--id", "crawl", "--", "sh", "-c", script],
+    ))
+    .trim()
+    .to_owned();
+    wait_for_state(&server, &id, "running");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok(&baton(&server, &["events", &id])).contains("job.checkpoint") {
+        assert!(Instant::now() < deadline, "no checkpoint saved");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first_server = json(&server, &["servers"])["servers"][0]["id"].clone();
+    let server = server.crash_and_restart();
+    let waited = baton(&server, &["wait", &id]);
+    assert_eq!(waited.status.code(), Some(0), "{waited:?}");
+    assert_eq!(
+        json(&server, &["show", &id])["result"],
+        serde_json::json!({"page": 4})
+    );
+
+    let attempts = json(&server, &["attempts", &id])["attempts"].clone();
+    let a = attempts.as_array().unwrap();
+    assert_eq!(a.len(), 2, "{attempts}");
+    assert_eq!(
+        (&a[0]["attempt"], &a[0]["outcome"]),
+        (&serde_json::json!(1), &serde_json::json!("crashed"))
+    );
+    assert_eq!(a[0]["server_id"], first_server);
+    assert_eq!(a[0]["resumed_from"], serde_json::Value::Null);
+    assert_eq!(
+        (&a[1]["attempt"], &a[1]["outcome"], &a[1]["exit_code"]),
+        (
+            &serde_json::json!(1),
+            &serde_json::json!("completed"),
+            &serde_json::json!(0)
+        )
+    );
+    assert_ne!(
+        a[1]["server_id"], first_server,
+        "the second attempt ran on the restarted server"
+    );
+    // A crash does not use up an attempt: the second run goes on with the first.
+    assert_eq!(a[1]["continued"], true);
+    assert_eq!(json(&server, &["show", &id])["attempt"], 1);
+    // It resumed from the checkpoint that the first run saved: its event's seq.
+    let events = ok(&baton(&server, &["--json", "events", &id]));
+    let saved: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["type"] == "job.checkpoint")
+        .collect();
+    assert_eq!(saved.len(), 1, "{events}");
+    assert_eq!(a[1]["resumed_from"]["seq"], saved[0]["seq"]);
+
+    // People read the same in tables.
+    let table = ok(&baton(&server, &["attempts", &id]));
+    assert!(
+        table.contains("crashed")
+            && table.contains("completed")
+            && table.contains(&format!("cp {}", saved[0]["seq"])),
+        "{table}"
+    );
+    let shown = ok(&baton(&server, &["show", &id]));
+    assert!(shown.contains("command      sh -c 'if [ -n"), "{shown}");
+    assert!(shown.contains("grace 10s"), "{shown}");
+    assert!(
+        shown.contains("crashed"),
+        "attempts follow the job: {shown}"
+    );
+    let listed = ok(&baton(&server, &["ls", "--command"]));
+    assert!(
+        listed.contains("COMMAND") && listed.contains("sh -c 'if"),
+        "{listed}"
+    );
+    assert!(!ok(&baton(&server, &["ls"])).contains("COMMAND"));
+    let missing = baton(&server, &["attempts", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("not found"),
+        "{missing:?}"
+    );
+}
+
+#[test]
 fn pause_resume_and_stop_from_the_cli() {
     let server = start(None);
     let id = ok(&baton(

@@ -100,6 +100,17 @@ impl Store for FlakyStore {
     async fn job_events(&self, job_id: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
         self.inner.job_events(job_id, after_seq, limit).await
     }
+    async fn job_events_of(
+        &self,
+        job_id: &str,
+        kinds: &[baton_core::EventKind],
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        self.inner
+            .job_events_of(job_id, kinds, after_seq, limit)
+            .await
+    }
     async fn events_after(&self, after_id: u64, limit: usize) -> Result<Vec<Event>> {
         self.inner.events_after(after_id, limit).await
     }

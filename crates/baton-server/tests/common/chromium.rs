@@ -179,6 +179,14 @@ impl Browser {
         self.cdp.wait_event("Page.loadEventFired").await;
     }
 
+    /// Loads the page again and waits for its load event.
+    pub async fn reload(&mut self) {
+        self.cdp
+            .call(Some(&self.session), "Page.reload", json!({}))
+            .await;
+        self.cdp.wait_event("Page.loadEventFired").await;
+    }
+
     /// Runs a script that resolves to a JSON string in the page; what it says.
     pub async fn evaluate(&mut self, script: &str) -> Value {
         let result = self
@@ -195,6 +203,54 @@ impl Browser {
             result["exceptionDetails"]
         );
         serde_json::from_str(result["result"]["value"].as_str().unwrap()).unwrap()
+    }
+
+    /// Waits until `expression` (evaluated in the page, again and again) is truthy,
+    /// and returns its value as JSON; panics naming `what` after 20 s.
+    pub async fn wait_for(&mut self, what: &str, expression: &str) -> Value {
+        let script = format!("(async () => JSON.stringify(await ({expression}) ?? null))()");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let value = self.evaluate(&script).await;
+            if !(value.is_null() || value == json!(false) || value == json!("")) {
+                return value;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the page never showed {what} ({expression})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sets the page's size, as a window of that many CSS pixels would.
+    pub async fn size(&mut self, width: u32, height: u32) {
+        self.cdp
+            .call(
+                Some(&self.session),
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": false}),
+            )
+            .await;
+    }
+
+    /// Writes a PNG of the page to `target/screenshots/{name}.png` (the workspace's).
+    pub async fn screenshot(&mut self, name: &str) {
+        use base64::Engine as _;
+        let shot = self
+            .cdp
+            .call(
+                Some(&self.session),
+                "Page.captureScreenshot",
+                json!({"format": "png"}),
+            )
+            .await;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(shot["data"].as_str().unwrap())
+            .unwrap();
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/screenshots");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
     }
 
     pub async fn close(mut self) {

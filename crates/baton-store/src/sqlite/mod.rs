@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use baton_core::{Event, Job, Millis, NewJob};
+use baton_core::{Event, EventKind, Job, Millis, NewJob};
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{broadcast, oneshot};
 
@@ -482,6 +482,19 @@ impl Store for SqliteStore {
     async fn job_events(&self, job_id: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {
         let id = job_id.to_owned();
         self.read(move |c| rows::job_events(c, &id, after_seq, limit))
+            .await
+    }
+
+    async fn job_events_of(
+        &self,
+        job_id: &str,
+        kinds: &[EventKind],
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Event>> {
+        let id = job_id.to_owned();
+        let kinds = kinds.to_vec();
+        self.read(move |c| rows::job_events_of(c, &id, &kinds, after_seq, limit))
             .await
     }
 

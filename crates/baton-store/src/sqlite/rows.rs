@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use baton_core::{Backoff, ErrorInfo, Event, Job};
+use baton_core::{Backoff, ErrorInfo, Event, Job, Runs};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::Value;
 
@@ -55,7 +55,7 @@ pub fn read_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
     let error_code: Option<String> = r.get(18)?;
     let error_message: Option<String> = r.get(19)?;
     let state: String = r.get(4)?;
-    let job = Job {
+    let mut job = Job {
         id: r.get(0)?,
         kind: r.get(1)?,
         queue: r.get(2)?,
@@ -80,20 +80,26 @@ pub fn read_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
         recoveries: r.get(21)?,
         max_recoveries: r.get(22)?,
         updated_at: r.get(23)?,
+        runs: Runs::default(),
     };
     let timeout_ms: Option<i64> = r.get(30)?;
+    let exec = json("exec", r.get(27)?)?;
+    let backoff = Backoff {
+        initial: Duration::from_millis(r.get::<_, i64>(28)? as u64),
+        max: Duration::from_millis(r.get::<_, i64>(29)? as u64),
+    };
+    let timeout = timeout_ms.map(|ms| Duration::from_millis(ms as u64));
+    let grace = Duration::from_millis(r.get::<_, i64>(31)? as u64);
+    job.runs = Runs::describe(exec.as_ref(), timeout, grace, backoff);
     Ok(JobRow {
         job,
         fence: r.get::<_, i64>(24)? as u64,
         event_seq: r.get::<_, i64>(25)? as u64,
         checkpoint: json("checkpoint", r.get(26)?)?,
-        exec: json("exec", r.get(27)?)?,
-        backoff: Backoff {
-            initial: Duration::from_millis(r.get::<_, i64>(28)? as u64),
-            max: Duration::from_millis(r.get::<_, i64>(29)? as u64),
-        },
-        timeout: timeout_ms.map(|ms| Duration::from_millis(ms as u64)),
-        grace: Duration::from_millis(r.get::<_, i64>(31)? as u64),
+        exec,
+        backoff,
+        timeout,
+        grace,
         attempt_base: r.get(32)?,
         seq: r.get(33)?,
     })
@@ -127,6 +133,25 @@ pub fn job_events(conn: &Connection, job_id: &str, after: u64, limit: usize) -> 
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT {EVENT_COLUMNS} FROM events \
          WHERE job_key = (SELECT seq FROM jobs WHERE id = ?1) AND seq > ?2 ORDER BY seq LIMIT ?3"
+    ))?;
+    let rows = stmt.query_map(params![job_id, after as i64, limit as i64], read_event)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn job_events_of(
+    conn: &Connection,
+    job_id: &str,
+    kinds: &[baton_core::EventKind],
+    after: u64,
+    limit: usize,
+) -> Result<Vec<Event>> {
+    // The kinds are Baton's own names, written into the SQL: one statement per set.
+    let names: Vec<String> = kinds.iter().map(|k| format!("'{}'", k.as_str())).collect();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events \
+         WHERE job_key = (SELECT seq FROM jobs WHERE id = ?1) AND seq > ?2 \
+         AND type IN ({}) ORDER BY seq LIMIT ?3",
+        names.join(", ")
     ))?;
     let rows = stmt.query_map(params![job_id, after as i64, limit as i64], read_event)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

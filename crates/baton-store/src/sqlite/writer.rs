@@ -584,6 +584,12 @@ impl Writer {
                 recoveries: 0,
                 max_recoveries: new.max_recoveries,
                 updated_at: new.created_at,
+                runs: baton_core::Runs::describe(
+                    new.exec.as_ref(),
+                    new.timeout,
+                    new.grace,
+                    new.backoff,
+                ),
             };
             let claimed = match start_now {
                 None => None,
@@ -677,12 +683,28 @@ impl Writer {
         }
         let mut out = Vec::with_capacity(claimed.len());
         for row in claimed {
+            let mut data =
+                json!({"state": "running", "attempt": row.job.attempt, "server_id": req.server_id});
+            // The attempt resumes from the job's last checkpoint: which one.
+            if row.checkpoint.is_some() {
+                let last: Option<(i64, Option<String>)> = self
+                    .conn
+                    .prepare_cached(
+                        "SELECT seq, step FROM checkpoints WHERE job_id = ?1 \
+                         ORDER BY seq DESC LIMIT 1",
+                    )?
+                    .query_row([&row.job.id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()?;
+                if let Some((seq, step)) = last {
+                    data["checkpoint"] = json!({"seq": seq, "step": step});
+                }
+            }
             self.event(
                 Some((&row.job.id, row.seq)),
                 row.event_seq,
                 EventKind::Started,
                 req.now,
-                json!({"state": "running", "attempt": row.job.attempt, "server_id": req.server_id}),
+                data,
             )?;
             out.push(row);
         }

@@ -24,7 +24,23 @@ impl Drop for Server {
 }
 
 pub fn start(config: Option<&str>) -> Server {
-    let dir = TempDir::new().unwrap();
+    start_in(TempDir::new().unwrap(), config)
+}
+
+impl Server {
+    /// Kills the server with SIGKILL, as a crash would, and starts another on the same
+    /// folder and database.
+    pub fn crash_and_restart(mut self) -> Server {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        let dir = std::mem::replace(&mut self.dir, TempDir::new().unwrap());
+        drop(self);
+        start_in(dir, None)
+    }
+}
+
+/// A `baton serve` in `dir` (a `baton.toml` written there when `config` is given).
+pub fn start_in(dir: TempDir, config: Option<&str>) -> Server {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir.path())
         .args([

@@ -1,0 +1,842 @@
+// Baton's dashboard: one SSE stream per tab, views that change with its events, and
+// the HTTP API for everything else. Nothing here polls.
+
+const STATES = ["scheduled", "awaiting", "queued", "running", "paused", "stopping",
+  "crashed", "completed", "failed", "cancelled", "deleted"];
+const EVENT_TYPES = ["job.submitted", "job.scheduled", "job.awaiting", "job.queued",
+  "job.started", "job.progress", "job.step", "job.output", "job.log", "job.checkpoint",
+  "job.paused", "job.resumed", "job.stopping", "job.retrying", "job.completed",
+  "job.failed", "job.cancelled", "job.crashed", "job.recovered", "job.deleted",
+  "schedule.fired", "queue.paused", "queue.resumed", "server.up", "server.down",
+  "resource.alert", "resource.cleared", "job.usage", "worker.connected",
+  "worker.disconnected"];
+const ACTIVE = new Set(["running", "paused", "stopping"]);
+// Which controls DESIGN's state machine allows from each state.
+const CONTROLS = [
+  ["pause", "Pause", s => s === "running"],
+  ["resume", "Resume", s => s === "paused"],
+  ["stop", "Stop", s => s === "running" || s === "paused"],
+  ["stop?force=true", "Force stop", s => ACTIVE.has(s)],
+  ["cancel", "Cancel", s => ["scheduled", "awaiting", "queued", "running", "paused"].includes(s)],
+  ["retry", "Retry", s => ["completed", "failed", "cancelled", "deleted"].includes(s)],
+  ["retry?from_checkpoint=true", "Retry from checkpoint", s => ["completed", "failed", "cancelled", "deleted"].includes(s)],
+  ["delete", "Delete", s => ["completed", "failed", "cancelled"].includes(s)],
+];
+
+// ---- the API ----------------------------------------------------------------------
+
+const session = { token: sessionStorage.getItem("baton.token"), role: null };
+
+class ApiError extends Error {
+  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+}
+
+async function api(method, path, body) {
+  const headers = {};
+  if (session.token) headers.authorization = `Bearer ${session.token}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const text = await res.text();
+  let data = null;
+  try { data = text ? JSON.parse(text) : null; } catch { data = null; }
+  if (!res.ok) {
+    const err = data && data.error ? data.error : { code: String(res.status), message: text || res.statusText };
+    if (res.status === 401) signIn(err.message);
+    throw new ApiError(res.status, err.code, err.message);
+  }
+  return data;
+}
+
+// ---- small helpers ------------------------------------------------------------------
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else if (k.startsWith("on")) node.addEventListener(k.slice(2), v);
+    else node.setAttribute(k, v === true ? "" : v);
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return node;
+}
+
+const enc = encodeURIComponent;
+const stateTag = s => el("span", { class: `state ${s}`, "data-state": s }, s);
+const jobLink = id => el("a", { href: `#/jobs/${enc(id)}` }, id);
+
+function when(t) {
+  if (!t) return "–";
+  const d = new Date(t);
+  return el("time", { datetime: t, title: d.toISOString() }, d.toLocaleString());
+}
+
+function duration(ms) {
+  if (!isFinite(ms) || ms < 0) return "–";
+  const s = Math.round(ms / 1000);
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m ${s % 60}s`;
+  return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+}
+
+function bar(fraction) {
+  const inner = el("span");
+  inner.style.width = `${Math.round((fraction || 0) * 100)}%`;
+  return el("div", { class: "bar", role: "progressbar", "aria-valuenow": Math.round((fraction || 0) * 100) }, inner);
+}
+
+function setBar(node, fraction) {
+  node.setAttribute("aria-valuenow", Math.round((fraction || 0) * 100));
+  node.firstChild.style.width = `${Math.round((fraction || 0) * 100)}%`;
+}
+
+function toast(text, bad = false) {
+  const t = el("div", { class: bad ? "toast bad" : "toast", role: "status" }, text);
+  document.getElementById("toasts").append(t);
+  setTimeout(() => t.remove(), 6000);
+}
+
+function showError(target, err) {
+  target.replaceChildren(el("p", { class: "error", role: "alert" }, err.message || String(err)));
+}
+
+// ---- the stream -----------------------------------------------------------------------
+
+const stream = {
+  source: null, lastId: null, lastAt: null, pending: [], scheduled: false, retry: 500,
+  listeners: new Set(),
+};
+
+function setConn(state) {
+  const c = document.getElementById("conn");
+  c.dataset.state = state;
+  const last = stream.lastAt ? ` · last event ${stream.lastAt.toLocaleTimeString()}` : "";
+  c.textContent = state === "live" ? "live" : `${state}${last}`;
+}
+
+function connect() {
+  const q = new URLSearchParams();
+  if (stream.lastId !== null) q.set("after", stream.lastId);
+  if (session.token) q.set("token", session.token);
+  const source = new EventSource(`/api/events?${q}`);
+  stream.source = source;
+  source.onopen = () => { stream.retry = 500; setConn("live"); };
+  source.onerror = () => {
+    if (source.readyState === EventSource.CLOSED) {
+      // The browser gave up (the server answered an error): try again, from the last id.
+      setConn("offline");
+      stream.retry = Math.min(stream.retry * 2, 10000);
+      setTimeout(() => { if (stream.source === source) connect(); }, stream.retry);
+    } else {
+      setConn("reconnecting");
+    }
+  };
+  const onFrame = frame => {
+    const event = JSON.parse(frame.data);
+    stream.lastId = event.id;
+    stream.lastAt = new Date();
+    stream.pending.push(event);
+    // At most one render per animation frame, however fast events come; a hidden tab
+    // keeps them and catches up when it shows again.
+    if (!stream.scheduled) {
+      stream.scheduled = true;
+      requestAnimationFrame(flush);
+    }
+  };
+  for (const type of EVENT_TYPES) source.addEventListener(type, onFrame);
+}
+
+function flush() {
+  stream.scheduled = false;
+  const batch = stream.pending;
+  stream.pending = [];
+  for (const listener of stream.listeners) {
+    try { listener(batch); } catch (e) { console.error(e); }
+  }
+}
+
+function listen(fn) { stream.listeners.add(fn); return () => stream.listeners.delete(fn); }
+
+// ---- views --------------------------------------------------------------------------
+
+let current = null;
+
+async function route() {
+  if (current && current.dispose) current.dispose();
+  current = null;
+  const main = document.getElementById("main");
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const [path, query] = hash.split("?");
+  const params = new URLSearchParams(query || "");
+  const parts = path.split("/").filter(Boolean).map(decodeURIComponent);
+  let view;
+  if (parts.length === 0) view = overview;
+  else if (parts[0] === "jobs" && parts.length === 1) view = jobs;
+  else if (parts[0] === "jobs" && parts.length === 2) view = job;
+  else if (parts[0] === "submit") view = submit;
+  else if (parts[0] === "queues") view = queuesView;
+  else if (parts[0] === "workflows" && parts.length === 2) view = workflow;
+  else if (parts[0] === "schedules" && parts.length === 1) view = schedules;
+  else if (parts[0] === "schedules" && parts.length === 2) view = schedule;
+  else { main.replaceChildren(el("p", {}, "No such page. ", el("a", { href: "#/" }, "Overview"))); return; }
+  current = { dispose: null };
+  try {
+    const mine = current;
+    const dispose = await view(main, parts, params);
+    if (current === mine) mine.dispose = dispose; else if (dispose) dispose();
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 401)) showError(main, e);
+  }
+}
+
+async function overview(main) {
+  const [stats, running, failed, queues, servers] = await Promise.all([
+    api("GET", "/api/stats"),
+    api("GET", "/api/jobs?state=running,paused,stopping&limit=50"),
+    api("GET", "/api/jobs?state=failed&limit=10"),
+    api("GET", "/api/queues"),
+    api("GET", "/api/servers"),
+  ]);
+  const counts = { ...stats.states };
+  const countNodes = {};
+  const cards = el("div", { class: "cards", id: "counters" }, STATES.filter(s => s !== "deleted").map(s => {
+    countNodes[s] = el("div", { class: "n", "data-count": s }, counts[s] || 0);
+    return el("a", { class: "card", href: `#/jobs?state=${s}` }, countNodes[s], el("div", { class: "l" }, s));
+  }));
+
+  const runningBody = el("tbody", { id: "running" });
+  const rows = new Map();
+  const addRunning = j => {
+    if (rows.has(j.id)) return;
+    const b = bar(j.progress);
+    const step = el("td", {}, j.step || "");
+    const eta = el("td", { class: "num hide-narrow" }, "–");
+    const state = el("td", {}, stateTag(j.state));
+    const tr = el("tr", { "data-job": j.id }, el("td", {}, jobLink(j.id)), el("td", {}, j.kind), state,
+      el("td", {}, b), step, eta);
+    rows.set(j.id, { tr, bar: b, step, eta, state, first: null });
+    runningBody.append(tr);
+  };
+  running.jobs.forEach(addRunning);
+
+  const failedBody = el("tbody", { id: "failures" }, failed.jobs.map(j => failureRow(j.id, j.kind, j.error, j.finished_at)));
+
+  main.replaceChildren(
+    el("h1", {}, "Overview"),
+    cards,
+    el("h2", {}, "Running now"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Job", "Kind", "State", "Progress", "Step", "ETA"].map(h => el("th", {}, h)))), runningBody),
+    el("h2", {}, "Recent failures"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Job", "Kind", "Error", "When"].map(h => el("th", {}, h)))), failedBody),
+    el("h2", {}, "Queues"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Queue", "Concurrency", "Running", "Queued", "Paused"].map(h => el("th", {}, h)))),
+      el("tbody", {}, queues.queues.map(q => el("tr", {}, el("td", {}, el("a", { href: `#/jobs?queue=${enc(q.name)}` }, q.name)),
+        el("td", { class: "num" }, q.concurrency ?? "–"), el("td", { class: "num" }, q.running),
+        el("td", { class: "num" }, q.counts.queued || 0), el("td", {}, q.paused ? "paused" : ""))))),
+    el("h2", {}, "Servers"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Server", "Host", "PID", "Workers", "Heartbeat"].map(h => el("th", {}, h)))),
+      el("tbody", {}, servers.servers.map(s => el("tr", {}, el("td", {}, s.id), el("td", {}, s.host), el("td", { class: "num" }, s.pid),
+        el("td", { class: "num" }, s.workers), el("td", {}, s.stopped_at ? "stopped" : when(s.heartbeat_at)))))),
+  );
+
+  return listen(batch => {
+    for (const e of batch) {
+      const d = e.data || {};
+      if (e.job_id && d.state && STATES.includes(d.state)) {
+        const from = d.from || (e.type === "job.started" ? "queued" : null);
+        if (e.type !== "job.submitted" && from && counts[from] > 0) counts[from] -= 1;
+        if (e.type === "job.submitted" || from) counts[d.state] = (counts[d.state] || 0) + 1;
+      }
+      const row = e.job_id && rows.get(e.job_id);
+      if (e.type === "job.started" && !row) {
+        addRunning({ id: e.job_id, kind: "", state: "running", progress: null, step: null });
+        api("GET", `/api/jobs/${enc(e.job_id)}`).then(j => { const r = rows.get(j.id); if (r) r.tr.children[1].textContent = j.kind; }).catch(() => {});
+      } else if (row && e.type === "job.progress") {
+        setBar(row.bar, d.progress);
+        const now = Date.now();
+        if (!row.first && d.progress != null) row.first = { at: now, p: d.progress };
+        else if (row.first && d.progress > row.first.p) {
+          row.eta.textContent = duration((1 - d.progress) * (now - row.first.at) / (d.progress - row.first.p));
+        }
+      } else if (row && e.type === "job.step") {
+        row.step.textContent = d.step;
+      } else if (row && d.state && ACTIVE.has(d.state)) {
+        row.state.replaceChildren(stateTag(d.state));
+      } else if (row && d.state && !ACTIVE.has(d.state)) {
+        row.tr.remove();
+        rows.delete(e.job_id);
+      }
+      if (e.type === "job.failed") {
+        failedBody.prepend(failureRow(e.job_id, "", d.error, e.at));
+        while (failedBody.children.length > 10) failedBody.lastChild.remove();
+        toast(`${e.job_id} failed: ${d.error ? d.error.message : ""}`, true);
+      }
+    }
+    for (const s of Object.keys(countNodes)) countNodes[s].textContent = counts[s] || 0;
+  });
+}
+
+function failureRow(id, kind, error, at) {
+  return el("tr", {}, el("td", {}, jobLink(id)), el("td", {}, kind || ""),
+    el("td", { class: "error" }, error ? `${error.code}: ${error.message.split("\n")[0]}` : ""), el("td", {}, when(at)));
+}
+
+async function jobs(main, _parts, params) {
+  const filters = ["state", "queue", "kind", "label", "q", "workflow", "schedule"];
+  const form = el("form", { class: "filters", id: "filters" },
+    el("select", { name: "state", "aria-label": "state" }, el("option", { value: "" }, "any state"),
+      STATES.map(s => el("option", { value: s, selected: params.get("state") === s }, s))),
+    ["queue", "kind", "label", "q"].map(f => el("input", { name: f, placeholder: f === "q" ? "search" : f === "label" ? "label key:value" : f, value: params.get(f) || "" })),
+    el("button", { type: "submit" }, "Filter"));
+  form.addEventListener("submit", ev => {
+    ev.preventDefault();
+    const q = new URLSearchParams();
+    for (const [k, v] of new FormData(form)) if (v) q.set(k, v);
+    location.hash = `#/jobs?${q}`;
+  });
+  const query = new URLSearchParams();
+  for (const f of filters) if (params.get(f)) query.set(f, params.get(f));
+  query.set("limit", "50");
+  if (params.get("cursor")) query.set("cursor", params.get("cursor"));
+  const list = await api("GET", `/api/jobs?${query}`);
+  const cells = new Map();
+  const body = el("tbody", { id: "jobs" }, list.jobs.map(j => {
+    const state = el("td", {}, stateTag(j.state));
+    const b = bar(j.progress);
+    cells.set(j.id, { state, bar: b });
+    return el("tr", { "data-job": j.id }, el("td", {}, jobLink(j.id)), el("td", {}, j.kind), el("td", { class: "hide-narrow" }, j.queue),
+      state, el("td", { class: "hide-narrow" }, b), el("td", { class: "num" }, `${j.attempt}/${j.max_attempts}`), el("td", { class: "hide-narrow" }, when(j.created_at)));
+  }));
+  const next = new URLSearchParams(params);
+  if (list.next_cursor) next.set("cursor", list.next_cursor);
+  main.replaceChildren(
+    el("h1", {}, "Jobs"), form,
+    el("p", { class: "muted", id: "total" }, `${list.total} matching`),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Job", "Kind", "Queue", "State", "Progress", "Attempt", "Created"].map(h => el("th", {}, h)))), body),
+    list.next_cursor ? el("p", {}, el("a", { href: `#/jobs?${next}` }, "Older →")) : null,
+  );
+  return listen(batch => {
+    for (const e of batch) {
+      const c = e.job_id && cells.get(e.job_id);
+      if (!c) continue;
+      if (e.data && e.data.state) c.state.replaceChildren(stateTag(e.data.state));
+      if (e.type === "job.progress") setBar(c.bar, e.data.progress);
+    }
+  });
+}
+
+async function job(main, parts) {
+  const id = parts[1];
+  const [j, attempts, history, logs] = await Promise.all([
+    api("GET", `/api/jobs/${enc(id)}`),
+    api("GET", `/api/jobs/${enc(id)}/attempts`),
+    api("GET", `/api/jobs/${enc(id)}/events`),
+    api("GET", `/api/jobs/${enc(id)}/logs`),
+  ]);
+  let state = j.state;
+  let requested = null;
+  let changes = 0; // state changes the stream has told of
+
+  const stateCell = el("dd", { id: "job-state" }, stateTag(state));
+  const note = el("span", { class: "muted", id: "job-note" });
+  const progress = bar(j.progress);
+  progress.id = "job-progress";
+  const message = el("span", { id: "job-message" }, j.message || "");
+  const step = el("dd", { id: "job-step" }, j.step || "–");
+  const outcome = el("p", { id: "job-outcome", role: "status" });
+  const buttons = CONTROLS.map(([action, label, allowed]) => {
+    const b = el("button", { "data-action": action, type: "button" }, label);
+    b.addEventListener("click", async () => {
+      if (action === "delete" && !confirm(`Delete job ${id}?`)) return;
+      b.disabled = true;
+      const before = changes;
+      try {
+        const method = action === "delete" ? "DELETE" : "POST";
+        const path = action === "delete" ? `/api/jobs/${enc(id)}` : `/api/jobs/${enc(id)}/${action}`;
+        const after = await api(method, path);
+        outcome.textContent = `${label}: done`;
+        outcome.className = "";
+        // The stream may have told of later changes already: the answer is older news.
+        if (changes === before) {
+          if (action === "pause" && after.state !== "paused") { requested = "pause"; note.textContent = "pause requested"; }
+          update(after.state);
+        } else refresh();
+      } catch (e) {
+        outcome.textContent = `${label}: ${e.message}`;
+        outcome.className = "error";
+        refresh();
+      }
+    });
+    return [b, allowed];
+  });
+  const refresh = () => { for (const [b, allowed] of buttons) b.disabled = !allowed(state) || session.role === "viewer"; };
+  const update = s => {
+    state = s;
+    stateCell.replaceChildren(stateTag(s));
+    if (requested === "pause" && s !== "running") { requested = null; note.textContent = ""; }
+    refresh();
+  };
+  refresh();
+
+  const what = j.command ? j.command.join(" ") : j.pipeline ? `pipeline ${j.pipeline}` : j.steps ? `steps ${j.steps.map(s => s.name).join(", ")}` : "handler";
+  const timeline = el("tbody", { id: "timeline" });
+  let lastAt = null;
+  const addEvent = e => {
+    const gap = lastAt ? duration(Date.parse(e.at) - lastAt) : "";
+    lastAt = Date.parse(e.at);
+    timeline.append(el("tr", {}, el("td", { class: "num" }, e.seq), el("td", {}, e.type), el("td", {}, when(e.at)), el("td", { class: "num" }, gap),
+      el("td", { class: "hide-narrow" }, summary(e))));
+  };
+  history.events.forEach(addEvent);
+  const log = el("pre", { class: "log", id: "job-log" });
+  const addLine = (text, marker = false) => {
+    log.append(marker ? el("span", { class: "marker" }, `— ${text} —`) : text, "\n");
+    log.scrollTop = log.scrollHeight;
+  };
+  logs.lines.forEach(l => addLine(l.line));
+  const attemptsBody = el("tbody", { id: "attempts" });
+  const drawAttempts = list => attemptsBody.replaceChildren(...list.map(a => el("tr", {},
+    el("td", { class: "num" }, a.attempt), el("td", {}, a.outcome || "running"), el("td", { class: "num" }, a.exit_code ?? a.signal ?? "–"),
+    el("td", {}, when(a.started_at)), el("td", { class: "num" }, a.finished_at ? duration(Date.parse(a.finished_at) - Date.parse(a.started_at)) : "–"),
+    el("td", {}, a.resumed_from ? `checkpoint ${a.resumed_from.seq}` : "–"),
+    el("td", { class: "error" }, a.error ? `${a.error.code}: ${a.error.message.split("\n")[0]}` : ""))));
+  drawAttempts(attempts.attempts);
+
+  main.replaceChildren(
+    el("h1", {}, `Job ${id} `, note),
+    el("dl", { class: "kv" },
+      el("dt", {}, "State"), stateCell,
+      el("dt", {}, "Runs"), el("dd", { id: "job-runs" }, what),
+      el("dt", {}, "Queue"), el("dd", {}, `${j.queue} (priority ${j.priority})`),
+      el("dt", {}, "Attempt"), el("dd", { id: "job-attempt" }, `${j.attempt} of ${j.max_attempts}`),
+      el("dt", {}, "Progress"), el("dd", {}, progress, " ", message),
+      el("dt", {}, "Step"), step,
+      el("dt", {}, "Created"), el("dd", {}, when(j.created_at)),
+      j.workflow_id ? [el("dt", {}, "Workflow"), el("dd", {}, el("a", { href: `#/workflows/${enc(j.workflow_id)}`, id: "job-workflow" }, j.workflow_id))] : null,
+      j.schedule_id ? [el("dt", {}, "Schedule"), el("dd", {}, el("a", { href: `#/schedules/${enc(j.schedule_id)}` }, j.schedule_id))] : null,
+      j.depends_on.length ? [el("dt", {}, "Depends on"), el("dd", {}, j.depends_on.map(d => [jobLink(d), " "]))] : null,
+      el("dt", {}, "Labels"), el("dd", {}, Object.entries(j.labels).map(([k, v]) => `${k}:${v}`).join(" ") || "–"),
+      el("dt", {}, "Error"), el("dd", { class: "error", id: "job-error" }, j.error ? `${j.error.code}: ${j.error.message}` : "–"),
+      el("dt", {}, "Result"), el("dd", { id: "job-result" }, j.result === null ? "–" : JSON.stringify(j.result))),
+    el("div", { class: "controls", id: "controls" }, buttons.map(([b]) => b)), outcome,
+    el("h2", {}, "Output and logs"), log,
+    el("h2", {}, "Attempts"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["#", "Outcome", "Exit", "Started", "Took", "Resumed from", "Error"].map(h => el("th", {}, h)))), attemptsBody),
+    el("h2", {}, "Timeline"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Seq", "Event", "At", "After", "Data"].map(h => el("th", {}, h)))), timeline),
+  );
+
+  let seen = history.events.length ? history.events[history.events.length - 1].seq : 0;
+  return listen(batch => {
+    let ended = false;
+    for (const e of batch) {
+      if (e.job_id !== id || e.seq <= seen) continue;
+      seen = e.seq;
+      addEvent(e);
+      const d = e.data || {};
+      if (d.state) { changes += 1; update(d.state); }
+      if (e.type === "job.progress") { setBar(progress, d.progress); message.textContent = d.message || ""; }
+      if (e.type === "job.step") step.textContent = d.step;
+      if (e.type === "job.log") addLine(d.line);
+      if (e.type === "job.output") addLine(d.text);
+      if (["job.paused", "job.resumed", "job.crashed", "job.recovered", "job.started"].includes(e.type)) addLine(e.type.slice(4), true);
+      if (e.type === "job.checkpoint") addLine(`checkpoint ${e.seq}`, true);
+      if (e.type === "job.failed" || e.type === "job.retrying") document.getElementById("job-error").textContent = d.error ? `${d.error.code}: ${d.error.message}` : "";
+      if (d.state && !ACTIVE.has(d.state) || e.type === "job.started") ended = true;
+    }
+    if (ended) {
+      api("GET", `/api/jobs/${enc(id)}/attempts`).then(a => drawAttempts(a.attempts)).catch(() => {});
+      api("GET", `/api/jobs/${enc(id)}`).then(now => {
+        document.getElementById("job-result").textContent = now.result === null ? "–" : JSON.stringify(now.result);
+        document.getElementById("job-attempt").textContent = `${now.attempt} of ${now.max_attempts}`;
+      }).catch(() => {});
+    }
+  });
+}
+
+function summary(e) {
+  const d = e.data || {};
+  if (e.type === "job.progress") return `${Math.round((d.progress || 0) * 100)}% ${d.message || ""}`;
+  if (e.type === "job.log") return d.line;
+  if (d.error) return `${d.error.code}: ${d.error.message.split("\n")[0]}`;
+  if (d.state) return d.from ? `${d.from} → ${d.state}` : d.state;
+  return "";
+}
+
+async function submit(main) {
+  const [queues, pipelines] = await Promise.all([api("GET", "/api/queues"), api("GET", "/api/pipelines")]);
+  const error = el("p", { class: "error", id: "submit-error", role: "alert" });
+  const queueSelect = () => el("select", { name: "queue", "aria-label": "queue" }, queues.queues.map(q => el("option", { value: q.name }, q.name)));
+  const form = el("form", { id: "submit-form", class: "kv" },
+    el("label", { for: "f-command" }, "Command"), el("textarea", { id: "f-command", name: "command", rows: 3, required: true, placeholder: "python3 scrape.py --site alfabeta" }),
+    el("label", { for: "f-shell" }, "Through sh -c"), el("input", { id: "f-shell", name: "shell", type: "checkbox", checked: true }),
+    el("label", {}, "Queue"), queueSelect(),
+    el("label", { for: "f-priority" }, "Priority"), el("input", { id: "f-priority", name: "priority", type: "number", value: "0" }),
+    el("label", { for: "f-delay" }, "Delay"), el("input", { id: "f-delay", name: "delay", placeholder: "30s, 10m (optional)" }),
+    el("label", { for: "f-attempts" }, "Attempts"), el("input", { id: "f-attempts", name: "max_attempts", type: "number", min: "1", placeholder: "3" }),
+    el("label", { for: "f-labels" }, "Labels"), el("input", { id: "f-labels", name: "labels", placeholder: "source=alfabeta, team=data" }),
+    el("label", { for: "f-env" }, "Environment"), el("textarea", { id: "f-env", name: "env", rows: 2, placeholder: "KEY=value, one a line" }),
+    el("span"), el("div", {}, el("button", { class: "primary", type: "submit" }, "Submit")));
+  form.addEventListener("submit", async ev => {
+    ev.preventDefault();
+    const f = new FormData(form);
+    const text = f.get("command").trim();
+    const shell = form.shell.checked;
+    const spec = { kind: "command", command: shell ? [text] : text.split(/\s+/), queue: f.get("queue"), priority: Number(f.get("priority") || 0) };
+    if (shell) spec.shell = true;
+    if (f.get("delay")) spec.delay = f.get("delay").trim();
+    if (f.get("max_attempts")) spec.max_attempts = Number(f.get("max_attempts"));
+    const pairs = (value, sep) => Object.fromEntries(value.split(sep).map(p => p.trim()).filter(Boolean).map(p => {
+      const i = p.indexOf("=");
+      return i < 0 ? [p, ""] : [p.slice(0, i).trim(), p.slice(i + 1)];
+    }));
+    if (f.get("labels").trim()) spec.labels = pairs(f.get("labels"), ",");
+    if (f.get("env").trim()) spec.env = pairs(f.get("env"), "\n");
+    try {
+      const created = await api("POST", "/api/jobs", spec);
+      location.hash = `#/jobs/${enc(created.id)}`;
+    } catch (e) { error.textContent = e.message; }
+  });
+  const runError = el("p", { class: "error", id: "run-error", role: "alert" });
+  const run = el("form", { id: "run-form", class: "filters" },
+    el("select", { name: "pipeline", "aria-label": "pipeline" }, pipelines.pipelines.map(p => el("option", { value: p.id }, p.id))),
+    el("button", { type: "submit", disabled: pipelines.pipelines.length === 0 }, "Run pipeline"));
+  run.addEventListener("submit", async ev => {
+    ev.preventDefault();
+    const id = new FormData(run).get("pipeline");
+    if (!confirm(`Run pipeline ${id}?`)) return;
+    try {
+      const created = await api("POST", "/api/jobs", { kind: "pipeline", pipeline: id });
+      location.hash = `#/jobs/${enc(created.id)}`;
+    } catch (e) { runError.textContent = e.message; }
+  });
+  main.replaceChildren(el("h1", {}, "Submit a job"), form, error,
+    el("h2", {}, "Run a stored pipeline"), pipelines.pipelines.length ? run : el("p", { class: "muted" }, "No pipeline is stored."), runError);
+}
+
+// Layers for a DAG: each node one layer below its deepest parent; within a layer,
+// nodes ordered by the mean position of their parents, so that edges cross less.
+function layout(nodes, edges) {
+  const parents = new Map(nodes.map(n => [n.id, []]));
+  for (const e of edges) if (parents.has(e.to) && parents.has(e.from)) parents.get(e.to).push(e.from);
+  const depth = new Map();
+  const visit = (id, seen = new Set()) => {
+    if (depth.has(id)) return depth.get(id);
+    if (seen.has(id)) return 0;
+    seen.add(id);
+    const d = parents.get(id).reduce((m, p) => Math.max(m, visit(p, seen) + 1), 0);
+    depth.set(id, d);
+    return d;
+  };
+  nodes.forEach(n => visit(n.id));
+  const layers = [];
+  for (const n of nodes) (layers[depth.get(n.id)] ||= []).push(n.id);
+  const pos = new Map();
+  layers.forEach((layer, i) => {
+    if (i > 0) {
+      const key = id => { const ps = parents.get(id); return ps.length ? ps.reduce((a, p) => a + pos.get(p).x, 0) / ps.length : 0; };
+      layer.sort((a, b) => key(a) - key(b));
+    }
+    layer.forEach((id, j) => pos.set(id, { x: j, y: i }));
+  });
+  return { pos, layers, parents };
+}
+
+// The critical path: the chain of dependencies that took (or is taking) longest.
+function criticalPath(nodes, parents) {
+  const byId = new Map(nodes.map(n => [n.id, n]));
+  const took = n => n.started_at ? (n.finished_at ? Date.parse(n.finished_at) : Date.now()) - Date.parse(n.started_at) : 0;
+  const best = new Map();
+  const longest = id => {
+    if (best.has(id)) return best.get(id);
+    best.set(id, { total: 0, prev: null });
+    let prev = null, total = 0;
+    for (const p of parents.get(id)) { const t = longest(p).total; if (t >= total) { total = t; prev = p; } }
+    const out = { total: total + took(byId.get(id)), prev };
+    best.set(id, out);
+    return out;
+  };
+  let end = null;
+  for (const n of nodes) if (!end || longest(n.id).total > longest(end).total) end = n.id;
+  const path = new Set();
+  for (let id = end; id; id = best.get(id).prev) path.add(id);
+  return path;
+}
+
+async function workflow(main, parts) {
+  const id = parts[1];
+  let graph = await api("GET", `/api/workflows/${enc(id)}`);
+  const W = 170, H = 46, GX = 40, GY = 60;
+  const svgNS = "http://www.w3.org/2000/svg";
+  const svgEl = (tag, attrs = {}) => { const n = document.createElementNS(svgNS, tag); for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v); return n; };
+  const { pos, layers, parents } = layout(graph.nodes, graph.edges);
+  const width = Math.max(...layers.map(l => l.length)) * (W + GX) + GX;
+  const height = layers.length * (H + GY) + GY;
+  const svg = svgEl("svg", { id: "dag", viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": `workflow ${id}` });
+  const xy = nid => { const p = pos.get(nid); return { x: GX + p.x * (W + GX), y: GY / 2 + p.y * (H + GY) }; };
+  const critical = criticalPath(graph.nodes, parents);
+  for (const e of graph.edges) {
+    if (!pos.has(e.from) || !pos.has(e.to)) continue;
+    const a = xy(e.from), b = xy(e.to);
+    const x1 = a.x + W / 2, y1 = a.y + H, x2 = b.x + W / 2, y2 = b.y;
+    const onPath = critical.has(e.from) && critical.has(e.to);
+    svg.append(svgEl("path", { d: `M${x1},${y1} C${x1},${y1 + GY / 2} ${x2},${y2 - GY / 2} ${x2},${y2}`, class: `edge ${e.status}${onPath ? " critical" : ""}`, "data-from": e.from, "data-to": e.to }));
+  }
+  const nodes = new Map();
+  for (const n of graph.nodes) {
+    const { x, y } = xy(n.id);
+    const g = svgEl("g", { class: `node ${n.state}${critical.has(n.id) ? " critical" : ""}`, "data-job": n.id, "data-state": n.state, transform: `translate(${x},${y})`, tabindex: "0" });
+    g.append(svgEl("rect", { width: W, height: H, rx: 6 }));
+    const fill = svgEl("rect", { class: "fill", x: 0, y: H - 5, height: 5, width: W * (n.progress || 0), rx: 2 });
+    g.append(fill);
+    const label = svgEl("text", { x: 10, y: 19 }); label.textContent = n.name || n.id.slice(0, 18);
+    const state = svgEl("text", { x: 10, y: 35, class: "sub" }); state.textContent = n.state;
+    g.append(label, state);
+    g.addEventListener("click", () => { location.hash = `#/jobs/${enc(n.id)}`; });
+    g.addEventListener("keydown", ev => { if (ev.key === "Enter") location.hash = `#/jobs/${enc(n.id)}`; });
+    svg.append(g);
+    nodes.set(n.id, { g, fill, state });
+  }
+  const outcome = el("p", { id: "workflow-outcome", role: "status" });
+  const stateLine = el("dd", { id: "workflow-state" }, graph.state);
+  const control = (label, action) => {
+    const b = el("button", { type: "button", "data-action": action, disabled: session.role === "viewer" }, label);
+    b.addEventListener("click", async () => {
+      if (action === "cancel" && !confirm(`Cancel every unfinished job of workflow ${id}?`)) return;
+      try { graph = await api("POST", `/api/workflows/${enc(id)}/${action}`); stateLine.textContent = graph.state; outcome.textContent = `${label}: done`; outcome.className = ""; }
+      catch (e) { outcome.textContent = `${label}: ${e.message}`; outcome.className = "error"; }
+    });
+    return b;
+  };
+  main.replaceChildren(el("h1", {}, `Workflow ${id}`),
+    el("dl", { class: "kv" }, el("dt", {}, "State"), stateLine, el("dt", {}, "Jobs"), el("dd", {}, graph.nodes.length),
+      el("dt", {}, "Critical path"), el("dd", { id: "critical" }, [...critical].reverse().map(j => { const n = graph.nodes.find(x => x.id === j); return n.name || n.id; }).join(" → "))),
+    el("div", { class: "controls" }, control("Pause", "pause"), control("Resume", "resume"), control("Retry", "retry"), control("Cancel", "cancel")), outcome,
+    el("div", { class: "dag" }, svg));
+  return listen(batch => {
+    let ended = false;
+    for (const e of batch) {
+      const n = e.job_id && nodes.get(e.job_id);
+      if (!n) continue;
+      if (e.data && ["completed", "failed", "cancelled"].includes(e.data.state)) ended = true;
+      const d = e.data || {};
+      if (d.state) {
+        n.g.setAttribute("data-state", d.state);
+        n.g.setAttribute("class", `node ${d.state}${critical.has(e.job_id) ? " critical" : ""}`);
+        n.state.textContent = d.state;
+        if (d.state === "completed") n.fill.setAttribute("width", W);
+      }
+      if (e.type === "job.progress" && d.progress != null) n.fill.setAttribute("width", W * d.progress);
+    }
+    // A node that ended may end the workflow: read its state once.
+    if (ended) api("GET", `/api/workflows/${enc(id)}`).then(g => { stateLine.textContent = g.state; }).catch(() => {});
+  });
+}
+
+// A trigger in words: "every day at 02:00 (Europe/London)".
+function triggerWords(t, tz) {
+  const at = (h, m) => `${String(h).padStart(2, "0")}:${String(m ?? 0).padStart(2, "0")}`;
+  const zone = tz && tz !== "UTC" ? ` (${tz})` : " (UTC)";
+  switch (t.type) {
+    case "cron": return `cron ${t.expr}${zone}`;
+    case "interval": return `every ${t.every}${t.start_at ? ` from ${new Date(t.start_at).toLocaleString()}` : ""}`;
+    case "daily": return `every day at ${at(t.hour, t.minute)}${zone}`;
+    case "weekly": return `every ${t.days.join(", ")} at ${at(t.hour, t.minute)}${zone}`;
+    case "once": return `once at ${new Date(t.at).toLocaleString()}`;
+    case "manual": return "by hand only";
+    default: return t.type;
+  }
+}
+
+async function schedules(main) {
+  const list = await api("GET", "/api/schedules?limit=1000");
+  const body = el("tbody", { id: "schedules" }, list.schedules.map(sc => el("tr", { "data-schedule": sc.id },
+    el("td", {}, el("a", { href: `#/schedules/${enc(sc.id)}` }, sc.id)), el("td", {}, triggerWords(sc.trigger, sc.timezone)),
+    el("td", {}, sc.enabled ? when(sc.next_run) : "paused"), el("td", {}, when(sc.last_run)), el("td", { class: "num" }, sc.run_count))));
+  main.replaceChildren(el("h1", {}, "Schedules"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Schedule", "When", "Next run", "Last run", "Runs"].map(h => el("th", {}, h)))), body),
+    el("h2", {}, "New schedule"), scheduleForm(null));
+  return listen(async batch => {
+    if (batch.some(e => e.type === "schedule.fired")) route();
+  });
+}
+
+// The create (or edit) form: fields by trigger type, the next runs previewed as the
+// person types, and the API's refusal shown at the field it names.
+function scheduleForm(existing) {
+  const t = existing ? existing.trigger : { type: "cron", expr: "0 2 * * *" };
+  const field = (name, label, attrs = {}) => el("label", { class: "field", "data-field": name }, label, " ",
+    el("input", { name, ...attrs }), el("span", { class: "field-error error", "data-error-for": name }));
+  const type = el("select", { name: "type", "aria-label": "trigger" }, ["cron", "interval", "daily", "weekly", "once", "manual"].map(v => el("option", { value: v, selected: t.type === v }, v)));
+  const form = el("form", { id: "schedule-form", class: "schedule-form" },
+    field("id", "Id", { value: existing ? existing.id : "", required: true, readonly: !!existing }),
+    el("label", { class: "field" }, "Trigger ", type),
+    field("trigger.expr", "Cron", { value: t.expr || "", placeholder: "0 2 * * *" }),
+    field("trigger.every", "Every", { value: t.every || "", placeholder: "6h" }),
+    field("trigger.hour", "Hour", { type: "number", min: "0", max: "23", value: t.hour ?? "" }),
+    field("trigger.minute", "Minute", { type: "number", min: "0", max: "59", value: t.minute ?? "" }),
+    field("trigger.days", "Days", { value: (t.days || []).join(","), placeholder: "mon,fri" }),
+    field("trigger.at", "At", { value: t.at || "", placeholder: "2026-05-01T10:00:00Z" }),
+    field("timezone", "Time zone", { value: existing ? existing.timezone : "UTC" }),
+    field("job.command", "Command (sh -c)", { value: existing && existing.job.command ? existing.job.command[0] : "", placeholder: "./nightly.sh" }),
+    el("button", { class: "primary", type: "submit" }, existing ? "Save" : "Create"),
+    el("p", { class: "error", id: "schedule-error", role: "alert" }));
+  const preview = el("ol", { id: "schedule-preview", class: "muted" });
+  const shown = { expr: ["cron"], every: ["interval"], hour: ["daily", "weekly"], minute: ["daily", "weekly"], days: ["weekly"], at: ["once"] };
+  const showFields = () => {
+    for (const [k, types] of Object.entries(shown)) form.querySelector(`[data-field="trigger.${k}"]`).hidden = !types.includes(type.value);
+  };
+  const spec = () => {
+    const f = new FormData(form);
+    const get = k => (f.get(k) || "").trim();
+    const trigger = { type: type.value };
+    if (type.value === "cron") trigger.expr = get("trigger.expr");
+    if (type.value === "interval") trigger.every = get("trigger.every");
+    if (type.value === "daily" || type.value === "weekly") { trigger.hour = Number(get("trigger.hour") || 0); trigger.minute = Number(get("trigger.minute") || 0); }
+    if (type.value === "weekly") trigger.days = get("trigger.days").split(",").map(d => d.trim()).filter(Boolean);
+    if (type.value === "once") trigger.at = get("trigger.at");
+    const job = existing ? { ...existing.job } : { kind: "command" };
+    if (get("job.command")) { job.kind = "command"; job.command = [get("job.command")]; job.shell = true; }
+    return { id: get("id"), job, timezone: get("timezone") || "UTC", trigger };
+  };
+  const showError = e => {
+    for (const n of form.querySelectorAll(".field-error")) n.textContent = "";
+    const named = e && (e.field || (e.message.match(/\b(trigger\.[a-z_]+|timezone|job\.[a-z_]+|id)\b/) || [])[1]);
+    const at = named && form.querySelector(`[data-error-for="${named}"]`);
+    form.querySelector("#schedule-error").textContent = e && !at ? e.message : "";
+    if (at) at.textContent = e.message;
+  };
+  let pending = 0;
+  const refreshPreview = async () => {
+    const mine = ++pending;
+    try {
+      const p = await api("POST", "/api/schedule-preview?count=5", spec());
+      if (mine !== pending) return;
+      showError(null);
+      preview.replaceChildren(...(p.runs.length ? p.runs.map(r => el("li", {}, when(r))) : [el("li", {}, "no runs: it fires only when triggered")]));
+    } catch (e) {
+      if (mine !== pending) return;
+      preview.replaceChildren();
+      showError(e);
+    }
+  };
+  type.addEventListener("change", () => { showFields(); refreshPreview(); });
+  form.addEventListener("change", refreshPreview);
+  form.addEventListener("submit", async ev => {
+    ev.preventDefault();
+    try {
+      const body = spec();
+      const saved = existing ? await api("PUT", `/api/schedules/${enc(existing.id)}`, body) : await api("POST", "/api/schedules", body);
+      location.hash = `#/schedules/${enc(saved.id)}`;
+      if (existing) route();
+    } catch (e) { showError(e); }
+  });
+  showFields();
+  refreshPreview();
+  return el("div", {}, form, el("h2", {}, "Next runs"), preview);
+}
+
+async function schedule(main, parts) {
+  const id = parts[1];
+  const [sc, history] = await Promise.all([api("GET", `/api/schedules/${enc(id)}`), api("GET", `/api/schedules/${enc(id)}/history?limit=50`)]);
+  const outcome = el("p", { id: "schedule-outcome", role: "status" });
+  const act = (label, action, method = "POST") => {
+    const b = el("button", { type: "button", "data-action": action, disabled: session.role !== "admin" && action !== "trigger" || session.role === "viewer" }, label);
+    b.addEventListener("click", async () => {
+      if (action === "delete" && !confirm(`Delete schedule ${id}?`)) return;
+      try {
+        await api(method, action === "delete" ? `/api/schedules/${enc(id)}` : `/api/schedules/${enc(id)}/${action}`);
+        if (action === "delete") { location.hash = "#/schedules"; return; }
+        route();
+      } catch (e) { outcome.textContent = e.message; outcome.className = "error"; }
+    });
+    return b;
+  };
+  const fires = el("tbody", { id: "history" }, history.fires.map(f => el("tr", {},
+    el("td", { class: "num" }, f.seq), el("td", {}, when(f.scheduled_for)), el("td", {}, f.reason), el("td", {}, f.action),
+    el("td", {}, f.job_id ? jobLink(f.job_id) : "–"), el("td", {}, f.outcome ? stateTag(f.outcome) : "–"),
+    el("td", { class: "error" }, f.error ? f.error.message : f.message || ""))));
+  main.replaceChildren(el("h1", {}, `Schedule ${id}`),
+    el("dl", { class: "kv" }, el("dt", {}, "When"), el("dd", { id: "schedule-when" }, triggerWords(sc.trigger, sc.timezone)),
+      el("dt", {}, "State"), el("dd", {}, sc.enabled ? "enabled" : "paused"),
+      el("dt", {}, "Next run"), el("dd", {}, when(sc.next_run)), el("dt", {}, "Last run"), el("dd", {}, when(sc.last_run)),
+      el("dt", {}, "Runs"), el("dd", {}, sc.run_count), el("dt", {}, "Misfire, overlap"), el("dd", {}, `${sc.misfire}, ${sc.overlap}`)),
+    el("div", { class: "controls" }, act("Trigger now", "trigger"), sc.enabled ? act("Pause", "pause") : act("Resume", "resume"), act("Delete", "delete", "DELETE")), outcome,
+    el("h2", {}, "History"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["#", "For", "Why", "Action", "Job", "Outcome", "Note"].map(h => el("th", {}, h)))), fires),
+    el("h2", {}, "Edit"), scheduleForm(sc));
+  return listen(batch => {
+    if (batch.some(e => e.type === "schedule.fired" && e.data && e.data.schedule_id === id)) route();
+    const jobs = new Set(history.fires.map(f => f.job_id).filter(Boolean));
+    if (batch.some(e => jobs.has(e.job_id) && e.data && e.data.state && !ACTIVE.has(e.data.state) && e.data.state !== "queued")) route();
+  });
+}
+
+async function queuesView(main) {
+  const body = el("tbody", { id: "queues" });
+  const draw = list => body.replaceChildren(...list.queues.map(q => {
+    const action = q.paused ? "resume" : "pause";
+    const b = el("button", { type: "button", "data-queue": q.name, "data-action": action, disabled: session.role === "viewer" }, q.paused ? "Resume" : "Pause");
+    b.addEventListener("click", async () => {
+      b.disabled = true;
+      try { await api("POST", `/api/queues/${enc(q.name)}/${action}`); } catch (e) { toast(e.message, true); }
+      draw(await api("GET", "/api/queues"));
+    });
+    return el("tr", { "data-queue": q.name }, el("td", {}, el("a", { href: `#/jobs?queue=${enc(q.name)}` }, q.name)),
+      el("td", { class: "num" }, q.concurrency ?? "–"), el("td", { class: "num" }, q.running),
+      ["queued", "scheduled", "failed", "completed"].map(s => el("td", { class: "num" }, q.counts[s] || 0)),
+      el("td", { "data-paused": String(q.paused) }, q.paused ? "paused" : "running"), el("td", {}, b));
+  }));
+  draw(await api("GET", "/api/queues"));
+  main.replaceChildren(el("h1", {}, "Queues"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Queue", "Concurrency", "Running", "Queued", "Scheduled", "Failed", "Completed", "State", ""].map(h => el("th", {}, h)))), body));
+  return listen(async batch => {
+    if (batch.some(e => e.type === "queue.paused" || e.type === "queue.resumed")) draw(await api("GET", "/api/queues"));
+  });
+}
+
+// ---- sign-in -----------------------------------------------------------------------
+
+function signIn(reason) {
+  if (stream.source) { stream.source.close(); stream.source = null; }
+  const input = el("input", { type: "password", name: "token", autocomplete: "off", placeholder: "token", "aria-label": "token" });
+  const form = el("form", { class: "signin", id: "signin" },
+    el("h1", {}, "Sign in"),
+    el("p", { class: "muted" }, "This Baton asks for a token. It is kept for this tab only."),
+    reason ? el("p", { class: "error" }, reason) : null,
+    input, el("button", { class: "primary", type: "submit" }, "Sign in"));
+  form.addEventListener("submit", ev => {
+    ev.preventDefault();
+    session.token = input.value.trim();
+    sessionStorage.setItem("baton.token", session.token);
+    start();
+  });
+  document.getElementById("main").replaceChildren(form);
+  input.focus();
+}
+
+async function whoAmI() {
+  try {
+    const me = await api("GET", "/api/whoami");
+    session.role = me.role;
+    document.getElementById("who").textContent = me.auth ? `${me.name} (${me.role})` : "";
+    document.body.dataset.role = me.role;
+    return true;
+  } catch (e) {
+    return !(e instanceof ApiError && e.status === 401);
+  }
+}
+
+async function start() {
+  if (!(await whoAmI())) return;
+  if (!stream.source) connect();
+  await route();
+}
+
+window.addEventListener("hashchange", route);
+// After the page's load: a stream opened before it would hold the load event open.
+if (document.readyState === "complete") start();
+else window.addEventListener("load", start, { once: true });

@@ -1,0 +1,613 @@
+//! The dashboard in real Chromium over real HTTP: live progress without a reload, and
+//! control of a running process from the job's page.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{Method, StatusCode};
+use baton_server::{AuthConfig, Role, ServerOptions};
+use common::chromium::Browser;
+use common::{harness, harness_with, serve, token};
+use serde_json::json;
+
+/// The state letter of a process in `/proc/PID/stat` (`T` when stopped).
+fn proc_state(pid: i32) -> char {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = stat.rsplit_once(')').unwrap().1;
+    after.trim_start().chars().next().unwrap()
+}
+
+/// Clicks the button of `action` in the page.
+fn click(action: &str) -> String {
+    format!("(document.querySelector('[data-action=\"{action}\"]').click(), '1')")
+}
+
+const ENABLED: &str = "JSON.stringify([...document.querySelectorAll('#controls button')].filter(b => !b.disabled).map(b => b.dataset.action))";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_from_the_submit_form_moves_live_and_is_paused_resumed_and_stopped() {
+    let h = harness().await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    h.engine
+        .submit(serde_json::from_value(json!({"kind": "looper", "id": "spinner"})).unwrap())
+        .await
+        .unwrap();
+    h.wait_state("spinner", "running").await;
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "command", "id": "broken", "command": ["sh", "-c", "exit 7"], "max_attempts": 1})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    h.wait_state("broken", "failed").await;
+
+    let mut browser = Browser::start().await;
+    browser.size(1280, 900).await;
+    let base = format!("http://127.0.0.1:{}", addr.port());
+
+    // The overview: counters, the running job with its bar moving, the failure.
+    browser.open(&format!("{base}/")).await;
+    browser
+        .wait_for(
+            "the stream live",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    let bar = "Number(document.querySelector('#running tr[data-job=\"spinner\"] [role=progressbar]')?.getAttribute('aria-valuenow'))";
+    let first = browser.wait_for("progress", bar).await;
+    browser
+        .wait_for(
+            "the bar moving without a reload",
+            &format!("{bar} !== {first}"),
+        )
+        .await;
+    browser
+        .wait_for(
+            "the failure",
+            "document.querySelector('#failures')?.textContent.includes('exit_code')",
+        )
+        .await;
+    let counts = browser
+        .evaluate("JSON.stringify([document.querySelector('[data-count=running]').textContent, document.querySelector('[data-count=failed]').textContent])")
+        .await;
+    assert_eq!(counts, json!(["1", "1"]));
+    browser.screenshot("overview").await;
+
+    // A job started from the submit form; its page opens.
+    browser.evaluate("(location.hash = '#/submit', '1')").await;
+    browser
+        .wait_for(
+            "the submit form",
+            "document.getElementById('submit-form') !== null",
+        )
+        .await;
+    let script = "i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo \"::progress $((i/6))% page $i\"; echo line $i; sleep 0.1; done";
+    browser
+        .evaluate(&format!(
+            "(() => {{ const f = document.getElementById('submit-form'); f.command.value = {}; f.labels.value = 'source=dashboard'; f.requestSubmit(); return '1'; }})()",
+            serde_json::to_string(script).unwrap()
+        ))
+        .await;
+    let opened = browser
+        .wait_for(
+            "the new job's page",
+            "location.hash.startsWith('#/jobs/') && location.hash",
+        )
+        .await;
+    let id = opened
+        .as_str()
+        .unwrap()
+        .trim_start_matches("#/jobs/")
+        .to_owned();
+    let job = h.engine.get(&id).await.unwrap();
+    assert_eq!(job.runs.command, Some(vec![script.to_owned()]));
+    assert_eq!(job.runs.shell, Some(true));
+    assert_eq!(job.labels["source"], "dashboard");
+
+    // Its page: the bar moves, logs stream, the controls follow the state machine.
+    browser
+        .wait_for(
+            "the job running",
+            "document.querySelector('#job-state [data-state=running]') !== null",
+        )
+        .await;
+    let bar = "Number(document.getElementById('job-progress').getAttribute('aria-valuenow'))";
+    let first = browser.wait_for("progress on the job's page", bar).await;
+    browser
+        .wait_for("the job's bar moving", &format!("{bar} > {first}"))
+        .await;
+    browser
+        .wait_for(
+            "log lines streaming",
+            "document.getElementById('job-log').textContent.includes('line ')",
+        )
+        .await;
+    assert_eq!(
+        browser.evaluate(ENABLED).await,
+        json!(["pause", "stop", "stop?force=true", "cancel"])
+    );
+    browser.screenshot("job-running").await;
+
+    let pid = h
+        .engine
+        .store()
+        .processes()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|p| p.job_id == id)
+        .expect("the job's process")
+        .process
+        .pgid;
+    browser.evaluate(&click("pause")).await;
+    browser
+        .wait_for(
+            "paused",
+            "document.querySelector('#job-state [data-state=paused]') !== null",
+        )
+        .await;
+    assert_eq!(proc_state(pid), 'T', "the job's process is stopped");
+    assert_eq!(
+        browser.evaluate(ENABLED).await,
+        json!(["resume", "stop", "stop?force=true", "cancel"])
+    );
+    browser.evaluate(&click("resume")).await;
+    browser
+        .wait_for(
+            "running again",
+            "document.querySelector('#job-state [data-state=running]') !== null",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_ne!(proc_state(pid), 'T', "the job's process runs again");
+    browser.evaluate(&click("stop")).await;
+    browser
+        .wait_for(
+            "cancelled",
+            "document.querySelector('#job-state [data-state=cancelled]') !== null",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the attempt's outcome",
+            "document.getElementById('attempts').textContent.includes('cancelled')",
+        )
+        .await;
+    assert_eq!(
+        browser.evaluate(ENABLED).await,
+        json!(["retry", "retry?from_checkpoint=true", "delete"])
+    );
+    assert_eq!(h.engine.get(&id).await.unwrap().state.as_str(), "cancelled");
+
+    // A refused form shows the API's message.
+    browser.evaluate("(location.hash = '#/submit', '1')").await;
+    browser
+        .wait_for(
+            "the submit form",
+            "document.getElementById('submit-form') !== null",
+        )
+        .await;
+    browser
+        .evaluate("(() => { const f = document.getElementById('submit-form'); f.command.value = 'true'; f.delay.value = 'soon'; f.requestSubmit(); return '1'; })()")
+        .await;
+    let said = browser
+        .wait_for(
+            "the refusal",
+            "document.getElementById('submit-error').textContent",
+        )
+        .await;
+    assert!(said.as_str().unwrap().contains("delay"), "{said}");
+
+    // Queues: paused and resumed from their page.
+    browser.evaluate("(location.hash = '#/queues', '1')").await;
+    browser
+        .wait_for(
+            "the queues",
+            "document.querySelector('button[data-queue=other]') !== null",
+        )
+        .await;
+    browser
+        .evaluate("(document.querySelector('button[data-queue=other]').click(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "the queue paused",
+            "document.querySelector('tr[data-queue=other] [data-paused=true]') !== null",
+        )
+        .await;
+    let (_, queues) = h.call(Method::GET, "/api/queues", None).await;
+    let other = queues["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["name"] == "other")
+        .unwrap()
+        .clone();
+    assert_eq!(other["paused"], true);
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_stream_says_so_and_catches_up_with_what_it_missed() {
+    let h = harness().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let first = {
+        let state = h.state.clone();
+        tokio::spawn(async move {
+            baton_server::serve(listener, state, &ServerOptions::default(), async {
+                stopped.await.ok();
+            })
+            .await
+        })
+    };
+    let mut browser = Browser::start().await;
+    browser.open(&format!("http://{addr}/")).await;
+    browser
+        .wait_for(
+            "the stream live",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    h.engine
+        .submit(serde_json::from_value(json!({"kind": "echo", "id": "before"})).unwrap())
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "one completed",
+            "document.querySelector('[data-count=completed]').textContent === '1'",
+        )
+        .await;
+
+    // The server stops: the page says the stream is down, and when it last heard.
+    stop.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    let said = browser
+        .wait_for(
+            "the stream down",
+            "document.getElementById('conn').dataset.state !== 'live' && document.getElementById('conn').textContent",
+        )
+        .await;
+    assert!(said.as_str().unwrap().contains("last event"), "{said}");
+    // Meanwhile jobs run and end.
+    for i in 0..3 {
+        h.engine
+            .submit(
+                serde_json::from_value(json!({"kind": "echo", "id": format!("missed-{i}")}))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        h.engine.wait(&format!("missed-{i}")).await.unwrap();
+    }
+    // A new server on the same address: the page comes back and counts what it missed.
+    let state = baton_server::AppState::new(h.engine.clone(), &ServerOptions::default())
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        baton_server::serve(
+            listener,
+            state,
+            &ServerOptions::default(),
+            std::future::pending(),
+        )
+        .await
+    });
+    browser
+        .wait_for(
+            "the stream live again",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    browser
+        .wait_for(
+            "the missed jobs counted",
+            "document.querySelector('[data-count=completed]').textContent === '4'",
+        )
+        .await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_signs_in_and_sees_no_controls_an_operator_can_pause() {
+    let options = ServerOptions {
+        auth: AuthConfig {
+            tokens: vec![token("watcher", Role::Viewer), token("ops", Role::Operator)],
+            ..AuthConfig::default()
+        },
+        ..ServerOptions::default()
+    };
+    let h = harness_with(options.clone()).await;
+    let addr = serve(&h, options).await;
+    h.engine
+        .submit(serde_json::from_value(json!({"kind": "looper", "id": "loop"})).unwrap())
+        .await
+        .unwrap();
+    h.wait_state("loop", "running").await;
+
+    let mut browser = Browser::start().await;
+    let base = format!("http://127.0.0.1:{}", addr.port());
+    // The files load without a token; the data does not.
+    browser.open(&format!("{base}/#/jobs/loop")).await;
+    browser
+        .wait_for(
+            "the sign-in form",
+            "document.getElementById('signin') !== null",
+        )
+        .await;
+    let sign_in = |token: &str| {
+        format!(
+            "(() => {{ const f = document.getElementById('signin'); f.token.value = '{token}'; f.requestSubmit(); return '1'; }})()"
+        )
+    };
+    browser.evaluate(&sign_in("nope")).await;
+    browser
+        .wait_for(
+            "a refused token",
+            "document.getElementById('signin')?.textContent.includes('invalid token')",
+        )
+        .await;
+    browser.evaluate(&sign_in("watcher-token")).await;
+    browser
+        .wait_for(
+            "the job for a viewer",
+            "document.querySelector('#job-state [data-state=running]') !== null",
+        )
+        .await;
+    assert_eq!(
+        browser
+            .evaluate("JSON.stringify(document.getElementById('who').textContent)")
+            .await,
+        json!("watcher (viewer)")
+    );
+    browser
+        .wait_for(
+            "the stream with a query token",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    let enabled = browser
+        .evaluate("JSON.stringify([...document.querySelectorAll('#controls button')].filter(b => !b.disabled).length)")
+        .await;
+    assert_eq!(enabled, json!(0), "a viewer has no controls");
+
+    // Another tab's session: an operator.
+    browser
+        .evaluate("(sessionStorage.setItem('baton.token', 'ops-token'), '1')")
+        .await;
+    browser.reload().await;
+    browser
+        .wait_for(
+            "the pause button",
+            "document.querySelector('[data-action=pause]:not(:disabled)') !== null",
+        )
+        .await;
+    browser
+        .evaluate("(document.querySelector('[data-action=pause]').click(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "paused",
+            "document.querySelector('#job-state [data-state=paused]') !== null",
+        )
+        .await;
+    assert_eq!(h.engine.get("loop").await.unwrap().state.as_str(), "paused");
+    browser.close().await;
+}
+
+#[tokio::test]
+async fn the_files_carry_a_policy_that_runs_only_their_own_scripts() {
+    let h = harness().await;
+    for (path, kind) in [
+        ("/", "text/html"),
+        ("/ui/app.js", "text/javascript"),
+        ("/ui/style.css", "text/css"),
+    ] {
+        let (status, body, headers) = h.raw_with_headers(Method::GET, path, None, &[]).await;
+        assert_eq!(status, StatusCode::OK, "{path}");
+        assert!(!body.is_empty());
+        assert!(headers["content-type"].to_str().unwrap().starts_with(kind));
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe"), "{csp}");
+        assert_eq!(headers["x-content-type-options"], "nosniff");
+        assert_eq!(headers["referrer-policy"], "no-referrer");
+        // A second load with the tag is a 304.
+        let etag = headers["etag"].to_str().unwrap().to_owned();
+        let (status, _, _) = h
+            .raw_with_headers(Method::GET, path, None, &[("if-none-match", &etag)])
+            .await;
+        assert_eq!(status, StatusCode::NOT_MODIFIED, "{path}");
+    }
+    let (status, e) = h.call(Method::GET, "/ui/secrets.txt", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("secrets.txt")
+    );
+    // The API itself keeps its stricter policy.
+    let (_, _, headers) = h
+        .raw_with_headers(Method::GET, "/api/stats", None, &[])
+        .await;
+    assert_eq!(
+        headers["content-security-policy"],
+        "default-src 'none'; frame-ancestors 'none'"
+    );
+    // A forged Host is refused for the page as for the API.
+    let (status, _) = h
+        .raw(Method::GET, "/", None, &[("host", "attacker.example")])
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_is_checked_at_the_field_created_previewed_and_triggered() {
+    let h = harness().await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    let mut browser = Browser::start().await;
+    browser.size(1280, 900).await;
+    browser
+        .open(&format!("http://127.0.0.1:{}/#/schedules", addr.port()))
+        .await;
+    browser
+        .wait_for(
+            "the form",
+            "document.getElementById('schedule-form') !== null",
+        )
+        .await;
+    let fill = |expr: &str| {
+        format!(
+            "(() => {{ const f = document.getElementById('schedule-form'); f.id.value = 'nightly'; \
+             f.elements['trigger.expr'].value = '{expr}'; f.timezone.value = 'Europe/London'; \
+             f.elements['job.command'].value = 'echo nightly'; \
+             f.dispatchEvent(new Event('change')); return '1'; }})()"
+        )
+    };
+    browser.evaluate(&fill("61 * * * *")).await;
+    let said = browser
+        .wait_for(
+            "the cron refused at its field",
+            "document.querySelector('[data-error-for=\"trigger.expr\"]').textContent",
+        )
+        .await;
+    assert!(
+        said.as_str().unwrap().contains("invalid cron expression"),
+        "{said}"
+    );
+    browser.evaluate(&fill("0 2 * * *")).await;
+    let runs = browser
+        .wait_for(
+            "five runs previewed",
+            "document.querySelectorAll('#schedule-preview li').length === 5 && [...document.querySelectorAll('#schedule-preview time')].map(t => t.getAttribute('datetime'))",
+        )
+        .await;
+    assert_eq!(runs.as_array().unwrap().len(), 5);
+    assert_eq!(
+        browser
+            .evaluate("JSON.stringify(document.querySelector('[data-error-for=\"trigger.expr\"]').textContent)")
+            .await,
+        json!(""),
+        "the error went with the mistake"
+    );
+    browser
+        .evaluate("(document.getElementById('schedule-form').requestSubmit(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "the schedule's page",
+            "location.hash === '#/schedules/nightly' && document.getElementById('schedule-when')",
+        )
+        .await;
+    let words = browser
+        .evaluate("JSON.stringify(document.getElementById('schedule-when').textContent)")
+        .await;
+    assert_eq!(words, json!("cron 0 2 * * * (Europe/London)"));
+    let (status, stored) = h.call(Method::GET, "/api/schedules/nightly", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(stored["next_run"].as_str(), runs[0].as_str());
+
+    browser
+        .evaluate("(document.querySelector('[data-action=trigger]').click(), '1')")
+        .await;
+    browser
+        .wait_for(
+            "the run in the history, completed",
+            "document.querySelector('#history [data-state=completed]') !== null",
+        )
+        .await;
+    browser.screenshot("schedules").await;
+    let (_, history) = h
+        .call(Method::GET, "/api/schedules/nightly/history", None)
+        .await;
+    assert_eq!(history["fires"][0]["outcome"], "completed");
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workflow_is_drawn_and_its_nodes_change_live() {
+    let h = harness().await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    let (status, made) = h
+        .call(
+            Method::POST,
+            "/api/workflows",
+            Some(json!({"id": "nightly", "jobs": {
+                "fetch": {"kind": "command", "command": ["sleep", "1"]},
+                "parse": {"kind": "command", "command": ["sleep", "1"], "depends_on": ["fetch"]},
+                "side": {"kind": "echo", "depends_on": ["fetch"]},
+                "report": {"kind": "echo", "depends_on": ["parse", "side"]}
+            }})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{made}");
+    let mut browser = Browser::start().await;
+    browser.size(1280, 900).await;
+    browser
+        .open(&format!(
+            "http://127.0.0.1:{}/#/workflows/nightly",
+            addr.port()
+        ))
+        .await;
+    let drawn = browser
+        .wait_for(
+            "the graph",
+            "document.querySelectorAll('#dag .node').length === 4 && [document.querySelectorAll('#dag .node').length, document.querySelectorAll('#dag .edge').length]",
+        )
+        .await;
+    assert_eq!(drawn, json!([4, 4]));
+    // Layers: fetch above parse and side, report below both.
+    let rows = browser
+        .evaluate("JSON.stringify(Object.fromEntries([...document.querySelectorAll('#dag .node')].map(g => [g.textContent.replace(/(queued|awaiting|running|completed|scheduled)$/, ''), Number(g.getAttribute('transform').match(/,([0-9.]+)/)[1])])))")
+        .await;
+    assert!(rows["fetch"].as_f64() < rows["parse"].as_f64(), "{rows}");
+    assert_eq!(rows["parse"], rows["side"], "{rows}");
+    assert!(rows["side"].as_f64() < rows["report"].as_f64(), "{rows}");
+    let report = made["jobs"]["report"].as_str().unwrap().to_owned();
+    let running = browser
+        .wait_for(
+            "a node running",
+            "document.querySelector('#dag .node[data-state=running]')?.textContent",
+        )
+        .await;
+    assert!(
+        running.as_str().unwrap().starts_with("fetch")
+            || running.as_str().unwrap().starts_with("parse")
+    );
+    browser.screenshot("workflow").await;
+    browser
+        .wait_for(
+            "the last node completed, live",
+            &format!("document.querySelector('#dag .node[data-job=\"{report}\"]').dataset.state === 'completed'"),
+        )
+        .await;
+    assert_eq!(
+        h.engine.get(&report).await.unwrap().state.as_str(),
+        "completed"
+    );
+    // The page was not reloaded: the critical path drawn at first is still there.
+    let path = browser
+        .evaluate("JSON.stringify(document.getElementById('critical').textContent)")
+        .await;
+    assert!(path.as_str().unwrap().starts_with("fetch"), "{path}");
+    // A node opens its job.
+    browser
+        .evaluate(&format!(
+            "(document.querySelector('#dag .node[data-job=\"{report}\"]').dispatchEvent(new MouseEvent('click', {{bubbles: true}})), '1')"
+        ))
+        .await;
+    browser
+        .wait_for("the job's page", &format!("location.hash === '#/jobs/{report}' && document.getElementById('job-workflow')?.textContent === 'nightly'"))
+        .await;
+    browser.close().await;
+}
