@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod batch;
 mod bulk;
 mod schedules;
+pub use batch::*;
 pub use bulk::*;
 pub use schedules::*;
 
@@ -25,6 +27,25 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
+    /// For a refused batch (`POST /api/jobs/batch`): the index of the job that was
+    /// refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    /// The field of the spec that was refused, when one is to blame (`command`,
+    /// `depends_on[0]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+impl ErrorDetail {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+            index: None,
+            field: None,
+        }
+    }
 }
 
 /// `GET /api/jobs`.

@@ -421,20 +421,97 @@ impl Engine {
         let now = self.inner.clock.now();
         let mut jobs = Vec::with_capacity(specs.len());
         for spec in &specs {
-            let mut job = match self.stored_pipeline_of(spec).await? {
-                Some((id, resolved)) => {
-                    let mut job = resolved.validate(now, &self.inner.limits)?;
-                    if let Some(Value::Object(exec)) = &mut job.exec {
-                        exec.insert("pipeline".into(), Value::String(id));
-                    }
-                    job
+            jobs.push(self.new_job(spec, now).await?);
+        }
+        self.store_new(jobs).await
+    }
+
+    /// Stores a client's batch in one atomic write, as [`Engine::submit_many`] does,
+    /// and names the job to blame when it is refused ([`Error::InBatch`]: its index,
+    /// and its field when one is at fault). Within a batch each job's id must be new
+    /// to the batch, and a dependency on another job of the batch must name one given
+    /// before it.
+    pub async fn submit_batch(&self, specs: Vec<JobSpec>) -> Result<Vec<Submitted>> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let now = self.inner.clock.now();
+        let mut jobs = Vec::with_capacity(specs.len());
+        // The client ids of the batch, each at its first index.
+        let mut given: HashMap<&str, usize> = HashMap::with_capacity(specs.len());
+        for (index, spec) in specs.iter().enumerate() {
+            if let Some(id) = spec.id.as_deref() {
+                given.entry(id).or_insert(index);
+            }
+        }
+        let mut at: HashMap<String, usize> = HashMap::with_capacity(specs.len());
+        for (index, spec) in specs.iter().enumerate() {
+            let job = self
+                .new_job(spec, now)
+                .await
+                .map_err(|e| Error::in_batch(index, e))?;
+            if let Some(&first) = given.get(job.id.as_str())
+                && first != index
+            {
+                return Err(Error::in_batch(
+                    index,
+                    SpecError::new(
+                        "id",
+                        format!("{:?} is also the id of jobs[{first}]", job.id.as_str()),
+                    )
+                    .into(),
+                ));
+            }
+            for (k, d) in job.depends_on.iter().enumerate() {
+                if let Some(&later) = given.get(d.job.as_str())
+                    && later >= index
+                {
+                    let why = if later == index {
+                        "a job cannot depend on itself".to_owned()
+                    } else {
+                        format!(
+                            "{:?} is jobs[{later}], later in the batch; a job may depend only on jobs given before it",
+                            d.job
+                        )
+                    };
+                    return Err(Error::in_batch(
+                        index,
+                        SpecError::new(format!("depends_on[{k}]"), why).into(),
+                    ));
                 }
-                None => spec.validate(now, &self.inner.limits)?,
-            };
-            self.check_kind_and_queue(&job.kind, &job.queue)?;
-            self.admit(&mut job, Origin::Client)?;
+            }
+            at.insert(job.id.to_string(), index);
             jobs.push(job);
         }
+        self.store_new(jobs).await.map_err(|e| match e.job_id() {
+            Some(id) => match at.get(id) {
+                Some(&index) => Error::in_batch(index, e),
+                None => e,
+            },
+            None => e,
+        })
+    }
+
+    /// A client's spec, validated and admitted, ready to store.
+    async fn new_job(&self, spec: &JobSpec, now: Millis) -> Result<baton_core::NewJob> {
+        let mut job = match self.stored_pipeline_of(spec).await? {
+            Some((id, resolved)) => {
+                let mut job = resolved.validate(now, &self.inner.limits)?;
+                if let Some(Value::Object(exec)) = &mut job.exec {
+                    exec.insert("pipeline".into(), Value::String(id));
+                }
+                job
+            }
+            None => spec.validate(now, &self.inner.limits)?,
+        };
+        self.check_kind_and_queue(&job.kind, &job.queue)?;
+        self.admit(&mut job, Origin::Client)?;
+        Ok(job)
+    }
+
+    /// Stores validated jobs in one write, starting some at once when their queue has
+    /// idle workers.
+    async fn store_new(&self, jobs: Vec<baton_core::NewJob>) -> Result<Vec<Submitted>> {
         // With idle workers and nothing waiting in the queue, the jobs start in the same
         // write that stores them: one commit instead of two between submit and start.
         let queue = match jobs.first() {

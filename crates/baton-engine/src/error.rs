@@ -34,6 +34,59 @@ pub enum Error {
     /// The commands policy refuses a program the job would run.
     #[error("{0}")]
     CommandNotAllowed(String),
+    /// One job of a batch was refused, so none was stored: its index in the batch,
+    /// the field to blame when one is, and why.
+    #[error("{}", in_batch_message(*index, field.as_deref(), source))]
+    InBatch {
+        index: usize,
+        field: Option<String>,
+        source: Box<Error>,
+    },
+}
+
+/// `invalid job spec: jobs[3].command: ...` for a field, `jobs[3]: ...` otherwise.
+fn in_batch_message(index: usize, field: Option<&str>, source: &Error) -> String {
+    let text = source.to_string();
+    match field {
+        Some(field) => {
+            let reason = text
+                .strip_prefix("invalid job spec: ")
+                .and_then(|t| t.strip_prefix(field))
+                .and_then(|t| t.strip_prefix(": "))
+                .unwrap_or(&text);
+            format!("invalid job spec: jobs[{index}].{field}: {reason}")
+        }
+        None => format!("jobs[{index}]: {text}"),
+    }
+}
+
+impl Error {
+    /// `e` as the refusal of the batch's job at `index`, with the field to blame.
+    pub fn in_batch(index: usize, e: Error) -> Error {
+        let field = match &e {
+            Error::Spec(s) => Some(s.field.clone()),
+            Error::UnknownKind { .. } => Some("kind".into()),
+            Error::UnknownQueue { .. } => Some("queue".into()),
+            Error::Store(baton_store::Error::UnknownDependency { .. }) => Some("depends_on".into()),
+            _ => None,
+        };
+        Error::InBatch {
+            index,
+            field,
+            source: Box::new(e),
+        }
+    }
+
+    /// The job a store refusal names, when it names one.
+    pub fn job_id(&self) -> Option<&str> {
+        match self {
+            Error::Store(
+                baton_store::Error::UnknownDependency { id, .. }
+                | baton_store::Error::Transition { id, .. },
+            ) => Some(id),
+            _ => None,
+        }
+    }
 }
 
 impl From<baton_store::Error> for Error {
@@ -98,6 +151,7 @@ impl Error {
             Error::ScheduleNotFound(_) => ErrorCode::NotFound,
             Error::ScheduleExists(_) => ErrorCode::Conflict,
             Error::CommandNotAllowed(_) => ErrorCode::CommandNotAllowed,
+            Error::InBatch { source, .. } => source.code(),
             Error::Store(e) => match e {
                 S::NotFound(_) => ErrorCode::NotFound,
                 S::Transition { .. } | S::Conflict { .. } => ErrorCode::IllegalTransition,

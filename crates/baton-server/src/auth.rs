@@ -286,7 +286,50 @@ pub fn required_role(method: &Method, path: &str) -> Option<Role> {
 
 /// Whether the submit rate limit applies to a request (it creates jobs).
 pub fn rate_limited(method: &Method, path: &str) -> bool {
-    *method == Method::POST && matches!(path, "/api/jobs" | "/api/workflows")
+    *method == Method::POST && matches!(path, "/api/jobs" | "/api/workflows" | BATCH_PATH)
+}
+
+/// The batch submit, whose jobs the rate limit counts one by one.
+const BATCH_PATH: &str = "/api/jobs/batch";
+
+/// A batch's place in the submit rate limit: the middleware cannot count its jobs
+/// before the body is read, so it leaves the key here and the handler charges the
+/// limiter with the number of jobs ([`Auth::charge`]).
+#[derive(Clone, Debug)]
+pub struct SubmitQuota {
+    key: String,
+}
+
+impl Auth {
+    /// Charges `n` jobs to the caller's submit allowance; the 429 to answer when the
+    /// allowance is spent (with `Retry-After`), or when `n` is more than the burst
+    /// ever allows (without: waiting would not help, a smaller batch would).
+    pub fn charge(&self, quota: Option<&SubmitQuota>, n: usize) -> Option<Response> {
+        let (Some(limiter), Some(quota)) = (&self.limiter, quota) else {
+            return None;
+        };
+        let count = NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX))?;
+        match limiter.check_key_n(&quota.key, count) {
+            Ok(Ok(())) => None,
+            Ok(Err(not_until)) => {
+                let wait = not_until.wait_time_from(DefaultClock::default().now());
+                Some(too_many(
+                    &format!("too many jobs submitted ({n} in this batch); retry in {{}} s"),
+                    wait,
+                ))
+            }
+            Err(governor::InsufficientCapacity(burst)) => Some(
+                ApiError::new(
+                    axum::http::StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!(
+                        "a batch of {n} jobs is more than this server's submit burst of {burst} jobs allows; send at most {burst} jobs per request"
+                    ),
+                )
+                .into_response(),
+            ),
+        }
+    }
 }
 
 pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next) -> Response {
@@ -359,7 +402,9 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
                 .map(|c| c.0.ip().to_string())
                 .unwrap_or_else(|| "local".into())
         };
-        if let Err(not_until) = limiter.check_key(&key) {
+        if req.uri().path() == BATCH_PATH {
+            req.extensions_mut().insert(SubmitQuota { key });
+        } else if let Err(not_until) = limiter.check_key(&key) {
             let wait = not_until.wait_time_from(DefaultClock::default().now());
             return too_many("too many jobs submitted; retry in {} s", wait);
         }
@@ -388,7 +433,10 @@ fn too_many(message: &str, wait: Duration) -> Response {
 /// checks each job's queue); every other change (workflows, schedules) is refused.
 async fn narrowed(s: &AppState, c: &Caller, method: &Method, path: &str) -> Result<(), ApiError> {
     if *method == Method::POST
-        && matches!(path, "/api/jobs" | "/api/jobs/status" | "/api/jobs/bulk")
+        && matches!(
+            path,
+            "/api/jobs" | "/api/jobs/status" | "/api/jobs/bulk" | BATCH_PATH
+        )
     {
         return Ok(());
     }

@@ -13,6 +13,10 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// The refused job's index in a batch.
+    pub index: Option<usize>,
+    /// The refused field of a job spec.
+    pub field: Option<String>,
 }
 
 impl ApiError {
@@ -21,7 +25,16 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            index: None,
+            field: None,
         }
+    }
+
+    /// The same error, blamed on the batch's job at `index` (and its `field`).
+    pub fn at(mut self, index: usize, field: Option<String>) -> Self {
+        self.index = Some(index);
+        self.field = field;
+        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -43,6 +56,22 @@ impl ApiError {
 
 impl From<baton_engine::Error> for ApiError {
     fn from(e: baton_engine::Error) -> Self {
+        let blame = match &e {
+            baton_engine::Error::InBatch { index, field, .. } => Some((*index, field.clone())),
+            _ => None,
+        };
+        let mut out = Self::from_engine(e);
+        if let Some((index, field)) = blame
+            && out.status.is_client_error()
+        {
+            out = out.at(index, field);
+        }
+        out
+    }
+}
+
+impl ApiError {
+    fn from_engine(e: baton_engine::Error) -> Self {
         let (status, code) = match e.code() {
             ErrorCode::InvalidSpec => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_spec"),
             ErrorCode::NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -125,6 +154,8 @@ impl IntoResponse for ApiError {
             error: ErrorDetail {
                 code: self.code.into(),
                 message: self.message,
+                index: self.index,
+                field: self.field,
             },
         };
         if self.code == "overloaded" {

@@ -1,5 +1,6 @@
 //! `/api/jobs`: submit, read, wait and control.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -48,27 +49,8 @@ pub async fn submit(
     caller: Option<axum::Extension<crate::auth::Caller>>,
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> ApiResult<Response> {
-    if let Some(axum::Extension(caller)) = &caller
-        && caller.queues.is_some()
-    {
-        // The queue the job will go to: its own, its stored pipeline's, or the default.
-        let mut queue = spec.queue.clone();
-        if queue.is_none()
-            && spec.steps.is_none()
-            && let Some(id) = &spec.pipeline
-            && let Some(p) = s.engine.pipeline(id).await?
-        {
-            queue = p.spec.queue;
-        }
-        caller.check_queue(queue.as_deref().unwrap_or(baton_core::spec::DEFAULT_QUEUE))?;
-        // Replacing cancels the key's holder, which may be in any queue.
-        if spec.unique_policy.as_deref() == Some("replace") {
-            return Err(ApiError::forbidden(format!(
-                "token {:?} is limited to queues {:?}; it may not use unique_policy \"replace\", which cancels the key's holder in whatever queue",
-                caller.name,
-                caller.queues.as_deref().unwrap_or_default()
-            )));
-        }
+    if let Some(axum::Extension(caller)) = &caller {
+        check_scope(&s, caller, &spec, &mut HashMap::new()).await?;
     }
     let submitted = s.engine.submit(spec).await?;
     let status = if submitted.created {
@@ -77,6 +59,44 @@ pub async fn submit(
         StatusCode::OK
     };
     Ok((status, Json(submitted.job)).into_response())
+}
+
+/// Holds a caller narrowed to some queues to them: the queue the job will go to (its
+/// own, its stored pipeline's, or the default) must be one of the token's, and
+/// `unique_policy: replace` is refused (it cancels the key's holder in whatever
+/// queue). `pipelines` remembers the stored pipelines' queues already looked up.
+pub(crate) async fn check_scope(
+    s: &AppState,
+    caller: &crate::auth::Caller,
+    spec: &JobSpec,
+    pipelines: &mut HashMap<String, Option<String>>,
+) -> ApiResult<()> {
+    if caller.queues.is_none() {
+        return Ok(());
+    }
+    let mut queue = spec.queue.clone();
+    if queue.is_none()
+        && spec.steps.is_none()
+        && let Some(id) = &spec.pipeline
+    {
+        queue = match pipelines.get(id) {
+            Some(q) => q.clone(),
+            None => {
+                let q = s.engine.pipeline(id).await?.and_then(|p| p.spec.queue);
+                pipelines.insert(id.clone(), q.clone());
+                q
+            }
+        };
+    }
+    caller.check_queue(queue.as_deref().unwrap_or(baton_core::spec::DEFAULT_QUEUE))?;
+    if spec.unique_policy.as_deref() == Some("replace") {
+        return Err(ApiError::forbidden(format!(
+            "token {:?} is limited to queues {:?}; it may not use unique_policy \"replace\", which cancels the key's holder in whatever queue",
+            caller.name,
+            caller.queues.as_deref().unwrap_or_default()
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Default, Deserialize)]

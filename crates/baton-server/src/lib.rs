@@ -2,6 +2,7 @@
 //! metrics and health, over an [`Engine`]. Only this crate knows HTTP.
 
 mod auth;
+mod batch;
 mod bulk;
 mod dashboard;
 mod error;
@@ -136,6 +137,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
     let api = Router::new()
         .route("/api/jobs", post(jobs::submit).get(jobs::list))
         .route("/api/jobs/status", post(jobs::status))
+        .route("/api/jobs/batch", post(batch::submit_batch))
         .route("/api/jobs/bulk", post(bulk::bulk))
         .route("/api/jobs/{id}", get(jobs::show).delete(jobs::delete))
         .route("/api/jobs/{id}/wait", get(jobs::wait))

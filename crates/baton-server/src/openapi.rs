@@ -32,13 +32,13 @@ use utoipa::openapi::{Content, Header, OpenApi as Document, Ref, RefOr, Response
 use utoipa::{Modify, OpenApi};
 
 use crate::auth;
-use crate::{bulk, events, jobs, meta, resources, schedules, workflows};
+use crate::{batch, bulk, events, jobs, meta, resources, schedules, workflows};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Baton", description = "One engine for background jobs: submit, control and follow jobs."),
     paths(
-        jobs::submit, jobs::list, jobs::show, jobs::status, jobs::wait, jobs::pause, jobs::resume,
+        jobs::submit, batch::submit_batch, jobs::list, jobs::show, jobs::status, jobs::wait, jobs::pause, jobs::resume,
         jobs::stop, jobs::retry, jobs::cancel, jobs::cancel_patch, jobs::delete, jobs::attempts, jobs::checkpoints, jobs::logs, bulk::bulk,
         jobs::pipelines, jobs::pipeline, jobs::put_pipeline, jobs::delete_pipeline,
         events::job_events, events::all_events,

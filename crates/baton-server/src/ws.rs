@@ -69,10 +69,7 @@ async fn session(s: AppState, caller: Caller, mut socket: WebSocket) {
                 };
                 let reply = match parsed {
                     Err(e) => WsMessage::Error {
-                        error: ErrorDetail {
-                            code: "bad_request".into(),
-                            message: format!("invalid message: {e}"),
-                        },
+                        error: ErrorDetail::new("bad_request", format!("invalid message: {e}")),
                     },
                     Ok(WsRequest::Subscribe { job, after }) => {
                         match &job {
@@ -90,7 +87,7 @@ async fn session(s: AppState, caller: Caller, mut socket: WebSocket) {
                         match started {
                             Ok(()) => WsMessage::Subscribed { job },
                             Err(e) => WsMessage::Error {
-                                error: ErrorDetail { code: e.code.into(), message: e.message },
+                                error: ErrorDetail::new(e.code, e.message),
                             },
                         }
                     }
@@ -175,10 +172,7 @@ async fn control(
             id,
             ok: false,
             job: None,
-            error: Some(ErrorDetail {
-                code: e.code.into(),
-                message: e.message,
-            }),
+            error: Some(ErrorDetail::new(e.code, e.message)),
         },
     }
 }

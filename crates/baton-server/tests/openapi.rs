@@ -226,6 +226,13 @@ async fn answered_statuses_are_documented() {
         case(Method::POST, "/api/jobs/bulk", "/api/jobs/bulk", 415)
             .body("{}")
             .header("content-type", "text/plain"),
+        case(Method::POST, "/api/jobs/batch", "/api/jobs/batch", 400).body(r#"{"jobs": []}"#),
+        case(Method::POST, "/api/jobs/batch", "/api/jobs/batch", 422)
+            .body(r#"{"jobs": [{"kind": "echo"}, {"kind": "no-such-kind"}]}"#),
+        case(Method::POST, "/api/jobs/batch", "/api/jobs/batch", 201)
+            .body(r#"{"jobs": [{"id": "batched", "kind": "echo"}]}"#),
+        case(Method::POST, "/api/jobs/batch", "/api/jobs/batch", 200)
+            .body(r#"{"jobs": [{"id": "batched", "kind": "echo"}]}"#),
         case(Method::POST, "/api/workflows", "/api/workflows", 415)
             .body("{}")
             .header("content-type", "application/x-www-form-urlencoded"),
@@ -390,6 +397,12 @@ async fn auth_and_rate_limit_statuses_are_documented() {
         case(Method::POST, "/api/jobs", "/api/jobs", 429)
             .body(submit)
             .header("authorization", operator),
+        case(Method::POST, "/api/jobs/batch", "/api/jobs/batch", 429)
+            .body(r#"{"jobs": [{"kind": "echo"}]}"#)
+            .header("authorization", operator),
+        case(Method::POST, "/api/jobs/batch", "/api/jobs/batch", 403)
+            .body(r#"{"jobs": [{"kind": "echo"}]}"#)
+            .header("authorization", viewer),
         case(Method::GET, "/healthz", "/healthz", 200),
         case(Method::GET, "/api/jobs", "/api/jobs", 403).header("host", "attacker.example"),
         case(
@@ -414,11 +427,13 @@ async fn auth_and_rate_limit_statuses_are_documented() {
         case(Method::GET, "/api/jobs", "/api/jobs", 429).header("authorization", viewer),
     )
     .await;
-    let rate_limited = resolve(&doc, &doc["paths"]["/api/jobs"]["post"]["responses"]["429"]);
-    assert!(
-        rate_limited["headers"]["Retry-After"].is_object(),
-        "{rate_limited}"
-    );
+    for path in ["/api/jobs", "/api/jobs/batch"] {
+        let rate_limited = resolve(&doc, &doc["paths"][path]["post"]["responses"]["429"]);
+        assert!(
+            rate_limited["headers"]["Retry-After"].is_object(),
+            "{path}: {rate_limited}"
+        );
+    }
     // Health checks need no token and take any Host.
     let health = &doc["paths"]["/healthz"]["get"]["responses"];
     assert!(

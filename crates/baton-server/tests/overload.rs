@@ -18,6 +18,18 @@ const QUEUE: usize = 16;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn submits_beyond_the_write_queue_answer_503_with_retry_after() {
+    flood(None).await;
+}
+
+/// A batch is one write: refused whole with the same 503, or stored whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn batches_beyond_the_write_queue_answer_503_and_store_nothing() {
+    flood(Some(5)).await;
+}
+
+/// `REQUESTS` submits at once against a slowed writer: single jobs, or batches of
+/// `batch` jobs.
+async fn flood(batch: Option<usize>) {
     let dir = tempfile::tempdir().expect("temp dir");
     let faults = Faults::default();
     let mut options = SqliteOptions::new(dir.path().join("baton.db")).write_queue(QUEUE);
@@ -51,23 +63,34 @@ async fn submits_beyond_the_write_queue_answer_503_with_retry_after() {
     let requests: Vec<_> = (0..REQUESTS)
         .map(|i| {
             tokio::spawn(async move {
-                let id = format!("job-{i}");
-                let body = json!({"kind": "noop", "id": id}).to_string();
-                (id, post(addr, "/api/jobs", &body).await)
+                let (ids, path, body) = match batch {
+                    None => {
+                        let id = format!("job-{i}");
+                        let body = json!({"kind": "noop", "id": id}).to_string();
+                        (vec![id], "/api/jobs", body)
+                    }
+                    Some(n) => {
+                        let ids: Vec<String> = (0..n).map(|k| format!("job-{i}-{k}")).collect();
+                        let jobs: Vec<Value> = ids
+                            .iter()
+                            .map(|id| json!({"kind": "noop", "id": id}))
+                            .collect();
+                        (ids, "/api/jobs/batch", json!({ "jobs": jobs }).to_string())
+                    }
+                };
+                (ids, post(addr, path, &body).await)
             })
         })
         .collect();
     let mut accepted = HashSet::new();
     let mut overloaded = 0;
     for request in requests {
-        let (id, (status, headers, body)) = tokio::time::timeout(Duration::from_secs(60), request)
+        let (ids, (status, headers, body)) = tokio::time::timeout(Duration::from_secs(60), request)
             .await
             .expect("every request is answered")
             .expect("join");
         match status {
-            201 => {
-                accepted.insert(id);
-            }
+            201 => accepted.extend(ids),
             503 => {
                 assert!(
                     headers.contains(&("retry-after".into(), "1".into())),
@@ -79,13 +102,14 @@ async fn submits_beyond_the_write_queue_answer_503_with_retry_after() {
                 assert!(message.contains("retry shortly"), "{message}");
                 overloaded += 1;
             }
-            other => panic!("{id}: unexpected status {other}: {body}"),
+            other => panic!("{ids:?}: unexpected status {other}: {body}"),
         }
     }
     faults.slow_batches(Duration::ZERO);
     assert!(overloaded > 0, "no request found the queue full");
     assert!(!accepted.is_empty(), "no request was accepted");
-    assert_eq!(accepted.len() + overloaded, REQUESTS);
+    let per_request = batch.unwrap_or(1);
+    assert_eq!(accepted.len() / per_request + overloaded, REQUESTS);
     for id in &accepted {
         assert!(store.get(id).await.expect("get").is_some(), "{id} was lost");
     }

@@ -132,6 +132,22 @@ enum Bench {
         #[arg(long, default_value_t = 64.0)]
         max_growth_mb: f64,
     },
+    /// Jobs stored per second over HTTP by a real `baton serve` (queue paused): one per
+    /// `POST /api/jobs`, and in batches through `POST /api/jobs/batch`.
+    Submit {
+        /// Jobs sent one per request.
+        #[arg(long, default_value_t = 20_000)]
+        single_jobs: usize,
+        /// Jobs sent in batches.
+        #[arg(long, default_value_t = 200_000)]
+        batch_jobs: usize,
+        /// Jobs per batch request.
+        #[arg(long, default_value_t = 1_000)]
+        batch_size: usize,
+        /// Client threads sending at once.
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+    },
     /// The dashboard's queries at a million jobs: the first page of the job list, its
     /// filters (state, label, kind and queue, text) and the counts per state, as the
     /// store answers them.
@@ -225,13 +241,37 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         }
         return Ok(());
     }
+    if let Bench::Submit {
+        single_jobs,
+        batch_jobs,
+        batch_size,
+        threads,
+    } = args.bench
+    {
+        let settings = crate::bench_submit::Settings {
+            single_jobs,
+            batch_jobs,
+            batch_size,
+            threads,
+        };
+        crate::bench_fs::warn_if_tmpfs(&db);
+        let report = crate::bench_submit::run(&db, dir.path(), args.durability, settings).await?;
+        if args.json {
+            println!("{report}");
+        } else {
+            print_summary(&report);
+        }
+        return Ok(());
+    }
     let store = SqliteStore::open(SqliteOptions::new(&db).durability(args.durability))
         .with_context(|| format!("cannot open {}", db.display()))?;
     crate::bench_fs::warn_if_tmpfs(&db);
     // SQLite's own setting, read back on open: what the figures were measured with.
     let synchronous = baton_store::Store::synchronous(&store);
     let mut report = match args.bench {
-        Bench::Events { .. } | Bench::Soak { .. } => unreachable!("handled above"),
+        Bench::Events { .. } | Bench::Soak { .. } | Bench::Submit { .. } => {
+            unreachable!("handled above")
+        }
         Bench::Throughput {
             jobs,
             workers,

@@ -11,10 +11,8 @@
 //! an event, the memory grew past its bound, the queue grew, a job failed or the load
 //! could not be applied.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -27,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::bench_proc;
+use crate::bench_server::Server;
 use crate::client::Client;
 
 pub struct Settings {
@@ -72,7 +71,7 @@ pub async fn run(
     if s.rate.is_none() && s.probe < Duration::from_secs(3) {
         bail!("--probe must be at least 3s (the first 2 s warm up)");
     }
-    let server = Server::start(&db, workdir, durability)?;
+    let server = Server::start(&db, workdir, durability, "soak-server.log")?;
     let url = server.url.clone();
     let api = Client::new(&url, None, false)?;
 
@@ -281,112 +280,6 @@ pub fn failures(r: &Value) -> Vec<String> {
 /// `a <= b`, false when either is not a number (a figure missing from the report).
 fn at_most(a: f64, b: f64) -> bool {
     a <= b
-}
-
-// ---------------------------------------------------------------------------------
-// The server.
-
-struct Server {
-    child: Option<Child>,
-    pid: u32,
-    url: String,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(db: &Path, workdir: &Path, durability: Durability) -> Result<Server> {
-        let exe = std::env::current_exe().context("cannot find the baton binary")?;
-        let db =
-            std::path::absolute(db).with_context(|| format!("cannot resolve {}", db.display()))?;
-        let log = workdir.join("soak-server.log");
-        let stderr = std::fs::File::create(&log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
-        let mut child = Command::new(exe)
-            .current_dir(workdir)
-            .args(["serve", "--listen", "127.0.0.1:0", "--store"])
-            .arg(format!("sqlite://{}", db.display()))
-            .args([
-                "--durability",
-                match durability {
-                    Durability::Full => "full",
-                    Durability::Normal => "normal",
-                },
-            ])
-            .env_remove("BATON_CONFIG")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(stderr)
-            .spawn()
-            .context("cannot start baton serve")?;
-        let pid = child.id();
-        let mut out = BufReader::new(child.stdout.take().context("no stdout")?);
-        let mut line = String::new();
-        let mut server = Server {
-            child: Some(child),
-            pid,
-            url: String::new(),
-            log,
-        };
-        out.read_line(&mut line)
-            .context("cannot read baton serve's first line")?;
-        server.url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .map(|w| w.trim_end_matches([',', ';']).to_owned())
-            .ok_or_else(|| anyhow!("baton serve did not start: {line:?}. {}", server.log_tail()))?;
-        // Keep reading, so the server can go on printing.
-        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
-        Ok(server)
-    }
-
-    fn rss_mb(&self) -> Result<f64> {
-        bench_proc::rss_mb_from(Path::new(&format!("/proc/{}/status", self.pid)))
-    }
-
-    /// SIGTERM, then the server's own graceful shutdown.
-    fn stop(mut self) -> Result<()> {
-        let Some(mut child) = self.child.take() else {
-            return Ok(());
-        };
-        let pid = nix::unistd::Pid::from_raw(self.pid as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = child.try_wait()? {
-                if !status.success() {
-                    bail!("baton serve exited with {status}. {}", self.log_tail());
-                }
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("baton serve did not stop within 30 s of SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(10)..].join("\n");
-        if tail.is_empty() {
-            "the server logged nothing".into()
-        } else {
-            format!("the server's last log lines:\n{tail}")
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
 }
 
 /// Runs a job to its end and answers the global id of its last event.

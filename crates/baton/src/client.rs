@@ -41,6 +41,13 @@ impl std::fmt::Display for Exit {
 
 impl std::error::Error for Exit {}
 
+/// An API error answer: its status and body.
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: u16,
+    pub error: baton_api::ErrorDetail,
+}
+
 #[derive(Clone)]
 pub struct Client {
     /// Where requests go: the server's URL, or `http://localhost` over a unix socket.
@@ -184,6 +191,34 @@ impl Client {
             return Err(api_error(status, &text));
         }
         serde_json::from_str(&text)
+            .with_context(|| format!("unexpected answer from the server: {text}"))
+    }
+
+    /// Like [`Client::call`], but an answer of the API's error shape comes back as
+    /// `Ok(Err(..))`, for callers that act on its fields (a refused batch's index).
+    pub fn call_or_refusal<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<std::result::Result<T, Refusal>> {
+        let mut response = self.request(method, path, body)?;
+        let status = response.status();
+        let text = response
+            .body_mut()
+            .read_to_string()
+            .context("cannot read the answer")?;
+        if !status.is_success() {
+            return match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(body) => Ok(Err(Refusal {
+                    status: status.as_u16(),
+                    error: body.error,
+                })),
+                Err(_) => Err(api_error(status, &text)),
+            };
+        }
+        serde_json::from_str(&text)
+            .map(Ok)
             .with_context(|| format!("unexpected answer from the server: {text}"))
     }
 

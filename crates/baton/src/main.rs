@@ -7,7 +7,9 @@ mod bench_events;
 mod bench_fs;
 mod bench_proc;
 mod bench_scheduler;
+mod bench_server;
 mod bench_soak;
+mod bench_submit;
 mod bench_workflow;
 mod bulk_cli;
 mod client;
@@ -17,6 +19,7 @@ mod demo;
 mod local;
 mod schedule;
 mod serve;
+mod submit_file;
 mod unix_http;
 mod workflow_cli;
 
@@ -179,6 +182,13 @@ enum Command {
         /// Wait for the job, with a progress bar, and exit with its outcome.
         #[arg(long)]
         wait: bool,
+        /// Submit the job specs of a file instead, one JSON object a line (`-`: standard
+        /// input), in batches of --batch-size, each stored all or none.
+        #[arg(long, value_name = "FILE", conflicts_with_all = ["wait", "kind", "pipeline", "command"])]
+        file: Option<PathBuf>,
+        /// Jobs per request with --file (1 to 10000).
+        #[arg(long, default_value_t = 1000, requires = "file")]
+        batch_size: usize,
         #[arg(last = true)]
         command: Vec<String>,
     },
@@ -508,8 +518,13 @@ fn run(cli: Cli) -> Result<u8> {
             unique_key,
             unique_policy,
             wait,
+            file,
+            batch_size,
             command,
         } => {
+            if let Some(file) = file {
+                return submit_file::run(&client()?, &file, batch_size);
+            }
             let mut spec = client::submit_spec(
                 kind, command, shell, pipeline, payload, queue, priority, after, retries, id,
                 labels,

@@ -78,3 +78,61 @@ fn a_soak_refuses_settings_it_cannot_run() {
         "--duration must be at least 1s",
     );
 }
+
+/// A small submit bench: a child `baton serve`, single and batched submits over HTTP,
+/// every job found again by id, and figures that are measured, never zero.
+#[test]
+fn a_small_submit_bench_reports_both_rates() {
+    let out = bench(&[
+        "submit",
+        "--single-jobs",
+        "50",
+        "--batch-jobs",
+        "2500",
+        "--batch-size",
+        "1000",
+        "--threads",
+        "2",
+        "--json",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["bench"], "submit");
+    assert_eq!(r["batch_jobs"], 2500);
+    assert_eq!(r["batch_size"], 1000);
+    assert_eq!(r["threads"], 2);
+    assert_eq!(r["synchronous"], "full");
+    for key in ["single_per_s", "batch_per_s", "single_ms", "batch_ms"] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
+    }
+    // The CPU figures are read from /proc; for this few jobs they may round to zero
+    // ticks, but they are always present as numbers.
+    for key in [
+        "single_server_cpu_us_per_job",
+        "batch_server_cpu_us_per_job",
+    ] {
+        assert!(r[key].as_f64().is_some(), "{key}: {r}");
+    }
+}
+
+#[test]
+fn a_submit_bench_refuses_settings_it_cannot_run() {
+    for (args, says) in [
+        (&["submit", "--threads", "0"][..], "must be at least 1"),
+        (
+            &["submit", "--batch-size", "10001"][..],
+            "--batch-size must be from 1 to 10000",
+        ),
+    ] {
+        let out = bench(args);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+}

@@ -461,7 +461,7 @@ impl Writer {
         data: Value,
     ) -> Result<()> {
         let id = self.next_event_id;
-        let text = data.to_string();
+        let text = json_text(&data);
         let (job_id, job_key) = match job {
             Some((id, key)) => (Some(id), Some(key)),
             None => (None, None),
@@ -550,8 +550,8 @@ impl Writer {
                     new.queue,
                     new.priority,
                     if start_now.is_some() { "running" } else { new.state.as_str() },
-                    new.payload.as_ref().map(|p| p.to_string()),
-                    new.exec.as_ref().map(|p| p.to_string()),
+                    new.payload.as_ref().map(json_text),
+                    new.exec.as_ref().map(json_text),
                     labels,
                     new.max_attempts,
                     new.backoff.initial.as_millis() as i64,
@@ -836,7 +836,7 @@ impl Writer {
                 t.now,
                 event_seq as i64,
                 c.new_attempt_budget,
-                c.result.as_ref().map(|v| v.to_string()),
+                c.result.as_ref().map(json_text),
                 c.error.as_ref().map(|e| e.code.as_str()),
                 c.error.as_ref().map(|e| e.message.as_str()),
                 t.to == State::Scheduled,
@@ -997,7 +997,7 @@ impl Writer {
                 (EventKind::Output, json!({"text": text}))
             }
             Update::Checkpoint { data, step } => {
-                let text = data.to_string();
+                let text = json_text(data);
                 self.conn
                     .prepare_cached(
                         "UPDATE jobs SET checkpoint = ?2, event_seq = ?3, updated_at = ?4 WHERE seq = ?1",
@@ -1228,6 +1228,13 @@ impl Writer {
             json!({"server_id": s.id, "host": s.host, "pid": s.pid}),
         )
     }
+}
+
+/// A JSON value's text for a column. `serde_json::to_string` writes into one buffer
+/// sized up front; `Value`'s `Display` goes through `fmt::Write` piece by piece and
+/// regrows its string, which showed as a tenth of the writer's time in a batch submit.
+pub(super) fn json_text(v: &Value) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 pub fn rows_next_due(conn: &Connection) -> Result<Option<Millis>> {
