@@ -381,3 +381,41 @@ async fn throughput_counts_completed_and_failed_jobs_per_bucket() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn jobs_made_by_a_schedule_or_a_batch_show_what_they_run_in_the_answer() {
+    let h = harness().await;
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/api/schedules",
+            Some(json!({"id": "nightly", "trigger": {"type": "manual"},
+                "job": {"kind": "command", "command": ["echo", "hi"], "env": {"K": PLAIN}, "timeout": "5m"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, fired) = h
+        .call(Method::POST, "/api/schedules/nightly/trigger", None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{fired}");
+    assert_eq!(fired["job"]["command"], json!(["echo", "hi"]));
+    assert_eq!(
+        (&fired["job"]["env"], &fired["job"]["timeout"]),
+        (&json!(["K"]), &json!("5m"))
+    );
+    assert!(!fired["job"].to_string().contains(PLAIN));
+    let (status, batch) = h
+        .call(
+            Method::POST,
+            "/api/jobs/batch",
+            Some(json!({"jobs": [{"kind": "command", "command": ["true"], "grace": "2s"}, {"kind": "echo"}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{batch}");
+    assert_eq!(batch["jobs"][0]["command"], json!(["true"]));
+    assert_eq!(batch["jobs"][0]["grace"], "2s");
+    assert_eq!(
+        (&batch["jobs"][1]["command"], &batch["jobs"][1]["grace"]),
+        (&Value::Null, &json!("10s"))
+    );
+}

@@ -28,7 +28,7 @@ const CONTROLS = [
 const session = { token: sessionStorage.getItem("baton.token"), role: null };
 
 class ApiError extends Error {
-  constructor(status, code, message) { super(message); this.status = status; this.code = code; }
+  constructor(status, code, message, field) { super(message); this.status = status; this.code = code; this.field = field; }
 }
 
 async function api(method, path, body) {
@@ -42,7 +42,7 @@ async function api(method, path, body) {
   if (!res.ok) {
     const err = data && data.error ? data.error : { code: String(res.status), message: text || res.statusText };
     if (res.status === 401) signIn(err.message);
-    throw new ApiError(res.status, err.code, err.message);
+    throw new ApiError(res.status, err.code, err.message, err.field);
   }
   return data;
 }

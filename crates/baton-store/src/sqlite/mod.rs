@@ -403,14 +403,40 @@ macro_rules! expect_output {
     };
 }
 
+/// What each new job runs, described here rather than on the writer thread, which
+/// every write waits for.
+fn describe(jobs: &[NewJob]) -> Vec<baton_core::Runs> {
+    jobs.iter()
+        .map(|j| baton_core::Runs::describe(j.exec.as_ref(), j.timeout, j.grace, j.backoff))
+        .collect()
+}
+
+/// Gives the jobs a submit created their description (in the order they were given;
+/// a job that existed was read back whole).
+fn with_runs(mut out: Vec<Submitted>, runs: Vec<baton_core::Runs>) -> Vec<Submitted> {
+    for (s, runs) in out.iter_mut().zip(runs) {
+        if s.created {
+            if let Some(c) = &mut s.claimed {
+                c.job.runs = runs.clone();
+            }
+            s.job.runs = runs;
+        }
+    }
+    out
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn submit(&self, jobs: Vec<NewJob>) -> Result<Vec<Submitted>> {
-        expect_output!(self.write(Op::Submit(jobs, None)).await, Submitted)
+        let runs = describe(&jobs);
+        let out = expect_output!(self.write(Op::Submit(jobs, None)).await, Submitted)?;
+        Ok(with_runs(out, runs))
     }
 
     async fn submit_and_start(&self, jobs: Vec<NewJob>, start: StartNow) -> Result<Vec<Submitted>> {
-        expect_output!(self.write(Op::Submit(jobs, Some(start))).await, Submitted)
+        let runs = describe(&jobs);
+        let out = expect_output!(self.write(Op::Submit(jobs, Some(start))).await, Submitted)?;
+        Ok(with_runs(out, runs))
     }
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>> {

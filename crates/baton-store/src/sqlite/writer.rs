@@ -635,12 +635,8 @@ impl Writer {
                 recoveries: 0,
                 max_recoveries: new.max_recoveries,
                 updated_at: new.created_at,
-                runs: baton_core::Runs::describe(
-                    new.exec.as_ref(),
-                    new.timeout,
-                    new.grace,
-                    new.backoff,
-                ),
+                // Described by the caller's side (`SqliteStore::submit`), off this thread.
+                runs: baton_core::Runs::default(),
             };
             let claimed = match start_now {
                 None => None,

@@ -301,6 +301,8 @@ impl Writer {
             .prepare_cached("UPDATE jobs SET schedule_id = ?2 WHERE id = ?1")?
             .execute(params![job.id, schedule_id])?;
         job.schedule_id = Some(schedule_id.to_owned());
+        job.runs =
+            baton_core::Runs::describe(new.exec.as_ref(), new.timeout, new.grace, new.backoff);
         Ok((FireAction::Created, Some(job), note))
     }
 
