@@ -421,7 +421,7 @@ impl Engine {
         let now = self.inner.clock.now();
         let mut jobs = Vec::with_capacity(specs.len());
         for spec in &specs {
-            jobs.push(self.new_job(spec, now).await?);
+            jobs.push(self.new_job(spec, now, Origin::Client).await?);
         }
         self.store_new(jobs).await
     }
@@ -447,7 +447,7 @@ impl Engine {
         let mut at: HashMap<String, usize> = HashMap::with_capacity(specs.len());
         for (index, spec) in specs.iter().enumerate() {
             let job = self
-                .new_job(spec, now)
+                .new_job(spec, now, Origin::Client)
                 .await
                 .map_err(|e| Error::in_batch(index, e))?;
             if let Some(&first) = given.get(job.id.as_str())
@@ -492,8 +492,16 @@ impl Engine {
         })
     }
 
-    /// A client's spec, validated and admitted, ready to store.
-    async fn new_job(&self, spec: &JobSpec, now: Millis) -> Result<baton_core::NewJob> {
+    /// A spec validated and admitted, ready to store: a stored pipeline's steps and
+    /// defaults copied in, kind and queue checked, the commands policy applied and
+    /// secrets sealed (`origin` says whether they came from a client or were sealed
+    /// already, as a schedule's template's were).
+    pub(crate) async fn new_job(
+        &self,
+        spec: &JobSpec,
+        now: Millis,
+        origin: Origin,
+    ) -> Result<baton_core::NewJob> {
         let mut job = match self.stored_pipeline_of(spec).await? {
             Some((id, resolved)) => {
                 let mut job = resolved.validate(now, &self.inner.limits)?;
@@ -505,7 +513,7 @@ impl Engine {
             None => spec.validate(now, &self.inner.limits)?,
         };
         self.check_kind_and_queue(&job.kind, &job.queue)?;
-        self.admit(&mut job, Origin::Client)?;
+        self.admit(&mut job, origin)?;
         Ok(job)
     }
 

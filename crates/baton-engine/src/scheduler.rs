@@ -25,7 +25,6 @@ use baton_store::{
 };
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use serde_json::Value;
 use tokio::sync::{Notify, broadcast};
 
 use crate::{Engine, Error, Result};
@@ -683,19 +682,8 @@ impl Engine {
     /// stored pipeline's steps and defaults copied in), checked against this engine's
     /// handlers and queues.
     async fn schedule_job(&self, template: &JobSpec, now: Millis) -> Result<NewJob> {
-        let mut job = match self.stored_pipeline_of(template).await? {
-            Some((id, resolved)) => {
-                let mut job = resolved.validate(now, &self.inner.limits)?;
-                if let Some(Value::Object(exec)) = &mut job.exec {
-                    exec.insert("pipeline".into(), Value::String(id));
-                }
-                job
-            }
-            None => template.validate(now, &self.inner.limits)?,
-        };
-        self.check_kind_and_queue(&job.kind, &job.queue)?;
         // The template's secrets were sealed when it was stored.
-        self.admit(&mut job, crate::security::Origin::Stored)?;
-        Ok(job)
+        self.new_job(template, now, crate::security::Origin::Stored)
+            .await
     }
 }

@@ -16,18 +16,6 @@ async fn submit(h: &Harness, spec: Value) -> Value {
     job
 }
 
-async fn finished(h: &Harness, id: &str) -> Value {
-    let (status, job) = h
-        .call(
-            Method::GET,
-            &format!("/api/jobs/{id}/wait?timeout=20s"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{job}");
-    job
-}
-
 async fn attempts(h: &Harness, id: &str) -> Vec<Value> {
     let (status, body) = h
         .call(Method::GET, &format!("/api/jobs/{id}/attempts"), None)
@@ -78,7 +66,7 @@ async fn each_kind_of_job_shows_what_it_runs_and_never_an_env_value() {
         json!(["sh", "-c", "echo $TOKEN_A >/dev/null"])
     );
     for id in ["cmd", "inline", "stored", "handler"] {
-        finished(&h, id).await;
+        h.finished(id).await;
     }
     let (_, command) = h.call(Method::GET, "/api/jobs/cmd", None).await;
     assert_eq!(
@@ -216,7 +204,7 @@ async fn attempts_after_retries_show_exit_codes_signals_and_servers() {
                "max_attempts": 2, "backoff": {"initial": "1ms", "max": "1ms"}}),
     )
     .await;
-    let job = finished(&h, "exits").await;
+    let job = h.finished("exits").await;
     assert_eq!(job["state"], "failed");
     let a = attempts(&h, "exits").await;
     assert_eq!(a.len(), 2, "{a:?}");
@@ -240,7 +228,7 @@ async fn attempts_after_retries_show_exit_codes_signals_and_servers() {
     // A manual retry is one more attempt, numbered on.
     let (status, _) = h.call(Method::POST, "/api/jobs/exits/retry", None).await;
     assert_eq!(status, StatusCode::OK);
-    finished(&h, "exits").await;
+    h.finished("exits").await;
     h.wait_state("exits", "failed").await;
     let a = attempts(&h, "exits").await;
     assert_eq!(
@@ -252,7 +240,7 @@ async fn attempts_after_retries_show_exit_codes_signals_and_servers() {
 
     // Killed by a signal; then one that completes: exit code 0.
     submit(&h, json!({"kind": "command", "id": "killed", "command": ["sh", "-c", "kill -9 $$"], "max_attempts": 1})).await;
-    finished(&h, "killed").await;
+    h.finished("killed").await;
     let a = attempts(&h, "killed").await;
     assert_eq!(
         (&a[0]["signal"], &a[0]["exit_code"], &a[0]["outcome"]),
@@ -263,7 +251,7 @@ async fn attempts_after_retries_show_exit_codes_signals_and_servers() {
         json!({"kind": "command", "id": "fine", "command": ["true"]}),
     )
     .await;
-    finished(&h, "fine").await;
+    h.finished("fine").await;
     let a = attempts(&h, "fine").await;
     assert_eq!(
         (&a[0]["outcome"], &a[0]["exit_code"], &a[0]["error"]),
@@ -272,7 +260,7 @@ async fn attempts_after_retries_show_exit_codes_signals_and_servers() {
 
     // A handler job has attempts but no exit code; a job not started has none.
     submit(&h, json!({"kind": "echo", "id": "echoed"})).await;
-    finished(&h, "echoed").await;
+    h.finished("echoed").await;
     let a = attempts(&h, "echoed").await;
     assert_eq!(
         (&a[0]["outcome"], &a[0]["exit_code"]),
@@ -324,7 +312,7 @@ async fn throughput_counts_completed_and_failed_jobs_per_bucket() {
     }
     submit(&h, json!({"kind": "fail", "id": "bad"})).await;
     for id in ["ok-0", "ok-1", "ok-2", "ok-3", "bad"] {
-        finished(&h, id).await;
+        h.finished(id).await;
     }
     // The metrics follow the stream a moment behind the store.
     let mut rates = Value::Null;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
 use baton_server::{AuthConfig, Role, ServerOptions};
-use common::{Harness, harness, harness_with, token};
+use common::{harness, harness_with, token};
 use serde_json::{Value, json};
 
 fn daily() -> Value {
@@ -17,18 +17,6 @@ fn daily() -> Value {
         "timezone": "Europe/London",
         "trigger": {"type": "cron", "expr": "0 2 * * *"},
     })
-}
-
-async fn wait_job(h: &Harness, id: &str) -> Value {
-    let (status, job) = h
-        .call(
-            Method::GET,
-            &format!("/api/jobs/{id}/wait?timeout=20s"),
-            None,
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{job}");
-    job
 }
 
 #[tokio::test]
@@ -161,7 +149,7 @@ async fn create_read_list_replace_pause_resume_trigger_and_delete() {
     assert_eq!(fired["schedule"]["run_count"], 1);
     let job_id = fired["job"]["id"].as_str().unwrap().to_owned();
     assert_eq!(fired["fire"]["job_id"], job_id.as_str());
-    let done = wait_job(&h, &job_id).await;
+    let done = h.finished(&job_id).await;
     assert_eq!(done["state"], "completed");
     assert_eq!(done["result"], json!({"source": "alfabeta"}));
 
@@ -239,7 +227,7 @@ async fn an_interval_schedule_fires_on_the_real_clock() {
     assert_eq!(at(&fires[0]).unwrap() - at(&fires[1]).unwrap(), 1000);
     for f in fires {
         assert_eq!(f["reason"], "schedule");
-        wait_job(&h, f["job_id"].as_str().unwrap()).await;
+        h.finished(f["job_id"].as_str().unwrap()).await;
     }
     h.call(Method::DELETE, "/api/schedules/every-second", None)
         .await;

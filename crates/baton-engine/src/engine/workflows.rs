@@ -230,19 +230,8 @@ impl Engine {
     /// Validates one job spec as `submit` does (stored pipelines resolved, kind and
     /// queue checked).
     async fn prepare(&self, spec: &JobSpec, now: Millis) -> Result<NewJob> {
-        let mut job = match self.stored_pipeline_of(spec).await? {
-            Some((id, resolved)) => {
-                let mut job = resolved.validate(now, &self.inner.limits)?;
-                if let Some(Value::Object(exec)) = &mut job.exec {
-                    exec.insert("pipeline".into(), Value::String(id));
-                }
-                job
-            }
-            None => spec.validate(now, &self.inner.limits)?,
-        };
-        self.check_kind_and_queue(&job.kind, &job.queue)?;
-        self.admit(&mut job, crate::security::Origin::Client)?;
-        Ok(job)
+        self.new_job(spec, now, crate::security::Origin::Client)
+            .await
     }
 }
 

@@ -141,6 +141,19 @@ impl Harness {
         )
     }
 
+    /// The job once it has ended (`/wait` with a 20 s timeout), checked to be 200.
+    pub async fn finished(&self, id: &str) -> Value {
+        let (status, job) = self
+            .call(
+                Method::GET,
+                &format!("/api/jobs/{id}/wait?timeout=20s"),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        job
+    }
+
     pub async fn wait_state(&self, id: &str, state: &str) {
         tokio::time::timeout(Duration::from_secs(20), async {
             loop {
