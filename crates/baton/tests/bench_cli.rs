@@ -32,14 +32,7 @@ fn a_short_soak_delivers_every_event_to_every_client() {
         "4",
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let r = report(&out);
     assert_eq!(r["bench"], "soak");
     assert_eq!(r["clients"], 8);
     assert_eq!(r["clients_complete"], 8);
@@ -95,14 +88,7 @@ fn a_small_submit_bench_reports_both_rates() {
         "2",
         "--json",
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "exit {:?}\nstdout: {stdout}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    let r = report(&out);
     assert_eq!(r["bench"], "submit");
     assert_eq!(r["batch_jobs"], 2500);
     assert_eq!(r["batch_size"], 1000);
@@ -135,4 +121,16 @@ fn a_submit_bench_refuses_settings_it_cannot_run() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
+}
+
+/// The one JSON line a successful `baton bench ... --json` printed.
+fn report(out: &std::process::Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "exit {:?}\nstdout: {stdout}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap()
 }
