@@ -227,7 +227,7 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
 
 const COUNT_CAP: i64 = crate::LIST_COUNT_CAP as i64;
 
-/// Compares `job_counts` with a count of the rows (a full scan).
+/// Compares `job_counts` and `job_labels` with the jobs' rows (full scans).
 pub fn verify_counts(conn: &Connection) -> Result<()> {
     let read = |sql: &str| -> Result<Vec<(String, String, i64)>> {
         let mut stmt = conn.prepare(sql)?;
@@ -241,6 +241,19 @@ pub fn verify_counts(conn: &Connection) -> Result<()> {
     if kept != real {
         return Err(Error::Internal(format!(
             "job_counts {kept:?} differ from the jobs' rows {real:?}"
+        )));
+    }
+    let stray: i64 = conn.query_row(
+        "SELECT (SELECT COUNT(*) FROM (SELECT key, value, job FROM job_labels EXCEPT \
+           SELECT l.key, l.value, jobs.seq FROM jobs, json_each(jobs.labels) AS l)) + \
+         (SELECT COUNT(*) FROM (SELECT l.key, l.value, jobs.seq FROM jobs, json_each(jobs.labels) AS l \
+           EXCEPT SELECT key, value, job FROM job_labels))",
+        [],
+        |r| r.get(0),
+    )?;
+    if stray != 0 {
+        return Err(Error::Internal(format!(
+            "job_labels and the jobs' labels differ in {stray} entries"
         )));
     }
     Ok(())
@@ -268,10 +281,11 @@ pub fn list(conn: &Connection, f: &JobFilter) -> Result<JobPage> {
         clauses.push(format!("kind = ?{}", args.len()));
     }
     if let Some((k, v)) = &f.label {
-        args.push(format!("$.\"{}\"", k.replace('"', "")).into());
+        // Kept by the submit (schema version 6): the matching jobs, not every label.
+        args.push(k.clone().into());
         args.push(v.clone().into());
         clauses.push(format!(
-            "json_extract(labels, ?{}) = ?{}",
+            "seq IN (SELECT job FROM job_labels WHERE key = ?{} AND value = ?{})",
             args.len() - 1,
             args.len()
         ));

@@ -195,6 +195,19 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO job_counts (queue, state, n)
         SELECT queue, state, COUNT(*) FROM jobs GROUP BY queue, state;
     "#,
+    // 6: the jobs of each label, so that a label filter reads the jobs it matches
+    // rather than every job's labels.
+    r#"
+    CREATE TABLE job_labels (
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        job INTEGER NOT NULL,
+        PRIMARY KEY (key, value, job)
+    ) WITHOUT ROWID;
+    INSERT INTO job_labels (key, value, job)
+        SELECT l.key, l.value, jobs.seq FROM jobs, json_each(jobs.labels) AS l
+        WHERE jobs.labels IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -594,6 +594,14 @@ impl Writer {
             }
             let key = self.conn.last_insert_rowid();
             self.store_links(key, new, &prepared)?;
+            if !new.labels.is_empty() {
+                let mut stmt = self.conn.prepare_cached(
+                    "INSERT INTO job_labels (key, value, job) VALUES (?1, ?2, ?3)",
+                )?;
+                for (k, v) in &new.labels {
+                    stmt.execute(params![k, v, key])?;
+                }
+            }
             let mut data = json!({
                 "state": new.state,
                 "kind": new.kind,
