@@ -368,6 +368,11 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Every job, whatever its state.
+    pub fn all(&self) -> u64 {
+        self.rows.iter().map(|r| r.2).sum()
+    }
+
     pub fn total(&self, state: State) -> u64 {
         self.rows
             .iter()

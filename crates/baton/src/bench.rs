@@ -202,11 +202,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         for n in subscribers {
             let file = dir.path().join(format!("events-{n}.db"));
             let report = crate::bench_events::run(file, args.durability, *n, *events, *gap).await?;
-            if args.json {
-                println!("{report}");
-            } else {
-                print_summary(&report);
-            }
+            emit(&report, args.json);
         }
         return Ok(());
     }
@@ -230,11 +226,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             max_growth_mb,
         };
         let report = crate::bench_soak::run(db, dir.path(), args.durability, settings).await?;
-        if args.json {
-            println!("{report}");
-        } else {
-            print_summary(&report);
-        }
+        emit(&report, args.json);
         let failures = crate::bench_soak::failures(&report);
         if !failures.is_empty() {
             bail!("the soak failed: {}", failures.join("; "));
@@ -256,11 +248,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         };
         crate::bench_fs::warn_if_tmpfs(&db);
         let report = crate::bench_submit::run(&db, dir.path(), args.durability, settings).await?;
-        if args.json {
-            println!("{report}");
-        } else {
-            print_summary(&report);
-        }
+        emit(&report, args.json);
         return Ok(());
     }
     let store = SqliteStore::open(SqliteOptions::new(&db).durability(args.durability))
@@ -344,12 +332,17 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     if let Value::Object(map) = &mut report {
         map.insert("synchronous".into(), json!(synchronous));
     }
-    if args.json {
+    emit(&report, args.json);
+    Ok(())
+}
+
+/// Prints a report: its JSON line with `--json`, a summary otherwise.
+fn emit(report: &Value, json: bool) {
+    if json {
         println!("{report}");
     } else {
-        print_summary(&report);
+        print_summary(report);
     }
-    Ok(())
 }
 
 fn print_summary(report: &Value) {

@@ -22,7 +22,7 @@ const KINDS: [&str; 4] = ["scrape", "encode", "report", "email"];
 pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Value> {
     let store: Arc<dyn Store> = Arc::new(store);
     let filled = fill(&store, s.jobs).await?;
-    let total: u64 = store.counts().await?.rows.iter().map(|r| r.2).sum();
+    let total = store.counts().await?.all();
     if (total as usize) < s.jobs {
         bail!(
             "the store holds {total} jobs after filling, fewer than {}",
