@@ -1212,6 +1212,11 @@ pub async fn checkpoints_resume_the_next_claim(store: Arc<dyn Store>) {
         .await
         .expect("starts");
     assert!(starts.iter().all(|e| e.kind == EventKind::Started));
+    // Like every change of state, a start says where the job came from.
+    assert!(
+        starts.iter().all(|e| e.data["from"] == "queued"),
+        "{starts:?}"
+    );
     assert!(starts.windows(2).all(|w| w[0].seq < w[1].seq));
     let resumed: Vec<_> = starts
         .iter()

@@ -261,7 +261,7 @@ async function overview(main) {
     for (const e of batch) {
       const d = e.data || {};
       if (e.job_id && d.state && STATES.includes(d.state)) {
-        const from = d.from || (e.type === "job.started" ? "queued" : null);
+        const from = d.from;
         if (e.type !== "job.submitted" && from && counts[from] > 0) counts[from] -= 1;
         if (e.type === "job.submitted" || from) counts[d.state] = (counts[d.state] || 0) + 1;
       }

@@ -740,8 +740,7 @@ impl Writer {
         }
         let mut out = Vec::with_capacity(claimed.len());
         for row in claimed {
-            let mut data =
-                json!({"state": "running", "attempt": row.job.attempt, "server_id": req.server_id});
+            let mut data = json!({"state": "running", "from": "queued", "attempt": row.job.attempt, "server_id": req.server_id});
             // The attempt resumes from the job's last checkpoint: which one.
             if row.checkpoint.is_some() {
                 let last: Option<(i64, Option<String>)> = self
