@@ -1232,6 +1232,15 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
     queue.wake.notify_one();
 }
 
+/// How long the attempt ran, for its completion event (the dashboard tells of a long
+/// job's end).
+fn ran(c: &Claimed, now: Millis) -> Value {
+    match c.job.started_at {
+        Some(at) => json!({ "ran_ms": (now - at).max(0) }),
+        None => Value::Null,
+    }
+}
+
 async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) -> Result<()> {
     let id = c.job.id.as_str();
     let store = Outcomes { inner };
@@ -1247,10 +1256,14 @@ async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) 
     let error = match outcome {
         Outcome::Done(Ok(result)) => {
             store
-                .record(t(State::Completed, EventKind::Completed).changes(Changes {
-                    result: Some(result),
-                    ..Changes::default()
-                }))
+                .record(
+                    t(State::Completed, EventKind::Completed)
+                        .data(ran(c, now))
+                        .changes(Changes {
+                            result: Some(result),
+                            ..Changes::default()
+                        }),
+                )
                 .await?;
             return Ok(());
         }

@@ -892,15 +892,46 @@ async fn times_theme_and_keys_are_the_persons_choice_and_failures_are_told() {
     browser
         .wait_for("the row's job", "location.hash === '#/jobs/e1'")
         .await;
-    // A failure is told on whatever page is open.
-    h.engine
-        .submit(serde_json::from_value(json!({"kind": "fail", "id": "oops"})).unwrap())
-        .await
-        .unwrap();
+    // A failure is told on whatever page is open; a short job's end is not.
+    for (kind, id) in [("echo", "short"), ("fail", "oops")] {
+        h.engine
+            .submit(serde_json::from_value(json!({"kind": kind, "id": id})).unwrap())
+            .await
+            .unwrap();
+        h.engine.wait(id).await.unwrap();
+    }
     browser
         .wait_for(
             "a toast",
             "document.getElementById('toasts').textContent.includes('oops failed: boom')",
+        )
+        .await;
+    let toasts = browser
+        .evaluate("JSON.stringify(document.getElementById('toasts').textContent)")
+        .await;
+    assert!(
+        !toasts.as_str().unwrap().contains("short"),
+        "a job that ran under a minute is not told: {toasts}"
+    );
+    // A long job's end is (the threshold is the person's, here 0 ms).
+    browser
+        .evaluate("(localStorage.setItem('baton.long', '0'), '1')")
+        .await;
+    browser.reload().await;
+    browser
+        .wait_for(
+            "the page",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    h.engine
+        .submit(serde_json::from_value(json!({"kind": "echo", "id": "long"})).unwrap())
+        .await
+        .unwrap();
+    browser
+        .wait_for(
+            "a toast for the long job",
+            "document.getElementById('toasts').textContent.includes('long completed after')",
         )
         .await;
     browser.close().await;

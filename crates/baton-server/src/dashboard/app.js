@@ -69,7 +69,12 @@ const stateTag = s => el("span", { class: `state ${s}`, "data-state": s }, s);
 const jobLink = id => el("a", { href: `#/jobs/${enc(id)}` }, id);
 
 // Times as the person chose (remembered): local, UTC or relative.
-const prefs = { time: localStorage.getItem("baton.time") || "local", theme: localStorage.getItem("baton.theme") || "system" };
+const prefs = {
+  time: localStorage.getItem("baton.time") || "local",
+  theme: localStorage.getItem("baton.theme") || "system",
+  // A job that ran this long (ms) is told when it completes.
+  long: Number(localStorage.getItem("baton.long") ?? 60000),
+};
 
 function when(t) {
   if (!t) return "–";
@@ -996,6 +1001,7 @@ function setupChrome() {
   listen(batch => {
     for (const e of batch) {
       if (e.type === "job.failed") toast(`${e.job_id} failed: ${e.data && e.data.error ? e.data.error.message.split("\n")[0] : ""}`, true);
+      else if (e.type === "job.completed" && e.data && e.data.ran_ms >= prefs.long) toast(`${e.job_id} completed after ${duration(e.data.ran_ms)}`);
       else if (e.type === "job.crashed") toast(`${e.job_id} crashed: ${e.data && e.data.reason || ""}`, true);
       else if (e.type === "schedule.fired" && e.data && e.data.action && e.data.action !== "created") toast(`schedule ${e.data.schedule_id}: ${e.data.action}${e.data.message ? ` (${e.data.message})` : ""}`);
       else if (e.type === "server.down") toast(`server ${e.data && e.data.server_id || ""} is down`, true);
