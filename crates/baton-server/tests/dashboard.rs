@@ -936,3 +936,83 @@ async fn times_theme_and_keys_are_the_persons_choice_and_failures_are_told() {
         .await;
     browser.close().await;
 }
+
+/// Records the page's frame times (requestAnimationFrame deltas) and long tasks from now
+/// on, in `window.frames` and `window.longTasks`.
+const FRAME_RECORDER: &str = "(() => { window.frames = []; window.longTasks = []; \
+    new PerformanceObserver(l => l.getEntries().forEach(e => window.longTasks.push(e.duration))).observe({type: 'longtask'}); \
+    let last = performance.now(); \
+    const tick = t => { window.frames.push(t - last); last = t; requestAnimationFrame(tick); }; \
+    requestAnimationFrame(tick); return '1'; })()";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_events_a_second_do_not_freeze_the_page() {
+    let h = harness().await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    let mut browser = Browser::start().await;
+    browser.size(1280, 900).await;
+    let base = format!("http://127.0.0.1:{}", addr.port());
+    // The event inspector draws a row for every event: the heaviest page under a burst.
+    browser.open(&format!("{base}/#/events")).await;
+    browser
+        .wait_for(
+            "the stream live",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    let mut sub = h.engine.subscribe().await.unwrap();
+    // Each looper reports progress every 5 ms.
+    for i in 0..20 {
+        let queue = if i < 16 { "default" } else { "other" };
+        h.engine
+            .submit(
+                serde_json::from_value(
+                    json!({"kind": "looper", "id": format!("busy{i}"), "queue": queue}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    h.wait_state("busy19", "running").await;
+    browser.evaluate(FRAME_RECORDER).await;
+    let window = Duration::from_secs(4);
+    let started = std::time::Instant::now();
+    let mut sent = 0u64;
+    let mut last_id = 0u64;
+    while let Ok(Some(e)) =
+        tokio::time::timeout(window.saturating_sub(started.elapsed()), sub.next()).await
+    {
+        sent += 1;
+        last_id = e.id;
+    }
+    let rate = sent as f64 / started.elapsed().as_secs_f64();
+    let frames = browser
+        .evaluate("JSON.stringify({n: window.frames.length, max: Math.max(...window.frames.slice(1)), long: window.longTasks})")
+        .await;
+    for i in 0..20 {
+        h.call(Method::POST, &format!("/api/jobs/busy{i}/cancel"), None)
+            .await;
+    }
+    eprintln!("{rate:.0} events/s to the page; frames {frames}");
+    assert!(
+        rate >= 1000.0,
+        "the engine sent only {rate:.0} events/s: the test did not make the burst it is about"
+    );
+    // The page kept drawing: no frame held for half a second, at least 5 frames a second.
+    let max = frames["max"].as_f64().unwrap();
+    let n = frames["n"].as_u64().unwrap();
+    assert!(
+        max < 500.0,
+        "a frame took {max:.0} ms under {rate:.0} events/s"
+    );
+    assert!(n >= 20, "only {n} frames in 4 s under {rate:.0} events/s");
+    // And it kept up: the newest event the server sent is on the page.
+    browser
+        .wait_for(
+            "the page caught up",
+            &format!("document.querySelector('#event-rows tr[data-event=\"{last_id}\"]') !== null || Number(document.querySelector('#event-rows tr')?.dataset.event) > {last_id}"),
+        )
+        .await;
+    browser.close().await;
+}

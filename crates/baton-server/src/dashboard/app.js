@@ -76,6 +76,11 @@ const prefs = {
   long: Number(localStorage.getItem("baton.long") ?? 60000),
 };
 
+// One formatter for every local time (making one per call costs more than the rest of a row).
+const localTime = new Intl.DateTimeFormat(undefined, {
+  year: "numeric", month: "numeric", day: "numeric", hour: "numeric", minute: "numeric", second: "numeric",
+});
+
 function when(t) {
   if (!t) return "–";
   const d = new Date(t);
@@ -84,7 +89,7 @@ function when(t) {
   else if (prefs.time === "relative") {
     const s = Math.round((Date.now() - d.getTime()) / 1000);
     text = s >= 0 ? `${duration(s * 1000)} ago` : `in ${duration(-s * 1000)}`;
-  } else text = d.toLocaleString();
+  } else text = localTime.format(d);
   return el("time", { datetime: t, title: d.toISOString() }, text);
 }
 
@@ -945,17 +950,22 @@ async function eventsView(main) {
     pause.textContent = paused ? "Resume view" : "Pause view";
     if (!paused) { add(held); held = []; }
   });
+  // The newest KEEP rows stay; of a batch larger than that (a burst, or a tab that was in
+  // the background) only its newest are drawn.
+  const KEEP = 500;
   const add = batch => {
     const now = Date.now();
-    for (const e of batch) {
-      if (type.value && !e.type.includes(type.value.trim())) continue;
-      if (job.value && e.job_id !== job.value.trim()) continue;
-      rows.prepend(el("tr", { "data-event": e.id }, el("td", { class: "num" }, e.id), el("td", {}, e.type),
+    const t = type.value.trim(), j = job.value.trim();
+    const matched = batch.filter(e => (!t || e.type.includes(t)) && (!j || e.job_id === j));
+    shown += matched.length;
+    const drawn = document.createDocumentFragment();
+    for (const e of matched.slice(-KEEP).reverse()) {
+      drawn.append(el("tr", { "data-event": e.id }, el("td", { class: "num" }, e.id), el("td", {}, e.type),
         el("td", {}, e.job_id ? jobLink(e.job_id) : "–"), el("td", {}, when(e.at)),
         el("td", { class: "num" }, `${Math.max(0, now - Date.parse(e.at))} ms`), el("td", { class: "hide-narrow" }, summary(e))));
-      shown += 1;
     }
-    while (rows.children.length > 500) rows.lastChild.remove();
+    rows.prepend(drawn);
+    while (rows.children.length > KEEP) rows.lastChild.remove();
     count.textContent = `${shown} shown`;
   };
   main.replaceChildren(el("h1", {}, "Events"), el("div", { class: "filters" }, type, job, pause, count),
