@@ -1237,7 +1237,7 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
 fn ran(c: &Claimed, now: Millis) -> Value {
     match c.job.started_at {
         Some(at) => json!({ "ran_ms": (now - at).max(0) }),
-        None => Value::Null,
+        None => json!({}),
     }
 }
 

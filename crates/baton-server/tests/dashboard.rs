@@ -961,13 +961,13 @@ async fn a_thousand_events_a_second_do_not_freeze_the_page() {
         )
         .await;
     let mut sub = h.engine.subscribe().await.unwrap();
-    // Each looper reports progress every 5 ms.
+    // Each looper reports progress every 3 ms.
     for i in 0..20 {
         let queue = if i < 16 { "default" } else { "other" };
         h.engine
             .submit(
                 serde_json::from_value(
-                    json!({"kind": "looper", "id": format!("busy{i}"), "queue": queue}),
+                    json!({"kind": "looper", "id": format!("busy{i}"), "queue": queue, "payload": {"every_ms": 3}}),
                 )
                 .unwrap(),
             )
@@ -1014,5 +1014,65 @@ async fn a_thousand_events_a_second_do_not_freeze_the_page() {
             &format!("document.querySelector('#event-rows tr[data-event=\"{last_id}\"]') !== null || Number(document.querySelector('#event-rows tr')?.dataset.event) > {last_id}"),
         )
         .await;
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tab_put_away_catches_up_when_it_returns() {
+    let h = harness().await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    let mut browser = Browser::start().await;
+    browser
+        .open(&format!("http://127.0.0.1:{}/", addr.port()))
+        .await;
+    browser
+        .wait_for(
+            "the stream live",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    let completed = "Number(document.querySelector('[data-count=completed]').textContent)";
+    assert_eq!(
+        browser
+            .evaluate(&format!("JSON.stringify({completed})"))
+            .await,
+        json!(0)
+    );
+    browser.lifecycle("frozen").await;
+    for i in 0..30 {
+        let id = format!("away{i}");
+        h.engine
+            .submit(serde_json::from_value(json!({"kind": "echo", "id": id})).unwrap())
+            .await
+            .unwrap();
+        h.engine.wait(&id).await.unwrap();
+    }
+    assert_eq!(
+        browser
+            .evaluate(&format!("JSON.stringify({completed})"))
+            .await,
+        json!(0),
+        "a frozen page ran no script"
+    );
+    // Running again but still in the background: it draws nothing yet.
+    browser.lifecycle("active").await;
+    assert_eq!(
+        browser
+            .evaluate("JSON.stringify(document.visibilityState)")
+            .await,
+        json!("hidden")
+    );
+    browser.bring_to_front().await;
+    browser
+        .wait_for("the missed completions", &format!("{completed} >= 30"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        browser
+            .evaluate(&format!("JSON.stringify({completed})"))
+            .await,
+        json!(30),
+        "every missed event counted once"
+    );
     browser.close().await;
 }

@@ -187,6 +187,30 @@ impl Browser {
         self.cdp.wait_event("Page.loadEventFired").await;
     }
 
+    /// Freezes the page (`frozen`: hidden, and no script runs, as for a tab the browser
+    /// put away) or lets it run again (`active`, still hidden).
+    pub async fn lifecycle(&mut self, state: &str) {
+        self.cdp
+            .call(
+                Some(&self.session),
+                "Page.setWebLifecycleState",
+                json!({"state": state}),
+            )
+            .await;
+    }
+
+    /// Shows the page again, as when the person returns to its tab.
+    pub async fn bring_to_front(&mut self) {
+        let focus = json!({"enabled": true});
+        self.cdp
+            .call(
+                Some(&self.session),
+                "Emulation.setFocusEmulationEnabled",
+                focus,
+            )
+            .await;
+    }
+
     /// Runs a script that resolves to a JSON string in the page; what it says.
     pub async fn evaluate(&mut self, script: &str) -> Value {
         let result = self

@@ -37,13 +37,15 @@ pub async fn test_engine(dir: &TempDir) -> Engine {
         .handler("fail", |_ctx, _p| async move {
             Err::<Value, _>(JobError::fatal("boom"))
         })
-        .handler("looper", |ctx, _p| async move {
+        .handler("looper", |ctx, p| async move {
+            // Progress every `every_ms` (5 unless the payload says).
+            let every = p["every_ms"].as_u64().unwrap_or(5);
             let mut i = 0u64;
             loop {
                 i += 1;
                 ctx.progress(((i % 100) as f64) / 100.0, format!("round {i}"))
                     .await?;
-                tokio::time::sleep(Duration::from_millis(5)).await;
+                tokio::time::sleep(Duration::from_millis(every)).await;
             }
         })
         .handler("steps", |ctx, _p| async move {
