@@ -242,7 +242,10 @@ pub async fn throughput(
     let mut failed = vec![0u32; count];
     for r in rows {
         // Rows past `end` (a clock that moved back) are not in the window.
-        if let Some(i) = usize::try_from((r.at - first) / size).ok().filter(|i| *i < count) {
+        if let Some(i) = usize::try_from((r.at - first) / size)
+            .ok()
+            .filter(|i| *i < count)
+        {
             completed[i] = completed[i].saturating_add(r.completed as u32);
             failed[i] = failed[i].saturating_add(r.failed as u32);
         }

@@ -48,7 +48,10 @@ async fn the_workflow_list_is_in_the_nav_and_follows_the_stream() {
         .open(&format!("http://127.0.0.1:{}/", addr.port()))
         .await;
     browser
-        .wait_for("the overview", "document.getElementById('counters') !== null")
+        .wait_for(
+            "the overview",
+            "document.getElementById('counters') !== null",
+        )
         .await;
     browser
         .evaluate("(document.querySelector('#nav a[href=\"#/workflows\"]').click(), '1')")
@@ -60,9 +63,14 @@ async fn the_workflow_list_is_in_the_nav_and_follows_the_stream() {
         )
         .await;
     assert_eq!(ids, json!(["newer", "older"]), "newest first");
-    let row = |id: &str, what: &str| format!("document.querySelector('#workflows tr[data-workflow=\"{id}\"]')?.{what}");
+    let row = |id: &str, what: &str| {
+        format!("document.querySelector('#workflows tr[data-workflow=\"{id}\"]')?.{what}")
+    };
     let counts = browser
-        .evaluate(&format!("JSON.stringify({})", row("newer", "querySelector('.counts').textContent")))
+        .evaluate(&format!(
+            "JSON.stringify({})",
+            row("newer", "querySelector('.counts').textContent")
+        ))
         .await;
     assert_eq!(counts, json!("3 awaiting3 queued"));
     // The page is not reloaded from here on: a mark on its window would be lost.
@@ -95,11 +103,19 @@ async fn the_workflow_list_is_in_the_nav_and_follows_the_stream() {
             )
             .await;
     }
-    assert_eq!(browser.evaluate("JSON.stringify(window.unreloaded === true)").await, json!(true));
+    assert_eq!(
+        browser
+            .evaluate("JSON.stringify(window.unreloaded === true)")
+            .await,
+        json!(true)
+    );
     browser.screenshot("workflows").await;
 
     browser
-        .evaluate(&format!("({}.click(), '1')", row("older", "querySelector('a')")))
+        .evaluate(&format!(
+            "({}.click(), '1')",
+            row("older", "querySelector('a')")
+        ))
         .await;
     browser
         .wait_for(
@@ -166,8 +182,17 @@ async fn five_hundred_nodes_are_drawn_readably_and_stay_fluid_while_they_finish(
     assert!(layout["lowest"].as_f64().unwrap() >= 40.0, "{layout}");
     assert_eq!(layout["scrolls"], true, "{layout}");
     assert_eq!(layout["pageOverflow"], false, "{layout}");
-    assert_eq!(layout["shortened"], 500, "long names end in an ellipsis: {layout}");
-    assert!(layout["title"].as_str().unwrap().starts_with("layer-0-extract-part-000 ("), "{layout}");
+    assert_eq!(
+        layout["shortened"], 500,
+        "long names end in an ellipsis: {layout}"
+    );
+    assert!(
+        layout["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("layer-0-extract-part-000 ("),
+        "{layout}"
+    );
     browser.screenshot("workflow-500").await;
 
     // Fluid: frame times in the page while all 500 jobs run and finish live.
@@ -194,7 +219,10 @@ async fn five_hundred_nodes_are_drawn_readably_and_stay_fluid_while_they_finish(
     let frames = browser
         .evaluate("(window.recording = false, JSON.stringify({ n: window.frames_.length, max: Math.max(...window.frames_.slice(1)), sum: window.frames_.reduce((a, b) => a + b, 0), all: window.frames_.map(Math.round), longs: window.longs }))")
         .await;
-    assert!(frames["n"].as_u64().unwrap() >= 20, "frames were drawn: {frames}");
+    assert!(
+        frames["n"].as_u64().unwrap() >= 20,
+        "frames were drawn: {frames}"
+    );
     assert!(
         frames["max"].as_f64().unwrap() < 200.0,
         "no frame took 200 ms or more while 500 jobs finished: {frames}"
@@ -227,7 +255,8 @@ async fn every_page_fits_a_phone_and_its_nav_is_reachable() {
         Some(json!({"id": "nightly-report", "job": {"kind": "echo"}, "trigger": {"type": "cron", "expr": "0 2 * * *"}, "timezone": "Europe/London"})),
     )
     .await;
-    h.finished("report-with-a-rather-long-identifier-2026-05-01").await;
+    h.finished("report-with-a-rather-long-identifier-2026-05-01")
+        .await;
 
     let mut browser = Browser::start().await;
     browser.size(390, 844).await;
@@ -236,13 +265,31 @@ async fn every_page_fits_a_phone_and_its_nav_is_reachable() {
     for (name, hash, ready) in [
         ("overview", "#/", "document.getElementById('counters')"),
         ("jobs", "#/jobs", "document.querySelector('#jobs tr')"),
-        ("job", "#/jobs/report-with-a-rather-long-identifier-2026-05-01", "document.querySelector('#attempts tr')"),
-        ("workflows", "#/workflows", "document.querySelector('#workflows tr')"),
-        ("workflow", "#/workflows/phone", "document.querySelectorAll('#dag .node').length === 12"),
-        ("schedules", "#/schedules", "document.querySelector('#schedules tr')"),
+        (
+            "job",
+            "#/jobs/report-with-a-rather-long-identifier-2026-05-01",
+            "document.querySelector('#attempts tr')",
+        ),
+        (
+            "workflows",
+            "#/workflows",
+            "document.querySelector('#workflows tr')",
+        ),
+        (
+            "workflow",
+            "#/workflows/phone",
+            "document.querySelectorAll('#dag .node').length === 12",
+        ),
+        (
+            "schedules",
+            "#/schedules",
+            "document.querySelector('#schedules tr')",
+        ),
         ("queues", "#/queues", "document.querySelector('#queues tr')"),
     ] {
-        browser.evaluate(&format!("(location.hash = '{hash}', '1')")).await;
+        browser
+            .evaluate(&format!("(location.hash = '{hash}', '1')"))
+            .await;
         browser
             .wait_for(&format!("the {name} page"), &format!("{ready} && true"))
             .await;

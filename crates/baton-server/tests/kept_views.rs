@@ -34,11 +34,19 @@ async fn get(app: &Router, uri: &str) -> (StatusCode, Value) {
         .await
         .unwrap()
         .to_bytes();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn sum(v: &Value, key: &str) -> u64 {
-    v[key].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum()
+    v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +77,13 @@ async fn the_chart_still_shows_jobs_that_ended_before_a_restart() {
             "{window}: {chart}"
         );
         let buckets = chart["completed"].as_array().unwrap().len();
-        assert_eq!(buckets, [900, 60, 1440][["15m", "1h", "1d"].iter().position(|w| *w == window).unwrap()]);
+        assert_eq!(
+            buckets,
+            [900, 60, 1440][["15m", "1h", "1d"]
+                .iter()
+                .position(|w| *w == window)
+                .unwrap()]
+        );
         // The jobs ended just now: in the last bucket or the one before.
         let last: u64 = chart["completed"].as_array().unwrap()[buckets - 2..]
             .iter()
@@ -79,7 +93,13 @@ async fn the_chart_still_shows_jobs_that_ended_before_a_restart() {
     }
     let (status, refused) = get(&app, "/api/throughput?window=2h").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(refused["error"]["message"].as_str().unwrap().contains("\"2h\""), "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"2h\""),
+        "{refused}"
+    );
     engine.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -95,18 +115,29 @@ fn workflow(id: &str) -> Value {
 async fn workflows_are_listed_newest_first_a_page_at_a_time() {
     let h = harness().await;
     for id in ["w1", "w2", "w3"] {
-        let (status, made) = h.call(Method::POST, "/api/workflows", Some(workflow(id))).await;
+        let (status, made) = h
+            .call(Method::POST, "/api/workflows", Some(workflow(id)))
+            .await;
         assert_eq!(status, StatusCode::CREATED, "{made}");
         // Created in different milliseconds, so that the order is by time.
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (status, page) = h.call(Method::GET, "/api/workflows?limit=2", None).await;
     assert_eq!(status, StatusCode::OK, "{page}");
-    let ids: Vec<&str> = page["workflows"].as_array().unwrap().iter().map(|w| w["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = page["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, ["w3", "w2"]);
     let cursor = page["next_cursor"].as_str().unwrap().to_owned();
     let (_, rest) = h
-        .call(Method::GET, &format!("/api/workflows?limit=2&cursor={cursor}"), None)
+        .call(
+            Method::GET,
+            &format!("/api/workflows?limit=2&cursor={cursor}"),
+            None,
+        )
         .await;
     assert_eq!(rest["workflows"][0]["id"], "w1", "{rest}");
     assert!(rest["next_cursor"].is_null(), "{rest}");
@@ -114,12 +145,21 @@ async fn workflows_are_listed_newest_first_a_page_at_a_time() {
     // Once its jobs end, a workflow's counts and state say so.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let w1 = loop {
-        let (_, rest) = h.call(Method::GET, &format!("/api/workflows?cursor={cursor}"), None).await;
+        let (_, rest) = h
+            .call(
+                Method::GET,
+                &format!("/api/workflows?cursor={cursor}"),
+                None,
+            )
+            .await;
         let w1 = rest["workflows"][0].clone();
         if w1["state"] == "failed" {
             break w1;
         }
-        assert!(tokio::time::Instant::now() < deadline, "w1 never failed: {w1}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "w1 never failed: {w1}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(w1["jobs"], 3, "{w1}");
@@ -134,7 +174,9 @@ async fn workflows_are_listed_newest_first_a_page_at_a_time() {
         ("cursor=x:w1", "cursor"),
         ("sort=old", "sort"),
     ] {
-        let (status, refused) = h.call(Method::GET, &format!("/api/workflows?{query}"), None).await;
+        let (status, refused) = h
+            .call(Method::GET, &format!("/api/workflows?{query}"), None)
+            .await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {refused}");
         let message = refused["error"]["message"].as_str().unwrap();
         assert!(message.contains(what), "{query}: {message}");
@@ -157,9 +199,13 @@ async fn the_workflow_list_needs_a_token_and_a_viewer_may_read_it() {
         .unwrap();
     let (status, _) = h.call(Method::GET, "/api/workflows", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, _) = h.call_as(Method::GET, "/api/workflows", "stale-token").await;
+    let (status, _) = h
+        .call_as(Method::GET, "/api/workflows", "stale-token")
+        .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, list) = h.call_as(Method::GET, "/api/workflows", "watcher-token").await;
+    let (status, list) = h
+        .call_as(Method::GET, "/api/workflows", "watcher-token")
+        .await;
     assert_eq!(status, StatusCode::OK, "{list}");
     assert_eq!(list["workflows"][0]["id"], "w1");
     // Reading is all a viewer does: it may not submit one.

@@ -3,9 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use baton_core::{
-    Condition, EdgeStatus, ErrorInfo, Job, Millis, NewJob, State, WorkflowSummary,
-};
+use baton_core::{Condition, EdgeStatus, ErrorInfo, Job, Millis, NewJob, State, WorkflowSummary};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

@@ -134,8 +134,16 @@ async fn the_upgrade_to_kept_throughput_counts_the_jobs_that_ended_within_a_day(
         ("old", now - 2 * 86_400_000, State::Completed),
     ] {
         store.submit(vec![job(id, at - 2)]).await.expect("submit");
-        let c = store.claim(claim_req(at - 1)).await.expect("claim").remove(0);
-        let kind = if to == State::Failed { EventKind::Failed } else { EventKind::Completed };
+        let c = store
+            .claim(claim_req(at - 1))
+            .await
+            .expect("claim")
+            .remove(0);
+        let kind = if to == State::Failed {
+            EventKind::Failed
+        } else {
+            EventKind::Completed
+        };
         store
             .record(Transition::new(id, to, kind, at).fence(c.fence))
             .await
@@ -157,7 +165,8 @@ async fn the_upgrade_to_kept_throughput_counts_the_jobs_that_ended_within_a_day(
         .await
         .expect("minutes");
     let sums = |rows: &[baton_store::ThroughputRow]| {
-        rows.iter().fold((0, 0), |(c, f), r| (c + r.completed, f + r.failed))
+        rows.iter()
+            .fold((0, 0), |(c, f), r| (c + r.completed, f + r.failed))
     };
     assert_eq!(sums(&minutes), (1, 1), "{minutes:?}");
     assert_eq!(minutes[0].at, now / 60_000 * 60_000);
@@ -166,7 +175,10 @@ async fn the_upgrade_to_kept_throughput_counts_the_jobs_that_ended_within_a_day(
         .await
         .expect("seconds");
     assert_eq!(sums(&seconds), (1, 1), "{seconds:?}");
-    store.verify().await.expect("the filled counts are consistent");
+    store
+        .verify()
+        .await
+        .expect("the filled counts are consistent");
     store.close().await;
 }
 

@@ -692,8 +692,10 @@ async function workflow(main, parts) {
     const fill = svgEl("rect", { class: "fill", x: 0, y: H - 5, height: 5, width: W * (n.progress || 0), rx: 2 });
     g.append(fill);
     const label = svgEl("text", { x: 10, y: 19 }); label.textContent = fit(n.name || n.id, LABEL_CHARS);
-    const title = svgEl("title"); title.textContent = n.name ? `${n.name} (${n.id})` : n.id;
-    g.append(title);
+    if (label.textContent !== (n.name || n.id)) {
+      const title = svgEl("title"); title.textContent = n.name ? `${n.name} (${n.id})` : n.id;
+      g.append(title);
+    }
     const state = svgEl("text", { x: 10, y: 35, class: "sub" }); state.textContent = n.state;
     g.append(label, state);
     g.addEventListener("click", () => { location.hash = `#/jobs/${enc(n.id)}`; });

@@ -15,21 +15,41 @@ const M0: Millis = (T0 / MINUTE + 1) * MINUTE;
 
 /// Runs a new job of `queue` to `to` (completed or failed) at `at`.
 async fn end(s: &dyn Store, id: &str, queue: &str, to: State, at: Millis) {
-    submit(s, JobSpec::new("work").id(id).queue(queue).max_attempts(1), at - 2).await;
+    submit(
+        s,
+        JobSpec::new("work").id(id).queue(queue).max_attempts(1),
+        at - 2,
+    )
+    .await;
     let c = claim_one(s, queue, at - 1).await;
     let (kind, changes) = if to == State::Completed {
         (EventKind::Completed, Changes::default())
     } else {
         let error = Some(ErrorInfo::new("handler_error", "boom"));
-        (EventKind::Failed, Changes { error, ..Changes::default() })
+        (
+            EventKind::Failed,
+            Changes {
+                error,
+                ..Changes::default()
+            },
+        )
     };
-    s.record(Transition::new(id, to, kind, at).fence(c.fence).changes(changes))
-        .await
-        .unwrap_or_else(|e| panic!("end {id}: {e}"));
+    s.record(
+        Transition::new(id, to, kind, at)
+            .fence(c.fence)
+            .changes(changes),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("end {id}: {e}"));
 }
 
 fn row(at: Millis, queue: &str, completed: u64, failed: u64) -> ThroughputRow {
-    ThroughputRow { at, queue: queue.into(), completed, failed }
+    ThroughputRow {
+        at,
+        queue: queue.into(),
+        completed,
+        failed,
+    }
 }
 
 async fn read(s: &dyn Store, span: Span, since: Millis) -> Vec<ThroughputRow> {
@@ -54,9 +74,14 @@ pub async fn throughput_is_counted_per_second_and_minute_by_the_ending_write(
     assert!(matches!(stale, Err(Error::StaleFence { .. })), "{stale:?}");
     // Cancelled is not a completion, nor a failure.
     submit(s, JobSpec::new("work").id("c1").queue("a"), M0 + 3_000).await;
-    s.transition(Transition::new("c1", State::Cancelled, EventKind::Cancelled, M0 + 3_000))
-        .await
-        .expect("cancel");
+    s.transition(Transition::new(
+        "c1",
+        State::Cancelled,
+        EventKind::Cancelled,
+        M0 + 3_000,
+    ))
+    .await
+    .expect("cancel");
 
     assert_eq!(
         read(s, Span::Second, M0).await,
@@ -86,24 +111,40 @@ pub async fn throughput_is_counted_per_second_and_minute_by_the_ending_write(
     .await
     .expect("retry");
     let c = claim_one(s, "a", M0 + 62_500).await;
-    s.record(Transition::new("a3", State::Completed, EventKind::Completed, M0 + 63_000).fence(c.fence))
-        .await
-        .expect("complete");
+    s.record(
+        Transition::new("a3", State::Completed, EventKind::Completed, M0 + 63_000).fence(c.fence),
+    )
+    .await
+    .expect("complete");
     assert_eq!(
         read(s, Span::Minute, M0).await,
-        vec![row(M0, "a", 2, 1), row(M0 + MINUTE, "a", 1, 0), row(M0 + MINUTE, "b", 1, 0)]
+        vec![
+            row(M0, "a", 2, 1),
+            row(M0 + MINUTE, "a", 1, 0),
+            row(M0 + MINUTE, "b", 1, 0)
+        ]
     );
 
     // Sixteen minutes on, the first minute's seconds are gone and the minute stays;
     // a day on, the minute goes too.
     end(s, "late", "b", State::Completed, M0 + 16 * MINUTE).await;
     let seconds = read(s, Span::Second, 0).await;
-    assert_eq!(seconds.first().map(|r| r.at), Some(M0 + 61_000), "{seconds:?}");
-    assert_eq!(read(s, Span::Minute, 0).await.first().map(|r| r.at), Some(M0));
+    assert_eq!(
+        seconds.first().map(|r| r.at),
+        Some(M0 + 61_000),
+        "{seconds:?}"
+    );
+    assert_eq!(
+        read(s, Span::Minute, 0).await.first().map(|r| r.at),
+        Some(M0)
+    );
     end(s, "next-day", "b", State::Failed, M0 + 1_442 * MINUTE).await;
     assert_eq!(
         read(s, Span::Minute, 0).await,
-        vec![row(M0 + 16 * MINUTE, "b", 1, 0), row(M0 + 1_442 * MINUTE, "b", 0, 1)]
+        vec![
+            row(M0 + 16 * MINUTE, "b", 1, 0),
+            row(M0 + 1_442 * MINUTE, "b", 0, 1)
+        ]
     );
     assert_eq!(
         read(s, Span::Second, 0).await,

@@ -778,13 +778,19 @@ pub async fn workflows_are_listed_newest_first_with_their_counts(store: Arc<dyn 
     let ids: Vec<&str> = first.workflows.iter().map(|w| w.id.as_str()).collect();
     assert_eq!(ids, ["w3", "w2"]);
     let w2 = &first.workflows[1];
-    assert_eq!((w2.state, w2.paused, w2.created_at, w2.jobs), (WorkflowState::Running, false, T0 + 10, 4));
-    let counts: BTreeMap<String, u64> =
-        [("completed", 1), ("queued", 2), ("awaiting", 1)].map(|(k, n)| (k.to_string(), n)).into();
+    assert_eq!(
+        (w2.state, w2.paused, w2.created_at, w2.jobs),
+        (WorkflowState::Running, false, T0 + 10, 4)
+    );
+    let counts: BTreeMap<String, u64> = [("completed", 1), ("queued", 2), ("awaiting", 1)]
+        .map(|(k, n)| (k.to_string(), n))
+        .into();
     assert_eq!(w2.counts, counts);
     assert_eq!(first.workflows[0].state, WorkflowState::Pending);
 
-    let rest = list(2, first.next_cursor.clone()).await.expect("second page");
+    let rest = list(2, first.next_cursor.clone())
+        .await
+        .expect("second page");
     let ids: Vec<&str> = rest.workflows.iter().map(|w| w.id.as_str()).collect();
     assert_eq!((ids, rest.next_cursor), (vec!["w1"], None));
     assert_eq!(list(10, None).await.expect("all").workflows.len(), 3);
@@ -793,10 +799,16 @@ pub async fn workflows_are_listed_newest_first_with_their_counts(store: Arc<dyn 
         let refused = list(2, Some(bad.into())).await;
         // An empty id after the colon is a position like any other; the rest are not.
         if bad == "12:" {
-            assert_eq!(refused.expect("a cursor before every id").workflows.len(), 0);
+            assert_eq!(
+                refused.expect("a cursor before every id").workflows.len(),
+                0
+            );
             continue;
         }
-        assert!(matches!(&refused, Err(Error::Config(m)) if m.contains("invalid cursor")), "{bad}: {refused:?}");
+        assert!(
+            matches!(&refused, Err(Error::Config(m)) if m.contains("invalid cursor")),
+            "{bad}: {refused:?}"
+        );
     }
 
     for e in events_of(s, "w2.a").await {
@@ -805,5 +817,10 @@ pub async fn workflows_are_listed_newest_first_with_their_counts(store: Arc<dyn 
         }
     }
     let plain = submit(s, job("plain"), T0).await;
-    assert!(events_of(s, &plain.id).await[0].data.get("workflow").is_none());
+    assert!(
+        events_of(s, &plain.id).await[0]
+            .data
+            .get("workflow")
+            .is_none()
+    );
 }

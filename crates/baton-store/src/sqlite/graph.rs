@@ -150,7 +150,9 @@ pub fn workflow(conn: &Connection, id: &str) -> Result<Option<WorkflowGraph>> {
 pub fn workflows(conn: &Connection, f: &WorkflowFilter) -> Result<WorkflowPage> {
     let after = match &f.cursor {
         None => None,
-        Some(c) => Some(parse_cursor(c).ok_or_else(|| Error::Config(format!("invalid cursor {c:?}")))?),
+        Some(c) => {
+            Some(parse_cursor(c).ok_or_else(|| Error::Config(format!("invalid cursor {c:?}")))?)
+        }
     };
     let limit = f.limit.clamp(1, 1000);
     // The first page starts past every creation time.
@@ -161,10 +163,9 @@ pub fn workflows(conn: &Connection, f: &WorkflowFilter) -> Result<WorkflowPage> 
              WHERE created_at < ?1 OR (created_at = ?1 AND id < ?2) \
              ORDER BY created_at DESC, id DESC LIMIT ?3",
         )?
-        .query_map(
-            rusqlite::params![at, id, limit as i64 + 1],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?
+        .query_map(rusqlite::params![at, id, limit as i64 + 1], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
     let next_cursor = if rows.len() > limit {
         rows.truncate(limit);
@@ -172,14 +173,14 @@ pub fn workflows(conn: &Connection, f: &WorkflowFilter) -> Result<WorkflowPage> 
     } else {
         None
     };
-    let mut count = conn.prepare_cached(
-        "SELECT state, COUNT(*) FROM jobs WHERE workflow_id = ?1 GROUP BY state",
-    )?;
+    let mut count = conn
+        .prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE workflow_id = ?1 GROUP BY state")?;
     let mut workflows = Vec::with_capacity(rows.len());
     for (id, paused, created_at) in rows {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         let mut states = Vec::new();
-        let found = count.query_map([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        let found =
+            count.query_map([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
         for row in found {
             let (state, n) = row?;
             states.push(parse_state(&state)?);

@@ -722,7 +722,11 @@ impl Store for SqliteStore {
         self.read(move |c| graph::workflows(c, &filter)).await
     }
 
-    async fn throughput(&self, span: crate::Span, since: Millis) -> Result<Vec<crate::ThroughputRow>> {
+    async fn throughput(
+        &self,
+        span: crate::Span,
+        since: Millis,
+    ) -> Result<Vec<crate::ThroughputRow>> {
         self.read(move |c| throughput::read(c, span, since)).await
     }
 
