@@ -13,7 +13,7 @@ pub use bulk::*;
 pub use schedules::*;
 
 pub use baton_core::PipelineSpec;
-pub use baton_core::{Condition, WorkflowGraph, WorkflowSpec, WorkflowState};
+pub use baton_core::{Condition, WorkflowGraph, WorkflowSpec, WorkflowState, WorkflowSummary};
 pub use baton_core::{ErrorInfo, Event, EventKind, Job, JobSpec, State};
 pub use baton_store::{Checkpoint, Link, LogLine, ServerInfo};
 
@@ -90,9 +90,9 @@ pub struct CheckpointList {
     pub checkpoints: Vec<Checkpoint>,
 }
 
-/// `GET /api/throughput`: jobs completed and failed per bucket, oldest first; the last
-/// bucket holds now and ends at `end`. Counted from the events this server has seen
-/// since `since` (buckets before it are zero for want of knowing).
+/// `GET /api/throughput`: jobs completed and failed per bucket, oldest first; the first
+/// bucket starts at `since`, the last holds now and ends at `end`. The store counts
+/// them in the write that ends each job, so they survive a restart.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Throughput {
     pub window: String,
@@ -182,6 +182,14 @@ pub struct QueueInfo {
 pub struct WorkflowSubmitted {
     pub id: String,
     pub jobs: BTreeMap<String, String>,
+}
+
+/// `GET /api/workflows`: workflows, newest first.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowList {
+    pub workflows: Vec<WorkflowSummary>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// `GET /api/jobs/{id}/dependencies` and `/dependents`: the jobs at the other end of

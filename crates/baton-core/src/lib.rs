@@ -26,4 +26,6 @@ pub use schedule::{Misfire, Overlap, Schedule, ScheduleError, ScheduleSpec, Trig
 pub use spec::{EnvValue, JobSpec, Limits, NewJob, SealedValue, SecretValue, SpecError, StepSpec};
 pub use state::{State, TransitionError};
 pub use time::Millis;
-pub use workflow::{WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowSpec, WorkflowState};
+pub use workflow::{
+    WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowSpec, WorkflowState, WorkflowSummary,
+};

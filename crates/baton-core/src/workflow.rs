@@ -275,6 +275,21 @@ pub struct WorkflowGraph {
     pub edges: Vec<WorkflowEdge>,
 }
 
+/// A workflow in the list (`GET /api/workflows`): its jobs counted, not listed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkflowSummary {
+    pub id: String,
+    pub state: WorkflowState,
+    pub paused: bool,
+    #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Millis,
+    /// Its jobs.
+    pub jobs: u64,
+    /// Jobs per state (states with none are left out).
+    pub counts: BTreeMap<String, u64>,
+}
+
 /// One job of a workflow graph.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WorkflowNode {

@@ -155,7 +155,10 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         .route("/api/jobs/{id}/logs", get(jobs::logs))
         .route("/api/jobs/{id}/dependencies", get(workflows::dependencies))
         .route("/api/jobs/{id}/dependents", get(workflows::dependents))
-        .route("/api/workflows", post(workflows::submit))
+        .route(
+            "/api/workflows",
+            post(workflows::submit).get(workflows::list),
+        )
         .route("/api/workflows/{id}", get(workflows::show))
         .route("/api/workflows/{id}/pause", post(workflows::pause))
         .route("/api/workflows/{id}/resume", post(workflows::resume))

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use baton_api::{QueueInfo, QueueList, ServerList, Stats};
 use baton_core::{EventKind, Millis, State as JobState};
 use baton_engine::Engine;
+use baton_store::Span;
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
@@ -33,72 +34,8 @@ pub struct Metrics {
     requests: std::sync::Mutex<BTreeMap<u16, u64>>,
     durations: Histogram,
     queue_latency: Histogram,
-    /// Jobs completed and failed per second and per minute, for the dashboard's chart.
-    rates: std::sync::Mutex<Rates>,
     /// Fires when the server stops: streams end, long-polls answer.
     pub draining: CancellationToken,
-}
-
-/// Completed and failed jobs in buckets of one second (the last 15 minutes) and one
-/// minute (the last day), counted from the events since this server started.
-#[derive(Default)]
-struct Rates {
-    seconds: std::collections::VecDeque<(i64, u32, u32)>,
-    minutes: std::collections::VecDeque<(i64, u32, u32)>,
-}
-
-impl Rates {
-    fn add(
-        ring: &mut std::collections::VecDeque<(i64, u32, u32)>,
-        slot: i64,
-        failed: bool,
-        keep: usize,
-    ) {
-        let i = match ring.iter().rposition(|b| b.0 <= slot) {
-            Some(i) if ring[i].0 == slot => i,
-            Some(i) => {
-                ring.insert(i + 1, (slot, 0, 0));
-                i + 1
-            }
-            None => {
-                ring.push_front((slot, 0, 0));
-                0
-            }
-        };
-        if failed {
-            ring[i].2 += 1;
-        } else {
-            ring[i].1 += 1;
-        }
-        while ring.len() > keep {
-            ring.pop_front();
-        }
-    }
-
-    fn record(&mut self, at: Millis, failed: bool) {
-        Self::add(&mut self.seconds, at.div_euclid(1000), failed, 900);
-        Self::add(&mut self.minutes, at.div_euclid(60_000), failed, 1440);
-    }
-
-    /// `count` buckets ending with the one holding `now`, zero where nothing ended.
-    fn window(&self, now: Millis, per_minute: bool, count: usize) -> (Vec<u32>, Vec<u32>) {
-        let (ring, size) = if per_minute {
-            (&self.minutes, 60_000)
-        } else {
-            (&self.seconds, 1000)
-        };
-        let last = now.div_euclid(size);
-        let first = last - count as i64 + 1;
-        let mut completed = vec![0; count];
-        let mut failed = vec![0; count];
-        for (slot, c, f) in ring {
-            if *slot >= first && *slot <= last {
-                completed[(slot - first) as usize] = *c;
-                failed[(slot - first) as usize] = *f;
-            }
-        }
-        (completed, failed)
-    }
 }
 
 struct Histogram {
@@ -165,7 +102,6 @@ impl Metrics {
             requests: std::sync::Mutex::new(BTreeMap::new()),
             durations: Histogram::new(),
             queue_latency: Histogram::new(),
-            rates: std::sync::Mutex::new(Rates::default()),
             draining: CancellationToken::new(),
         });
         let m = metrics.clone();
@@ -184,12 +120,6 @@ impl Metrics {
                 m.events.fetch_add(1, Ordering::Relaxed);
                 if let Some(c) = m.by_kind.get(&e.kind) {
                     c.fetch_add(1, Ordering::Relaxed);
-                }
-                if matches!(e.kind, EventKind::Completed | EventKind::Failed) {
-                    m.rates
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .record(e.at, e.kind == EventKind::Failed);
                 }
                 let Some(id) = e.job_id.clone() else { continue };
                 match e.kind {
@@ -279,17 +209,17 @@ pub struct ThroughputQuery {
 
 #[utoipa::path(get, operation_id = "throughput", path = "/api/throughput", tag = "meta",
     params(("window" = Option<String>, Query, description = "15m (per second, the default), 1h or 1d (per minute)")),
-    responses((status = 200, description = "jobs completed and failed per bucket, oldest first, counted since this server started", body = baton_api::Throughput),
+    responses((status = 200, description = "jobs completed and failed per bucket, oldest first, as the store counted them (they survive a restart)", body = baton_api::Throughput),
         (status = 400, description = "an unknown window", body = baton_api::ErrorBody)))]
 pub async fn throughput(
     State(s): State<AppState>,
     crate::jobs::ApiQuery(q): crate::jobs::ApiQuery<ThroughputQuery>,
 ) -> ApiResult<Json<baton_api::Throughput>> {
     let window = q.window.unwrap_or_else(|| "15m".into());
-    let (per_minute, count) = match window.as_str() {
-        "15m" => (false, 900),
-        "1h" => (true, 60),
-        "1d" => (true, 1440),
+    let (span, count) = match window.as_str() {
+        "15m" => (Span::Second, 900),
+        "1h" => (Span::Minute, 60),
+        "1d" => (Span::Minute, 1440),
         other => {
             return Err(ApiError::bad_request(format!(
                 "invalid window {other:?}: expected 15m, 1h or 1d"
@@ -299,20 +229,32 @@ pub async fn throughput(
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as Millis);
-    let (completed, failed) = s
-        .metrics
-        .rates
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .window(now, per_minute, count);
-    let size: Millis = if per_minute { 60_000 } else { 1000 };
+    let size = span.millis();
     let end = (now.div_euclid(size) + 1) * size;
-    let started = now - s.metrics.started.elapsed().as_millis() as Millis;
+    let first = end - count as Millis * size;
+    let rows = s
+        .engine
+        .store()
+        .throughput(span, first)
+        .await
+        .map_err(baton_engine::Error::from)?;
+    let mut completed = vec![0u32; count];
+    let mut failed = vec![0u32; count];
+    for r in rows {
+        // Rows past `end` (a clock that moved back) are not in the window.
+        if let Some(i) = usize::try_from((r.at - first) / size)
+            .ok()
+            .filter(|i| *i < count)
+        {
+            completed[i] = completed[i].saturating_add(r.completed as u32);
+            failed[i] = failed[i].saturating_add(r.failed as u32);
+        }
+    }
     Ok(Json(baton_api::Throughput {
         window,
         bucket_seconds: (size / 1000) as u32,
         end: baton_core::time::to_rfc3339(end),
-        since: baton_core::time::to_rfc3339(started),
+        since: baton_core::time::to_rfc3339(first),
         completed,
         failed,
     }))

@@ -42,7 +42,7 @@ use crate::{batch, bulk, events, jobs, meta, resources, schedules, workflows};
         jobs::stop, jobs::retry, jobs::cancel, jobs::cancel_patch, jobs::delete, jobs::attempts, jobs::checkpoints, jobs::logs, bulk::bulk,
         jobs::pipelines, jobs::pipeline, jobs::put_pipeline, jobs::delete_pipeline,
         events::job_events, events::all_events,
-        workflows::submit, workflows::show, workflows::pause, workflows::resume, workflows::retry,
+        workflows::submit, workflows::list, workflows::show, workflows::pause, workflows::resume, workflows::retry,
         workflows::cancel, workflows::dependencies, workflows::dependents,
         workflows::pause_queue, workflows::resume_queue,
         schedules::list, schedules::preview, schedules::create, schedules::show, schedules::put, schedules::delete,

@@ -23,7 +23,7 @@ fn schedule_id(id: &str) -> ApiResult<&str> {
 }
 
 /// `limit` from 1 to 1000.
-fn limit(value: Option<&str>, default: usize) -> ApiResult<usize> {
+pub(crate) fn limit(value: Option<&str>, default: usize) -> ApiResult<usize> {
     match value {
         None => Ok(default),
         Some(v) => match v.parse::<usize>() {

@@ -7,7 +7,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use baton_api::{LinkList, QueueInfo, WorkflowGraph, WorkflowSpec, WorkflowSubmitted};
+use baton_api::{
+    LinkList, QueueInfo, WorkflowGraph, WorkflowList, WorkflowSpec, WorkflowSubmitted,
+};
 use baton_core::JobId;
 
 use crate::AppState;
@@ -40,6 +42,46 @@ pub async fn submit(
         jobs: out.names,
     };
     Ok((status, Json(body)).into_response())
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[utoipa::path(get, operation_id = "list_workflows", path = "/api/workflows", tag = "workflows",
+    params(("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000 (50 by default)"),
+        ("cursor" = Option<String>, Query, description = "next_cursor of the previous page")),
+    responses((status = 200, description = "workflows, newest first, each with its jobs counted by state", body = baton_api::WorkflowList),
+        (status = 400, description = "an unknown query parameter, or an invalid limit or cursor", body = baton_api::ErrorBody)))]
+pub async fn list(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<WorkflowList>> {
+    let cursor = q.cursor.filter(|c| !c.is_empty());
+    // The store's cursor is `created_at:id`, as it wrote it.
+    if let Some(c) = &cursor
+        && c.split_once(':')
+            .is_none_or(|(at, _)| at.parse::<i64>().is_err())
+    {
+        return Err(ApiError::bad_request(format!("invalid cursor {c:?}")));
+    }
+    let filter = baton_store::WorkflowFilter {
+        limit: crate::schedules::limit(q.limit.as_deref(), 50)?,
+        cursor,
+    };
+    let page = s
+        .engine
+        .store()
+        .workflows(filter)
+        .await
+        .map_err(baton_engine::Error::from)?;
+    Ok(Json(WorkflowList {
+        workflows: page.workflows,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 #[utoipa::path(get, operation_id = "get_workflow", path = "/api/workflows/{id}", tag = "workflows", params(("id" = String, Path)),

@@ -188,6 +188,13 @@ async fn answered_statuses_are_documented() {
             "/api/events?types=job.bogus",
             400,
         ),
+        case(Method::GET, "/api/workflows", "/api/workflows", 200),
+        case(
+            Method::GET,
+            "/api/workflows",
+            "/api/workflows?cursor=nope",
+            400,
+        ),
         case(
             Method::GET,
             "/api/jobs/{id}/events",

@@ -93,6 +93,8 @@ macro_rules! store_conformance_tests {
             overlap_skip_and_queue_decide_on_active_jobs,
             history_pages_newest_first_with_job_outcomes,
             fires_skip_a_job_whose_unique_key_is_held,
+            workflows_are_listed_newest_first_with_their_counts,
+            throughput_is_counted_per_second_and_minute_by_the_ending_write,
         );
     };
 }
@@ -102,6 +104,9 @@ pub use schedules::*;
 
 mod workflows;
 pub use workflows::*;
+
+mod throughput;
+pub use throughput::*;
 
 /// The time every test starts at.
 pub const T0: Millis = 1_700_000_000_000;

@@ -21,7 +21,10 @@ pub use schedule::{
     PutSchedule, Released, ScheduleFilter, SchedulePage, ScheduleTimer,
 };
 pub use sqlite::{Durability, SqliteOptions, SqliteStore};
-pub use workflow::{Link, NewWorkflow, SubmittedWorkflow, WorkflowAction, WorkflowChange};
+pub use workflow::{
+    Link, NewWorkflow, SubmittedWorkflow, WorkflowAction, WorkflowChange, WorkflowFilter,
+    WorkflowPage,
+};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -382,6 +385,47 @@ impl Counts {
     }
 }
 
+/// The width of a bucket of [`Store::throughput`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Span {
+    /// One second; kept for [`SECONDS_KEPT`].
+    Second,
+    /// One minute; kept for [`MINUTES_KEPT`].
+    Minute,
+}
+
+impl Span {
+    pub fn millis(self) -> Millis {
+        match self {
+            Span::Second => 1000,
+            Span::Minute => 60_000,
+        }
+    }
+
+    /// How far back buckets of this width are kept.
+    pub fn kept(self) -> Millis {
+        match self {
+            Span::Second => SECONDS_KEPT,
+            Span::Minute => MINUTES_KEPT,
+        }
+    }
+}
+
+/// Per-second counts are kept for 15 minutes (the chart's live window)...
+pub const SECONDS_KEPT: Millis = 15 * 60_000;
+/// ...and per-minute counts for a day (its longest).
+pub const MINUTES_KEPT: Millis = 24 * 60 * 60_000;
+
+/// Jobs of one queue that completed and failed within one bucket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ThroughputRow {
+    /// The bucket's start.
+    pub at: Millis,
+    pub queue: String,
+    pub completed: u64,
+    pub failed: u64,
+}
+
 /// How many transactions a store committed, and how many writes they held: their
 /// ratio is how well group commit batches.
 #[derive(Debug, Default)]
@@ -524,6 +568,13 @@ pub trait Store: Send + Sync + 'static {
     async fn dependencies(&self, job_id: &str) -> Result<Vec<Link>>;
     /// The jobs that depend on `job_id`, oldest first.
     async fn dependents(&self, job_id: &str) -> Result<Vec<Link>>;
+    /// Workflows, newest first, each with its jobs counted by state, a page at a time.
+    async fn workflows(&self, filter: WorkflowFilter) -> Result<WorkflowPage>;
+    /// Jobs completed and failed per bucket of `span` and queue, from `since` on (bucket
+    /// starts at or after it), oldest first. Counted by the write that ends each job, so
+    /// they survive a restart; buckets older than `span.kept()` before the newest end
+    /// are pruned.
+    async fn throughput(&self, span: Span, since: Millis) -> Result<Vec<ThroughputRow>>;
     /// Pauses or resumes a queue (stored, so it survives a restart), with a
     /// `queue.paused` or `queue.resumed` event; false when it was so already.
     async fn set_queue_paused(&self, queue: &str, paused: bool, now: Millis) -> Result<bool>;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use baton_core::{Condition, EdgeStatus, ErrorInfo, Job, Millis, NewJob, State};
+use baton_core::{Condition, EdgeStatus, ErrorInfo, Job, Millis, NewJob, State, WorkflowSummary};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -77,4 +77,20 @@ pub struct Link {
     pub state: State,
     pub result: Option<Value>,
     pub error: Option<ErrorInfo>,
+}
+
+/// A page of the workflow list: newest first.
+#[derive(Clone, Debug, Default)]
+pub struct WorkflowFilter {
+    /// 1 to 1000.
+    pub limit: usize,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowPage {
+    pub workflows: Vec<WorkflowSummary>,
+    /// Where the next (older) page starts; `None` on the last page.
+    pub next_cursor: Option<String>,
 }

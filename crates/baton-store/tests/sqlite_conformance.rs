@@ -119,6 +119,70 @@ async fn jobs_and_events_survive_a_reopen() {
 }
 
 #[tokio::test]
+async fn the_upgrade_to_kept_throughput_counts_the_jobs_that_ended_within_a_day() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("baton.db");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as Millis;
+    let store = open(&path).expect("open");
+    // Two jobs end now, one two days ago (past the day kept).
+    for (id, at, to) in [
+        ("new-ok", now, State::Completed),
+        ("new-bad", now, State::Failed),
+        ("old", now - 2 * 86_400_000, State::Completed),
+    ] {
+        store.submit(vec![job(id, at - 2)]).await.expect("submit");
+        let c = store
+            .claim(claim_req(at - 1))
+            .await
+            .expect("claim")
+            .remove(0);
+        let kind = if to == State::Failed {
+            EventKind::Failed
+        } else {
+            EventKind::Completed
+        };
+        store
+            .record(Transition::new(id, to, kind, at).fence(c.fence))
+            .await
+            .expect("end");
+    }
+    store.close().await;
+    drop(store);
+    // As a Baton of schema 6 left it: no throughput table.
+    let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
+    conn.execute_batch(
+        "DROP TABLE throughput; DROP INDEX workflows_created; PRAGMA user_version = 6;",
+    )
+    .expect("downgrade");
+    drop(conn);
+
+    let store = open(&path).expect("upgrade");
+    let minutes = store
+        .throughput(baton_store::Span::Minute, 0)
+        .await
+        .expect("minutes");
+    let sums = |rows: &[baton_store::ThroughputRow]| {
+        rows.iter()
+            .fold((0, 0), |(c, f), r| (c + r.completed, f + r.failed))
+    };
+    assert_eq!(sums(&minutes), (1, 1), "{minutes:?}");
+    assert_eq!(minutes[0].at, now / 60_000 * 60_000);
+    let seconds = store
+        .throughput(baton_store::Span::Second, 0)
+        .await
+        .expect("seconds");
+    assert_eq!(sums(&seconds), (1, 1), "{seconds:?}");
+    store
+        .verify()
+        .await
+        .expect("the filled counts are consistent");
+    store.close().await;
+}
+
+#[tokio::test]
 async fn a_database_from_a_newer_baton_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("baton.db");

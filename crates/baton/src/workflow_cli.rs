@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Result, anyhow};
-use baton_api::{QueueInfo, QueueList, WorkflowGraph, WorkflowSubmitted};
+use baton_api::{QueueInfo, QueueList, WorkflowGraph, WorkflowList, WorkflowSubmitted};
 use clap::Subcommand;
 use serde_json::Value;
 
@@ -20,6 +20,14 @@ pub enum WorkflowCommand {
         /// Wait until every job of it has ended; exit 0 when it completed.
         #[arg(long)]
         wait: bool,
+    },
+    /// Workflows, newest first, with their jobs counted by state.
+    Ls {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Where the previous page said the next one starts.
+        #[arg(long)]
+        cursor: Option<String>,
     },
     /// Its jobs with their states and dependencies.
     Show { id: String },
@@ -75,6 +83,19 @@ pub fn workflow(c: &Client, command: WorkflowCommand) -> Result<u8> {
                 baton_api::WorkflowState::Cancelled => exit::CANCELLED,
                 _ => exit::FAILED,
             })
+        }
+        WorkflowCommand::Ls { limit, cursor } => {
+            let mut query = format!("limit={limit}");
+            if let Some(cursor) = cursor {
+                query.push_str(&format!("&cursor={}", encode(&cursor)));
+            }
+            let list: WorkflowList = c.call("GET", &format!("/api/workflows?{query}"), None)?;
+            if c.json {
+                c.print_json(&list);
+            } else {
+                print_list(&list);
+            }
+            Ok(exit::OK)
         }
         WorkflowCommand::Show { id } => {
             let graph: WorkflowGraph =
@@ -136,6 +157,30 @@ fn control(c: &Client, path: &str) -> Result<u8> {
         println!("{} {}", graph.id, graph.state);
     }
     Ok(exit::OK)
+}
+
+fn print_list(list: &WorkflowList) {
+    println!(
+        "{:<38} {:<10} {:<24} {:>6}  COUNTS",
+        "ID", "STATE", "CREATED", "JOBS"
+    );
+    for w in &list.workflows {
+        let counts: Vec<String> = w.counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        println!(
+            "{:<38} {:<10} {:<24} {:>6}  {}",
+            w.id,
+            w.state,
+            baton_core::time::to_rfc3339(w.created_at),
+            w.jobs,
+            counts.join(", ")
+        );
+    }
+    let more = list
+        .next_cursor
+        .as_deref()
+        .map(|c| format!("; more with --cursor {c}"))
+        .unwrap_or_default();
+    println!("{} workflows{more}", list.workflows.len());
 }
 
 fn show(c: &Client, g: &WorkflowGraph) {

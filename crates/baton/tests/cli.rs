@@ -318,6 +318,19 @@ fn workflows_and_queues_from_the_cli() {
     assert_eq!(graph["state"], "completed");
     assert_eq!(graph["edges"].as_array().unwrap().len(), 2);
     let load = graph["jobs"]["load"].as_str().unwrap().to_owned();
+    // Listed, newest first, with its jobs counted.
+    let table = ok(&baton(&server, &["workflow", "ls"]));
+    let row = table
+        .lines()
+        .find(|l| l.starts_with("nightly "))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert!(
+        row.contains("completed") && row.contains("3 completed"),
+        "{table}"
+    );
+    let list = json(&server, &["workflow", "ls", "--limit", "1"]);
+    assert_eq!(list["workflows"][0]["id"], "nightly", "{list}");
+    assert_eq!(list["workflows"][0]["counts"]["completed"], 3, "{list}");
     let logs = ok(&baton(&server, &["logs", &load]));
     assert!(
         logs.contains("\"fetch\"") && logs.contains("\"result\": 7"),

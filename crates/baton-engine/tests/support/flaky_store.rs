@@ -218,6 +218,16 @@ impl Store for FlakyStore {
     ) -> Result<WorkflowChange> {
         self.inner.control_workflow(id, action, now).await
     }
+    async fn workflows(&self, f: baton_store::WorkflowFilter) -> Result<baton_store::WorkflowPage> {
+        self.inner.workflows(f).await
+    }
+    async fn throughput(
+        &self,
+        span: baton_store::Span,
+        since: Millis,
+    ) -> Result<Vec<baton_store::ThroughputRow>> {
+        self.inner.throughput(span, since).await
+    }
     async fn dependencies(&self, job_id: &str) -> Result<Vec<Link>> {
         self.inner.dependencies(job_id).await
     }

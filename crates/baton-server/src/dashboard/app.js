@@ -200,6 +200,7 @@ async function route() {
   else if (parts[0] === "servers") view = serversView;
   else if (parts[0] === "pipelines") view = pipelinesView;
   else if (parts[0] === "events") view = eventsView;
+  else if (parts[0] === "workflows" && parts.length === 1) view = workflowsView;
   else if (parts[0] === "workflows" && parts.length === 2) view = workflow;
   else if (parts[0] === "schedules" && parts.length === 1) view = schedules;
   else if (parts[0] === "schedules" && parts.length === 2) view = schedule;
@@ -700,21 +701,26 @@ async function workflow(main, parts) {
     g.append(svgEl("rect", { width: W, height: H, rx: 6 }));
     const fill = svgEl("rect", { class: "fill", x: 0, y: H - 5, height: 5, width: W * (n.progress || 0), rx: 2 });
     g.append(fill);
-    const label = svgEl("text", { x: 10, y: 19 }); label.textContent = n.name || n.id.slice(0, 18);
+    const label = svgEl("text", { x: 10, y: 19 }); label.textContent = fit(n.name || n.id, LABEL_CHARS);
+    if (label.textContent !== (n.name || n.id)) {
+      const title = svgEl("title"); title.textContent = n.name ? `${n.name} (${n.id})` : n.id;
+      g.append(title);
+    }
     const state = svgEl("text", { x: 10, y: 35, class: "sub" }); state.textContent = n.state;
     g.append(label, state);
     g.addEventListener("click", () => { location.hash = `#/jobs/${enc(n.id)}`; });
     g.addEventListener("keydown", ev => { if (ev.key === "Enter") location.hash = `#/jobs/${enc(n.id)}`; });
     svg.append(g);
-    nodes.set(n.id, { g, fill, state });
+    nodes.set(n.id, { g, fill, state, now: n.state });
   }
+  let paused = graph.paused;
   const outcome = el("p", { id: "workflow-outcome", role: "status" });
   const stateLine = el("dd", { id: "workflow-state" }, graph.state);
   const control = (label, action) => {
     const b = el("button", { type: "button", "data-action": action, disabled: session.role === "viewer" }, label);
     b.addEventListener("click", async () => {
       if (action === "cancel" && !confirm(`Cancel every unfinished job of workflow ${id}?`)) return;
-      try { graph = await api("POST", `/api/workflows/${enc(id)}/${action}`); stateLine.textContent = graph.state; outcome.textContent = `${label}: done`; outcome.className = ""; }
+      try { graph = await api("POST", `/api/workflows/${enc(id)}/${action}`); paused = graph.paused; stateLine.textContent = graph.state; outcome.textContent = `${label}: done`; outcome.className = ""; }
       catch (e) { outcome.textContent = `${label}: ${e.message}`; outcome.className = "error"; }
     });
     return b;
@@ -724,14 +730,17 @@ async function workflow(main, parts) {
       el("dt", {}, "Critical path"), el("dd", { id: "critical" }, [...critical].reverse().map(j => { const n = graph.nodes.find(x => x.id === j); return n.name || n.id; }).join(" → "))),
     el("div", { class: "controls" }, control("Pause", "pause"), control("Resume", "resume"), control("Retry", "retry"), control("Cancel", "cancel")), outcome,
     el("div", { class: "dag" }, svg));
+  // Only the nodes an event names change; the workflow's state is derived here from
+  // its nodes' states, as the server derives it, so a burst costs no request.
   return listen(batch => {
-    let ended = false;
+    let moved = false;
     for (const e of batch) {
       const n = e.job_id && nodes.get(e.job_id);
       if (!n) continue;
-      if (e.data && ["completed", "failed", "cancelled"].includes(e.data.state)) ended = true;
       const d = e.data || {};
-      if (d.state) {
+      if (d.state && d.state !== n.now) {
+        n.now = d.state;
+        moved = true;
         n.g.setAttribute("data-state", d.state);
         n.g.setAttribute("class", `node ${d.state}${critical.has(e.job_id) ? " critical" : ""}`);
         n.state.textContent = d.state;
@@ -739,8 +748,76 @@ async function workflow(main, parts) {
       }
       if (e.type === "job.progress" && d.progress != null) n.fill.setAttribute("width", W * d.progress);
     }
-    // A node that ended may end the workflow: read its state once.
-    if (ended) api("GET", `/api/workflows/${enc(id)}`).then(g => { stateLine.textContent = g.state; }).catch(() => {});
+    if (moved) stateLine.textContent = workflowState(paused, [...nodes.values()].map(n => n.now));
+  });
+}
+
+// The longest label a node shows whole (its box is 170 px at 13 px type); longer ones
+// end in an ellipsis and show whole in the node's tooltip.
+const LABEL_CHARS = 20;
+const fit = (text, n) => text.length > n ? `${text.slice(0, n - 1)}…` : text;
+
+// A workflow's state from its jobs' states (baton_core's WorkflowState::derive).
+function workflowState(paused, states) {
+  let active = false, started = false, failed = false, cancelled = false;
+  for (const s of states) {
+    if (["awaiting", "queued", "scheduled"].includes(s)) active = true;
+    else if (["running", "paused", "stopping", "crashed"].includes(s)) { active = true; started = true; }
+    else { started = true; if (s === "failed") failed = true; if (s === "cancelled") cancelled = true; }
+  }
+  if (active) return paused ? "paused" : started ? "running" : "pending";
+  return failed ? "failed" : cancelled ? "cancelled" : "completed";
+}
+
+// Workflows, newest first, a page at a time. Every job event of a workflow names it
+// (data.workflow), so each row's counts and state follow the stream, and a workflow
+// submitted while the first page is shown appears at its top.
+async function workflowsView(main, _parts, params) {
+  const query = new URLSearchParams({ limit: "50" });
+  if (params.get("cursor")) query.set("cursor", params.get("cursor"));
+  const list = await api("GET", `/api/workflows?${query}`);
+  const body = el("tbody", { id: "workflows" });
+  const rows = new Map();
+  const draw = row => {
+    const w = row.w;
+    w.state = workflowState(w.paused, Object.keys(w.counts).filter(s => w.counts[s] > 0));
+    row.state.replaceChildren(stateTag(w.state));
+    row.jobs.textContent = w.jobs;
+    row.counts.replaceChildren(...STATES.filter(s => w.counts[s] > 0).map(s => el("span", { class: `state ${s}`, "data-count": s }, `${w.counts[s]} ${s}`)));
+  };
+  const add = (w, top) => {
+    const row = { w, state: el("td", {}), jobs: el("td", { class: "num" }), counts: el("td", { class: "counts" }) };
+    const tr = el("tr", { "data-workflow": w.id }, el("td", {}, el("a", { href: `#/workflows/${enc(w.id)}` }, w.id)),
+      row.state, row.jobs, row.counts, el("td", { class: "hide-narrow" }, when(w.created_at)));
+    rows.set(w.id, row);
+    draw(row);
+    if (top) body.prepend(tr); else body.append(tr);
+  };
+  list.workflows.forEach(w => add(w, false));
+  const next = new URLSearchParams();
+  if (list.next_cursor) next.set("cursor", list.next_cursor);
+  main.replaceChildren(el("h1", {}, "Workflows"),
+    el("div", { class: "scroll" }, el("table", {}, el("thead", {}, el("tr", {}, ["Workflow", "State", "Jobs", "By state", "Created"].map(h => el("th", {}, h)))), body)),
+    list.workflows.length ? null : el("p", { class: "muted", id: "no-workflows" }, "No workflow yet."),
+    list.next_cursor ? el("p", {}, el("a", { href: `#/workflows?${next}` }, "Older →")) : null);
+  return listen(batch => {
+    const changed = new Set();
+    for (const e of batch) {
+      const d = e.data || {};
+      if (!d.workflow || !d.state) continue;
+      let row = rows.get(d.workflow);
+      if (!row && e.type === "job.submitted" && !params.get("cursor")) {
+        add({ id: d.workflow, state: "pending", paused: false, created_at: e.at, jobs: 0, counts: {} }, true);
+        row = rows.get(d.workflow);
+      }
+      if (!row) continue;
+      const c = row.w.counts;
+      if (e.type === "job.submitted") row.w.jobs += 1;
+      else if (d.from && c[d.from] > 0) c[d.from] -= 1;
+      c[d.state] = (c[d.state] || 0) + 1;
+      changed.add(row);
+    }
+    for (const row of changed) draw(row);
   });
 }
 

@@ -10,7 +10,9 @@ use baton_core::{
 use serde_json::json;
 
 use super::{T0, all_events, claim_one, events_of, get, kinds, new_job, submit};
-use crate::{Changes, Error, JobFilter, NewWorkflow, Store, Transition, WorkflowAction};
+use crate::{
+    Changes, Error, JobFilter, NewWorkflow, Store, Transition, WorkflowAction, WorkflowFilter,
+};
 
 /// A job in a queue of its own name, so that a test can run exactly that job.
 fn job(id: &str) -> JobSpec {
@@ -757,5 +759,68 @@ pub async fn queues_pause_and_resume_with_events(store: Arc<dyn Store>) {
             (EventKind::QueuePaused, None, json!({"queue": "media"})),
             (EventKind::QueueResumed, None, json!({"queue": "media"})),
         ]
+    );
+}
+
+/// Workflows are listed newest first (the id breaks a tie), a page at a time, each with
+/// its jobs counted by state and its state derived from them; a job's events name its
+/// workflow, so a list can follow its counts live.
+pub async fn workflows_are_listed_newest_first_with_their_counts(store: Arc<dyn Store>) {
+    let s = &*store;
+    let at = |wf: &str, now: Millis| NewWorkflow { now, ..diamond(wf) };
+    s.submit_workflow(at("w1", T0)).await.expect("w1");
+    s.submit_workflow(at("w2", T0 + 10)).await.expect("w2");
+    s.submit_workflow(at("w3", T0 + 10)).await.expect("w3");
+    finish(s, "w2.a", State::Completed, T0 + 20).await;
+    let list = |limit, cursor| s.workflows(WorkflowFilter { limit, cursor });
+
+    let first = list(2, None).await.expect("list");
+    let ids: Vec<&str> = first.workflows.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(ids, ["w3", "w2"]);
+    let w2 = &first.workflows[1];
+    assert_eq!(
+        (w2.state, w2.paused, w2.created_at, w2.jobs),
+        (WorkflowState::Running, false, T0 + 10, 4)
+    );
+    let counts: BTreeMap<String, u64> = [("completed", 1), ("queued", 2), ("awaiting", 1)]
+        .map(|(k, n)| (k.to_string(), n))
+        .into();
+    assert_eq!(w2.counts, counts);
+    assert_eq!(first.workflows[0].state, WorkflowState::Pending);
+
+    let rest = list(2, first.next_cursor.clone())
+        .await
+        .expect("second page");
+    let ids: Vec<&str> = rest.workflows.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!((ids, rest.next_cursor), (vec!["w1"], None));
+    assert_eq!(list(10, None).await.expect("all").workflows.len(), 3);
+
+    for bad in ["", "nope", "12:", ":w1", "x:w1"] {
+        let refused = list(2, Some(bad.into())).await;
+        // An empty id after the colon is a position like any other; the rest are not.
+        if bad == "12:" {
+            assert_eq!(
+                refused.expect("a cursor before every id").workflows.len(),
+                0
+            );
+            continue;
+        }
+        assert!(
+            matches!(&refused, Err(Error::Config(m)) if m.contains("invalid cursor")),
+            "{bad}: {refused:?}"
+        );
+    }
+
+    for e in events_of(s, "w2.a").await {
+        if e.data.get("state").is_some() {
+            assert_eq!(e.data["workflow"], "w2", "{e:?}");
+        }
+    }
+    let plain = submit(s, job("plain"), T0).await;
+    assert!(
+        events_of(s, &plain.id).await[0]
+            .data
+            .get("workflow")
+            .is_none()
     );
 }

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use baton_core::{ErrorInfo, WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowState};
+use baton_core::{
+    ErrorInfo, WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowState, WorkflowSummary,
+};
 use rusqlite::{Connection, OptionalExtension};
 
 use super::codes::{condition_of, edge_status, json, parse_state};
-use crate::{Error, Link, Result};
+use crate::{Error, Link, Result, WorkflowFilter, WorkflowPage};
 
 /// Which end of its edges a job is looked at from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +142,69 @@ pub fn workflow(conn: &Connection, id: &str) -> Result<Option<WorkflowGraph>> {
         nodes,
         edges,
     }))
+}
+
+/// A page of workflows, newest first (by creation, then id), each with its jobs
+/// counted by state. The cursor is the last row's `created_at:id`. Counting reads each
+/// listed workflow's jobs through `jobs_workflow`: a page costs its workflows' jobs.
+pub fn workflows(conn: &Connection, f: &WorkflowFilter) -> Result<WorkflowPage> {
+    let after = match &f.cursor {
+        None => None,
+        Some(c) => {
+            Some(parse_cursor(c).ok_or_else(|| Error::Config(format!("invalid cursor {c:?}")))?)
+        }
+    };
+    let limit = f.limit.clamp(1, 1000);
+    // The first page starts past every creation time.
+    let (at, id) = after.unwrap_or((i64::MAX, String::new()));
+    let mut rows: Vec<(String, bool, i64)> = conn
+        .prepare_cached(
+            "SELECT id, paused, created_at FROM workflows \
+             WHERE created_at < ?1 OR (created_at = ?1 AND id < ?2) \
+             ORDER BY created_at DESC, id DESC LIMIT ?3",
+        )?
+        .query_map(rusqlite::params![at, id, limit as i64 + 1], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let next_cursor = if rows.len() > limit {
+        rows.truncate(limit);
+        rows.last().map(|(id, _, at)| format!("{at}:{id}"))
+    } else {
+        None
+    };
+    let mut count = conn
+        .prepare_cached("SELECT state, COUNT(*) FROM jobs WHERE workflow_id = ?1 GROUP BY state")?;
+    let mut workflows = Vec::with_capacity(rows.len());
+    for (id, paused, created_at) in rows {
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut states = Vec::new();
+        let found =
+            count.query_map([&id], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+        for row in found {
+            let (state, n) = row?;
+            states.push(parse_state(&state)?);
+            counts.insert(state, n as u64);
+        }
+        workflows.push(WorkflowSummary {
+            state: WorkflowState::derive(paused, states),
+            jobs: counts.values().sum(),
+            id,
+            paused,
+            created_at,
+            counts,
+        });
+    }
+    Ok(WorkflowPage {
+        workflows,
+        next_cursor,
+    })
+}
+
+/// `created_at:id`, as [`workflows`] writes it.
+fn parse_cursor(c: &str) -> Option<(i64, String)> {
+    let (at, id) = c.split_once(':')?;
+    Some((at.parse().ok()?, id.to_owned()))
 }
 
 pub fn paused_queues(conn: &Connection) -> Result<Vec<String>> {

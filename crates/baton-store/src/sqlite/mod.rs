@@ -8,6 +8,7 @@ mod graph;
 mod rows;
 mod schedule_rows;
 mod schema;
+mod throughput;
 mod writer;
 
 use std::fs::{File, TryLockError};
@@ -525,7 +526,11 @@ impl Store for SqliteStore {
     }
 
     async fn verify(&self) -> Result<()> {
-        self.read(rows::verify_counts).await
+        self.read(|c| {
+            rows::verify_counts(c)?;
+            throughput::verify(c)
+        })
+        .await
     }
 
     async fn events_after(&self, after_id: u64, limit: usize) -> Result<Vec<Event>> {
@@ -711,6 +716,18 @@ impl Store for SqliteStore {
             now,
         };
         expect_output!(self.write(op).await, WorkflowChange).map(|c| *c)
+    }
+
+    async fn workflows(&self, filter: crate::WorkflowFilter) -> Result<crate::WorkflowPage> {
+        self.read(move |c| graph::workflows(c, &filter)).await
+    }
+
+    async fn throughput(
+        &self,
+        span: crate::Span,
+        since: Millis,
+    ) -> Result<Vec<crate::ThroughputRow>> {
+        self.read(move |c| throughput::read(c, span, since)).await
     }
 
     async fn dependencies(&self, job_id: &str) -> Result<Vec<crate::Link>> {

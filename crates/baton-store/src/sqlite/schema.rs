@@ -208,6 +208,37 @@ const MIGRATIONS: &[&str] = &[
         SELECT l.key, l.value, jobs.seq FROM jobs, json_each(jobs.labels) AS l
         WHERE jobs.labels IS NOT NULL;
     "#,
+    // 7: taken by a change made alongside this one (its own migration goes here).
+    "",
+    // 8: jobs completed and failed per queue and bucket (a second for the last 15
+    // minutes, a minute for the last day), kept by the writer in the transaction that
+    // ends each job, filled here from the jobs that ended within those spans; and the
+    // workflows by creation, for their newest-first list.
+    r#"
+    CREATE TABLE throughput (
+        span INTEGER NOT NULL,
+        at INTEGER NOT NULL,
+        queue TEXT NOT NULL,
+        completed INTEGER NOT NULL,
+        failed INTEGER NOT NULL,
+        PRIMARY KEY (span, at, queue)
+    ) WITHOUT ROWID;
+    INSERT INTO throughput (span, at, queue, completed, failed)
+        SELECT 60000, finished_at / 60000 * 60000, queue,
+            SUM(state = 'completed'), SUM(state = 'failed')
+        FROM jobs
+        WHERE state IN ('completed', 'failed') AND finished_at IS NOT NULL
+            AND finished_at >= (CAST(strftime('%s', 'now') AS INTEGER) / 60 - 1440) * 60000
+        GROUP BY 2, 3;
+    INSERT INTO throughput (span, at, queue, completed, failed)
+        SELECT 1000, finished_at / 1000 * 1000, queue,
+            SUM(state = 'completed'), SUM(state = 'failed')
+        FROM jobs
+        WHERE state IN ('completed', 'failed') AND finished_at IS NOT NULL
+            AND finished_at >= (CAST(strftime('%s', 'now') AS INTEGER) / 60 - 15) * 60000
+        GROUP BY 2, 3;
+    CREATE INDEX workflows_created ON workflows (created_at, id);
+    "#,
 ];
 
 /// The schema version this build writes.

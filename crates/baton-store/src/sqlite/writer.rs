@@ -124,10 +124,13 @@ pub struct Writer {
     /// Set when the open transaction can no longer be trusted (a savepoint statement
     /// failed): the batch is retried write by write.
     lost: bool,
-    /// Changes of the jobs per queue and state made by the open transaction, written
-    /// to `job_counts` just before it commits (a handful of rows however many jobs
-    /// moved); a savepoint rolled back drops its own.
-    moves: Vec<(String, Option<State>, State)>,
+    /// Changes of the jobs per queue and state made by the open transaction, with
+    /// their time, written to `job_counts` (and, for jobs that completed or failed, to
+    /// `throughput`) just before it commits: a handful of rows however many jobs moved.
+    /// A savepoint rolled back drops its own.
+    moves: Vec<(String, Option<State>, State, Millis)>,
+    /// The newest minute `throughput` was pruned at: it is pruned once a minute.
+    pruned: Millis,
     #[cfg(feature = "faults")]
     pub faults: super::Faults,
 }
@@ -148,6 +151,7 @@ impl Writer {
             has_edges: None,
             lost: false,
             moves: Vec::new(),
+            pruned: Millis::MIN,
             #[cfg(feature = "faults")]
             faults: super::Faults::default(),
         })
@@ -313,9 +317,9 @@ impl Writer {
         result
     }
 
-    /// Records that a job of `queue` left `from` (none: it is new) for `to`.
-    pub(super) fn moved(&mut self, queue: String, from: Option<State>, to: State) {
-        self.moves.push((queue, from, to));
+    /// Records that a job of `queue` left `from` (none: it is new) for `to` at `at`.
+    pub(super) fn moved(&mut self, queue: String, from: Option<State>, to: State, at: Millis) {
+        self.moves.push((queue, from, to, at));
     }
 
     /// Adds the transaction's moves to `job_counts`, one row per queue and state.
@@ -324,7 +328,7 @@ impl Writer {
             return Ok(());
         }
         let mut sums: std::collections::BTreeMap<(&str, State), i64> = Default::default();
-        for (queue, from, to) in &self.moves {
+        for (queue, from, to, _) in &self.moves {
             if let Some(from) = from {
                 *sums.entry((queue.as_str(), *from)).or_default() -= 1;
             }
@@ -340,7 +344,61 @@ impl Writer {
             }
         }
         drop(stmt);
+        self.write_throughput()?;
         self.moves.clear();
+        Ok(())
+    }
+
+    /// Adds the transaction's completions and failures to `throughput`, one row per
+    /// queue and bucket of each span, and prunes buckets past their span's keep once a
+    /// minute (by the time of the writes, the engine's clock).
+    fn write_throughput(&mut self) -> Result<()> {
+        use crate::Span;
+        let mut sums: std::collections::BTreeMap<(i64, Millis, &str), (i64, i64)> =
+            Default::default();
+        let mut newest = Millis::MIN;
+        for (queue, _, to, at) in &self.moves {
+            let failed = match to {
+                State::Completed => false,
+                State::Failed => true,
+                _ => continue,
+            };
+            newest = newest.max(*at);
+            for span in [Span::Second, Span::Minute] {
+                let size = span.millis();
+                let n = sums
+                    .entry((size, at.div_euclid(size) * size, queue.as_str()))
+                    .or_default();
+                if failed {
+                    n.1 += 1;
+                } else {
+                    n.0 += 1;
+                }
+            }
+        }
+        if sums.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO throughput (span, at, queue, completed, failed) VALUES (?1, ?2, ?3, ?4, ?5) \
+             ON CONFLICT (span, at, queue) DO UPDATE SET completed = completed + excluded.completed, \
+             failed = failed + excluded.failed",
+        )?;
+        for ((span, at, queue), (completed, failed)) in sums {
+            stmt.execute(params![span, at, queue, completed, failed])?;
+        }
+        drop(stmt);
+        let minute = newest.div_euclid(60_000) * 60_000;
+        if minute > self.pruned {
+            // Cut at whole minutes, so that a minute's seconds are all kept or all gone.
+            let mut prune = self
+                .conn
+                .prepare_cached("DELETE FROM throughput WHERE span = ?1 AND at < ?2")?;
+            for span in [Span::Second, Span::Minute] {
+                prune.execute(params![span.millis(), minute - span.kept()])?;
+            }
+            self.pruned = minute;
+        }
         Ok(())
     }
 
@@ -576,7 +634,7 @@ impl Writer {
                 } else {
                     new.state
                 };
-                self.moved(new.queue.clone(), None, state);
+                self.moved(new.queue.clone(), None, state, new.created_at);
             }
             if inserted == 0 {
                 if new.workflow_id.is_some() {
@@ -608,6 +666,9 @@ impl Writer {
                 "queue": new.queue,
                 "priority": new.priority,
             });
+            if let Some(w) = &new.workflow_id {
+                data["workflow"] = json!(w);
+            }
             if let Some(at) = new.run_at {
                 data["run_at"] = json!(baton_core::time::to_rfc3339(at));
             }
@@ -720,8 +781,12 @@ impl Writer {
                  updated_at = ?4, server_id = ?5, event_seq = ?6 WHERE seq = ?1",
             )?;
             for row in &mut claimed {
-                self.moves
-                    .push((row.job.queue.clone(), Some(State::Queued), State::Running));
+                self.moves.push((
+                    row.job.queue.clone(),
+                    Some(State::Queued),
+                    State::Running,
+                    req.now,
+                ));
                 row.fence += 1;
                 row.event_seq += 1;
                 row.job.attempt += 1;
@@ -741,6 +806,9 @@ impl Writer {
         let mut out = Vec::with_capacity(claimed.len());
         for row in claimed {
             let mut data = json!({"state": "running", "from": "queued", "attempt": row.job.attempt, "server_id": req.server_id});
+            if let Some(w) = &row.job.workflow_id {
+                data["workflow"] = json!(w);
+            }
             // The attempt resumes from the job's last checkpoint: which one.
             if row.checkpoint.is_some() {
                 let last: Option<(i64, Option<String>)> = self
@@ -777,14 +845,23 @@ impl Writer {
         resume: Resume,
         read_back: bool,
     ) -> Result<Option<JobRow>> {
-        let found: Option<(i64, String, i64, i64, String)> = self
+        let found: Option<(i64, String, i64, i64, String, Option<String>)> = self
             .conn
-            .prepare_cached("SELECT seq, state, fence, event_seq, queue FROM jobs WHERE id = ?1")?
+            .prepare_cached(
+                "SELECT seq, state, fence, event_seq, queue, workflow_id FROM jobs WHERE id = ?1",
+            )?
             .query_row([&t.job_id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                ))
             })
             .optional()?;
-        let Some((key, from, fence, event_seq, queue)) = found else {
+        let Some((key, from, fence, event_seq, queue, workflow)) = found else {
             return Err(Error::NotFound(t.job_id.clone()));
         };
         let from = super::codes::parse_state(&from)?;
@@ -851,11 +928,14 @@ impl Writer {
                 i64::from(resume != Resume::No),
                 i64::from(resume == Resume::AfterCrash),
             ])?;
-        self.moved(queue, Some(from), t.to);
+        self.moved(queue, Some(from), t.to, t.now);
         let mut data = t.data.clone();
         if let Value::Object(map) = &mut data {
             map.insert("state".into(), json!(t.to));
             map.insert("from".into(), json!(from));
+            if let Some(w) = workflow {
+                map.insert("workflow".into(), json!(w));
+            }
         }
         self.event(Some((&t.job_id, key)), event_seq, t.event, t.now, data)?;
         // Its dependents learn of its end in this same write.
@@ -1028,29 +1108,27 @@ impl Writer {
                 source,
             }
         })?;
-        let promoted: Vec<(String, String, i64, i64)> = {
+        let promoted: Vec<(String, String, i64, i64, Option<String>)> = {
             let mut stmt = self.conn.prepare_cached(
                 "UPDATE jobs SET state = 'queued', updated_at = ?1, event_seq = event_seq + 1 \
                  WHERE seq IN (SELECT seq FROM jobs WHERE state = 'scheduled' AND run_at <= ?1 \
-                 ORDER BY run_at LIMIT ?2) RETURNING id, queue, event_seq, seq",
+                 ORDER BY run_at LIMIT ?2) RETURNING id, queue, event_seq, seq, workflow_id",
             )?;
             stmt.query_map(params![now, PROMOTE_BATCH], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
             })?
             .collect::<rusqlite::Result<_>>()?
         };
-        for (_, queue, _, _) in &promoted {
-            self.moved(queue.clone(), Some(State::Scheduled), State::Queued);
+        for (_, queue, _, _, _) in &promoted {
+            self.moved(queue.clone(), Some(State::Scheduled), State::Queued, now);
         }
         let mut queues: Vec<String> = Vec::new();
-        for (id, queue, seq, key) in &promoted {
-            self.event(
-                Some((id, *key)),
-                *seq as u64,
-                EventKind::Queued,
-                now,
-                json!({"state": "queued", "from": "scheduled"}),
-            )?;
+        for (id, queue, seq, key, workflow) in &promoted {
+            let mut data = json!({"state": "queued", "from": "scheduled"});
+            if let Some(w) = workflow {
+                data["workflow"] = json!(w);
+            }
+            self.event(Some((id, *key)), *seq as u64, EventKind::Queued, now, data)?;
             if !queues.contains(queue) {
                 queues.push(queue.clone());
             }
