@@ -937,14 +937,6 @@ async fn times_theme_and_keys_are_the_persons_choice_and_failures_are_told() {
     browser.close().await;
 }
 
-/// Records the page's frame times (requestAnimationFrame deltas) and long tasks from now
-/// on, in `window.frames` and `window.longTasks`.
-const FRAME_RECORDER: &str = "(() => { window.frames = []; window.longTasks = []; \
-    new PerformanceObserver(l => l.getEntries().forEach(e => window.longTasks.push(e.duration))).observe({type: 'longtask'}); \
-    let last = performance.now(); \
-    const tick = t => { window.frames.push(t - last); last = t; requestAnimationFrame(tick); }; \
-    requestAnimationFrame(tick); return '1'; })()";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_events_a_second_do_not_freeze_the_page() {
     let h = harness().await;
@@ -975,7 +967,7 @@ async fn a_thousand_events_a_second_do_not_freeze_the_page() {
             .unwrap();
     }
     h.wait_state("busy19", "running").await;
-    browser.evaluate(FRAME_RECORDER).await;
+    browser.record_frames().await;
     let window = Duration::from_secs(4);
     let started = std::time::Instant::now();
     let mut sent = 0u64;
@@ -987,9 +979,7 @@ async fn a_thousand_events_a_second_do_not_freeze_the_page() {
         last_id = e.id;
     }
     let rate = sent as f64 / started.elapsed().as_secs_f64();
-    let frames = browser
-        .evaluate("JSON.stringify({n: window.frames.length, max: Math.max(...window.frames.slice(1)), long: window.longTasks})")
-        .await;
+    let frames = browser.frames().await;
     for i in 0..20 {
         h.call(Method::POST, &format!("/api/jobs/busy{i}/cancel"), None)
             .await;

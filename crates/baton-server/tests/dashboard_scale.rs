@@ -196,18 +196,7 @@ async fn five_hundred_nodes_are_drawn_readably_and_stay_fluid_while_they_finish(
     browser.screenshot("workflow-500").await;
 
     // Fluid: frame times in the page while all 500 jobs run and finish live.
-    browser
-        .evaluate(
-            "(() => {
-              window.frames_ = []; window.recording = true; window.longs = [];
-              new PerformanceObserver(l => { for (const e of l.getEntries()) window.longs.push(Math.round(e.duration)); }).observe({ type: 'longtask' });
-              let last = performance.now();
-              const tick = t => { window.frames_.push(t - last); last = t; if (window.recording) requestAnimationFrame(tick); };
-              requestAnimationFrame(tick);
-              return '1';
-            })()",
-        )
-        .await;
+    browser.record_frames().await;
     post(&h, "/api/queues/default/resume", None).await;
     browser
         .wait_for(
@@ -216,9 +205,7 @@ async fn five_hundred_nodes_are_drawn_readably_and_stay_fluid_while_they_finish(
         )
         .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let frames = browser
-        .evaluate("(window.recording = false, JSON.stringify({ n: window.frames_.length, max: Math.max(...window.frames_.slice(1)), sum: window.frames_.reduce((a, b) => a + b, 0), all: window.frames_.map(Math.round), longs: window.longs }))")
-        .await;
+    let frames = browser.frames().await;
     assert!(
         frames["n"].as_u64().unwrap() >= 20,
         "frames were drawn: {frames}"

@@ -211,6 +211,30 @@ impl Browser {
             .await;
     }
 
+    /// Starts recording the page's frame times (requestAnimationFrame deltas) and long
+    /// tasks; `frames` stops and reports them.
+    pub async fn record_frames(&mut self) {
+        self.evaluate(
+            "(() => { window.frameTimes = []; window.longTasks = []; window.recording = true; \
+              new PerformanceObserver(l => l.getEntries().forEach(e => window.longTasks.push(Math.round(e.duration)))).observe({type: 'longtask'}); \
+              let last = performance.now(); \
+              const tick = t => { window.frameTimes.push(t - last); last = t; if (window.recording) requestAnimationFrame(tick); }; \
+              requestAnimationFrame(tick); return '1'; })()",
+        )
+        .await;
+    }
+
+    /// The frames since `record_frames`: `n` of them, the longest (`max`, ms, the first
+    /// left out as it started before the recording), all of them, and the long tasks.
+    pub async fn frames(&mut self) -> Value {
+        self.evaluate(
+            "(window.recording = false, JSON.stringify({n: window.frameTimes.length, \
+              max: Math.max(...window.frameTimes.slice(1)), all: window.frameTimes.map(Math.round), \
+              long: window.longTasks}))",
+        )
+        .await
+    }
+
     /// Runs a script that resolves to a JSON string in the page; what it says.
     pub async fn evaluate(&mut self, script: &str) -> Value {
         let result = self
