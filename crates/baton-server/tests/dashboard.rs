@@ -991,7 +991,7 @@ while [ $i -lt 100 ]; do i=$((i+1)); echo "::progress $i%"; echo "line $i"; slee
 
     // Silent for longer than the stall time: marked stalled, live, without a reload.
     let stalled = browser
-        .wait_for("the stalled mark", "!document.getElementById('job-stalled').hidden && document.getElementById('job-stalled').textContent")
+        .wait_for("the stalled mark", "document.getElementById('job-stalled')?.hidden === false && document.getElementById('job-stalled').textContent")
         .await;
     assert!(stalled.as_str().unwrap().starts_with("stalled: nothing new for "), "{stalled}");
     assert_eq!(h.engine.get("steady").await.unwrap().state.as_str(), "running");
@@ -1132,7 +1132,7 @@ async fn a_crashed_jobs_page_says_when_the_engine_died_and_what_was_lost() {
         .open(&format!("http://127.0.0.1:{}/#/jobs/fragile", addr.port()))
         .await;
     browser
-        .wait_for("the crash", "!document.getElementById('job-crash').hidden")
+        .wait_for("the crash", "document.getElementById('job-crash')?.hidden === false")
         .await;
     let shown = browser
         .evaluate("JSON.stringify(Object.fromEntries([...document.querySelectorAll('#job-crash dd')].map(d => [d.id, d.textContent])))")
