@@ -1418,19 +1418,35 @@ pub async fn recover_manual_leaves_jobs_crashed(store: Arc<dyn Store>) {
 /// job's last sign of life, its last checkpoint and what the attempt did after it.
 pub async fn recover_records_what_the_crash_cost(store: Arc<dyn Store>) {
     let s = &*store;
-    s.register_server(server(SERVER, T0)).await.expect("register");
+    s.register_server(server(SERVER, T0))
+        .await
+        .expect("register");
     s.heartbeat(SERVER, T0 + 40).await.expect("heartbeat");
     submit(s, JobSpec::command(["true"]).id("saved"), T0).await;
     submit(s, JobSpec::new("work").id("bare"), T0).await;
     let c = claim(s, "default", 2, T0 + 1).await;
     let (saved, bare) = (c[0].fence, c[1].fence);
-    s.update("saved", saved, T0 + 2, progress(0.1)).await.expect("progress");
-    s.update("saved", saved, T0 + 3, checkpoint(1, "fetch")).await.expect("checkpoint");
-    s.update("saved", saved, T0 + 4, checkpoint(2, "fetch")).await.expect("checkpoint");
-    s.update("saved", saved, T0 + 5, progress(0.2)).await.expect("progress");
-    s.update("saved", saved, T0 + 6, progress(0.3)).await.expect("progress");
-    s.update("saved", saved, T0 + 7, Update::Step("parse".into())).await.expect("step");
-    s.update("saved", saved, T0 + 8, Update::Output("half".into())).await.expect("output");
+    s.update("saved", saved, T0 + 2, progress(0.1))
+        .await
+        .expect("progress");
+    s.update("saved", saved, T0 + 3, checkpoint(1, "fetch"))
+        .await
+        .expect("checkpoint");
+    s.update("saved", saved, T0 + 4, checkpoint(2, "fetch"))
+        .await
+        .expect("checkpoint");
+    s.update("saved", saved, T0 + 5, progress(0.2))
+        .await
+        .expect("progress");
+    s.update("saved", saved, T0 + 6, progress(0.3))
+        .await
+        .expect("progress");
+    s.update("saved", saved, T0 + 7, Update::Step("parse".into()))
+        .await
+        .expect("step");
+    s.update("saved", saved, T0 + 8, Update::Output("half".into()))
+        .await
+        .expect("output");
     s.append_logs(AppendLogs {
         job_id: "saved".into(),
         fence: saved,
@@ -1440,7 +1456,9 @@ pub async fn recover_records_what_the_crash_cost(store: Arc<dyn Store>) {
     })
     .await
     .expect("append");
-    s.update("bare", bare, T0 + 10, progress(0.5)).await.expect("progress");
+    s.update("bare", bare, T0 + 10, progress(0.5))
+        .await
+        .expect("progress");
 
     s.recover(RecoverRequest {
         now: T0 + 100,
@@ -1462,7 +1480,11 @@ pub async fn recover_records_what_the_crash_cost(store: Arc<dyn Store>) {
     assert_eq!(d["heartbeat_at"], at(T0 + 40));
     assert_eq!(d["last_event_at"], at(T0 + 9));
     let cp = events_of(s, "saved").await;
-    let cp_seq = cp.iter().filter(|e| e.kind == EventKind::Checkpoint).map(|e| e.seq).max();
+    let cp_seq = cp
+        .iter()
+        .filter(|e| e.kind == EventKind::Checkpoint)
+        .map(|e| e.seq)
+        .max();
     assert_eq!(
         d["checkpoint"],
         json!({"seq": cp_seq, "at": at(T0 + 4), "attempt": 1})
@@ -1471,11 +1493,17 @@ pub async fn recover_records_what_the_crash_cost(store: Arc<dyn Store>) {
         d["since_checkpoint"],
         json!({"from_seq": cp_seq, "progress": 2, "steps": 1, "output": 1, "log_lines": 2})
     );
-    assert_eq!((d["reason"].is_string(), &d["was"]), (true, &json!("running")));
+    assert_eq!(
+        (d["reason"].is_string(), &d["was"]),
+        (true, &json!("running"))
+    );
 
     let d = crashed(events_of(s, "bare").await);
     assert_eq!(d["checkpoint"], serde_json::Value::Null, "it wrote none");
-    assert_eq!(d["since_checkpoint"]["progress"], 1, "counted from the attempt's start");
+    assert_eq!(
+        d["since_checkpoint"]["progress"], 1,
+        "counted from the attempt's start"
+    );
     assert_eq!(d["last_event_at"], at(T0 + 10));
 }
 

@@ -1017,7 +1017,11 @@ mod tests {
             &[],
             "invalid setting dashboard.stalled_after in",
         );
-        refused(Some("[dashboard]\nstall = \"1m\""), &[], "unknown field `stall`");
+        refused(
+            Some("[dashboard]\nstall = \"1m\""),
+            &[],
+            "unknown field `stall`",
+        );
     }
 
     #[test]

@@ -704,7 +704,11 @@ fn run(cli: Cli) -> Result<u8> {
                 if job.recoveries > 0 || job.state == baton_core::State::Crashed {
                     let list: baton_api::EventList =
                         c.call("GET", &format!("/api/jobs/{}/events", encode(&id)), None)?;
-                    let crash = list.events.iter().rev().find(|e| e.kind == baton_api::EventKind::Crashed);
+                    let crash = list
+                        .events
+                        .iter()
+                        .rev()
+                        .find(|e| e.kind == baton_api::EventKind::Crashed);
                     if let Some(e) = crash {
                         println!();
                         client::print_crash(e);

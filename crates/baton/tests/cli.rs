@@ -162,9 +162,12 @@ fn show_ls_and_attempts_tell_what_a_job_runs_and_how_each_attempt_ended() {
 fn a_crash_tells_the_dead_server_the_checkpoint_and_what_was_lost() {
     let server = start(None);
     let script = r#"echo '::checkpoint {"page": 1}'; echo '::checkpoint {"page": 2}'; echo '::progress 0.5'; echo '::step parse'; echo '::output half'; echo one; echo two; echo ready; sleep 60"#;
-    let id = ok(&baton(&server, &["submit", "--id", "lost", "--", "sh", "-c", script]))
-        .trim()
-        .to_owned();
+    let id = ok(&baton(
+        &server,
+        &["submit", "--id", "lost", "--", "sh", "-c", script],
+    ))
+    .trim()
+    .to_owned();
     let deadline = Instant::now() + Duration::from_secs(20);
     while !ok(&baton(&server, &["logs", &id])).contains("ready") {
         assert!(Instant::now() < deadline, "the job never printed ready");
@@ -176,7 +179,8 @@ fn a_crash_tells_the_dead_server_the_checkpoint_and_what_was_lost() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let of = |t: &str| -> Vec<&serde_json::Value> { events.iter().filter(|e| e["type"] == t).collect() };
+    let of =
+        |t: &str| -> Vec<&serde_json::Value> { events.iter().filter(|e| e["type"] == t).collect() };
     let crashed = *of("job.crashed").first().expect("a job.crashed event");
     let d = &crashed["data"];
     let servers = json(&server, &["servers"]);
@@ -191,7 +195,11 @@ fn a_crash_tells_the_dead_server_the_checkpoint_and_what_was_lost() {
     assert!(d["heartbeat_at"].as_str().unwrap() <= crashed["at"].as_str().unwrap());
     // The recovered attempt may have run and saved again since: the last one before.
     let before = |e: &&&serde_json::Value| e["seq"].as_u64() < crashed["seq"].as_u64();
-    let last = *of("job.checkpoint").iter().filter(before).last().expect("checkpoints");
+    let last = *of("job.checkpoint")
+        .iter()
+        .rev()
+        .find(before)
+        .expect("checkpoints");
     assert_eq!(d["checkpoint"]["seq"], last["seq"]);
     assert_eq!(d["checkpoint"]["at"], last["at"]);
     assert_eq!(d["checkpoint"]["attempt"], 1);
@@ -202,8 +210,10 @@ fn a_crash_tells_the_dead_server_the_checkpoint_and_what_was_lost() {
     );
     let shown = ok(&baton(&server, &["show", &id]));
     assert!(
-        shown.contains(&format!("dead server  {}, last heartbeat", dead.as_str().unwrap()))
-            && shown.contains(&format!("checkpoint   seq {} at", last["seq"]))
+        shown.contains(&format!(
+            "dead server  {}, last heartbeat",
+            dead.as_str().unwrap()
+        )) && shown.contains(&format!("checkpoint   seq {} at", last["seq"]))
             && shown.contains("1 progress, 1 step, 1 output and 3 log events"),
         "{shown}"
     );

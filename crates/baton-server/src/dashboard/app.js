@@ -615,7 +615,7 @@ function jobLog(id) {
     return !node.hidden;
   };
   const counted = () => {
-    count.textContent = needle() ? `${matching} of ${lines} lines match` : `${lines} lines`;
+    count.textContent = needle() ? `${matching} of ${lines} line${lines === 1 ? "" : "s"} match` : `${lines} line${lines === 1 ? "" : "s"}`;
   };
   const add = (text, marker) => {
     if (marker) { pre.append(el("span", { class: "marker" }, `— ${text} —\n`)); return; }

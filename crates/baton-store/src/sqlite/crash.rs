@@ -44,9 +44,10 @@ pub fn facts(conn: &Connection, job_key: i64, job_id: &str) -> Result<Map<String
         .optional()?;
     out.insert(
         "checkpoint".into(),
-        checkpoint.map_or(Value::Null, |(seq, at, attempt)| {
-            json!({"seq": seq, "at": to_rfc3339(at), "attempt": attempt})
-        }),
+        checkpoint.map_or(
+            Value::Null,
+            |(seq, at, attempt)| json!({"seq": seq, "at": to_rfc3339(at), "attempt": attempt}),
+        ),
     );
     let started: i64 = conn
         .prepare_cached(
@@ -57,7 +58,8 @@ pub fn facts(conn: &Connection, job_key: i64, job_id: &str) -> Result<Map<String
         Some((seq, _, by)) if by == attempt && seq > started => seq,
         _ => started,
     };
-    let mut since = json!({"from_seq": from, "progress": 0, "steps": 0, "output": 0, "log_lines": 0});
+    let mut since =
+        json!({"from_seq": from, "progress": 0, "steps": 0, "output": 0, "log_lines": 0});
     let mut stmt = conn.prepare_cached(
         "SELECT type, COUNT(*) FROM events WHERE job_key = ?1 AND seq > ?2 \
          AND type IN ('job.progress', 'job.step', 'job.output', 'job.log') GROUP BY type",

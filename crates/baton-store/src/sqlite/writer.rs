@@ -1096,7 +1096,10 @@ impl Writer {
             };
             let t = |to, event| Transition::new(id.clone(), to, event, req.now);
             let mut crashed = super::crash::facts(&self.conn, row.seq, &id)?;
-            crashed.insert("reason".into(), json!("the engine stopped while the job ran"));
+            crashed.insert(
+                "reason".into(),
+                json!("the engine stopped while the job ran"),
+            );
             crashed.insert("was".into(), json!(was));
             self.transition(
                 &t(State::Crashed, EventKind::Crashed).data(with_cleanup(Value::Object(crashed))),
