@@ -122,8 +122,8 @@ pub struct WhoAmI {
 /// The dashboard's settings from `baton.toml`'s `[dashboard]` table.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DashboardSettings {
-    /// A running job with no progress, step, output or log line for this long is marked
-    /// stalled (`stalled_after`, 2 minutes unless set).
+    /// A running job with no progress, step, output or log line for this long is
+    /// marked stalled (`stalled_after`, 2 minutes unless set).
     pub stalled_after_ms: u64,
 }
 

@@ -66,8 +66,8 @@ pub struct ServerOptions {
     /// The most jobs one bulk action (`POST /api/jobs/bulk`) reaches: ids given, or
     /// jobs a filter matches.
     pub bulk_limit: usize,
-    /// How long a running job may go without progress, step, output or a log line before the
-    /// dashboard marks it stalled (`[dashboard] stalled_after`).
+    /// How long a running job may go without progress, step, output or a log line
+    /// before the dashboard marks it stalled (`[dashboard] stalled_after`).
     pub stalled_after: Duration,
 }
 

@@ -59,8 +59,8 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileDashboard {
-    /// A running job with no progress, step, output or log line for this long is marked
-    /// stalled (`"2m"`).
+    /// A running job with no progress, step, output or log line for this long is
+    /// marked stalled (`"2m"`).
     pub stalled_after: Option<String>,
 }
 
