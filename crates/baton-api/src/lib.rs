@@ -114,6 +114,17 @@ pub struct WhoAmI {
     pub role: String,
     /// The queues the role is narrowed to, when it is.
     pub queues: Option<Vec<String>>,
+    /// What the server's configuration says to the dashboard it serves.
+    #[serde(default)]
+    pub dashboard: DashboardSettings,
+}
+
+/// The dashboard's settings from `baton.toml`'s `[dashboard]` table.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DashboardSettings {
+    /// A running job with no progress, step, output or log line for this long is
+    /// marked stalled (`stalled_after`, 2 minutes unless set).
+    pub stalled_after_ms: u64,
 }
 
 /// `GET /api/jobs/{id}/attempts`: oldest first.

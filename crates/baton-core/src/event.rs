@@ -17,6 +17,11 @@ pub struct Event {
     #[serde(with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub at: Millis,
+    /// What happened, by type: a change of state has `state` and `from`; `job.crashed`
+    /// also `reason`, `was`, `server_id` and `heartbeat_at` (the dead server and its
+    /// last heartbeat, when known), `last_event_at`, `checkpoint` (`{seq, at, attempt}`
+    /// or null) and `since_checkpoint` (`{from_seq, progress, steps, output,
+    /// log_lines}`: the attempt's events after that checkpoint).
     pub data: Value,
 }
 

@@ -66,7 +66,13 @@ pub struct ServerOptions {
     /// The most jobs one bulk action (`POST /api/jobs/bulk`) reaches: ids given, or
     /// jobs a filter matches.
     pub bulk_limit: usize,
+    /// How long a running job may go without progress, step, output or a log line
+    /// before the dashboard marks it stalled (`[dashboard] stalled_after`).
+    pub stalled_after: Duration,
 }
+
+/// The dashboard's default for [`ServerOptions::stalled_after`].
+pub const DEFAULT_STALLED_AFTER: Duration = Duration::from_secs(120);
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -82,6 +88,7 @@ impl Default for ServerOptions {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             data_dir: None,
             bulk_limit: DEFAULT_BULK_LIMIT,
+            stalled_after: DEFAULT_STALLED_AFTER,
         }
     }
 }
@@ -98,6 +105,7 @@ pub struct AppState {
     pub(crate) limits: Arc<limit::Limits>,
     pub(crate) body_timeout: Duration,
     pub(crate) bulk_limit: usize,
+    pub(crate) stalled_after: Duration,
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -127,6 +135,7 @@ impl AppState {
             )),
             body_timeout: options.body_timeout,
             bulk_limit: options.bulk_limit.max(1),
+            stalled_after: options.stalled_after,
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     }

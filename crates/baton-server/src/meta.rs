@@ -261,7 +261,7 @@ pub async fn throughput(
 }
 
 #[utoipa::path(get, operation_id = "whoami", path = "/api/whoami", tag = "meta",
-    responses((status = 200, description = "who the request's token names, and its role", body = baton_api::WhoAmI)))]
+    responses((status = 200, description = "who the request's token names, its role, and the dashboard's settings", body = baton_api::WhoAmI)))]
 pub async fn whoami(
     State(s): State<AppState>,
     caller: Option<axum::Extension<crate::auth::Caller>>,
@@ -276,6 +276,9 @@ pub async fn whoami(
         name,
         role,
         queues,
+        dashboard: baton_api::DashboardSettings {
+            stalled_after_ms: s.stalled_after.as_millis() as u64,
+        },
     })
 }
 

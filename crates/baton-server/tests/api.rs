@@ -1069,3 +1069,31 @@ async fn a_repeated_key_in_any_body_is_refused_with_400_naming_it() {
         .await;
     assert_eq!(status, StatusCode::CREATED, "{out}");
 }
+
+/// `/api/whoami` names the caller and carries the dashboard's settings to whoever may
+/// read; without a valid token it answers 401 like every other endpoint.
+#[tokio::test]
+async fn whoami_names_the_caller_and_carries_the_dashboards_settings() {
+    let h = harness_with(ServerOptions {
+        stalled_after: std::time::Duration::from_secs(90),
+        ..auth_options()
+    })
+    .await;
+    let (status, me) = h.call_as(Method::GET, "/api/whoami", "viewer-token").await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(
+        me,
+        json!({"auth": true, "name": "viewer", "role": "viewer", "queues": null,
+            "dashboard": {"stalled_after_ms": 90000}})
+    );
+    for bad in ["", "not-a-token"] {
+        let (status, body) = h.call_as(Method::GET, "/api/whoami", bad).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bad:?}: {body}");
+    }
+    let (status, me) = harness().await.call(Method::GET, "/api/whoami", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        me["dashboard"]["stalled_after_ms"], 120_000,
+        "two minutes unless set"
+    );
+}

@@ -1066,3 +1066,386 @@ async fn a_tab_put_away_catches_up_when_it_returns() {
     );
     browser.close().await;
 }
+
+/// The text of the element `id` in the page.
+fn text_of(id: &str) -> String {
+    format!("document.getElementById('{id}')?.textContent")
+}
+
+/// Polls until `path` holds `lines` lines (a download is written under another name
+/// first, then renamed); what it holds.
+async fn downloaded(path: &std::path::Path, lines: usize) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && text.lines().count() == lines
+        {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never held {lines} lines",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_page_shows_rate_stalls_checkpoints_a_searchable_log_and_linked_jobs() {
+    // A short stall time, as `[dashboard] stalled_after` would set it.
+    let options = ServerOptions {
+        stalled_after: Duration::from_millis(1500),
+        ..ServerOptions::default()
+    };
+    let h = harness_with(options.clone()).await;
+    let addr = serve(&h, options).await;
+    let work = tempfile::TempDir::new().unwrap();
+    let go = work.path().join("go");
+    // Thirty steady lines with a checkpoint every ten, silence until the test says go,
+    // then seventy more.
+    let script = r#"i=0
+while [ $i -lt 30 ]; do i=$((i+1)); echo "::progress $i%"; echo "line $i"; if [ $((i % 10)) -eq 0 ]; then echo "::checkpoint {\"i\": $i}"; fi; sleep 0.05; done
+while [ ! -f GO ]; do sleep 0.1; done
+while [ $i -lt 100 ]; do i=$((i+1)); echo "::progress $i%"; echo "line $i"; sleep 0.02; done"#
+        .replace("GO", go.to_str().unwrap());
+    let submit = |body: serde_json::Value| {
+        let h = h.clone();
+        async move {
+            let (status, answer) = h.call(Method::POST, "/api/jobs", Some(body)).await;
+            assert_eq!(status, StatusCode::CREATED, "{answer}");
+        }
+    };
+    submit(json!({"kind": "command", "id": "steady", "command": ["sh", "-c", script]})).await;
+
+    let mut browser = Browser::start().await;
+    browser.size(1280, 1000).await;
+    let base = format!("http://127.0.0.1:{}", addr.port());
+    browser.open(&format!("{base}/#/jobs/steady")).await;
+
+    // While it reports: its rate and the time it still needs.
+    let rate = browser
+        .wait_for(
+            "the rate and time left",
+            &format!(
+                "{}?.includes('left') && {}",
+                text_of("job-rate"),
+                text_of("job-rate")
+            ),
+        )
+        .await;
+    let rate = rate.as_str().unwrap();
+    assert!(rate.contains("%/") && rate.contains("· about "), "{rate}");
+    // Its checkpoints arrive as rows: step, attempt, size of the data, the data.
+    browser
+        .wait_for(
+            "three checkpoints",
+            "document.querySelectorAll('#checkpoints tr').length === 3",
+        )
+        .await;
+    let rows = browser
+        .evaluate("JSON.stringify([...document.querySelectorAll('#checkpoints tr')].map(r => [r.querySelector('[data-attempt]').textContent, r.querySelector('[data-size]').textContent, r.querySelector('details pre').textContent.replace(/\\s+/g, '')]))")
+        .await;
+    assert_eq!(
+        rows,
+        json!([
+            ["1", "8 B", "{\"i\":10}"],
+            ["1", "8 B", "{\"i\":20}"],
+            ["1", "8 B", "{\"i\":30}"]
+        ])
+    );
+    let (_, saved) = h
+        .call(Method::GET, "/api/jobs/steady/checkpoints", None)
+        .await;
+    let seqs = browser
+        .evaluate("JSON.stringify([...document.querySelectorAll('#checkpoints tr')].map(r => Number(r.dataset.seq)))")
+        .await;
+    assert_eq!(
+        seqs,
+        json!(
+            saved["checkpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["seq"].clone())
+                .collect::<Vec<_>>()
+        ),
+        "the rows are the API's checkpoints"
+    );
+
+    // Silent for longer than the stall time: marked stalled, live, without a reload.
+    let stalled = browser
+        .wait_for("the stalled mark", "document.getElementById('job-stalled')?.hidden === false && document.getElementById('job-stalled').textContent")
+        .await;
+    assert!(
+        stalled
+            .as_str()
+            .unwrap()
+            .starts_with("stalled: nothing new for "),
+        "{stalled}"
+    );
+    assert_eq!(
+        h.engine.get("steady").await.unwrap().state.as_str(),
+        "running"
+    );
+    browser.screenshot("job-stalled").await;
+    std::fs::write(&go, "").unwrap();
+    browser
+        .wait_for(
+            "the stalled mark gone once it reports again",
+            "document.getElementById('job-stalled').hidden",
+        )
+        .await;
+    browser
+        .wait_for(
+            "completed",
+            "document.querySelector('#job-state [data-state=completed]') !== null",
+        )
+        .await;
+    assert!(
+        browser
+            .evaluate("JSON.stringify(document.getElementById('job-stalled').hidden)")
+            .await
+            == json!(true),
+        "a finished job is not stalled"
+    );
+
+    // The log: a search narrows the lines to those that match, marked, with a count.
+    let visible = "[...document.querySelectorAll('#job-log .line')].filter(n => !n.hidden).length";
+    assert_eq!(
+        browser
+            .evaluate(&format!("JSON.stringify({visible})"))
+            .await,
+        json!(100)
+    );
+    browser
+        .evaluate("(() => { const s = document.getElementById('log-search'); s.value = 'line 1'; s.dispatchEvent(new Event('input')); return '1'; })()")
+        .await;
+    assert_eq!(
+        browser
+            .evaluate(&format!("JSON.stringify({visible})"))
+            .await,
+        json!(12),
+        "line 1, 10 to 19, 100"
+    );
+    assert_eq!(
+        browser
+            .evaluate(&format!("JSON.stringify({})", text_of("log-count")))
+            .await,
+        json!("12 of 100 lines match")
+    );
+    assert_eq!(
+        browser
+            .evaluate("JSON.stringify(document.querySelectorAll('#job-log mark').length)")
+            .await,
+        json!(12)
+    );
+    browser
+        .evaluate("(() => { const s = document.getElementById('log-search'); s.value = ''; s.dispatchEvent(new Event('input')); return '1'; })()")
+        .await;
+    assert_eq!(
+        browser
+            .evaluate(&format!("JSON.stringify({visible})"))
+            .await,
+        json!(100)
+    );
+
+    // Download: every line of every page of the log, into a file.
+    submit(json!({"kind": "command", "id": "chatty", "command": ["sh", "-c", "seq 1 2500"]})).await;
+    h.finished("chatty").await;
+    let downloads = tempfile::TempDir::new().unwrap();
+    browser.download_to(downloads.path()).await;
+    browser
+        .evaluate("(location.hash = '#/jobs/chatty', '1')")
+        .await;
+    browser
+        .wait_for(
+            "chatty's log",
+            &format!("{} === '2500 lines'", text_of("log-count")),
+        )
+        .await;
+    browser
+        .evaluate("(document.getElementById('log-download').click(), '1')")
+        .await;
+    let file = downloaded(&downloads.path().join("chatty.log"), 2500).await;
+    let want: String = (1..=2500).map(|i| format!("{i}\n")).collect();
+    assert!(file == want, "the file holds the 2500 lines in order");
+
+    // Dependencies and dependents are links that open the other job's page.
+    submit(json!({"kind": "echo", "id": "first"})).await;
+    submit(json!({"kind": "echo", "id": "second", "depends_on": ["first"]})).await;
+    submit(json!({"kind": "echo", "id": "third", "depends_on": ["first"]})).await;
+    h.finished("second").await;
+    h.finished("third").await;
+    browser
+        .evaluate("(location.hash = '#/jobs/first', '1')")
+        .await;
+    let linked = browser
+        .wait_for("the dependents", "document.querySelectorAll('#job-dependents a').length === 2 && JSON.stringify([...document.querySelectorAll('#job-dependents a')].map(a => a.textContent))")
+        .await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(linked.as_str().unwrap()).unwrap(),
+        json!(["second", "third"])
+    );
+    assert_eq!(
+        browser
+            .evaluate(&format!("JSON.stringify({})", text_of("job-dependencies")))
+            .await,
+        json!("–")
+    );
+    browser
+        .evaluate("(document.querySelector('#job-dependents a').click(), '1')")
+        .await;
+    browser
+        .wait_for("second's page", "location.hash === '#/jobs/second' && document.querySelector('h1')?.textContent.startsWith('Job second')")
+        .await;
+    let back = browser
+        .wait_for(
+            "its dependency",
+            "document.querySelector('#job-dependencies [data-job=first]')?.textContent",
+        )
+        .await;
+    assert!(
+        back.as_str().unwrap().contains("first") && back.as_str().unwrap().contains("completed"),
+        "{back}"
+    );
+    browser.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_jobs_page_says_when_the_engine_died_and_what_was_lost() {
+    use baton_core::Limits;
+    use baton_engine::{JobSpec, ServerInfo};
+    use baton_store::{ClaimRequest, Store, Update};
+    // A server that ran a job, checkpointed, went on, and died: its store as it left it.
+    let dir = tempfile::TempDir::new().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let heartbeat = now - 4000;
+    {
+        let store = baton_store::SqliteStore::open(baton_store::SqliteOptions::new(
+            dir.path().join("baton.db"),
+        ))
+        .unwrap();
+        store
+            .register_server(ServerInfo {
+                id: "dead-server".into(),
+                host: "gone".into(),
+                pid: 1,
+                url: None,
+                started_at: now - 60_000,
+                heartbeat_at: heartbeat,
+                stopped_at: None,
+                queues: vec!["default".into()],
+                workers: 1,
+            })
+            .await
+            .unwrap();
+        let spec = JobSpec::command(["sh", "-c", "echo resumed"]).id("fragile");
+        store
+            .submit(vec![spec.validate(now - 9000, &Limits::default()).unwrap()])
+            .await
+            .unwrap();
+        let claimed = store
+            .claim(ClaimRequest {
+                queue: "default".into(),
+                limit: 1,
+                server_id: "dead-server".into(),
+                now: now - 8000,
+            })
+            .await
+            .unwrap();
+        let fence = claimed[0].fence;
+        let updates = [
+            Update::Checkpoint {
+                data: json!({"page": 3}),
+                step: Some("fetch".into()),
+            },
+            Update::Progress {
+                fraction: Some(0.4),
+                message: None,
+            },
+            Update::Step("parse".into()),
+            Update::Progress {
+                fraction: Some(0.5),
+                message: None,
+            },
+        ];
+        for (i, u) in updates.into_iter().enumerate() {
+            store
+                .update("fragile", fence, now - 7000 + i as i64 * 100, u)
+                .await
+                .unwrap();
+        }
+    }
+    // The next engine on that database finds it and records the crash.
+    let h = common::harness_in(dir, ServerOptions::default()).await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    h.finished("fragile").await;
+
+    let mut browser = Browser::start().await;
+    browser.size(1280, 1000).await;
+    browser
+        .open(&format!("http://127.0.0.1:{}/#/jobs/fragile", addr.port()))
+        .await;
+    browser
+        .wait_for(
+            "the crash",
+            "document.getElementById('job-crash')?.hidden === false",
+        )
+        .await;
+    let shown = browser
+        .evaluate("JSON.stringify(Object.fromEntries([...document.querySelectorAll('#job-crash dd')].map(d => [d.id, d.textContent])))")
+        .await;
+    let died = shown["crash-died"].as_str().unwrap();
+    assert!(
+        died.starts_with("after ") && died.contains("its last heartbeat (server dead-server)"),
+        "{shown}"
+    );
+    let heartbeat_text = browser
+        .evaluate(&format!(
+            "JSON.stringify(new Date({heartbeat}).toLocaleString())"
+        ))
+        .await;
+    assert!(
+        died.contains(heartbeat_text.as_str().unwrap()),
+        "the heartbeat's time: {shown}"
+    );
+    let (_, saved) = h
+        .call(Method::GET, "/api/jobs/fragile/checkpoints", None)
+        .await;
+    let seq = &saved["checkpoints"][0]["seq"];
+    assert!(
+        shown["crash-checkpoint"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("#{seq} of attempt 1, ")),
+        "{shown}"
+    );
+    assert_eq!(
+        shown["crash-since"], "2 progress updates, 1 step, 0 outputs, 0 log lines",
+        "{shown}"
+    );
+    assert!(
+        shown["crash-at"]
+            .as_str()
+            .unwrap()
+            .contains("the job was running"),
+        "{shown}"
+    );
+    // The log marks the crash and the recovery between the attempts' lines.
+    let log = browser
+        .evaluate(&format!("JSON.stringify({})", text_of("job-log")))
+        .await;
+    let log = log.as_str().unwrap();
+    let (crashed, resumed) = (
+        log.find("— crashed —").unwrap(),
+        log.find("resumed\n").unwrap(),
+    );
+    let checkpoint = log.find(&format!("— checkpoint {seq} —")).unwrap();
+    assert!(checkpoint < crashed && crashed < resumed, "{log}");
+    browser.screenshot("job-crashed").await;
+    browser.close().await;
+}

@@ -68,6 +68,7 @@ macro_rules! store_conformance_tests {
             recover_requeues_executing_jobs,
             recover_manual_leaves_jobs_crashed,
             recover_fails_a_job_after_max_recoveries,
+            recover_records_what_the_crash_cost,
             servers_register_heartbeat_and_stop,
             counts_by_queue_and_state,
             list_totals_are_exact_by_state_and_queue_and_capped_otherwise,
@@ -1416,6 +1417,99 @@ pub async fn recover_manual_leaves_jobs_crashed(store: Arc<dyn Store>) {
     .await
     .expect("a person queues it again");
     assert_eq!(ids(&claim(s, "default", 10, T0 + 201).await), ["job-1"]);
+}
+
+/// A `job.crashed` event says which server ran the job and its last heartbeat, the
+/// job's last sign of life, its last checkpoint and what the attempt did after it.
+pub async fn recover_records_what_the_crash_cost(store: Arc<dyn Store>) {
+    let s = &*store;
+    s.register_server(server(SERVER, T0))
+        .await
+        .expect("register");
+    s.heartbeat(SERVER, T0 + 40).await.expect("heartbeat");
+    submit(s, JobSpec::command(["true"]).id("saved"), T0).await;
+    submit(s, JobSpec::new("work").id("bare"), T0).await;
+    let c = claim(s, "default", 2, T0 + 1).await;
+    let (saved, bare) = (c[0].fence, c[1].fence);
+    s.update("saved", saved, T0 + 2, progress(0.1))
+        .await
+        .expect("progress");
+    s.update("saved", saved, T0 + 3, checkpoint(1, "fetch"))
+        .await
+        .expect("checkpoint");
+    s.update("saved", saved, T0 + 4, checkpoint(2, "fetch"))
+        .await
+        .expect("checkpoint");
+    s.update("saved", saved, T0 + 5, progress(0.2))
+        .await
+        .expect("progress");
+    s.update("saved", saved, T0 + 6, progress(0.3))
+        .await
+        .expect("progress");
+    s.update("saved", saved, T0 + 7, Update::Step("parse".into()))
+        .await
+        .expect("step");
+    s.update("saved", saved, T0 + 8, Update::Output("half".into()))
+        .await
+        .expect("output");
+    s.append_logs(AppendLogs {
+        job_id: "saved".into(),
+        fence: saved,
+        now: T0 + 9,
+        lines: vec![("stdout".into(), "a".into()), ("stderr".into(), "b".into())],
+        max_lines: 100,
+    })
+    .await
+    .expect("append");
+    s.update("bare", bare, T0 + 10, progress(0.5))
+        .await
+        .expect("progress");
+
+    s.recover(RecoverRequest {
+        now: T0 + 100,
+        manual: false,
+        cleanup: Default::default(),
+    })
+    .await
+    .expect("recover");
+    let crashed = |events: Vec<Event>| {
+        events
+            .into_iter()
+            .find(|e| e.kind == EventKind::Crashed)
+            .expect("a job.crashed event")
+            .data
+    };
+    let at = |ms| json!(baton_core::time::to_rfc3339(ms));
+    let d = crashed(events_of(s, "saved").await);
+    assert_eq!(d["server_id"], SERVER);
+    assert_eq!(d["heartbeat_at"], at(T0 + 40));
+    assert_eq!(d["last_event_at"], at(T0 + 9));
+    let cp = events_of(s, "saved").await;
+    let cp_seq = cp
+        .iter()
+        .filter(|e| e.kind == EventKind::Checkpoint)
+        .map(|e| e.seq)
+        .max();
+    assert_eq!(
+        d["checkpoint"],
+        json!({"seq": cp_seq, "at": at(T0 + 4), "attempt": 1})
+    );
+    assert_eq!(
+        d["since_checkpoint"],
+        json!({"from_seq": cp_seq, "progress": 2, "steps": 1, "output": 1, "log_lines": 2})
+    );
+    assert_eq!(
+        (d["reason"].is_string(), &d["was"]),
+        (true, &json!("running"))
+    );
+
+    let d = crashed(events_of(s, "bare").await);
+    assert_eq!(d["checkpoint"], serde_json::Value::Null, "it wrote none");
+    assert_eq!(
+        d["since_checkpoint"]["progress"], 1,
+        "counted from the attempt's start"
+    );
+    assert_eq!(d["last_event_at"], at(T0 + 10));
 }
 
 /// A job recovered `max_recoveries` times fails at its next crash with error code

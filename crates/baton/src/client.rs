@@ -424,6 +424,70 @@ fn runs_of(job: &Job) -> String {
     "-".into()
 }
 
+/// The last crash of a job, from its `job.crashed` event: when and why, the server
+/// that died and its last heartbeat, the last checkpoint and what ran after it.
+pub fn print_crash(e: &baton_core::Event) {
+    let d = &e.data;
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let row = |k: &str, v: String| println!("{k:<12} {v}");
+    row(
+        "crashed",
+        format!(
+            "{} (was {}): {}",
+            baton_core::time::to_rfc3339(e.at),
+            text(&d["was"]),
+            text(&d["reason"])
+        ),
+    );
+    if d["server_id"].is_string() {
+        row(
+            "dead server",
+            format!(
+                "{}, last heartbeat {}",
+                text(&d["server_id"]),
+                text(&d["heartbeat_at"])
+            ),
+        );
+    }
+    if d["last_event_at"].is_string() {
+        row("last event", text(&d["last_event_at"]));
+    }
+    let cp = &d["checkpoint"];
+    row(
+        "checkpoint",
+        if cp.is_object() {
+            format!(
+                "seq {} at {} (attempt {})",
+                cp["seq"],
+                text(&cp["at"]),
+                cp["attempt"]
+            )
+        } else {
+            "none".into()
+        },
+    );
+    let lost = &d["since_checkpoint"];
+    if lost.is_object() {
+        let n = |k: &str| lost[k].as_u64().unwrap_or(0);
+        row(
+            "since then",
+            format!(
+                "{} progress, {} step, {} output and {} log events (from seq {}) {}",
+                n("progress"),
+                n("steps"),
+                n("output"),
+                n("log_lines"),
+                n("from_seq"),
+                if cp.is_object() {
+                    "to redo from the checkpoint"
+                } else {
+                    "to redo from the start"
+                }
+            ),
+        );
+    }
+}
+
 pub fn print_attempts(attempts: &[baton_core::Attempt]) {
     println!(
         "{:>7}  {:<8} {:<24} {:<24} {:<11} {:<9} {:<10} ERROR",

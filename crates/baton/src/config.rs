@@ -52,6 +52,16 @@ pub struct FileConfig {
     pub queues: Option<BTreeMap<String, usize>>,
     pub auth: Option<FileAuth>,
     pub security: Option<FileSecurity>,
+    pub dashboard: Option<FileDashboard>,
+}
+
+/// `[dashboard]`: how the dashboard the server serves shows jobs.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDashboard {
+    /// A running job with no progress, step, output or log line for this long is
+    /// marked stalled (`"2m"`).
+    pub stalled_after: Option<String>,
 }
 
 /// `[security]`: what jobs may run and how secret env values are kept.
@@ -181,6 +191,7 @@ pub struct Config {
     pub pipelines_dirs: Vec<PathBuf>,
     pub max_log_lines: Option<u64>,
     pub security: Security,
+    pub stalled_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,6 +482,20 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         );
     }
     let security = security_settings(file.security.unwrap_or_default(), env, &source)?;
+    let stalled_after = match file.dashboard.and_then(|d| d.stalled_after) {
+        None => baton_server::DEFAULT_STALLED_AFTER,
+        Some(text) => match baton_core::duration::parse(&text) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => bail!(
+                "invalid setting {} = {text:?}: must be longer than 0s",
+                source("dashboard.stalled_after")
+            ),
+            Err(m) => bail!(
+                "invalid setting {} = {text:?}: {m}",
+                source("dashboard.stalled_after")
+            ),
+        },
+    };
     Ok(Config {
         listen,
         socket_group,
@@ -492,6 +517,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         pipelines_dirs: file.pipelines_dirs.unwrap_or_default(),
         max_log_lines: file.max_log_lines,
         security,
+        stalled_after,
     })
 }
 
@@ -972,6 +998,30 @@ mod tests {
         };
         let e = load_with(None, &[], flags).unwrap_err().to_string();
         assert!(e.contains("invalid setting --bulk-limit = \"-1\""), "{e}");
+    }
+
+    #[test]
+    fn the_dashboards_stall_time_comes_from_the_file_and_is_checked() {
+        let c = load_with(None, &[], Flags::default()).unwrap();
+        assert_eq!(c.stalled_after, baton_server::DEFAULT_STALLED_AFTER);
+        let file = "[dashboard]\nstalled_after = \"90s\"";
+        let c = load_with(Some(file), &[], Flags::default()).unwrap();
+        assert_eq!(c.stalled_after, Duration::from_secs(90));
+        refused(
+            Some("[dashboard]\nstalled_after = \"0s\""),
+            &[],
+            "dashboard.stalled_after in",
+        );
+        refused(
+            Some("[dashboard]\nstalled_after = \"soon\""),
+            &[],
+            "invalid setting dashboard.stalled_after in",
+        );
+        refused(
+            Some("[dashboard]\nstall = \"1m\""),
+            &[],
+            "unknown field `stall`",
+        );
     }
 
     #[test]

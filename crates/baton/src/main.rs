@@ -701,6 +701,19 @@ fn run(cli: Cli) -> Result<u8> {
                 c.print_json(&job);
             } else {
                 client::print_job(&job);
+                if job.recoveries > 0 || job.state == baton_core::State::Crashed {
+                    let list: baton_api::EventList =
+                        c.call("GET", &format!("/api/jobs/{}/events", encode(&id)), None)?;
+                    let crash = list
+                        .events
+                        .iter()
+                        .rev()
+                        .find(|e| e.kind == baton_api::EventKind::Crashed);
+                    if let Some(e) = crash {
+                        println!();
+                        client::print_crash(e);
+                    }
+                }
                 let list: baton_api::AttemptList =
                     c.call("GET", &format!("/api/jobs/{}/attempts", encode(&id)), None)?;
                 if !list.attempts.is_empty() {

@@ -78,6 +78,7 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
         max_streams: config.max_streams,
         body_timeout: config.body_timeout,
         bulk_limit: config.bulk_limit,
+        stalled_after: config.stalled_after,
         data_dir: Some(
             path.parent()
                 .filter(|p| !p.as_os_str().is_empty())

@@ -155,6 +155,72 @@ fn show_ls_and_attempts_tell_what_a_job_runs_and_how_each_attempt_ended() {
     );
 }
 
+/// A `baton serve` killed with SIGKILL while a command job runs: after the restart
+/// the job's `job.crashed` event (API and `baton show`) names the dead server and its
+/// last heartbeat, the last checkpoint and what ran after it.
+#[test]
+fn a_crash_tells_the_dead_server_the_checkpoint_and_what_was_lost() {
+    let server = start(None);
+    let script = r#"echo '::checkpoint {"page": 1}'; echo '::checkpoint {"page": 2}'; echo '::progress 0.5'; echo '::step parse'; echo '::output half'; echo one; echo two; echo ready; sleep 60"#;
+    let id = ok(&baton(
+        &server,
+        &["submit", "--id", "lost", "--", "sh", "-c", script],
+    ))
+    .trim()
+    .to_owned();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !ok(&baton(&server, &["logs", &id])).contains("ready") {
+        assert!(Instant::now() < deadline, "the job never printed ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let dead = json(&server, &["servers"])["servers"][0]["id"].clone();
+    let server = server.crash_and_restart();
+    let events: Vec<serde_json::Value> = ok(&baton(&server, &["--json", "events", &id]))
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of =
+        |t: &str| -> Vec<&serde_json::Value> { events.iter().filter(|e| e["type"] == t).collect() };
+    let crashed = *of("job.crashed").first().expect("a job.crashed event");
+    let d = &crashed["data"];
+    let servers = json(&server, &["servers"]);
+    let old = servers["servers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == dead)
+        .expect("the dead server is still listed");
+    assert_eq!(d["server_id"], dead);
+    assert_eq!(d["heartbeat_at"], old["heartbeat_at"]);
+    assert!(d["heartbeat_at"].as_str().unwrap() <= crashed["at"].as_str().unwrap());
+    // The recovered attempt may have run and saved again since: the last one before.
+    let before = |e: &&&serde_json::Value| e["seq"].as_u64() < crashed["seq"].as_u64();
+    let last = *of("job.checkpoint")
+        .iter()
+        .rev()
+        .find(before)
+        .expect("checkpoints");
+    assert_eq!(d["checkpoint"]["seq"], last["seq"]);
+    assert_eq!(d["checkpoint"]["at"], last["at"]);
+    assert_eq!(d["checkpoint"]["attempt"], 1);
+    assert_eq!(
+        d["since_checkpoint"],
+        serde_json::json!({"from_seq": last["seq"], "progress": 1, "steps": 1, "output": 1, "log_lines": 3}),
+        "{crashed}"
+    );
+    let shown = ok(&baton(&server, &["show", &id]));
+    assert!(
+        shown.contains(&format!(
+            "dead server  {}, last heartbeat",
+            dead.as_str().unwrap()
+        )) && shown.contains(&format!("checkpoint   seq {} at", last["seq"]))
+            && shown.contains("1 progress, 1 step, 1 output and 3 log events"),
+        "{shown}"
+    );
+    // The recovered attempt sleeps again: end it rather than leave it to the kill.
+    ok(&baton(&server, &["cancel", &id]));
+}
+
 #[test]
 fn pause_resume_and_stop_from_the_cli() {
     let server = start(None);

@@ -25,7 +25,8 @@ const CONTROLS = [
 
 // ---- the API ----------------------------------------------------------------------
 
-const session = { token: sessionStorage.getItem("baton.token"), role: null };
+// `dashboard`: the server's settings for this page (from /api/whoami).
+const session = { token: sessionStorage.getItem("baton.token"), role: null, dashboard: { stalled_after_ms: 120000 } };
 
 class ApiError extends Error {
   constructor(status, code, message, field) { super(message); this.status = status; this.code = code; this.field = field; }
@@ -242,7 +243,7 @@ async function overview(main) {
     const state = el("td", {}, stateTag(j.state));
     const tr = el("tr", { "data-job": j.id }, el("td", {}, jobLink(j.id)), el("td", {}, j.kind), state,
       el("td", {}, b), step, eta);
-    rows.set(j.id, { tr, bar: b, step, eta, state, first: null });
+    rows.set(j.id, { tr, bar: b, step, eta, state, rate: progressRate() });
     runningBody.append(tr);
   };
   running.jobs.forEach(addRunning);
@@ -282,11 +283,9 @@ async function overview(main) {
         api("GET", `/api/jobs/${enc(e.job_id)}`).then(j => { const r = rows.get(j.id); if (r) r.tr.children[1].textContent = j.kind; }).catch(() => {});
       } else if (row && e.type === "job.progress") {
         setBar(row.bar, d.progress);
-        const now = Date.now();
-        if (!row.first && d.progress != null) row.first = { at: now, p: d.progress };
-        else if (row.first && d.progress > row.first.p) {
-          row.eta.textContent = duration((1 - d.progress) * (now - row.first.at) / (d.progress - row.first.p));
-        }
+        row.rate.add(d.progress, Date.parse(e.at));
+        const estimate = row.rate.estimate();
+        if (estimate) row.eta.textContent = duration(estimate.left);
       } else if (row && e.type === "job.step") {
         row.step.textContent = d.step;
       } else if (row && d.state && ACTIVE.has(d.state)) {
@@ -395,13 +394,16 @@ async function jobs(main, _parts, params) {
   });
 }
 
+// ---- the job page -------------------------------------------------------------------
+// One function per part (progress, log, checkpoints, links, crash); each takes the
+// job's events, from its history first and then from the stream, in seq order.
+
 async function job(main, parts) {
   const id = parts[1];
-  const [j, attempts, history, logs] = await Promise.all([
-    api("GET", `/api/jobs/${enc(id)}`),
-    api("GET", `/api/jobs/${enc(id)}/attempts`),
-    api("GET", `/api/jobs/${enc(id)}/events`),
-    api("GET", `/api/jobs/${enc(id)}/logs`),
+  const path = `/api/jobs/${enc(id)}`;
+  const [j, attempts, history, checkpoints, dependencies, dependents] = await Promise.all([
+    api("GET", path), api("GET", `${path}/attempts`), api("GET", `${path}/events`),
+    api("GET", `${path}/checkpoints`), api("GET", `${path}/dependencies`), api("GET", `${path}/dependents`),
   ]);
   let state = j.state;
   let requested = null;
@@ -409,9 +411,6 @@ async function job(main, parts) {
 
   const stateCell = el("dd", { id: "job-state" }, stateTag(state));
   const note = el("span", { class: "muted", id: "job-note" });
-  const progress = bar(j.progress);
-  progress.id = "job-progress";
-  const message = el("span", { id: "job-message" }, j.message || "");
   const step = el("dd", { id: "job-step" }, j.step || "–");
   const outcome = el("p", { id: "job-outcome", role: "status" });
   const buttons = CONTROLS.map(([action, label, allowed]) => {
@@ -422,8 +421,7 @@ async function job(main, parts) {
       const before = changes;
       try {
         const method = action === "delete" ? "DELETE" : "POST";
-        const path = action === "delete" ? `/api/jobs/${enc(id)}` : `/api/jobs/${enc(id)}/${action}`;
-        const after = await api(method, path);
+        const after = await api(method, action === "delete" ? path : `${path}/${action}`);
         outcome.textContent = `${label}: done`;
         outcome.className = "";
         // The stream may have told of later changes already: the answer is older news.
@@ -457,13 +455,6 @@ async function job(main, parts) {
     timeline.append(el("tr", {}, el("td", { class: "num" }, e.seq), el("td", {}, e.type), el("td", {}, when(e.at)), el("td", { class: "num" }, gap),
       el("td", { class: "hide-narrow" }, summary(e))));
   };
-  history.events.forEach(addEvent);
-  const log = el("pre", { class: "log", id: "job-log" });
-  const addLine = (text, marker = false) => {
-    log.append(marker ? el("span", { class: "marker" }, `— ${text} —`) : text, "\n");
-    log.scrollTop = log.scrollHeight;
-  };
-  logs.lines.forEach(l => addLine(l.line));
   const attemptsBody = el("tbody", { id: "attempts" });
   const drawAttempts = list => attemptsBody.replaceChildren(...list.map(a => el("tr", {},
     el("td", { class: "num" }, a.attempt), el("td", {}, a.outcome || "running"), el("td", { class: "num" }, a.exit_code ?? a.signal ?? "–"),
@@ -472,6 +463,20 @@ async function job(main, parts) {
     el("td", { class: "error" }, a.error ? `${a.error.code}: ${a.error.message.split("\n")[0]}` : ""))));
   drawAttempts(attempts.attempts);
 
+  const progress = jobProgress(j);
+  const log = jobLog(id);
+  const saved = jobCheckpoints(checkpoints.checkpoints);
+  const links = jobLinks(dependencies.jobs, dependents.jobs);
+  const crash = jobCrash();
+  const result = el("dd", { id: "job-result" }, resultView(j.result));
+  // The checkpoints in the history are read from their own endpoint; only new ones here.
+  const take = (e, live) => {
+    addEvent(e);
+    for (const view of [progress, log, crash]) view.event(e, live);
+    if (live && e.type === "job.checkpoint") saved.event(e);
+  };
+  history.events.forEach(e => take(e, false));
+
   main.replaceChildren(
     el("h1", {}, `Job ${id} `, note),
     el("dl", { class: "kv" },
@@ -479,49 +484,284 @@ async function job(main, parts) {
       el("dt", {}, "Runs"), el("dd", { id: "job-runs" }, what),
       el("dt", {}, "Queue"), el("dd", {}, `${j.queue} (priority ${j.priority})`),
       el("dt", {}, "Attempt"), el("dd", { id: "job-attempt" }, `${j.attempt} of ${j.max_attempts}`),
-      el("dt", {}, "Progress"), el("dd", {}, progress, " ", message),
+      el("dt", {}, "Progress"), progress.node,
       el("dt", {}, "Step"), step,
       el("dt", {}, "Created"), el("dd", {}, when(j.created_at)),
       j.workflow_id ? [el("dt", {}, "Workflow"), el("dd", {}, el("a", { href: `#/workflows/${enc(j.workflow_id)}`, id: "job-workflow" }, j.workflow_id))] : null,
       j.schedule_id ? [el("dt", {}, "Schedule"), el("dd", {}, el("a", { href: `#/schedules/${enc(j.schedule_id)}` }, j.schedule_id))] : null,
-      j.depends_on.length ? [el("dt", {}, "Depends on"), el("dd", {}, j.depends_on.map(d => [jobLink(d), " "]))] : null,
+      links.nodes,
       el("dt", {}, "Labels"), el("dd", {}, Object.entries(j.labels).map(([k, v]) => `${k}:${v}`).join(" ") || "–"),
       el("dt", {}, "Error"), el("dd", { class: "error", id: "job-error" }, j.error ? `${j.error.code}: ${j.error.message}` : "–"),
-      el("dt", {}, "Result"), el("dd", { id: "job-result" }, j.result === null ? "–" : JSON.stringify(j.result))),
+      el("dt", {}, "Result"), result),
     el("div", { class: "controls", id: "controls" }, buttons.map(([b]) => b)), outcome,
-    el("h2", {}, "Output and logs"), log,
+    crash.node,
+    el("h2", {}, "Output and logs"), log.node,
+    el("h2", {}, "Checkpoints"), saved.node,
     el("h2", {}, "Attempts"),
     el("table", {}, el("thead", {}, el("tr", {}, ["#", "Outcome", "Exit", "Started", "Took", "Resumed from", "Error"].map(h => el("th", {}, h)))), attemptsBody),
     el("h2", {}, "Timeline"),
     el("table", {}, el("thead", {}, el("tr", {}, ["Seq", "Event", "At", "After", "Data"].map(h => el("th", {}, h)))), timeline),
   );
+  log.follow();
 
+  // A local clock moves the stalled mark and the ages; it asks the server nothing.
+  const tick = setInterval(() => { progress.tick(state); saved.tick(); }, 1000);
+  progress.tick(state);
   let seen = history.events.length ? history.events[history.events.length - 1].seq : 0;
-  return listen(batch => {
+  const unlisten = listen(batch => {
     let ended = false;
     for (const e of batch) {
+      links.other(e);
       if (e.job_id !== id || e.seq <= seen) continue;
       seen = e.seq;
-      addEvent(e);
+      take(e, true);
       const d = e.data || {};
       if (d.state) { changes += 1; update(d.state); }
-      if (e.type === "job.progress") { setBar(progress, d.progress); message.textContent = d.message || ""; }
       if (e.type === "job.step") step.textContent = d.step;
-      if (e.type === "job.log") addLine(d.line);
-      if (e.type === "job.output") addLine(d.text);
-      if (["job.paused", "job.resumed", "job.crashed", "job.recovered", "job.started"].includes(e.type)) addLine(e.type.slice(4), true);
-      if (e.type === "job.checkpoint") addLine(`checkpoint ${e.seq}`, true);
       if (e.type === "job.failed" || e.type === "job.retrying") document.getElementById("job-error").textContent = d.error ? `${d.error.code}: ${d.error.message}` : "";
       if (d.state && !ACTIVE.has(d.state) || e.type === "job.started") ended = true;
     }
+    progress.tick(state);
     if (ended) {
-      api("GET", `/api/jobs/${enc(id)}/attempts`).then(a => drawAttempts(a.attempts)).catch(() => {});
-      api("GET", `/api/jobs/${enc(id)}`).then(now => {
-        document.getElementById("job-result").textContent = now.result === null ? "–" : JSON.stringify(now.result);
+      api("GET", `${path}/attempts`).then(a => drawAttempts(a.attempts)).catch(() => {});
+      api("GET", path).then(now => {
+        result.replaceChildren(resultView(now.result));
         document.getElementById("job-attempt").textContent = `${now.attempt} of ${now.max_attempts}`;
       }).catch(() => {});
     }
   });
+  return () => { unlisten(); clearInterval(tick); };
+}
+
+function resultView(value) {
+  if (value === null || value === undefined) return "–";
+  if (typeof value !== "object") return JSON.stringify(value);
+  return el("pre", { class: "data" }, JSON.stringify(value, null, 2));
+}
+
+// The speed of a job's progress and the time it still needs, from the first sample
+// seen and the latest (progress that goes back, as a new attempt's does, starts over).
+// The overview's running table and the job's page both use it.
+function progressRate() {
+  let first = null, last = null;
+  return {
+    add(p, at) {
+      if (p === null || p === undefined) return;
+      if (!first || p < last.p) first = { p, at };
+      last = { p, at };
+    },
+    estimate() {
+      if (!first || last.p <= first.p || last.at <= first.at) return null;
+      const perMs = (last.p - first.p) / (last.at - first.at);
+      return { perMs, left: (1 - last.p) / perMs, rate: rateWords(perMs) };
+    },
+  };
+}
+
+function rateWords(perMs) {
+  const perSecond = perMs * 1000 * 100;
+  if (perSecond >= 1) return `${perSecond.toFixed(1)}%/s`;
+  if (perSecond * 60 >= 1) return `${(perSecond * 60).toFixed(1)}%/min`;
+  return `${(perSecond * 3600).toFixed(1)}%/h`;
+}
+
+// The bar with its message, rate and time left, and the stalled mark: a running job
+// with no progress, step, output or log line for the server's `stalled_after`.
+function jobProgress(j) {
+  const b = bar(j.progress);
+  b.id = "job-progress";
+  const message = el("span", { id: "job-message" }, j.message || "");
+  const rate = el("span", { id: "job-rate", class: "muted" });
+  const stalled = el("span", { id: "job-stalled", class: "stalled", role: "status", hidden: true });
+  const node = el("dd", { class: "progress" }, b, message, rate, stalled);
+  let rates = progressRate();
+  let active = null; // when the job last did something (ms, this browser's clock)
+  const stallAfter = session.dashboard.stalled_after_ms;
+  const drawRate = () => {
+    const est = rates.estimate();
+    rate.textContent = est ? `${est.rate} · about ${duration(est.left)} left` : "";
+  };
+  return {
+    node,
+    event(e, live) {
+      const d = e.data || {};
+      const at = live ? Date.now() : Date.parse(e.at);
+      if (e.type === "job.started") { rates = progressRate(); active = at; }
+      if (e.type === "job.resumed") active = at;
+      if (["job.progress", "job.step", "job.output", "job.log"].includes(e.type)) active = at;
+      if (e.type === "job.progress") {
+        setBar(b, d.progress);
+        message.textContent = d.message || "";
+        rates.add(d.progress, Date.parse(e.at));
+        drawRate();
+      }
+      if (e.type === "job.completed") { setBar(b, 1); rate.textContent = ""; }
+    },
+    tick(state) {
+      const quiet = active === null ? 0 : Date.now() - active;
+      const isStalled = state === "running" && quiet >= stallAfter;
+      stalled.hidden = !isStalled;
+      stalled.textContent = isStalled ? `stalled: nothing new for ${duration(quiet)}` : "";
+      if (state !== "running") rate.textContent = "";
+    },
+  };
+}
+
+// Output and log lines with lifecycle markers between them; search narrows the lines
+// and marks the text; "follow" keeps the newest in sight; download saves every line.
+function jobLog(id) {
+  const pre = el("pre", { class: "log", id: "job-log" });
+  const search = el("input", { id: "log-search", type: "search", placeholder: "search the log", "aria-label": "search the log" });
+  const count = el("span", { id: "log-count", class: "muted" });
+  const follow = el("input", { id: "log-follow", type: "checkbox", checked: true });
+  const download = el("button", { id: "log-download", type: "button" }, "Download");
+  let lines = 0, matching = 0;
+  const needle = () => search.value.trim().toLowerCase();
+  const show = (node, q) => {
+    const text = node.dataset.text;
+    const at = q ? text.toLowerCase().indexOf(q) : -1;
+    node.hidden = q !== "" && at < 0;
+    if (at < 0) node.replaceChildren(`${text}\n`);
+    else node.replaceChildren(text.slice(0, at), el("mark", {}, text.slice(at, at + q.length)), `${text.slice(at + q.length)}\n`);
+    return !node.hidden;
+  };
+  const counted = () => {
+    count.textContent = needle() ? `${matching} of ${lines} line${lines === 1 ? "" : "s"} match` : `${lines} line${lines === 1 ? "" : "s"}`;
+  };
+  const add = (text, marker) => {
+    if (marker) { pre.append(el("span", { class: "marker" }, `— ${text} —\n`)); return; }
+    const node = el("span", { class: "line", "data-text": text });
+    lines += 1;
+    if (show(node, needle())) matching += 1;
+    pre.append(node);
+    counted();
+    if (follow.checked) pre.scrollTop = pre.scrollHeight;
+  };
+  search.addEventListener("input", () => {
+    const q = needle();
+    matching = 0;
+    for (const node of pre.querySelectorAll(".line")) if (show(node, q)) matching += 1;
+    counted();
+  });
+  follow.addEventListener("change", () => { if (follow.checked) pre.scrollTop = pre.scrollHeight; });
+  // Scrolling up to read stops following; scrolling back to the end follows again.
+  pre.addEventListener("scroll", () => { follow.checked = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4; });
+  download.addEventListener("click", async () => {
+    download.disabled = true;
+    try { saveText(`${id}.log`, (await allLogLines(id)).map(l => `${l.line}\n`).join("")); }
+    catch (e) { toast(`download: ${e.message}`, true); }
+    finally { download.disabled = false; }
+  });
+  counted();
+  const node = el("div", { class: "log-view" },
+    el("div", { class: "filters" }, search, count, el("label", {}, follow, " follow"), download), pre);
+  return {
+    node,
+    follow: () => { pre.scrollTop = pre.scrollHeight; },
+    event(e) {
+      const d = e.data || {};
+      if (e.type === "job.log") add(d.line);
+      else if (e.type === "job.output") add(d.text);
+      else if (e.type === "job.checkpoint") add(`checkpoint ${e.seq}`, true);
+      else if (["job.paused", "job.resumed", "job.crashed", "job.recovered", "job.started"].includes(e.type)) add(e.type.slice(4), true);
+    },
+  };
+}
+
+// Every captured line of a job, page after page (the API's default page size).
+async function allLogLines(id) {
+  const PAGE = 1000;
+  const out = [];
+  let after = 0;
+  for (;;) {
+    const page = await api("GET", `/api/jobs/${enc(id)}/logs?after=${after}&limit=${PAGE}`);
+    out.push(...page.lines);
+    if (page.lines.length < PAGE) return out;
+    after = page.next;
+  }
+}
+
+function saveText(name, text) {
+  const url = URL.createObjectURL(new Blob([text], { type: "text/plain" }));
+  const a = el("a", { href: url, download: name, hidden: true });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
+// Checkpoints: which attempt saved each, when, its size and (folded) its data.
+function jobCheckpoints(list) {
+  const body = el("tbody", { id: "checkpoints" });
+  const row = c => {
+    const text = JSON.stringify(c.data, null, 2);
+    const size = new TextEncoder().encode(JSON.stringify(c.data)).length;
+    return el("tr", { "data-seq": c.seq }, el("td", { class: "num" }, c.seq), el("td", {}, c.step || "–"),
+      el("td", { class: "num", "data-attempt": c.attempt }, c.attempt), el("td", {}, el("span", { "data-age": c.at }, age(c.at))),
+      el("td", { class: "num", "data-size": size }, `${size} B`),
+      el("td", {}, el("details", {}, el("summary", {}, "data"), el("pre", { class: "data" }, text))));
+  };
+  const empty = el("p", { class: "muted", id: "no-checkpoints", hidden: list.length > 0 }, "No checkpoint saved.");
+  body.append(...list.map(row));
+  const table = el("table", { hidden: list.length === 0 },
+    el("thead", {}, el("tr", {}, ["Seq", "Step", "Attempt", "Saved", "Size", "Data"].map(h => el("th", {}, h)))), body);
+  return {
+    node: el("div", {}, empty, table),
+    event(e) {
+      const d = e.data || {};
+      body.append(row({ seq: e.seq, step: d.step, attempt: d.attempt, at: e.at, data: d.checkpoint }));
+      empty.hidden = true;
+      table.hidden = false;
+    },
+    tick() { for (const n of body.querySelectorAll("[data-age]")) n.textContent = age(n.dataset.age); },
+  };
+}
+
+function age(t) { return `${duration(Math.max(0, Date.now() - Date.parse(t)))} ago`; }
+
+// The jobs this one waits for and the jobs that wait for it, as links whose states
+// follow the stream.
+function jobLinks(dependencies, dependents) {
+  const states = new Map();
+  const list = (id, links) => el("dd", { id }, links.length ? links.map(l => {
+    const s = el("span", {}, stateTag(l.state));
+    states.set(l.job_id, s);
+    return el("span", { class: "link", "data-job": l.job_id }, jobLink(l.job_id), l.name ? ` (${l.name})` : "", " ", s, " ");
+  }) : "–");
+  const nodes = [el("dt", {}, "Depends on"), list("job-dependencies", dependencies),
+    el("dt", {}, "Dependents"), list("job-dependents", dependents)];
+  return {
+    nodes,
+    other(e) {
+      const s = e.job_id && states.get(e.job_id);
+      if (s && e.data && e.data.state) s.replaceChildren(stateTag(e.data.state));
+    },
+  };
+}
+
+// The last crash: when the engine died (after the dead server's last heartbeat), the
+// job's last sign of life, its last checkpoint and what ran after it.
+function jobCrash() {
+  const node = el("section", { id: "job-crash", class: "crash", hidden: true });
+  return {
+    node,
+    event(e) {
+      if (e.type !== "job.crashed") return;
+      const d = e.data || {};
+      const since = d.since_checkpoint || {};
+      const cp = d.checkpoint;
+      const row = (k, id, ...v) => [el("dt", {}, k), el("dd", { id }, ...v)];
+      node.replaceChildren(el("h2", {}, "Last crash"), el("dl", { class: "kv" },
+        row("Noticed", "crash-at", when(e.at), d.was ? ` (the job was ${d.was})` : "", d.reason ? `: ${d.reason}` : ""),
+        row("Engine died", "crash-died", d.heartbeat_at ? ["after ", when(d.heartbeat_at), ", its last heartbeat"] : "unknown",
+          d.server_id ? ` (server ${d.server_id})` : ""),
+        row("Last sign of life", "crash-last", when(d.last_event_at)),
+        row("Last checkpoint", "crash-checkpoint", cp ? [`#${cp.seq} of attempt ${cp.attempt}, `, when(cp.at)] : "none"),
+        row(cp ? "Since then" : "Since the start", "crash-since", [[since.progress, "progress update"], [since.steps, "step"],
+          [since.output, "output"], [since.log_lines, "log line"]].map(([n, what]) => `${n || 0} ${what}${n === 1 ? "" : "s"}`).join(", "))));
+      node.hidden = false;
+    },
+  };
 }
 
 function summary(e) {
@@ -1120,6 +1360,7 @@ async function whoAmI() {
   try {
     const me = await api("GET", "/api/whoami");
     session.role = me.role;
+    if (me.dashboard) session.dashboard = me.dashboard;
     document.getElementById("who").textContent = me.auth ? `${me.name} (${me.role})` : "";
     document.body.dataset.role = me.role;
     return true;

@@ -271,6 +271,17 @@ impl Browser {
         }
     }
 
+    /// Saves what the page downloads into `dir`, under the names it gives.
+    pub async fn download_to(&mut self, dir: &std::path::Path) {
+        self.cdp
+            .call(
+                None,
+                "Browser.setDownloadBehavior",
+                json!({"behavior": "allow", "downloadPath": dir.display().to_string(), "eventsEnabled": true}),
+            )
+            .await;
+    }
+
     /// Sets the page's size, as a window of that many CSS pixels would.
     pub async fn size(&mut self, width: u32, height: u32) {
         self.cdp

@@ -61,7 +61,11 @@ pub async fn test_engine(dir: &TempDir) -> Engine {
 }
 
 pub async fn harness_with(options: ServerOptions) -> Harness {
-    let dir = TempDir::new().unwrap();
+    harness_in(TempDir::new().unwrap(), options).await
+}
+
+/// A harness on the database already in `dir` (its engine recovers what it finds).
+pub async fn harness_in(dir: TempDir, options: ServerOptions) -> Harness {
     let engine = test_engine(&dir).await;
     let state = AppState::new(engine.clone(), &options)
         .await

@@ -2,6 +2,7 @@
 //! connections, and a lock file so that one engine at a time owns the database.
 
 pub(crate) mod codes;
+mod crash;
 #[cfg(feature = "faults")]
 mod faults;
 mod graph;

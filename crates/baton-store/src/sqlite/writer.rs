@@ -1173,10 +1173,14 @@ impl Writer {
                 data
             };
             let t = |to, event| Transition::new(id.clone(), to, event, req.now);
+            let mut crashed = super::crash::facts(&self.conn, row.seq, &id)?;
+            crashed.insert(
+                "reason".into(),
+                json!("the engine stopped while the job ran"),
+            );
+            crashed.insert("was".into(), json!(was));
             self.transition(
-                &t(State::Crashed, EventKind::Crashed).data(with_cleanup(
-                    json!({"reason": "the engine stopped while the job ran", "was": was}),
-                )),
+                &t(State::Crashed, EventKind::Crashed).data(with_cleanup(Value::Object(crashed))),
                 Resume::No,
                 false,
             )?;
