@@ -156,6 +156,9 @@ pub struct Stats {
     /// Jobs per queue and state.
     pub queues: BTreeMap<String, BTreeMap<String, u64>>,
     pub total: u64,
+    /// The id of the last event these counts include: a client that follows
+    /// `/api/events` applies only the events after it.
+    pub event_id: u64,
     /// Jobs that reached each terminal state since this server started.
     pub since_start: BTreeMap<String, u64>,
     /// The store's durability as the database reports it (SQLite's `PRAGMA

@@ -296,6 +296,7 @@ pub async fn stats(State(s): State<AppState>) -> ApiResult<Json<Stats>> {
         .map_err(baton_engine::Error::from)?;
     let mut stats = Stats {
         synchronous: s.engine.store().synchronous().map(str::to_owned),
+        event_id: counts.last_event,
         ..Stats::default()
     };
     for state in JobState::ALL {

@@ -283,6 +283,10 @@ async fn stats_servers_queues_health_and_metrics() {
     assert_eq!(stats["states"]["failed"], 0);
     assert_eq!(stats["queues"]["default"]["completed"], 1);
     assert_eq!(stats["synchronous"], "full");
+    // The counts are as of the job's last event: its completion.
+    let (_, events) = h.call(Method::GET, "/api/jobs/a/events", None).await;
+    let last = events["events"].as_array().unwrap().last().unwrap()["id"].clone();
+    assert_eq!(stats["event_id"], last, "{stats}");
     let (_, servers) = h.call(Method::GET, "/api/servers", None).await;
     assert_eq!(servers["servers"][0]["pid"], std::process::id());
     let (_, queues) = h.call(Method::GET, "/api/queues", None).await;

@@ -1022,12 +1022,9 @@ async fn a_tab_put_away_catches_up_when_it_returns() {
         )
         .await;
     let completed = "Number(document.querySelector('[data-count=completed]').textContent)";
-    assert_eq!(
-        browser
-            .evaluate(&format!("JSON.stringify({completed})"))
-            .await,
-        json!(0)
-    );
+    browser
+        .wait_for("the counters", &format!("{completed} === 0"))
+        .await;
     browser.lifecycle("frozen").await;
     for i in 0..30 {
         let id = format!("away{i}");
@@ -1212,12 +1209,9 @@ while [ $i -lt 100 ]; do i=$((i+1)); echo "::progress $i%"; echo "line $i"; slee
 
     // The log: a search narrows the lines to those that match, marked, with a count.
     let visible = "[...document.querySelectorAll('#job-log .line')].filter(n => !n.hidden).length";
-    assert_eq!(
-        browser
-            .evaluate(&format!("JSON.stringify({visible})"))
-            .await,
-        json!(100)
-    );
+    browser
+        .wait_for("every line", &format!("{visible} === 100"))
+        .await;
     browser
         .evaluate("(() => { const s = document.getElementById('log-search'); s.value = 'line 1'; s.dispatchEvent(new Event('input')); return '1'; })()")
         .await;

@@ -368,6 +368,9 @@ pub struct Checkpoint {
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Counts {
     pub rows: Vec<(String, State, u64)>,
+    /// The id of the last event these counts include (read with them, in one
+    /// snapshot): a reader that follows the stream applies only the events after it.
+    pub last_event: u64,
 }
 
 impl Counts {

@@ -180,6 +180,23 @@ function flush() {
 
 function listen(fn) { stream.listeners.add(fn); return () => stream.listeners.delete(fn); }
 
+// Listens from now on, for a view that reads the API first: the events that arrive
+// while it loads are kept and handed to its listener, in order and before any later
+// ones, once it is ready, so that a change made between its read and its listen (a
+// job ending while its history loads) is not lost. The listener must take an event
+// that its read already showed (by skipping it, or by reading again).
+function listenSoon() {
+  const kept = [];
+  const stop = listen(batch => kept.push(...batch));
+  return fn => {
+    stop();
+    if (kept.length) {
+      try { fn(kept); } catch (e) { console.error(e); }
+    }
+    return listen(fn);
+  };
+}
+
 // ---- views --------------------------------------------------------------------------
 
 let current = null;
@@ -217,6 +234,7 @@ async function route() {
 }
 
 async function overview(main) {
+  const ready = listenSoon();
   const [stats, running, failed, queues, servers, rates] = await Promise.all([
     api("GET", "/api/stats"),
     api("GET", "/api/jobs?state=running,paused,stopping&limit=50"),
@@ -269,10 +287,11 @@ async function overview(main) {
         el("td", { class: "num" }, s.workers), el("td", {}, s.stopped_at ? "stopped" : when(s.heartbeat_at)))))),
   );
 
-  const unlisten = listen(batch => {
+  const unlisten = ready(batch => {
     for (const e of batch) {
       const d = e.data || {};
-      if (e.job_id && d.state && STATES.includes(d.state)) {
+      // The counters were read as of stats.event_id: only later changes move them.
+      if (e.id > stats.event_id && e.job_id && d.state && STATES.includes(d.state)) {
         const from = d.from;
         if (e.type !== "job.submitted" && from && counts[from] > 0) counts[from] -= 1;
         if (e.type === "job.submitted" || from) counts[d.state] = (counts[d.state] || 0) + 1;
@@ -294,8 +313,8 @@ async function overview(main) {
         row.tr.remove();
         rows.delete(e.job_id);
       }
-      if (e.type === "job.completed" || e.type === "job.failed") chart.add(Date.parse(e.at), e.type === "job.failed");
-      if (e.type === "job.failed") {
+      if (e.id > stats.event_id && (e.type === "job.completed" || e.type === "job.failed")) chart.add(Date.parse(e.at), e.type === "job.failed");
+      if (e.type === "job.failed" && !failedBody.querySelector(`tr[data-job="${CSS.escape(e.job_id)}"]`)) {
         failedBody.prepend(failureRow(e.job_id, "", d.error, e.at));
         while (failedBody.children.length > 10) failedBody.lastChild.remove();
       }
@@ -306,7 +325,7 @@ async function overview(main) {
 }
 
 function failureRow(id, kind, error, at) {
-  return el("tr", {}, el("td", {}, jobLink(id)), el("td", {}, kind || ""),
+  return el("tr", { "data-job": id }, el("td", {}, jobLink(id)), el("td", {}, kind || ""),
     el("td", { class: "error" }, error ? `${error.code}: ${error.message.split("\n")[0]}` : ""), el("td", {}, when(at)));
 }
 
@@ -401,6 +420,7 @@ async function jobs(main, _parts, params) {
 async function job(main, parts) {
   const id = parts[1];
   const path = `/api/jobs/${enc(id)}`;
+  const ready = listenSoon();
   const [j, attempts, history, checkpoints, dependencies, dependents] = await Promise.all([
     api("GET", path), api("GET", `${path}/attempts`), api("GET", `${path}/events`),
     api("GET", `${path}/checkpoints`), api("GET", `${path}/dependencies`), api("GET", `${path}/dependents`),
@@ -508,7 +528,7 @@ async function job(main, parts) {
   const tick = setInterval(() => { progress.tick(state); saved.tick(); }, 1000);
   progress.tick(state);
   let seen = history.events.length ? history.events[history.events.length - 1].seq : 0;
-  const unlisten = listen(batch => {
+  const unlisten = ready(batch => {
     let ended = false;
     for (const e of batch) {
       links.other(e);
@@ -1077,6 +1097,7 @@ function triggerWords(t, tz) {
 }
 
 async function schedules(main) {
+  const ready = listenSoon();
   const list = await api("GET", "/api/schedules?limit=1000");
   const body = el("tbody", { id: "schedules" }, list.schedules.map(sc => el("tr", { "data-schedule": sc.id },
     el("td", {}, el("a", { href: `#/schedules/${enc(sc.id)}` }, sc.id)), el("td", {}, triggerWords(sc.trigger, sc.timezone)),
@@ -1084,7 +1105,7 @@ async function schedules(main) {
   main.replaceChildren(el("h1", {}, "Schedules"),
     el("table", {}, el("thead", {}, el("tr", {}, ["Schedule", "When", "Next run", "Last run", "Runs"].map(h => el("th", {}, h)))), body),
     el("h2", {}, "New schedule"), scheduleForm(null));
-  return listen(async batch => {
+  return ready(async batch => {
     if (batch.some(e => e.type === "schedule.fired")) route();
   });
 }
@@ -1166,6 +1187,7 @@ function scheduleForm(existing) {
 
 async function schedule(main, parts) {
   const id = parts[1];
+  const ready = listenSoon();
   const [sc, history] = await Promise.all([api("GET", `/api/schedules/${enc(id)}`), api("GET", `/api/schedules/${enc(id)}/history?limit=50`)]);
   const outcome = el("p", { id: "schedule-outcome", role: "status" });
   const act = (label, action, method = "POST") => {
@@ -1193,10 +1215,10 @@ async function schedule(main, parts) {
     el("h2", {}, "History"),
     el("table", {}, el("thead", {}, el("tr", {}, ["#", "For", "Why", "Action", "Job", "Outcome", "Note"].map(h => el("th", {}, h)))), fires),
     el("h2", {}, "Edit"), scheduleForm(sc));
-  return listen(batch => {
-    if (batch.some(e => e.type === "schedule.fired" && e.data && e.data.schedule_id === id)) route();
-    const jobs = new Set(history.fires.map(f => f.job_id).filter(Boolean));
-    if (batch.some(e => jobs.has(e.job_id) && e.data && e.data.state && !ACTIVE.has(e.data.state) && e.data.state !== "queued")) route();
+  const jobs = new Set(history.fires.map(f => f.job_id).filter(Boolean));
+  return ready(batch => {
+    if (batch.some(e => e.type === "schedule.fired" && e.data && e.data.schedule_id === id)
+      || batch.some(e => jobs.has(e.job_id) && e.data && e.data.state && !ACTIVE.has(e.data.state) && e.data.state !== "queued")) route();
   });
 }
 
@@ -1215,15 +1237,17 @@ async function queuesView(main) {
       ["queued", "scheduled", "failed", "completed"].map(s => el("td", { class: "num" }, q.counts[s] || 0)),
       el("td", { "data-paused": String(q.paused) }, q.paused ? "paused" : "running"), el("td", {}, b));
   }));
+  const ready = listenSoon();
   draw(await api("GET", "/api/queues"));
   main.replaceChildren(el("h1", {}, "Queues"),
     el("table", {}, el("thead", {}, el("tr", {}, ["Queue", "Concurrency", "Running", "Queued", "Scheduled", "Failed", "Completed", "State", ""].map(h => el("th", {}, h)))), body));
-  return listen(async batch => {
+  return ready(async batch => {
     if (batch.some(e => e.type === "queue.paused" || e.type === "queue.resumed")) draw(await api("GET", "/api/queues"));
   });
 }
 
 async function serversView(main) {
+  const ready = listenSoon();
   const list = await api("GET", "/api/servers");
   const age = t => t ? duration(Date.now() - Date.parse(t)) : "–";
   main.replaceChildren(el("h1", {}, "Servers"),
@@ -1232,7 +1256,7 @@ async function serversView(main) {
         el("td", {}, sv.id), el("td", {}, sv.host), el("td", { class: "num" }, sv.pid), el("td", {}, when(sv.started_at)),
         el("td", {}, sv.stopped_at ? "stopped" : `${age(sv.heartbeat_at)} ago`), el("td", { class: "num" }, sv.workers),
         el("td", {}, Array.isArray(sv.queues) ? sv.queues.map(q => q.name || q).join(", ") : ""))))));
-  return listen(batch => { if (batch.some(e => e.type === "server.up" || e.type === "server.down")) route(); });
+  return ready(batch => { if (batch.some(e => e.type === "server.up" || e.type === "server.down")) route(); });
 }
 
 async function pipelinesView(main) {

@@ -254,18 +254,26 @@ impl Browser {
     }
 
     /// Waits until `expression` (evaluated in the page, again and again) is truthy,
-    /// and returns its value as JSON; panics naming `what` after 20 s.
+    /// and returns its value as JSON; panics naming `what` after 20 s. An expression
+    /// that throws (an element not drawn yet) is not true yet; the last error is told.
     pub async fn wait_for(&mut self, what: &str, expression: &str) -> Value {
-        let script = format!("(async () => JSON.stringify(await ({expression}) ?? null))()");
+        let script = format!(
+            "(async () => {{ try {{ return JSON.stringify({{ok: await ({expression}) ?? null}}); }} \
+               catch (e) {{ return JSON.stringify({{thrown: String(e)}}); }} }})()"
+        );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            let value = self.evaluate(&script).await;
+            let said = self.evaluate(&script).await;
+            let value = said.get("ok").cloned().unwrap_or(Value::Null);
             if !(value.is_null() || value == json!(false) || value == json!("")) {
                 return value;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "the page never showed {what} ({expression})"
+                "the page never showed {what} ({expression}){}",
+                said.get("thrown")
+                    .map(|e| format!("; it last threw {e}"))
+                    .unwrap_or_default()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -212,16 +212,24 @@ pub fn servers(conn: &Connection) -> Result<Vec<ServerInfo>> {
 }
 
 pub fn counts(conn: &Connection) -> Result<Counts> {
-    // Kept by triggers on `jobs` (schema version 5).
-    let mut stmt = conn.prepare_cached(
-        "SELECT queue, state, n FROM job_counts WHERE n > 0 ORDER BY queue, state",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        let state: String = r.get(1)?;
-        Ok((r.get(0)?, parse_state(&state)?, r.get::<_, i64>(2)? as u64))
-    })?;
+    // One snapshot for the counts and the last event they include.
+    let tx = conn.unchecked_transaction()?;
+    // Kept by the writer with each change of state (schema version 5).
+    let rows = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT queue, state, n FROM job_counts WHERE n > 0 ORDER BY queue, state",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let state: String = r.get(1)?;
+            Ok((r.get(0)?, parse_state(&state)?, r.get::<_, i64>(2)? as u64))
+        })?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let last_event: i64 =
+        tx.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
     Ok(Counts {
-        rows: rows.collect::<rusqlite::Result<_>>()?,
+        rows,
+        last_event: last_event as u64,
     })
 }
 
