@@ -175,6 +175,13 @@ impl ScheduleError {
     }
 }
 
+/// The job of a schedule's last run, and how it stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LastJob {
+    pub id: String,
+    pub state: Option<crate::State>,
+}
+
 /// A stored schedule as clients see it: the spec with its defaults filled in, and its
 /// state. Every field is present.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -197,6 +204,10 @@ pub struct Schedule {
     pub last_run: Option<Millis>,
     /// Jobs it submitted.
     pub run_count: u64,
+    /// The job its last run submitted and that job's state now (`state` null once the
+    /// job is gone); null before a first run.
+    #[serde(default)]
+    pub last_job: Option<LastJob>,
     #[serde(with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Millis,

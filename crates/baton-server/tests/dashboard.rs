@@ -542,6 +542,20 @@ async fn a_schedule_is_checked_at_the_field_created_previewed_and_triggered() {
         .call(Method::GET, "/api/schedules/nightly/history", None)
         .await;
     assert_eq!(history["fires"][0]["outcome"], "completed");
+    // The list tells the last run's outcome, linked to its job.
+    let (_, stored) = h.call(Method::GET, "/api/schedules/nightly", None).await;
+    let job = stored["last_job"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(stored["last_job"]["state"], "completed", "{stored}");
+    browser
+        .evaluate("(location.hash = '#/schedules', '1')")
+        .await;
+    let href = browser
+        .wait_for(
+            "the last run's outcome in the list",
+            "document.querySelector('[data-schedule=nightly] .last-run a [data-state=completed]') && document.querySelector('[data-schedule=nightly] .last-run a').getAttribute('href')",
+        )
+        .await;
+    assert_eq!(href, json!(format!("#/jobs/{job}")));
     browser.close().await;
 }
 

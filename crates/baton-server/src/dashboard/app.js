@@ -1101,12 +1101,15 @@ async function schedules(main) {
   const list = await api("GET", "/api/schedules?limit=1000");
   const body = el("tbody", { id: "schedules" }, list.schedules.map(sc => el("tr", { "data-schedule": sc.id },
     el("td", {}, el("a", { href: `#/schedules/${enc(sc.id)}` }, sc.id)), el("td", {}, triggerWords(sc.trigger, sc.timezone)),
-    el("td", {}, sc.enabled ? when(sc.next_run) : "paused"), el("td", {}, when(sc.last_run)), el("td", { class: "num" }, sc.run_count))));
+    el("td", {}, sc.enabled ? when(sc.next_run) : "paused"), el("td", { class: "last-run" }, when(sc.last_run), " ",
+      sc.last_job ? el("a", { href: `#/jobs/${enc(sc.last_job.id)}` }, stateTag(sc.last_job.state || "gone")) : ""),
+    el("td", { class: "num" }, sc.run_count))));
   main.replaceChildren(el("h1", {}, "Schedules"),
     el("table", {}, el("thead", {}, el("tr", {}, ["Schedule", "When", "Next run", "Last run", "Runs"].map(h => el("th", {}, h)))), body),
     el("h2", {}, "New schedule"), scheduleForm(null));
+  const last = new Set(list.schedules.map(sc => sc.last_job && sc.last_job.id).filter(Boolean));
   return ready(async batch => {
-    if (batch.some(e => e.type === "schedule.fired")) route();
+    if (batch.some(e => e.type === "schedule.fired" || last.has(e.job_id) && e.data && e.data.state)) route();
   });
 }
 

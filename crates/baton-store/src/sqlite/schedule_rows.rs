@@ -12,7 +12,11 @@ use crate::{
 
 /// Every column a schedule row is read with, in the order [`read_schedule`] expects.
 pub const SCHEDULE_COLUMNS: &str = "seq, id, spec, enabled, next_run, last_run, run_count, \
-    version, created_at, updated_at, fire_seq";
+    version, created_at, updated_at, fire_seq, \
+    (SELECT job_id FROM schedule_fires f WHERE f.schedule_id = schedules.id \
+       AND f.job_id IS NOT NULL ORDER BY f.seq DESC LIMIT 1), \
+    (SELECT state FROM jobs WHERE jobs.id = (SELECT job_id FROM schedule_fires f \
+       WHERE f.schedule_id = schedules.id AND f.job_id IS NOT NULL ORDER BY f.seq DESC LIMIT 1))";
 
 /// Active states: the jobs an overlap policy waits for. Written the same way as the
 /// condition of the `jobs_schedule_active` index, so that SQLite uses it.
@@ -52,6 +56,16 @@ pub fn read_schedule(r: &Row<'_>) -> rusqlite::Result<ScheduleRow> {
         next_run: r.get(4)?,
         last_run: r.get(5)?,
         run_count: r.get::<_, i64>(6)? as u64,
+        last_job: match r.get::<_, Option<String>>(11)? {
+            Some(id) => Some(baton_core::schedule::LastJob {
+                id,
+                state: r
+                    .get::<_, Option<String>>(12)?
+                    .map(|s| parse_state(&s))
+                    .transpose()?,
+            }),
+            None => None,
+        },
         created_at: r.get(8)?,
         updated_at: r.get(9)?,
         rev: rev(key, r.get(7)?),
