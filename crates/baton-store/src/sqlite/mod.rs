@@ -5,6 +5,9 @@ pub(crate) mod codes;
 #[cfg(feature = "faults")]
 mod faults;
 mod graph;
+mod list;
+#[cfg(test)]
+mod list_plan;
 mod rows;
 mod schedule_rows;
 mod schema;
@@ -502,7 +505,7 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, filter: JobFilter) -> Result<JobPage> {
-        self.read(move |c| rows::list(c, &filter)).await
+        self.read(move |c| list::list(c, &filter)).await
     }
 
     async fn job_events(&self, job_id: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {

@@ -208,6 +208,49 @@ const MIGRATIONS: &[&str] = &[
         SELECT l.key, l.value, jobs.seq FROM jobs, json_each(jobs.labels) AS l
         WHERE jobs.labels IS NOT NULL;
     "#,
+    // 7: the job list's search and orders. `job_text` indexes every three characters
+    // (trigrams) of a job's id, kind, labels (as key:value and key=value) and error,
+    // so that any part of them is found through the index. Its text is the view
+    // `job_text_source` (external content: not stored twice); the triggers keep it
+    // in step in the writer's own transactions, reading the view before a change to
+    // remove exactly what was indexed. Kind, queue, start and end get indexes for
+    // their filter and orders.
+    r#"
+    CREATE VIEW job_text_source (seq, body) AS
+        SELECT seq, id || ' ' || kind
+            || COALESCE(' ' || (SELECT group_concat(l.key || ':' || l.value || ' '
+                || l.key || '=' || l.value, ' ') FROM json_each(jobs.labels) AS l), '')
+            || COALESCE(' ' || error_code, '') || COALESCE(' ' || error_message, '')
+        FROM jobs;
+    CREATE VIRTUAL TABLE job_text USING fts5 (
+        body, content = 'job_text_source', content_rowid = 'seq', tokenize = 'trigram'
+    );
+    INSERT INTO job_text (rowid, body) SELECT seq, body FROM job_text_source;
+    CREATE TRIGGER job_text_insert AFTER INSERT ON jobs BEGIN
+        INSERT INTO job_text (rowid, body) SELECT seq, body FROM job_text_source
+            WHERE seq = new.seq;
+    END;
+    CREATE TRIGGER job_text_unindex BEFORE UPDATE OF error_code, error_message ON jobs
+        WHEN old.error_code IS NOT new.error_code OR old.error_message IS NOT new.error_message
+    BEGIN
+        INSERT INTO job_text (job_text, rowid, body) SELECT 'delete', seq, body
+            FROM job_text_source WHERE seq = old.seq;
+    END;
+    CREATE TRIGGER job_text_reindex AFTER UPDATE OF error_code, error_message ON jobs
+        WHEN old.error_code IS NOT new.error_code OR old.error_message IS NOT new.error_message
+    BEGIN
+        INSERT INTO job_text (rowid, body) SELECT seq, body FROM job_text_source
+            WHERE seq = new.seq;
+    END;
+    CREATE TRIGGER job_text_delete BEFORE DELETE ON jobs BEGIN
+        INSERT INTO job_text (job_text, rowid, body) SELECT 'delete', seq, body
+            FROM job_text_source WHERE seq = old.seq;
+    END;
+    CREATE INDEX jobs_kind ON jobs (kind, seq);
+    CREATE INDEX jobs_queue ON jobs (queue, seq);
+    CREATE INDEX jobs_started ON jobs (started_at, seq) WHERE started_at IS NOT NULL;
+    CREATE INDEX jobs_finished ON jobs (finished_at, seq) WHERE finished_at IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this build writes.
