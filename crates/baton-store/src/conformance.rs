@@ -60,6 +60,8 @@ macro_rules! store_conformance_tests {
             stale_fence_is_refused_without_writing,
             submit_is_idempotent,
             list_paginates_and_filters,
+            list_text_finds_ids_kinds_labels_and_errors,
+            list_orders_page_every_job_once_while_jobs_arrive,
             events_are_gapless_and_match_the_live_stream,
             illegal_transitions_are_refused_without_writing,
             expect_is_compare_and_set,
@@ -102,6 +104,9 @@ pub use schedules::*;
 
 mod workflows;
 pub use workflows::*;
+
+mod search;
+pub use search::*;
 
 /// The time every test starts at.
 pub const T0: Millis = 1_700_000_000_000;

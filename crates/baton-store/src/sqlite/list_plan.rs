@@ -313,3 +313,17 @@ fn store_with(path: &std::path::Path, jobs: usize) -> Connection {
     tx.commit().unwrap();
     conn
 }
+
+#[test]
+fn verify_finds_text_that_the_index_missed() {
+    let dir = tempfile::tempdir().unwrap();
+    let conn = store_with(&dir.path().join("text.db"), 50);
+    super::rows::verify_text(&conn).expect("the triggers kept the index");
+    conn.execute_batch(
+        "PRAGMA query_only = 0; DROP TRIGGER job_text_reindex; \
+         UPDATE jobs SET error_code = 'E_NEW', error_message = 'brand new words' WHERE seq = 5;",
+    )
+    .unwrap();
+    let e = super::rows::verify_text(&conn).unwrap_err().to_string();
+    assert!(e.contains("job_text and the jobs' text differ"), "{e}");
+}
