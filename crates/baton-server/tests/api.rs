@@ -95,6 +95,43 @@ async fn submit_show_list_and_resubmit() {
     assert!(by_alias["total"].as_u64().unwrap() >= 1);
     let (_, by_text) = h.call(Method::GET, "/api/jobs?q=order", None).await;
     assert_eq!(by_text["total"], 1);
+    // FTS5 syntax in the text is text to find: never an error.
+    for q in [
+        "%22order",
+        "order%20AND%20x-y",
+        "NEAR(ord",
+        "ord*",
+        "-ord",
+        "id:order",
+        "%22%22%22",
+    ] {
+        let (status, body) = h.call(Method::GET, &format!("/api/jobs?q={q}"), None).await;
+        assert_eq!(status, StatusCode::OK, "q={q}: {body}");
+        assert_eq!(body["total"], 0, "q={q}: {body}");
+    }
+    let (_, dashed) = h.call(Method::GET, "/api/jobs?q=rder-", None).await;
+    assert_eq!(dashed["jobs"][0]["id"], "order-1", "{dashed}");
+    // By the end time: only the finished job, and a cursor of that order pages on.
+    let (status, finished) = h
+        .call(Method::GET, "/api/jobs?sort=finished&limit=1", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{finished}");
+    assert_eq!(finished["jobs"][0]["id"], "order-1");
+    assert_eq!(finished["next_cursor"], Value::Null, "{finished}");
+    let (_, started) = h
+        .call(Method::GET, "/api/jobs?sort=started&limit=1", None)
+        .await;
+    let cursor = started["next_cursor"].as_str().expect("more started jobs");
+    assert!(cursor.starts_with("started."), "{cursor}");
+    let (status, next) = h
+        .call(
+            Method::GET,
+            &format!("/api/jobs?sort=started&limit=1&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    assert_ne!(next["jobs"][0]["id"], started["jobs"][0]["id"]);
 }
 
 #[tokio::test]
@@ -458,6 +495,33 @@ async fn bad_requests_each_get_a_status_and_a_message() {
             StatusCode::BAD_REQUEST,
             "bad_request",
             "invalid cursor",
+        ),
+        (
+            Method::GET,
+            "/api/jobs?sort=oldest",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid sort \"oldest\": expected created, started or finished",
+        ),
+        (
+            Method::GET,
+            "/api/jobs?sort=finished&cursor=created.12",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "cursor \"created.12\" belongs to sort=created, not sort=finished",
+        ),
+        (
+            Method::GET,
+            "/api/jobs?q=ab",
+            None,
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "search term \"ab\" is too short: each term needs at least 3 characters",
         ),
         (
             Method::GET,

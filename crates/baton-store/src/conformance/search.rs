@@ -113,7 +113,7 @@ pub async fn list_orders_page_every_job_once_while_jobs_arrive(store: Arc<dyn St
     for i in 0..n {
         let spec = JobSpec::new("task")
             .id(format!("job-{i:02}"))
-            .priority((i * 7 % n) as i32);
+            .priority(i * 7 % n);
         submit(s, spec, T0 + i as Millis).await;
     }
     let mut claimed = Vec::new();

@@ -37,6 +37,7 @@ pub fn list(conn: &Connection, f: &JobFilter) -> Result<JobPage> {
 }
 
 /// The statement of one page of `f` (for the plan checks: what [`list`] runs).
+#[cfg(test)]
 pub fn page_sql(conn: &Connection, f: &JobFilter) -> Result<(String, Vec<Value>)> {
     Query::build(conn, f)?.page(f, f.limit.clamp(1, 1000))
 }
