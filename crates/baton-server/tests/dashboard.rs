@@ -677,7 +677,7 @@ async fn a_failed_job_is_retried_from_its_page_and_fifty_queued_jobs_are_cancell
     browser
         .wait_for(
             "the whole list",
-            "document.querySelector('#jobs tr[data-job=wait-0]') !== null",
+            "document.querySelector('#jobs tr[data-job=wait-49]') !== null",
         )
         .await;
     browser
@@ -689,7 +689,7 @@ async fn a_failed_job_is_retried_from_its_page_and_fifty_queued_jobs_are_cancell
     let rows = browser
         .wait_for(
             "the list by end time",
-            "location.hash.includes('sort=finished') && document.querySelector('#jobs tr[data-job=wait-0]') === null \
+            "location.hash.includes('sort=finished') && document.querySelector('#jobs tr[data-job=wait-49]') === null \
              && [...document.querySelectorAll('th')].some(t => t.textContent === 'Finished') \
              && document.querySelectorAll('#jobs tr').length",
         )

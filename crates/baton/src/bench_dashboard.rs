@@ -36,7 +36,12 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
             ..JobFilter::default()
         })
         .await?;
-    let id = newest.jobs.first().context("the store lists no job")?.id.to_string();
+    let id = newest
+        .jobs
+        .first()
+        .context("the store lists no job")?
+        .id
+        .to_string();
     let id_end = id[id.len().saturating_sub(6)..].to_owned();
     let mut out = serde_json::Map::new();
     let mut worst_filter = 0.0f64;
