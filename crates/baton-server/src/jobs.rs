@@ -119,7 +119,7 @@ pub struct ListQuery {
     params(("state" = Option<String>, Query, description = "states, comma separated; aliases accepted"),
         ("queue" = Option<String>, Query), ("kind" = Option<String>, Query),
         ("label" = Option<String>, Query, description = "key:value"),
-        ("q" = Option<String>, Query, description = "text in the id, kind, labels (key:value or key=value) or error; terms separated by spaces, each at least 3 characters, all must match"),
+        ("q" = Option<String>, Query, description = "words of the id (or its last 4, 6 or 8 characters), kind, labels (key:value or key=value) or error; terms separated by spaces, all must match; a term whose last word has 3 or more characters matches words starting with it"),
         ("workflow" = Option<String>, Query, description = "jobs of this workflow"),
         ("schedule" = Option<String>, Query, description = "jobs submitted by this schedule"),
         ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000"),
@@ -127,7 +127,7 @@ pub struct ListQuery {
         ("sort" = Option<String>, Query, description = "newest first by: created (default), started (only jobs that have started) or finished (only jobs that have finished)")),
     responses((status = 200, body = baton_api::JobList),
         (status = 400, description = "an unknown query parameter, or an invalid state, limit, label, sort or cursor (or a cursor of another sort)", body = baton_api::ErrorBody),
-        (status = 422, description = "search text with a term shorter than 3 characters", body = baton_api::ErrorBody)))]
+        (status = 422, description = "search text with a term that has no letter or digit", body = baton_api::ErrorBody)))]
 pub async fn list(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,

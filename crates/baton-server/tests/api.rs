@@ -95,22 +95,20 @@ async fn submit_show_list_and_resubmit() {
     assert!(by_alias["total"].as_u64().unwrap() >= 1);
     let (_, by_text) = h.call(Method::GET, "/api/jobs?q=order", None).await;
     assert_eq!(by_text["total"], 1);
-    // FTS5 syntax in the text is text to find: never an error.
-    for q in [
-        "%22order",
-        "order%20AND%20x-y",
-        "NEAR(ord",
-        "ord*",
-        "-ord",
-        "id:order",
-        "%22%22%22",
+    // FTS5 syntax in the text is words to find: never an error.
+    for (q, total) in [
+        ("%22order", 1),
+        ("order%20AND%20x-y", 0),
+        ("NEAR(ord", 0),
+        ("ord*", 1),
+        ("-ord", 1),
+        ("id:order", 0),
+        ("order-1", 1),
     ] {
         let (status, body) = h.call(Method::GET, &format!("/api/jobs?q={q}"), None).await;
         assert_eq!(status, StatusCode::OK, "q={q}: {body}");
-        assert_eq!(body["total"], 0, "q={q}: {body}");
+        assert_eq!(body["total"], total, "q={q}: {body}");
     }
-    let (_, dashed) = h.call(Method::GET, "/api/jobs?q=rder-", None).await;
-    assert_eq!(dashed["jobs"][0]["id"], "order-1", "{dashed}");
     // By the end time: only finished jobs, and a cursor of that order pages on.
     let (_, others) = h.call(Method::GET, "/api/jobs?queue=other", None).await;
     for job in others["jobs"].as_array().unwrap() {
@@ -521,12 +519,12 @@ async fn bad_requests_each_get_a_status_and_a_message() {
         ),
         (
             Method::GET,
-            "/api/jobs?q=ab",
+            "/api/jobs?q=order%20*-*",
             None,
             &[],
             StatusCode::UNPROCESSABLE_ENTITY,
             "invalid_request",
-            "search term \"ab\" is too short: each term needs at least 3 characters",
+            "search term \"*-*\" has no letter or digit: the search finds words",
         ),
         (
             Method::GET,

@@ -17,7 +17,7 @@ use baton_core::{
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-pub use list::{JobCursor, JobSort, MIN_TERM_CHARS, search_terms};
+pub use list::{JobCursor, JobSort, PREFIX_MIN_CHARS, is_prefix_term, search_terms};
 pub use schedule::{
     Fire, FireAction, FireOutcome, FirePage, FireReason, FireRecord, FireSlot, Fired, NewSchedule,
     PutSchedule, Released, ScheduleFilter, SchedulePage, ScheduleTimer,
@@ -327,8 +327,9 @@ pub struct JobFilter {
     pub queue: Option<String>,
     pub kind: Option<String>,
     pub label: Option<(String, String)>,
-    /// Terms (see [`search_terms`]) that each match part of the id, kind, a label
-    /// (`key:value` or `key=value`) or the error (code and message).
+    /// Terms (see [`search_terms`]) that each match words of the id (or its last 4, 6
+    /// or 8 characters), kind, a label (`key:value` or `key=value`) or the error
+    /// (code and message).
     pub text: Option<String>,
     pub limit: usize,
     /// A [`JobCursor`] of the same sort, as a previous page wrote it.

@@ -91,24 +91,36 @@ impl fmt::Display for JobCursor {
     }
 }
 
-/// The fewest characters a search term may have: the full-text index holds every
-/// three characters of a job's text (trigrams), so a shorter term has nothing to
-/// look up.
-pub const MIN_TERM_CHARS: usize = 3;
+/// A search term whose last word has at least this many characters matches words
+/// that start with it (`enc` finds `encode`); a shorter last word matches whole
+/// words only (`q1`, `s4`), since its prefix would name too many words to read.
+pub const PREFIX_MIN_CHARS: usize = 3;
 
 /// The terms of a free-text search (split at white space; a job matches when it
-/// contains every one), or why the text cannot be searched.
+/// contains every one), or why the text cannot be searched. The index holds words
+/// (runs of letters and digits), so a term needs at least one.
 pub fn search_terms(text: &str) -> Result<Vec<&str>, String> {
     let terms: Vec<&str> = text.split_whitespace().collect();
     if terms.is_empty() {
         return Err("search text is empty".into());
     }
-    if let Some(short) = terms.iter().find(|t| t.chars().count() < MIN_TERM_CHARS) {
+    if let Some(bare) = terms.iter().find(|t| !t.chars().any(char::is_alphanumeric)) {
         return Err(format!(
-            "search term {short:?} is too short: each term needs at least {MIN_TERM_CHARS} characters"
+            "search term {bare:?} has no letter or digit: the search finds words"
         ));
     }
     Ok(terms)
+}
+
+/// Whether a term's last word is long enough to be matched as a prefix.
+pub fn is_prefix_term(term: &str) -> bool {
+    let last = term
+        .chars()
+        .rev()
+        .skip_while(|c| !c.is_alphanumeric())
+        .take_while(|c| c.is_alphanumeric())
+        .count();
+    last >= PREFIX_MIN_CHARS
 }
 
 #[cfg(test)]
@@ -148,13 +160,28 @@ mod tests {
     }
 
     #[test]
-    fn search_terms_need_three_characters() {
+    fn search_terms_need_a_word() {
         assert_eq!(search_terms(" ab12  x-y:z "), Ok(vec!["ab12", "x-y:z"]));
         assert!(
-            search_terms("ab")
+            search_terms("ab *-*")
                 .unwrap_err()
-                .contains("\"ab\" is too short")
+                .contains("\"*-*\" has no letter")
         );
         assert!(search_terms("   ").unwrap_err().contains("empty"));
+    }
+
+    #[test]
+    fn a_term_is_a_prefix_when_its_last_word_has_three_characters() {
+        for (term, prefix) in [
+            ("enc", true),
+            ("q1", false),
+            ("source:s4", false),
+            ("source:alf", true),
+            ("3e4f5a", true),
+            ("ab-", false),
+            ("abc-", true),
+        ] {
+            assert_eq!(is_prefix_term(term), prefix, "{term:?}");
+        }
     }
 }

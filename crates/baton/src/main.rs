@@ -225,8 +225,8 @@ enum Command {
         /// key:value
         #[arg(long)]
         label: Option<String>,
-        /// Text to look for in ids, kinds, labels and errors (terms of 3 characters or
-        /// more, all of which must match).
+        /// Words to look for in ids, kinds, labels and errors (all terms must match; a
+        /// term of 3 characters or more also matches words starting with it).
         #[arg(short, long)]
         q: Option<String>,
         #[arg(long, default_value_t = 50)]

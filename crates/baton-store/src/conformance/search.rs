@@ -22,9 +22,10 @@ async fn found(s: &dyn Store, t: &str) -> Vec<String> {
     ids_of(&p).into_iter().map(str::to_owned).collect()
 }
 
-/// Text finds any part of an id, a kind, a label (written `key:value` or `key=value`)
-/// and an error's code or message, follows the error as it changes, and takes
-/// whatever a person types as text, never as query syntax.
+/// Text finds the words of an id (and its last characters), a kind, a label (written
+/// `key:value` or `key=value`) and an error's code or message, words starting with a
+/// term of 3 characters or more, follows the error as it changes, and takes whatever
+/// a person types as words, never as query syntax.
 pub async fn list_text_finds_ids_kinds_labels_and_errors(store: Arc<dyn Store>) {
     let s = &*store;
     let jobs = [
@@ -41,14 +42,37 @@ pub async fn list_text_finds_ids_kinds_labels_and_errors(store: Arc<dyn Store>) 
         submit(s, spec, T0 + i as Millis).await;
     }
     let (scrape, encode, report) = (jobs[0].0, jobs[1].0, jobs[2].0);
-    assert_eq!(found(s, "2d3e4f5a").await, [scrape], "the end of an id");
-    assert_eq!(found(s, "0190F8A2").await, [encode, scrape], "any case");
+    assert_eq!(
+        found(s, "2d3e4f5a").await,
+        [scrape],
+        "an id's last 8 characters"
+    );
+    assert_eq!(found(s, "3e4f5a").await, [scrape], "its last 6");
+    assert_eq!(found(s, "4f5a").await, [scrape], "its last 4");
+    assert_eq!(
+        found(s, "0190F8A2").await,
+        [encode, scrape],
+        "a part, any case"
+    );
+    assert_eq!(
+        found(s, "0190f8a2-3b4c").await,
+        [encode, scrape],
+        "its start"
+    );
     assert_eq!(found(s, "encode").await, [encode], "a kind");
+    assert_eq!(found(s, "enc").await, [encode], "a word's start");
     assert_eq!(found(s, "source:alfabeta").await, [scrape], "a label");
     assert_eq!(found(s, "source=alfabeta").await, [scrape], "key=value too");
-    assert_eq!(found(s, "beta").await, [encode, scrape], "part of a value");
+    assert_eq!(found(s, "source:alf").await, [scrape], "a label's start");
+    assert_eq!(
+        found(s, "beta").await,
+        [encode],
+        "a whole value, not inside one"
+    );
     assert_eq!(found(s, "beta 77aa").await, [encode], "every term matches");
     assert_eq!(found(s, "report-2024.q1").await, [report]);
+    assert_eq!(found(s, "q1").await, [report], "a short word, whole");
+    assert!(found(s, "q").await.is_empty(), "a short term is no prefix");
 
     // Fails with an error: found by its message and code, until a retry clears it.
     let c = claim_one(s, "encode", T0 + 10).await;
@@ -76,28 +100,35 @@ pub async fn list_text_finds_ids_kinds_labels_and_errors(store: Arc<dyn Store>) 
     assert!(found(s, "fetching").await.is_empty(), "the error is gone");
     assert_eq!(found(s, "encode").await, [encode], "the rest stays found");
 
-    // FTS5 syntax is text: quotes, `*`, `-`, `OR`, `:` and `NEAR(` are looked for.
-    for typed in [r#""hi""#, "a*-x", "OR:y", "NEAR(z", r#"a*-x OR:y "hi""#] {
+    // FTS5 syntax is words: quotes, `*`, `-`, `OR`, `:` and `NEAR(` are not obeyed.
+    for typed in [
+        r#""hi""#,
+        "a*-x",
+        "OR:y",
+        "NEAR(z",
+        r#"a*-x OR:y "hi""#,
+        "note:a*",
+    ] {
         assert_eq!(found(s, typed).await.len(), 3, "{typed:?}");
     }
-    for typed in [r#"""""#, "NOT AND", "*-*-*", "'''", "col:umn"] {
+    for typed in ["NOT AND", "col:umn", "x*y", "z-NEAR"] {
         assert!(found(s, typed).await.is_empty(), "{typed:?}");
     }
 
-    // Shorter than the index can look up: refused, not answered wrongly.
-    for short in ["q1", "ab cde", "  ", "x"] {
+    // No word to look for: refused, not answered wrongly.
+    for bare in ["*-*", r#"fetching """#, "  ", "'''"] {
         match s
             .list(JobFilter {
                 limit: 10,
-                ..text(short)
+                ..text(bare)
             })
             .await
         {
             Err(Error::Config(msg)) => assert!(
-                msg.contains("too short") || msg.contains("empty"),
-                "{short:?}: {msg}"
+                msg.contains("has no letter or digit") || msg.contains("empty"),
+                "{bare:?}: {msg}"
             ),
-            other => panic!("{short:?}: {other:?}"),
+            other => panic!("{bare:?}: {other:?}"),
         }
     }
 }

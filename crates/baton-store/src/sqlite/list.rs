@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use rusqlite::types::Value;
 
 use super::rows::{JOB_COLUMNS, JobRow, read_job};
-use crate::{Error, JobCursor, JobFilter, JobPage, JobSort, Result, search_terms};
+use crate::{Error, JobCursor, JobFilter, JobPage, JobSort, Result, is_prefix_term, search_terms};
 
 const COUNT_CAP: i64 = crate::LIST_COUNT_CAP as i64;
 
@@ -235,13 +235,16 @@ fn time_column(sort: JobSort) -> Option<&'static str> {
     }
 }
 
-/// Each term as an FTS5 string (double quotes doubled): whatever the user typed,
-/// quotes, `*`, `-`, `:` or `OR`, is text to find, never query syntax. Terms are
-/// ANDed.
+/// Each term as an FTS5 string (double quotes doubled), so that whatever the user
+/// typed, quotes, `*`, `-`, `:` or `OR`, is words to find, never query syntax; its
+/// last word is a prefix when long enough (`"source:alf"*`). Terms are ANDed.
 fn fts_query(terms: &[&str]) -> String {
     let quoted: Vec<String> = terms
         .iter()
-        .map(|t| format!("\"{}\"", t.replace('"', "\"\"")))
+        .map(|t| {
+            let star = if is_prefix_term(t) { "*" } else { "" };
+            format!("\"{}\"{star}", t.replace('"', "\"\""))
+        })
         .collect();
     quoted.join(" ")
 }

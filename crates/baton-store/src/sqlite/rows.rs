@@ -266,7 +266,7 @@ pub(super) fn verify_text(conn: &Connection) -> Result<()> {
     let compared = conn
         .execute_batch(
             "INSERT INTO job_text (job_text) VALUES ('integrity-check');
-             CREATE VIRTUAL TABLE temp.job_text_fresh USING fts5 (body, tokenize = 'trigram');
+             CREATE VIRTUAL TABLE temp.job_text_fresh USING fts5 (body, tokenize = 'unicode61');
              INSERT INTO temp.job_text_fresh (rowid, body) SELECT seq, body FROM job_text_source;
              CREATE VIRTUAL TABLE temp.job_text_kept_terms USING fts5vocab (main, job_text, instance);
              CREATE VIRTUAL TABLE temp.job_text_fresh_terms USING fts5vocab (temp, job_text_fresh, instance);",

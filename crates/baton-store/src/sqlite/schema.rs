@@ -208,22 +208,23 @@ const MIGRATIONS: &[&str] = &[
         SELECT l.key, l.value, jobs.seq FROM jobs, json_each(jobs.labels) AS l
         WHERE jobs.labels IS NOT NULL;
     "#,
-    // 7: the job list's search and orders. `job_text` indexes every three characters
-    // (trigrams) of a job's id, kind, labels (as key:value and key=value) and error,
-    // so that any part of them is found through the index. Its text is the view
-    // `job_text_source` (external content: not stored twice); the triggers keep it
-    // in step in the writer's own transactions, reading the view before a change to
-    // remove exactly what was indexed. Kind, queue, start and end get indexes for
-    // their filter and orders.
+    // 7: the job list's search and orders. `job_text` indexes the words of a job's
+    // id (and its last 4, 6 and 8 characters as words of their own), kind, labels
+    // and error (unicode61: a word is a run of letters and digits), so that a search
+    // reads the jobs it matches. Its text is the view `job_text_source` (external
+    // content: not stored twice); the triggers keep it in step in the writer's own
+    // transactions, reading the view before a change to remove exactly what was
+    // indexed. Kind, queue, start and end get indexes for their filter and orders.
     r#"
     CREATE VIEW job_text_source (seq, body) AS
-        SELECT seq, id || ' ' || kind
-            || COALESCE(' ' || (SELECT group_concat(l.key || ':' || l.value || ' '
-                || l.key || '=' || l.value, ' ') FROM json_each(jobs.labels) AS l), '')
+        SELECT seq, id || ' ' || substr(id, -8) || ' ' || substr(id, -6) || ' '
+            || substr(id, -4) || ' ' || kind
+            || COALESCE(' ' || (SELECT group_concat(l.key || ':' || l.value, ' ')
+                FROM json_each(jobs.labels) AS l), '')
             || COALESCE(' ' || error_code, '') || COALESCE(' ' || error_message, '')
         FROM jobs;
     CREATE VIRTUAL TABLE job_text USING fts5 (
-        body, content = 'job_text_source', content_rowid = 'seq', tokenize = 'trigram'
+        body, content = 'job_text_source', content_rowid = 'seq', tokenize = 'unicode61'
     );
     INSERT INTO job_text (rowid, body) SELECT seq, body FROM job_text_source;
     CREATE TRIGGER job_text_insert AFTER INSERT ON jobs BEGIN
