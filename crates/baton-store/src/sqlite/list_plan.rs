@@ -109,6 +109,14 @@ fn shapes(conn: &Connection) -> Vec<(String, JobFilter)> {
     }
     for sort in [JobSort::Started, JobSort::Finished] {
         out.push((
+            format!("sorted few: text by {sort}"),
+            with(JobFilter {
+                text: Some("quasar".into()),
+                sort,
+                ..JobFilter::default()
+            }),
+        ));
+        out.push((
             format!("sorted few: failed by {sort}"),
             with(JobFilter {
                 states: vec![State::Failed],
