@@ -21,7 +21,8 @@ pub struct ListFilter {
     /// `key:value`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
-    /// Text in the id, kind or labels.
+    /// Words in the id, kind, labels (`key:value` or `key=value`) or error: terms
+    /// separated by spaces, all of which must match (see `GET /api/jobs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub q: Option<String>,
     /// Jobs of this workflow.

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use baton_api::{CheckpointList, JobList, ListFilter, StatusRequest, StatusResponse};
 use baton_core::{JobId, JobSpec, State as JobState};
 use baton_engine::JobFilter;
+use baton_store::{JobCursor, JobSort, search_terms};
 use serde::Deserialize;
 
 use crate::AppState;
@@ -111,17 +112,22 @@ pub struct ListQuery {
     schedule: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
+    sort: Option<String>,
 }
 
 #[utoipa::path(get, operation_id = "list_jobs", path = "/api/jobs", tag = "jobs",
     params(("state" = Option<String>, Query, description = "states, comma separated; aliases accepted"),
         ("queue" = Option<String>, Query), ("kind" = Option<String>, Query),
-        ("label" = Option<String>, Query, description = "key:value"), ("q" = Option<String>, Query),
+        ("label" = Option<String>, Query, description = "key:value"),
+        ("q" = Option<String>, Query, description = "words of the id (or its last 4, 6 or 8 characters), kind, labels (key:value or key=value) or error; terms separated by spaces, all must match; a term whose last word has 3 or more characters matches words starting with it"),
         ("workflow" = Option<String>, Query, description = "jobs of this workflow"),
         ("schedule" = Option<String>, Query, description = "jobs submitted by this schedule"),
-        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000"), ("cursor" = Option<String>, Query)),
+        ("limit" = Option<u32>, Query, minimum = 1, maximum = 1000, description = "1 to 1000"),
+        ("cursor" = Option<String>, Query, description = "the next_cursor of the previous page, of the same sort"),
+        ("sort" = Option<String>, Query, description = "newest first by: created (default), started (only jobs that have started) or finished (only jobs that have finished)")),
     responses((status = 200, body = baton_api::JobList),
-        (status = 400, description = "an unknown query parameter, or an invalid state, limit, label or cursor", body = baton_api::ErrorBody)))]
+        (status = 400, description = "an unknown query parameter, or an invalid state, limit, label, sort or cursor (or a cursor of another sort)", body = baton_api::ErrorBody),
+        (status = 422, description = "search text with a term that has no letter or digit", body = baton_api::ErrorBody)))]
 pub async fn list(
     State(s): State<AppState>,
     ApiQuery(q): ApiQuery<ListQuery>,
@@ -146,10 +152,11 @@ pub async fn list(
             }
         };
     }
-    if let Some(cursor) = &q.cursor
-        && cursor.parse::<i64>().is_err()
-    {
-        return Err(ApiError::bad_request(format!("invalid cursor {cursor:?}")));
+    if let Some(sort) = q.sort.as_deref().filter(|v| !v.is_empty()) {
+        filter.sort = JobSort::parse(sort).map_err(ApiError::bad_request)?;
+    }
+    if let Some(cursor) = &q.cursor {
+        JobCursor::parse(cursor, filter.sort).map_err(ApiError::bad_request)?;
     }
     filter.cursor = q.cursor;
     let page = s.engine.list(filter).await?;
@@ -188,6 +195,11 @@ pub fn job_filter(f: &ListFilter) -> ApiResult<JobFilter> {
     filter.queue = given(&f.queue);
     filter.kind = given(&f.kind);
     filter.text = given(&f.q);
+    if let Some(text) = &filter.text {
+        // A term the index cannot look up is refused, never answered wrongly.
+        search_terms(text)
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", e))?;
+    }
     filter.workflow = given(&f.workflow);
     filter.schedule = given(&f.schedule);
     Ok(filter)

@@ -95,6 +95,46 @@ async fn submit_show_list_and_resubmit() {
     assert!(by_alias["total"].as_u64().unwrap() >= 1);
     let (_, by_text) = h.call(Method::GET, "/api/jobs?q=order", None).await;
     assert_eq!(by_text["total"], 1);
+    // FTS5 syntax in the text is words to find: never an error.
+    for (q, total) in [
+        ("%22order", 1),
+        ("order%20AND%20x-y", 0),
+        ("NEAR(ord", 0),
+        ("ord*", 1),
+        ("-ord", 1),
+        ("id:order", 0),
+        ("order-1", 1),
+    ] {
+        let (status, body) = h.call(Method::GET, &format!("/api/jobs?q={q}"), None).await;
+        assert_eq!(status, StatusCode::OK, "q={q}: {body}");
+        assert_eq!(body["total"], total, "q={q}: {body}");
+    }
+    // By the end time: only finished jobs, and a cursor of that order pages on.
+    let (_, others) = h.call(Method::GET, "/api/jobs?queue=other", None).await;
+    for job in others["jobs"].as_array().unwrap() {
+        let path = format!("/api/jobs/{}/wait?timeout=10s", job["id"].as_str().unwrap());
+        let (_, done) = h.call(Method::GET, &path, None).await;
+        assert_eq!(done["state"], "completed", "{done}");
+    }
+    let (status, finished) = h.call(Method::GET, "/api/jobs?sort=finished", None).await;
+    assert_eq!(status, StatusCode::OK, "{finished}");
+    let finished = finished["jobs"].as_array().unwrap();
+    assert_eq!(finished.len(), 6, "{finished:?}");
+    assert!(finished.iter().all(|j| !j["finished_at"].is_null()));
+    let (_, started) = h
+        .call(Method::GET, "/api/jobs?sort=started&limit=1", None)
+        .await;
+    let cursor = started["next_cursor"].as_str().expect("more started jobs");
+    assert!(cursor.starts_with("started."), "{cursor}");
+    let (status, next) = h
+        .call(
+            Method::GET,
+            &format!("/api/jobs?sort=started&limit=1&cursor={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{next}");
+    assert_ne!(next["jobs"][0]["id"], started["jobs"][0]["id"]);
 }
 
 #[tokio::test]
@@ -462,6 +502,33 @@ async fn bad_requests_each_get_a_status_and_a_message() {
             StatusCode::BAD_REQUEST,
             "bad_request",
             "invalid cursor",
+        ),
+        (
+            Method::GET,
+            "/api/jobs?sort=oldest",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "invalid sort \"oldest\": expected created, started or finished",
+        ),
+        (
+            Method::GET,
+            "/api/jobs?sort=finished&cursor=created.12",
+            None,
+            &[],
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "cursor \"created.12\" belongs to sort=created, not sort=finished",
+        ),
+        (
+            Method::GET,
+            "/api/jobs?q=order%20*-*",
+            None,
+            &[],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request",
+            "search term \"*-*\" has no letter or digit: the search finds words",
         ),
         (
             Method::GET,

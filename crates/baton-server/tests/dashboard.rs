@@ -685,6 +685,31 @@ async fn a_failed_job_is_retried_from_its_page_and_fifty_queued_jobs_are_cancell
         .await;
     assert_eq!(h.engine.attempts("doomed").await.unwrap().len(), 2);
 
+    // Ordered by the end: the sort select reloads the list, which holds only the
+    // finished job and shows when it finished.
+    browser.evaluate("(location.hash = '#/jobs', '1')").await;
+    browser
+        .wait_for(
+            "the whole list",
+            "document.querySelector('#jobs tr[data-job=wait-49]') !== null",
+        )
+        .await;
+    browser
+        .evaluate(
+            "(() => { const s = document.getElementById('sort'); s.value = 'finished'; \
+             s.dispatchEvent(new Event('change')); return '1'; })()",
+        )
+        .await;
+    let rows = browser
+        .wait_for(
+            "the list by end time",
+            "location.hash.includes('sort=finished') && document.querySelector('#jobs tr[data-job=wait-49]') === null \
+             && [...document.querySelectorAll('th')].some(t => t.textContent === 'Finished') \
+             && document.querySelectorAll('#jobs tr').length",
+        )
+        .await;
+    assert_eq!(rows, json!(1), "only the finished job");
+
     // Every queued job of the paused queue, by the filter; the page says how many.
     browser
         .evaluate("(location.hash = '#/jobs?state=queued&queue=other', '1')")

@@ -2,6 +2,7 @@
 //! store, and the conformance suite that every store runs.
 
 pub mod conformance;
+pub mod list;
 pub mod schedule;
 pub mod sqlite;
 pub mod workflow;
@@ -16,6 +17,7 @@ use baton_core::{
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+pub use list::{JobCursor, JobSort, PREFIX_MIN_CHARS, is_prefix_term, search_terms};
 pub use schedule::{
     Fire, FireAction, FireOutcome, FirePage, FireReason, FireRecord, FireSlot, Fired, NewSchedule,
     PutSchedule, Released, ScheduleFilter, SchedulePage, ScheduleTimer,
@@ -328,10 +330,14 @@ pub struct JobFilter {
     pub queue: Option<String>,
     pub kind: Option<String>,
     pub label: Option<(String, String)>,
-    /// Matches the id, kind or labels.
+    /// Terms (see [`search_terms`]) that each match words of the id (or its last 4, 6
+    /// or 8 characters), kind, a label (`key:value` or `key=value`) or the error
+    /// (code and message).
     pub text: Option<String>,
     pub limit: usize,
+    /// A [`JobCursor`] of the same sort, as a previous page wrote it.
     pub cursor: Option<String>,
+    pub sort: JobSort,
     /// Jobs of this workflow.
     pub workflow: Option<String>,
     /// Jobs submitted by this schedule.

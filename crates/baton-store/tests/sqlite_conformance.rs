@@ -151,10 +151,10 @@ async fn the_upgrade_to_kept_throughput_counts_the_jobs_that_ended_within_a_day(
     }
     store.close().await;
     drop(store);
-    // As a Baton of schema 6 left it: no throughput table.
+    // As a Baton of schema 7 left it: no throughput table.
     let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
     conn.execute_batch(
-        "DROP TABLE throughput; DROP INDEX workflows_created; PRAGMA user_version = 6;",
+        "DROP TABLE throughput; DROP INDEX workflows_created; PRAGMA user_version = 7;",
     )
     .expect("downgrade");
     drop(conn);
@@ -387,4 +387,43 @@ async fn an_unknown_condition_refuses_the_transition_that_would_settle_it() {
     );
     assert_eq!(store.events_after(0, 100).await.expect("events"), before);
     store.close().await;
+}
+
+/// New jobs are indexed for search behind the writes: by the writer when it has
+/// nothing else to do, without a search asking for it, and with nothing left out.
+#[tokio::test]
+async fn the_idle_writer_indexes_new_jobs_for_search() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join("baton.db");
+    let store = open(&path).expect("open");
+    let jobs: Vec<NewJob> = (0..2_000).map(|i| job(&format!("idx-{i}"), T0)).collect();
+    store.submit(jobs).await.expect("submit");
+    let watch = rusqlite::Connection::open(&path).expect("open with rusqlite");
+    let read = || -> (i64, i64) {
+        watch
+            .query_row(
+                "SELECT (SELECT upto FROM job_text_mark), (SELECT MAX(seq) FROM jobs)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while read().0 < read().1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle writer indexed only up to {:?}",
+            read()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let indexed: i64 = watch
+        .query_row(
+            "SELECT COUNT(*) FROM job_text WHERE job_text MATCH 'idx'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexed, 2_000);
+    store.verify().await.expect("the index matches the jobs");
 }

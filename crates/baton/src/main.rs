@@ -225,13 +225,19 @@ enum Command {
         /// key:value
         #[arg(long)]
         label: Option<String>,
-        /// Text to look for in ids, kinds and labels.
+        /// Words to look for in ids, kinds, labels and errors (all terms must match; a
+        /// term of 3 characters or more also matches words starting with it).
         #[arg(short, long)]
         q: Option<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// The next_cursor of the previous page (of the same --sort).
         #[arg(long)]
         cursor: Option<String>,
+        /// Newest first by: created, started (only started jobs) or finished (only
+        /// finished jobs).
+        #[arg(long, value_parser = ["created", "started", "finished"])]
+        sort: Option<String>,
         /// Add a column with what each job runs (its command, or its pipeline's steps).
         #[arg(long)]
         command: bool,
@@ -670,6 +676,7 @@ fn run(cli: Cli) -> Result<u8> {
             q,
             limit,
             cursor,
+            sort,
             command,
         } => {
             let c = client()?;
@@ -681,6 +688,7 @@ fn run(cli: Cli) -> Result<u8> {
                 ("label", label),
                 ("q", q),
                 ("cursor", cursor),
+                ("sort", sort),
             ] {
                 if let Some(v) = v {
                     query.push(format!("{k}={}", encode(&v)));

@@ -46,6 +46,14 @@ fn submit_wait_show_logs_and_list() {
     assert_eq!(lines, vec!["first line", "second line"]);
     let list = json(&server, &["ls", "--state", "completed"]);
     assert_eq!(list["total"], 1);
+    let finished = json(&server, &["ls", "--sort", "finished", "-q", "source:cli"]);
+    assert_eq!(finished["jobs"][0]["id"], id.as_str(), "{finished}");
+    let refused = baton(&server, &["ls", "--sort", "oldest"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("oldest"),
+        "{refused:?}"
+    );
     let table = ok(&baton(&server, &["ls"]));
     assert!(
         table.contains(&id) && table.contains("completed"),

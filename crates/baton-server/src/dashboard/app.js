@@ -1,6 +1,8 @@
 // Baton's dashboard: one SSE stream per tab, views that change with its events, and
 // the HTTP API for everything else. Nothing here polls.
 
+// The job list's orders (newest first) and the column each shows.
+const SORTS = [["created", "Created"], ["started", "Started"], ["finished", "Finished"]];
 const STATES = ["scheduled", "awaiting", "queued", "running", "paused", "stopping",
   "crashed", "completed", "failed", "cancelled", "deleted"];
 const EVENT_TYPES = ["job.submitted", "job.scheduled", "job.awaiting", "job.queued",
@@ -335,16 +337,22 @@ async function jobs(main, _parts, params) {
     el("select", { name: "state", "aria-label": "state" }, el("option", { value: "" }, "any state"),
       STATES.map(s => el("option", { value: s, selected: params.get("state") === s }, s))),
     ["queue", "kind", "label", "q"].map(f => el("input", { name: f, placeholder: f === "q" ? "search" : f === "label" ? "label key:value" : f, value: params.get(f) || "" })),
+    el("select", { name: "sort", id: "sort", "aria-label": "sort" },
+      SORTS.map(([v, label]) => el("option", { value: v, selected: (params.get("sort") || "created") === v }, `newest ${label.toLowerCase()}`))),
     el("button", { type: "submit" }, "Filter"));
+  const sort = params.get("sort") || "created";
+  // A new order starts from its first page.
+  form.querySelector("#sort").addEventListener("change", () => form.requestSubmit());
   form.addEventListener("submit", ev => {
     ev.preventDefault();
     const q = new URLSearchParams();
-    for (const [k, v] of new FormData(form)) if (v) q.set(k, v);
+    for (const [k, v] of new FormData(form)) if (v && !(k === "sort" && v === "created")) q.set(k, v);
     location.hash = `#/jobs?${q}`;
   });
   const query = new URLSearchParams();
   for (const f of filters) if (params.get(f)) query.set(f, params.get(f));
   query.set("limit", "50");
+  if (sort !== "created") query.set("sort", sort);
   if (params.get("cursor")) query.set("cursor", params.get("cursor"));
   const list = await api("GET", `/api/jobs?${query}`);
   const cells = new Map();
@@ -358,7 +366,7 @@ async function jobs(main, _parts, params) {
     const box = el("input", { type: "checkbox", "aria-label": `select ${j.id}`, "data-select": j.id });
     box.addEventListener("change", () => { if (box.checked) selected.add(j.id); else selected.delete(j.id); showSelection(); });
     return el("tr", { "data-job": j.id }, el("td", {}, box), el("td", {}, jobLink(j.id)), el("td", {}, j.kind), el("td", { class: "hide-narrow" }, j.queue),
-      state, el("td", { class: "hide-narrow" }, b), el("td", { class: "num" }, `${j.attempt}/${j.max_attempts}`), el("td", { class: "hide-narrow" }, when(j.created_at)));
+      state, el("td", { class: "hide-narrow" }, b), el("td", { class: "num" }, `${j.attempt}/${j.max_attempts}`), el("td", { class: "hide-narrow" }, when(j[`${sort}_at`])));
   }));
   const all = el("input", { type: "checkbox", "aria-label": "select this page", id: "select-page" });
   all.addEventListener("change", () => {
@@ -400,7 +408,7 @@ async function jobs(main, _parts, params) {
     el("p", { class: "muted", id: "total", title: list.total_exact ? "" : "counting stops here; there are more" }, `${list.total}${list.total_exact ? "" : "+"} matching`),
     el("div", { class: "controls", id: "bulk" }, scope, ["Retry", "Cancel", "Pause", "Resume", "Delete"].map(l => bulk(l, l.toLowerCase())), selection),
     result,
-    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, all), ["Job", "Kind", "Queue", "State", "Progress", "Attempt", "Created"].map(h => el("th", {}, h)))), body),
+    el("table", {}, el("thead", {}, el("tr", {}, el("th", {}, all), ["Job", "Kind", "Queue", "State", "Progress", "Attempt", SORTS.find(([v]) => v === sort)[1]].map(h => el("th", {}, h)))), body),
     list.next_cursor ? el("p", {}, el("a", { href: `#/jobs?${next}` }, "Older →")) : null,
   );
   return listen(batch => {

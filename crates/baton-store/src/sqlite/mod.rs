@@ -6,6 +6,9 @@ mod crash;
 #[cfg(feature = "faults")]
 mod faults;
 mod graph;
+mod list;
+#[cfg(test)]
+mod list_plan;
 mod rows;
 mod schedule_rows;
 mod schema;
@@ -504,7 +507,11 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, filter: JobFilter) -> Result<JobPage> {
-        self.read(move |c| rows::list(c, &filter)).await
+        if filter.text.is_some() {
+            // The search index is kept behind the writes: bring it up to date first.
+            while !matches!(self.write(Op::IndexText).await?, Output::Bool(true)) {}
+        }
+        self.read(move |c| list::list(c, &filter)).await
     }
 
     async fn job_events(&self, job_id: &str, after_seq: u64, limit: usize) -> Result<Vec<Event>> {

@@ -9,8 +9,8 @@ use serde_json::Value;
 
 use super::codes::{event_kind, json, json_as, parse_state};
 use crate::{
-    Checkpoint, Claimed, Counts, Error, JobFilter, JobPage, JobProcess, LogLine, Pipeline,
-    ProcessRecord, Result, ServerInfo,
+    Checkpoint, Claimed, Counts, Error, JobProcess, LogLine, Pipeline, ProcessRecord, Result,
+    ServerInfo,
 };
 
 /// Every column a job row is read with, in the order [`read_job`] expects.
@@ -233,9 +233,8 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
     })
 }
 
-const COUNT_CAP: i64 = crate::LIST_COUNT_CAP as i64;
-
-/// Compares `job_counts` and `job_labels` with the jobs' rows (full scans).
+/// Compares `job_counts`, `job_labels` and the text index `job_text` with the jobs'
+/// rows (full scans).
 pub fn verify_counts(conn: &Connection) -> Result<()> {
     let read = |sql: &str| -> Result<Vec<(String, String, i64)>> {
         let mut stmt = conn.prepare(sql)?;
@@ -264,118 +263,45 @@ pub fn verify_counts(conn: &Connection) -> Result<()> {
             "job_labels and the jobs' labels differ in {stray} entries"
         )));
     }
-    Ok(())
+    verify_text(conn)
 }
 
-pub fn list(conn: &Connection, f: &JobFilter) -> Result<JobPage> {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut args: Vec<rusqlite::types::Value> = Vec::new();
-    if f.states.is_empty() {
-        clauses.push("state != 'deleted'".into());
-    } else {
-        let list: Vec<String> = f
-            .states
-            .iter()
-            .map(|s| format!("'{}'", s.as_str()))
-            .collect();
-        clauses.push(format!("state IN ({})", list.join(", ")));
-    }
-    if let Some(q) = &f.queue {
-        args.push(q.clone().into());
-        clauses.push(format!("queue = ?{}", args.len()));
-    }
-    if let Some(k) = &f.kind {
-        args.push(k.clone().into());
-        clauses.push(format!("kind = ?{}", args.len()));
-    }
-    if let Some((k, v)) = &f.label {
-        // Kept by the submit (schema version 6): the matching jobs, not every label.
-        args.push(k.clone().into());
-        args.push(v.clone().into());
-        clauses.push(format!(
-            "seq IN (SELECT job FROM job_labels WHERE key = ?{} AND value = ?{})",
-            args.len() - 1,
-            args.len()
-        ));
-    }
-    if let Some(id) = &f.schedule {
-        args.push(id.clone().into());
-        clauses.push(format!("schedule_id = ?{}", args.len()));
-    }
-    if let Some(id) = &f.workflow {
-        args.push(id.clone().into());
-        clauses.push(format!("workflow_id = ?{}", args.len()));
-    }
-    if let Some(t) = &f.text {
-        let pattern = format!("%{}%", t.replace('%', "\\%").replace('_', "\\_"));
-        args.push(pattern.into());
-        let n = args.len();
-        clauses.push(format!(
-            "(id LIKE ?{n} ESCAPE '\\' OR kind LIKE ?{n} ESCAPE '\\' OR labels LIKE ?{n} ESCAPE '\\')"
-        ));
-    }
-    let filter = clauses.join(" AND ");
-    // A filter of states and a queue only is counted exactly from the kept counts;
-    // another is counted up to COUNT_CAP matches, and past it the total says so.
-    let by_counts = f.kind.is_none()
-        && f.label.is_none()
-        && f.text.is_none()
-        && f.workflow.is_none()
-        && f.schedule.is_none();
-    let (total, total_exact) = if by_counts {
-        let mut sql = String::from("SELECT COALESCE(SUM(n), 0) FROM job_counts WHERE ");
-        sql.push_str(&clauses[0]);
-        let mut count_args: Vec<rusqlite::types::Value> = Vec::new();
-        if let Some(q) = &f.queue {
-            count_args.push(q.clone().into());
-            sql.push_str(" AND queue = ?1");
-        }
-        let n: i64 = conn.query_row(&sql, rusqlite::params_from_iter(count_args.iter()), |r| {
-            r.get(0)
-        })?;
-        (n, true)
-    } else {
-        let n: i64 = conn.query_row(
-            &format!(
-                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE {filter} LIMIT {})",
-                COUNT_CAP + 1
-            ),
-            rusqlite::params_from_iter(args.iter()),
-            |r| r.get(0),
-        )?;
-        (n.min(COUNT_CAP), n <= COUNT_CAP)
-    };
-    let mut page_clauses = filter.clone();
-    if let Some(c) = &f.cursor {
-        let seq: i64 = c
-            .parse()
-            .map_err(|_| Error::Config(format!("invalid cursor {c:?}")))?;
-        page_clauses.push_str(&format!(" AND seq < {seq}"));
-    }
-    let limit = f.limit.clamp(1, 1000);
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE {page_clauses} ORDER BY seq DESC LIMIT {}",
-        limit + 1
+/// Compares the text index with one built afresh from the text of the jobs it has
+/// reached (`job_text_mark`): every term at every place in every job, both ways
+/// (FTS5's own check against external content cannot read a view). A temporary
+/// table: the reader lifts `query_only` for it.
+pub(super) fn verify_text(conn: &Connection) -> Result<()> {
+    conn.execute_batch("PRAGMA query_only = 0")?;
+    let compared = conn
+        .execute_batch(
+            "INSERT INTO job_text (job_text) VALUES ('integrity-check');
+             CREATE VIRTUAL TABLE temp.job_text_fresh USING fts5 (body, tokenize = 'unicode61');
+             INSERT INTO temp.job_text_fresh (rowid, body) SELECT seq, body FROM job_text_source
+                 WHERE seq <= (SELECT upto FROM job_text_mark);
+             CREATE VIRTUAL TABLE temp.job_text_kept_terms USING fts5vocab (main, job_text, instance);
+             CREATE VIRTUAL TABLE temp.job_text_fresh_terms USING fts5vocab (temp, job_text_fresh, instance);",
+        )
+        .and_then(|()| {
+            conn.query_row(
+                "SELECT (SELECT COUNT(*) FROM (SELECT term, doc, offset FROM job_text_kept_terms                    EXCEPT SELECT term, doc, offset FROM job_text_fresh_terms)) +                  (SELECT COUNT(*) FROM (SELECT term, doc, offset FROM job_text_fresh_terms                    EXCEPT SELECT term, doc, offset FROM job_text_kept_terms))",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+        });
+    let dropped = conn.execute_batch(
+        "DROP TABLE IF EXISTS temp.job_text_kept_terms;
+         DROP TABLE IF EXISTS temp.job_text_fresh_terms;
+         DROP TABLE IF EXISTS temp.job_text_fresh;
+         PRAGMA query_only = 1;",
     );
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows: Vec<JobRow> = stmt
-        .query_map(rusqlite::params_from_iter(args.iter()), read_job)?
-        .collect::<rusqlite::Result<_>>()?;
-    let next_cursor = if rows.len() > limit {
-        rows.truncate(limit);
-        rows.last().map(|r| r.seq.to_string())
-    } else {
-        None
-    };
-    for row in &mut rows {
-        row.job.depends_on = super::graph::depends_on(conn, row.seq)?;
+    let stray = compared.map_err(|e| Error::Internal(format!("checking job_text: {e}")))?;
+    dropped?;
+    if stray != 0 {
+        return Err(Error::Internal(format!(
+            "job_text and the jobs' text differ in {stray} terms"
+        )));
     }
-    Ok(JobPage {
-        jobs: rows.into_iter().map(|r| r.job).collect(),
-        next_cursor,
-        total: total as u64,
-        total_exact,
-    })
+    Ok(())
 }
 
 pub fn processes(conn: &Connection) -> Result<Vec<ProcessRecord>> {

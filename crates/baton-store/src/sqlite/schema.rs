@@ -208,8 +208,62 @@ const MIGRATIONS: &[&str] = &[
         SELECT l.key, l.value, jobs.seq FROM jobs, json_each(jobs.labels) AS l
         WHERE jobs.labels IS NOT NULL;
     "#,
-    // 7: taken by a change made alongside this one (its own migration goes here).
-    "",
+    // 7: the job list's search and orders. `job_text` indexes the words of a job's
+    // id (and its last 4, 6 and 8 characters as words of their own), kind, labels
+    // and error (unicode61: a word is a run of letters and digits), so that a search
+    // reads the jobs it matches. Its text is the view `job_text_source` (external
+    // content: not stored twice). New jobs are indexed behind the writes, not in the
+    // submit's transaction: `job_text_mark.upto` is the last job indexed, the writer
+    // indexes the jobs after it in batches when it has nothing else to do, and a
+    // search first brings the index up to date. The triggers keep indexed jobs in
+    // step (an error set, a row deleted, a row key reused under the mark), reading
+    // the view before a change to remove exactly what was indexed. Kind, queue, start
+    // and end get indexes for their filter and orders.
+    r#"
+    CREATE VIEW job_text_source (seq, body) AS
+        SELECT seq, id || ' ' || substr(id, -8) || ' ' || substr(id, -6) || ' '
+            || substr(id, -4) || ' ' || kind
+            || COALESCE(' ' || (SELECT group_concat(l.key || ':' || l.value, ' ')
+                FROM json_each(jobs.labels) AS l), '')
+            || COALESCE(' ' || error_code, '') || COALESCE(' ' || error_message, '')
+        FROM jobs;
+    CREATE VIRTUAL TABLE job_text USING fts5 (
+        body, content = 'job_text_source', content_rowid = 'seq', tokenize = 'unicode61'
+    );
+    INSERT INTO job_text (rowid, body) SELECT seq, body FROM job_text_source;
+    CREATE TABLE job_text_mark (upto INTEGER NOT NULL);
+    INSERT INTO job_text_mark (upto) SELECT COALESCE(MAX(seq), 0) FROM jobs;
+    CREATE TRIGGER job_text_insert AFTER INSERT ON jobs
+        WHEN new.seq <= (SELECT upto FROM job_text_mark)
+    BEGIN
+        INSERT INTO job_text (rowid, body) SELECT seq, body FROM job_text_source
+            WHERE seq = new.seq;
+    END;
+    CREATE TRIGGER job_text_unindex BEFORE UPDATE OF error_code, error_message ON jobs
+        WHEN (old.error_code IS NOT new.error_code OR old.error_message IS NOT new.error_message)
+            AND old.seq <= (SELECT upto FROM job_text_mark)
+    BEGIN
+        INSERT INTO job_text (job_text, rowid, body) SELECT 'delete', seq, body
+            FROM job_text_source WHERE seq = old.seq;
+    END;
+    CREATE TRIGGER job_text_reindex AFTER UPDATE OF error_code, error_message ON jobs
+        WHEN (old.error_code IS NOT new.error_code OR old.error_message IS NOT new.error_message)
+            AND new.seq <= (SELECT upto FROM job_text_mark)
+    BEGIN
+        INSERT INTO job_text (rowid, body) SELECT seq, body FROM job_text_source
+            WHERE seq = new.seq;
+    END;
+    CREATE TRIGGER job_text_delete BEFORE DELETE ON jobs
+        WHEN old.seq <= (SELECT upto FROM job_text_mark)
+    BEGIN
+        INSERT INTO job_text (job_text, rowid, body) SELECT 'delete', seq, body
+            FROM job_text_source WHERE seq = old.seq;
+    END;
+    CREATE INDEX jobs_kind ON jobs (kind, seq);
+    CREATE INDEX jobs_queue ON jobs (queue, seq);
+    CREATE INDEX jobs_started ON jobs (started_at, seq) WHERE started_at IS NOT NULL;
+    CREATE INDEX jobs_finished ON jobs (finished_at, seq) WHERE finished_at IS NOT NULL;
+    "#,
     // 8: jobs completed and failed per queue and bucket (a second for the last 15
     // minutes, a minute for the last day), kept by the writer in the transaction that
     // ends each job, filled here from the jobs that ended within those spans; and the

@@ -72,7 +72,17 @@ pub enum Op {
     },
     FireSchedule(Box<crate::Fire>),
     ReleaseSchedule(String, Millis),
+    /// Indexes the next jobs for the list's text search (see [`Writer::index_text`]);
+    /// `Output::Bool(true)` once none is left.
+    IndexText,
 }
+
+/// The most jobs indexed for search by one write: a search that finds the index
+/// behind catches it up in writes of this size, with other writes between them.
+const INDEX_TEXT_BATCH: i64 = 5_000;
+/// The most jobs indexed at once while the writer has nothing else to do: small, so
+/// that a write that arrives meanwhile waits little.
+const INDEX_TEXT_IDLE: i64 = 256;
 
 pub enum Output {
     Submitted(Vec<Submitted>),
@@ -131,6 +141,9 @@ pub struct Writer {
     moves: Vec<(String, Option<State>, State, Millis)>,
     /// The newest minute `throughput` was pruned at: it is pruned once a minute.
     pruned: Millis,
+    /// Whether jobs may be waiting to be indexed for search: set by every batch,
+    /// cleared when the writer, idle, finds none left.
+    text_behind: bool,
     #[cfg(feature = "faults")]
     pub faults: super::Faults,
 }
@@ -152,6 +165,7 @@ impl Writer {
             lost: false,
             moves: Vec::new(),
             pruned: Millis::MIN,
+            text_behind: true,
             #[cfg(feature = "faults")]
             faults: super::Faults::default(),
         })
@@ -161,7 +175,20 @@ impl Writer {
         let mut batch: Vec<Request> = Vec::new();
         let mut close: Option<std::sync::mpsc::Sender<()>> = None;
         loop {
-            match rx.blocking_recv() {
+            // With nothing to write, new jobs are indexed for search, a few at a time.
+            let first = if self.text_behind {
+                match rx.try_recv() {
+                    Ok(msg) => Some(msg),
+                    Err(TryRecvError::Empty) => {
+                        self.index_text_idle();
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => None,
+                }
+            } else {
+                rx.blocking_recv()
+            };
+            match first {
                 Some(Msg::Request(r)) => batch.push(r),
                 Some(Msg::Close(ack)) => close = Some(ack),
                 None => break,
@@ -179,6 +206,7 @@ impl Writer {
                     std::thread::sleep(delay);
                 }
                 self.commit_batch(&mut batch);
+                self.text_behind = true;
             }
             if let Some(ack) = close.take() {
                 // Drain whatever raced with the close request.
@@ -188,6 +216,66 @@ impl Writer {
                 let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(PASSIVE)");
                 let _ = ack.send(());
                 return;
+            }
+        }
+    }
+
+    /// Indexes for search the next jobs (at most `limit`) after `job_text_mark.upto`
+    /// and moves the mark past them, in the open transaction; true when none was left.
+    /// The index is derived from the jobs' rows: it can be behind, never wrong (the
+    /// triggers keep the jobs under the mark in step).
+    fn index_text(&mut self, limit: i64) -> Result<bool> {
+        let upto: i64 = self
+            .conn
+            .prepare_cached("SELECT upto FROM job_text_mark")?
+            .query_row([], |r| r.get(0))?;
+        let end: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT MAX(seq) FROM (SELECT seq FROM jobs WHERE seq > ?1 ORDER BY seq LIMIT ?2)",
+            )?
+            .query_row(params![upto, limit], |r| r.get(0))?;
+        let Some(end) = end else {
+            return Ok(true);
+        };
+        self.conn
+            .prepare_cached(
+                "INSERT INTO job_text (rowid, body) \
+                 SELECT seq, body FROM job_text_source WHERE seq > ?1 AND seq <= ?2",
+            )?
+            .execute(params![upto, end])?;
+        self.conn
+            .prepare_cached("UPDATE job_text_mark SET upto = ?1")?
+            .execute([end])?;
+        Ok(false)
+    }
+
+    /// A few jobs indexed while the writer is idle, in a transaction of their own
+    /// committed without waiting for the disk: the index is derived data, and the
+    /// next durable commit carries it to the disk with the rest.
+    fn index_text_idle(&mut self) {
+        let run = |w: &mut Self| -> Result<bool> {
+            let level: i64 = w.conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
+            w.conn
+                .execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")?;
+            let done = w.index_text(INDEX_TEXT_IDLE);
+            let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
+            let ended = w.conn.execute_batch(end);
+            w.conn
+                .execute_batch(&format!("PRAGMA synchronous = {level}"))?;
+            ended?;
+            done
+        };
+        match run(self) {
+            Ok(done) => self.text_behind = !done,
+            Err(e) => {
+                // A search still catches the index up itself; the writer tries again
+                // after its next write.
+                tracing::warn!(error = %e, "cannot index jobs for search");
+                if !self.conn.is_autocommit() {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                }
+                self.text_behind = false;
             }
         }
     }
@@ -438,6 +526,7 @@ impl Writer {
             Op::Recover(req) => self.recover(req).map(Output::Recovered),
             Op::Release(server, now) => self.release(server, *now).map(Output::Recovered),
             Op::RegisterServer(s) => self.register_server(s).map(|()| Output::Unit),
+            Op::IndexText => self.index_text(INDEX_TEXT_BATCH).map(Output::Bool),
             Op::Heartbeat(id, now) => {
                 self.conn
                     .prepare_cached("UPDATE servers SET heartbeat_at = ?2 WHERE id = ?1")?
