@@ -50,12 +50,7 @@ async fn a_job_from_the_submit_form_moves_live_and_is_paused_resumed_and_stopped
 
     // The overview: counters, the running job with its bar moving, the failure.
     browser.open(&format!("{base}/")).await;
-    browser
-        .wait_for(
-            "the stream live",
-            "document.getElementById('conn').dataset.state === 'live'",
-        )
-        .await;
+    browser.wait_live().await;
     let bar = "Number(document.querySelector('#running tr[data-job=\"spinner\"] [role=progressbar]')?.getAttribute('aria-valuenow'))";
     let first = browser.wait_for("progress", bar).await;
     browser
@@ -258,12 +253,7 @@ async fn a_cut_stream_says_so_and_catches_up_with_what_it_missed() {
     };
     let mut browser = Browser::start().await;
     browser.open(&format!("http://{addr}/")).await;
-    browser
-        .wait_for(
-            "the stream live",
-            "document.getElementById('conn').dataset.state === 'live'",
-        )
-        .await;
+    browser.wait_live().await;
     h.engine
         .submit(serde_json::from_value(json!({"kind": "echo", "id": "before"})).unwrap())
         .await
@@ -791,12 +781,7 @@ async fn the_event_inspector_filters_and_holds_its_view_and_pipelines_run_from_t
     let mut browser = Browser::start().await;
     let base = format!("http://127.0.0.1:{}", addr.port());
     browser.open(&format!("{base}/#/events")).await;
-    browser
-        .wait_for(
-            "the stream live",
-            "document.getElementById('conn').dataset.state === 'live'",
-        )
-        .await;
+    browser.wait_live().await;
     browser
         .evaluate("(document.getElementById('event-type').value = 'job.completed', '1')")
         .await;
@@ -957,12 +942,7 @@ async fn times_theme_and_keys_are_the_persons_choice_and_failures_are_told() {
         .evaluate("(localStorage.setItem('baton.long', '0'), '1')")
         .await;
     browser.reload().await;
-    browser
-        .wait_for(
-            "the page",
-            "document.getElementById('conn').dataset.state === 'live'",
-        )
-        .await;
+    browser.wait_live().await;
     h.engine
         .submit(serde_json::from_value(json!({"kind": "echo", "id": "long"})).unwrap())
         .await
@@ -985,12 +965,7 @@ async fn a_thousand_events_a_second_do_not_freeze_the_page() {
     let base = format!("http://127.0.0.1:{}", addr.port());
     // The event inspector draws a row for every event: the heaviest page under a burst.
     browser.open(&format!("{base}/#/events")).await;
-    browser
-        .wait_for(
-            "the stream live",
-            "document.getElementById('conn').dataset.state === 'live'",
-        )
-        .await;
+    browser.wait_live().await;
     let mut sub = h.engine.subscribe().await.unwrap();
     // Each looper reports progress every 3 ms.
     for i in 0..20 {
@@ -1054,12 +1029,7 @@ async fn a_tab_put_away_catches_up_when_it_returns() {
     browser
         .open(&format!("http://127.0.0.1:{}/", addr.port()))
         .await;
-    browser
-        .wait_for(
-            "the stream live",
-            "document.getElementById('conn').dataset.state === 'live'",
-        )
-        .await;
+    browser.wait_live().await;
     let completed = "Number(document.querySelector('[data-count=completed]').textContent)";
     browser
         .wait_for("the counters", &format!("{completed} === 0"))

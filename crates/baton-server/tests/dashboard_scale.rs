@@ -144,12 +144,7 @@ async fn five_hundred_nodes_are_drawn_readably_and_stay_fluid_while_they_finish(
             "document.querySelectorAll('#dag .node').length === 500",
         )
         .await;
-    browser
-        .wait_for(
-            "the stream live",
-            "document.getElementById('conn').dataset.state === 'live'",
-        )
-        .await;
+    browser.wait_live().await;
 
     // Readable: no two boxes overlap, each is full size, every label fits its box, and
     // the drawing scrolls inside its frame rather than shrinking to the page.

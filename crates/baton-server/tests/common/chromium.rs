@@ -199,6 +199,15 @@ impl Browser {
             .await;
     }
 
+    /// Waits until the page's event stream is live (its badge says so).
+    pub async fn wait_live(&mut self) {
+        self.wait_for(
+            "the stream live",
+            "document.getElementById('conn').dataset.state === 'live'",
+        )
+        .await;
+    }
+
     /// Shows the page again, as when the person returns to its tab.
     pub async fn bring_to_front(&mut self) {
         let focus = json!({"enabled": true});
