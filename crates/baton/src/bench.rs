@@ -561,6 +561,40 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// The store's commits and writes from the moment it was made, for a bench's
+/// `store_commits` and `store_writes`; an error when the store keeps no counters.
+pub(crate) struct WriteCount {
+    stats: Arc<baton_store::WriteStats>,
+    commits: u64,
+    writes: u64,
+}
+
+impl WriteCount {
+    pub(crate) fn start(engine: &Engine) -> Result<Self> {
+        let stats = engine
+            .store()
+            .write_stats()
+            .context("the store keeps no write counters for store_commits and store_writes")?;
+        let (commits, writes) = Self::read(&stats);
+        Ok(Self {
+            stats,
+            commits,
+            writes,
+        })
+    }
+
+    fn read(stats: &baton_store::WriteStats) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (stats.batches.load(Relaxed), stats.writes.load(Relaxed))
+    }
+
+    /// Commits and writes since the start.
+    pub(crate) fn since(&self) -> (u64, u64) {
+        let (commits, writes) = Self::read(&self.stats);
+        (commits - self.commits, writes - self.writes)
+    }
+}
+
 pub(crate) fn job_ids(n: usize) -> Vec<String> {
     (0..n)
         .map(|_| baton_core::JobId::generate().to_string())

@@ -3,7 +3,6 @@
 //! (`bulk_ms`), and how many store commits carried the transitions.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -51,17 +50,7 @@ pub async fn run(store: SqliteStore, jobs: usize, durability: &str) -> Result<Va
             baton_server::serve(listener, state, &options, stop.cancelled_owned()).await
         })
     };
-    let stats = engine
-        .store()
-        .write_stats()
-        .context("the store keeps no write counters for store_commits and store_writes")?;
-    let counted = || {
-        (
-            stats.batches.load(Ordering::Relaxed),
-            stats.writes.load(Ordering::Relaxed),
-        )
-    };
-    let before = counted();
+    let count = crate::bench::WriteCount::start(&engine)?;
     let started = Instant::now();
     let answer: Value = tokio::task::spawn_blocking(move || -> Result<Value> {
         let body = json!({"action": "cancel", "filter": {"state": "queued", "queue": "bulk"}});
@@ -72,7 +61,7 @@ pub async fn run(store: SqliteStore, jobs: usize, durability: &str) -> Result<Va
     })
     .await??;
     let took = started.elapsed();
-    let after = counted();
+    let (commits, writes) = count.since();
     if answer["done"].as_u64() != Some(jobs as u64) {
         bail!("the bulk cancel did not cancel every job: {answer}");
     }
@@ -88,7 +77,7 @@ pub async fn run(store: SqliteStore, jobs: usize, durability: &str) -> Result<Va
         "submit_ms": crate::bench::ms(submitted),
         "bulk_ms": crate::bench::ms(took),
         "jobs_per_s": (jobs as f64 / took.as_secs_f64().max(1e-9)).round(),
-        "store_commits": after.0 - before.0,
-        "store_writes": after.1 - before.1,
+        "store_commits": commits,
+        "store_writes": writes,
     }))
 }

@@ -8,10 +8,9 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use baton_engine::{Engine, EventKind, JobSpec, WorkflowSpec};
 use baton_store::SqliteStore;
 use serde_json::{Value, json};
@@ -36,17 +35,7 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
         .build()
         .await?;
     let (spec, edges) = layered(&s);
-    let stats = engine
-        .store()
-        .write_stats()
-        .context("the store keeps no write counters for store_commits and store_writes")?;
-    let counted = || {
-        (
-            stats.batches.load(Ordering::Relaxed),
-            stats.writes.load(Ordering::Relaxed),
-        )
-    };
-    let before = counted();
+    let count = crate::bench::WriteCount::start(&engine)?;
     let mut events = engine.subscribe().await?;
     let started = Instant::now();
     let out = engine.submit_workflow(spec).await?;
@@ -78,7 +67,7 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
         }
     }
     let total = started.elapsed();
-    let after = counted();
+    let (commits, writes) = count.since();
     let graph = engine.workflow(&out.id).await?;
     if graph.state != baton_engine::WorkflowState::Completed {
         bail!("the workflow ended {}", graph.state);
@@ -96,8 +85,8 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
         "handler": "no-op",
         "overhead_is": "total engine time per job: submit, dependency settling, claim, handler call, outcome, all persisted",
         "submit_ms": ms(submitted),
-        "store_commits": after.0 - before.0,
-        "store_writes": after.1 - before.1,
+        "store_commits": commits,
+        "store_writes": writes,
         "total_ms": ms(total),
         "overhead_us_per_node": (total.as_secs_f64() * 1e6 / s.nodes as f64 * 10.0).round() / 10.0,
         "nodes_per_s": (s.nodes as f64 / total.as_secs_f64().max(1e-9)).round(),

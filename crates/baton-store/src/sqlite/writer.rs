@@ -144,6 +144,9 @@ pub struct Writer {
     /// Whether jobs may be waiting to be indexed for search: set by every batch,
     /// cleared when the writer, idle, finds none left.
     text_behind: bool,
+    /// The durability the store runs at (`PRAGMA synchronous`, set when it opened),
+    /// restored after an idle indexing transaction.
+    synchronous: i64,
     #[cfg(feature = "faults")]
     pub faults: super::Faults,
 }
@@ -152,6 +155,7 @@ impl Writer {
     pub fn new(conn: Connection, bus: broadcast::Sender<Arc<Event>>) -> Result<Self> {
         let last: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
+        let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
         Ok(Self {
             conn,
             next_event_id: last as u64 + 1,
@@ -166,6 +170,7 @@ impl Writer {
             moves: Vec::new(),
             pruned: Millis::MIN,
             text_behind: true,
+            synchronous,
             #[cfg(feature = "faults")]
             faults: super::Faults::default(),
         })
@@ -255,14 +260,13 @@ impl Writer {
     /// next durable commit carries it to the disk with the rest.
     fn index_text_idle(&mut self) {
         let run = |w: &mut Self| -> Result<bool> {
-            let level: i64 = w.conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
             w.conn
                 .execute_batch("PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE")?;
             let done = w.index_text(INDEX_TEXT_IDLE);
             let end = if done.is_ok() { "COMMIT" } else { "ROLLBACK" };
             let ended = w.conn.execute_batch(end);
             w.conn
-                .execute_batch(&format!("PRAGMA synchronous = {level}"))?;
+                .execute_batch(&format!("PRAGMA synchronous = {}", w.synchronous))?;
             ended?;
             done
         };
