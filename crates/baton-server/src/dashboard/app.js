@@ -1409,7 +1409,17 @@ let chrome = false;
 async function start() {
   if (!chrome) { chrome = true; setupChrome(); }
   if (!(await whoAmI())) return;
-  if (!stream.source) connect();
+  if (!stream.source) {
+    // The first stream starts live: the first view reads the API only once the server
+    // follows the store for this tab (the stream is open), so that nothing committed
+    // between the view's read and the stream's start is missed. Without a stream the
+    // page still draws.
+    await new Promise(resolve => {
+      connect();
+      stream.source.addEventListener("open", resolve, { once: true });
+      stream.source.addEventListener("error", resolve, { once: true });
+    });
+  }
   await route();
 }
 
