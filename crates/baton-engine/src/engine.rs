@@ -105,6 +105,23 @@ struct QueueState {
     wake: Notify,
     /// Paused by a user (stored): the dispatcher claims nothing until resumed.
     paused: AtomicBool,
+    /// Outcomes of attempts whose handlers returned, waiting for the dispatcher to write
+    /// them together with the claim that fills their slots.
+    outcomes: Mutex<PendingOutcomes>,
+}
+
+#[derive(Default)]
+struct PendingOutcomes {
+    list: Vec<PendingOutcome>,
+    /// Set when the dispatcher has stopped (shutdown): outcomes are written directly.
+    closed: bool,
+}
+
+struct PendingOutcome {
+    transitions: Arc<[Transition]>,
+    /// Told the outcome's result once written. A result that ends the attempt (written,
+    /// or refused for good) also freed the slot: the dispatcher gave it to a new job.
+    reply: tokio::sync::oneshot::Sender<std::result::Result<(), baton_store::Error>>,
 }
 
 impl QueueState {
@@ -285,6 +302,7 @@ impl EngineBuilder {
                     backlog: AtomicBool::new(true),
                     wake: Notify::new(),
                     paused: AtomicBool::new(false),
+                    outcomes: Mutex::default(),
                 }),
             );
         }
@@ -1043,50 +1061,87 @@ impl Inner {
     }
 }
 
-/// One per queue: claims jobs while the queue has free slots, then sleeps until a job
-/// is submitted or a slot frees up.
+/// One per queue: writes the outcomes of attempts that ended together with the claim
+/// of the jobs that take their slots (one commit frees a slot and fills it again), and
+/// claims while the queue has free slots; sleeps until a job is submitted, a slot frees
+/// up or an outcome waits.
 async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
     loop {
-        if inner.shutdown.is_cancelled() {
-            return;
-        }
-        let busy = queue.running.load(Ordering::SeqCst);
-        let free = queue.concurrency.saturating_sub(busy);
-        if free == 0 || queue.paused.load(Ordering::SeqCst) {
-            tokio::select! {
-                _ = queue.wake.notified() => continue,
-                _ = inner.shutdown.cancelled() => return,
-            }
-        }
-        let limit = free.min(1024);
-        let req = ClaimRequest {
-            queue: queue.name.clone(),
-            limit,
-            server_id: inner.server.id.clone(),
-            now: inner.clock.now(),
+        let closing = inner.shutdown.is_cancelled();
+        let pending = {
+            let mut p = queue.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+            // At shutdown no job is claimed; the outcomes that arrive later are
+            // written by their own tasks.
+            p.closed = closing;
+            std::mem::take(&mut p.list)
         };
-        let claimed = inner.store.claim(req).await;
-        if let Ok(jobs) = &claimed {
-            queue.backlog.store(jobs.len() >= limit, Ordering::SeqCst);
-        }
-        match claimed {
-            Ok(jobs) if jobs.is_empty() => {
+        let free = queue
+            .concurrency
+            .saturating_sub(queue.running.load(Ordering::SeqCst));
+        let claim = !closing && !queue.paused.load(Ordering::SeqCst);
+        if pending.is_empty() {
+            if closing {
+                return;
+            }
+            if free == 0 || !claim {
                 tokio::select! {
-                    _ = queue.wake.notified() => {}
-                    _ = inner.shutdown.cancelled() => return,
+                    _ = queue.wake.notified() => continue,
+                    _ = inner.shutdown.cancelled() => continue,
                 }
             }
-            Ok(jobs) => {
-                for job in jobs {
-                    queue.running.fetch_add(1, Ordering::SeqCst);
+        }
+        // The claim takes the slots free now, and the store adds the slot of each
+        // outcome that ends its attempt: those pass to the claimed jobs directly.
+        let reserved = if claim { queue.reserve(1024) } else { 0 };
+        let settle = baton_store::Settle {
+            outcomes: pending.iter().map(|p| p.transitions.clone()).collect(),
+            claim: claim.then(|| ClaimRequest {
+                queue: queue.name.clone(),
+                limit: reserved,
+                server_id: inner.server.id.clone(),
+                now: inner.clock.now(),
+            }),
+        };
+        let had_outcomes = !pending.is_empty();
+        match inner.store.settle(settle).await {
+            Ok(settled) => {
+                let freed = settled.freed();
+                for (p, result) in pending.into_iter().zip(settled.outcomes) {
+                    let _ = p.reply.send(result);
+                }
+                let taken = reserved + if claim { freed } else { 0 };
+                let filled = settled.claimed.len();
+                if taken > 0 {
+                    queue.backlog.store(filled >= taken, Ordering::SeqCst);
+                }
+                // Ended attempts' slots not refilled, and reserved ones left empty.
+                let unused = if claim {
+                    taken - filled.min(taken)
+                } else {
+                    freed
+                };
+                queue.running.fetch_sub(unused, Ordering::SeqCst);
+                for job in settled.claimed {
                     inner.tasks.spawn(start_run(&inner, queue.clone(), job));
+                }
+                if claim && filled < taken && !had_outcomes {
+                    // Nothing is ready: sleep until a job is submitted or an outcome waits.
+                    tokio::select! {
+                        _ = queue.wake.notified() => {}
+                        _ = inner.shutdown.cancelled() => {}
+                    }
                 }
             }
             Err(e) => {
+                queue.running.fetch_sub(reserved, Ordering::SeqCst);
+                // The outcomes' tasks write them on their own, retrying.
+                for p in pending {
+                    let _ = p.reply.send(Err(e.clone()));
+                }
                 tracing::error!(queue = %queue.name, error = %e, "cannot claim jobs; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    _ = inner.shutdown.cancelled() => return,
+                    _ = inner.shutdown.cancelled() => {}
                 }
             }
         }
@@ -1218,18 +1273,65 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
         }
     }
     // The slot stays taken until the outcome is recorded (or refused): no more work
-    // starts than can be recorded.
+    // starts than can be recorded. The dispatcher frees it when it writes the outcome.
+    let mut freed = false;
     if !inner.abandoning.is_cancelled() {
         let intent = *ctl_tx.borrow();
-        if let Err(e) = finish(&inner, &claimed, intent, outcome).await {
+        let (transitions, requeued) = outcome_of(&inner, &claimed, intent, outcome);
+        let written = match hand_over(&queue, transitions.clone()).await {
+            Some(Ok(())) => {
+                freed = true;
+                Ok(())
+            }
+            Some(Err(e)) if e.is_refusal() => {
+                freed = true;
+                Err(e.into())
+            }
+            // Not written: this task writes it, retrying, and then frees the slot.
+            failed => {
+                if let Some(Err(e)) = failed {
+                    tracing::warn!(job_id = %id, error = %e,
+                        "cannot record the job's outcome; retrying");
+                    inner.outcome_write_retries.fetch_add(1, Ordering::Relaxed);
+                }
+                Outcomes { inner: &inner }.record_all(&transitions).await
+            }
+        };
+        match written {
+            Ok(()) => {
+                if let Some((to, run_at)) = requeued {
+                    inner.job_is(to, &claimed.job.queue, run_at);
+                }
+            }
             // A stale fence means a user ended the attempt (force stop) first.
-            if !matches!(e, Error::Store(baton_store::Error::StaleFence { .. })) {
+            Err(Error::Store(baton_store::Error::StaleFence { .. })) => {}
+            Err(e) => {
                 tracing::error!(job_id = %id, error = %e, "cannot record the job's outcome");
             }
         }
     }
-    queue.running.fetch_sub(1, Ordering::SeqCst);
+    if !freed {
+        queue.running.fetch_sub(1, Ordering::SeqCst);
+    }
     queue.wake.notify_one();
+}
+
+/// Gives an outcome to the queue's dispatcher, to be written with its next claim, and
+/// waits for its result; `None` when the dispatcher has stopped or dropped it.
+async fn hand_over(
+    queue: &QueueState,
+    transitions: Arc<[Transition]>,
+) -> Option<std::result::Result<(), baton_store::Error>> {
+    let (reply, result) = tokio::sync::oneshot::channel();
+    {
+        let mut p = queue.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        if p.closed {
+            return None;
+        }
+        p.list.push(PendingOutcome { transitions, reply });
+    }
+    queue.wake.notify_one();
+    result.await.ok()
 }
 
 /// How long the attempt ran, for its completion event (the dashboard tells of a long
@@ -1241,31 +1343,37 @@ fn ran(c: &Claimed, now: Millis) -> Value {
     }
 }
 
-async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) -> Result<()> {
+/// Where a job that goes back to wait waits: its state and, when scheduled, its time.
+type Requeued = (State, Option<Millis>);
+
+/// What an attempt's end writes: its transitions, in order, and where the job waits
+/// when it goes back to wait (a retry).
+fn outcome_of(
+    inner: &Arc<Inner>,
+    c: &Claimed,
+    intent: Ctl,
+    outcome: Outcome,
+) -> (Arc<[Transition]>, Option<Requeued>) {
     let id = c.job.id.as_str();
-    let store = Outcomes { inner };
     let now = inner.clock.now();
     let t = |to, event| Transition::new(id, to, event, now).fence(c.fence);
+    let mut out = Vec::with_capacity(2);
     if intent == Ctl::Pause {
         // The handler returned without reaching a pause point: it is running again.
-        store
-            .record(t(State::Running, EventKind::Resumed).data(json!({"reason": "finished"})))
-            .await?;
+        out.push(t(State::Running, EventKind::Resumed).data(json!({"reason": "finished"})));
     }
     let aborted = matches!(outcome, Outcome::Aborted);
     let error = match outcome {
         Outcome::Done(Ok(result)) => {
-            store
-                .record(
-                    t(State::Completed, EventKind::Completed)
-                        .data(ran(c, now))
-                        .changes(Changes {
-                            result: Some(result),
-                            ..Changes::default()
-                        }),
-                )
-                .await?;
-            return Ok(());
+            out.push(
+                t(State::Completed, EventKind::Completed)
+                    .data(ran(c, now))
+                    .changes(Changes {
+                        result: Some(result),
+                        ..Changes::default()
+                    }),
+            );
+            return (out.into(), None);
         }
         Outcome::Done(Err(e)) => e,
         Outcome::Aborted => JobError::stopped(),
@@ -1277,17 +1385,15 @@ async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) 
     };
     if intent == Ctl::Stop || aborted {
         let info = baton_core::ErrorInfo::new("cancelled", "stopped by a user");
-        store
-            .record(
-                t(State::Cancelled, EventKind::Cancelled)
-                    .data(json!({"reason": "stopped"}))
-                    .changes(Changes {
-                        error: Some(info),
-                        ..Changes::default()
-                    }),
-            )
-            .await?;
-        return Ok(());
+        out.push(
+            t(State::Cancelled, EventKind::Cancelled)
+                .data(json!({"reason": "stopped"}))
+                .changes(Changes {
+                    error: Some(info),
+                    ..Changes::default()
+                }),
+        );
+        return (out.into(), None);
     }
     let info = error.info();
     if error.is_retryable() && c.retries_left > 0 {
@@ -1301,31 +1407,26 @@ async fn finish(inner: &Arc<Inner>, c: &Claimed, intent: Ctl, outcome: Outcome) 
         } else {
             (State::Scheduled, Some(run_at))
         };
-        store
-            .record(
-                t(to, EventKind::Retrying)
-                    .data(Value::Object(data))
-                    .changes(Changes {
-                        error: Some(info),
-                        run_at,
-                        ..Changes::default()
-                    }),
-            )
-            .await?;
-        inner.job_is(to, &c.job.queue, run_at);
-        return Ok(());
-    }
-    store
-        .record(
-            t(State::Failed, EventKind::Failed)
-                .data(Value::Object(error.event_data()))
+        out.push(
+            t(to, EventKind::Retrying)
+                .data(Value::Object(data))
                 .changes(Changes {
-                    error: Some(info.clone()),
+                    error: Some(info),
+                    run_at,
                     ..Changes::default()
                 }),
-        )
-        .await?;
-    Ok(())
+        );
+        return (out.into(), Some((to, run_at)));
+    }
+    out.push(
+        t(State::Failed, EventKind::Failed)
+            .data(Value::Object(error.event_data()))
+            .changes(Changes {
+                error: Some(info),
+                ..Changes::default()
+            }),
+    );
+    (out.into(), None)
 }
 
 /// Writes an attempt's outcome, trying again (same transition, same fencing token)
@@ -1335,6 +1436,13 @@ struct Outcomes<'a> {
 }
 
 impl Outcomes<'_> {
+    async fn record_all(&self, transitions: &[Transition]) -> Result<()> {
+        for t in transitions {
+            self.record(t.clone()).await?;
+        }
+        Ok(())
+    }
+
     async fn record(&self, t: Transition) -> Result<()> {
         let mut attempt: u32 = 0;
         loop {
@@ -1376,17 +1484,7 @@ const OUTCOME_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Whether an outcome write that failed may land when tried again: a refusal (a stale
 /// fencing token, a job that moved on or is gone, a closed store) is final.
 fn outcome_write_may_succeed_later(e: &baton_store::Error) -> bool {
-    use baton_store::Error as E;
-    !matches!(
-        e,
-        E::StaleFence { .. }
-            | E::NotFound(_)
-            | E::Transition { .. }
-            | E::Conflict { .. }
-            | E::Closed
-            | E::Locked { .. }
-            | E::Config(_)
-    )
+    !e.is_refusal()
 }
 
 /// Queues delayed jobs and retries when their time comes: sleeps until the earliest

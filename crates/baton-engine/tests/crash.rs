@@ -58,6 +58,7 @@ fn child_mode() {
         match mode.as_str() {
             "bulk" => bulk_child(&db, &log).await,
             "hang" => hang_child(&db, &log).await,
+            "unsettled" => unsettled_child(&db, &log).await,
             other => panic!("unknown child mode {other:?}"),
         }
     });
@@ -444,6 +445,74 @@ fn a_job_that_keeps_killing_its_engine_fails_with_code_crashed() {
     );
 }
 
+/// A worker's slot frees when its handler returns, and the outcome waits for the
+/// writer's next commit: a crash in between runs the job again, and it is completed
+/// once, with its completion published only after the commit that made it durable.
+#[test]
+fn a_crash_between_a_handlers_return_and_its_commit_runs_the_job_again_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("baton.db");
+    let log = dir.path().join("steps.log");
+    let mut child = Spawned::start(&[
+        (CHILD_ENV, OsStr::new("unsettled")),
+        (DB_ENV, db.as_os_str()),
+        (LOG_ENV, log.as_os_str()),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = child
+            .next_line(deadline)
+            .expect("the handler did not return");
+        if line == "returning quick 1" {
+            break;
+        }
+    }
+    // The outcome is held before its commit (the writer is slowed on purpose): give
+    // it time to be published, which it must not be.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = child.kill();
+    assert_eq!(status.signal(), Some(9));
+    let seen = child.rest();
+    assert!(
+        !seen.iter().any(|l| l.starts_with("event ")),
+        "an event was published before its commit: {seen:?}"
+    );
+
+    runtime().block_on(async {
+        let w = Witness::new(&log, "parent", false);
+        let store = SqliteStore::open(SqliteOptions::new(&db)).expect("open the store");
+        let engine = Engine::builder()
+            .store(Arc::new(store))
+            .handler("quick", move |ctx, _| {
+                let w = w.clone();
+                async move {
+                    w.began(ctx.job_id(), 0);
+                    Ok(json!({ "attempt": ctx.attempt() }))
+                }
+            })
+            .build()
+            .await
+            .expect("the engine starts");
+        let job = tokio::time::timeout(Duration::from_secs(10), engine.wait("quick"))
+            .await
+            .expect("the job finished after the restart")
+            .unwrap();
+        assert_eq!(job.state, State::Completed, "{:?}", job.error);
+        // The crash is not charged to the job's attempts.
+        assert_eq!((job.attempt, job.recoveries), (1, 1));
+        let events = engine.events("quick", 0).await.unwrap();
+        use EventKind::*;
+        assert_eq!(
+            lifecycle(&events),
+            [Submitted, Started, Crashed, Recovered, Started, Completed]
+        );
+        engine.shutdown(Duration::from_secs(5)).await;
+    });
+    let ran = read_step_log(&log);
+    assert_eq!(ran.get(&("child".into(), "quick".into())), Some(&vec![0]));
+    assert_eq!(ran.get(&("parent".into(), "quick".into())), Some(&vec![0]));
+}
+
 // ---------------------------------------------------------------------------------
 // The child side.
 
@@ -473,6 +542,41 @@ async fn hang_child(db: &Path, log: &Path) {
         .max_recoveries(2);
     engine.submit(spec).await.expect("submit");
     tokio::time::sleep(Duration::from_secs(60)).await;
+}
+
+/// Runs one job whose handler, as it returns, slows the writer down for a minute: its
+/// outcome is still waiting to be committed when the parent kills this process.
+async fn unsettled_child(db: &Path, log: &Path) {
+    let w = Witness::new(log, "child", true);
+    let faults = baton_store::sqlite::Faults::default();
+    let mut options = SqliteOptions::new(db).durability(Durability::Full);
+    options.faults = faults.clone();
+    let store = SqliteStore::open(options).expect("open the store");
+    let seen = w.clone();
+    let engine = Engine::builder()
+        .store(Arc::new(store))
+        .handler("quick", move |ctx, _| {
+            let (w, faults) = (seen.clone(), faults.clone());
+            async move {
+                w.began(ctx.job_id(), 0);
+                faults.slow_batches(Duration::from_secs(60));
+                w.say(format_args!("returning {} {}", ctx.job_id(), ctx.attempt()));
+                Ok(Value::Null)
+            }
+        })
+        .build()
+        .await
+        .expect("the engine starts");
+    let mut stream = engine.subscribe().await.expect("subscribe");
+    engine
+        .submit(JobSpec::new("quick").id("quick").max_attempts(1))
+        .await
+        .expect("submit");
+    while let Some(e) = stream.next().await {
+        if matches!(e.kind, EventKind::Completed | EventKind::Failed) {
+            w.say(format_args!("event {} {:?}", e.kind, e.job_id));
+        }
+    }
 }
 
 fn bulk_spec(i: usize) -> JobSpec {

@@ -682,3 +682,101 @@ async fn a_stop_right_after_submit_still_reaches_the_handler() {
     .await;
     assert!(engine.running_jobs().is_empty());
 }
+
+/// A slot freed by a returning handler is filled by the write that records its
+/// outcome ("complete and claim"): the queue never runs more handlers than its
+/// concurrency, nor holds more jobs `running` in the store, while jobs are submitted
+/// and finish all the time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn complete_and_claim_keeps_the_queues_concurrency_limit() {
+    use std::sync::atomic::AtomicUsize;
+    const LIMIT: usize = 4;
+    const JOBS: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most_inside = Arc::new(AtomicUsize::new(0));
+    let (i, m) = (inside.clone(), most_inside.clone());
+    let engine = Engine::builder()
+        .store(store.clone())
+        .queue("narrow", LIMIT)
+        .handler("count", move |ctx, payload| {
+            let (inside, most) = (i.clone(), m.clone());
+            async move {
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                // Some return at once, some after a pause, some fail and retry.
+                match payload["n"].as_u64().unwrap_or(0) % 3 {
+                    0 => {}
+                    1 => tokio::time::sleep(Duration::from_millis(1)).await,
+                    _ => tokio::task::yield_now().await,
+                }
+                inside.fetch_sub(1, Ordering::SeqCst);
+                if payload["n"].as_u64().unwrap_or(0) % 10 == 0 && ctx.attempt() == 1 {
+                    return Err(JobError::new("once more"));
+                }
+                Ok(Value::Null)
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    // The store's own count of running jobs, sampled while the queue works.
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let (store, sampling) = (store.clone(), sampling.clone());
+        async move {
+            let mut most = 0;
+            while sampling.load(Ordering::SeqCst) {
+                let counts = store.counts().await.unwrap();
+                let running: u64 = counts
+                    .rows
+                    .iter()
+                    .filter(|(q, s, _)| q == "narrow" && *s == State::Running)
+                    .map(|r| r.2)
+                    .sum();
+                most = most.max(running);
+                tokio::task::yield_now().await;
+            }
+            most
+        }
+    });
+    let mut ids = Vec::new();
+    for chunk in (0..JOBS).collect::<Vec<_>>().chunks(20) {
+        let specs = chunk
+            .iter()
+            .map(|n| {
+                JobSpec::new("count")
+                    .queue("narrow")
+                    .max_attempts(2)
+                    .backoff(Duration::ZERO, Duration::ZERO)
+                    .payload(json!({ "n": n }))
+            })
+            .collect();
+        for s in engine.submit_many(specs).await.unwrap() {
+            ids.push(s.job.id);
+        }
+        tokio::task::yield_now().await;
+    }
+    for id in &ids {
+        let job = within("every job to finish", engine.wait(id))
+            .await
+            .unwrap();
+        assert_eq!(job.state, State::Completed, "{id}: {:?}", job.error);
+    }
+    sampling.store(false, Ordering::SeqCst);
+    let most_running = sampler.await.unwrap();
+    assert!(
+        most_inside.load(Ordering::SeqCst) <= LIMIT,
+        "{} handlers ran at once in a queue of {LIMIT}",
+        most_inside.load(Ordering::SeqCst)
+    );
+    assert!(
+        most_running <= LIMIT as u64,
+        "the store held {most_running} jobs running in a queue of {LIMIT}"
+    );
+    // And the queue was used: its slots were filled, not left idle.
+    assert_eq!(most_inside.load(Ordering::SeqCst), LIMIT);
+    engine.store().verify().await.unwrap();
+    engine.shutdown(Duration::from_secs(5)).await;
+}

@@ -91,6 +91,54 @@ impl From<rusqlite::Error> for Error {
     }
 }
 
+impl Error {
+    /// Whether the store refused the write for good (a stale fencing token, a job that
+    /// moved on or is gone, a closed store): trying the same write again cannot help.
+    /// Other errors (IO, a full disk, an overloaded writer) may pass when retried.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            Error::StaleFence { .. }
+                | Error::NotFound(_)
+                | Error::Transition { .. }
+                | Error::Conflict { .. }
+                | Error::Closed
+                | Error::Locked { .. }
+                | Error::Config(_)
+        )
+    }
+}
+
+/// Finished attempts' outcomes and a queue's next claim, written together by
+/// [`Store::settle`]: the slots the outcomes free are filled in the same write.
+#[derive(Clone, Debug, Default)]
+pub struct Settle {
+    /// Each attempt's outcome: its transitions (with their fencing tokens), applied in
+    /// order, all or none.
+    pub outcomes: Vec<Arc<[Transition]>>,
+    /// Claimed after the outcomes. Its `limit` counts the slots free without them; each
+    /// outcome that ends its attempt (written, or refused for good) adds one.
+    pub claim: Option<ClaimRequest>,
+}
+
+/// What [`Store::settle`] did: each outcome's result, in order, and the jobs claimed.
+#[derive(Debug)]
+pub struct Settled {
+    pub outcomes: Vec<Result<()>>,
+    pub claimed: Vec<Claimed>,
+}
+
+impl Settled {
+    /// How many outcomes ended their attempt's hold on a slot: written, or refused for
+    /// good. The others may be retried.
+    pub fn freed(&self) -> usize {
+        self.outcomes
+            .iter()
+            .filter(|r| r.as_ref().err().is_none_or(Error::is_refusal))
+            .count()
+    }
+}
+
 /// The result of submitting one job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Submitted {
@@ -460,6 +508,34 @@ pub trait Store: Send + Sync + 'static {
     /// The same write as `transition`, for a caller that does not need the job back (a
     /// worker reporting an attempt's outcome).
     async fn record(&self, t: Transition) -> Result<()>;
+    /// Records attempts' outcomes and claims their replacements in one write ("complete
+    /// and claim"): a worker's slot is filled again by the same commit that frees it.
+    /// Each outcome is all or none on its own; the claim runs after them. Events are
+    /// published once the write is durable, as for every write.
+    async fn settle(&self, s: Settle) -> Result<Settled> {
+        let mut outcomes = Vec::with_capacity(s.outcomes.len());
+        for transitions in s.outcomes {
+            let mut result = Ok(());
+            for t in transitions.iter() {
+                result = self.record(t.clone()).await;
+                if result.is_err() {
+                    break;
+                }
+            }
+            outcomes.push(result);
+        }
+        let mut settled = Settled {
+            outcomes,
+            claimed: Vec::new(),
+        };
+        if let Some(mut claim) = s.claim {
+            claim.limit += settled.freed();
+            if claim.limit > 0 {
+                settled.claimed = self.claim(claim).await?;
+            }
+        }
+        Ok(settled)
+    }
     async fn update(&self, job_id: &str, fence: u64, now: Millis, update: Update) -> Result<()>;
     /// Queues every `scheduled` job whose time has come.
     async fn promote_due(&self, now: Millis) -> Result<Promoted>;

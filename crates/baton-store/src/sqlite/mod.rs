@@ -456,6 +456,10 @@ impl Store for SqliteStore {
         self.write(Op::Record(t)).await.map(|_| ())
     }
 
+    async fn settle(&self, s: crate::Settle) -> Result<crate::Settled> {
+        expect_output!(self.write(Op::Settle(s)).await, Settled)
+    }
+
     async fn update(&self, job_id: &str, fence: u64, now: Millis, update: Update) -> Result<()> {
         let op = Op::Update {
             job_id: job_id.to_owned(),

@@ -27,6 +27,8 @@ const PROMOTE_BATCH: i64 = 10_000;
 pub enum Op {
     Submit(Vec<NewJob>, Option<StartNow>),
     Claim(ClaimRequest),
+    /// Outcomes and the claim that refills their slots (see [`crate::Store::settle`]).
+    Settle(crate::Settle),
     Transition(Transition),
     /// A transition whose caller does not need the job back.
     Record(Transition),
@@ -87,6 +89,7 @@ const INDEX_TEXT_IDLE: i64 = 256;
 pub enum Output {
     Submitted(Vec<Submitted>),
     Claimed(Vec<Claimed>),
+    Settled(crate::Settled),
     Job(Box<baton_core::Job>),
     Unit,
     Promoted(Promoted),
@@ -513,6 +516,7 @@ impl Writer {
                 .set_queue_paused(queue, *paused, *now)
                 .map(Output::Bool),
             Op::Claim(req) => self.claim(req).map(Output::Claimed),
+            Op::Settle(s) => self.settle_outcomes(s).map(Output::Settled),
             Op::Transition(t) => match self.transition(t, Resume::No, true)? {
                 Some(row) => Ok(Output::Job(Box::new(row.job))),
                 None => Err(Error::NotFound(t.job_id.clone())),
@@ -928,6 +932,39 @@ impl Writer {
         // The database returns rows in no set order; workers start the most urgent first.
         out.sort_by(|a, b| b.job.priority.cmp(&a.job.priority).then(a.seq.cmp(&b.seq)));
         Ok(out.into_iter().map(JobRow::into_claimed).collect())
+    }
+
+    /// Each outcome in a savepoint of its own, so that one refused (a stale fencing
+    /// token) leaves the others; then the claim, with a slot for each attempt that ended.
+    fn settle_outcomes(&mut self, s: &crate::Settle) -> Result<crate::Settled> {
+        let mut outcomes = Vec::with_capacity(s.outcomes.len());
+        for transitions in &s.outcomes {
+            outcomes.push(self.savepoint(|w| {
+                for t in transitions.iter() {
+                    w.transition(t, Resume::No, false)?;
+                }
+                Ok(())
+            }));
+            if self.lost {
+                return Err(Error::Internal(
+                    "the write's transaction was rolled back".into(),
+                ));
+            }
+        }
+        let mut settled = crate::Settled {
+            outcomes,
+            claimed: Vec::new(),
+        };
+        if let Some(claim) = &s.claim {
+            let limit = claim.limit + settled.freed();
+            if limit > 0 {
+                settled.claimed = self.claim(&ClaimRequest {
+                    limit,
+                    ..claim.clone()
+                })?;
+            }
+        }
+        Ok(settled)
     }
 
     /// Moves one job to `t.to` and records its event. The job is read back only when
