@@ -79,6 +79,31 @@ pub enum Op {
     IndexText,
 }
 
+/// The most events inserted by one statement.
+const EVENT_ROWS: usize = 32;
+
+/// An event's row beside what [`Event`] holds: the job's row key and the data as text.
+struct EventRow {
+    key: Option<i64>,
+    text: String,
+}
+
+/// `INSERT INTO events` of `n` rows (one of the few sizes [`Writer::write_events`] uses).
+fn event_insert_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        [EVENT_ROWS, 8, 1].map(|n| {
+            let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+            format!("INSERT INTO events (id, job_key, job_id, seq, type, at, data) VALUES {rows}")
+        })
+    });
+    match n {
+        EVENT_ROWS => &all[0],
+        8 => &all[1],
+        _ => &all[2],
+    }
+}
+
 /// The most jobs indexed for search by one write: a search that finds the index
 /// behind catches it up in writes of this size, with other writes between them.
 const INDEX_TEXT_BATCH: i64 = 5_000;
@@ -122,6 +147,9 @@ pub struct Writer {
     conn: Connection,
     next_event_id: u64,
     events: Vec<Event>,
+    /// The rows of `events` still to be inserted (one per event, in step with it):
+    /// written by a few multi-row statements just before the transaction commits.
+    event_rows: Vec<EventRow>,
     bus: broadcast::Sender<Arc<Event>>,
     claim_sql: std::collections::HashMap<String, String>,
     counters: Arc<crate::WriteStats>,
@@ -163,6 +191,7 @@ impl Writer {
             conn,
             next_event_id: last as u64 + 1,
             events: Vec::new(),
+            event_rows: Vec::new(),
             bus,
             claim_sql: std::collections::HashMap::new(),
             counters: Arc::default(),
@@ -310,6 +339,7 @@ impl Writer {
                 // each write alone, so that one bad write does not fail the others.
                 tracing::warn!(error = %e, writes = batch.len(), "group commit failed; retrying writes one by one");
                 self.events.clear();
+                self.event_rows.clear();
                 self.next_event_id = first_event_id;
                 for req in batch.drain(..) {
                     let mut one = vec![req];
@@ -323,6 +353,7 @@ impl Writer {
                         }
                         Err(e) => {
                             self.events.clear();
+                            self.event_rows.clear();
                             self.next_event_id = mark;
                             let _ = one.pop().map(|r| r.reply.send(Err(e)));
                         }
@@ -352,7 +383,7 @@ impl Writer {
             }
             outputs.push(out);
         }
-        if let Err(e) = self.write_counts() {
+        if let Err(e) = self.write_events().and_then(|()| self.write_counts()) {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e);
         }
@@ -397,6 +428,7 @@ impl Writer {
             }
         }
         self.events.truncate(events);
+        self.event_rows.truncate(events);
         self.moves.truncate(moves);
         self.next_event_id = next_event_id;
         // What this write stored is gone: its jobs cannot be found by a later one.
@@ -497,7 +529,40 @@ impl Writer {
         Ok(())
     }
 
+    /// Inserts the transaction's events, many rows a statement.
+    fn write_events(&mut self) -> Result<()> {
+        let mut rows = std::mem::take(&mut self.event_rows);
+        let mut at = 0;
+        let result = (|| -> Result<()> {
+            while at < rows.len() {
+                let n = [EVENT_ROWS, 8, 1]
+                    .into_iter()
+                    .find(|&n| n <= rows.len() - at)
+                    .unwrap_or(1);
+                let mut stmt = self.conn.prepare_cached(event_insert_sql(n))?;
+                let mut i = 1;
+                for (row, e) in rows[at..at + n].iter().zip(&self.events[at..at + n]) {
+                    stmt.raw_bind_parameter(i, e.id as i64)?;
+                    stmt.raw_bind_parameter(i + 1, row.key)?;
+                    stmt.raw_bind_parameter(i + 2, e.job_id.as_deref())?;
+                    stmt.raw_bind_parameter(i + 3, e.seq as i64)?;
+                    stmt.raw_bind_parameter(i + 4, e.kind.as_str())?;
+                    stmt.raw_bind_parameter(i + 5, e.at)?;
+                    stmt.raw_bind_parameter(i + 6, row.text.as_str())?;
+                    i += 7;
+                }
+                stmt.raw_execute()?;
+                at += n;
+            }
+            Ok(())
+        })();
+        rows.clear();
+        self.event_rows = rows;
+        result
+    }
+
     fn publish(&mut self) {
+        self.event_rows.clear();
         for e in self.events.drain(..) {
             let _ = self.bus.send(Arc::new(e));
         }
@@ -622,20 +687,7 @@ impl Writer {
             None => (None, None),
         };
         // Events are found by the job's integer key: cheaper to index than its id.
-        self.conn
-            .prepare_cached(
-                "INSERT INTO events (id, job_key, job_id, seq, type, at, data) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                id as i64,
-                job_key,
-                job_id,
-                seq as i64,
-                kind.as_str(),
-                at,
-                text
-            ])?;
+        self.event_rows.push(EventRow { key: job_key, text });
         self.next_event_id += 1;
         self.events.push(Event {
             id,
