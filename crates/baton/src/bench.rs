@@ -165,6 +165,24 @@ enum Bench {
         #[arg(long, default_value_t = 10_000)]
         jobs: usize,
     },
+    /// Claim time per job, the job list and the counts at growing numbers of finished
+    /// jobs in the table; then a restart over many queued jobs in a process of its own
+    /// (`ready_ms`, `rss_mb`).
+    Scale {
+        /// Finished jobs in the table at each measurement (a reused --db is filled up
+        /// to each).
+        #[arg(long, value_delimiter = ',', default_value = "0,100000,1000000")]
+        sizes: Vec<usize>,
+        /// Queued jobs the restart is measured over (0: no restart).
+        #[arg(long, default_value_t = 1_000_000)]
+        queued: usize,
+        /// Times each query runs.
+        #[arg(long, default_value_t = 20)]
+        samples: usize,
+        /// The restart's own process (started by the bench).
+        #[arg(long, hide = true)]
+        restart_child: bool,
+    },
     /// Submit-to-start latency on an idle engine.
     Latency {
         #[arg(long, default_value_t = 2_000)]
@@ -251,13 +269,37 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         emit(&report, args.json);
         return Ok(());
     }
+    if let Bench::Scale {
+        sizes,
+        queued,
+        samples,
+        restart_child,
+    } = args.bench
+    {
+        if restart_child {
+            return crate::bench_scale::restart_child(&db, args.durability).await;
+        }
+        if samples == 0 || !sizes.is_sorted() {
+            bail!("--samples must be at least 1, and --sizes ascending");
+        }
+        crate::bench_fs::warn_if_tmpfs(&db);
+        let settings = crate::bench_scale::Settings {
+            sizes,
+            queued,
+            samples,
+        };
+        let mut report = crate::bench_scale::run(&db, args.durability, settings).await?;
+        report["durability"] = json!(durability);
+        emit(&report, args.json);
+        return Ok(());
+    }
     let store = SqliteStore::open(SqliteOptions::new(&db).durability(args.durability))
         .with_context(|| format!("cannot open {}", db.display()))?;
     crate::bench_fs::warn_if_tmpfs(&db);
     // SQLite's own setting, read back on open: what the figures were measured with.
     let synchronous = baton_store::Store::synchronous(&store);
     let mut report = match args.bench {
-        Bench::Events { .. } | Bench::Soak { .. } | Bench::Submit { .. } => {
+        Bench::Events { .. } | Bench::Soak { .. } | Bench::Submit { .. } | Bench::Scale { .. } => {
             unreachable!("handled above")
         }
         Bench::Throughput {
