@@ -483,12 +483,32 @@ pub struct ThroughputRow {
     pub failed: u64,
 }
 
-/// How many transactions a store committed, and how many writes they held: their
-/// ratio is how well group commit batches.
+/// How many transactions a store committed, and how many writes they held (their
+/// ratio is how well group commit batches), and what they cost its writer.
 #[derive(Debug, Default)]
 pub struct WriteStats {
     pub batches: std::sync::atomic::AtomicU64,
     pub writes: std::sync::atomic::AtomicU64,
+    /// Nanoseconds the writer spent applying and committing batches (the commit's
+    /// disk writes and fsync included), not waiting for work.
+    pub busy_ns: std::sync::atomic::AtomicU64,
+    /// The part of `busy_ns` spent in the batches' `COMMIT`: writing the log and
+    /// waiting for the disk.
+    pub commit_ns: std::sync::atomic::AtomicU64,
+    /// Nanoseconds the writer spent indexing jobs for search with no write waiting
+    /// (not in `busy_ns`).
+    pub index_ns: std::sync::atomic::AtomicU64,
+    /// SQL statements the writer ran, when the store counts them (the SQLite store's
+    /// `count_statements` option; zero otherwise): each run of a statement, every
+    /// `BEGIN`, `SAVEPOINT`, `RELEASE` and `COMMIT` included, not the bodies of
+    /// triggers nor the statements SQLite runs inside another.
+    pub statements: std::sync::atomic::AtomicU64,
+    /// SQL statements the writer ran indexing for search with no write waiting (not in
+    /// `statements`).
+    pub index_statements: std::sync::atomic::AtomicU64,
+    /// Set while the writer indexes with no write waiting: the statements it runs then
+    /// count in `index_statements`.
+    pub(crate) indexing: std::sync::atomic::AtomicBool,
 }
 
 /// A job store. Every write is atomic together with its events; events are published

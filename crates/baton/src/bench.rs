@@ -29,7 +29,9 @@ pub struct BenchArgs {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// No-op jobs through their whole life cycle: submit, claim, complete, all persisted.
+    /// No-op jobs through their whole life cycle: submit, claim, complete, all persisted;
+    /// then the same rows written by bare SQLite statements, committed as often
+    /// (`floor_per_s`).
     Throughput {
         #[arg(long, default_value_t = 100_000)]
         jobs: usize,
@@ -293,8 +295,13 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         emit(&report, args.json);
         return Ok(());
     }
-    let store = SqliteStore::open(SqliteOptions::new(&db).durability(args.durability))
-        .with_context(|| format!("cannot open {}", db.display()))?;
+    // Benches count the writer's statements (per-job figures); a store serving jobs
+    // does not, to spare the writer the trace.
+    let options = SqliteOptions::new(&db)
+        .durability(args.durability)
+        .count_statements(true);
+    let store =
+        SqliteStore::open(options).with_context(|| format!("cannot open {}", db.display()))?;
     crate::bench_fs::warn_if_tmpfs(&db);
     // SQLite's own setting, read back on open: what the figures were measured with.
     let synchronous = baton_store::Store::synchronous(&store);
@@ -311,7 +318,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             if jobs == 0 || workers == 0 || batch == 0 || submitters == 0 {
                 bail!("--jobs, --workers, --batch and --submitters must be at least 1");
             }
-            throughput(store, jobs, workers, batch, submitters, durability).await?
+            throughput(store, jobs, workers, batch, submitters, args.durability).await?
         }
         Bench::Commands {
             jobs,
@@ -402,20 +409,25 @@ fn print_summary(report: &Value) {
     }
 }
 
+/// The throughput bench: no-op jobs through their whole life, then the same rows
+/// written by bare SQLite statements ([`baton_store::sqlite::floor`]) beside the
+/// store's file, so that each run shows the engine next to SQLite's own limit.
 async fn throughput(
     store: SqliteStore,
     jobs: usize,
     workers: usize,
     batch: usize,
     submitters: usize,
-    durability: &str,
+    durability: Durability,
 ) -> Result<Value> {
+    let db = store.path().to_owned();
     let engine = Engine::builder()
         .store(Arc::new(store))
         .queue("default", workers)
         .handler("noop", |_ctx, _payload| async { Ok(Value::Null) })
         .build()
         .await?;
+    let count = WriteCount::start(&engine)?;
     // The bench's own job ids, chosen up front: a reused --db may hold jobs that
     // recovery runs at the same time, and those must not count.
     let ids = job_ids(jobs);
@@ -467,18 +479,77 @@ async fn throughput(
     let first_start = first_start.context("no job.started event came for the bench's jobs")?;
     let processing = finished - first_start;
     engine.shutdown(Duration::from_secs(5)).await;
+    // Read once the store is closed: its writer has finished every batch.
+    let w = count.delta();
+    if w.commits == 0 {
+        bail!(
+            "the store committed nothing during the bench: no batch size to measure the floor with"
+        );
+    }
+    if w.statements == 0 {
+        bail!(
+            "the store counted no SQL statements for statements_per_job (count_statements is off)"
+        );
+    }
+    let per_commit = (jobs as f64 / w.commits as f64).round().max(1.0) as usize;
+    let floor = measure_floor(&db, durability, jobs, per_commit).await?;
+    let per_job = |n: u64| (n as f64 / jobs as f64 * 100.0).round() / 100.0;
+    let us_per_job = |ns: u64| (ns as f64 / 1e3 / jobs as f64 * 100.0).round() / 100.0;
     Ok(json!({
         "bench": "throughput",
         "jobs": jobs,
         "workers": workers,
         "batch": batch,
         "submitters": submitters,
-        "durability": durability,
+        "durability": durability.as_str(),
         "submit_per_s": rate(jobs, submitted),
         "processing_per_s": rate(jobs, processing),
         "end_to_end_per_s": rate(jobs, total),
         "elapsed_ms": ms(total),
+        "store_commits": w.commits,
+        "store_writes": w.writes,
+        "jobs_per_commit": (jobs as f64 / w.commits as f64 * 10.0).round() / 10.0,
+        "writer_us_per_job": us_per_job(w.busy_ns),
+        "writer_commit_us_per_job": us_per_job(w.commit_ns),
+        "writer_busy_pct": (w.busy_ns as f64 / total.as_nanos() as f64 * 1000.0).round() / 10.0,
+        "writer_index_us_per_job": us_per_job(w.index_ns),
+        "statements_per_job": per_job(w.statements),
+        "floor_per_s": floor.per_s().round(),
+        "floor_commits": floor.commits,
+        "floor_jobs_per_commit": per_commit,
+        "floor_statements_per_job": per_job(floor.statements),
     }))
+}
+
+/// SQLite's own rate for the bench's rows ([`baton_store::sqlite::floor`]), on a
+/// fresh file in a temporary folder beside `db` (the same file system), removed after.
+async fn measure_floor(
+    db: &std::path::Path,
+    durability: Durability,
+    jobs: usize,
+    per_commit: usize,
+) -> Result<baton_store::sqlite::Floor> {
+    let parent = db
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let dir = tempfile::Builder::new()
+        .prefix(".baton-floor-")
+        .tempdir_in(parent)
+        .with_context(|| {
+            format!(
+                "cannot measure the SQLite floor: cannot create a folder in {}",
+                parent.display()
+            )
+        })?;
+    let options = SqliteOptions::new(dir.path().join("floor.db")).durability(durability);
+    let floor =
+        tokio::task::spawn_blocking(move || baton_store::sqlite::floor(&options, jobs, per_commit))
+            .await
+            .context("the SQLite floor's thread failed")?
+            .context("cannot measure the SQLite floor")?;
+    drop(dir);
+    Ok(floor)
 }
 
 async fn commands(
@@ -603,12 +674,25 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
-/// The store's commits and writes from the moment it was made, for a bench's
-/// `store_commits` and `store_writes`; an error when the store keeps no counters.
+/// The store's write counters from the moment it was made, for a bench's
+/// `store_commits`, `store_writes` and the writer's cost; an error when the store keeps
+/// no counters.
 pub(crate) struct WriteCount {
     stats: Arc<baton_store::WriteStats>,
-    commits: u64,
-    writes: u64,
+    start: Writes,
+}
+
+/// What the store's writer did: commits, the writes they held, its busy time (with
+/// the part spent committing), its time indexing for search while idle, and its SQL
+/// statements (those of idle indexing apart).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Writes {
+    pub commits: u64,
+    pub writes: u64,
+    pub busy_ns: u64,
+    pub commit_ns: u64,
+    pub index_ns: u64,
+    pub statements: u64,
 }
 
 impl WriteCount {
@@ -617,23 +701,41 @@ impl WriteCount {
             .store()
             .write_stats()
             .context("the store keeps no write counters for store_commits and store_writes")?;
-        let (commits, writes) = Self::read(&stats);
-        Ok(Self {
-            stats,
-            commits,
-            writes,
-        })
+        let start = Self::read(&stats);
+        Ok(Self { stats, start })
     }
 
-    fn read(stats: &baton_store::WriteStats) -> (u64, u64) {
+    fn read(stats: &baton_store::WriteStats) -> Writes {
         use std::sync::atomic::Ordering::Relaxed;
-        (stats.batches.load(Relaxed), stats.writes.load(Relaxed))
+        Writes {
+            commits: stats.batches.load(Relaxed),
+            writes: stats.writes.load(Relaxed),
+            busy_ns: stats.busy_ns.load(Relaxed),
+            commit_ns: stats.commit_ns.load(Relaxed),
+            index_ns: stats.index_ns.load(Relaxed),
+            statements: stats.statements.load(Relaxed),
+        }
     }
 
     /// Commits and writes since the start.
     pub(crate) fn since(&self) -> (u64, u64) {
-        let (commits, writes) = Self::read(&self.stats);
-        (commits - self.commits, writes - self.writes)
+        let d = self.delta();
+        (d.commits, d.writes)
+    }
+
+    /// Everything counted since the start. The writer adds a batch's time once the
+    /// batch is done, after its callers heard back: read after the store closed for
+    /// the last batch to count.
+    pub(crate) fn delta(&self) -> Writes {
+        let (now, s) = (Self::read(&self.stats), self.start);
+        Writes {
+            commits: now.commits - s.commits,
+            writes: now.writes - s.writes,
+            busy_ns: now.busy_ns - s.busy_ns,
+            commit_ns: now.commit_ns - s.commit_ns,
+            index_ns: now.index_ns - s.index_ns,
+            statements: now.statements - s.statements,
+        }
     }
 }
 
@@ -695,11 +797,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("bench.db");
         let leftovers = leave_jobs(&db, 400).await;
-        let store =
-            SqliteStore::open(SqliteOptions::new(&db).durability(Durability::Normal)).unwrap();
+        let options = SqliteOptions::new(&db)
+            .durability(Durability::Normal)
+            .count_statements(true);
+        let store = SqliteStore::open(options).unwrap();
         // One worker: the 400 older jobs run first; 20 completions of theirs must not
         // end the bench.
-        let report = throughput(store, 20, 1, 10, 2, "normal").await.unwrap();
+        let report = throughput(store, 20, 1, 10, 2, Durability::Normal)
+            .await
+            .unwrap();
         assert_eq!(report["jobs"], 20);
         assert!(report["end_to_end_per_s"].as_f64().unwrap() > 0.0);
         let unfinished: Vec<String> = queued_ids(&db)
@@ -710,6 +816,82 @@ mod tests {
         assert!(
             unfinished.is_empty(),
             "the bench ended before its own jobs: {unfinished:?}"
+        );
+    }
+
+    /// Each run reports the writer's cost per job and SQLite's own rate for the same
+    /// rows, measured, not defaulted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn throughput_reports_the_writer_s_cost_and_the_sqlite_floor() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("bench.db");
+        let options = SqliteOptions::new(&db)
+            .durability(Durability::Normal)
+            .count_statements(true);
+        let store = SqliteStore::open(options).unwrap();
+        let report = throughput(store, 200, 8, 50, 2, Durability::Normal)
+            .await
+            .unwrap();
+        let figure = |key: &str| {
+            report[key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("no {key} in {report}"))
+        };
+        // A job's insert, claim and completion, each with its event, at the least.
+        assert!(figure("statements_per_job") >= 3.0, "{report}");
+        assert!(figure("writer_us_per_job") > 0.0, "{report}");
+        assert!(
+            figure("writer_commit_us_per_job") <= figure("writer_us_per_job"),
+            "committing is part of the writer's busy time: {report}"
+        );
+        assert!(figure("floor_per_s") > 0.0, "{report}");
+        assert!(figure("store_commits") >= 1.0, "{report}");
+        assert_eq!(
+            figure("floor_jobs_per_commit"),
+            (200.0 / figure("store_commits")).round().max(1.0),
+            "the floor commits as often as the engine did: {report}"
+        );
+        let expected = 6.0 + 2.0 * figure("floor_commits") / 200.0;
+        assert!(
+            (figure("floor_statements_per_job") - expected).abs() < 0.01,
+            "six row writes per job and a BEGIN and COMMIT per transaction: {report}"
+        );
+        // The floor's file is gone; the bench's own database is all that is left.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(".baton-floor"))
+            .collect();
+        assert!(left.is_empty(), "the floor's folder stayed: {left:?}");
+    }
+
+    /// A store that does not count its statements fails the bench rather than
+    /// printing zero statements a job.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn throughput_without_statement_counts_fails_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let options =
+            SqliteOptions::new(dir.path().join("bench.db")).durability(Durability::Normal);
+        let store = SqliteStore::open(options).unwrap();
+        let err = throughput(store, 20, 4, 10, 1, Durability::Normal)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no SQL statements"), "{err:#}");
+    }
+
+    /// A floor that cannot be measured fails the bench with the reason.
+    #[tokio::test]
+    async fn a_floor_that_cannot_be_measured_fails_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-folder");
+        std::fs::write(&file, b"").unwrap();
+        let err = measure_floor(&file.join("bench.db"), Durability::Full, 10, 5)
+            .await
+            .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.contains("cannot measure the SQLite floor") && text.contains("not-a-folder"),
+            "{text}"
         );
     }
 }

@@ -235,7 +235,14 @@ async fn restart_in_child(db: &Path, durability: baton_store::Durability) -> Res
         baton_store::Durability::Normal => "normal",
     };
     let out = tokio::process::Command::new(exe)
-        .args(["bench", "scale", "--restart-child", "--durability", durability, "--db"])
+        .args([
+            "bench",
+            "scale",
+            "--restart-child",
+            "--durability",
+            durability,
+            "--db",
+        ])
         .arg(db)
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::inherit())

@@ -5,6 +5,7 @@ pub(crate) mod codes;
 mod crash;
 #[cfg(feature = "faults")]
 mod faults;
+mod floor;
 mod graph;
 mod list;
 #[cfg(test)]
@@ -12,6 +13,7 @@ mod list_plan;
 mod rows;
 mod schedule_rows;
 mod schema;
+mod statements;
 mod throughput;
 mod writer;
 
@@ -35,6 +37,7 @@ use crate::{
 
 #[cfg(feature = "faults")]
 pub use faults::Faults;
+pub use floor::{Floor, floor};
 pub use schema::VERSION as SCHEMA_VERSION;
 
 /// How hard a commit works to survive a power loss.
@@ -110,6 +113,9 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// Events buffered for live subscribers before a slow one must catch up from the store.
     pub event_buffer: usize,
+    /// Count the SQL statements the writer runs ([`crate::WriteStats::statements`]);
+    /// off by default: it costs the writer a few percent.
+    pub count_statements: bool,
     /// Faults a test injects (feature `faults`).
     #[cfg(feature = "faults")]
     pub faults: Faults,
@@ -124,6 +130,7 @@ impl SqliteOptions {
             write_queue: 10_000,
             busy_timeout: Duration::from_secs(5),
             event_buffer: 65_536,
+            count_statements: false,
             #[cfg(feature = "faults")]
             faults: Faults::default(),
         }
@@ -141,6 +148,11 @@ impl SqliteOptions {
 
     pub fn write_queue(mut self, capacity: usize) -> Self {
         self.write_queue = capacity;
+        self
+    }
+
+    pub fn count_statements(mut self, on: bool) -> Self {
+        self.count_statements = on;
         self
     }
 }
@@ -185,8 +197,12 @@ impl SqliteStore {
         let synchronous = check_synchronous(&conn, &options)?;
         schema::migrate(&mut conn)?;
         let (bus, _) = broadcast::channel(options.event_buffer.max(16));
+        let counters = Arc::<crate::WriteStats>::default();
+        if options.count_statements {
+            statements::count(&mut conn, counters.clone())?;
+        }
         #[allow(unused_mut)]
-        let mut writer = Writer::new(conn, bus.clone())?;
+        let mut writer = Writer::new(conn, bus.clone(), counters)?;
         #[cfg(feature = "faults")]
         {
             writer.faults = options.faults.clone();

@@ -183,7 +183,13 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn new(conn: Connection, bus: broadcast::Sender<Arc<Event>>) -> Result<Self> {
+    /// `counters` are the writer's (see [`crate::WriteStats`]); the caller may have set
+    /// `conn` to count its statements there.
+    pub fn new(
+        conn: Connection,
+        bus: broadcast::Sender<Arc<Event>>,
+        counters: Arc<crate::WriteStats>,
+    ) -> Result<Self> {
         let last: i64 =
             conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
         let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
@@ -194,7 +200,7 @@ impl Writer {
             event_rows: Vec::new(),
             bus,
             claim_sql: std::collections::HashMap::new(),
-            counters: Arc::default(),
+            counters,
             settling: None,
             fresh: std::collections::HashMap::new(),
             has_edges: None,
@@ -209,6 +215,8 @@ impl Writer {
     }
 
     pub fn run(mut self, mut rx: Receiver<Msg>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        use std::time::Instant;
         let mut batch: Vec<Request> = Vec::new();
         let mut close: Option<std::sync::mpsc::Sender<()>> = None;
         loop {
@@ -217,7 +225,11 @@ impl Writer {
                 match rx.try_recv() {
                     Ok(msg) => Some(msg),
                     Err(TryRecvError::Empty) => {
+                        let started = Instant::now();
+                        self.counters.indexing.store(true, Relaxed);
                         self.index_text_idle();
+                        self.counters.indexing.store(false, Relaxed);
+                        self.counters.index_ns.fetch_add(nanos(started), Relaxed);
                         continue;
                     }
                     Err(TryRecvError::Disconnected) => None,
@@ -242,7 +254,9 @@ impl Writer {
                 if let Some(delay) = self.faults.batch_delay() {
                     std::thread::sleep(delay);
                 }
+                let started = Instant::now();
                 self.commit_batch(&mut batch);
+                self.counters.busy_ns.fetch_add(nanos(started), Relaxed);
                 self.text_behind = true;
             }
             if let Some(ack) = close.take() {
@@ -387,7 +401,12 @@ impl Writer {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e);
         }
-        if let Err(e) = self.conn.prepare_cached("COMMIT")?.execute([]) {
+        let started = std::time::Instant::now();
+        let committed = self.conn.prepare_cached("COMMIT")?.execute([]);
+        self.counters
+            .commit_ns
+            .fetch_add(nanos(started), std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = committed {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e.into());
         }
@@ -1495,6 +1514,10 @@ impl Writer {
             json!({"server_id": s.id, "host": s.host, "pid": s.pid}),
         )
     }
+}
+
+fn nanos(since: std::time::Instant) -> u64 {
+    u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A JSON value's text for a column. `serde_json::to_string` writes into one buffer
