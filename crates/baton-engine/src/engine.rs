@@ -1121,8 +1121,14 @@ async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
                     freed
                 };
                 queue.running.fetch_sub(unused, Ordering::SeqCst);
+                let started = settled.claimed.len();
                 for job in settled.claimed {
                     inner.tasks.spawn(start_run(&inner, queue.clone(), job));
+                }
+                if started > 0 {
+                    // Let the jobs just started run first: those that return at once
+                    // join the next write together, rather than split over two.
+                    tokio::task::yield_now().await;
                 }
                 if claim && filled < taken && !had_outcomes {
                     // Nothing is ready: sleep until a job is submitted or an outcome waits.
