@@ -780,3 +780,80 @@ async fn complete_and_claim_keeps_the_queues_concurrency_limit() {
     engine.store().verify().await.unwrap();
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Shutdown waits for outcomes in flight: jobs whose handlers return while the engine
+/// shuts down are recorded as completed, once, and nothing runs again at the next
+/// start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_records_the_outcomes_of_handlers_that_return_during_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let runs = Arc::new(AtomicU32::new(0));
+    let r = runs.clone();
+    let engine = Engine::builder()
+        .store(store(&dir))
+        .queue("default", 8)
+        .handler("slow", move |_ctx, payload| {
+            let runs = r.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                let ms = payload["ms"].as_u64().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(json!("done"))
+            }
+        })
+        .build()
+        .await
+        .unwrap();
+    // Handlers that return just before, during and well after the shutdown begins.
+    let specs = (0..8)
+        .map(|i| {
+            JobSpec::new("slow")
+                .id(format!("s{i}"))
+                .payload(json!({"ms": i * 40}))
+        })
+        .collect();
+    engine.submit_many(specs).await.unwrap();
+    within("every job to start", async {
+        while engine.running_jobs().len() + (runs.load(Ordering::SeqCst) as usize) < 8 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    engine.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 8);
+
+    let again = Arc::new(AtomicU32::new(0));
+    let a = again.clone();
+    let engine = Engine::builder()
+        .store(store(&dir))
+        .handler("slow", move |_ctx, _payload| {
+            a.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(json!("again")) }
+        })
+        .build()
+        .await
+        .unwrap();
+    for i in 0..8 {
+        let job = engine.get(&format!("s{i}")).await.unwrap();
+        assert_eq!(job.state, State::Completed, "s{i}: {:?}", job.error);
+        assert_eq!(job.result, Some(json!("done")), "s{i}");
+        let kinds = event_kinds(&engine, &job.id).await;
+        assert_eq!(
+            kinds,
+            [
+                EventKind::Submitted,
+                EventKind::Started,
+                EventKind::Completed
+            ],
+            "s{i}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        again.load(Ordering::SeqCst),
+        0,
+        "a job ran again after the restart"
+    );
+    engine.shutdown(Duration::from_secs(5)).await;
+}
