@@ -385,6 +385,25 @@ impl Writer {
         self.moves.clear();
         self.conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
         self.lost = false;
+        // A write alone in its transaction needs no savepoint: when it fails, the whole
+        // transaction is rolled back instead.
+        if let [req] = batch {
+            let next_event_id = self.next_event_id;
+            let out = self.apply(&req.op);
+            if out.is_err() {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                self.events.clear();
+                self.event_rows.clear();
+                self.moves.clear();
+                self.fresh.clear();
+                self.next_event_id = next_event_id;
+                if self.lost {
+                    return Err(out.err().unwrap_or(Error::Closed));
+                }
+                return Ok(vec![out]);
+            }
+            return self.finish_transaction(vec![out]);
+        }
         let mut outputs = Vec::with_capacity(batch.len());
         for req in batch {
             let out = self.savepoint(|w| w.apply(&req.op));
@@ -397,6 +416,11 @@ impl Writer {
             }
             outputs.push(out);
         }
+        self.finish_transaction(outputs)
+    }
+
+    /// Writes the transaction's events and counts and commits it.
+    fn finish_transaction(&mut self, outputs: Vec<Result<Output>>) -> Result<Vec<Result<Output>>> {
         if let Err(e) = self.write_events().and_then(|()| self.write_counts()) {
             let _ = self.conn.execute_batch("ROLLBACK");
             return Err(e);
@@ -1009,7 +1033,26 @@ impl Writer {
     /// token) leaves the others; then the claim, with a slot for each attempt that ended.
     fn settle_outcomes(&mut self, s: &crate::Settle) -> Result<crate::Settled> {
         let mut outcomes = Vec::with_capacity(s.outcomes.len());
-        for transitions in &s.outcomes {
+        // Most often every outcome lands: all of them in one savepoint first (each
+        // savepoint copies every page it changes into SQLite's statement journal once),
+        // and one by one only when one of them is refused.
+        if s.outcomes.len() > 1 {
+            let together = self.savepoint(|w| {
+                for t in s.outcomes.iter().flat_map(|o| o.iter()) {
+                    w.transition(t, Resume::No, false)?;
+                }
+                Ok(())
+            });
+            if self.lost {
+                return Err(Error::Internal(
+                    "the write's transaction was rolled back".into(),
+                ));
+            }
+            if together.is_ok() {
+                outcomes.resize_with(s.outcomes.len(), || Ok(()));
+            }
+        }
+        for transitions in s.outcomes.iter().skip(outcomes.len()) {
             outcomes.push(self.savepoint(|w| {
                 for t in transitions.iter() {
                     w.transition(t, Resume::No, false)?;
