@@ -53,6 +53,7 @@ macro_rules! store_conformance_tests {
     ($make:expr) => {
         $crate::store_conformance_tests!(@each $make;
             submit_claim_complete,
+            settle_records_outcomes_and_refills_their_slots,
             claim_takes_higher_priority_first_then_fifo_within_its_queue,
             concurrent_claims_never_hand_out_a_job_twice,
             delayed_jobs_wait_for_run_at,
@@ -1622,6 +1623,94 @@ pub async fn servers_register_heartbeat_and_stop(store: Arc<dyn Store>) {
 /// Counts by queue and state, deleted jobs included.
 /// A list filtered by states and a queue counts exactly (from the kept counts); one
 /// filtered by more counts up to [`crate::LIST_COUNT_CAP`] and says when it stopped.
+/// Outcomes and the claim that refills their slots, in one write: an outcome with a
+/// stale fencing token is refused alone, the others land with their events, and the
+/// claim takes a slot for each outcome that ended its attempt, refused or not.
+pub async fn settle_records_outcomes_and_refills_their_slots(store: Arc<dyn Store>) {
+    let s = &*store;
+    for i in 0..6 {
+        submit(s, JobSpec::new("work").id(format!("w{i}")), T0 + i).await;
+    }
+    let running = claim(s, "default", 3, T0 + 10).await;
+    let ids: Vec<String> = running.iter().map(|c| c.job.id.to_string()).collect();
+    assert_eq!(ids, ["w0", "w1", "w2"]);
+    let done = |c: &Claimed, fence: u64| -> Arc<[Transition]> {
+        vec![
+            Transition::new(
+                c.job.id.as_str(),
+                State::Completed,
+                EventKind::Completed,
+                T0 + 20,
+            )
+            .fence(fence)
+            .changes(Changes {
+                result: Some(json!({"by": c.job.id.as_str()})),
+                ..Changes::default()
+            }),
+        ]
+        .into()
+    };
+    let settle = crate::Settle {
+        outcomes: vec![
+            done(&running[0], running[0].fence),
+            done(&running[1], running[1].fence + 7),
+            done(&running[2], running[2].fence),
+        ],
+        claim: Some(ClaimRequest {
+            queue: "default".into(),
+            limit: 0,
+            server_id: SERVER.into(),
+            now: T0 + 20,
+        }),
+    };
+    let settled = s.settle(settle).await.expect("settle");
+    assert!(settled.outcomes[0].is_ok(), "{:?}", settled.outcomes[0]);
+    assert!(
+        matches!(settled.outcomes[1], Err(Error::StaleFence { .. })),
+        "{:?}",
+        settled.outcomes[1]
+    );
+    assert!(settled.outcomes[2].is_ok(), "{:?}", settled.outcomes[2]);
+    assert_eq!(settled.freed(), 3);
+    let claimed: Vec<String> = settled
+        .claimed
+        .iter()
+        .map(|c| c.job.id.to_string())
+        .collect();
+    assert_eq!(claimed, ["w3", "w4", "w5"], "a slot for each ended attempt");
+    assert_eq!(get(s, "w0").await.state, State::Completed);
+    assert_eq!(get(s, "w0").await.result, Some(json!({"by": "w0"})));
+    assert_eq!(
+        get(s, "w1").await.state,
+        State::Running,
+        "the refused one is untouched"
+    );
+    assert_eq!(get(s, "w2").await.state, State::Completed);
+    let completed: Vec<Option<String>> = all_events(s)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Completed)
+        .map(|e| e.job_id)
+        .collect();
+    assert_eq!(completed, [Some("w0".into()), Some("w2".into())]);
+
+    // All landing together; no claim asked for.
+    let settle = crate::Settle {
+        outcomes: settled.claimed.iter().map(|c| done(c, c.fence)).collect(),
+        claim: None,
+    };
+    let again = s.settle(settle).await.expect("settle");
+    assert!(
+        again.outcomes.iter().all(Result::is_ok),
+        "{:?}",
+        again.outcomes
+    );
+    assert!(again.claimed.is_empty());
+    for id in ["w3", "w4", "w5"] {
+        assert_eq!(get(s, id).await.state, State::Completed, "{id}");
+    }
+}
+
 pub async fn list_totals_are_exact_by_state_and_queue_and_capped_otherwise(store: Arc<dyn Store>) {
     let s = &*store;
     let cap = crate::LIST_COUNT_CAP as usize;
