@@ -3,24 +3,28 @@
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::Json;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::response::sse::{self, KeepAlive, Sse};
+use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use baton_api::EventList;
 use baton_core::{Event, EventKind};
+use bytes::BytesMut;
 use futures::Stream;
 use serde::Deserialize;
-use tokio::sync::broadcast;
+use tokio::sync::{OwnedSemaphorePermit, broadcast};
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::jobs::{ApiPath, ApiQuery, job_id};
+use crate::limit::StreamPermit;
 use crate::meta::SubscriberGuard;
 
 /// Events read from the store per page when a client catches up.
@@ -40,6 +44,7 @@ pub struct JobEventsQuery {
         (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
 pub async fn job_events(
     State(s): State<AppState>,
+    permit: Option<Extension<StreamPermit>>,
     ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<JobEventsQuery>,
@@ -56,7 +61,7 @@ pub async fn job_events(
             kinds: None,
         };
         let feed = Feed::new(s, start, filter).await?;
-        return Ok(sse_response(stream(feed)));
+        return Ok(sse_response(feed, permit));
     }
     let events = s.engine.events(&id, q.after.unwrap_or(0)).await?;
     Ok(Json(EventList { events }).into_response())
@@ -81,6 +86,7 @@ pub struct AllEventsQuery {
         (status = 400, description = "an invalid after, job, types or Last-Event-ID", body = baton_api::ErrorBody)))]
 pub async fn all_events(
     State(s): State<AppState>,
+    permit: Option<Extension<StreamPermit>>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<AllEventsQuery>,
 ) -> ApiResult<Response> {
@@ -107,7 +113,7 @@ pub async fn all_events(
     };
     let filter = Filter { job: q.job, kinds };
     let feed = Feed::new(s, start, filter).await?;
-    Ok(sse_response(stream(feed)))
+    Ok(sse_response(feed, permit))
 }
 
 fn wants_sse(headers: &HeaderMap) -> bool {
@@ -129,11 +135,17 @@ fn last_event_id(headers: &HeaderMap) -> ApiResult<Option<u64>> {
     }
 }
 
-fn sse_response(
-    stream: impl Stream<Item = Result<sse::Event, Infallible>> + Send + 'static,
-) -> Response {
-    Sse::new(stream)
-        .keep_alive(KeepAlive::default())
+/// An SSE response of what the feed yields (see [`sse_stream`]). The stream keeps
+/// its permit (crate::limit) until it ends.
+fn sse_response(feed: Feed, permit: Option<Extension<StreamPermit>>) -> Response {
+    let permit = permit.and_then(|Extension(p)| p.take());
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(sse_stream(feed, permit)),
+    )
         .into_response()
 }
 
@@ -152,37 +164,98 @@ pub(crate) struct Filter {
     pub kinds: Option<Vec<EventKind>>,
 }
 
-impl Filter {
-    pub fn matches(&self, job_id: Option<&str>, kind: EventKind) -> bool {
-        self.job.as_deref().is_none_or(|j| job_id == Some(j))
-            && self.kinds.as_ref().is_none_or(|k| k.contains(&kind))
+/// A [`Filter`] as a stream applies it to every event: the types as one set of bits,
+/// so that a stream's test touches nothing beyond itself.
+struct Matcher {
+    job: Option<String>,
+    kinds: u64,
+}
+
+const _: () = assert!(EventKind::ALL.len() <= 64, "event types as bits of a u64");
+
+impl Matcher {
+    fn new(filter: Filter) -> Matcher {
+        let kinds = match &filter.kinds {
+            None => u64::MAX,
+            Some(kinds) => kinds.iter().fold(0, |bits, k| bits | bit(*k)),
+        };
+        Matcher {
+            job: filter.job,
+            kinds,
+        }
+    }
+
+    fn matches(&self, job_id: Option<&str>, kind: EventKind) -> bool {
+        self.kinds & bit(kind) != 0 && self.job.as_deref().is_none_or(|j| job_id == Some(j))
     }
 }
 
-/// An event serialized once, for every stream that sends it.
+fn bit(kind: EventKind) -> u64 {
+    1 << (kind as u32)
+}
+
+/// An event serialized once, as the SSE frame that every stream sends: its `id:`,
+/// `event:` and `data:` lines and the blank line that ends it.
 pub(crate) struct Frame {
     pub id: u64,
     pub job_id: Option<String>,
     pub kind: EventKind,
-    pub json: String,
+    sse: Bytes,
+    /// Where the event's JSON starts in `sse`; it ends before the closing blank line.
+    json_at: usize,
 }
 
 impl Frame {
-    fn new(e: &Event) -> Frame {
+    pub(crate) fn new(e: &Event) -> Frame {
+        let mut buf = Vec::with_capacity(256);
+        let _ = write!(buf, "id: {}\nevent: {}\ndata: ", e.id, e.kind.as_str());
+        let json_at = buf.len();
+        // JSON text never holds a raw line break, so the event is one `data:` line.
+        if serde_json::to_writer(&mut buf, e).is_err() {
+            buf.truncate(json_at);
+        }
+        buf.extend_from_slice(b"\n\n");
         Frame {
             id: e.id,
             job_id: e.job_id.clone(),
             kind: e.kind,
-            json: serde_json::to_string(e).unwrap_or_default(),
+            sse: Bytes::from(buf),
+            json_at,
         }
+    }
+
+    /// The event as JSON.
+    pub fn json(&self) -> &str {
+        std::str::from_utf8(&self.sse[self.json_at..self.sse.len() - 2]).unwrap_or_default()
     }
 }
 
 /// Fans the engine's events out to the streams: one subscription to the engine and
 /// one serialization per event, however many clients follow. The subscription never
 /// skips, so the hub sends every event, in order.
+///
+/// The hub is the one hop between the store's writer and the streams: the writer
+/// wakes the hub once per event, and the hub wakes every stream; each stream's
+/// connection task then writes the shared frame itself. The hub also keeps idle
+/// streams alive: every half [`ServerOptions::sse_keep_alive`] it sends a tick, and a
+/// stream that sent nothing since the tick before writes a comment line, so that no
+/// stream needs a timer of its own.
+///
+/// [`ServerOptions::sse_keep_alive`]: crate::ServerOptions::sse_keep_alive
 pub(crate) struct Hub {
-    tx: broadcast::Sender<Arc<Frame>>,
+    /// The sender lives in the hub's task: when the server drains, the task ends and
+    /// so does every live stream, without each stream waiting on the drain signal.
+    tx: broadcast::WeakSender<Live>,
+    /// The id of the last frame sent: a stream that has just read it knows that no
+    /// other is waiting, without asking the channel.
+    last_sent: AtomicU64,
+}
+
+/// What the hub sends to the streams.
+#[derive(Clone)]
+enum Live {
+    Frame(Arc<Frame>),
+    Tick,
 }
 
 /// Frames the hub keeps for streams that are a little behind; one further behind
@@ -193,22 +266,81 @@ impl Hub {
     pub async fn start(
         engine: &baton_engine::Engine,
         draining: CancellationToken,
+        keep_alive: Duration,
     ) -> Result<Arc<Hub>, baton_engine::Error> {
         let (tx, _) = broadcast::channel(HUB_BUFFER);
-        let hub = Arc::new(Hub { tx: tx.clone() });
+        let hub = Arc::new(Hub {
+            tx: tx.downgrade(),
+            last_sent: AtomicU64::new(0),
+        });
         let mut sub = engine.subscribe().await?;
-        tokio::spawn(async move {
+        let shared = hub.clone();
+        let fan_out = async move {
+            let half = (keep_alive / 2).max(Duration::from_millis(1));
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 let e = tokio::select! {
                     e = sub.next() => e,
+                    _ = ticks.tick() => {
+                        let _ = tx.send(Live::Tick);
+                        continue;
+                    }
                     _ = draining.cancelled() => None,
                 };
                 let Some(e) = e else { return };
+                let frame = Arc::new(Frame::new(&e));
+                // Before the send: a stream that reads this frame and finds it the
+                // last sent may be wrong only by waiting for the next one.
+                shared.last_sent.store(frame.id, Ordering::Release);
                 // No stream listening is fine: nobody needed this frame.
-                let _ = tx.send(Arc::new(Frame::new(&e)));
+                let _ = tx.send(Live::Frame(frame));
             }
-        });
+        };
+        run_apart(fan_out);
         Ok(hub)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Live> {
+        match self.tx.upgrade() {
+            Some(tx) => tx.subscribe(),
+            // The server is draining: a stream opened now ends at once.
+            None => broadcast::channel(1).1,
+        }
+    }
+}
+
+/// Runs the hub on a thread of its own. On the runtime's workers its wake by the
+/// store's writer would wait behind the streams' tasks that its previous event woke
+/// (a thousand of them take milliseconds): then every event would reach the streams
+/// one by one, each wave of writes after the last. Apart, it publishes each event at
+/// once, and a stream that is still writing finds the frames that came meanwhile and
+/// sends them in one write. Falls back to a task when no thread can start.
+fn run_apart(fan_out: impl Future<Output = ()> + Send + 'static) {
+    let job = Arc::new(std::sync::Mutex::new(Some(Box::pin(fan_out))));
+    let take = |job: &std::sync::Mutex<Option<_>>| job.lock().ok().and_then(|mut j| j.take());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let started = match runtime {
+        Ok(runtime) => {
+            let mine = job.clone();
+            std::thread::Builder::new()
+                .name("baton-events".into())
+                .spawn(move || {
+                    if let Some(f) = take(&mine) {
+                        runtime.block_on(f);
+                    }
+                })
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = started {
+        tracing::warn!(error = %e, "cannot start the event fan-out's thread; it runs as a task");
+        if let Some(f) = take(&job) {
+            tokio::spawn(f);
+        }
     }
 }
 
@@ -217,8 +349,10 @@ impl Hub {
 /// page until caught up, so it never slows the engine or other streams.
 pub(crate) struct Feed {
     state: AppState,
-    live: broadcast::Receiver<Arc<Frame>>,
-    filter: Filter,
+    live: broadcast::Receiver<Live>,
+    filter: Matcher,
+    /// A frame went out since the hub's last tick.
+    busy: bool,
     backlog: VecDeque<Event>,
     /// A job's history still to send (job id, its last seq sent): its events up to
     /// `last`, the position when the stream began.
@@ -231,11 +365,18 @@ pub(crate) struct Feed {
     _guard: SubscriberGuard,
 }
 
+/// What a feed yields.
+pub(crate) enum Next {
+    Frame(Arc<Frame>),
+    /// No frame went out for a while (between two of the hub's ticks).
+    Idle,
+}
+
 impl Feed {
     pub async fn new(state: AppState, start: Start, filter: Filter) -> ApiResult<Feed> {
         // Subscribe before reading the store's position: a later event reaches the
         // fan-out after this, so it arrives live (or the stream lags and reads it).
-        let live = state.hub.tx.subscribe();
+        let live = state.hub.subscribe();
         let position = || async {
             state
                 .engine
@@ -255,7 +396,8 @@ impl Feed {
         let guard = state.metrics.subscriber();
         Ok(Feed {
             live,
-            filter,
+            filter: Matcher::new(filter),
+            busy: false,
             backlog: VecDeque::new(),
             history,
             catching_up,
@@ -265,13 +407,14 @@ impl Feed {
         })
     }
 
-    /// The next frame, or `None` when the server is shutting down.
-    pub async fn next(&mut self) -> Option<Arc<Frame>> {
+    /// The next frame, [`Next::Idle`] when nothing went out for a while, or `None`
+    /// when the server is shutting down.
+    pub async fn next(&mut self) -> Option<Next> {
         let mut failures = 0u32;
         loop {
             if let Some(e) = self.backlog.pop_front() {
                 if self.filter.matches(e.job_id.as_deref(), e.kind) {
-                    return Some(Arc::new(Frame::new(&e)));
+                    return Some(self.sent(Arc::new(Frame::new(&e))));
                 }
                 continue;
             }
@@ -307,27 +450,25 @@ impl Feed {
                     Err(e) => Err(e),
                 }
             } else {
-                let next = tokio::select! {
-                    f = self.live.recv() => f,
-                    _ = self.state.metrics.draining.cancelled() => return None,
-                };
-                let f = match next {
-                    Ok(f) => f,
+                // The hub's sender ends with the server's draining, and so does this.
+                match self.live.recv().await {
+                    Ok(Live::Frame(f)) => match self.take(f) {
+                        Some(f) => return Some(self.sent(f)),
+                        None => continue,
+                    },
+                    Ok(Live::Tick) => {
+                        if std::mem::take(&mut self.busy) {
+                            continue;
+                        }
+                        return Some(Next::Idle);
+                    }
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         // Read the gap from the store, then carry on live.
                         self.catching_up = true;
                         continue;
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
-                };
-                if f.id <= self.last {
-                    continue;
                 }
-                self.last = f.id;
-                if self.filter.matches(f.job_id.as_deref(), f.kind) {
-                    return Some(f);
-                }
-                continue;
             };
             match read {
                 Ok(()) => failures = 0,
@@ -345,18 +486,159 @@ impl Feed {
             }
         }
     }
+
+    fn sent(&mut self, f: Arc<Frame>) -> Next {
+        self.busy = true;
+        Next::Frame(f)
+    }
+
+    /// The next frame if it is here already (read from the store, or sent live),
+    /// without waiting; `None` when the next needs a wait or a read of the store.
+    fn ready(&mut self) -> Option<Arc<Frame>> {
+        loop {
+            if let Some(e) = self.backlog.pop_front() {
+                if self.filter.matches(e.job_id.as_deref(), e.kind) {
+                    return Some(Arc::new(Frame::new(&e)));
+                }
+                continue;
+            }
+            if self.history.is_some()
+                || self.catching_up
+                || self.last >= self.state.hub.last_sent.load(Ordering::Acquire)
+            {
+                return None;
+            }
+            match self.live.try_recv() {
+                Ok(Live::Frame(f)) => {
+                    if let Some(f) = self.take(f) {
+                        return Some(f);
+                    }
+                }
+                // The chunk being gathered goes out after this tick: the stream was
+                // not idle since it (`busy` is set by the chunk's first frame).
+                Ok(Live::Tick) => {}
+                Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                    self.catching_up = true;
+                    return None;
+                }
+                // Empty, or closed: `next` waits, or ends.
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// A live frame, unless it was sent already (the stream resumed past it) or the
+    /// filter drops it.
+    fn take(&mut self, f: Arc<Frame>) -> Option<Arc<Frame>> {
+        if f.id <= self.last {
+            return None;
+        }
+        self.last = f.id;
+        self.filter
+            .matches(f.job_id.as_deref(), f.kind)
+            .then_some(f)
+    }
+
+    /// The next frames as one chunk: the next frame, and after it every frame that is
+    /// ready too (up to about [`CHUNK`] bytes), so that frames that arrive together
+    /// leave in one write. A lone frame is the hub's shared bytes, not a copy.
+    pub async fn next_chunk(&mut self) -> Option<Bytes> {
+        let first = match self.next().await? {
+            Next::Frame(f) => f,
+            Next::Idle => return Some(Bytes::from_static(b":\n\n")),
+        };
+        let Some(second) = self.ready() else {
+            return Some(first.sse.clone());
+        };
+        let mut chunk = BytesMut::with_capacity(2 * (first.sse.len() + second.sse.len()));
+        chunk.extend_from_slice(&first.sse);
+        chunk.extend_from_slice(&second.sse);
+        while chunk.len() < CHUNK {
+            let Some(f) = self.ready() else { break };
+            chunk.extend_from_slice(&f.sse);
+        }
+        Some(chunk.freeze())
+    }
 }
 
-/// An SSE stream of what the feed yields.
-pub(crate) fn stream(
+/// The most bytes of frames one chunk gathers (it may pass it by one frame).
+const CHUNK: usize = 64 * 1024;
+
+/// An SSE stream of what the feed yields, in chunks of whole frames, with a comment
+/// line (`:`) when it was idle for a while, so that proxies keep the connection open.
+fn sse_stream(
     feed: Feed,
-) -> impl Stream<Item = Result<sse::Event, Infallible>> + Send + 'static {
-    futures::stream::unfold(feed, |mut feed| async move {
-        let f = feed.next().await?;
-        let frame = sse::Event::default()
-            .id(f.id.to_string())
-            .event(f.kind.as_str())
-            .data(&f.json);
-        Some((Ok(frame), feed))
+    permit: Option<OwnedSemaphorePermit>,
+) -> impl Stream<Item = Result<Bytes, Infallible>> + Send + 'static {
+    futures::stream::unfold((feed, permit), |(mut feed, permit)| async move {
+        let chunk = feed.next_chunk().await?;
+        Some((Ok(chunk), (feed, permit)))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: u64, job: &str, kind: EventKind) -> Event {
+        Event {
+            id,
+            job_id: Some(job.into()),
+            seq: 3,
+            kind,
+            at: 1_700_000_000_000,
+            data: serde_json::json!({"progress": 0.5, "message": "a\nb \"c\""}),
+        }
+    }
+
+    #[test]
+    fn a_frame_is_its_event_as_one_sse_frame() {
+        let e = event(42, "j1", EventKind::Progress);
+        let f = Frame::new(&e);
+        let json = serde_json::to_string(&e).unwrap();
+        assert_eq!(
+            f.sse,
+            format!("id: 42\nevent: job.progress\ndata: {json}\n\n").as_bytes()
+        );
+        // A line break in the event stays escaped: the frame has one data line.
+        assert_eq!(f.sse.iter().filter(|b| **b == b'\n').count(), 4);
+        assert_eq!(f.json(), json);
+        let back: Event = serde_json::from_str(f.json()).unwrap();
+        assert_eq!(back.id, 42);
+        assert_eq!(back.data, e.data);
+    }
+
+    #[test]
+    fn a_filter_lets_through_only_its_types_and_job() {
+        let check = |filter: Filter, job: &str, kind: EventKind, expected: bool| {
+            let m = Matcher::new(filter);
+            assert_eq!(m.matches(Some(job), kind), expected, "{job} {kind:?}");
+        };
+        let types = || Some(vec![EventKind::Progress, EventKind::Completed]);
+        let all = |job: Option<&str>| Filter {
+            job: job.map(str::to_owned),
+            kinds: None,
+        };
+        for kind in EventKind::ALL {
+            check(all(None), "j1", *kind, true);
+            let wanted = matches!(kind, EventKind::Progress | EventKind::Completed);
+            let typed = Filter {
+                job: None,
+                kinds: types(),
+            };
+            check(typed, "j1", *kind, wanted);
+            let both = Filter {
+                job: Some("j1".into()),
+                kinds: types(),
+            };
+            check(both, "j2", *kind, false);
+        }
+        check(all(Some("j1")), "j1", EventKind::Log, true);
+        check(all(Some("j1")), "j2", EventKind::Log, false);
+        let none = Filter {
+            job: None,
+            kinds: Some(Vec::new()),
+        };
+        check(none, "j1", EventKind::Progress, false);
+    }
 }

@@ -69,10 +69,16 @@ pub struct ServerOptions {
     /// How long a running job may go without progress, step, output or a log line
     /// before the dashboard marks it stalled (`[dashboard] stalled_after`).
     pub stalled_after: Duration,
+    /// The longest an SSE stream stays silent: an idle stream gets a comment line
+    /// (`:`) after between half this and this, so that proxies keep it open.
+    pub sse_keep_alive: Duration,
 }
 
 /// The dashboard's default for [`ServerOptions::stalled_after`].
 pub const DEFAULT_STALLED_AFTER: Duration = Duration::from_secs(120);
+
+/// The default of [`ServerOptions::sse_keep_alive`].
+pub const DEFAULT_SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -89,6 +95,7 @@ impl Default for ServerOptions {
             data_dir: None,
             bulk_limit: DEFAULT_BULK_LIMIT,
             stalled_after: DEFAULT_STALLED_AFTER,
+            sse_keep_alive: DEFAULT_SSE_KEEP_ALIVE,
         }
     }
 }
@@ -114,7 +121,8 @@ impl AppState {
     /// from now on; fails only when the store cannot say where its event log ends.
     pub async fn new(engine: Engine, options: &ServerOptions) -> Result<Self, baton_engine::Error> {
         let metrics = Metrics::start(&engine).await?;
-        let hub = events::Hub::start(&engine, metrics.draining.clone()).await?;
+        let hub =
+            events::Hub::start(&engine, metrics.draining.clone(), options.sse_keep_alive).await?;
         let resources =
             resources::Resources::start(options.data_dir.clone(), metrics.draining.clone());
         let auth = Arc::new(auth::Auth::new(options));

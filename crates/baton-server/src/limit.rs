@@ -51,8 +51,8 @@ impl Limits {
 }
 
 /// A stream's permit, handed to the handler through the request's extensions so that a
-/// WebSocket session can keep it for its life; what the handler leaves is kept by the
-/// response body.
+/// WebSocket session or an SSE stream can keep it for its life; what the handler leaves
+/// is kept by the response body.
 #[derive(Clone)]
 pub struct StreamPermit(Arc<Mutex<Option<OwnedSemaphorePermit>>>);
 
@@ -117,7 +117,7 @@ pub async fn middleware(State(s): State<AppState>, mut req: Request, next: Next)
                 chunk
             }))
         }),
-        // A WebSocket session took it.
+        // A WebSocket session or an SSE stream took it.
         None => response,
     }
 }

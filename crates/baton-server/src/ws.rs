@@ -12,7 +12,7 @@ use baton_api::{ControlAction, ErrorDetail, WsMessage, WsRequest};
 use crate::AppState;
 use crate::auth::{Caller, Role};
 use crate::error::ApiError;
-use crate::events::{Feed, Filter, Start};
+use crate::events::{Feed, Filter, Next, Start};
 use crate::limit::StreamPermit;
 
 pub async fn upgrade(
@@ -107,10 +107,15 @@ async fn session(s: AppState, caller: Caller, mut socket: WebSocket) {
                 }
             }
             f = event => {
-                let Some(f) = f else { return };
+                let f = match f {
+                    None => return,
+                    Some(Next::Frame(f)) => f,
+                    // SSE comment lines keep idle streams open; a socket has none.
+                    Some(Next::Idle) => continue,
+                };
                 if subs.wants(f.job_id.as_deref()) {
                     // The event's JSON is shared by every stream; only the envelope is new.
-                    let text = format!("{{\"type\":\"event\",\"event\":{}}}", f.json);
+                    let text = format!("{{\"type\":\"event\",\"event\":{}}}", f.json());
                     if socket.send(Message::Text(text.into())).await.is_err() {
                         return;
                     }

@@ -70,6 +70,13 @@ enum Bench {
         /// Pause between two events.
         #[arg(long, default_value = "5ms", value_parser = parse_duration)]
         gap: Duration,
+        /// Run the clients in a child process (`baton bench-clients`), so that they do
+        /// not share the engine's runtime.
+        #[arg(long)]
+        clients_process: bool,
+        /// Threads of the clients' process (with --clients-process).
+        #[arg(long, default_value_t = 2)]
+        client_threads: usize,
     },
     /// A layered DAG of no-op jobs in one workflow: the engine's time per job
     /// (`overhead_us_per_node`: the total time divided by the jobs; the handlers do
@@ -213,15 +220,24 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         subscribers,
         events,
         gap,
+        clients_process,
+        client_threads,
     } = &args.bench
     {
-        if *events == 0 || subscribers.contains(&0) {
-            bail!("--events and --subscribers must be at least 1");
+        if *events == 0 || subscribers.contains(&0) || *client_threads == 0 {
+            bail!("--events, --subscribers and --client-threads must be at least 1");
         }
         crate::bench_fs::warn_if_tmpfs(&dir.path().join("events.db"));
         for n in subscribers {
             let file = dir.path().join(format!("events-{n}.db"));
-            let report = crate::bench_events::run(file, args.durability, *n, *events, *gap).await?;
+            let settings = crate::bench_events::Settings {
+                subscribers: *n,
+                events: *events,
+                gap: *gap,
+                clients_process: *clients_process,
+                client_threads: *client_threads,
+            };
+            let report = crate::bench_events::run(file, args.durability, settings).await?;
             emit(&report, args.json);
         }
         return Ok(());

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_bulk;
+mod bench_clients;
 mod bench_dashboard;
 mod bench_events;
 mod bench_fs;
@@ -333,6 +334,9 @@ enum Command {
     /// Measure the engine: throughput, latency, commands, events, workflow, scheduler,
     /// soak.
     Bench(bench::BenchArgs),
+    /// The SSE clients of `baton bench events --clients-process`.
+    #[command(hide = true)]
+    BenchClients(bench_clients::ClientsArgs),
 }
 
 #[derive(Subcommand)]
@@ -508,6 +512,19 @@ fn run(cli: Cli) -> Result<u8> {
         Command::Schedule { command } => schedule::run(&client()?, command),
         Command::Bench(args) => {
             runtime()?.block_on(bench::run(args))?;
+            Ok(exit::OK)
+        }
+        Command::BenchClients(args) => {
+            let runtime = match args.threads {
+                0 | 1 => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?,
+                n => tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(n)
+                    .enable_all()
+                    .build()?,
+            };
+            runtime.block_on(bench_clients::run_process(args))?;
             Ok(exit::OK)
         }
         Command::Submit {

@@ -85,6 +85,7 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
                 .map(|p| p.to_path_buf())
                 .unwrap_or_else(|| ".".into()),
         ),
+        ..ServerOptions::default()
     };
     if demo {
         crate::demo::load(&engine).await?;

@@ -134,3 +134,102 @@ fn report(out: &std::process::Output) -> Value {
     );
     serde_json::from_str(stdout.trim()).unwrap()
 }
+
+/// `bench events` with its clients in a child process: every client gets every event,
+/// and the figures are the clients' own readings.
+#[test]
+fn an_events_bench_with_its_clients_in_another_process_counts_every_delivery() {
+    for mode in [&["--clients-process"][..], &[][..]] {
+        let mut args = vec![
+            "events",
+            "--subscribers",
+            "3",
+            "--events",
+            "20",
+            "--gap",
+            "1ms",
+            "--json",
+        ];
+        args.extend_from_slice(mode);
+        let r = report(&bench(&args));
+        assert_eq!(r["bench"], "events");
+        let process = !mode.is_empty();
+        assert_eq!(r["clients"], if process { "process" } else { "in_process" });
+        assert_eq!(r["subscribers"], 3);
+        assert_eq!(r["deliveries"], 60, "{r}");
+        let (p50, p99, max) = (
+            r["p50_ms"].as_f64().unwrap(),
+            r["p99_ms"].as_f64().unwrap(),
+            r["max_ms"].as_f64().unwrap(),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{r}");
+        assert!(max < 30_000.0, "a latency from another clock: {r}");
+        assert!(r["published_p50_ms"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["cpu_us_per_delivery"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
+
+#[test]
+fn an_events_bench_refuses_settings_it_cannot_run() {
+    for args in [
+        &["events", "--subscribers", "0"][..],
+        &["events", "--events", "0"][..],
+        &["events", "--clients-process", "--client-threads", "0"][..],
+    ] {
+        let out = bench(args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("must be at least 1"), "{args:?}: {stderr}");
+    }
+}
+
+/// The clients' process fails, naming why, when it cannot open its streams.
+#[test]
+fn the_clients_process_says_why_it_cannot_open_a_stream() {
+    let clients = |addr: &str| {
+        Command::new(BIN)
+            .args([
+                "bench-clients",
+                "--addr",
+                addr,
+                "--clients",
+                "2",
+                "--events",
+                "1",
+            ])
+            .output()
+            .unwrap()
+    };
+    // Nothing listens.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = free.local_addr().unwrap().to_string();
+    drop(free);
+    let out = clients(&addr);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot connect to {addr}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("0 of 2 streams open"), "{stderr}");
+
+    // Something answers, but not with a stream.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = server.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in server.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let mut head = [0u8; 1024];
+            let _ = conn.read(&mut head);
+            let _ = conn.write_all(b"HTTP/1.0 404 Not Found\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    let out = clients(&addr);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("the server refused the stream: HTTP/1.0 404 Not Found"),
+        "{stderr}"
+    );
+}
