@@ -183,6 +183,18 @@ pub async fn run_process(args: ClientsArgs) -> Result<()> {
             }
         }
     }
+    if ready < args.clients {
+        // Every client ended before its stream opened (each drops its readiness before
+        // it reports): the first failure says why.
+        while let Some(r) = rx.recv().await {
+            match r {
+                Err(e) => {
+                    return Err(e.context(format!("{ready} of {} streams open", args.clients)));
+                }
+                ok => results.push(ok),
+            }
+        }
+    }
     stdout
         .write_all(format!("{}\n", json!({ "ready": ready })).as_bytes())
         .await?;
