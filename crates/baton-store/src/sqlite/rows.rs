@@ -272,15 +272,21 @@ pub fn verify_counts(conn: &Connection) -> Result<()> {
 /// table: the reader lifts `query_only` for it.
 pub(super) fn verify_text(conn: &Connection) -> Result<()> {
     conn.execute_batch("PRAGMA query_only = 0")?;
+    // FTS5's own check first (it asks for the write lock); then the comparison in one
+    // snapshot, so that the writer indexing more jobs meanwhile (moving the mark)
+    // cannot make the index and the text it is compared with disagree.
     let compared = conn
-        .execute_batch(
-            "INSERT INTO job_text (job_text) VALUES ('integrity-check');
+        .execute_batch("INSERT INTO job_text (job_text) VALUES ('integrity-check')")
+        .and_then(|()| {
+            conn.execute_batch(
+                "BEGIN;
              CREATE VIRTUAL TABLE temp.job_text_fresh USING fts5 (body, tokenize = 'unicode61');
              INSERT INTO temp.job_text_fresh (rowid, body) SELECT seq, body FROM job_text_source
                  WHERE seq <= (SELECT upto FROM job_text_mark);
              CREATE VIRTUAL TABLE temp.job_text_kept_terms USING fts5vocab (main, job_text, instance);
              CREATE VIRTUAL TABLE temp.job_text_fresh_terms USING fts5vocab (temp, job_text_fresh, instance);",
-        )
+            )
+        })
         .and_then(|()| {
             conn.query_row(
                 "SELECT (SELECT COUNT(*) FROM (SELECT term, doc, offset FROM job_text_kept_terms                    EXCEPT SELECT term, doc, offset FROM job_text_fresh_terms)) +                  (SELECT COUNT(*) FROM (SELECT term, doc, offset FROM job_text_fresh_terms                    EXCEPT SELECT term, doc, offset FROM job_text_kept_terms))",
@@ -288,6 +294,9 @@ pub(super) fn verify_text(conn: &Connection) -> Result<()> {
                 |r| r.get::<_, i64>(0),
             )
         });
+    if !conn.is_autocommit() {
+        let _ = conn.execute_batch("COMMIT");
+    }
     let dropped = conn.execute_batch(
         "DROP TABLE IF EXISTS temp.job_text_kept_terms;
          DROP TABLE IF EXISTS temp.job_text_fresh_terms;
