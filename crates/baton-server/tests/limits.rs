@@ -8,20 +8,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use baton_server::ServerOptions;
-use common::{Harness, harness_with};
+use common::{harness_with, serve};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn serve(h: &Harness, options: ServerOptions) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = h.state.clone();
-    tokio::spawn(async move {
-        baton_server::serve(listener, state, &options, std::future::pending()).await
-    });
-    addr
-}
 
 /// Sends `head` (and `body`) and reads up to the end of the response head.
 async fn open(addr: SocketAddr, head: &str, body: &[u8]) -> (TcpStream, u16, String) {

@@ -11,20 +11,10 @@ use std::time::Duration;
 
 use baton_core::JobSpec;
 use baton_server::ServerOptions;
-use common::{Harness, harness_with};
+use common::{harness_with, serve};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-
-async fn serve(h: &Harness, options: ServerOptions) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let state = h.state.clone();
-    tokio::spawn(async move {
-        baton_server::serve(listener, state, &options, std::future::pending()).await
-    });
-    addr
-}
 
 /// An SSE client over HTTP/1.1 that reads the chunked body one chunk at a time.
 struct Client {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use baton_core::{EventKind, Job};
-use baton_engine::{Engine, JobFilter, JobSpec, State};
+use baton_engine::{Clock, Engine, JobFilter, JobSpec, State, SystemClock};
 use baton_store::{ClaimRequest, SqliteOptions, SqliteStore, Store, Transition};
 use serde_json::{Value, json};
 
@@ -155,7 +155,7 @@ async fn claim_per_job(engine: &Engine, store: &dyn Store) -> Result<f64> {
     let mut claimed: Vec<(Job, u64)> = Vec::with_capacity(PROBE);
     let mut busy = Duration::ZERO;
     loop {
-        let now = now();
+        let now = SystemClock.now();
         let req = ClaimRequest {
             queue: "probe".into(),
             limit: CLAIM_BATCH,
@@ -180,7 +180,7 @@ async fn claim_per_job(engine: &Engine, store: &dyn Store) -> Result<f64> {
     for (job, fence) in claimed {
         let store = engine.store().clone();
         writes.spawn(async move {
-            let now = now();
+            let now = SystemClock.now();
             store
                 .record(
                     Transition::new(job.id, State::Completed, EventKind::Completed, now)
@@ -321,12 +321,6 @@ fn rss_mb() -> Result<f64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("/proc/self/status has no VmRSS")?;
     Ok(kb / 1024.0)
-}
-
-fn now() -> baton_core::Millis {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 async fn p50<F, Fut>(samples: usize, mut f: F) -> Result<f64>

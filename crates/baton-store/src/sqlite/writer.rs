@@ -79,6 +79,14 @@ pub enum Op {
     IndexText,
 }
 
+/// What [`Writer::mark`] notes: the events and moves recorded so far.
+#[derive(Clone, Copy)]
+struct Mark {
+    events: usize,
+    moves: usize,
+    next_event_id: u64,
+}
+
 /// The most events inserted by one statement.
 const EVENT_ROWS: usize = 32;
 
@@ -388,15 +396,11 @@ impl Writer {
         // A write alone in its transaction needs no savepoint: when it fails, the whole
         // transaction is rolled back instead.
         if let [req] = batch {
-            let next_event_id = self.next_event_id;
+            let mark = self.mark();
             let out = self.apply(&req.op);
             if out.is_err() {
                 let _ = self.conn.execute_batch("ROLLBACK");
-                self.events.clear();
-                self.event_rows.clear();
-                self.moves.clear();
-                self.fresh.clear();
-                self.next_event_id = next_event_id;
+                self.forget_since(mark);
                 if self.lost {
                     return Err(out.err().unwrap_or(Error::Closed));
                 }
@@ -445,9 +449,7 @@ impl Writer {
     /// skip that job alone. When the savepoint cannot be rolled back, the transaction is
     /// marked lost and the batch retried write by write.
     pub(super) fn savepoint<T>(&mut self, f: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
-        let events = self.events.len();
-        let moves = self.moves.len();
-        let next_event_id = self.next_event_id;
+        let mark = self.mark();
         if let Err(e) = self
             .conn
             .prepare_cached("SAVEPOINT op")
@@ -470,12 +472,7 @@ impl Writer {
                 }
             }
         }
-        self.events.truncate(events);
-        self.event_rows.truncate(events);
-        self.moves.truncate(moves);
-        self.next_event_id = next_event_id;
-        // What this write stored is gone: its jobs cannot be found by a later one.
-        self.fresh.clear();
+        self.forget_since(mark);
         let undone = self
             .conn
             .prepare_cached("ROLLBACK TO op")
@@ -485,6 +482,26 @@ impl Writer {
             self.lost = true;
         }
         result
+    }
+
+    /// Where the events and moves recorded so far end, to forget what a write that
+    /// is rolled back recorded after it.
+    fn mark(&self) -> Mark {
+        Mark {
+            events: self.events.len(),
+            moves: self.moves.len(),
+            next_event_id: self.next_event_id,
+        }
+    }
+
+    /// Forgets the events and moves recorded after `mark`, by a write rolled back.
+    fn forget_since(&mut self, mark: Mark) {
+        self.events.truncate(mark.events);
+        self.event_rows.truncate(mark.events);
+        self.moves.truncate(mark.moves);
+        self.next_event_id = mark.next_event_id;
+        // What the write stored is gone: its jobs cannot be found by a later one.
+        self.fresh.clear();
     }
 
     /// Records that a job of `queue` left `from` (none: it is new) for `to` at `at`.
