@@ -233,3 +233,40 @@ fn the_clients_process_says_why_it_cannot_open_a_stream() {
         "{stderr}"
     );
 }
+
+/// A small scale run: the figures at each size, and a restart in a process of its own
+/// that found every queued job.
+#[test]
+fn a_small_scale_run_measures_each_size_and_a_restart() {
+    let out = bench(&[
+        "scale",
+        "--sizes",
+        "0,300",
+        "--queued",
+        "2000",
+        "--samples",
+        "2",
+        "--json",
+    ]);
+    let r = report(&out);
+    assert_eq!(r["bench"], "scale");
+    let sizes = r["sizes"].as_array().expect("sizes");
+    assert_eq!(sizes.len(), 2, "{r}");
+    assert!(sizes[1]["finished"].as_u64().unwrap() >= 300, "{r}");
+    for s in sizes {
+        for key in ["claim_us_per_job", "list_ms", "stats_ms"] {
+            assert!(s[key].as_f64().unwrap() > 0.0, "{key}: {r}");
+        }
+    }
+    assert_eq!(r["queued"], 2000);
+    assert!(r["ready_ms"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["rss_mb"].as_f64().unwrap() > 1.0, "{r}");
+}
+
+#[test]
+fn a_scale_run_refuses_sizes_out_of_order() {
+    let out = bench(&["scale", "--sizes", "1000,10", "--json"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--sizes ascending"), "{stderr}");
+}
