@@ -99,6 +99,8 @@ macro_rules! store_conformance_tests {
             fires_skip_a_job_whose_unique_key_is_held,
             workflows_are_listed_newest_first_with_their_counts,
             throughput_is_counted_per_second_and_minute_by_the_ending_write,
+            prune_removes_finished_jobs_past_their_retention_and_nothing_else,
+            prune_works_in_batches_and_takes_a_workflow_with_its_last_job,
         );
     };
 }
@@ -114,6 +116,9 @@ pub use throughput::*;
 
 mod search;
 pub use search::*;
+
+mod retention;
+pub use retention::*;
 
 /// The time every test starts at.
 pub const T0: Millis = 1_700_000_000_000;

@@ -139,6 +139,39 @@ impl Settled {
     }
 }
 
+/// Which finished jobs [`Store::prune`] removes: those of each queue whose end (and
+/// last change) is older than its queue's retention.
+#[derive(Clone, Debug, Default)]
+pub struct PruneRequest {
+    pub now: Millis,
+    /// The retention of a queue not in `queues`; `None` keeps its jobs for ever.
+    pub retention: Option<Millis>,
+    /// Queues with a retention of their own (`None`: kept for ever).
+    pub queues: std::collections::BTreeMap<String, Option<Millis>>,
+    /// The most jobs removed by this call; the caller calls again while
+    /// [`Pruned::more`] says so, and other writes run between the calls.
+    pub limit: usize,
+}
+
+impl PruneRequest {
+    /// The retention of `queue`.
+    pub fn retention_of(&self, queue: &str) -> Option<Millis> {
+        match self.queues.get(queue) {
+            Some(own) => *own,
+            None => self.retention,
+        }
+    }
+}
+
+/// What [`Store::prune`] removed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub jobs: u64,
+    pub events: u64,
+    /// The limit was reached: more may be due.
+    pub more: bool,
+}
+
 /// The result of submitting one job.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Submitted {
@@ -586,6 +619,14 @@ pub trait Store: Send + Sync + 'static {
     /// greater id is published after this call began: a subscriber that subscribes first
     /// and reads this next misses nothing between the store and the live stream.
     async fn last_event_id(&self) -> Result<u64>;
+    /// The newest event id removed by retention (0 when none was): a reader resuming
+    /// after an older id may have missed events that are gone.
+    async fn events_pruned_upto(&self) -> Result<u64>;
+    /// Removes finished jobs past their queue's retention, with their events, logs,
+    /// checkpoints, labels and edges, and events of no job older than the default
+    /// retention; at most `limit` jobs (and as many such events) a call. Never an
+    /// unfinished job, nor a finished one that an unfinished job depends on.
+    async fn prune(&self, req: PruneRequest) -> Result<Pruned>;
     async fn checkpoints(&self, job_id: &str) -> Result<Vec<Checkpoint>>;
     async fn servers(&self) -> Result<Vec<ServerInfo>>;
     async fn counts(&self) -> Result<Counts>;

@@ -118,6 +118,51 @@ async fn jobs_and_events_survive_a_reopen() {
     assert_eq!(version, baton_store::sqlite::SCHEMA_VERSION);
 }
 
+/// When retention pruned the newest events, a reopened store still numbers new events
+/// after them: a reader resuming with an old id never takes a new event for one it saw.
+#[tokio::test]
+async fn event_ids_are_never_given_twice_after_the_newest_were_pruned() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("baton.db");
+    let store = open(&path).expect("open");
+    store
+        .set_queue_paused("emails", true, T0)
+        .await
+        .expect("pause");
+    store
+        .set_queue_paused("emails", false, T0 + 1)
+        .await
+        .expect("resume");
+    let last = store.last_event_id().await.expect("last id");
+    assert!(last >= 2);
+    let day = 86_400_000;
+    let pruned = store
+        .prune(baton_store::PruneRequest {
+            now: T0 + 2 * day,
+            retention: Some(day),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("prune");
+    assert_eq!(pruned.events, last, "every event was of no job and old");
+    assert!(store.events_after(0, 100).await.expect("events").is_empty());
+    assert_eq!(store.events_pruned_upto().await.expect("mark"), last);
+    assert_eq!(store.last_event_id().await.expect("last id"), last);
+    store.close().await;
+    drop(store);
+
+    let store = open(&path).expect("reopen");
+    assert_eq!(store.last_event_id().await.expect("last id"), last);
+    store
+        .submit(vec![job("job-1", T0 + 2 * day)])
+        .await
+        .expect("submit");
+    let all = store.events_after(0, 100).await.expect("events");
+    assert_eq!(all.iter().map(|e| e.id).collect::<Vec<_>>(), [last + 1]);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn the_upgrade_to_kept_throughput_counts_the_jobs_that_ended_within_a_day() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -151,10 +196,11 @@ async fn the_upgrade_to_kept_throughput_counts_the_jobs_that_ended_within_a_day(
     }
     store.close().await;
     drop(store);
-    // As a Baton of schema 7 left it: no throughput table.
+    // As a Baton of schema 7 left it: no throughput table, no retention (schema 9).
     let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
     conn.execute_batch(
-        "DROP TABLE throughput; DROP INDEX workflows_created; PRAGMA user_version = 7;",
+        "DROP TABLE throughput; DROP INDEX workflows_created; DROP INDEX jobs_retention; \
+         DROP INDEX events_unowned; DROP TABLE prune_mark; PRAGMA user_version = 7;",
     )
     .expect("downgrade");
     drop(conn);

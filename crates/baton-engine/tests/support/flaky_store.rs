@@ -117,6 +117,12 @@ impl Store for FlakyStore {
     async fn last_event_id(&self) -> Result<u64> {
         self.inner.last_event_id().await
     }
+    async fn events_pruned_upto(&self) -> Result<u64> {
+        self.inner.events_pruned_upto().await
+    }
+    async fn prune(&self, req: baton_store::PruneRequest) -> Result<baton_store::Pruned> {
+        self.inner.prune(req).await
+    }
     async fn checkpoints(&self, job_id: &str) -> Result<Vec<Checkpoint>> {
         self.inner.checkpoints(job_id).await
     }

@@ -570,6 +570,14 @@ impl Store for SqliteStore {
         self.read(rows::last_event_id).await
     }
 
+    async fn events_pruned_upto(&self) -> Result<u64> {
+        self.read(rows::events_pruned_upto).await
+    }
+
+    async fn prune(&self, req: crate::PruneRequest) -> Result<crate::Pruned> {
+        expect_output!(self.write(Op::Prune(req)).await, Pruned)
+    }
+
     async fn checkpoints(&self, job_id: &str) -> Result<Vec<crate::Checkpoint>> {
         let id = job_id.to_owned();
         self.read(move |c| rows::checkpoints(c, &id)).await

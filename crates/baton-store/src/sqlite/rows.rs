@@ -167,7 +167,17 @@ pub fn events_after(conn: &Connection, after: u64, limit: usize) -> Result<Vec<E
 
 pub fn last_event_id(conn: &Connection) -> Result<u64> {
     let id: i64 = conn
-        .prepare_cached("SELECT COALESCE(MAX(id), 0) FROM events")?
+        .prepare_cached(
+            "SELECT MAX(COALESCE((SELECT MAX(id) FROM events), 0), \
+             (SELECT events_upto FROM prune_mark))",
+        )?
+        .query_row([], |r| r.get(0))?;
+    Ok(id as u64)
+}
+
+pub fn events_pruned_upto(conn: &Connection) -> Result<u64> {
+    let id: i64 = conn
+        .prepare_cached("SELECT events_upto FROM prune_mark")?
         .query_row([], |r| r.get(0))?;
     Ok(id as u64)
 }

@@ -17,6 +17,7 @@ use crate::{
 };
 
 mod deps;
+mod prune;
 mod schedules;
 
 /// The most writes committed in one transaction.
@@ -74,6 +75,8 @@ pub enum Op {
     },
     FireSchedule(Box<crate::Fire>),
     ReleaseSchedule(String, Millis),
+    /// Removes finished jobs past their retention (see [`crate::Store::prune`]).
+    Prune(crate::PruneRequest),
     /// Indexes the next jobs for the list's text search (see [`Writer::index_text`]);
     /// `Output::Bool(true)` once none is left.
     IndexText,
@@ -136,6 +139,7 @@ pub enum Output {
     Schedule(Option<Box<baton_core::Schedule>>),
     Fired(Box<crate::FireOutcome>),
     Released(Box<crate::Released>),
+    Pruned(crate::Pruned),
 }
 
 pub struct Request {
@@ -198,12 +202,12 @@ impl Writer {
         bus: broadcast::Sender<Arc<Event>>,
         counters: Arc<crate::WriteStats>,
     ) -> Result<Self> {
-        let last: i64 =
-            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM events", [], |r| r.get(0))?;
+        // Past the newest event pruned too: an id is never given twice.
+        let last = super::rows::last_event_id(&conn)?;
         let synchronous: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?;
         Ok(Self {
             conn,
-            next_event_id: last as u64 + 1,
+            next_event_id: last + 1,
             events: Vec::new(),
             event_rows: Vec::new(),
             bus,
@@ -660,6 +664,7 @@ impl Writer {
             Op::Release(server, now) => self.release(server, *now).map(Output::Recovered),
             Op::RegisterServer(s) => self.register_server(s).map(|()| Output::Unit),
             Op::IndexText => self.index_text(INDEX_TEXT_BATCH).map(Output::Bool),
+            Op::Prune(req) => self.prune(req).map(Output::Pruned),
             Op::Heartbeat(id, now) => {
                 self.conn
                     .prepare_cached("UPDATE servers SET heartbeat_at = ?2 WHERE id = ?1")?
