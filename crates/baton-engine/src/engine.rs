@@ -52,6 +52,7 @@ pub struct EngineBuilder {
     pipeline_dirs: Vec<std::path::PathBuf>,
     pipelines: Vec<PipelineSpec>,
     security: Security,
+    retention: crate::Retention,
 }
 
 /// The most log lines kept per job unless configured.
@@ -93,6 +94,8 @@ pub(crate) struct Inner {
     pub(crate) schedules: crate::scheduler::Timers,
     /// The commands policy and the secret key.
     pub(crate) security: Arc<Security>,
+    /// What retention removed.
+    pub(crate) pruned: crate::retention::PruneCounters,
 }
 
 struct QueueState {
@@ -189,6 +192,7 @@ impl Engine {
             pipeline_dirs: Vec::new(),
             pipelines: Vec::new(),
             security: Security::default(),
+            retention: crate::Retention::default(),
         }
     }
 }
@@ -263,6 +267,13 @@ impl EngineBuilder {
     /// no secret key, so secret values are refused).
     pub fn security(mut self, security: Security) -> Self {
         self.security = security;
+        self
+    }
+
+    /// How long finished jobs are kept (default: a week for every queue) and how
+    /// pruning runs.
+    pub fn retention(mut self, retention: crate::Retention) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -392,6 +403,7 @@ impl EngineBuilder {
             self_timed,
             schedules: crate::scheduler::Timers::default(),
             security: Arc::new(self.security),
+            pruned: Default::default(),
         });
         for q in inner.queues.values() {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
@@ -406,6 +418,9 @@ impl EngineBuilder {
         inner
             .background
             .spawn(heartbeat(inner.clone(), self.heartbeat));
+        inner
+            .background
+            .spawn(crate::retention::run(inner.clone(), self.retention));
         // Anything scheduled before the restart needs the timer to know about it.
         *inner.pending_due.lock().unwrap_or_else(|e| e.into_inner()) = Some(Millis::MIN);
         inner.timer.notify_one();
@@ -931,6 +946,14 @@ impl Engine {
     }
 
     /// Jobs this engine is executing now.
+    /// Jobs and events removed by retention since the engine started.
+    pub fn pruned(&self) -> (u64, u64) {
+        (
+            self.inner.pruned.jobs.load(Ordering::Relaxed),
+            self.inner.pruned.events.load(Ordering::Relaxed),
+        )
+    }
+
     pub fn running_jobs(&self) -> Vec<String> {
         let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
         running.keys().cloned().collect()

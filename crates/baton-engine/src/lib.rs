@@ -31,6 +31,7 @@ mod engine;
 mod error;
 mod pipelines;
 mod policy;
+mod retention;
 mod run;
 mod scheduler;
 mod secrets;
@@ -56,6 +57,7 @@ pub use engine::QueueStatus;
 pub use engine::{DEFAULT_MAX_LOG_LINES, Engine, EngineBuilder, Recovery, Subscription};
 pub use error::{Error, ErrorCode};
 pub use policy::CommandPolicy;
+pub use retention::{DEFAULT_RETENTION, Retention};
 pub use secrets::SecretKey;
 pub use security::Security;
 

@@ -857,3 +857,70 @@ async fn shutdown_records_the_outcomes_of_handlers_that_return_during_it() {
     );
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The engine prunes finished jobs once their queue's retention has passed, in batches,
+/// and leaves running jobs and queues kept longer alone.
+#[tokio::test]
+async fn retention_prunes_finished_jobs_past_their_queues_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let day = Duration::from_secs(24 * 3600);
+    let engine = builder(&dir)
+        .clock(Arc::new(clock.clone()))
+        .queue("audit", 1)
+        .retention(baton_engine::Retention {
+            keep: Some(day),
+            queues: [("audit".to_owned(), Some(30 * day))].into(),
+            every: Duration::from_millis(20),
+            batch: 3,
+        })
+        .build()
+        .await
+        .unwrap();
+    let mut done = Vec::new();
+    for i in 0..10 {
+        done.push(
+            engine
+                .submit(JobSpec::new("echo").payload(json!(i)))
+                .await
+                .unwrap()
+                .job
+                .id,
+        );
+    }
+    let audited = engine
+        .submit(JobSpec::new("echo").queue("audit"))
+        .await
+        .unwrap()
+        .job
+        .id;
+    for id in done.iter().chain([&audited]) {
+        wait_state(&engine, id, State::Completed).await;
+    }
+    let looper = engine.submit(JobSpec::new("looper")).await.unwrap().job.id;
+    wait_state(&engine, &looper, State::Running).await;
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(engine.pruned(), (0, 0), "nothing is a day old yet");
+    clock.advance(2 * day);
+    within("the default queue's jobs to be pruned", async {
+        while engine.pruned().0 < 10 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    for id in &done {
+        let e = engine.get(id).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::NotFound, "{id}: {e}");
+    }
+    assert!(
+        engine.pruned().1 >= 30,
+        "their events too: {:?}",
+        engine.pruned()
+    );
+    assert_eq!(engine.get(&audited).await.unwrap().state, State::Completed);
+    assert_eq!(engine.get(&looper).await.unwrap().state, State::Running);
+    assert_eq!(engine.pruned().0, 10);
+    engine.cancel(&looper).await.unwrap();
+    engine.shutdown(Duration::from_secs(5)).await;
+}

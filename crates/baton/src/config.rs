@@ -50,6 +50,10 @@ pub struct FileConfig {
     pub max_log_lines: Option<u64>,
     /// Queue name to concurrency.
     pub queues: Option<BTreeMap<String, usize>>,
+    /// How long finished jobs and their events are kept (`"7d"`, or `"off"`).
+    pub retention: Option<String>,
+    /// Queue name to its own retention.
+    pub queue_retention: Option<BTreeMap<String, String>>,
     pub auth: Option<FileAuth>,
     pub security: Option<FileSecurity>,
     pub dashboard: Option<FileDashboard>,
@@ -192,6 +196,7 @@ pub struct Config {
     pub max_log_lines: Option<u64>,
     pub security: Security,
     pub stalled_after: Duration,
+    pub retention: baton_engine::Retention,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -496,6 +501,23 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             ),
         },
     };
+    let mut retention = baton_engine::Retention::default();
+    if let Some((text, named)) = env("BATON_RETENTION")
+        .map(|v| (v, "BATON_RETENTION".to_owned()))
+        .or_else(|| file.retention.clone().map(|v| (v, source("retention"))))
+    {
+        retention.keep = parse_retention(&text)
+            .map_err(|m| anyhow::anyhow!("invalid setting {named} = {text:?}: {m}"))?;
+    }
+    for (queue, text) in file.queue_retention.iter().flatten() {
+        let keep = parse_retention(text).map_err(|m| {
+            anyhow::anyhow!(
+                "invalid setting {} for queue {queue:?} = {text:?}: {m}",
+                source("queue_retention")
+            )
+        })?;
+        retention.queues.insert(queue.clone(), keep);
+    }
     Ok(Config {
         listen,
         socket_group,
@@ -518,7 +540,20 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         max_log_lines: file.max_log_lines,
         security,
         stalled_after,
+        retention,
     })
+}
+
+/// A retention: a duration longer than 0s, or `off` (kept for ever).
+fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
+    if matches!(text.trim(), "off" | "never") {
+        return Ok(None);
+    }
+    match baton_core::duration::parse(text) {
+        Ok(d) if !d.is_zero() => Ok(Some(d)),
+        Ok(_) => Err("must be longer than 0s, or \"off\" to keep finished jobs".into()),
+        Err(m) => Err(format!("{m}, or \"off\" to keep finished jobs")),
+    }
 }
 
 /// `[security]`, with `BATON_COMMANDS` (`any`, `none` or a comma-separated list),
@@ -961,6 +996,39 @@ mod tests {
         };
         let c = load_with(Some(file), &env, flags).unwrap();
         assert_eq!((c.max_requests, c.max_streams), (16, 20));
+    }
+
+    #[test]
+    fn retention_comes_from_env_or_file_per_queue_and_bad_values_are_named() {
+        let day = Duration::from_secs(24 * 3600);
+        let c = load_with(None, &[], Flags::default()).unwrap();
+        assert_eq!(c.retention.keep, Some(7 * day), "a week by default");
+        assert!(c.retention.queues.is_empty());
+        let file = "retention = \"2d\"\n[queue_retention]\naudit = \"90d\"\nscratch = \"1h\"\nledger = \"off\"";
+        let c = load_with(Some(file), &[], Flags::default()).unwrap();
+        assert_eq!(c.retention.keep, Some(2 * day));
+        assert_eq!(c.retention.of("audit"), Some(90 * day));
+        assert_eq!(c.retention.of("scratch"), Some(Duration::from_secs(3600)));
+        assert_eq!(c.retention.of("ledger"), None, "kept for ever");
+        assert_eq!(c.retention.of("default"), Some(2 * day));
+        let c = load_with(Some(file), &[("BATON_RETENTION", "off")], Flags::default()).unwrap();
+        assert_eq!(c.retention.keep, None);
+        assert_eq!(c.retention.of("scratch"), Some(Duration::from_secs(3600)));
+        refused(
+            Some("retention = \"0s\""),
+            &[],
+            "invalid setting retention in",
+        );
+        refused(
+            None,
+            &[("BATON_RETENTION", "a while")],
+            "invalid setting BATON_RETENTION = \"a while\"",
+        );
+        refused(
+            Some("[queue_retention]\naudit = \"soon\""),
+            &[],
+            "for queue \"audit\" = \"soon\"",
+        );
     }
 
     #[test]

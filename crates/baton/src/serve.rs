@@ -54,7 +54,8 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
     let mut builder = Engine::builder()
         .store(Arc::new(store))
         .url(&url)
-        .security(config.security.clone());
+        .security(config.security.clone())
+        .retention(config.retention.clone());
     for (name, concurrency) in &config.queues {
         builder = builder.queue(name, *concurrency);
     }
