@@ -277,6 +277,13 @@ pub enum WsMessage {
     Error {
         error: ErrorDetail,
     },
+    /// Sent first by a subscription that resumes after `after` when retention removed
+    /// events up to `pruned_upto`: some it had not seen may be gone, so a view built
+    /// from events should be read again.
+    Pruned {
+        after: u64,
+        pruned_upto: u64,
+    },
 }
 
 #[cfg(test)]

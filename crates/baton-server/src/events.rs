@@ -362,6 +362,9 @@ pub(crate) struct Feed {
     catching_up: bool,
     /// Every event up to this id was sent or filtered out.
     last: u64,
+    /// Said first: the stream resumes after an id, and retention removed events up to
+    /// a later one (`after`, `pruned_upto`).
+    pruned: Option<(u64, u64)>,
     _guard: SubscriberGuard,
 }
 
@@ -370,6 +373,12 @@ pub(crate) enum Next {
     Frame(Arc<Frame>),
     /// No frame went out for a while (between two of the hub's ticks).
     Idle,
+    /// Events after the resume point `after`, up to `pruned_upto`, may have been
+    /// removed by retention.
+    Pruned {
+        after: u64,
+        pruned_upto: u64,
+    },
 }
 
 impl Feed {
@@ -385,9 +394,21 @@ impl Feed {
                 .await
                 .map_err(|e| ApiError::from(baton_engine::Error::from(e)))
         };
+        let mut pruned = None;
         let (last, catching_up, history) = match start {
             Start::Live => (position().await?, false, None),
-            Start::After(id) => (id, true, None),
+            Start::After(id) => {
+                let upto = state
+                    .engine
+                    .store()
+                    .events_pruned_upto()
+                    .await
+                    .map_err(|e| ApiError::from(baton_engine::Error::from(e)))?;
+                if id < upto {
+                    pruned = Some((id, upto));
+                }
+                (id, true, None)
+            }
             Start::JobHistory => {
                 let job = filter.job.clone().unwrap_or_default();
                 (position().await?, false, Some((job, 0)))
@@ -402,6 +423,7 @@ impl Feed {
             history,
             catching_up,
             last,
+            pruned,
             _guard: guard,
             state,
         })
@@ -410,6 +432,9 @@ impl Feed {
     /// The next frame, [`Next::Idle`] when nothing went out for a while, or `None`
     /// when the server is shutting down.
     pub async fn next(&mut self) -> Option<Next> {
+        if let Some((after, pruned_upto)) = self.pruned.take() {
+            return Some(Next::Pruned { after, pruned_upto });
+        }
         let mut failures = 0u32;
         loop {
             if let Some(e) = self.backlog.pop_front() {
@@ -546,6 +571,12 @@ impl Feed {
         let first = match self.next().await? {
             Next::Frame(f) => f,
             Next::Idle => return Some(Bytes::from_static(b":\n\n")),
+            // No `id:` line: the client's resume point stays its last event's.
+            Next::Pruned { after, pruned_upto } => {
+                return Some(Bytes::from(format!(
+                    "event: events.pruned\ndata: {{\"after\":{after},\"pruned_upto\":{pruned_upto}}}\n\n"
+                )));
+            }
         };
         let Some(second) = self.ready() else {
             return Some(first.sse.clone());

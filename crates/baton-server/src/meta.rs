@@ -469,6 +469,21 @@ pub async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
         "Writes of a job's outcome that failed and were tried again.",
         s.engine.outcome_write_retries(),
     );
+    let (pruned_jobs, pruned_events) = s.engine.pruned();
+    metric(
+        &mut out,
+        "baton_pruned_jobs_total",
+        "counter",
+        "Finished jobs removed by retention since the server started.",
+        pruned_jobs,
+    );
+    metric(
+        &mut out,
+        "baton_pruned_events_total",
+        "counter",
+        "Events removed by retention since the server started.",
+        pruned_events,
+    );
     metric(
         &mut out,
         "baton_uptime_seconds",

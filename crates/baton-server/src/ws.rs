@@ -112,6 +112,12 @@ async fn session(s: AppState, caller: Caller, mut socket: WebSocket) {
                     Some(Next::Frame(f)) => f,
                     // SSE comment lines keep idle streams open; a socket has none.
                     Some(Next::Idle) => continue,
+                    Some(Next::Pruned { after, pruned_upto }) => {
+                        if send(&mut socket, &WsMessage::Pruned { after, pruned_upto }).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                 };
                 if subs.wants(f.job_id.as_deref()) {
                     // The event's JSON is shared by every stream; only the envelope is new.

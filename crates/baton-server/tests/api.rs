@@ -367,6 +367,8 @@ async fn stats_servers_queues_health_and_metrics() {
         "{text}"
     );
     assert!(text.contains("baton_event_subscribers 0"), "{text}");
+    assert!(text.contains("baton_pruned_jobs_total 0"), "{text}");
+    assert!(text.contains("baton_pruned_events_total 0"), "{text}");
 }
 
 #[tokio::test]

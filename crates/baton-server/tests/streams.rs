@@ -23,6 +23,12 @@ struct SseReader {
 
 impl SseReader {
     async fn next(&mut self) -> (u64, String, Value) {
+        let (id, kind, data) = self.next_frame().await;
+        (id.unwrap_or_else(|| panic!("{kind} has an id")), kind, data)
+    }
+
+    /// The next frame with an event type or an id (keep-alive comments are skipped).
+    async fn next_frame(&mut self) -> (Option<u64>, String, Value) {
         loop {
             if let Some(end) = self.buf.find("\n\n") {
                 let frame: String = self.buf.drain(..end + 2).collect();
@@ -36,8 +42,8 @@ impl SseReader {
                         data.push_str(v.trim_start());
                     }
                 }
-                // Keep-alive comments have no id.
-                if let Some(id) = id {
+                // Keep-alive comments have neither.
+                if id.is_some() || !kind.is_empty() {
                     return (id, kind, serde_json::from_str(&data).unwrap());
                 }
                 continue;
@@ -336,4 +342,90 @@ async fn websocket_subscribes_resumes_and_controls() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// A stream that resumes before events retention removed says so first, with no id
+/// (the client's resume point stays its own), then sends what is left; one that resumes
+/// after them is told nothing. The WebSocket does the same with a `pruned` message.
+#[tokio::test]
+async fn a_stream_resuming_before_pruned_events_is_told_so_first() {
+    let h = harness().await;
+    for id in ["old", "newest"] {
+        h.call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "echo", "id": id})),
+        )
+        .await;
+        h.finished(id).await;
+    }
+    use baton_engine::Clock;
+    let store = h.engine.store();
+    let day = 86_400_000;
+    let pruned = store
+        .prune(baton_store::PruneRequest {
+            now: baton_engine::SystemClock.now() + 30 * day,
+            retention: Some(day),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.jobs, 1, "old goes; newest stays as the newest job");
+    let upto = store.events_pruned_upto().await.unwrap();
+    assert!(upto > 0);
+    let kept = store.events_after(0, 100).await.unwrap();
+    assert!(kept.iter().all(|e| e.job_id.as_deref() != Some("old")));
+
+    let mut sse = open(&h, "/api/events", Some(0)).await;
+    let (id, kind, data) = sse.next_frame().await;
+    assert_eq!((id, kind.as_str()), (None, "events.pruned"));
+    assert_eq!(data, json!({"after": 0, "pruned_upto": upto}));
+    let mut got = Vec::new();
+    while got.len() < kept.len() {
+        got.push(sse.next().await.0);
+    }
+    assert_eq!(got, kept.iter().map(|e| e.id).collect::<Vec<_>>());
+
+    let mut sse = open(&h, "/api/events", Some(upto)).await;
+    h.call(
+        Method::POST,
+        "/api/jobs",
+        Some(json!({"kind": "echo", "id": "later"})),
+    )
+    .await;
+    let (id, kind, _) = sse.next_frame().await;
+    assert!(
+        id.is_some_and(|id| id > upto),
+        "{kind} first: nothing to say"
+    );
+
+    // The WebSocket.
+    let addr = common::serve(&h, baton_server::ServerOptions::default()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
+        .await
+        .unwrap();
+    let subscribe = serde_json::to_string(&WsRequest::Subscribe {
+        job: None,
+        after: Some(0),
+    })
+    .unwrap();
+    ws.send(Message::Text(subscribe.into())).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let Some(Ok(Message::Text(t))) = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a message in time")
+        else {
+            continue;
+        };
+        seen.push(serde_json::from_str::<WsMessage>(&t).unwrap());
+    }
+    assert!(
+        seen.contains(&WsMessage::Pruned {
+            after: 0,
+            pruned_upto: upto
+        }),
+        "{seen:?}"
+    );
 }

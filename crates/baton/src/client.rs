@@ -251,6 +251,7 @@ impl Client {
         }
         let reader = BufReader::new(response.into_body().into_reader());
         let mut data = String::new();
+        let mut name = String::new();
         for line in reader.lines() {
             let line = match line {
                 Ok(l) => l,
@@ -259,7 +260,18 @@ impl Client {
             };
             if let Some(d) = line.strip_prefix("data:") {
                 data.push_str(d.trim_start());
+            } else if let Some(n) = line.strip_prefix("event:") {
+                name = n.trim().to_owned();
             } else if line.is_empty() && !data.is_empty() {
+                if std::mem::take(&mut name) == "events.pruned" {
+                    let notice: Value = serde_json::from_str(&data).unwrap_or_default();
+                    eprintln!(
+                        "note: retention removed events up to id {}; some after {} may be missing",
+                        notice["pruned_upto"], notice["after"]
+                    );
+                    data.clear();
+                    continue;
+                }
                 let event: Event = serde_json::from_str(&data).context("unexpected event")?;
                 data.clear();
                 if !each(event)? {

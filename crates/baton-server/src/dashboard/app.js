@@ -169,6 +169,12 @@ function connect() {
     }
   };
   for (const type of EVENT_TYPES) source.addEventListener(type, onFrame);
+  // The stream resumed after events that retention has since removed: what the page
+  // shows may miss some of them, so it is read again.
+  source.addEventListener("events.pruned", () => {
+    toast("Events missed while away were removed by retention; the page was reloaded.");
+    route();
+  });
 }
 
 function flush() {
