@@ -44,6 +44,22 @@ enum Bench {
         /// Concurrent submitting tasks.
         #[arg(long, default_value_t = 4)]
         submitters: usize,
+        /// Run for this long without pause instead of a fixed number of jobs, with
+        /// retention on, sampling throughput and the database's size.
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// With --duration: how long finished jobs are kept.
+        #[arg(long, default_value = "1m", value_parser = parse_duration)]
+        retention: Duration,
+        /// With --duration: how often the engine prunes.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        prune_every: Duration,
+        /// With --duration: the time between two samples.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        sample: Duration,
+        /// With --duration: the most jobs submitted and not yet completed.
+        #[arg(long, default_value_t = 10_000)]
+        backlog: usize,
     },
     /// Command jobs running `/bin/true`: spawn, supervise, reap, all persisted.
     Commands {
@@ -330,11 +346,38 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             workers,
             batch,
             submitters,
+            duration,
+            retention,
+            prune_every,
+            sample,
+            backlog,
         } => {
             if jobs == 0 || workers == 0 || batch == 0 || submitters == 0 {
                 bail!("--jobs, --workers, --batch and --submitters must be at least 1");
             }
-            throughput(store, jobs, workers, batch, submitters, args.durability).await?
+            match duration {
+                Some(duration) => {
+                    if retention.is_zero() || prune_every.is_zero() {
+                        bail!("--retention and --prune-every must be longer than 0s");
+                    }
+                    let settings = crate::bench_sustained::Settings {
+                        duration,
+                        retention,
+                        prune_every,
+                        sample,
+                        workers,
+                        batch,
+                        submitters,
+                        backlog,
+                    };
+                    let mut report = crate::bench_sustained::run(store, settings).await?;
+                    report["durability"] = json!(durability);
+                    report
+                }
+                None => {
+                    throughput(store, jobs, workers, batch, submitters, args.durability).await?
+                }
+            }
         }
         Bench::Commands {
             jobs,

@@ -12,6 +12,7 @@ mod bench_scheduler;
 mod bench_server;
 mod bench_soak;
 mod bench_submit;
+mod bench_sustained;
 mod bench_workflow;
 mod bulk_cli;
 mod client;
