@@ -595,9 +595,13 @@ async fn a_workflow_is_drawn_and_its_nodes_change_live() {
             "document.querySelector('#dag .node[data-state=running]')?.textContent",
         )
         .await;
+    // `side` (a no-op) may be caught running for the instant it runs.
+    let running = running.as_str().unwrap();
     assert!(
-        running.as_str().unwrap().starts_with("fetch")
-            || running.as_str().unwrap().starts_with("parse")
+        ["fetch", "parse", "side"]
+            .iter()
+            .any(|n| running.starts_with(n)),
+        "{running}"
     );
     browser.screenshot("workflow").await;
     browser
