@@ -954,6 +954,15 @@ impl Engine {
         )
     }
 
+    /// Retention's writes since the engine started, and their total time from request
+    /// to answer (the writer's queue included).
+    pub fn prune_writes(&self) -> (u64, Duration) {
+        (
+            self.inner.pruned.writes.load(Ordering::Relaxed),
+            Duration::from_nanos(self.inner.pruned.write_ns.load(Ordering::Relaxed)),
+        )
+    }
+
     pub fn running_jobs(&self) -> Vec<String> {
         let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
         running.keys().cloned().collect()

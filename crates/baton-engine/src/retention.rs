@@ -67,6 +67,9 @@ impl Retention {
 pub(crate) struct PruneCounters {
     pub jobs: AtomicU64,
     pub events: AtomicU64,
+    /// Prune writes, and the time they took from request to answer.
+    pub writes: AtomicU64,
+    pub write_ns: AtomicU64,
 }
 
 /// Prunes every `retention.every` until shutdown; each batch is its own write, and the
@@ -94,7 +97,14 @@ pub(crate) async fn prune_due(inner: &Inner, retention: &Retention) {
             return;
         }
         let req = retention.request(inner.clock.now());
-        match inner.store.prune(req).await {
+        let started = std::time::Instant::now();
+        let result = inner.store.prune(req).await;
+        inner.pruned.writes.fetch_add(1, Ordering::Relaxed);
+        inner.pruned.write_ns.fetch_add(
+            started.elapsed().as_nanos().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+        match result {
             Ok(p) => {
                 inner.pruned.jobs.fetch_add(p.jobs, Ordering::Relaxed);
                 inner.pruned.events.fetch_add(p.events, Ordering::Relaxed);

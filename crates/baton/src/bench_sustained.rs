@@ -142,6 +142,12 @@ pub async fn run(store: SqliteStore, s: Settings) -> Result<Value> {
     let half = rates.len() / 2;
     let mean = |xs: &[f64]| xs.iter().sum::<f64>() / xs.len().max(1) as f64;
     let (pruned_jobs, pruned_events) = engine.pruned();
+    let (prune_writes, prune_time) = engine.prune_writes();
+    let prune_ms_per_write = if prune_writes == 0 {
+        Value::Null
+    } else {
+        json!((prune_time.as_secs_f64() * 1e3 / prune_writes as f64 * 100.0).round() / 100.0)
+    };
     Ok(json!({
         "bench": "throughput",
         "mode": "sustained",
@@ -161,6 +167,8 @@ pub async fn run(store: SqliteStore, s: Settings) -> Result<Value> {
         "db_mb_max": sizes.iter().cloned().fold(0.0, f64::max),
         "pruned_jobs": pruned_jobs,
         "pruned_events": pruned_events,
+        "prune_writes": prune_writes,
+        "prune_ms_per_write": prune_ms_per_write,
         "samples": samples,
     }))
 }
@@ -215,6 +223,11 @@ mod tests {
         assert!(
             pruned > 0,
             "jobs older than half a second were pruned: {report}"
+        );
+        assert!(report["prune_writes"].as_u64().unwrap() > 0, "{report}");
+        assert!(
+            report["prune_ms_per_write"].as_f64().unwrap() > 0.0,
+            "{report}"
         );
         let stored = samples.last().unwrap()["jobs_stored"].as_u64().unwrap();
         assert!(
