@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::{Receiver, error::TryRecvError};
 use tokio::sync::{broadcast, oneshot};
 
-use super::rows::{JOB_COLUMNS, JobRow, get_job, read_job};
+use super::rows::{JOB_COLUMNS, JobRow, read_job};
 use crate::{
     AppendLogs, Appended, ClaimRequest, Claimed, Error, JobProcess, Pipeline, Promoted,
     RecoverRequest, Recovered, Result, ServerInfo, StartNow, Submitted, Transition, Update,
@@ -171,6 +171,9 @@ pub struct Writer {
     /// The jobs stored by the submit being applied, by id, with their row key and
     /// state: their dependents in the same batch find them without a read.
     fresh: std::collections::HashMap<String, (i64, State)>,
+    /// The edges of the jobs stored by the submit being applied (child, parent,
+    /// condition, status), inserted together by `write_edges`.
+    new_edges: Vec<[i64; 4]>,
     /// Whether any job ever had a dependency (`None` until first asked): a store that
     /// holds no edges skips looking for dependents when a job ends.
     has_edges: Option<bool>,
@@ -215,6 +218,7 @@ impl Writer {
             counters,
             settling: None,
             fresh: std::collections::HashMap::new(),
+            new_edges: Vec::new(),
             has_edges: None,
             lost: false,
             moves: Vec::new(),
@@ -506,6 +510,7 @@ impl Writer {
         self.next_event_id = mark.next_event_id;
         // What the write stored is gone: its jobs cannot be found by a later one.
         self.fresh.clear();
+        self.new_edges.clear();
     }
 
     /// Records that a job of `queue` left `from` (none: it is new) for `to` at `at`.
@@ -855,7 +860,8 @@ impl Writer {
                     // A workflow's jobs are its own: an id taken elsewhere is refused.
                     return Err(Error::JobExists(new.id.to_string()));
                 }
-                let existing = get_job(&self.conn, new.id.as_str())?
+                let existing = self
+                    .job_row(new.id.as_str())?
                     .ok_or_else(|| Error::NotFound(new.id.to_string()))?;
                 out.push(Submitted {
                     job: existing.job,
@@ -962,6 +968,7 @@ impl Writer {
                 self.settle_new(new, &prepared, &mut last.job)?;
             }
         }
+        self.write_edges()?;
         Ok(out)
     }
 
@@ -1111,6 +1118,8 @@ impl Writer {
         resume: Resume,
         read_back: bool,
     ) -> Result<Option<JobRow>> {
+        // Its dependents are found by their edges.
+        self.write_edges()?;
         let found: Option<(i64, String, i64, i64, String, Option<String>)> = self
             .conn
             .prepare_cached(
@@ -1207,7 +1216,7 @@ impl Writer {
         // Its dependents learn of its end in this same write.
         self.after_transition(key, &t.job_id, from, t.to, t.now)?;
         if read_back {
-            Ok(get_job(&self.conn, &t.job_id)?)
+            Ok(self.job_row(&t.job_id)?)
         } else {
             Ok(None)
         }

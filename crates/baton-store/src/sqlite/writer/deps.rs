@@ -11,10 +11,10 @@
 
 use baton_core::{
     Condition, EdgeStatus, ErrorInfo, EventKind, Job, Millis, NewJob, State, UniquePolicy,
-    WorkflowState,
+    WorkflowState, state,
 };
 use rusqlite::{OptionalExtension, params};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::{Resume, Writer};
 use crate::sqlite::codes::{condition_code, condition_of, parse_state};
@@ -30,6 +30,15 @@ pub(crate) struct Settle {
     id: String,
     to: State,
     now: Millis,
+}
+
+/// A dependent queued by [`Writer::count_down`], as it is now.
+struct Ready {
+    key: i64,
+    id: String,
+    queue: String,
+    workflow: Option<String>,
+    event_seq: i64,
 }
 
 /// What submit decided about a new job before storing it.
@@ -53,6 +62,25 @@ impl Prepared {
     /// The job's waiting edges, stored with it.
     pub(crate) fn pending(&self) -> i64 {
         self.pending
+    }
+}
+
+/// The most edges inserted by one statement.
+const EDGE_ROWS: usize = 64;
+
+/// `INSERT INTO deps` of `n` rows (one of the few sizes [`Writer::write_edges`] uses).
+fn edge_insert_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        [EDGE_ROWS, 8, 1].map(|n| {
+            let rows = vec!["(?, ?, ?, ?)"; n].join(", ");
+            format!("INSERT INTO deps (child, parent, cond, status) VALUES {rows}")
+        })
+    });
+    match n {
+        EDGE_ROWS => &all[0],
+        8 => &all[1],
+        _ => &all[2],
     }
 }
 
@@ -169,13 +197,44 @@ impl Writer {
         // Set before the edges are: a rolled-back batch leaves it set, which only
         // costs a look.
         self.has_edges = Some(true);
-        let mut insert = self.conn.prepare_cached(
-            "INSERT INTO deps (child, parent, cond, status) VALUES (?1, ?2, ?3, ?4)",
-        )?;
         for (parent, _, on, status) in &p.edges {
-            insert.execute(params![key, parent, condition_code(*on), status.as_i64()])?;
+            self.new_edges
+                .push([key, *parent, condition_code(*on), status.as_i64()]);
         }
         Ok(())
+    }
+
+    /// Inserts the edges stored by [`Self::store_links`] so far, many rows a
+    /// statement. Called before anything reads edges while a submit is applied (a
+    /// transition, a job read back) and at its end.
+    pub(super) fn write_edges(&mut self) -> Result<()> {
+        let edges = std::mem::take(&mut self.new_edges);
+        let mut at = 0;
+        let result = (|| -> Result<()> {
+            while at < edges.len() {
+                let n = [EDGE_ROWS, 8, 1]
+                    .into_iter()
+                    .find(|&n| n <= edges.len() - at)
+                    .unwrap_or(1);
+                let mut stmt = self.conn.prepare_cached(edge_insert_sql(n))?;
+                for (i, value) in edges[at..at + n].iter().flatten().enumerate() {
+                    stmt.raw_bind_parameter(i + 1, value)?;
+                }
+                stmt.raw_execute()?;
+                at += n;
+            }
+            Ok(())
+        })();
+        // The buffer keeps its room for the next submit.
+        self.new_edges = edges;
+        self.new_edges.clear();
+        result
+    }
+
+    /// A job as stored, edges included (see [`Self::write_edges`]).
+    pub(super) fn job_row(&mut self, id: &str) -> Result<Option<rows::JobRow>> {
+        self.write_edges()?;
+        get_job(&self.conn, id)
     }
 
     /// After the job's `job.submitted` event: fills in what the plain insert does not
@@ -188,7 +247,7 @@ impl Writer {
         job.workflow_id = new.workflow_id.clone();
         if let Some((dependency, on, state)) = &p.broken {
             self.cancel_upstream(new.id.as_str(), dependency, *on, *state, new.created_at)?;
-            if let Some(row) = get_job(&self.conn, new.id.as_str())? {
+            if let Some(row) = self.job_row(new.id.as_str())? {
                 *job = row.job;
             }
         }
@@ -237,22 +296,7 @@ impl Writer {
 
     fn settle(&mut self, s: Settle) -> Result<()> {
         if !s.to.is_terminal() {
-            let children: Vec<i64> = {
-                let mut stmt = self.conn.prepare_cached(
-                    "UPDATE deps SET status = 0 WHERE parent = ?1 AND status != 0 AND EXISTS \
-                     (SELECT 1 FROM jobs WHERE seq = deps.child AND state = 'awaiting') \
-                     RETURNING child",
-                )?;
-                stmt.query_map([s.key], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?
-            };
-            let mut bump = self
-                .conn
-                .prepare_cached("UPDATE jobs SET deps_pending = deps_pending + 1 WHERE seq = ?1")?;
-            for child in children {
-                bump.execute([child])?;
-            }
-            return Ok(());
+            return self.reopen(&s);
         }
         let met_if = |yes: bool| {
             if yes {
@@ -265,78 +309,151 @@ impl Writer {
             met_if(s.to == State::Completed),
             met_if(s.to == State::Failed),
         );
-        // A read and one update rather than `UPDATE ... RETURNING`, which SQLite runs
-        // through a temporary table: this is on the path of every job that ends.
-        let edges: Vec<(i64, i64)> = {
-            let mut stmt = self
-                .conn
-                .prepare_cached("SELECT child, cond FROM deps WHERE parent = ?1 AND status = 0")?;
-            stmt.query_map([s.key], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?
+        // Every edge that waited for the job is decided by one statement, whatever the
+        // number of its dependents.
+        let edges: Vec<(i64, i64, i64)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "UPDATE deps SET status = CASE cond WHEN 0 THEN ?2 WHEN 1 THEN ?3 ELSE 1 END \
+                 WHERE parent = ?1 AND status = 0 RETURNING child, cond, status",
+            )?;
+            stmt.query_map(
+                params![s.key, met_completed.as_i64(), met_failed.as_i64()],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?
+            .collect::<rusqlite::Result<_>>()?
         };
         if edges.is_empty() {
             return Ok(());
         }
-        self.conn
-            .prepare_cached(
-                "UPDATE deps SET status = CASE cond WHEN 0 THEN ?2 WHEN 1 THEN ?3 ELSE 1 END \
-                 WHERE parent = ?1 AND status = 0",
-            )?
-            .execute(params![s.key, met_completed.as_i64(), met_failed.as_i64()])?;
-        for (child, cond) in edges {
-            let status = match condition_of(cond)? {
-                Condition::Completed => met_completed,
-                Condition::Failed => met_failed,
-                Condition::Finished => EdgeStatus::Met,
-            };
-            if status == EdgeStatus::Met {
-                // Most edges are not a job's last: count them down without a read.
-                let counted = self
-                    .conn
-                    .prepare_cached(
-                        "UPDATE jobs SET deps_pending = deps_pending - 1 \
-                         WHERE seq = ?1 AND state = 'awaiting' AND deps_pending > 1",
-                    )?
-                    .execute([child])?;
-                if counted > 0 {
-                    continue;
-                }
-                let last: Option<(String, String, Option<String>)> = self
-                    .conn
-                    .prepare_cached(
-                        "SELECT id, queue, workflow_id FROM jobs \
-                         WHERE seq = ?1 AND state = 'awaiting' AND deps_pending = 1",
-                    )?
-                    .query_row([child], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-                    .optional()?;
-                let Some((id, queue, workflow)) = last else {
-                    continue;
-                };
-                // `deps_pending` counts only while the job awaits: it is left at 1 when
-                // the job is queued (a workflow pause that holds it again resets it).
-                if self.workflow_paused(workflow.as_deref())? {
-                    self.conn
-                        .prepare_cached("UPDATE jobs SET deps_pending = 0 WHERE seq = ?1")?
-                        .execute([child])?;
-                    continue;
-                }
-                self.dependent_fault(&id)?;
-                let t = Transition::new(id, State::Queued, EventKind::Queued, s.now)
-                    .data(json!({"reason": "dependencies", "queue": queue}));
-                self.transition(&t, Resume::No, false)?;
-            } else {
-                let found: Option<(String, String)> = self
-                    .conn
-                    .prepare_cached("SELECT id, state FROM jobs WHERE seq = ?1")?
-                    .query_row([child], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()?;
-                if let Some((id, state)) = found
-                    && parse_state(&state)? == State::Awaiting
-                {
-                    self.dependent_fault(&id)?;
-                    self.cancel_upstream(&id, &s.id, condition_of(cond)?, s.to, s.now)?;
-                }
+        // A condition this code does not know refuses the write, whole.
+        for &(_, cond, _) in &edges {
+            condition_of(cond)?;
+        }
+        let met: Vec<i64> = edges
+            .iter()
+            .filter(|e| e.2 == EdgeStatus::Met.as_i64())
+            .map(|e| e.0)
+            .collect();
+        let mut ready = if met.is_empty() {
+            Vec::new()
+        } else {
+            self.count_down(&met, s.now)?
+        };
+        // Dependents hear in the order of their keys, those queued and those cancelled
+        // alike.
+        ready.sort_by_key(|r| r.key);
+        let mut ready = ready.into_iter().peekable();
+        let mut never = edges
+            .iter()
+            .filter(|e| e.2 != EdgeStatus::Met.as_i64())
+            .collect::<Vec<_>>();
+        never.sort_by_key(|e| e.0);
+        for &&(child, cond, _) in &never {
+            while let Some(r) = ready.next_if(|r| r.key < child) {
+                self.queued_by_dependencies(r, s.now)?;
             }
+            let found: Option<(String, String)> = self
+                .conn
+                .prepare_cached("SELECT id, state FROM jobs WHERE seq = ?1")?
+                .query_row([child], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((id, state)) = found
+                && parse_state(&state)? == State::Awaiting
+            {
+                self.dependent_fault(&id)?;
+                self.cancel_upstream(&id, &s.id, condition_of(cond)?, s.to, s.now)?;
+            }
+        }
+        for r in ready {
+            self.queued_by_dependencies(r, s.now)?;
+        }
+        Ok(())
+    }
+
+    /// Counts down, in one statement, the waiting edges of the awaiting jobs among
+    /// `children` (keys of jobs whose edge was just met), and queues those whose last
+    /// edge it was, unless their workflow is paused: such a job stays awaiting with
+    /// nothing left to wait for, and its workflow's release queues it. Returns the jobs
+    /// it queued; their events are still to be recorded.
+    fn count_down(&mut self, children: &[i64], now: Millis) -> Result<Vec<Ready>> {
+        state::check(Some(State::Awaiting), State::Queued).map_err(|source| {
+            Error::Transition {
+                id: String::new(),
+                source,
+            }
+        })?;
+        let mut stmt = self.conn.prepare_cached(
+            "UPDATE jobs SET deps_pending = deps_pending - 1, \
+             state = CASE WHEN go.ready THEN 'queued' ELSE state END, \
+             event_seq = event_seq + go.ready, \
+             updated_at = CASE WHEN go.ready THEN ?2 ELSE updated_at END \
+             FROM (SELECT j.seq, j.deps_pending = 1 AND NOT COALESCE(w.paused, 0) AS ready \
+             FROM jobs j LEFT JOIN workflows w ON w.id = j.workflow_id \
+             WHERE j.seq IN (SELECT value FROM json_each(?1)) \
+             AND j.state = 'awaiting' AND j.deps_pending >= 1) AS go \
+             WHERE jobs.seq = go.seq \
+             RETURNING seq, id, queue, workflow_id, event_seq, state = 'queued'",
+        )?;
+        let mut rows = stmt.query(params![key_list(children), now])?;
+        let mut ready = Vec::new();
+        while let Some(r) = rows.next()? {
+            if r.get::<_, bool>(5)? {
+                ready.push(Ready {
+                    key: r.get(0)?,
+                    id: r.get(1)?,
+                    queue: r.get(2)?,
+                    workflow: r.get(3)?,
+                    event_seq: r.get(4)?,
+                });
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Records what queueing `r` (by [`Self::count_down`]) changed: its move, its
+    /// `job.queued` event, and its state for the rest of the submit being applied.
+    fn queued_by_dependencies(&mut self, r: Ready, now: Millis) -> Result<()> {
+        self.dependent_fault(&r.id)?;
+        if let Some(fresh) = self.fresh.get_mut(&r.id) {
+            fresh.1 = State::Queued;
+        }
+        let mut data = json!({"reason": "dependencies", "queue": r.queue});
+        if let Value::Object(map) = &mut data {
+            map.insert("state".into(), json!(State::Queued));
+            map.insert("from".into(), json!(State::Awaiting));
+            if let Some(w) = r.workflow {
+                map.insert("workflow".into(), json!(w));
+            }
+        }
+        self.moved(r.queue, Some(State::Awaiting), State::Queued, now);
+        self.event(
+            Some((&r.id, r.key)),
+            r.event_seq as u64,
+            EventKind::Queued,
+            now,
+            data,
+        )
+    }
+
+    /// A job that left an end (a retry): the dependents that still await wait for it
+    /// again.
+    fn reopen(&mut self, s: &Settle) -> Result<()> {
+        let children: Vec<i64> = {
+            let mut stmt = self.conn.prepare_cached(
+                "UPDATE deps SET status = 0 WHERE parent = ?1 AND status != 0 AND EXISTS \
+                 (SELECT 1 FROM jobs WHERE seq = deps.child AND state = 'awaiting') \
+                 RETURNING child",
+            )?;
+            stmt.query_map([s.key], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        if !children.is_empty() {
+            self.conn
+                .prepare_cached(
+                    "UPDATE jobs SET deps_pending = deps_pending + 1 \
+                     WHERE seq IN (SELECT value FROM json_each(?1))",
+                )?
+                .execute([key_list(&children)])?;
         }
         Ok(())
     }
@@ -401,16 +518,6 @@ impl Writer {
         Ok(any)
     }
 
-    fn workflow_paused(&mut self, id: Option<&str>) -> Result<bool> {
-        let Some(id) = id else { return Ok(false) };
-        Ok(self
-            .conn
-            .prepare_cached("SELECT paused FROM workflows WHERE id = ?1")?
-            .query_row([id], |r| r.get::<_, bool>(0))
-            .optional()?
-            .unwrap_or(false))
-    }
-
     fn unique_holder(&mut self, key: &str) -> Result<Option<Job>> {
         let holder: Option<String> = self
             .conn
@@ -420,7 +527,7 @@ impl Writer {
             .query_row([key], |r| r.get(0))
             .optional()?;
         match holder {
-            Some(id) => Ok(get_job(&self.conn, &id)?.map(|r| r.job)),
+            Some(id) => Ok(self.job_row(&id)?.map(|r| r.job)),
             None => Ok(None),
         }
     }
@@ -750,4 +857,19 @@ pub(crate) fn workflow_jobs(
         jobs.push(row.job);
     }
     Ok((names, jobs))
+}
+
+/// Row keys as a JSON array, for `json_each`: one bound parameter however many.
+fn key_list(keys: &[i64]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(keys.len() * 8 + 2);
+    out.push('[');
+    for (i, k) in keys.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(out, "{k}");
+    }
+    out.push(']');
+    out
 }
