@@ -32,13 +32,18 @@ pub(crate) struct Settle {
     now: Millis,
 }
 
-/// A dependent queued by [`Writer::count_down`], as it is now.
-struct Ready {
+/// A dependent whose edge waits for a job that just ended, as [`Writer::settle`]
+/// reads it.
+struct Dependent {
     key: i64,
+    cond: i64,
+    state: String,
+    pending: i64,
     id: String,
     queue: String,
     workflow: Option<String>,
     event_seq: i64,
+    paused: bool,
 }
 
 /// What submit decided about a new job before storing it.
@@ -74,7 +79,7 @@ fn edge_insert_sql(n: usize) -> &'static str {
     let all = SQL.get_or_init(|| {
         [EDGE_ROWS, 8, 1].map(|n| {
             let rows = vec!["(?, ?, ?, ?)"; n].join(", ");
-            format!("INSERT INTO deps (child, parent, cond, status) VALUES {rows}")
+            format!("INSERT OR FAIL INTO deps (child, parent, cond, status) VALUES {rows}")
         })
     });
     match n {
@@ -296,7 +301,22 @@ impl Writer {
 
     fn settle(&mut self, s: Settle) -> Result<()> {
         if !s.to.is_terminal() {
-            return self.reopen(&s);
+            let children: Vec<i64> = {
+                let mut stmt = self.conn.prepare_cached(
+                    "UPDATE deps SET status = 0 WHERE parent = ?1 AND status != 0 AND EXISTS \
+                     (SELECT 1 FROM jobs WHERE seq = deps.child AND state = 'awaiting') \
+                     RETURNING child",
+                )?;
+                stmt.query_map([s.key], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?
+            };
+            let mut bump = self
+                .conn
+                .prepare_cached("UPDATE jobs SET deps_pending = deps_pending + 1 WHERE seq = ?1")?;
+            for child in children {
+                bump.execute([child])?;
+            }
+            return Ok(());
         }
         let met_if = |yes: bool| {
             if yes {
@@ -309,153 +329,114 @@ impl Writer {
             met_if(s.to == State::Completed),
             met_if(s.to == State::Failed),
         );
-        // Every edge that waited for the job is decided by one statement, whatever the
-        // number of its dependents.
-        let edges: Vec<(i64, i64, i64)> = {
+        // One read finds the waiting edges with all their dependents' writes need: the
+        // dependent's state, count, event sequence and whether its workflow is paused.
+        // Then one update decides the edges, and each dependent whose edge was met
+        // costs one single-row update. (Set-based updates of the dependents were
+        // slower: SQLite builds a temporary table for `IN (...)` and for `RETURNING`.)
+        // `+?1`: in a join, SQLite's planner notes `parent = ?1` as a value that may
+        // change the plan, and a cached statement whose bindings are cleared is then
+        // compiled again on every use; the unary plus hides the parameter from it and
+        // still lets the index on `parent` serve.
+        let edges: Vec<Dependent> = {
             let mut stmt = self.conn.prepare_cached(
-                "UPDATE deps SET status = CASE cond WHEN 0 THEN ?2 WHEN 1 THEN ?3 ELSE 1 END \
-                 WHERE parent = ?1 AND status = 0 RETURNING child, cond, status",
+                "SELECT d.child, d.cond, j.state, j.deps_pending, j.id, j.queue, j.workflow_id, \
+                 j.event_seq, COALESCE(w.paused, 0) \
+                 FROM deps d JOIN jobs j ON j.seq = d.child \
+                 LEFT JOIN workflows w ON w.id = j.workflow_id \
+                 WHERE d.parent = +?1 AND d.status = 0 ORDER BY d.child",
             )?;
-            stmt.query_map(
-                params![s.key, met_completed.as_i64(), met_failed.as_i64()],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )?
+            stmt.query_map([s.key], |r| {
+                Ok(Dependent {
+                    key: r.get(0)?,
+                    cond: r.get(1)?,
+                    state: r.get(2)?,
+                    pending: r.get(3)?,
+                    id: r.get(4)?,
+                    queue: r.get(5)?,
+                    workflow: r.get(6)?,
+                    event_seq: r.get(7)?,
+                    paused: r.get(8)?,
+                })
+            })?
             .collect::<rusqlite::Result<_>>()?
         };
         if edges.is_empty() {
             return Ok(());
         }
-        // A condition this code does not know refuses the write, whole.
-        for &(_, cond, _) in &edges {
-            condition_of(cond)?;
-        }
-        let met: Vec<i64> = edges
-            .iter()
-            .filter(|e| e.2 == EdgeStatus::Met.as_i64())
-            .map(|e| e.0)
-            .collect();
-        let mut ready = if met.is_empty() {
-            Vec::new()
-        } else {
-            self.count_down(&met, s.now)?
-        };
-        // Dependents hear in the order of their keys, those queued and those cancelled
-        // alike.
-        ready.sort_by_key(|r| r.key);
-        let mut ready = ready.into_iter().peekable();
-        let mut never = edges
-            .iter()
-            .filter(|e| e.2 != EdgeStatus::Met.as_i64())
-            .collect::<Vec<_>>();
-        never.sort_by_key(|e| e.0);
-        for &&(child, cond, _) in &never {
-            while let Some(r) = ready.next_if(|r| r.key < child) {
-                self.queued_by_dependencies(r, s.now)?;
+        // A statement that fails part way leaves the rows it changed to the savepoint
+        // around the write, which undoes all of it: `OR FAIL` spares SQLite a journal
+        // of its own for the statement.
+        self.conn
+            .prepare_cached(
+                "UPDATE OR FAIL deps SET status = CASE cond WHEN 0 THEN ?2 WHEN 1 THEN ?3 ELSE 1 END \
+                 WHERE parent = ?1 AND status = 0",
+            )?
+            .execute(params![s.key, met_completed.as_i64(), met_failed.as_i64()])?;
+        for d in edges {
+            let on = condition_of(d.cond)?;
+            let status = match on {
+                Condition::Completed => met_completed,
+                Condition::Failed => met_failed,
+                Condition::Finished => EdgeStatus::Met,
+            };
+            if parse_state(&d.state)? != State::Awaiting {
+                continue;
             }
-            let found: Option<(String, String)> = self
-                .conn
-                .prepare_cached("SELECT id, state FROM jobs WHERE seq = ?1")?
-                .query_row([child], |r| Ok((r.get(0)?, r.get(1)?)))
-                .optional()?;
-            if let Some((id, state)) = found
-                && parse_state(&state)? == State::Awaiting
-            {
-                self.dependent_fault(&id)?;
-                self.cancel_upstream(&id, &s.id, condition_of(cond)?, s.to, s.now)?;
+            if status != EdgeStatus::Met {
+                self.dependent_fault(&d.id)?;
+                self.cancel_upstream(&d.id, &s.id, on, s.to, s.now)?;
+            } else if d.pending > 1 || (d.pending == 1 && d.paused) {
+                // Not its last edge; or its last, but its workflow is paused: it stays
+                // awaiting with nothing to wait for, and the release queues it.
+                self.conn
+                    .prepare_cached(
+                        "UPDATE jobs SET deps_pending = deps_pending - 1 WHERE seq = ?1",
+                    )?
+                    .execute([d.key])?;
+            } else if d.pending == 1 {
+                self.dependent_fault(&d.id)?;
+                self.queue_dependent(d, s.now)?;
             }
-        }
-        for r in ready {
-            self.queued_by_dependencies(r, s.now)?;
         }
         Ok(())
     }
 
-    /// Counts down, in one statement, the waiting edges of the awaiting jobs among
-    /// `children` (keys of jobs whose edge was just met), and queues those whose last
-    /// edge it was, unless their workflow is paused: such a job stays awaiting with
-    /// nothing left to wait for, and its workflow's release queues it. Returns the jobs
-    /// it queued; their events are still to be recorded.
-    fn count_down(&mut self, children: &[i64], now: Millis) -> Result<Vec<Ready>> {
+    /// Queues an awaiting job whose last edge was met: what `transition` would do,
+    /// from what [`Self::settle`] read already. `deps_pending` counts only while the
+    /// job awaits: it is left at 1 (a workflow pause that holds it again resets it).
+    fn queue_dependent(&mut self, d: Dependent, now: Millis) -> Result<()> {
         state::check(Some(State::Awaiting), State::Queued).map_err(|source| {
             Error::Transition {
-                id: String::new(),
+                id: d.id.clone(),
                 source,
             }
         })?;
-        let mut stmt = self.conn.prepare_cached(
-            "UPDATE jobs SET deps_pending = deps_pending - 1, \
-             state = CASE WHEN go.ready THEN 'queued' ELSE state END, \
-             event_seq = event_seq + go.ready, \
-             updated_at = CASE WHEN go.ready THEN ?2 ELSE updated_at END \
-             FROM (SELECT j.seq, j.deps_pending = 1 AND NOT COALESCE(w.paused, 0) AS ready \
-             FROM jobs j LEFT JOIN workflows w ON w.id = j.workflow_id \
-             WHERE j.seq IN (SELECT value FROM json_each(?1)) \
-             AND j.state = 'awaiting' AND j.deps_pending >= 1) AS go \
-             WHERE jobs.seq = go.seq \
-             RETURNING seq, id, queue, workflow_id, event_seq, state = 'queued'",
-        )?;
-        let mut rows = stmt.query(params![key_list(children), now])?;
-        let mut ready = Vec::new();
-        while let Some(r) = rows.next()? {
-            if r.get::<_, bool>(5)? {
-                ready.push(Ready {
-                    key: r.get(0)?,
-                    id: r.get(1)?,
-                    queue: r.get(2)?,
-                    workflow: r.get(3)?,
-                    event_seq: r.get(4)?,
-                });
-            }
-        }
-        Ok(ready)
-    }
-
-    /// Records what queueing `r` (by [`Self::count_down`]) changed: its move, its
-    /// `job.queued` event, and its state for the rest of the submit being applied.
-    fn queued_by_dependencies(&mut self, r: Ready, now: Millis) -> Result<()> {
-        self.dependent_fault(&r.id)?;
-        if let Some(fresh) = self.fresh.get_mut(&r.id) {
+        let event_seq = d.event_seq + 1;
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET state = 'queued', updated_at = ?2, event_seq = ?3 WHERE seq = ?1",
+            )?
+            .execute(params![d.key, now, event_seq])?;
+        if let Some(fresh) = self.fresh.get_mut(&d.id) {
             fresh.1 = State::Queued;
         }
-        let mut data = json!({"reason": "dependencies", "queue": r.queue});
+        let mut data = json!({"reason": "dependencies", "queue": d.queue});
         if let Value::Object(map) = &mut data {
             map.insert("state".into(), json!(State::Queued));
             map.insert("from".into(), json!(State::Awaiting));
-            if let Some(w) = r.workflow {
+            if let Some(w) = d.workflow {
                 map.insert("workflow".into(), json!(w));
             }
         }
-        self.moved(r.queue, Some(State::Awaiting), State::Queued, now);
+        self.moved(d.queue, Some(State::Awaiting), State::Queued, now);
         self.event(
-            Some((&r.id, r.key)),
-            r.event_seq as u64,
+            Some((&d.id, d.key)),
+            event_seq as u64,
             EventKind::Queued,
             now,
             data,
         )
-    }
-
-    /// A job that left an end (a retry): the dependents that still await wait for it
-    /// again.
-    fn reopen(&mut self, s: &Settle) -> Result<()> {
-        let children: Vec<i64> = {
-            let mut stmt = self.conn.prepare_cached(
-                "UPDATE deps SET status = 0 WHERE parent = ?1 AND status != 0 AND EXISTS \
-                 (SELECT 1 FROM jobs WHERE seq = deps.child AND state = 'awaiting') \
-                 RETURNING child",
-            )?;
-            stmt.query_map([s.key], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
-        };
-        if !children.is_empty() {
-            self.conn
-                .prepare_cached(
-                    "UPDATE jobs SET deps_pending = deps_pending + 1 \
-                     WHERE seq IN (SELECT value FROM json_each(?1))",
-                )?
-                .execute([key_list(&children)])?;
-        }
-        Ok(())
     }
 
     /// Cancels an awaiting job whose dependency ended so that its condition can never
@@ -859,17 +840,3 @@ pub(crate) fn workflow_jobs(
     Ok((names, jobs))
 }
 
-/// Row keys as a JSON array, for `json_each`: one bound parameter however many.
-fn key_list(keys: &[i64]) -> String {
-    use std::fmt::Write;
-    let mut out = String::with_capacity(keys.len() * 8 + 2);
-    out.push('[');
-    for (i, k) in keys.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        let _ = write!(out, "{k}");
-    }
-    out.push(']');
-    out
-}
