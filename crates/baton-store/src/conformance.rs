@@ -83,6 +83,7 @@ macro_rules! store_conformance_tests {
             pipelines_are_stored_replaced_listed_and_deleted,
             dependents_are_queued_in_the_write_that_ends_their_last_dependency,
             a_fan_in_job_is_queued_once_when_its_dependencies_end_together,
+            dependents_of_dependencies_that_end_in_one_write_are_settled_once,
             a_dependency_on_an_unknown_job_is_refused_without_writing,
             conditions_decide_whether_a_dependent_runs,
             a_dependency_that_ended_already_is_decided_at_submit,

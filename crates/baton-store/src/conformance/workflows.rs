@@ -201,6 +201,114 @@ pub async fn a_fan_in_job_is_queued_once_when_its_dependencies_end_together(stor
     assert!(met.iter().all(|l| l.status == EdgeStatus::Met));
 }
 
+/// Five dependencies end in one write (a worker's settle of five outcomes). A job
+/// that waits for all five is queued once, right after the last of them completes; a
+/// job that needed one of them to fail is cancelled right after it completes, and its
+/// own dependent with it; a job that still waits for another stays awaiting with the
+/// edge met.
+pub async fn dependents_of_dependencies_that_end_in_one_write_are_settled_once(
+    store: Arc<dyn Store>,
+) {
+    let s = &*store;
+    let parents: Vec<String> = (0..5).map(|i| format!("fan-{i}")).collect();
+    let spec = |id: &str| JobSpec::new("task").id(id).queue("q-fan");
+    s.submit(parents.iter().map(|p| new_job(spec(p), T0)).collect())
+        .await
+        .expect("submit parents");
+    let mut all = job("all");
+    for p in &parents {
+        all = all.depends_on(p.as_str());
+    }
+    submit(s, all, T0).await;
+    submit(
+        s,
+        job("on-failure")
+            .depends_on(parents[0].as_str())
+            .depends_on_when(parents[1].as_str(), Condition::Failed),
+        T0,
+    )
+    .await;
+    submit(s, job("after-on-failure").depends_on("on-failure"), T0).await;
+    submit(s, job("later"), T0).await;
+    submit(
+        s,
+        job("partial")
+            .depends_on(parents[2].as_str())
+            .depends_on("later"),
+        T0,
+    )
+    .await;
+
+    let claimed = super::claim(s, "q-fan", parents.len(), T0 + 1).await;
+    assert_eq!(claimed.len(), parents.len());
+    let outcomes = claimed
+        .iter()
+        .map(|c| {
+            vec![
+                Transition::new(
+                    c.job.id.as_str(),
+                    State::Completed,
+                    EventKind::Completed,
+                    T0 + 2,
+                )
+                .fence(c.fence),
+            ]
+            .into()
+        })
+        .collect();
+    let settled = s
+        .settle(crate::Settle {
+            outcomes,
+            claim: None,
+        })
+        .await
+        .expect("settle");
+    assert!(settled.outcomes.iter().all(Result::is_ok), "{settled:?}");
+
+    assert_eq!(
+        kinds(&events_of(s, "all").await),
+        [EventKind::Submitted, EventKind::Queued],
+        "queued once"
+    );
+    assert_eq!(state(s, "all").await, State::Queued);
+    let log = all_events(s).await;
+    let at = |id: &str, kind: EventKind| {
+        log.iter()
+            .position(|e| e.job_id.as_deref() == Some(id) && e.kind == kind)
+            .unwrap_or_else(|| panic!("{id} has {kind}"))
+    };
+    let last = claimed.last().expect("claimed").job.id.as_str();
+    assert_eq!(
+        at("all", EventKind::Queued),
+        at(last, EventKind::Completed) + 1,
+        "queued right after the last dependency completed"
+    );
+    assert_eq!(
+        at("on-failure", EventKind::Cancelled),
+        at(&parents[1], EventKind::Completed) + 1,
+        "cancelled right after the dependency that had to fail completed"
+    );
+    let cancelled = get(s, "on-failure").await;
+    assert_eq!(cancelled.state, State::Cancelled);
+    assert_eq!(cancelled.error.expect("error").code, "upstream_failed");
+    assert_eq!(state(s, "after-on-failure").await, State::Cancelled);
+    assert_eq!(state(s, "partial").await, State::Awaiting);
+    let links = s.dependencies("partial").await.expect("dependencies");
+    let statuses: Vec<_> = links
+        .iter()
+        .map(|l| (l.job_id.as_str(), l.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (parents[2].as_str(), EdgeStatus::Met),
+            ("later", EdgeStatus::Waiting)
+        ]
+    );
+    finish(s, "later", State::Completed, T0 + 3).await;
+    assert_eq!(state(s, "partial").await, State::Queued);
+}
+
 /// A dependency on a job that does not exist is refused, naming it, and the whole
 /// batch leaves no trace.
 pub async fn a_dependency_on_an_unknown_job_is_refused_without_writing(store: Arc<dyn Store>) {

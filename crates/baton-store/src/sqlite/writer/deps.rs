@@ -8,6 +8,8 @@
 //! queued exactly once however many of its dependencies end together, and a crash can
 //! never leave a met dependent waiting. Cancellation runs down the graph through a work
 //! list rather than recursion, so a chain of any length cannot overflow the stack.
+//! Settling a job costs a read of its dependents, one update of their edges and one
+//! single-row update per dependent whose edge was met (see [`Writer::settle`]).
 
 use baton_core::{
     Condition, EdgeStatus, ErrorInfo, EventKind, Job, Millis, NewJob, State, UniquePolicy,
@@ -406,11 +408,9 @@ impl Writer {
     /// from what [`Self::settle`] read already. `deps_pending` counts only while the
     /// job awaits: it is left at 1 (a workflow pause that holds it again resets it).
     fn queue_dependent(&mut self, d: Dependent, now: Millis) -> Result<()> {
-        state::check(Some(State::Awaiting), State::Queued).map_err(|source| {
-            Error::Transition {
-                id: d.id.clone(),
-                source,
-            }
+        state::check(Some(State::Awaiting), State::Queued).map_err(|source| Error::Transition {
+            id: d.id.clone(),
+            source,
         })?;
         let event_seq = d.event_seq + 1;
         self.conn
@@ -839,4 +839,3 @@ pub(crate) fn workflow_jobs(
     }
     Ok((names, jobs))
 }
-
