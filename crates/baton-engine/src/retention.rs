@@ -20,7 +20,8 @@ pub struct Retention {
     pub queues: BTreeMap<String, Option<Duration>>,
     /// How often the engine looks for jobs to prune.
     pub every: Duration,
-    /// The most jobs one write removes: other writes run between batches.
+    /// The most jobs one write removes: other writes run between batches, and a
+    /// commit that holds a batch is the longer for it (about 5 ms for 100 jobs).
     pub batch: usize,
 }
 
@@ -33,7 +34,7 @@ impl Default for Retention {
             keep: Some(DEFAULT_RETENTION),
             queues: BTreeMap::new(),
             every: Duration::from_secs(60),
-            batch: 250,
+            batch: 100,
         }
     }
 }
@@ -73,7 +74,9 @@ pub(crate) struct PruneCounters {
 }
 
 /// Prunes every `retention.every` until shutdown; each batch is its own write, and the
-/// task yields between them so that other writes are not held up.
+/// task pauses between them as long as the last one took, so that a backlog (the
+/// first round after a long stop, or a lowered retention) takes at most about half
+/// of the writer's time while it is worked off.
 pub(crate) async fn run(inner: Arc<Inner>, retention: Retention) {
     if retention.keep.is_none() && retention.queues.values().all(Option::is_none) {
         return;
@@ -114,7 +117,10 @@ pub(crate) async fn prune_due(inner: &Inner, retention: &Retention) {
                 if !p.more {
                     return;
                 }
-                tokio::task::yield_now().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(started.elapsed()) => {}
+                    _ = inner.shutdown.cancelled() => return,
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "pruning failed; trying again at the next round");
