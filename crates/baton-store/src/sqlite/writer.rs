@@ -90,29 +90,49 @@ struct Mark {
     next_event_id: u64,
 }
 
-/// The most events inserted by one statement.
-const EVENT_ROWS: usize = 32;
-
 /// An event's row beside what [`Event`] holds: the job's row key and the data as text.
 struct EventRow {
     key: Option<i64>,
     text: String,
 }
 
-/// `INSERT INTO events` of `n` rows (one of the few sizes [`Writer::write_events`] uses).
-fn event_insert_sql(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        [EVENT_ROWS, 8, 1].map(|n| {
-            let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
-            format!("INSERT INTO events (id, job_key, job_id, seq, type, at, data) VALUES {rows}")
-        })
-    });
-    match n {
-        EVENT_ROWS => &all[0],
-        8 => &all[1],
-        _ => &all[2],
+/// A multi-row `INSERT` made in three sizes (the most rows, 8 and 1), so that a few
+/// cached statements insert any number of rows.
+pub(super) struct MultiInsert {
+    most: usize,
+    sql: [String; 3],
+}
+
+impl MultiInsert {
+    /// `head` is the statement up to `VALUES`; `row` one row's placeholders.
+    pub(super) fn new(head: &str, row: &str, most: usize) -> Self {
+        let sql = [most, 8, 1].map(|n| format!("{head} VALUES {}", vec![row; n].join(", ")));
+        MultiInsert { most, sql }
     }
+
+    /// The rows, from `at` of `total`, that the next statement inserts, and its SQL.
+    pub(super) fn next(&self, at: usize, total: usize) -> (usize, &str) {
+        let left = total - at;
+        if left >= self.most {
+            (self.most, &self.sql[0])
+        } else if left >= 8 {
+            (8, &self.sql[1])
+        } else {
+            (1, &self.sql[2])
+        }
+    }
+}
+
+/// `INSERT INTO events`, up to 32 rows a statement.
+fn event_insert() -> &'static MultiInsert {
+    static SQL: std::sync::OnceLock<MultiInsert> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        MultiInsert::new(
+            "INSERT INTO events (id, job_key, job_id, seq, type, at, data)",
+            "(?, ?, ?, ?, ?, ?, ?)",
+            32,
+        )
+    })
 }
 
 /// The most jobs indexed for search by one write: a search that finds the index
@@ -604,11 +624,8 @@ impl Writer {
         let mut at = 0;
         let result = (|| -> Result<()> {
             while at < rows.len() {
-                let n = [EVENT_ROWS, 8, 1]
-                    .into_iter()
-                    .find(|&n| n <= rows.len() - at)
-                    .unwrap_or(1);
-                let mut stmt = self.conn.prepare_cached(event_insert_sql(n))?;
+                let (n, sql) = event_insert().next(at, rows.len());
+                let mut stmt = self.conn.prepare_cached(sql)?;
                 let mut i = 1;
                 for (row, e) in rows[at..at + n].iter().zip(&self.events[at..at + n]) {
                     stmt.raw_bind_parameter(i, e.id as i64)?;

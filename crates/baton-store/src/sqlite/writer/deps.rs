@@ -18,7 +18,7 @@ use baton_core::{
 use rusqlite::{OptionalExtension, params};
 use serde_json::{Value, json};
 
-use super::{Resume, Writer};
+use super::{MultiInsert, Resume, Writer};
 use crate::sqlite::codes::{condition_code, condition_of, parse_state};
 use crate::sqlite::rows::{self, get_job};
 use crate::{
@@ -72,23 +72,16 @@ impl Prepared {
     }
 }
 
-/// The most edges inserted by one statement.
-const EDGE_ROWS: usize = 64;
-
-/// `INSERT INTO deps` of `n` rows (one of the few sizes [`Writer::write_edges`] uses).
-fn edge_insert_sql(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<[String; 3]> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        [EDGE_ROWS, 8, 1].map(|n| {
-            let rows = vec!["(?, ?, ?, ?)"; n].join(", ");
-            format!("INSERT OR FAIL INTO deps (child, parent, cond, status) VALUES {rows}")
-        })
-    });
-    match n {
-        EDGE_ROWS => &all[0],
-        8 => &all[1],
-        _ => &all[2],
-    }
+/// `INSERT INTO deps`, up to 64 rows a statement (see [`Writer::write_edges`]).
+fn edge_insert() -> &'static MultiInsert {
+    static SQL: std::sync::OnceLock<MultiInsert> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        MultiInsert::new(
+            "INSERT OR FAIL INTO deps (child, parent, cond, status)",
+            "(?, ?, ?, ?)",
+            64,
+        )
+    })
 }
 
 const ACTIVE: &str = "state NOT IN ('completed', 'failed', 'cancelled', 'deleted')";
@@ -219,11 +212,8 @@ impl Writer {
         let mut at = 0;
         let result = (|| -> Result<()> {
             while at < edges.len() {
-                let n = [EDGE_ROWS, 8, 1]
-                    .into_iter()
-                    .find(|&n| n <= edges.len() - at)
-                    .unwrap_or(1);
-                let mut stmt = self.conn.prepare_cached(edge_insert_sql(n))?;
+                let (n, sql) = edge_insert().next(at, edges.len());
+                let mut stmt = self.conn.prepare_cached(sql)?;
                 for (i, value) in edges[at..at + n].iter().flatten().enumerate() {
                     stmt.raw_bind_parameter(i + 1, value)?;
                 }
