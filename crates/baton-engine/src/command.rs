@@ -229,11 +229,26 @@ pub(crate) async fn run_pipeline(ctx: JobContext, _payload: Value) -> Result<Val
 /// or when the leader is gone: a pid cannot be reused while a process group of that id
 /// still has members, so members of a leaderless group are the job's. A leader with
 /// another start time is a reused pid, and is left alone.
-pub(crate) async fn kill_stranded(store: &dyn Store) -> crate::Result<BTreeMap<String, Value>> {
+pub(crate) async fn kill_stranded(
+    store: &dyn Store,
+    this_host: &str,
+) -> crate::Result<BTreeMap<String, Value>> {
     let mut out = BTreeMap::new();
-    for ProcessRecord { job_id, process } in store.processes().await? {
+    for ProcessRecord {
+        job_id,
+        process,
+        host,
+        ..
+    } in store.processes().await?
+    {
         let pgid = process.pgid;
-        let note = if pgid <= 1 {
+        let note = if let Some(other) = host.as_deref().filter(|h| *h != this_host) {
+            // A process group id names a process only on its own machine: here it
+            // could be anyone's.
+            Some(format!(
+                "process group {pgid} ran on host {other}, not this one; it was left alone"
+            ))
+        } else if pgid <= 1 {
             Some("invalid process group id; nothing was killed".to_string())
         } else {
             match proc_stat(pgid as u32) {

@@ -350,9 +350,10 @@ impl EngineBuilder {
             }
         }
         let now = self.clock.now();
+        let host = hostname();
         let server = ServerInfo {
             id: uuid_v7(),
-            host: hostname(),
+            host: host.clone(),
             pid: std::process::id(),
             url: self.url,
             started_at: now,
@@ -366,9 +367,10 @@ impl EngineBuilder {
         }
         // Processes of jobs that ran when the engine died are still running: end them
         // before their jobs are queued again.
-        let cleanup = crate::command::kill_stranded(&*store).await?;
+        let cleanup = crate::command::kill_stranded(&*store, &host).await?;
         let recovered = store
             .recover(RecoverRequest {
+                server_id: None,
                 now,
                 manual: self.recovery == Recovery::Manual,
                 cleanup,

@@ -156,7 +156,7 @@ impl Error {
                 S::NotFound(_) => ErrorCode::NotFound,
                 S::Transition { .. } | S::Conflict { .. } => ErrorCode::IllegalTransition,
                 S::StaleFence { .. } => ErrorCode::StaleFence,
-                S::Locked { .. } => ErrorCode::Locked,
+                S::Owned { .. } => ErrorCode::Locked,
                 S::Config(_) => ErrorCode::InvalidConfig,
                 S::Closed => ErrorCode::Unavailable,
                 S::Overloaded { .. } => ErrorCode::Overloaded,

@@ -218,3 +218,82 @@ fn runtime() -> tokio::runtime::Runtime {
         .build()
         .unwrap()
 }
+
+/// A process group recorded by a server on another host names nothing on this machine:
+/// a restarted engine leaves the process with that id alone, says so in the recovery
+/// events, and still recovers the job.
+#[test]
+fn a_process_recorded_on_another_host_is_left_alone() {
+    use std::os::unix::process::CommandExt;
+    runtime().block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bystander = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = bystander.id();
+        let start_time = proc_stat(pid).expect("its stat").start_time;
+
+        let store = SqliteStore::open(SqliteOptions::new(dir.path().join("baton.db"))).unwrap();
+        let now = 1_800_000_000_000;
+        store
+            .register_server(baton_store::ServerInfo {
+                id: "srv-far".into(),
+                host: "another-machine".into(),
+                pid: 1,
+                url: None,
+                started_at: now,
+                heartbeat_at: now,
+                stopped_at: None,
+                queues: vec!["default".into()],
+                workers: 1,
+            })
+            .await
+            .unwrap();
+        let spec = JobSpec::command(["true"]).id("far");
+        store
+            .submit(vec![spec.validate(now, &Default::default()).unwrap()])
+            .await
+            .unwrap();
+        let c = store
+            .claim(baton_store::ClaimRequest {
+                queue: "default".into(),
+                limit: 1,
+                server_id: "srv-far".into(),
+                now,
+            })
+            .await
+            .unwrap()
+            .remove(0);
+        let process = baton_store::JobProcess {
+            pgid: pid as i32,
+            start_time,
+        };
+        store
+            .set_process("far", c.fence, Some(process))
+            .await
+            .unwrap();
+        store.close().await;
+        drop(store);
+
+        let engine = start_engine(dir.path()).await;
+        let job = tokio::time::timeout(Duration::from_secs(20), engine.wait("far"))
+            .await
+            .expect("the job finishes after recovery")
+            .unwrap();
+        assert_eq!(job.state, State::Completed);
+        assert!(!is_dead(pid), "the process on this machine was not killed");
+        let events = engine.events("far", 0).await.unwrap();
+        let crashed = events
+            .iter()
+            .find(|e| e.kind == EventKind::Crashed)
+            .unwrap();
+        assert_eq!(crashed.data["killed_pgids"], json!([]));
+        let note = crashed.data["cleanup"].as_str().unwrap_or_default();
+        assert!(note.contains("ran on host another-machine"), "{note}");
+        engine.shutdown(Duration::from_secs(5)).await;
+        let _ = bystander.kill();
+        let _ = bystander.wait();
+    });
+}

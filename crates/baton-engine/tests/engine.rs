@@ -591,7 +591,7 @@ async fn a_second_engine_on_the_same_file_is_refused() {
         .err()
         .expect("refused");
     let msg = err.to_string();
-    assert!(msg.contains("in use by another Baton engine"), "{msg}");
+    assert!(msg.contains("is owned by another Baton engine"), "{msg}");
     assert!(
         msg.contains(&format!("pid {}", std::process::id())),
         "{msg}"

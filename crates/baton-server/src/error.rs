@@ -178,8 +178,8 @@ mod tests {
 
     #[test]
     fn a_locked_store_names_neither_its_path_nor_its_holder() {
-        let locked = baton_engine::Error::Store(baton_store::Error::Locked {
-            path: "/srv/secret/baton.db".into(),
+        let locked = baton_engine::Error::Store(baton_store::Error::Owned {
+            store: "/srv/secret/baton.db".into(),
             holder: "pid 4242 on build-7".into(),
         });
         let e = ApiError::from(locked);

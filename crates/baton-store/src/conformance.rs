@@ -72,6 +72,7 @@ macro_rules! store_conformance_tests {
             recover_manual_leaves_jobs_crashed,
             recover_fails_a_job_after_max_recoveries,
             recover_records_what_the_crash_cost,
+            recovery_of_a_server_leaves_other_servers_attempts_alone,
             servers_register_heartbeat_and_stop,
             counts_by_queue_and_state,
             list_totals_are_exact_by_state_and_queue_and_capped_otherwise,
@@ -229,6 +230,105 @@ pub async fn submit_claim_complete(store: Arc<dyn Store>) {
     assert_eq!(counts.total(State::Completed), 1);
     assert_eq!(counts.total(State::Running), 1);
     assert_eq!(counts.total(State::Queued), 0);
+}
+
+/// Recovery of one dead server's attempts leaves another server's alone: their jobs
+/// stay running with their processes, and their fencing tokens still hold.
+pub async fn recovery_of_a_server_leaves_other_servers_attempts_alone(store: Arc<dyn Store>) {
+    let s = &*store;
+    for id in ["server-a", "server-b"] {
+        let mut info = server(id, T0);
+        info.host = format!("host-of-{id}");
+        s.register_server(info).await.expect("register");
+    }
+    let mut fences = std::collections::BTreeMap::new();
+    for (job, by) in [("job-a", "server-a"), ("job-b", "server-b")] {
+        submit(s, JobSpec::command(["true"]).id(job), T0).await;
+        let c = s
+            .claim(ClaimRequest {
+                queue: "default".into(),
+                limit: 1,
+                server_id: by.into(),
+                now: T0 + 1,
+            })
+            .await
+            .expect("claim")
+            .remove(0);
+        assert_eq!(c.job.id, job);
+        s.set_process(
+            job,
+            c.fence,
+            Some(JobProcess {
+                pgid: 4000,
+                start_time: 1,
+            }),
+        )
+        .await
+        .expect("set process");
+        fences.insert(job, c.fence);
+    }
+    let hosts: Vec<(String, Option<String>, Option<String>)> = s
+        .processes()
+        .await
+        .expect("processes")
+        .into_iter()
+        .map(|r| (r.job_id, r.server_id, r.host))
+        .collect();
+    assert_eq!(
+        hosts,
+        [
+            (
+                "job-a".into(),
+                Some("server-a".into()),
+                Some("host-of-server-a".into())
+            ),
+            (
+                "job-b".into(),
+                Some("server-b".into()),
+                Some("host-of-server-b".into())
+            ),
+        ]
+    );
+
+    let recovered = s
+        .recover(RecoverRequest {
+            now: T0 + 10,
+            server_id: Some("server-a".into()),
+            ..RecoverRequest::default()
+        })
+        .await
+        .expect("recover");
+    assert_eq!(
+        recovered
+            .iter()
+            .map(|r| r.job_id.as_str())
+            .collect::<Vec<_>>(),
+        ["job-a"]
+    );
+    assert_eq!(get(s, "job-a").await.state, State::Queued);
+    let b = get(s, "job-b").await;
+    assert_eq!(
+        (b.state, b.attempt),
+        (State::Running, 1),
+        "the live server's job"
+    );
+    assert_eq!(
+        s.processes()
+            .await
+            .expect("processes")
+            .iter()
+            .map(|r| r.job_id.as_str())
+            .collect::<Vec<_>>(),
+        ["job-b"]
+    );
+    s.update("job-b", fences["job-b"], T0 + 11, progress(0.5))
+        .await
+        .expect("the live attempt's token still holds");
+    assert!(matches!(
+        s.update("job-a", fences["job-a"], T0 + 11, progress(0.5))
+            .await,
+        Err(Error::StaleFence { .. })
+    ));
 }
 
 /// Higher priorities are claimed first, equal priorities in submission order, and a
@@ -501,6 +601,7 @@ pub async fn stale_fence_is_refused_without_writing(store: Arc<dyn Store>) {
 
     let recovered = s
         .recover(RecoverRequest {
+            server_id: None,
             now: T0 + 100,
             manual: false,
             cleanup: Default::default(),
@@ -1310,6 +1411,7 @@ pub async fn recover_requeues_executing_jobs(store: Arc<dyn Store>) {
 
     let mut recovered = s
         .recover(RecoverRequest {
+            server_id: None,
             now: T0 + 100,
             manual: false,
             cleanup: Default::default(),
@@ -1362,6 +1464,7 @@ pub async fn recover_requeues_executing_jobs(store: Arc<dyn Store>) {
     );
     assert!(
         s.recover(RecoverRequest {
+            server_id: None,
             now: T0 + 150,
             manual: false,
             cleanup: Default::default()
@@ -1387,6 +1490,7 @@ pub async fn recover_manual_leaves_jobs_crashed(store: Arc<dyn Store>) {
     claim_one(s, "default", T0 + 1).await;
     let recovered = s
         .recover(RecoverRequest {
+            server_id: None,
             now: T0 + 100,
             manual: true,
             cleanup: Default::default(),
@@ -1412,6 +1516,7 @@ pub async fn recover_manual_leaves_jobs_crashed(store: Arc<dyn Store>) {
     assert!(claim(s, "default", 10, T0 + 101).await.is_empty());
     assert!(
         s.recover(RecoverRequest {
+            server_id: None,
             now: T0 + 102,
             manual: true,
             cleanup: Default::default()
@@ -1478,6 +1583,7 @@ pub async fn recover_records_what_the_crash_cost(store: Arc<dyn Store>) {
         .expect("progress");
 
     s.recover(RecoverRequest {
+        server_id: None,
         now: T0 + 100,
         manual: false,
         cleanup: Default::default(),
@@ -1529,6 +1635,7 @@ pub async fn recover_records_what_the_crash_cost(store: Arc<dyn Store>) {
 pub async fn recover_fails_a_job_after_max_recoveries(store: Arc<dyn Store>) {
     let s = &*store;
     let crash = |now| RecoverRequest {
+        server_id: None,
         now,
         manual: false,
         cleanup: Default::default(),
@@ -2108,6 +2215,9 @@ pub async fn logs_from_a_stale_attempt_are_refused(store: Arc<dyn Store>) {
 /// recovery puts what the engine cleaned up into the job's events.
 pub async fn processes_of_executing_jobs_are_listed_and_cleared_by_recovery(store: Arc<dyn Store>) {
     let s = &*store;
+    s.register_server(server(SERVER, T0))
+        .await
+        .expect("register");
     submit(s, JobSpec::command(["true"]).id("job-1"), T0).await;
     submit(s, JobSpec::command(["true"]).id("job-2"), T0).await;
     let claimed = claim(s, "default", 2, T0 + 1).await;
@@ -2137,12 +2247,15 @@ pub async fn processes_of_executing_jobs_are_listed_and_cleared_by_recovery(stor
         [ProcessRecord {
             job_id: "job-1".into(),
             process: p(101),
+            server_id: Some(SERVER.into()),
+            host: Some("host-1".into()),
         }]
     );
 
     let mut cleanup = std::collections::BTreeMap::new();
     cleanup.insert("job-1".to_string(), json!({"killed_pgids": [101]}));
     s.recover(RecoverRequest {
+        server_id: None,
         now: T0 + 10,
         manual: false,
         cleanup,

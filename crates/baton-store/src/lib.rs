@@ -48,8 +48,8 @@ pub enum Error {
     },
     #[error("job {id:?} is no longer held by this attempt (fencing token {fence} is stale)")]
     StaleFence { id: String, fence: u64 },
-    #[error("store {path} is in use by another Baton engine ({holder})")]
-    Locked { path: String, holder: String },
+    #[error("store {store} is owned by another Baton engine ({holder})")]
+    Owned { store: String, holder: String },
     #[error("invalid store: {0}")]
     Config(String),
     #[error("the store is closed")]
@@ -103,7 +103,7 @@ impl Error {
                 | Error::Transition { .. }
                 | Error::Conflict { .. }
                 | Error::Closed
-                | Error::Locked { .. }
+                | Error::Owned { .. }
                 | Error::Config(_)
         )
     }
@@ -309,9 +309,14 @@ pub struct Recovered {
     pub now: State,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct RecoverRequest {
     pub now: Millis,
+    /// The dead server whose attempts are recovered. `None`: every executing attempt,
+    /// for a store that one engine owns (it holds the store's lock, so whatever ran
+    /// before it belongs to an engine that is gone). A store shared by several servers
+    /// recovers only the named server's attempts, never a live one's.
+    pub server_id: Option<String>,
     /// Leave crashed jobs for a person instead of queueing them again.
     pub manual: bool,
     /// What the engine cleaned up for a job before recovering it (for example the
@@ -336,6 +341,10 @@ pub struct JobProcess {
 pub struct ProcessRecord {
     pub job_id: String,
     pub process: JobProcess,
+    /// The server whose attempt started it, and that server's host (when the server is
+    /// known): a process group id means something only on its own machine.
+    pub server_id: Option<String>,
+    pub host: Option<String>,
 }
 
 /// Log lines captured from a job's process, appended by its attempt.

@@ -27,11 +27,11 @@ async fn a_second_open_is_refused_and_names_the_holder() {
     let pid = format!("pid {}", std::process::id());
 
     match open(&path) {
-        Err(Error::Locked { path: p, holder }) => {
+        Err(Error::Owned { store: p, holder }) => {
             assert_eq!(p, path.display().to_string());
             assert!(holder.contains(&pid), "{holder}");
         }
-        Err(other) => panic!("expected Locked, got {other}"),
+        Err(other) => panic!("expected Owned, got {other}"),
         Ok(_) => panic!("a second engine opened a store in use"),
     }
     first

@@ -387,8 +387,8 @@ fn take_lock(db: &Path) -> Result<File> {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = holder.trim();
-            Err(Error::Locked {
-                path: db.display().to_string(),
+            Err(Error::Owned {
+                store: db.display().to_string(),
                 holder: if holder.is_empty() {
                     "holder unknown".into()
                 } else {

@@ -325,7 +325,8 @@ pub(super) fn verify_text(conn: &Connection) -> Result<()> {
 
 pub fn processes(conn: &Connection) -> Result<Vec<ProcessRecord>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id, pgid, proc_start FROM jobs \
+        "SELECT jobs.id, pgid, proc_start, server_id, servers.host \
+         FROM jobs LEFT JOIN servers ON servers.id = jobs.server_id \
          WHERE state IN ('running', 'paused', 'stopping') AND pgid IS NOT NULL ORDER BY seq",
     )?;
     let rows = stmt.query_map([], |r| {
@@ -335,6 +336,8 @@ pub fn processes(conn: &Connection) -> Result<Vec<ProcessRecord>> {
                 pgid: r.get(1)?,
                 start_time: r.get::<_, Option<i64>>(2)?.unwrap_or(0) as u64,
             },
+            server_id: r.get(3)?,
+            host: r.get(4)?,
         })
     })?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)

@@ -1440,9 +1440,10 @@ impl Writer {
     fn recover(&mut self, req: &RecoverRequest) -> Result<Vec<Recovered>> {
         let stranded: Vec<JobRow> = {
             let mut stmt = self.conn.prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('running', 'paused', 'stopping') ORDER BY seq"
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('running', 'paused', 'stopping') \
+                 AND (?1 IS NULL OR server_id = ?1) ORDER BY seq"
             ))?;
-            stmt.query_map([], read_job)?
+            stmt.query_map([req.server_id.as_deref()], read_job)?
                 .collect::<rusqlite::Result<_>>()?
         };
         // The processes of these jobs are gone (the engine killed what was left): a
@@ -1450,9 +1451,10 @@ impl Writer {
         self.conn
             .prepare_cached(
                 "UPDATE jobs SET pgid = NULL, proc_start = NULL \
-                 WHERE state IN ('running', 'paused', 'stopping') AND pgid IS NOT NULL",
+                 WHERE state IN ('running', 'paused', 'stopping') AND pgid IS NOT NULL \
+                 AND (?1 IS NULL OR server_id = ?1)",
             )?
-            .execute([])?;
+            .execute([req.server_id.as_deref()])?;
         let mut out = Vec::with_capacity(stranded.len());
         for row in stranded {
             let was = row.job.state;
