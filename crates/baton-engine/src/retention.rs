@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use baton_core::Millis;
-use baton_store::PruneRequest;
+use baton_store::{PruneCursor, PruneRequest};
 
 use crate::engine::Inner;
 
@@ -48,7 +48,7 @@ impl Retention {
         }
     }
 
-    fn request(&self, now: Millis) -> PruneRequest {
+    fn request(&self, now: Millis, after: Option<PruneCursor>) -> PruneRequest {
         let millis = |d: Option<Duration>| d.map(|d| d.as_millis().min(i64::MAX as u128) as Millis);
         PruneRequest {
             now,
@@ -59,6 +59,7 @@ impl Retention {
                 .map(|(q, keep)| (q.clone(), millis(*keep)))
                 .collect(),
             limit: self.batch.max(1),
+            after,
         }
     }
 }
@@ -95,11 +96,13 @@ pub(crate) async fn run(inner: Arc<Inner>, retention: Retention) {
 
 /// Prunes what is due now, batch after batch.
 pub(crate) async fn prune_due(inner: &Inner, retention: &Retention) {
+    // Each write goes on where the last one stopped looking.
+    let mut after = None;
     loop {
         if inner.shutdown.is_cancelled() {
             return;
         }
-        let req = retention.request(inner.clock.now());
+        let req = retention.request(inner.clock.now(), after);
         let started = std::time::Instant::now();
         let result = inner.store.prune(req).await;
         inner.pruned.writes.fetch_add(1, Ordering::Relaxed);
@@ -117,6 +120,7 @@ pub(crate) async fn prune_due(inner: &Inner, retention: &Retention) {
                 if !p.more {
                     return;
                 }
+                after = p.next;
                 tokio::select! {
                     _ = tokio::time::sleep(started.elapsed()) => {}
                     _ = inner.shutdown.cancelled() => return,

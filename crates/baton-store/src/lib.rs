@@ -151,6 +151,16 @@ pub struct PruneRequest {
     /// The most jobs removed by this call; the caller calls again while
     /// [`Pruned::more`] says so, and other writes run between the calls.
     pub limit: usize,
+    /// Where the previous call of this round stopped looking ([`Pruned::next`]): jobs
+    /// it looked at and kept are not looked at again until the next round.
+    pub after: Option<PruneCursor>,
+}
+
+/// A place in the finished jobs, by end time and row key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PruneCursor {
+    pub finished_at: Millis,
+    pub key: i64,
 }
 
 impl PruneRequest {
@@ -170,6 +180,8 @@ pub struct Pruned {
     pub events: u64,
     /// The limit was reached: more may be due.
     pub more: bool,
+    /// Where to go on from: the next call's [`PruneRequest::after`].
+    pub next: Option<PruneCursor>,
 }
 
 /// The result of submitting one job.

@@ -199,8 +199,8 @@ async fn the_upgrade_to_kept_throughput_counts_the_jobs_that_ended_within_a_day(
     // As a Baton of schema 7 left it: no throughput table, no retention (schema 9).
     let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
     conn.execute_batch(
-        "DROP TABLE throughput; DROP INDEX workflows_created; DROP INDEX jobs_retention; \
-         DROP INDEX events_unowned; DROP TABLE prune_mark; PRAGMA user_version = 7;",
+        "DROP TABLE throughput; DROP INDEX workflows_created; DROP INDEX events_unowned; \
+         DROP TABLE prune_mark; PRAGMA user_version = 7;",
     )
     .expect("downgrade");
     drop(conn);

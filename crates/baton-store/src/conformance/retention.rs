@@ -44,6 +44,7 @@ fn prune_at(now: Millis, limit: usize) -> PruneRequest {
             ("forever".to_owned(), None),
         ]),
         limit,
+        after: None,
     }
 }
 
@@ -161,7 +162,8 @@ pub async fn prune_removes_finished_jobs_past_their_retention_and_nothing_else(
         Pruned {
             jobs: 3,
             events: doomed_ids.len() as u64,
-            more: false
+            more: false,
+            next: None,
         }
     );
     for gone in ["done", "failed", "cancelled"] {
@@ -287,13 +289,21 @@ pub async fn prune_works_in_batches_and_takes_a_workflow_with_its_last_job(store
 
     let now = T0 + 2 * DAY;
     let mut rounds = Vec::new();
+    let mut after = None;
     loop {
-        let p = s.prune(prune_at(now, 3)).await.expect("prune");
+        let p = s
+            .prune(PruneRequest {
+                after,
+                ..prune_at(now, 3)
+            })
+            .await
+            .expect("prune");
         assert!(p.jobs <= 3, "{p:?}");
         rounds.push(p.jobs);
         if !p.more {
             break;
         }
+        after = p.next;
     }
     assert_eq!(
         rounds.iter().sum::<u64>(),
@@ -328,4 +338,59 @@ pub async fn prune_works_in_batches_and_takes_a_workflow_with_its_last_job(store
     let first = events_of(s, "after").await[0].id;
     assert!(first > upto, "event {first} after pruned {upto}");
     assert_eq!(get(s, "after").await.state, State::Queued);
+}
+
+/// Jobs kept by a longer retention that ended first do not stop pruning: a round goes
+/// past them, a bounded number a call, to the jobs that are due, and says where it
+/// stopped so that the next call goes on from there.
+pub async fn prune_goes_past_jobs_it_keeps_to_the_jobs_that_are_due(store: Arc<dyn Store>) {
+    let s = &*store;
+    for i in 0..20 {
+        submit(s, job(&format!("audit-{i}")).queue("audit"), T0).await;
+        end(s, "audit", State::Completed, T0 + 10 + i).await;
+    }
+    for i in 0..3 {
+        submit(s, job(&format!("due-{i}")).queue("plain"), T0).await;
+        end(s, "plain", State::Completed, T0 + 100 + i).await;
+    }
+    submit(s, job("last"), T0 + 200).await;
+    let now = T0 + 2 * DAY;
+    let (mut calls, mut pruned, mut after) = (0, 0, None);
+    loop {
+        calls += 1;
+        let p = s
+            .prune(PruneRequest {
+                after,
+                ..prune_at(now, 1)
+            })
+            .await
+            .expect("prune");
+        pruned += p.jobs;
+        if !p.more {
+            assert_eq!(p.next, None);
+            break;
+        }
+        let next = p.next.expect("where to go on from");
+        if let Some(prev) = after {
+            assert!(
+                (next.finished_at, next.key) > (prev.finished_at, prev.key),
+                "{next:?} after {prev:?}"
+            );
+        }
+        after = Some(next);
+        assert!(calls < 50, "the round ends");
+    }
+    assert_eq!(pruned, 3);
+    assert!(calls >= 6, "a call looks at a few jobs only: {calls}");
+    for i in 0..3 {
+        assert!(s.get(&format!("due-{i}")).await.expect("get").is_none());
+    }
+    assert_eq!(
+        s.counts().await.expect("counts").total(State::Completed),
+        20,
+        "the audited jobs stay"
+    );
+    // A new round looks again from the start, and finds nothing due.
+    let again = s.prune(prune_at(now, 100)).await.expect("prune");
+    assert_eq!((again.jobs, again.more), (0, false));
 }

@@ -291,13 +291,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX workflows_created ON workflows (created_at, id);
     "#,
     // 9: retention. Finished jobs are pruned (with their events, logs, checkpoints,
-    // labels and edges) once their queue's retention has passed: `jobs_retention`
-    // reads a queue's oldest finished jobs, `events_unowned` the old events of no job.
+    // labels and edges) once their queue's retention has passed, found in end order
+    // through `jobs_finished`; `events_unowned` finds the old events of no job.
     // `prune_mark.events_upto` is the newest event id ever pruned: ids are never given
     // twice, even when the newest events are gone, and a reader that resumes before it
     // is told that events it may not have seen were pruned.
     r#"
-    CREATE INDEX jobs_retention ON jobs (queue, finished_at) WHERE finished_at IS NOT NULL;
     CREATE INDEX events_unowned ON events (at) WHERE job_key IS NULL;
     CREATE TABLE prune_mark (events_upto INTEGER NOT NULL);
     INSERT INTO prune_mark (events_upto) VALUES (0);

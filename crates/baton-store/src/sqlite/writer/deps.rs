@@ -477,7 +477,7 @@ impl Writer {
         Ok(())
     }
 
-    fn has_edges(&mut self) -> Result<bool> {
+    pub(super) fn has_edges(&mut self) -> Result<bool> {
         if let Some(known) = self.has_edges {
             return Ok(known);
         }

@@ -4,7 +4,11 @@
 //!
 //! A job is removed when it is finished (completed, failed, cancelled or deleted), it
 //! ended and last changed before its queue's cutoff, and no unfinished job depends on
-//! it (a dependent still needs its state and result). The newest job is kept: SQLite
+//! it (a dependent still needs its state and result). Jobs are looked at in end order
+//! through `jobs_finished` (the list's index: retention adds none to the jobs a
+//! completion writes), up to the latest cutoff of any queue; a write looks at a bounded
+//! number and says where it stopped, so that jobs kept by a longer retention are looked
+//! at once a round, not once a write. The newest job is kept: SQLite
 //! would give its key again to the next job, under the search index's mark. Events of no
 //! job (a server's, a queue's, a schedule's) go by the default retention. The newest
 //! event id removed is kept in `prune_mark`: ids are never given twice, and a reader
@@ -12,57 +16,44 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use baton_core::State;
+use baton_core::{Millis, State};
 use rusqlite::params;
 
 use super::Writer;
 use crate::sqlite::codes::parse_state;
-use crate::{PruneRequest, Pruned, Result};
+use crate::{PruneCursor, PruneRequest, Pruned, Result};
 
 /// A job chosen for removal.
 struct Doomed {
     key: i64,
     id: String,
+    queue: String,
     state: State,
     labels: Option<String>,
     workflow: Option<String>,
 }
+
+/// How many finished jobs one write looks at, per job it may remove: jobs kept (a
+/// longer retention, a recent change, an unfinished dependent) cost a look, bounded.
+const LOOKS_PER_JOB: usize = 4;
 
 impl Writer {
     pub(super) fn prune(&mut self, req: &PruneRequest) -> Result<Pruned> {
         let limit = req.limit.max(1);
         let mut pruned = Pruned::default();
         let mut newest_event = 0i64;
-        let newest_job: i64 = self
-            .conn
-            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM jobs")?
-            .query_row([], |r| r.get(0))?;
-        let queues: Vec<String> = self
-            .conn
-            .prepare_cached("SELECT DISTINCT queue FROM job_counts WHERE n > 0")?
-            .query_map([], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
         let mut counts: BTreeMap<(String, State), i64> = BTreeMap::new();
         let mut workflows: BTreeSet<String> = BTreeSet::new();
-        for queue in queues {
-            let left = limit - pruned.jobs as usize;
-            if left == 0 {
-                break;
-            }
-            let Some(retention) = req.retention_of(&queue) else {
-                continue;
-            };
-            let cutoff = req.now.saturating_sub(retention);
-            let doomed = self.doomed(&queue, cutoff, newest_job, left)?;
-            for d in doomed {
-                let (events, newest) = self.remove_job(&d)?;
-                newest_event = newest_event.max(newest);
-                pruned.events += events;
-                pruned.jobs += 1;
-                *counts.entry((queue.clone(), d.state)).or_default() += 1;
-                if let Some(w) = d.workflow {
-                    workflows.insert(w);
-                }
+        let (doomed, next) = self.doomed(req, limit)?;
+        pruned.next = next;
+        for d in doomed {
+            let (events, newest) = self.remove_job(&d)?;
+            newest_event = newest_event.max(newest);
+            pruned.events += events;
+            pruned.jobs += 1;
+            *counts.entry((d.queue, d.state)).or_default() += 1;
+            if let Some(w) = d.workflow {
+                workflows.insert(w);
             }
         }
         let mut stmt = self
@@ -102,40 +93,109 @@ impl Writer {
                 .prepare_cached("UPDATE prune_mark SET events_upto = MAX(events_upto, ?1)")?
                 .execute([newest_event])?;
         }
-        pruned.more = pruned.jobs as usize == limit || unowned == limit;
+        pruned.more = pruned.next.is_some() || unowned == limit;
         Ok(pruned)
     }
 
-    /// Up to `limit` finished jobs of `queue` that ended and last changed before
-    /// `cutoff`, oldest first, none of them the newest job nor one an unfinished job
-    /// depends on.
+    /// Up to `limit` finished jobs past their queue's retention, oldest end first,
+    /// after `req.after`: each ended and last changed before its queue's cutoff, none of
+    /// them the newest job nor one an unfinished job depends on. Looks at no more than
+    /// [`LOOKS_PER_JOB`] jobs a job it may remove; with them, where to go on from
+    /// (`None` once every job that ended before the latest cutoff was looked at).
     fn doomed(
         &mut self,
-        queue: &str,
-        cutoff: baton_core::Millis,
-        newest: i64,
+        req: &PruneRequest,
         limit: usize,
-    ) -> Result<Vec<Doomed>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, id, state, labels, workflow_id FROM jobs INDEXED BY jobs_retention \
-             WHERE queue = ?1 AND finished_at < ?2 AND updated_at < ?2 AND seq < ?3 \
-             AND state IN ('completed', 'failed', 'cancelled', 'deleted') \
-             AND NOT EXISTS (SELECT 1 FROM deps JOIN jobs AS child ON child.seq = deps.child \
-                 WHERE deps.parent = jobs.seq \
-                 AND child.state NOT IN ('completed', 'failed', 'cancelled', 'deleted')) \
-             ORDER BY finished_at LIMIT ?4",
-        )?;
-        let rows = stmt.query_map(params![queue, cutoff, newest, limit as i64], |r| {
-            let state: String = r.get(2)?;
-            Ok(Doomed {
-                key: r.get(0)?,
-                id: r.get(1)?,
-                state: parse_state(&state)?,
-                labels: r.get(3)?,
-                workflow: r.get(4)?,
-            })
-        })?;
-        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    ) -> Result<(Vec<Doomed>, Option<PruneCursor>)> {
+        // The latest cutoff of any queue: no job that ended after it can go.
+        let shortest = req
+            .queues
+            .values()
+            .chain([&req.retention])
+            .flatten()
+            .min()
+            .copied();
+        let Some(shortest) = shortest else {
+            return Ok((Vec::new(), None));
+        };
+        let latest_cutoff = req.now.saturating_sub(shortest);
+        let newest: i64 = self
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) FROM jobs")?
+            .query_row([], |r| r.get(0))?;
+        let after = req.after.unwrap_or(PruneCursor {
+            finished_at: Millis::MIN,
+            key: 0,
+        });
+        let looks = limit.saturating_mul(LOOKS_PER_JOB);
+        let seen: Vec<(Doomed, Millis, Millis)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT seq, id, queue, state, labels, workflow_id, finished_at, updated_at \
+                 FROM jobs INDEXED BY jobs_finished \
+                 WHERE finished_at < ?1 AND (finished_at, seq) > (?2, ?3) \
+                 ORDER BY finished_at, seq LIMIT ?4",
+            )?;
+            let rows = stmt.query_map(
+                params![latest_cutoff, after.finished_at, after.key, looks as i64],
+                |r| {
+                    let state: String = r.get(3)?;
+                    Ok((
+                        Doomed {
+                            key: r.get(0)?,
+                            id: r.get(1)?,
+                            queue: r.get(2)?,
+                            state: parse_state(&state)?,
+                            labels: r.get(4)?,
+                            workflow: r.get(5)?,
+                        },
+                        r.get(6)?,
+                        r.get(7)?,
+                    ))
+                },
+            )?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let scanned_all = seen.len() < looks;
+        let mut doomed = Vec::new();
+        let mut last = None;
+        for (d, finished_at, updated_at) in seen {
+            last = Some(PruneCursor {
+                finished_at,
+                key: d.key,
+            });
+            let Some(retention) = req.retention_of(&d.queue) else {
+                continue;
+            };
+            let cutoff = req.now.saturating_sub(retention);
+            if !d.state.is_terminal()
+                || finished_at >= cutoff
+                || updated_at >= cutoff
+                || d.key >= newest
+                || self.needed_by_a_dependent(d.key)?
+            {
+                continue;
+            }
+            doomed.push(d);
+            if doomed.len() == limit {
+                return Ok((doomed, last));
+            }
+        }
+        Ok((doomed, if scanned_all { None } else { last }))
+    }
+
+    /// Whether an unfinished job depends on the job with row key `key`.
+    fn needed_by_a_dependent(&mut self, key: i64) -> Result<bool> {
+        if !self.has_edges()? {
+            return Ok(false);
+        }
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM deps JOIN jobs AS child ON child.seq = deps.child \
+                 WHERE deps.parent = ?1 \
+                 AND child.state NOT IN ('completed', 'failed', 'cancelled', 'deleted'))",
+            )?
+            .query_row([key], |r| r.get(0))?)
     }
 
     /// Removes one job and everything stored about it; how many events it had, and the
