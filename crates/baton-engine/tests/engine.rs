@@ -56,6 +56,16 @@ async fn wait_state(engine: &Engine, id: &str, state: State) {
     .await
 }
 
+/// Submits `n` echo jobs (payloads 0 to n - 1), one at a time; their ids.
+async fn submit_echoes(engine: &Engine, n: u64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let spec = JobSpec::new("echo").payload(json!(i));
+        ids.push(engine.submit(spec).await.unwrap().job.id);
+    }
+    ids
+}
+
 async fn event_kinds(engine: &Engine, id: &str) -> Vec<EventKind> {
     engine
         .events(id, 0)
@@ -560,17 +570,7 @@ async fn subscribers_see_every_event_in_order() {
     let dir = TempDir::new().unwrap();
     let engine = builder(&dir).build().await.unwrap();
     let mut sub = engine.subscribe().await.expect("subscribe");
-    let mut ids = Vec::new();
-    for i in 0..20 {
-        ids.push(
-            engine
-                .submit(JobSpec::new("echo").payload(json!(i)))
-                .await
-                .unwrap()
-                .job
-                .id,
-        );
-    }
+    let ids = submit_echoes(&engine, 20).await;
     let mut completed = 0;
     let mut last_id = 0;
     while completed < 20 {
@@ -877,17 +877,7 @@ async fn retention_prunes_finished_jobs_past_their_queues_retention() {
         .build()
         .await
         .unwrap();
-    let mut done = Vec::new();
-    for i in 0..10 {
-        done.push(
-            engine
-                .submit(JobSpec::new("echo").payload(json!(i)))
-                .await
-                .unwrap()
-                .job
-                .id,
-        );
-    }
+    let done = submit_echoes(&engine, 10).await;
     let audited = engine
         .submit(JobSpec::new("echo").queue("audit"))
         .await
