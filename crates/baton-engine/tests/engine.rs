@@ -570,17 +570,20 @@ async fn subscribers_see_every_event_in_order() {
     let dir = TempDir::new().unwrap();
     let engine = builder(&dir).build().await.unwrap();
     let mut sub = engine.subscribe().await.expect("subscribe");
-    let ids = submit_echoes(&engine, 20).await;
-    let mut completed = 0;
+    let mut ids = submit_echoes(&engine, 20).await;
+    let mut completed = Vec::new();
     let mut last_id = 0;
-    while completed < 20 {
+    while completed.len() < 20 {
         let e = within("events", sub.next()).await.unwrap();
         assert!(e.id > last_id, "global ids increase");
         last_id = e.id;
         if e.kind == EventKind::Completed {
-            completed += 1;
+            completed.push(e.job_id.clone().unwrap());
         }
     }
+    completed.sort();
+    ids.sort();
+    assert_eq!(completed, ids, "each job's completion, once");
 }
 
 #[tokio::test]
