@@ -362,9 +362,12 @@ pub(crate) struct Feed {
     catching_up: bool,
     /// Every event up to this id was sent or filtered out.
     last: u64,
-    /// Said first: the stream resumes after an id, and retention removed events up to
-    /// a later one (`after`, `pruned_upto`).
+    /// Said next: retention removed events after the stream's position, up to a later
+    /// id (`after`, `pruned_upto`).
     pruned: Option<(u64, u64)>,
+    /// The store's newest pruned event id when last read: a prune while the stream
+    /// reads stored events may remove some it has not sent.
+    pruned_upto: u64,
     _guard: SubscriberGuard,
 }
 
@@ -394,18 +397,18 @@ impl Feed {
                 .await
                 .map_err(|e| ApiError::from(baton_engine::Error::from(e)))
         };
+        let pruned_upto = state
+            .engine
+            .store()
+            .events_pruned_upto()
+            .await
+            .map_err(|e| ApiError::from(baton_engine::Error::from(e)))?;
         let mut pruned = None;
         let (last, catching_up, history) = match start {
             Start::Live => (position().await?, false, None),
             Start::After(id) => {
-                let upto = state
-                    .engine
-                    .store()
-                    .events_pruned_upto()
-                    .await
-                    .map_err(|e| ApiError::from(baton_engine::Error::from(e)))?;
-                if id < upto {
-                    pruned = Some((id, upto));
+                if id < pruned_upto {
+                    pruned = Some((id, pruned_upto));
                 }
                 (id, true, None)
             }
@@ -424,6 +427,7 @@ impl Feed {
             catching_up,
             last,
             pruned,
+            pruned_upto,
             _guard: guard,
             state,
         })
@@ -463,14 +467,30 @@ impl Feed {
                 }
             } else if self.catching_up {
                 let store = self.state.engine.store();
-                match store.events_after(self.last, PAGE).await {
+                let from = self.last;
+                match store.events_after(from, PAGE).await {
                     Ok(page) => {
                         self.catching_up = page.len() == PAGE;
                         if let Some(e) = page.last() {
                             self.last = e.id;
                         }
                         self.backlog.extend(page);
-                        Ok(())
+                        // Read after the page: a prune that removed events past `from`
+                        // before the page was read is told before the page goes out.
+                        match store.events_pruned_upto().await {
+                            Ok(upto) if upto > self.pruned_upto => {
+                                self.pruned_upto = upto;
+                                if upto > from {
+                                    return Some(Next::Pruned {
+                                        after: from,
+                                        pruned_upto: upto,
+                                    });
+                                }
+                                Ok(())
+                            }
+                            Ok(_) => Ok(()),
+                            Err(e) => Err(e),
+                        }
                     }
                     Err(e) => Err(e),
                 }

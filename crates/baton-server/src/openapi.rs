@@ -27,8 +27,10 @@ use axum::http::Method;
 use baton_core::JobId;
 use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::{Operation, ParameterIn, PathItem};
-use utoipa::openapi::schema::{Object, ObjectBuilder, Type};
-use utoipa::openapi::{Content, Header, OpenApi as Document, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::schema::{Object, ObjectBuilder, Schema, Type};
+use utoipa::openapi::{
+    Components, Content, Header, OpenApi as Document, Ref, RefOr, ResponseBuilder,
+};
 use utoipa::{Modify, OpenApi};
 
 use crate::auth;
@@ -153,6 +155,7 @@ impl Modify for CommonResponses {
                 .responses
                 .insert(c.name.into(), RefOr::T(response.build()));
         }
+        inline_flattened(components, "Pipeline");
         add_links(doc);
         for (path, item) in doc.paths.paths.iter_mut() {
             for (method, op) in operations(item) {
@@ -171,6 +174,45 @@ impl Modify for CommonResponses {
                 }
             }
         }
+    }
+}
+
+/// Writes out whole a schema that utoipa made an `allOf` of a flattened type and the
+/// fields beside it. The flattened type refuses unknown fields
+/// (`additionalProperties: false`), so no value could match both parts of the
+/// `allOf`: a stored pipeline (its spec, `created_at` and `updated_at`) is one object
+/// with all three.
+fn inline_flattened(components: &mut Components, name: &str) {
+    let Some(RefOr::T(Schema::AllOf(all))) = components.schemas.get(name) else {
+        return;
+    };
+    let mut merged: Option<Object> = None;
+    for part in &all.items {
+        let object = match part {
+            RefOr::Ref(r) => {
+                let target = r.ref_location.rsplit('/').next().unwrap_or_default();
+                match components.schemas.get(target) {
+                    Some(RefOr::T(Schema::Object(o))) => o.clone(),
+                    _ => return,
+                }
+            }
+            RefOr::T(Schema::Object(o)) => o.clone(),
+            _ => return,
+        };
+        merged = Some(match merged {
+            None => object,
+            Some(mut m) => {
+                m.properties.extend(object.properties);
+                m.required.extend(object.required);
+                m
+            }
+        });
+    }
+    if let Some(mut m) = merged {
+        m.description = all.description.clone();
+        components
+            .schemas
+            .insert(name.to_owned(), RefOr::T(Schema::Object(m)));
     }
 }
 

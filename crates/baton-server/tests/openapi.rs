@@ -493,3 +493,37 @@ async fn every_operation_documents_its_errors() {
     let error = &doc["components"]["schemas"]["ErrorBody"];
     assert_eq!(error["required"], json!(["error"]), "{error}");
 }
+
+/// A stored pipeline, as `GET` and `PUT /api/pipelines/{id}` answer it, matches its
+/// schema: one object with the spec's fields and its times, not an `allOf` whose first
+/// part refuses the times.
+#[tokio::test]
+async fn a_stored_pipeline_matches_its_schema() {
+    let h = harness_with(ServerOptions::default()).await;
+    let doc = document(&h).await;
+    let schema = &doc["components"]["schemas"]["Pipeline"];
+    assert_eq!(schema["type"], "object", "{schema}");
+    assert!(schema.get("allOf").is_none(), "{schema}");
+    let (status, stored) = h
+        .call(
+            Method::PUT,
+            "/api/pipelines/etl",
+            Some(json!({"steps": [{"name": "a", "command": ["true"]}]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{stored}");
+    let properties = schema["properties"].as_object().unwrap();
+    for key in stored.as_object().unwrap().keys() {
+        assert!(properties.contains_key(key), "{key} is not in {schema}");
+    }
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for key in ["steps", "created_at", "updated_at"] {
+        assert!(required.contains(&key), "{key} is not required: {schema}");
+    }
+    assert_eq!(schema["additionalProperties"], json!(false), "{schema}");
+}

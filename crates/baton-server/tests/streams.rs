@@ -429,3 +429,44 @@ async fn a_stream_resuming_before_pruned_events_is_told_so_first() {
         "{seen:?}"
     );
 }
+
+/// A prune that lands while a resumed stream still reads stored events is told too:
+/// the stream was opened before anything was pruned, and reads after the prune.
+#[tokio::test]
+async fn a_prune_during_a_streams_catch_up_is_told_before_what_is_left() {
+    use baton_engine::Clock;
+    let h = harness().await;
+    for id in ["old", "newest"] {
+        h.call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "echo", "id": id})),
+        )
+        .await;
+        h.finished(id).await;
+    }
+    let store = h.engine.store();
+    assert_eq!(store.events_pruned_upto().await.unwrap(), 0);
+    let mut sse = open(&h, "/api/events", Some(0)).await;
+    let day = 86_400_000;
+    store
+        .prune(baton_store::PruneRequest {
+            now: baton_engine::SystemClock.now() + 30 * day,
+            retention: Some(day),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let upto = store.events_pruned_upto().await.unwrap();
+    assert!(upto > 0);
+    let (id, kind, data) = sse.next_frame().await;
+    assert_eq!((id, kind.as_str()), (None, "events.pruned"));
+    assert_eq!(data, json!({"after": 0, "pruned_upto": upto}));
+    let kept = store.events_after(0, 100).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < kept.len() {
+        got.push(sse.next().await.0);
+    }
+    assert_eq!(got, kept.iter().map(|e| e.id).collect::<Vec<_>>());
+}

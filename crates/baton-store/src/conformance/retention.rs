@@ -394,3 +394,64 @@ pub async fn prune_goes_past_jobs_it_keeps_to_the_jobs_that_are_due(store: Arc<d
     let again = s.prune(prune_at(now, 100)).await.expect("prune");
     assert_eq!((again.jobs, again.more), (0, false));
 }
+
+/// A workflow goes whole or not at all: a retry of a finished workflow runs its failed
+/// and cancelled jobs again on its edges, so a job of it past a short retention stays
+/// while another of it is kept longer, and the retry still waits on it.
+pub async fn prune_takes_a_workflow_whole_or_not_at_all(store: Arc<dyn Store>) {
+    let s = &*store;
+    let mut a = super::new_job(JobSpec::new("task").id("w.a").queue("short"), T0);
+    a.workflow_id = Some("w".into());
+    a.workflow_name = Some("a".into());
+    let mut b = super::new_job(
+        JobSpec::new("task")
+            .id("w.b")
+            .queue("audit")
+            .depends_on("w.a"),
+        T0,
+    );
+    b.workflow_id = Some("w".into());
+    b.workflow_name = Some("b".into());
+    s.submit_workflow(NewWorkflow {
+        id: "w".into(),
+        now: T0,
+        jobs: vec![a, b],
+    })
+    .await
+    .expect("workflow");
+    end(s, "short", State::Failed, T0 + 10).await;
+    assert_eq!(
+        get(s, "w.b").await.state,
+        State::Cancelled,
+        "its dependency failed"
+    );
+    submit(s, job("last"), T0 + 20).await;
+
+    // `short` keeps a day, `audit` thirty: two days on, w.a alone is past its own.
+    let p = s.prune(prune_at(T0 + 2 * DAY, 100)).await.expect("prune");
+    assert_eq!(p.jobs, 0, "{p:?}");
+    assert!(s.get("w.a").await.expect("get").is_some());
+    let retried = s
+        .control_workflow(
+            "w",
+            crate::WorkflowAction::Retry {
+                from_checkpoint: false,
+            },
+            T0 + 2 * DAY,
+        )
+        .await
+        .expect("retry");
+    assert_eq!(retried.queues, ["short"]);
+    assert_eq!(get(s, "w.a").await.state, State::Queued);
+    assert_eq!(
+        get(s, "w.b").await.state,
+        State::Awaiting,
+        "it waits for w.a again"
+    );
+    end(s, "short", State::Failed, T0 + 2 * DAY + 1).await;
+
+    // Once every job of it is past its own retention, it goes whole, in one write.
+    let p = s.prune(prune_at(T0 + 40 * DAY, 1)).await.expect("prune");
+    assert_eq!(p.jobs, 2, "both jobs, past the limit of one: {p:?}");
+    assert_eq!(s.workflow("w").await.expect("workflow"), None);
+}

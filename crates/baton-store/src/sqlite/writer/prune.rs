@@ -56,9 +56,12 @@ impl Writer {
                 workflows.insert(w);
             }
         }
-        let mut stmt = self
-            .conn
-            .prepare_cached("UPDATE job_counts SET n = n - ?3 WHERE queue = ?1 AND state = ?2")?;
+        // An upsert: a job that reached its state in this same transaction has its count
+        // still among the writer's moves, added at the commit.
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO job_counts (queue, state, n) VALUES (?1, ?2, -?3) \
+             ON CONFLICT (queue, state) DO UPDATE SET n = n + excluded.n",
+        )?;
         for ((queue, state), n) in &counts {
             stmt.execute(params![queue, state.as_str(), n])?;
         }
@@ -157,30 +160,87 @@ impl Writer {
         };
         let scanned_all = seen.len() < looks;
         let mut doomed = Vec::new();
+        // Workflows decided in this call: a workflow goes whole or not at all.
+        let mut workflows: BTreeSet<String> = BTreeSet::new();
         let mut last = None;
         for (d, finished_at, updated_at) in seen {
             last = Some(PruneCursor {
                 finished_at,
                 key: d.key,
             });
-            let Some(retention) = req.retention_of(&d.queue) else {
-                continue;
-            };
-            let cutoff = req.now.saturating_sub(retention);
-            if !d.state.is_terminal()
-                || finished_at >= cutoff
-                || updated_at >= cutoff
-                || d.key >= newest
-                || self.needed_by_a_dependent(d.key)?
-            {
-                continue;
+            match d.workflow.clone() {
+                Some(w) => {
+                    if !workflows.insert(w.clone()) {
+                        continue;
+                    }
+                    if let Some(all) = self.whole_workflow_due(&w, req, newest)? {
+                        doomed.extend(all);
+                    }
+                }
+                None => {
+                    if !due(req, &d, finished_at, updated_at, newest)
+                        || self.needed_by_a_dependent(d.key)?
+                    {
+                        continue;
+                    }
+                    doomed.push(d);
+                }
             }
-            doomed.push(d);
-            if doomed.len() == limit {
+            if doomed.len() >= limit {
                 return Ok((doomed, last));
             }
         }
         Ok((doomed, if scanned_all { None } else { last }))
+    }
+
+    /// Every job of workflow `id` when all of them are due (and none is needed by an
+    /// unfinished job outside it); otherwise none. A workflow is removed whole: a
+    /// retry of a finished workflow runs its failed and cancelled jobs again, waiting
+    /// on its edges, so a part of it cannot go before the rest.
+    fn whole_workflow_due(
+        &mut self,
+        id: &str,
+        req: &PruneRequest,
+        newest: i64,
+    ) -> Result<Option<Vec<Doomed>>> {
+        let jobs: Vec<(Doomed, Option<Millis>, Millis)> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT seq, id, queue, state, labels, finished_at, updated_at \
+                 FROM jobs WHERE workflow_id = ?1",
+            )?;
+            let rows = stmt.query_map([id], |r| {
+                let state: String = r.get(3)?;
+                Ok((
+                    Doomed {
+                        key: r.get(0)?,
+                        id: r.get(1)?,
+                        queue: r.get(2)?,
+                        state: parse_state(&state)?,
+                        labels: r.get(4)?,
+                        workflow: Some(id.to_owned()),
+                    },
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        for (d, finished_at, updated_at) in &jobs {
+            let Some(finished_at) = finished_at else {
+                return Ok(None);
+            };
+            if !due(req, d, *finished_at, *updated_at, newest) {
+                return Ok(None);
+            }
+        }
+        // Dependents inside the workflow are finished (every job of it is); one outside
+        // it may still wait.
+        for (d, _, _) in &jobs {
+            if self.needed_by_a_dependent(d.key)? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(jobs.into_iter().map(|(d, _, _)| d).collect()))
     }
 
     /// Whether an unfinished job depends on the job with row key `key`.
@@ -233,4 +293,20 @@ impl Writer {
             .execute([d.key])?;
         Ok((ids.len() as u64, ids.into_iter().max().unwrap_or(0)))
     }
+}
+
+/// Whether a job is past its queue's retention: finished, ended and last changed before
+/// its queue's cutoff, and not the newest job.
+fn due(
+    req: &PruneRequest,
+    d: &Doomed,
+    finished_at: Millis,
+    updated_at: Millis,
+    newest: i64,
+) -> bool {
+    let Some(retention) = req.retention_of(&d.queue) else {
+        return false;
+    };
+    let cutoff = req.now.saturating_sub(retention);
+    d.state.is_terminal() && finished_at < cutoff && updated_at < cutoff && d.key < newest
 }
