@@ -105,6 +105,7 @@ macro_rules! store_conformance_tests {
             prune_works_in_batches_and_takes_a_workflow_with_its_last_job,
             prune_goes_past_jobs_it_keeps_to_the_jobs_that_are_due,
             prune_takes_a_workflow_whole_or_not_at_all,
+            prune_keeps_a_schedules_newest_fire,
         );
     };
 }

@@ -178,6 +178,8 @@ impl PruneRequest {
 pub struct Pruned {
     pub jobs: u64,
     pub events: u64,
+    /// Schedules' fires past the default retention (each schedule keeps its newest).
+    pub fires: u64,
     /// The limit was reached: more may be due.
     pub more: bool,
     /// Where to go on from: the next call's [`PruneRequest::after`].
@@ -644,8 +646,8 @@ pub trait Store: Send + Sync + 'static {
     /// after an older id may have missed events that are gone.
     async fn events_pruned_upto(&self) -> Result<u64>;
     /// Removes finished jobs past their queue's retention, with their events, logs,
-    /// checkpoints, labels and edges, and events of no job older than the default
-    /// retention; at most `limit` jobs (and as many such events) a call. Never an
+    /// checkpoints, labels and edges, and events of no job and schedules' fires (all
+    /// but each schedule's newest) older than the default retention; at most `limit` jobs (and as many such events) a call. Never an
     /// unfinished job, nor a finished one that an unfinished job depends on.
     async fn prune(&self, req: PruneRequest) -> Result<Pruned>;
     async fn checkpoints(&self, job_id: &str) -> Result<Vec<Checkpoint>>;

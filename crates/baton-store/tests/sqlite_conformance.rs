@@ -200,7 +200,7 @@ async fn the_upgrade_to_kept_throughput_counts_the_jobs_that_ended_within_a_day(
     let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
     conn.execute_batch(
         "DROP TABLE throughput; DROP INDEX workflows_created; DROP INDEX events_unowned; \
-         DROP TABLE prune_mark; PRAGMA user_version = 7;",
+         DROP INDEX schedule_fires_at; DROP TABLE prune_mark; PRAGMA user_version = 7;",
     )
     .expect("downgrade");
     drop(conn);

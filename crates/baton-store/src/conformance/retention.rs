@@ -162,6 +162,7 @@ pub async fn prune_removes_finished_jobs_past_their_retention_and_nothing_else(
         Pruned {
             jobs: 3,
             events: doomed_ids.len() as u64,
+            fires: 0,
             more: false,
             next: None,
         }

@@ -656,3 +656,43 @@ pub async fn fires_skip_a_job_whose_unique_key_is_held(store: Arc<dyn Store>) {
         assert_eq!(held.schedule_id.as_deref(), Some(id));
     }
 }
+
+/// Retention removes a schedule's fires older than the default retention, all but its
+/// newest, so that its history stops growing and its last run stays known.
+pub async fn prune_keeps_a_schedules_newest_fire(store: Arc<dyn Store>) {
+    let s = &*store;
+    let mut sched = create(s, every_minute("tick"), T0).await;
+    for i in 0..4 {
+        sched = fire_next(s, &sched, T0 + (i + 1) * MINUTE).await.schedule;
+    }
+    let day = 24 * 60 * MINUTE;
+    let mut recent = create(s, every_minute("recent"), T0).await;
+    recent = fire_next(s, &recent, T0 + day + MINUTE).await.schedule;
+    fire_next(s, &recent, T0 + day + 2 * MINUTE).await;
+    let prune = |now| crate::PruneRequest {
+        now,
+        retention: Some(day),
+        limit: 2,
+        ..crate::PruneRequest::default()
+    };
+    let mut fires = 0;
+    loop {
+        let p = s.prune(prune(T0 + day + 10 * MINUTE)).await.expect("prune");
+        fires += p.fires;
+        if !p.more {
+            break;
+        }
+    }
+    assert_eq!(fires, 3, "tick's three older fires");
+    let history = s.schedule_history("tick", None, 10).await.expect("history");
+    assert_eq!(
+        history.fires.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        [4],
+        "the newest fire stays"
+    );
+    let history = s
+        .schedule_history("recent", None, 10)
+        .await
+        .expect("history");
+    assert_eq!(history.fires.len(), 2, "fires within the retention stay");
+}

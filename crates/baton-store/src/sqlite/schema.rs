@@ -296,8 +296,11 @@ const MIGRATIONS: &[&str] = &[
     // `prune_mark.events_upto` is the newest event id ever pruned: ids are never given
     // twice, even when the newest events are gone, and a reader that resumes before it
     // is told that events it may not have seen were pruned.
+    // A schedule's fires older than the default retention go too, all but its
+    // newest: `schedule_fires_at` finds them by time.
     r#"
     CREATE INDEX events_unowned ON events (at) WHERE job_key IS NULL;
+    CREATE INDEX schedule_fires_at ON schedule_fires (fired_at);
     CREATE TABLE prune_mark (events_upto INTEGER NOT NULL);
     INSERT INTO prune_mark (events_upto) VALUES (0);
     "#,

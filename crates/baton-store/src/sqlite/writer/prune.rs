@@ -10,7 +10,8 @@
 //! number and says where it stopped, so that jobs kept by a longer retention are looked
 //! at once a round, not once a write. The newest job is kept: SQLite
 //! would give its key again to the next job, under the search index's mark. Events of no
-//! job (a server's, a queue's, a schedule's) go by the default retention. The newest
+//! job (a server's, a queue's, a schedule's) and schedules' fires (all but each
+//! schedule's newest) go by the default retention. The newest
 //! event id removed is kept in `prune_mark`: ids are never given twice, and a reader
 //! resuming before it learns that it may have missed events.
 
@@ -90,13 +91,25 @@ impl Writer {
             unowned = ids.len();
             pruned.events += ids.len() as u64;
             newest_event = ids.into_iter().fold(newest_event, i64::max);
+            // A schedule's history keeps its newest fire: its last run stays known.
+            pruned.fires = self
+                .conn
+                .prepare_cached(
+                    "DELETE FROM schedule_fires WHERE (schedule_id, seq) IN \
+                     (SELECT schedule_id, seq FROM schedule_fires AS f \
+                      WHERE fired_at < ?1 AND seq < (SELECT MAX(seq) FROM schedule_fires \
+                          WHERE schedule_id = f.schedule_id) \
+                      ORDER BY fired_at LIMIT ?2)",
+                )?
+                .execute(params![req.now.saturating_sub(retention), limit as i64])?
+                as u64;
         }
         if newest_event > 0 {
             self.conn
                 .prepare_cached("UPDATE prune_mark SET events_upto = MAX(events_upto, ?1)")?
                 .execute([newest_event])?;
         }
-        pruned.more = pruned.next.is_some() || unowned == limit;
+        pruned.more = pruned.next.is_some() || unowned == limit || pruned.fires as usize == limit;
         Ok(pruned)
     }
 
