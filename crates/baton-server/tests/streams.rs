@@ -350,30 +350,9 @@ async fn websocket_subscribes_resumes_and_controls() {
 #[tokio::test]
 async fn a_stream_resuming_before_pruned_events_is_told_so_first() {
     let h = harness().await;
-    for id in ["old", "newest"] {
-        h.call(
-            Method::POST,
-            "/api/jobs",
-            Some(json!({"kind": "echo", "id": id})),
-        )
-        .await;
-        h.finished(id).await;
-    }
-    use baton_engine::Clock;
+    finish_old_and_newest(&h).await;
     let store = h.engine.store();
-    let day = 86_400_000;
-    let pruned = store
-        .prune(baton_store::PruneRequest {
-            now: baton_engine::SystemClock.now() + 30 * day,
-            retention: Some(day),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(pruned.jobs, 1, "old goes; newest stays as the newest job");
-    let upto = store.events_pruned_upto().await.unwrap();
-    assert!(upto > 0);
+    let upto = prune_a_month_on(&h).await;
     let kept = store.events_after(0, 100).await.unwrap();
     assert!(kept.iter().all(|e| e.job_id.as_deref() != Some("old")));
 
@@ -434,32 +413,12 @@ async fn a_stream_resuming_before_pruned_events_is_told_so_first() {
 /// the stream was opened before anything was pruned, and reads after the prune.
 #[tokio::test]
 async fn a_prune_during_a_streams_catch_up_is_told_before_what_is_left() {
-    use baton_engine::Clock;
     let h = harness().await;
-    for id in ["old", "newest"] {
-        h.call(
-            Method::POST,
-            "/api/jobs",
-            Some(json!({"kind": "echo", "id": id})),
-        )
-        .await;
-        h.finished(id).await;
-    }
+    finish_old_and_newest(&h).await;
     let store = h.engine.store();
     assert_eq!(store.events_pruned_upto().await.unwrap(), 0);
     let mut sse = open(&h, "/api/events", Some(0)).await;
-    let day = 86_400_000;
-    store
-        .prune(baton_store::PruneRequest {
-            now: baton_engine::SystemClock.now() + 30 * day,
-            retention: Some(day),
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let upto = store.events_pruned_upto().await.unwrap();
-    assert!(upto > 0);
+    let upto = prune_a_month_on(&h).await;
     let (id, kind, data) = sse.next_frame().await;
     assert_eq!((id, kind.as_str()), (None, "events.pruned"));
     assert_eq!(data, json!({"after": 0, "pruned_upto": upto}));
@@ -469,4 +428,38 @@ async fn a_prune_during_a_streams_catch_up_is_told_before_what_is_left() {
         got.push(sse.next().await.0);
     }
     assert_eq!(got, kept.iter().map(|e| e.id).collect::<Vec<_>>());
+}
+
+/// Runs two echo jobs to their end: `old`, then `newest` (the newest job, never pruned).
+async fn finish_old_and_newest(h: &common::Harness) {
+    for id in ["old", "newest"] {
+        h.call(
+            Method::POST,
+            "/api/jobs",
+            Some(json!({"kind": "echo", "id": id})),
+        )
+        .await;
+        h.finished(id).await;
+    }
+}
+
+/// Prunes as a month from now with a day's retention: `old` goes. The newest event id
+/// pruned.
+async fn prune_a_month_on(h: &common::Harness) -> u64 {
+    use baton_engine::Clock;
+    let store = h.engine.store();
+    let day = 86_400_000;
+    let pruned = store
+        .prune(baton_store::PruneRequest {
+            now: baton_engine::SystemClock.now() + 30 * day,
+            retention: Some(day),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(pruned.jobs, 1, "old goes; newest stays as the newest job");
+    let upto = store.events_pruned_upto().await.unwrap();
+    assert!(upto > 0);
+    upto
 }

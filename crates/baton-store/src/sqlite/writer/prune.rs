@@ -24,6 +24,28 @@ use super::Writer;
 use crate::sqlite::codes::parse_state;
 use crate::{PruneCursor, PruneRequest, Pruned, Result};
 
+/// The columns [`read_looked`] reads.
+const LOOKED: &str = "seq, id, queue, state, labels, workflow_id, finished_at, updated_at";
+
+/// A job looked at for removal, with its end (if it ended) and its last change.
+type Looked = (Doomed, Option<Millis>, Millis);
+
+fn read_looked(r: &rusqlite::Row<'_>) -> rusqlite::Result<Looked> {
+    let state: String = r.get(3)?;
+    Ok((
+        Doomed {
+            key: r.get(0)?,
+            id: r.get(1)?,
+            queue: r.get(2)?,
+            state: parse_state(&state)?,
+            labels: r.get(4)?,
+            workflow: r.get(5)?,
+        },
+        r.get(6)?,
+        r.get(7)?,
+    ))
+}
+
 /// A job chosen for removal.
 struct Doomed {
     key: i64,
@@ -144,30 +166,15 @@ impl Writer {
             key: 0,
         });
         let looks = limit.saturating_mul(LOOKS_PER_JOB);
-        let seen: Vec<(Doomed, Millis, Millis)> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, id, queue, state, labels, workflow_id, finished_at, updated_at \
-                 FROM jobs INDEXED BY jobs_finished \
+        let seen: Vec<Looked> = {
+            let mut stmt = self.conn.prepare_cached(&format!(
+                "SELECT {LOOKED} FROM jobs INDEXED BY jobs_finished \
                  WHERE finished_at < ?1 AND (finished_at, seq) > (?2, ?3) \
-                 ORDER BY finished_at, seq LIMIT ?4",
-            )?;
+                 ORDER BY finished_at, seq LIMIT ?4"
+            ))?;
             let rows = stmt.query_map(
                 params![latest_cutoff, after.finished_at, after.key, looks as i64],
-                |r| {
-                    let state: String = r.get(3)?;
-                    Ok((
-                        Doomed {
-                            key: r.get(0)?,
-                            id: r.get(1)?,
-                            queue: r.get(2)?,
-                            state: parse_state(&state)?,
-                            labels: r.get(4)?,
-                            workflow: r.get(5)?,
-                        },
-                        r.get(6)?,
-                        r.get(7)?,
-                    ))
-                },
+                read_looked,
             )?;
             rows.collect::<rusqlite::Result<_>>()?
         };
@@ -177,6 +184,8 @@ impl Writer {
         let mut workflows: BTreeSet<String> = BTreeSet::new();
         let mut last = None;
         for (d, finished_at, updated_at) in seen {
+            // Read through `finished_at < ?1`: never null here.
+            let finished_at = finished_at.unwrap_or(Millis::MIN);
             last = Some(PruneCursor {
                 finished_at,
                 key: d.key,
@@ -216,26 +225,11 @@ impl Writer {
         req: &PruneRequest,
         newest: i64,
     ) -> Result<Option<Vec<Doomed>>> {
-        let jobs: Vec<(Doomed, Option<Millis>, Millis)> = {
-            let mut stmt = self.conn.prepare_cached(
-                "SELECT seq, id, queue, state, labels, finished_at, updated_at \
-                 FROM jobs WHERE workflow_id = ?1",
-            )?;
-            let rows = stmt.query_map([id], |r| {
-                let state: String = r.get(3)?;
-                Ok((
-                    Doomed {
-                        key: r.get(0)?,
-                        id: r.get(1)?,
-                        queue: r.get(2)?,
-                        state: parse_state(&state)?,
-                        labels: r.get(4)?,
-                        workflow: Some(id.to_owned()),
-                    },
-                    r.get(5)?,
-                    r.get(6)?,
-                ))
-            })?;
+        let jobs: Vec<Looked> = {
+            let mut stmt = self
+                .conn
+                .prepare_cached(&format!("SELECT {LOOKED} FROM jobs WHERE workflow_id = ?1"))?;
+            let rows = stmt.query_map([id], read_looked)?;
             rows.collect::<rusqlite::Result<_>>()?
         };
         for (d, finished_at, updated_at) in &jobs {
