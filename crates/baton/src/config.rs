@@ -379,11 +379,8 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 .map(|v| (v, source("body_timeout")))
         }) {
         None => baton_server::DEFAULT_BODY_TIMEOUT,
-        Some((text, named)) => match baton_core::duration::parse(&text) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => bail!("invalid setting {named} = {text:?}: must be longer than 0s"),
-            Err(m) => bail!("invalid setting {named} = {text:?}: {m}"),
-        },
+        Some((text, named)) => positive_duration(&text)
+            .map_err(|m| anyhow::anyhow!("invalid setting {named} = {text:?}: {m}"))?,
     };
     let shutdown_timeout = match file.shutdown_timeout.as_deref() {
         None => Duration::from_secs(30),
@@ -489,17 +486,12 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     let security = security_settings(file.security.unwrap_or_default(), env, &source)?;
     let stalled_after = match file.dashboard.and_then(|d| d.stalled_after) {
         None => baton_server::DEFAULT_STALLED_AFTER,
-        Some(text) => match baton_core::duration::parse(&text) {
-            Ok(d) if !d.is_zero() => d,
-            Ok(_) => bail!(
-                "invalid setting {} = {text:?}: must be longer than 0s",
-                source("dashboard.stalled_after")
-            ),
-            Err(m) => bail!(
+        Some(text) => positive_duration(&text).map_err(|m| {
+            anyhow::anyhow!(
                 "invalid setting {} = {text:?}: {m}",
                 source("dashboard.stalled_after")
-            ),
-        },
+            )
+        })?,
     };
     let mut retention = baton_engine::Retention::default();
     if let Some((text, named)) = env("BATON_RETENTION")
@@ -549,10 +541,17 @@ fn parse_retention(text: &str) -> Result<Option<Duration>, String> {
     if matches!(text.trim(), "off" | "never") {
         return Ok(None);
     }
+    positive_duration(text)
+        .map(Some)
+        .map_err(|m| format!("{m}, or \"off\" to keep finished jobs"))
+}
+
+/// A duration longer than 0s.
+fn positive_duration(text: &str) -> Result<Duration, String> {
     match baton_core::duration::parse(text) {
-        Ok(d) if !d.is_zero() => Ok(Some(d)),
-        Ok(_) => Err("must be longer than 0s, or \"off\" to keep finished jobs".into()),
-        Err(m) => Err(format!("{m}, or \"off\" to keep finished jobs")),
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err("must be longer than 0s".into()),
+        Err(m) => Err(m),
     }
 }
 
