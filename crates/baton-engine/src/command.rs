@@ -232,15 +232,22 @@ pub(crate) async fn run_pipeline(ctx: JobContext, _payload: Value) -> Result<Val
 pub(crate) async fn kill_stranded(
     store: &dyn Store,
     this_host: &str,
+    servers: Option<&[String]>,
 ) -> crate::Result<BTreeMap<String, Value>> {
     let mut out = BTreeMap::new();
     for ProcessRecord {
         job_id,
         process,
         host,
-        ..
+        server_id,
     } in store.processes().await?
     {
+        // On a shared store, only the processes of the servers that are gone.
+        if let Some(gone) = servers
+            && !server_id.as_ref().is_some_and(|id| gone.contains(id))
+        {
+            continue;
+        }
         let pgid = process.pgid;
         let note = if let Some(other) = host.as_deref().filter(|h| *h != this_host) {
             // A process group id names a process only on its own machine: here it

@@ -367,15 +367,44 @@ impl EngineBuilder {
         }
         // Processes of jobs that ran when the engine died are still running: end them
         // before their jobs are queued again.
-        let cleanup = crate::command::kill_stranded(&*store, &host).await?;
-        let recovered = store
-            .recover(RecoverRequest {
-                server_id: None,
-                now,
-                manual: self.recovery == Recovery::Manual,
-                cleanup,
-            })
-            .await?;
+        let recovered = if store.shared() {
+            // Other servers may be running on this store: only the attempts of those
+            // whose heartbeats stopped (three missed) are recovered.
+            let stale = now - 3 * self.heartbeat.as_millis() as Millis;
+            let gone: Vec<String> = store
+                .servers()
+                .await?
+                .into_iter()
+                .filter(|s| s.stopped_at.is_none() && s.heartbeat_at < stale)
+                .map(|s| s.id)
+                .collect();
+            let cleanup = crate::command::kill_stranded(&*store, &host, Some(&gone)).await?;
+            let mut recovered = Vec::new();
+            for id in &gone {
+                recovered.extend(
+                    store
+                        .recover(RecoverRequest {
+                            server_id: Some(id.clone()),
+                            now,
+                            manual: self.recovery == Recovery::Manual,
+                            cleanup: cleanup.clone(),
+                        })
+                        .await?,
+                );
+                store.server_stopped(id, now).await?;
+            }
+            recovered
+        } else {
+            let cleanup = crate::command::kill_stranded(&*store, &host, None).await?;
+            store
+                .recover(RecoverRequest {
+                    server_id: None,
+                    now,
+                    manual: self.recovery == Recovery::Manual,
+                    cleanup,
+                })
+                .await?
+        };
         for r in &recovered {
             tracing::info!(job_id = %r.job_id, queue = %r.queue, was = %r.was, now = %r.now, "recovered job after a crash");
         }

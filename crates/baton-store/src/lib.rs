@@ -753,6 +753,13 @@ pub trait Store: Send + Sync + 'static {
     /// Committed events, live. A receiver that lags reads the rest with `events_after`.
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;
 
+    /// Whether several engines may share the store at once (a database server): an
+    /// engine starting on it then recovers only the attempts of servers that are gone
+    /// (stopped heartbeats), never a live one's. False for a store one engine owns.
+    fn shared(&self) -> bool {
+        false
+    }
+
     /// Counters of the store's writes, for metrics; `None` when it keeps none.
     fn write_stats(&self) -> Option<Arc<WriteStats>> {
         None

@@ -202,6 +202,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoreUrl {
     Sqlite(PathBuf),
+    /// A PostgreSQL database that several servers may share (`postgres://...`).
+    Postgres(String),
 }
 
 impl StoreUrl {
@@ -213,9 +215,8 @@ impl StoreUrl {
             return Ok(StoreUrl::Sqlite(PathBuf::from(path)));
         }
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            return Err(format!(
-                "{url:?}: the PostgreSQL store is not available in this version; use sqlite://"
-            ));
+            baton_store_postgres::check_url(url)?;
+            return Ok(StoreUrl::Postgres(url.to_owned()));
         }
         Err(format!(
             "{url:?} is not a store URL (expected sqlite://baton.db or sqlite:///abs/path.db)"
@@ -936,8 +937,8 @@ mod tests {
         );
         refused(
             None,
-            &[("BATON_STORE", "postgres://db")],
-            "PostgreSQL store is not available",
+            &[("BATON_STORE", "postgres://ada:secret@db:notaport/x")],
+            "invalid PostgreSQL URL \"postgres://ada:***@db:notaport/x\"",
         );
         refused(
             None,

@@ -15,7 +15,14 @@ use crate::config::{self, StoreUrl};
 
 pub async fn run(spec: JobSpec, json: bool) -> Result<u8> {
     let config = config::load(&config::Flags::default(), &|k| std::env::var(k).ok())?;
-    let StoreUrl::Sqlite(path) = &config.store;
+    let path = match &config.store {
+        StoreUrl::Sqlite(path) => path,
+        StoreUrl::Postgres(_) => {
+            return Err(anyhow!(
+                "no server answered; a job runs here without one only on the embedded SQLite store, and the store is PostgreSQL: start `baton serve`"
+            ));
+        }
+    };
     let store = SqliteStore::open(SqliteOptions::new(path).durability(config.durability))
         .map_err(|e| anyhow!("no server answered, and the embedded store cannot be used: {e}"))?;
     let mut builder = Engine::builder().store(Arc::new(store));

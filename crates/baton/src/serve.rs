@@ -5,14 +5,14 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use baton_engine::Engine;
 use baton_server::{AppState, Listener, ServerOptions, TlsListener};
-use baton_store::{SqliteOptions, SqliteStore};
+use baton_store::{SqliteOptions, SqliteStore, Store};
+use baton_store_postgres::{PgOptions, PgStore};
 use tokio::net::TcpListener;
 
 use crate::config::{self, Flags, Listen, StoreUrl};
 
 pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
     let config = config::load(&flags, &|k| std::env::var(k).ok())?;
-    let StoreUrl::Sqlite(path) = &config.store;
     // Every listener is bound first, so that a taken address or socket path is
     // refused before the store is touched.
     let mut listeners = Vec::new();
@@ -48,14 +48,41 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
         }
     }
     let url = urls[0].clone();
-    let store = SqliteStore::open(SqliteOptions::new(path).durability(config.durability))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    store.set_holder(&url).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (store, shown, data_dir): (Arc<dyn Store>, String, Option<std::path::PathBuf>) =
+        match &config.store {
+            StoreUrl::Sqlite(path) => {
+                let store =
+                    SqliteStore::open(SqliteOptions::new(path).durability(config.durability))
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                store.set_holder(&url).map_err(|e| anyhow::anyhow!("{e}"))?;
+                let dir = path
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_else(|| ".".into());
+                (Arc::new(store), path.display().to_string(), Some(dir))
+            }
+            StoreUrl::Postgres(url) => {
+                let store = PgStore::open(PgOptions::new(url))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let shown = store.shown().to_owned();
+                (Arc::new(store), shown, None)
+            }
+        };
+    let mut retention = config.retention.clone();
+    if store.shared() && retention.keep.is_some() {
+        tracing::warn!(
+            "retention is not yet supported on the PostgreSQL store: finished jobs are kept"
+        );
+        retention.keep = None;
+        retention.queues.clear();
+    }
     let mut builder = Engine::builder()
-        .store(Arc::new(store))
+        .store(store)
         .url(&url)
         .security(config.security.clone())
-        .retention(config.retention.clone());
+        .retention(retention);
     for (name, concurrency) in &config.queues {
         builder = builder.queue(name, *concurrency);
     }
@@ -80,12 +107,7 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
         body_timeout: config.body_timeout,
         bulk_limit: config.bulk_limit,
         stalled_after: config.stalled_after,
-        data_dir: Some(
-            path.parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map(|p| p.to_path_buf())
-                .unwrap_or_else(|| ".".into()),
-        ),
+        data_dir,
         ..ServerOptions::default()
     };
     if demo {
@@ -101,7 +123,7 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
         "baton {} serving on {} (store {}, durability {:?}){api}",
         env!("CARGO_PKG_VERSION"),
         urls.join(" and "),
-        path.display(),
+        shown,
         config.durability
     ));
     if demo {

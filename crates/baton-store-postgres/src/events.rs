@@ -1,0 +1,345 @@
+//! One global order of events across every server on the database.
+//!
+//! A write inserts its events with the id of its transaction (`xid`) and no public id.
+//! The sequencer gives ids, dense and in one order, to the events of transactions that
+//! are older than every transaction still running (`xid` below the snapshot's `xmin`):
+//! no transaction can commit an event before them any more, so no id is ever given
+//! behind one already given (a slow transaction delays the ids after it rather than
+//! leaving a gap). Within a pass the order is `(xid, lid)`, except that each job's
+//! events keep the job's own order: two transactions that wrote one job are always
+//! ordered in one pass (the later one waited for the earlier's row lock, so the
+//! earlier could not be below the horizon alone). One sequencer runs at a time, under
+//! a transaction-level advisory lock; the writes themselves take no global lock.
+//!
+//! Each server's tailer reads the sequenced events in id order and publishes them to
+//! its subscribers; a write returns once its own events are published, so a reader
+//! sees its events (with their ids) as soon as the write is done.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_core::Event;
+use tokio::sync::{Notify, broadcast, oneshot, watch};
+use tokio_postgres::{AsyncMessage, Client};
+
+use crate::pool::Pool;
+use crate::rows::read_event;
+use crate::{Db, LOCK_SEQUENCE};
+use baton_store::Result;
+
+/// The channel of the hint sent after the sequencer gave ids (payload: the schema).
+pub const CHANNEL: &str = "baton_events";
+/// The most events one tailer read publishes.
+const TAIL_BATCH: i64 = 2000;
+/// How often the sequencer and the tailer look without a hint.
+const POLL: Duration = Duration::from_secs(1);
+
+struct Waiter {
+    left: AtomicUsize,
+    done: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+pub struct Events {
+    pub bus: broadcast::Sender<Arc<Event>>,
+    waiting: Mutex<HashMap<i64, Arc<Waiter>>>,
+    /// Wakes the sequencer: a write committed events.
+    pub sequence: Notify,
+    /// Wakes the tailer: ids were given.
+    pub tail: Notify,
+    /// The last id published to subscribers.
+    pub published: AtomicU64,
+}
+
+impl Events {
+    pub fn new(published: u64) -> Self {
+        Self {
+            bus: broadcast::channel(16_384).0,
+            waiting: Mutex::new(HashMap::new()),
+            sequence: Notify::new(),
+            tail: Notify::new(),
+            published: AtomicU64::new(published),
+        }
+    }
+
+    /// A receiver told once every event of `lids` (inserted, not yet committed) is
+    /// published.
+    pub fn expect(&self, lids: &[i64]) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        if lids.is_empty() {
+            let _ = tx.send(());
+            return rx;
+        }
+        let waiter = Arc::new(Waiter {
+            left: AtomicUsize::new(lids.len()),
+            done: Mutex::new(Some(tx)),
+        });
+        if let Ok(mut map) = self.waiting.lock() {
+            for lid in lids {
+                map.insert(*lid, Arc::clone(&waiter));
+            }
+        }
+        rx
+    }
+
+    /// Forgets the events of a write that did not commit.
+    pub fn forget(&self, lids: &[i64]) {
+        if let Ok(mut map) = self.waiting.lock() {
+            for lid in lids {
+                map.remove(lid);
+            }
+        }
+    }
+
+    fn publish(&self, lid: i64, event: Event) {
+        let id = event.id;
+        let _ = self.bus.send(Arc::new(event));
+        self.published.store(id, Ordering::Release);
+        let waiter = self.waiting.lock().ok().and_then(|mut m| m.remove(&lid));
+        if let Some(w) = waiter
+            && w.left.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(tx) = w.done.lock().ok().and_then(|mut d| d.take())
+        {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// One pass: gives ids to the events below the horizon. Returns whether committed
+/// events are left without an id (their transactions are not yet below it, or
+/// another sequencer holds the lock).
+async fn pass(c: &mut Client) -> Result<bool> {
+    let tx = c.transaction().await.db()?;
+    let locked: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock($1, hashtext(current_schema()))",
+            &[&LOCK_SEQUENCE],
+        )
+        .await
+        .db()?
+        .get(0);
+    if !locked {
+        return Ok(true);
+    }
+    let horizon: String = tx
+        .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+        .await
+        .db()?
+        .get(0);
+    let rows = tx
+        .query(
+            "SELECT lid, job_key, job_seq FROM events \
+             WHERE id IS NULL AND xid < $1::text::xid8 ORDER BY xid, lid",
+            &[&horizon],
+        )
+        .await
+        .db()?;
+    if !rows.is_empty() {
+        let base: i64 = tx
+            .query_one("SELECT upto FROM sequence_mark", &[])
+            .await
+            .db()?
+            .get(0);
+        let lids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        let ids = order(&rows, base);
+        tx.execute(
+            "UPDATE events SET id = v.id FROM unnest($1::bigint[], $2::bigint[]) AS v (lid, id) \
+             WHERE events.lid = v.lid",
+            &[&lids, &ids],
+        )
+        .await
+        .db()?;
+        tx.execute(
+            "UPDATE sequence_mark SET upto = $1, horizon = $2::text::xid8",
+            &[&(base + rows.len() as i64), &horizon],
+        )
+        .await
+        .db()?;
+        tx.execute("SELECT pg_notify($1, current_schema())", &[&CHANNEL])
+            .await
+            .db()?;
+    } else {
+        tx.execute(
+            "UPDATE sequence_mark SET horizon = $1::text::xid8 WHERE horizon < $1::text::xid8",
+            &[&horizon],
+        )
+        .await
+        .db()?;
+    }
+    let left: bool = tx
+        .query_one("SELECT EXISTS (SELECT 1 FROM events WHERE id IS NULL)", &[])
+        .await
+        .db()?
+        .get(0);
+    tx.commit().await.db()?;
+    Ok(left)
+}
+
+/// The ids of a pass's rows (read in `(xid, lid)` order): each row's place, except
+/// that the places of one job's rows go to its events in the job's order.
+fn order(rows: &[tokio_postgres::Row], base: i64) -> Vec<i64> {
+    let mut ids: Vec<i64> = (0..rows.len() as i64).map(|i| base + 1 + i).collect();
+    let mut by_job: HashMap<i64, Vec<usize>> = HashMap::new();
+    for (i, r) in rows.iter().enumerate() {
+        if let Some(job) = r.get::<_, Option<i64>>(1) {
+            by_job.entry(job).or_default().push(i);
+        }
+    }
+    for places in by_job.values().filter(|p| p.len() > 1) {
+        let mut events = places.clone();
+        events.sort_by_key(|&i| rows[i].get::<_, i64>(2));
+        for (place, event) in places.iter().zip(events) {
+            ids[event] = base + 1 + *place as i64;
+        }
+    }
+    ids
+}
+
+/// Runs passes when woken (and every [`POLL`]), until no committed event is left
+/// without an id.
+pub async fn sequencer(pool: Arc<Pool>, events: Arc<Events>, mut stop: watch::Receiver<bool>) {
+    let mut client: Option<Client> = None;
+    let mut again = false;
+    loop {
+        if !again {
+            tokio::select! {
+                _ = events.sequence.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.changed() => return,
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = match pool.connect().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the event sequencer cannot connect; retrying");
+                    again = false;
+                    continue;
+                }
+            };
+        }
+        let Some(c) = client.as_mut() else { continue };
+        match pass(c).await {
+            Ok(left) => {
+                again = left;
+                events.tail.notify_one();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "an event sequencer pass failed; retrying");
+                again = false;
+            }
+        }
+    }
+}
+
+/// Publishes the sequenced events in id order, when woken (and every [`POLL`]).
+pub async fn tailer(pool: Arc<Pool>, events: Arc<Events>, mut stop: watch::Receiver<bool>) {
+    let mut client: Option<Client> = None;
+    let mut more = false;
+    loop {
+        if !more {
+            tokio::select! {
+                _ = events.tail.notified() => {}
+                _ = tokio::time::sleep(POLL) => {}
+                _ = stop.changed() => return,
+            }
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = match pool.connect().await {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the event tailer cannot connect; retrying");
+                    more = false;
+                    continue;
+                }
+            };
+        }
+        let Some(c) = client.as_ref() else { continue };
+        let after = events.published.load(Ordering::Acquire) as i64;
+        let rows = c
+            .query(
+                "SELECT id, job_id, job_seq, type, at, data, lid FROM events \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after, &TAIL_BATCH],
+            )
+            .await;
+        match rows {
+            Ok(rows) => {
+                more = rows.len() as i64 == TAIL_BATCH;
+                for r in &rows {
+                    match read_event(r) {
+                        Ok(e) => events.publish(r.get(6), e),
+                        Err(e) => {
+                            tracing::error!(error = %e, "a stored event cannot be read");
+                            more = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "the event tailer's read failed; retrying");
+                more = false;
+            }
+        }
+    }
+}
+
+/// Listens for other servers' hints on a connection of its own: ids were given.
+pub async fn listener(
+    pool: Arc<Pool>,
+    schema: String,
+    events: Arc<Events>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (client, mut connection) = match pool.connect_raw().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "the event listener cannot connect; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(POLL) => continue,
+                    _ = stop.changed() => return,
+                }
+            }
+        };
+        let listen = async {
+            loop {
+                match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
+                    Some(Ok(AsyncMessage::Notification(n))) => {
+                        if n.payload() == schema {
+                            events.tail.notify_one();
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => return,
+                }
+            }
+        };
+        let sql = format!("LISTEN {CHANNEL}");
+        let subscribe = client.batch_execute(&sql);
+        tokio::select! {
+            _ = async { let _ = subscribe.await; std::future::pending::<()>().await } => {}
+            () = listen => {}
+            _ = stop.changed() => return,
+        }
+        // The connection ended: a hint may have been lost, so look now.
+        events.tail.notify_one();
+    }
+}
+
+/// Notes a write's commit: its events wait for the sequencer.
+pub fn committed(events: &Events) {
+    events.sequence.notify_one();
+}
+
+pub type Published = oneshot::Receiver<()>;

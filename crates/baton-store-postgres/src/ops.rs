@@ -1,0 +1,955 @@
+//! The writes, each applied inside one [`Work`] (a transaction). A job's row is locked
+//! (`FOR UPDATE`) before its state is read and changed, so two servers writing one
+//! job take turns; claims skip rows another claim holds.
+
+use baton_core::{ErrorInfo, EventKind, Millis, NewJob, State, UniquePolicy, state};
+use serde_json::{Value, json};
+
+use crate::Db;
+use crate::rows::{JOB_COLUMNS, JobRow, get_job, read_job};
+use crate::work::Work;
+use baton_store::{
+    AppendLogs, Appended, Changes, ClaimRequest, Claimed, Error, JobProcess, Pipeline, Promoted,
+    RecoverRequest, Recovered, Result, ServerInfo, Settle, Settled, StartNow, Submitted,
+    Transition, Update,
+};
+
+/// The most scheduled jobs queued by one promotion.
+const PROMOTE_BATCH: i64 = 10_000;
+
+/// Whether a transition back to `queued` continues the interrupted attempt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    No,
+    /// Recovery after a crash: counts towards `max_recoveries`.
+    AfterCrash,
+    /// A shutdown handed the job back: not a crash.
+    AfterShutdown,
+}
+
+fn transition_error(id: &str, source: baton_core::TransitionError) -> Error {
+    Error::Transition {
+        id: id.to_owned(),
+        source,
+    }
+}
+
+pub async fn submit(
+    w: &mut Work<'_>,
+    jobs: &[NewJob],
+    start: Option<&StartNow>,
+) -> Result<Vec<Submitted>> {
+    // Check every job before storing any: a refused batch must leave no trace.
+    for new in jobs {
+        state::check(None, new.state).map_err(|e| transition_error(new.id.as_str(), e))?;
+        if !new.depends_on.is_empty() || new.workflow_id.is_some() {
+            return Err(Error::Config(format!(
+                "job {:?}: the PostgreSQL store does not store dependencies or workflows yet",
+                new.id.as_str()
+            )));
+        }
+    }
+    let mut started = 0usize;
+    let mut out = Vec::with_capacity(jobs.len());
+    for new in jobs {
+        if let Some(key) = &new.unique_key
+            && let Some(existing) = unique(w, new, key).await?
+        {
+            out.push(existing);
+            continue;
+        }
+        let start_now = start.filter(|s| new.state == State::Queued && started < s.max);
+        let labels = (!new.labels.is_empty()).then(|| json!(new.labels));
+        let running = start_now.is_some();
+        let row = w
+            .c
+            .query_opt(
+                "INSERT INTO jobs (id, kind, queue, priority, state, payload, exec, labels, \
+                 max_attempts, backoff_initial_ms, backoff_max_ms, timeout_ms, grace_ms, \
+                 max_recoveries, event_seq, created_at, run_at, updated_at, \
+                 attempt, fence, started_at, server_id, unique_key, search) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17, $16, $18::bigint, $18::bigint, $19, $20, $21, $22::text::tsvector) ON CONFLICT (id) DO NOTHING RETURNING key",
+                &[
+                    &new.id.as_str(),
+                    &new.kind,
+                    &new.queue,
+                    &new.priority,
+                    &if running {
+                        "running"
+                    } else {
+                        new.state.as_str()
+                    },
+                    &new.payload,
+                    &new.exec,
+                    &labels,
+                    &(new.max_attempts as i32),
+                    &(new.backoff.initial.as_millis() as i64),
+                    &(new.backoff.max.as_millis() as i64),
+                    &new.timeout.map(|t| t.as_millis() as i64),
+                    &(new.grace.as_millis() as i64),
+                    &(new.max_recoveries as i32),
+                    &if running { 2i64 } else { 1i64 },
+                    &new.created_at,
+                    &new.run_at,
+                    &i64::from(running),
+                    &start_now.map(|_| new.created_at),
+                    &start_now.map(|s| s.server_id.as_str()),
+                    &new.unique_key,
+                    &crate::search::vector(new.id.as_str(), &new.kind, &new.labels, None),
+                ],
+            )
+            .await
+            .db()?;
+        let Some(row) = row else {
+            let existing = get_job(&*w.c, new.id.as_str())
+                .await?
+                .ok_or_else(|| Error::NotFound(new.id.to_string()))?;
+            out.push(Submitted {
+                job: existing.job,
+                created: false,
+                claimed: None,
+            });
+            continue;
+        };
+        let key: i64 = row.get(0);
+        w.moved(
+            &new.queue,
+            None,
+            if running { State::Running } else { new.state },
+            new.created_at,
+        );
+        let mut data = json!({
+            "state": new.state,
+            "kind": new.kind,
+            "queue": new.queue,
+            "priority": new.priority,
+        });
+        if let Some(at) = new.run_at {
+            data["run_at"] = json!(baton_core::time::to_rfc3339(at));
+        }
+        w.event(
+            Some((new.id.as_str(), key)),
+            1,
+            EventKind::Submitted,
+            new.created_at,
+            data,
+        );
+        let mut job = baton_core::Job {
+            id: new.id.to_string(),
+            kind: new.kind.clone(),
+            queue: new.queue.clone(),
+            priority: new.priority,
+            state: new.state,
+            progress: None,
+            message: None,
+            step: None,
+            attempt: 0,
+            max_attempts: new.max_attempts,
+            labels: new.labels.clone(),
+            depends_on: Vec::new(),
+            workflow_id: None,
+            schedule_id: None,
+            created_at: new.created_at,
+            run_at: new.run_at,
+            started_at: None,
+            finished_at: None,
+            result: None,
+            error: None,
+            payload: new.payload.clone(),
+            recoveries: 0,
+            max_recoveries: new.max_recoveries,
+            updated_at: new.created_at,
+            runs: baton_core::Runs::describe(
+                new.exec.as_ref(),
+                new.timeout,
+                new.grace,
+                new.backoff,
+            ),
+        };
+        let claimed = match start_now {
+            None => None,
+            Some(s) => {
+                state::check(Some(State::Queued), State::Running)
+                    .map_err(|e| transition_error(new.id.as_str(), e))?;
+                started += 1;
+                job.state = State::Running;
+                job.attempt = 1;
+                job.started_at = Some(new.created_at);
+                w.event(
+                    Some((new.id.as_str(), key)),
+                    2,
+                    EventKind::Started,
+                    new.created_at,
+                    json!({"state": "running", "from": "queued", "attempt": 1, "server_id": s.server_id}),
+                );
+                Some(Claimed {
+                    job: job.clone(),
+                    fence: 1,
+                    checkpoint: None,
+                    exec: new.exec.clone(),
+                    backoff: new.backoff,
+                    timeout: new.timeout,
+                    grace: new.grace,
+                    retries_left: new.max_attempts.saturating_sub(1),
+                })
+            }
+        };
+        out.push(Submitted {
+            job,
+            created: true,
+            claimed,
+        });
+    }
+    Ok(out)
+}
+
+/// A new job's unique key held by an active job: refused, answered with the holder,
+/// or the holder cancelled, by the job's policy. `Some` answers the submit.
+async fn unique(w: &mut Work<'_>, new: &NewJob, key: &str) -> Result<Option<Submitted>> {
+    if let Some(existing) = get_job(&*w.c, new.id.as_str()).await? {
+        return Ok(Some(Submitted {
+            job: existing.job,
+            created: false,
+            claimed: None,
+        }));
+    }
+    let holder =
+        w.c.query_opt(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE unique_key = $1 \
+                 AND state NOT IN ('completed', 'failed', 'cancelled', 'deleted') FOR UPDATE"
+            ),
+            &[&key],
+        )
+        .await
+        .db()?;
+    let Some(holder) = holder.as_ref().map(read_job).transpose()? else {
+        return Ok(None);
+    };
+    match new.unique_policy {
+        UniquePolicy::Reject => Err(Error::UniqueHeld {
+            key: key.to_owned(),
+            holder: holder.job.id,
+            state: holder.job.state,
+        }),
+        UniquePolicy::ReturnExisting => Ok(Some(Submitted {
+            job: holder.job,
+            created: false,
+            claimed: None,
+        })),
+        UniquePolicy::Replace => {
+            let e = ErrorInfo::new(
+                "cancelled",
+                format!(
+                    "replaced by job {:?} with the same unique key",
+                    new.id.as_str()
+                ),
+            );
+            let t = Transition::new(
+                holder.job.id.clone(),
+                State::Cancelled,
+                EventKind::Cancelled,
+                new.created_at,
+            )
+            .data(json!({"reason": "replaced", "replaced_by": new.id.as_str()}))
+            .changes(Changes {
+                error: Some(e),
+                ..Changes::default()
+            });
+            transition(w, &t, Resume::No, false).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Moves up to `limit` queued jobs of the queue to `running`: the rows are picked
+/// by priority and age from the partial index of queued jobs and locked, skipping
+/// rows another claim holds, and updated in one statement.
+pub async fn claim(w: &mut Work<'_>, req: &ClaimRequest) -> Result<Vec<Claimed>> {
+    state::check(Some(State::Queued), State::Running).map_err(|e| transition_error("", e))?;
+    let rows =
+        w.c.query(
+            &format!(
+                "WITH picked AS MATERIALIZED ( \
+                   SELECT key FROM jobs WHERE queue = $1 AND state = 'queued' \
+                   ORDER BY priority DESC, key LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED) \
+                 UPDATE jobs SET state = 'running', fence = fence + 1, attempt = attempt + 1, \
+                   started_at = $3, updated_at = $3, server_id = $4, event_seq = event_seq + 1 \
+                 FROM picked WHERE jobs.key = picked.key RETURNING {}",
+                JOB_COLUMNS
+                    .split(", ")
+                    .map(|c| format!("jobs.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[&req.queue, &(req.limit as i64), &req.now, &req.server_id],
+        )
+        .await
+        .db()?;
+    let mut claimed: Vec<JobRow> = rows.iter().map(read_job).collect::<Result<_>>()?;
+    // Workers start the most urgent first.
+    claimed.sort_by(|a, b| b.job.priority.cmp(&a.job.priority).then(a.key.cmp(&b.key)));
+    for row in &claimed {
+        w.moved(&row.job.queue, Some(State::Queued), State::Running, req.now);
+        let mut data = json!({"state": "running", "from": "queued", "attempt": row.job.attempt, "server_id": req.server_id});
+        if let Some(wf) = &row.job.workflow_id {
+            data["workflow"] = json!(wf);
+        }
+        // The attempt resumes from the job's last checkpoint: which one.
+        if row.checkpoint.is_some()
+            && let Some(last) = w
+                .c
+                .query_opt(
+                    "SELECT seq, step FROM checkpoints WHERE job_key = $1 ORDER BY seq DESC LIMIT 1",
+                    &[&row.key],
+                )
+                .await
+                .db()?
+        {
+            let seq: i64 = last.get(0);
+            let step: Option<String> = last.get(1);
+            data["checkpoint"] = json!({"seq": seq, "step": step});
+        }
+        w.event(
+            Some((&row.job.id, row.key)),
+            row.event_seq,
+            EventKind::Started,
+            req.now,
+            data,
+        );
+    }
+    Ok(claimed.into_iter().map(JobRow::into_claimed).collect())
+}
+
+/// Each outcome in a savepoint of its own, so that one refused (a stale fencing
+/// token) leaves the others; then the claim, with a slot for each attempt that ended.
+pub async fn settle(w: &mut Work<'_>, s: &Settle) -> Result<Settled> {
+    let mut outcomes = Vec::with_capacity(s.outcomes.len());
+    for transitions in &s.outcomes {
+        let mark = w.savepoint().await?;
+        let mut result = Ok(());
+        for t in transitions.iter() {
+            if let Err(e) = transition(w, t, Resume::No, false).await {
+                result = Err(e);
+                break;
+            }
+        }
+        w.end_savepoint(mark, result.is_ok()).await?;
+        outcomes.push(result);
+    }
+    let mut settled = Settled {
+        outcomes,
+        claimed: Vec::new(),
+    };
+    if let Some(claim_req) = &s.claim {
+        let limit = claim_req.limit + settled.freed();
+        if limit > 0 {
+            settled.claimed = claim(
+                w,
+                &ClaimRequest {
+                    limit,
+                    ..claim_req.clone()
+                },
+            )
+            .await?;
+        }
+    }
+    Ok(settled)
+}
+
+/// Moves one job to `t.to` and records its event. The job is read back only when
+/// `read_back` is set.
+pub async fn transition(
+    w: &mut Work<'_>,
+    t: &Transition,
+    resume: Resume,
+    read_back: bool,
+) -> Result<Option<JobRow>> {
+    let found =
+        w.c.query_opt(
+            "SELECT key, state, fence, event_seq, queue, workflow_id, kind, labels FROM jobs \
+             WHERE id = $1 FOR UPDATE",
+            &[&t.job_id],
+        )
+        .await
+        .db()?;
+    let Some(found) = found else {
+        return Err(Error::NotFound(t.job_id.clone()));
+    };
+    let key: i64 = found.get(0);
+    let from = crate::rows::state(found.get(1))?;
+    let fence: i64 = found.get(2);
+    let event_seq: i64 = found.get(3);
+    let queue: String = found.get(4);
+    let workflow: Option<String> = found.get(5);
+    if let Some(expected) = t.fence
+        && (fence as u64 != expected || !from.is_executing())
+    {
+        return Err(Error::StaleFence {
+            id: t.job_id.clone(),
+            fence: expected,
+        });
+    }
+    if let Some(expect) = &t.expect
+        && !expect.contains(&from)
+    {
+        let names: Vec<&str> = expect.iter().map(|s| s.as_str()).collect();
+        return Err(Error::Conflict {
+            id: t.job_id.clone(),
+            actual: from,
+            expected: names.join(" or "),
+        });
+    }
+    state::check(Some(from), t.to).map_err(|e| transition_error(&t.job_id, e))?;
+
+    let c = &t.changes;
+    let event_seq = event_seq + 1;
+    // The error is a part of what the search finds: its words follow it.
+    let clears = c.new_attempt_budget || t.to == State::Completed;
+    let search = (c.error.is_some() || clears).then(|| {
+        let labels: std::collections::BTreeMap<String, String> = found
+            .get::<_, Option<Value>>(7)
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default();
+        crate::search::vector(&t.job_id, found.get(6), &labels, c.error.as_ref())
+    });
+    // What a transition changes, in one statement; the CASEs keep what it leaves.
+    // A manual retry (`budget`) starts a fresh attempt budget and clears the last
+    // outcome; completing clears an earlier attempt's error.
+    w.c.execute(
+        "UPDATE jobs SET state = $2, updated_at = $3, event_seq = $4, \
+         attempt_base = CASE WHEN $5 THEN attempt ELSE attempt_base END, \
+         result = CASE WHEN $6::jsonb IS NOT NULL THEN $6 WHEN $5 THEN NULL ELSE result END, \
+         error_code = CASE WHEN $7::text IS NOT NULL THEN $7 WHEN $5 OR $11 THEN NULL ELSE error_code END, \
+         error_message = CASE WHEN $7::text IS NOT NULL THEN $8 WHEN $5 OR $11 THEN NULL ELSE error_message END, \
+         run_at = CASE WHEN $9 THEN $10 ELSE run_at END, \
+         finished_at = CASE WHEN $12 THEN COALESCE(finished_at, $3) WHEN $5 THEN NULL ELSE finished_at END, \
+         progress = CASE WHEN $11 THEN 1.0 WHEN $5 THEN NULL ELSE progress END, \
+         message = CASE WHEN $5 THEN NULL ELSE message END, \
+         step = CASE WHEN $5 THEN NULL ELSE step END, \
+         checkpoint = CASE WHEN $13 THEN NULL ELSE checkpoint END, \
+         attempt = GREATEST(attempt - $14, 0), \
+         recoveries = recoveries + $15, \
+         search = COALESCE($16::text::tsvector, search) \
+         WHERE key = $1",
+        &[
+            &key,
+            &t.to.as_str(),
+            &t.now,
+            &event_seq,
+            &c.new_attempt_budget,
+            &c.result,
+            &c.error.as_ref().map(|e| e.code.as_str()),
+            &c.error.as_ref().map(|e| e.message.as_str()),
+            &(t.to == State::Scheduled),
+            &c.run_at,
+            &(t.to == State::Completed),
+            &t.to.is_terminal(),
+            &c.clear_checkpoint,
+            // The next claim continues the interrupted attempt: give its number back.
+            &i32::from(resume != Resume::No),
+            &i32::from(resume == Resume::AfterCrash),
+            &search,
+        ],
+    )
+    .await
+    .db()?;
+    w.moved(&queue, Some(from), t.to, t.now);
+    let mut data = t.data.clone();
+    if let Value::Object(map) = &mut data {
+        map.insert("state".into(), json!(t.to));
+        map.insert("from".into(), json!(from));
+        if let Some(wf) = workflow {
+            map.insert("workflow".into(), json!(wf));
+        }
+    }
+    w.event(
+        Some((&t.job_id, key)),
+        event_seq as u64,
+        t.event,
+        t.now,
+        data,
+    );
+    if read_back {
+        get_job(&*w.c, &t.job_id).await
+    } else {
+        Ok(None)
+    }
+}
+
+/// The job's row key, event sequence and attempt, if the attempt holding `fence`
+/// still executes it; the row stays locked until the write ends.
+pub async fn fenced(w: &mut Work<'_>, job_id: &str, fence: u64) -> Result<(i64, u64, u32)> {
+    let found =
+        w.c.query_opt(
+            "SELECT key, state, fence, event_seq, attempt FROM jobs WHERE id = $1 FOR UPDATE",
+            &[&job_id],
+        )
+        .await
+        .db()?;
+    let Some(r) = found else {
+        return Err(Error::NotFound(job_id.to_owned()));
+    };
+    let state = crate::rows::state(r.get(1))?;
+    if r.get::<_, i64>(2) as u64 != fence || !state.is_executing() {
+        return Err(Error::StaleFence {
+            id: job_id.to_owned(),
+            fence,
+        });
+    }
+    Ok((
+        r.get(0),
+        r.get::<_, i64>(3) as u64,
+        r.get::<_, i32>(4) as u32,
+    ))
+}
+
+pub async fn update(
+    w: &mut Work<'_>,
+    job_id: &str,
+    fence: u64,
+    now: Millis,
+    update: &Update,
+) -> Result<()> {
+    let (key, event_seq, attempt) = fenced(w, job_id, fence).await?;
+    let seq = (event_seq + 1) as i64;
+    let (kind, data) = match update {
+        Update::Progress { fraction, message } => {
+            w.c.execute(
+                "UPDATE jobs SET progress = COALESCE($2, progress), message = $3, \
+                 event_seq = $4, updated_at = $5 WHERE key = $1",
+                &[&key, fraction, message, &seq, &now],
+            )
+            .await
+            .db()?;
+            (
+                EventKind::Progress,
+                json!({"progress": fraction, "message": message}),
+            )
+        }
+        Update::Step(name) => {
+            w.c.execute(
+                "UPDATE jobs SET step = $2, event_seq = $3, updated_at = $4 WHERE key = $1",
+                &[&key, name, &seq, &now],
+            )
+            .await
+            .db()?;
+            (EventKind::Step, json!({"step": name}))
+        }
+        Update::Output(text) => {
+            w.c.execute(
+                "UPDATE jobs SET event_seq = $2 WHERE key = $1",
+                &[&key, &seq],
+            )
+            .await
+            .db()?;
+            (EventKind::Output, json!({"text": text}))
+        }
+        Update::Checkpoint { data, step } => {
+            w.c.execute(
+                "UPDATE jobs SET checkpoint = $2, event_seq = $3, updated_at = $4 WHERE key = $1",
+                &[&key, data, &seq, &now],
+            )
+            .await
+            .db()?;
+            w.c.execute(
+                "INSERT INTO checkpoints (job_key, seq, attempt, step, data, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[&key, &seq, &(attempt as i32), step, data, &now],
+            )
+            .await
+            .db()?;
+            (
+                EventKind::Checkpoint,
+                json!({"checkpoint": data, "step": step, "attempt": attempt}),
+            )
+        }
+    };
+    w.event(Some((job_id, key)), seq as u64, kind, now, data);
+    Ok(())
+}
+
+pub async fn append_logs(w: &mut Work<'_>, req: &AppendLogs) -> Result<Appended> {
+    let (key, event_seq, attempt) = fenced(w, &req.job_id, req.fence).await?;
+    let r =
+        w.c.query_one(
+            "SELECT log_lines, log_full FROM jobs WHERE key = $1",
+            &[&key],
+        )
+        .await
+        .db()?;
+    let (count, full): (i64, bool) = (r.get(0), r.get(1));
+    if full {
+        return Ok(Appended {
+            stored: 0,
+            full: true,
+        });
+    }
+    let count = count as u64;
+    let room = req.max_lines.saturating_sub(count) as usize;
+    let take = room.min(req.lines.len());
+    let mut lines: Vec<(String, String, bool)> = req.lines[..take]
+        .iter()
+        .map(|(stream, line)| (stream.clone(), line.clone(), false))
+        .collect();
+    let overflow = take < req.lines.len();
+    if overflow {
+        lines.push((
+            "baton".into(),
+            format!(
+                "log truncated: the job printed more than {} lines; later lines are not kept",
+                req.max_lines
+            ),
+            true,
+        ));
+    }
+    let (mut seqs, mut streams, mut texts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut seq = count as i64;
+    let mut event_seq = event_seq;
+    for (stream, line, truncated) in &lines {
+        seq += 1;
+        event_seq += 1;
+        seqs.push(seq);
+        streams.push(stream.as_str());
+        texts.push(line.as_str());
+        let mut data = json!({"stream": stream, "line": line, "seq": seq});
+        if *truncated {
+            data["truncated"] = json!(true);
+        }
+        w.event(
+            Some((&req.job_id, key)),
+            event_seq,
+            EventKind::Log,
+            req.now,
+            data,
+        );
+    }
+    w.c.execute(
+        "INSERT INTO logs (job_key, seq, attempt, stream, line, at) \
+         SELECT $1, s, $2, st, l, $3 FROM unnest($4::bigint[], $5::text[], $6::text[]) AS x (s, st, l)",
+        &[&key, &(attempt as i32), &req.now, &seqs, &streams, &texts],
+    )
+    .await
+    .db()?;
+    w.c.execute(
+        "UPDATE jobs SET log_lines = $2, log_full = $3, event_seq = $4 WHERE key = $1",
+        &[&key, &seq, &overflow, &(event_seq as i64)],
+    )
+    .await
+    .db()?;
+    Ok(Appended {
+        stored: take,
+        full: overflow,
+    })
+}
+
+pub async fn set_process(
+    w: &mut Work<'_>,
+    job_id: &str,
+    fence: u64,
+    process: Option<JobProcess>,
+) -> Result<()> {
+    let (key, ..) = fenced(w, job_id, fence).await?;
+    w.c.execute(
+        "UPDATE jobs SET pgid = $2, proc_start = $3 WHERE key = $1",
+        &[
+            &key,
+            &process.map(|p| p.pgid),
+            &process.map(|p| p.start_time as i64),
+        ],
+    )
+    .await
+    .db()?;
+    Ok(())
+}
+
+pub async fn put_pipeline(
+    w: &mut Work<'_>,
+    spec: &baton_core::PipelineSpec,
+    now: Millis,
+) -> Result<Pipeline> {
+    let text = serde_json::to_value(spec)
+        .map_err(|e| Error::Internal(format!("cannot encode pipeline {:?}: {e}", spec.id)))?;
+    let created_at: Millis =
+        w.c.query_one(
+            "INSERT INTO pipelines (id, spec, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (id) DO UPDATE SET spec = excluded.spec, updated_at = excluded.updated_at \
+             RETURNING created_at",
+            &[&spec.id, &text, &now],
+        )
+        .await
+        .db()?
+        .get(0);
+    Ok(Pipeline {
+        spec: spec.clone(),
+        created_at,
+        updated_at: now,
+    })
+}
+
+pub async fn promote(w: &mut Work<'_>, now: Millis) -> Result<Promoted> {
+    state::check(Some(State::Scheduled), State::Queued).map_err(|e| transition_error("", e))?;
+    let rows =
+        w.c.query(
+            "WITH due AS MATERIALIZED ( \
+               SELECT key FROM jobs WHERE state = 'scheduled' AND run_at <= $1 \
+               ORDER BY run_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED) \
+             UPDATE jobs SET state = 'queued', updated_at = $1, event_seq = event_seq + 1 \
+             FROM due WHERE jobs.key = due.key \
+             RETURNING jobs.id, jobs.queue, jobs.event_seq, jobs.key, jobs.workflow_id",
+            &[&now, &PROMOTE_BATCH],
+        )
+        .await
+        .db()?;
+    let mut queues: Vec<String> = Vec::new();
+    for r in &rows {
+        let (id, queue, seq, key, workflow): (String, String, i64, i64, Option<String>) =
+            (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+        w.moved(&queue, Some(State::Scheduled), State::Queued, now);
+        let mut data = json!({"state": "queued", "from": "scheduled"});
+        if let Some(wf) = workflow {
+            data["workflow"] = json!(wf);
+        }
+        w.event(Some((&id, key)), seq as u64, EventKind::Queued, now, data);
+        if !queues.contains(&queue) {
+            queues.push(queue);
+        }
+    }
+    let next_due = if rows.len() as i64 >= PROMOTE_BATCH {
+        Some(now)
+    } else {
+        crate::read::next_due(&*w.c).await?
+    };
+    Ok(Promoted {
+        queues,
+        count: rows.len(),
+        next_due,
+    })
+}
+
+pub async fn recover(w: &mut Work<'_>, req: &RecoverRequest) -> Result<Vec<Recovered>> {
+    let rows =
+        w.c.query(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('running', 'paused', 'stopping') \
+                 AND ($1::text IS NULL OR server_id = $1) ORDER BY key FOR UPDATE"
+            ),
+            &[&req.server_id],
+        )
+        .await
+        .db()?;
+    let stranded: Vec<JobRow> = rows.iter().map(read_job).collect::<Result<_>>()?;
+    // The processes of these jobs are gone (the engine killed what was left): a
+    // later recovery must not look for them again.
+    w.c.execute(
+        "UPDATE jobs SET pgid = NULL, proc_start = NULL \
+         WHERE state IN ('running', 'paused', 'stopping') AND pgid IS NOT NULL \
+         AND ($1::text IS NULL OR server_id = $1)",
+        &[&req.server_id],
+    )
+    .await
+    .db()?;
+    let mut out = Vec::with_capacity(stranded.len());
+    for row in stranded {
+        let was = row.job.state;
+        let id = row.job.id.clone();
+        let cleanup = req.cleanup.get(&id);
+        let with_cleanup = |mut data: Value| {
+            if let (Value::Object(map), Some(Value::Object(extra))) = (&mut data, cleanup) {
+                map.extend(extra.clone());
+            }
+            data
+        };
+        let t = |to, event| Transition::new(id.clone(), to, event, req.now);
+        let mut crashed = crate::crash::facts(w, row.key, &row).await?;
+        crashed.insert(
+            "reason".into(),
+            json!("the engine stopped while the job ran"),
+        );
+        crashed.insert("was".into(), json!(was));
+        transition(
+            w,
+            &t(State::Crashed, EventKind::Crashed).data(with_cleanup(Value::Object(crashed))),
+            Resume::No,
+            false,
+        )
+        .await?;
+        let now = if was == State::Stopping {
+            let e = ErrorInfo::new(
+                "cancelled",
+                "stopped by a user; the engine stopped while the job wound down",
+            );
+            let cancel = t(State::Cancelled, EventKind::Cancelled)
+                .data(json!({"reason": "stopped"}))
+                .changes(Changes {
+                    error: Some(e),
+                    ..Default::default()
+                });
+            transition(w, &cancel, Resume::No, false).await?;
+            State::Cancelled
+        } else if row.job.recoveries >= row.job.max_recoveries {
+            let e = ErrorInfo::new(
+                "crashed",
+                format!(
+                    "the job was recovered after a crash {} times (max_recoveries is {})",
+                    row.job.recoveries, row.job.max_recoveries
+                ),
+            );
+            let fail = t(State::Failed, EventKind::Failed)
+                .data(json!({"error": e}))
+                .changes(Changes {
+                    error: Some(e.clone()),
+                    ..Default::default()
+                });
+            transition(w, &fail, Resume::No, false).await?;
+            State::Failed
+        } else if req.manual {
+            State::Crashed
+        } else {
+            let queue = t(State::Queued, EventKind::Recovered).data(with_cleanup(json!({
+                "from_checkpoint": row.checkpoint.is_some(),
+                "recoveries": row.job.recoveries + 1,
+            })));
+            transition(w, &queue, Resume::AfterCrash, false).await?;
+            State::Queued
+        };
+        out.push(Recovered {
+            job_id: id,
+            queue: row.job.queue,
+            was,
+            now,
+        });
+    }
+    Ok(out)
+}
+
+/// At shutdown: this server's running and paused jobs go back to the queue to
+/// continue from their checkpoints (no crash is counted); stopping jobs end.
+pub async fn release(w: &mut Work<'_>, server_id: &str, now: Millis) -> Result<Vec<Recovered>> {
+    let rows =
+        w.c.query(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('running', 'paused', 'stopping') \
+                 AND server_id = $1 ORDER BY key FOR UPDATE"
+            ),
+            &[&server_id],
+        )
+        .await
+        .db()?;
+    let held: Vec<JobRow> = rows.iter().map(read_job).collect::<Result<_>>()?;
+    let mut out = Vec::with_capacity(held.len());
+    for row in held {
+        let was = row.job.state;
+        let id = row.job.id.clone();
+        let now_state = if was == State::Stopping {
+            let e = ErrorInfo::new("cancelled", "stopped by a user");
+            let t = Transition::new(id.clone(), State::Cancelled, EventKind::Cancelled, now)
+                .data(json!({"reason": "stopped"}))
+                .changes(Changes {
+                    error: Some(e),
+                    ..Default::default()
+                });
+            transition(w, &t, Resume::No, false).await?;
+            State::Cancelled
+        } else {
+            if was == State::Paused {
+                let t = Transition::new(id.clone(), State::Running, EventKind::Resumed, now)
+                    .data(json!({"reason": "shutdown"}));
+                transition(w, &t, Resume::No, false).await?;
+            }
+            let t = Transition::new(id.clone(), State::Queued, EventKind::Queued, now)
+                .data(json!({"reason": "shutdown", "from_checkpoint": row.checkpoint.is_some()}));
+            transition(w, &t, Resume::AfterShutdown, false).await?;
+            State::Queued
+        };
+        out.push(Recovered {
+            job_id: id,
+            queue: row.job.queue,
+            was,
+            now: now_state,
+        });
+    }
+    Ok(out)
+}
+
+pub async fn register_server(w: &mut Work<'_>, s: &ServerInfo) -> Result<()> {
+    w.c.execute(
+        "INSERT INTO servers (id, host, pid, url, started_at, heartbeat_at, stopped_at, queues, \
+         workers) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8) \
+         ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, \
+         url = excluded.url, started_at = excluded.started_at, \
+         heartbeat_at = excluded.heartbeat_at, stopped_at = NULL, queues = excluded.queues, \
+         workers = excluded.workers",
+        &[
+            &s.id,
+            &s.host,
+            &(s.pid as i32),
+            &s.url,
+            &s.started_at,
+            &s.heartbeat_at,
+            &json!(s.queues),
+            &(s.workers as i32),
+        ],
+    )
+    .await
+    .db()?;
+    w.event(
+        None,
+        0,
+        EventKind::ServerUp,
+        s.started_at,
+        json!({"server_id": s.id, "host": s.host, "pid": s.pid}),
+    );
+    Ok(())
+}
+
+pub async fn server_stopped(w: &mut Work<'_>, id: &str, now: Millis) -> Result<()> {
+    w.c.execute(
+        "UPDATE servers SET stopped_at = $2, heartbeat_at = $2 WHERE id = $1",
+        &[&id, &now],
+    )
+    .await
+    .db()?;
+    w.event(
+        None,
+        0,
+        EventKind::ServerDown,
+        now,
+        json!({"server_id": id}),
+    );
+    Ok(())
+}
+
+pub async fn set_queue_paused(
+    w: &mut Work<'_>,
+    queue: &str,
+    paused: bool,
+    now: Millis,
+) -> Result<bool> {
+    let was: Option<bool> =
+        w.c.query_opt(
+            "SELECT paused FROM queues WHERE name = $1 FOR UPDATE",
+            &[&queue],
+        )
+        .await
+        .db()?
+        .map(|r| r.get(0));
+    if was.unwrap_or(false) == paused {
+        return Ok(false);
+    }
+    w.c.execute(
+        "INSERT INTO queues (name, paused, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET paused = excluded.paused, updated_at = excluded.updated_at",
+        &[&queue, &paused, &now],
+    )
+    .await
+    .db()?;
+    let kind = if paused {
+        EventKind::QueuePaused
+    } else {
+        EventKind::QueueResumed
+    };
+    w.event(None, 0, kind, now, json!({"queue": queue}));
+    Ok(true)
+}

@@ -1,0 +1,215 @@
+//! Schema migrations, tracked in `baton_schema.version` and run under an advisory lock,
+//! so that servers starting together on one database apply each migration once.
+
+use tokio_postgres::Client;
+
+use crate::{Db, LOCK_MIGRATE};
+use baton_store::{Error, Result};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs and everything a job keeps, events with their sequencing, servers.
+    //
+    // `jobs` is the hot table: every claim and outcome updates a row in place. A
+    // fillfactor of 80 leaves room in each page for the new version of an updated row
+    // (a HOT update, which writes no index entry when no indexed column changed), and
+    // autovacuum runs after 2 % of the rows changed (the default 20 % lets a busy queue
+    // pile up dead versions that every claim then walks past).
+    r#"
+    CREATE TABLE jobs (
+        key BIGSERIAL PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        priority INT NOT NULL,
+        state TEXT NOT NULL,
+        payload JSONB,
+        exec JSONB,
+        labels JSONB,
+        progress DOUBLE PRECISION,
+        message TEXT,
+        step TEXT,
+        attempt INT NOT NULL DEFAULT 0,
+        attempt_base INT NOT NULL DEFAULT 0,
+        max_attempts INT NOT NULL,
+        backoff_initial_ms BIGINT NOT NULL,
+        backoff_max_ms BIGINT NOT NULL,
+        timeout_ms BIGINT,
+        grace_ms BIGINT NOT NULL,
+        recoveries INT NOT NULL DEFAULT 0,
+        max_recoveries INT NOT NULL,
+        fence BIGINT NOT NULL DEFAULT 0,
+        server_id TEXT,
+        event_seq BIGINT NOT NULL DEFAULT 0,
+        checkpoint JSONB,
+        workflow_id TEXT,
+        workflow_name TEXT,
+        schedule_id TEXT,
+        unique_key TEXT,
+        deps_pending INT NOT NULL DEFAULT 0,
+        created_at BIGINT NOT NULL,
+        run_at BIGINT,
+        started_at BIGINT,
+        finished_at BIGINT,
+        updated_at BIGINT NOT NULL,
+        result JSONB,
+        error_code TEXT,
+        error_message TEXT,
+        log_lines BIGINT NOT NULL DEFAULT 0,
+        log_full BOOLEAN NOT NULL DEFAULT false,
+        pgid INT,
+        proc_start BIGINT,
+        -- The words the list's text search finds (see `search.rs`).
+        search TSVECTOR NOT NULL
+    ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02,
+            autovacuum_analyze_scale_factor = 0.02);
+    -- Claims read the head of this partial index: only ready jobs are in it.
+    CREATE INDEX jobs_claim ON jobs (queue, priority DESC, key) WHERE state = 'queued';
+    CREATE INDEX jobs_due ON jobs (run_at) WHERE state = 'scheduled';
+    CREATE INDEX jobs_executing ON jobs (server_id) WHERE state IN ('running', 'paused', 'stopping');
+    CREATE INDEX jobs_state ON jobs (state, key);
+    CREATE INDEX jobs_kind ON jobs (kind, key);
+    CREATE INDEX jobs_queue ON jobs (queue, key);
+    CREATE INDEX jobs_finished ON jobs (finished_at, key) WHERE finished_at IS NOT NULL;
+    CREATE INDEX jobs_search ON jobs USING gin (search);
+    CREATE INDEX jobs_labels ON jobs USING gin (labels jsonb_path_ops) WHERE labels IS NOT NULL;
+    CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key)
+        WHERE unique_key IS NOT NULL
+        AND state NOT IN ('completed', 'failed', 'cancelled', 'deleted');
+
+    -- `lid` orders a transaction's events; `xid` is the writing transaction. The
+    -- sequencer gives `id` (the public, dense, global order) to the events of
+    -- transactions older than every running one, ordered by (xid, lid).
+    CREATE TABLE events (
+        lid BIGSERIAL PRIMARY KEY,
+        xid XID8 NOT NULL DEFAULT pg_current_xact_id(),
+        id BIGINT UNIQUE,
+        job_key BIGINT,
+        job_id TEXT,
+        job_seq BIGINT NOT NULL,
+        type TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        data JSONB NOT NULL
+    );
+    CREATE INDEX events_unsequenced ON events (xid, lid) WHERE id IS NULL;
+    CREATE INDEX events_job ON events (job_key, job_seq) WHERE job_key IS NOT NULL;
+
+    -- The last id the sequencer gave, and the horizon it gave it under: every event
+    -- of a transaction with an xid below it has its id.
+    CREATE TABLE sequence_mark (
+        upto BIGINT NOT NULL,
+        horizon XID8 NOT NULL,
+        pruned_upto BIGINT NOT NULL
+    );
+    INSERT INTO sequence_mark VALUES (0, '0', 0);
+
+    -- Jobs per queue and state, as changes (+1, -1) that each write appends and that
+    -- are folded together in the background: no write waits on another's count row.
+    CREATE TABLE job_counts (
+        queue TEXT NOT NULL,
+        state TEXT NOT NULL,
+        n BIGINT NOT NULL,
+        xid XID8 NOT NULL DEFAULT pg_current_xact_id()
+    );
+
+    CREATE TABLE checkpoints (
+        job_key BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        attempt INT NOT NULL,
+        step TEXT,
+        data JSONB NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (job_key, seq)
+    );
+
+    CREATE TABLE logs (
+        job_key BIGINT NOT NULL,
+        seq BIGINT NOT NULL,
+        attempt INT NOT NULL,
+        stream TEXT NOT NULL,
+        line TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (job_key, seq)
+    );
+
+    CREATE TABLE servers (
+        id TEXT PRIMARY KEY,
+        host TEXT NOT NULL,
+        pid INT NOT NULL,
+        url TEXT,
+        started_at BIGINT NOT NULL,
+        heartbeat_at BIGINT NOT NULL,
+        stopped_at BIGINT,
+        queues JSONB NOT NULL,
+        workers INT NOT NULL
+    );
+
+    CREATE TABLE pipelines (
+        id TEXT PRIMARY KEY,
+        spec JSONB NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+
+    CREATE TABLE queues (
+        name TEXT PRIMARY KEY,
+        paused BOOLEAN NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+
+    -- Completions and failures per bucket, appended by the writes that end jobs and
+    -- folded together in the background, as `job_counts`.
+    CREATE TABLE throughput (
+        span BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        queue TEXT NOT NULL,
+        completed BIGINT NOT NULL,
+        failed BIGINT NOT NULL
+    );
+    CREATE INDEX throughput_at ON throughput (span, at);
+    "#,
+];
+
+/// The schema version this build writes.
+pub const VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to [`VERSION`] in one transaction, under an advisory lock
+/// of this schema: a second server starting at the same time waits, then finds the
+/// work done.
+pub async fn migrate(client: &mut Client) -> Result<()> {
+    let tx = client.transaction().await.db()?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+        &[&LOCK_MIGRATE],
+    )
+    .await
+    .db()?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS baton_schema (version BIGINT NOT NULL)")
+        .await
+        .db()?;
+    let current: Option<i64> = tx
+        .query_opt("SELECT version FROM baton_schema", &[])
+        .await
+        .db()?
+        .map(|r| r.get(0));
+    let current = match current {
+        Some(v) => v,
+        None => {
+            tx.execute("INSERT INTO baton_schema (version) VALUES (0)", &[])
+                .await
+                .db()?;
+            0
+        }
+    };
+    if current > VERSION {
+        return Err(Error::Config(format!(
+            "the database has schema version {current}, newer than this Baton knows ({VERSION}); upgrade Baton"
+        )));
+    }
+    for sql in MIGRATIONS.iter().skip(current as usize) {
+        tx.batch_execute(sql).await.db()?;
+    }
+    tx.execute("UPDATE baton_schema SET version = $1", &[&VERSION])
+        .await
+        .db()?;
+    tx.commit().await.db()
+}

@@ -1,0 +1,104 @@
+//! The store conformance suite on PostgreSQL: each test on a schema of its own in the
+//! database named by `BATON_TEST_POSTGRES` (`scripts/test` creates a fresh database
+//! and sets it).
+
+use std::sync::Arc;
+
+use baton_store::Store;
+use baton_store_postgres::{PgOptions, PgStore};
+
+/// The test database's URL; a run without one fails and says how to get it.
+fn url() -> String {
+    std::env::var("BATON_TEST_POSTGRES").unwrap_or_else(|_| {
+        panic!(
+            "BATON_TEST_POSTGRES is not set: run the tests with `bash scripts/test`, which \
+             starts PostgreSQL and creates a test database, or set it to a database URL \
+             such as postgres://postgres@127.0.0.1:5432/baton_test"
+        )
+    })
+}
+
+/// Drops the test's schema when the test ends.
+struct Schema(String);
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        let name = self.0.clone();
+        let url = url();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok((client, conn)) =
+                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    // A test that panicked left its store's transactions open on a
+                    // runtime that no longer runs: give up on their locks rather than
+                    // wait; `scripts/test` drops the whole database at its end.
+                    let _ = client
+                        .batch_execute(&format!(
+                            "SET lock_timeout = '2s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
+                        ))
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+async fn fresh() -> (Arc<dyn Store>, Schema) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0)
+    );
+    let store = PgStore::open(PgOptions::new(url()).schema(name.clone()))
+        .await
+        .expect("open a PostgreSQL store");
+    (Arc::new(store), Schema(name))
+}
+
+baton_store::store_conformance_tests!(@each fresh();
+    submit_claim_complete,
+    settle_records_outcomes_and_refills_their_slots,
+    claim_takes_higher_priority_first_then_fifo_within_its_queue,
+    concurrent_claims_never_hand_out_a_job_twice,
+    delayed_jobs_wait_for_run_at,
+    retry_after_backoff_counts_attempts,
+    stale_fence_is_refused_without_writing,
+    submit_is_idempotent,
+    list_paginates_and_filters,
+    list_text_finds_ids_kinds_labels_and_errors,
+    list_orders_page_every_job_once_while_jobs_arrive,
+    events_are_gapless_and_match_the_live_stream,
+    illegal_transitions_are_refused_without_writing,
+    expect_is_compare_and_set,
+    updates_record_progress_step_and_output,
+    checkpoints_resume_the_next_claim,
+    recover_requeues_executing_jobs,
+    recover_manual_leaves_jobs_crashed,
+    recover_fails_a_job_after_max_recoveries,
+    recover_records_what_the_crash_cost,
+    recovery_of_a_server_leaves_other_servers_attempts_alone,
+    servers_register_heartbeat_and_stop,
+    counts_by_queue_and_state,
+    list_totals_are_exact_by_state_and_queue_and_capped_otherwise,
+    submit_and_start_runs_new_jobs_in_one_write,
+    release_hands_back_only_this_servers_jobs,
+    logs_are_appended_paged_and_bounded,
+    logs_from_a_stale_attempt_are_refused,
+    processes_of_executing_jobs_are_listed_and_cleared_by_recovery,
+    pipelines_are_stored_replaced_listed_and_deleted,
+    a_unique_key_has_one_active_holder,
+    queues_pause_and_resume_with_events,
+    throughput_is_counted_per_second_and_minute_by_the_ending_write,
+);
