@@ -187,21 +187,21 @@ impl PgStore {
             options.connections,
         ));
         let mut client = pool.connect().await?;
-        if let Some(schema) = &options.schema {
-            client
-                .batch_execute(&format!(
-                    "CREATE SCHEMA IF NOT EXISTS \"{}\"",
-                    schema.replace('"', "\"\"")
-                ))
+        let schema_name: String = match &options.schema {
+            Some(name) => name.clone(),
+            None => client
+                .query_one("SELECT current_schema()", &[])
                 .await
-                .db()?;
-        }
-        schema::migrate(&mut client).await?;
-        let schema_name: String = client
-            .query_one("SELECT current_schema()", &[])
-            .await
-            .db()?
-            .get(0);
+                .db()?
+                .get::<_, Option<String>>(0)
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "{shown}: the connection's search_path names no schema that exists; \
+                         create one or name one in the URL (options=-csearch_path=NAME)"
+                    ))
+                })?,
+        };
+        schema::migrate(&mut client, &schema_name, options.schema.is_some()).await?;
         let published = read::last_event_id(&client).await?;
         drop(client);
         let events = Arc::new(Events::new(published));

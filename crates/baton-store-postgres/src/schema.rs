@@ -175,14 +175,24 @@ pub const VERSION: i64 = MIGRATIONS.len() as i64;
 /// Brings the database up to [`VERSION`] in one transaction, under an advisory lock
 /// of this schema: a second server starting at the same time waits, then finds the
 /// work done.
-pub async fn migrate(client: &mut Client) -> Result<()> {
+/// `create`: the schema is made when missing (under the same lock: servers starting
+/// together would otherwise race to create it).
+pub async fn migrate(client: &mut Client, schema: &str, create: bool) -> Result<()> {
     let tx = client.transaction().await.db()?;
     tx.execute(
-        "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
-        &[&LOCK_MIGRATE],
+        "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+        &[&LOCK_MIGRATE, &schema],
     )
     .await
     .db()?;
+    if create {
+        tx.batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS \"{}\"",
+            schema.replace('"', "\"\"")
+        ))
+        .await
+        .db()?;
+    }
     tx.batch_execute("CREATE TABLE IF NOT EXISTS baton_schema (version BIGINT NOT NULL)")
         .await
         .db()?;

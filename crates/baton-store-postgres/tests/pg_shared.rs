@@ -1,0 +1,256 @@
+//! What only a store that several servers share must do: one gap-free order of
+//! events that every server publishes alike, claims that never hand a job out twice
+//! across servers, migrations that servers starting together apply once, and errors
+//! that name the database without its password.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_core::{Event, EventKind, JobSpec, Limits, Millis, NewJob, State};
+use baton_store::{ClaimRequest, Error, Store, Transition};
+use baton_store_postgres::{PgOptions, PgStore};
+use common::Schema;
+
+const T0: Millis = 1_700_000_000_000;
+
+fn job(id: &str) -> NewJob {
+    JobSpec::new("work")
+        .id(id)
+        .validate(T0, &Limits::default())
+        .expect("valid job")
+}
+
+/// Reads a subscriber until it has the event `last`.
+async fn receive_upto(
+    rx: &mut tokio::sync::broadcast::Receiver<Arc<Event>>,
+    last: u64,
+) -> Vec<Event> {
+    let mut out = Vec::new();
+    while out.last().is_none_or(|e: &Event| e.id < last) {
+        let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("events keep coming")
+            .expect("the subscriber did not lag");
+        out.push((*e).clone());
+    }
+    out
+}
+
+/// Eight workers on two servers submit, claim and complete 200 jobs of one queue at
+/// once: every job runs once, and both servers publish the same events in the same
+/// order, ids 1, 2, 3... with no gap, each job's events in its own order, exactly as
+/// the store reads them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_publish_one_gap_free_order_of_concurrent_writes() {
+    let schema = Schema::new();
+    let (a, b) = (schema.open().await, schema.open().await);
+    let (mut ra, mut rb) = (a.subscribe(), b.subscribe());
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..8 {
+        let s = if w % 2 == 0 { a.clone() } else { b.clone() };
+        workers.spawn(async move {
+            let mut ran = Vec::new();
+            for n in 0..25 {
+                s.submit(vec![job(&format!("j-{w}-{n}"))])
+                    .await
+                    .expect("submit");
+            }
+            loop {
+                let claimed = s
+                    .claim(ClaimRequest {
+                        queue: "default".into(),
+                        limit: 3,
+                        server_id: format!("server-{}", w % 2),
+                        now: T0 + 1,
+                    })
+                    .await
+                    .expect("claim");
+                if claimed.is_empty() {
+                    break;
+                }
+                for c in claimed {
+                    s.record(
+                        Transition::new(&c.job.id, State::Completed, EventKind::Completed, T0 + 2)
+                            .fence(c.fence),
+                    )
+                    .await
+                    .expect("a claimed job is this worker's alone");
+                    ran.push(c.job.id);
+                }
+            }
+            ran
+        });
+    }
+    let mut ran = Vec::new();
+    while let Some(r) = workers.join_next().await {
+        ran.extend(r.expect("worker"));
+    }
+    // A worker that found the queue empty before the others submitted left jobs.
+    loop {
+        let claimed = a
+            .claim(ClaimRequest {
+                queue: "default".into(),
+                limit: 50,
+                server_id: "server-0".into(),
+                now: T0 + 3,
+            })
+            .await
+            .expect("claim");
+        if claimed.is_empty() {
+            break;
+        }
+        for c in claimed {
+            a.record(
+                Transition::new(&c.job.id, State::Completed, EventKind::Completed, T0 + 4)
+                    .fence(c.fence),
+            )
+            .await
+            .expect("complete");
+            ran.push(c.job.id);
+        }
+    }
+    let unique: BTreeSet<&String> = ran.iter().collect();
+    assert_eq!((ran.len(), unique.len()), (200, 200), "each job ran once");
+
+    let last = a.last_event_id().await.expect("last id");
+    assert_eq!(last, 600, "submitted, started and completed for each job");
+    let (seen_a, seen_b) = (
+        receive_upto(&mut ra, last).await,
+        receive_upto(&mut rb, last).await,
+    );
+    let ids: Vec<u64> = seen_a.iter().map(|e| e.id).collect();
+    assert_eq!(
+        ids,
+        (1..=last).collect::<Vec<_>>(),
+        "ids from 1 with no gap"
+    );
+    assert_eq!(seen_a, seen_b, "both servers publish the same order");
+    let mut stored = Vec::new();
+    while stored.len() < last as usize {
+        let page = b
+            .events_after(stored.len() as u64, 250)
+            .await
+            .expect("events_after");
+        assert!(!page.is_empty());
+        stored.extend(page);
+    }
+    assert_eq!(stored, seen_a, "what is read back is what was published");
+    let mut per_job: BTreeMap<String, u64> = BTreeMap::new();
+    for e in &seen_a {
+        let job = e.job_id.clone().expect("a job's event");
+        let before = per_job.insert(job.clone(), e.seq).unwrap_or(0);
+        assert_eq!(e.seq, before + 1, "job {job}'s events in its own order");
+    }
+    a.verify().await.expect("counts match rows");
+    a.close().await;
+    b.close().await;
+}
+
+/// A transaction still running holds back the ids of every later one, so that its
+/// events are not given an id behind theirs: a write waits for its events' ids, then
+/// the older transaction's events come first, and no id is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_transaction_delays_later_ids_and_leaves_no_gap() {
+    let schema = Schema::new();
+    let s = schema.open().await;
+    let slow = schema.connect().await;
+    slow.batch_execute(
+        "BEGIN; INSERT INTO events (job_key, job_id, job_seq, type, at, data) \
+         VALUES (NULL, NULL, 0, 'queue.paused', 1, '{\"queue\": \"slow\"}')",
+    )
+    .await
+    .expect("a slow transaction writes an event");
+    let s2 = s.clone();
+    let submit = tokio::spawn(async move { s2.submit(vec![job("later")]).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !submit.is_finished(),
+        "the write waits: its events cannot have ids before the older transaction's"
+    );
+    assert!(
+        s.events_after(0, 10).await.expect("read").is_empty(),
+        "no id is given past a transaction still running"
+    );
+    slow.batch_execute("COMMIT").await.expect("commit");
+    tokio::time::timeout(Duration::from_secs(5), submit)
+        .await
+        .expect("the write returns once the older transaction ended")
+        .expect("task")
+        .expect("submit");
+    let log = s.events_after(0, 10).await.expect("read");
+    let got: Vec<(u64, EventKind)> = log.iter().map(|e| (e.id, e.kind)).collect();
+    assert_eq!(
+        got,
+        [(1, EventKind::QueuePaused), (2, EventKind::Submitted)],
+        "the older transaction's event first, then the write's, no gap"
+    );
+    s.close().await;
+}
+
+/// Three servers starting at once on a new schema: the migrations run once, under
+/// the advisory lock, and all three open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_together_migrate_once() {
+    let schema = Schema::new();
+    let (a, b, c) = tokio::join!(schema.open(), schema.open(), schema.open());
+    let version: i64 = schema
+        .connect()
+        .await
+        .query_one("SELECT version FROM baton_schema", &[])
+        .await
+        .expect("version")
+        .get(0);
+    assert_eq!(version, baton_store_postgres::SCHEMA_VERSION);
+    for s in [a, b, c] {
+        s.submit(vec![job(&format!("x-{}", s.shown().len()))])
+            .await
+            .expect("each server writes");
+        s.close().await;
+    }
+}
+
+/// An unreachable database is an error at open that names it without its password;
+/// a database written by a newer Baton is refused, not changed.
+#[tokio::test]
+async fn bad_databases_are_refused_with_a_clear_error() {
+    let err = PgStore::open(PgOptions::new("postgres://ada:s3cret@127.0.0.1:1/jobs"))
+        .await
+        .err()
+        .expect("nothing listens on port 1");
+    let text = err.to_string();
+    assert!(
+        matches!(err, Error::Config(_)) && text.contains("postgres://ada@127.0.0.1:1/jobs"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("s3cret"),
+        "the password is never shown: {text}"
+    );
+
+    let err = PgStore::open(PgOptions::new("postgres://ada:s3cret@[bad"))
+        .await
+        .err()
+        .expect("not a URL");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
+
+    let schema = Schema::new();
+    schema.open().await.close().await;
+    schema
+        .connect()
+        .await
+        .batch_execute("UPDATE baton_schema SET version = 999")
+        .await
+        .expect("pretend a newer Baton wrote it");
+    let err = PgStore::open(PgOptions::new(common::url()).schema(schema.0.clone()))
+        .await
+        .err()
+        .expect("a newer schema is refused");
+    assert!(
+        err.to_string()
+            .contains("schema version 999, newer than this Baton knows"),
+        "{err}"
+    );
+}
