@@ -68,7 +68,7 @@ pub(crate) struct Inner {
     pub store: Arc<dyn Store>,
     pub clock: Arc<dyn Clock>,
     handlers: HashMap<String, HandlerFn>,
-    queues: BTreeMap<String, Arc<QueueState>>,
+    pub(crate) queues: BTreeMap<String, Arc<QueueState>>,
     pub(crate) limits: Limits,
     server: ServerInfo,
     running: Mutex<HashMap<String, RunHandle>>,
@@ -98,14 +98,14 @@ pub(crate) struct Inner {
     pub(crate) pruned: crate::retention::PruneCounters,
 }
 
-struct QueueState {
+pub(crate) struct QueueState {
     name: String,
     concurrency: usize,
     running: AtomicUsize,
     /// Jobs may be waiting in the store for this queue; while so, new jobs queue behind
     /// them instead of starting at once.
-    backlog: AtomicBool,
-    wake: Notify,
+    pub(crate) backlog: AtomicBool,
+    pub(crate) wake: Notify,
     /// Paused by a user (stored): the dispatcher claims nothing until resumed.
     paused: AtomicBool,
     /// Outcomes of attempts whose handlers returned, waiting for the dispatcher to write
@@ -155,10 +155,10 @@ impl QueueState {
 }
 
 /// What control needs of a registered attempt.
-struct HandleParts {
-    ctl: watch::Sender<Ctl>,
-    cancel: CancellationToken,
-    grace: Duration,
+pub(crate) struct HandleParts {
+    pub(crate) ctl: watch::Sender<Ctl>,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) grace: Duration,
 }
 
 struct RunHandle {
@@ -440,6 +440,14 @@ impl EngineBuilder {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
         }
         inner.background.spawn(timer(inner.clone()));
+        if inner.store.shared() {
+            inner
+                .background
+                .spawn(crate::shared::wake_on_hints(inner.clone()));
+            inner
+                .background
+                .spawn(crate::shared::obey_controls(inner.clone()));
+        }
         inner.background.spawn(crate::scheduler::run(Engine {
             inner: inner.clone(),
         }));
@@ -890,10 +898,13 @@ impl Engine {
                     let _ = inner.force_stop(&id, State::Stopping).await;
                 }
             });
-        } else {
+        } else if !self.inner.store.shared() {
             // Nobody runs it here (its worker is gone): end it now.
             return self.inner.force_stop(id, State::Stopping).await;
         }
+        // On a shared store another server may run it: that server sees the
+        // `job.stopping` event and stops its attempt (`shared::obey_controls`); a dead
+        // server's attempt ends when the server is recovered.
         Ok(job)
     }
 
@@ -1069,6 +1080,24 @@ impl Inner {
         }
     }
 
+    /// The controls of an attempt this engine runs, if it runs one of the job.
+    pub(crate) fn handle_parts(&self, id: &str) -> Option<HandleParts> {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.get(id).map(|h| HandleParts {
+            ctl: h.ctl.clone(),
+            cancel: h.cancel.clone(),
+            grace: h.grace,
+        })
+    }
+
+    /// Aborts the attempt this engine runs of the job, if any.
+    pub(crate) fn kill(&self, id: &str) {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = running.get(id) {
+            h.kill.cancel();
+        }
+    }
+
     fn running_handle(&self, id: &str) -> Option<watch::Sender<Ctl>> {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         running.get(id).map(|h| h.ctl.clone())
@@ -1103,7 +1132,7 @@ impl Inner {
         self.timer.notify_one();
     }
 
-    async fn force_stop(self: &Arc<Self>, id: &str, state: State) -> Result<Job> {
+    pub(crate) async fn force_stop(self: &Arc<Self>, id: &str, state: State) -> Result<Job> {
         let now = self.clock.now();
         let t = Transition::new(id, State::Cancelled, EventKind::Cancelled, now)
             .expect(&[state, State::Running, State::Paused, State::Stopping])

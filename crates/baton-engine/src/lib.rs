@@ -36,6 +36,7 @@ mod run;
 mod scheduler;
 mod secrets;
 mod security;
+mod shared;
 
 pub use baton_core::schedule::{Misfire, Overlap, Schedule, ScheduleSpec, Trigger, Weekday};
 pub use baton_core::{

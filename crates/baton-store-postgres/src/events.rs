@@ -31,6 +31,10 @@ use baton_store::Result;
 
 /// The channel of the hint sent after the sequencer gave ids (payload: the schema).
 pub const CHANNEL: &str = "baton_events";
+/// The channel of the hint that a queue has ready jobs (payload: `schema/queue`).
+pub const QUEUES: &str = "baton_queues";
+/// The least time between two hints of one server.
+const HINT_EVERY: Duration = Duration::from_millis(50);
 /// The most events one tailer read publishes.
 const TAIL_BATCH: i64 = 2000;
 /// How often the sequencer and the tailer look without a hint.
@@ -50,6 +54,11 @@ pub struct Events {
     pub tail: Notify,
     /// The last id published to subscribers.
     pub published: AtomicU64,
+    /// Queues given ready jobs by this server's writes, not yet hinted to the others.
+    readied: Mutex<std::collections::BTreeSet<String>>,
+    hint: Notify,
+    /// Queues with ready jobs, as hinted by any server (this one included).
+    pub hints: broadcast::Sender<String>,
 }
 
 impl Events {
@@ -60,7 +69,19 @@ impl Events {
             sequence: Notify::new(),
             tail: Notify::new(),
             published: AtomicU64::new(published),
+            readied: Mutex::new(Default::default()),
+            hint: Notify::new(),
+            hints: broadcast::channel(1024).0,
         }
+    }
+
+    /// Notes queues that a committed write gave ready jobs: the hinter tells the other
+    /// servers, after the commit and coalesced.
+    pub fn hint(&self, queues: std::collections::BTreeSet<String>) {
+        if let Ok(mut r) = self.readied.lock() {
+            r.extend(queues);
+        }
+        self.hint.notify_one();
     }
 
     /// A receiver told once every event of `lids` (inserted, not yet committed) is
@@ -316,8 +337,13 @@ pub async fn listener(
             loop {
                 match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                     Some(Ok(AsyncMessage::Notification(n))) => {
-                        if n.payload() == schema {
+                        if n.channel() == CHANNEL && n.payload() == schema {
                             events.tail.notify_one();
+                        } else if n.channel() == QUEUES
+                            && let Some((s, queue)) = n.payload().split_once('/')
+                            && s == schema
+                        {
+                            let _ = events.hints.send(queue.to_owned());
                         }
                     }
                     Some(Ok(_)) => {}
@@ -325,7 +351,7 @@ pub async fn listener(
                 }
             }
         };
-        let sql = format!("LISTEN {CHANNEL}");
+        let sql = format!("LISTEN {CHANNEL}; LISTEN {QUEUES}");
         let subscribe = client.batch_execute(&sql);
         tokio::select! {
             _ = async { let _ = subscribe.await; std::future::pending::<()>().await } => {}
@@ -334,6 +360,48 @@ pub async fn listener(
         }
         // The connection ended: a hint may have been lost, so look now.
         events.tail.notify_one();
+    }
+}
+
+/// Sends the queues' hints (one `NOTIFY` each, after the writes committed), at most
+/// once per [`HINT_EVERY`], however many writes readied them meanwhile.
+pub async fn hinter(
+    pool: Arc<Pool>,
+    schema: String,
+    events: Arc<Events>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut client: Option<Client> = None;
+    loop {
+        tokio::select! {
+            _ = events.hint.notified() => {}
+            _ = stop.changed() => return,
+        }
+        let queues: Vec<String> = events
+            .readied
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r).into_iter().collect())
+            .unwrap_or_default();
+        if queues.is_empty() {
+            continue;
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            client = pool.connect().await.ok();
+        }
+        if let Some(c) = client.as_ref() {
+            let payloads: Vec<String> = queues.iter().map(|q| format!("{schema}/{q}")).collect();
+            if let Err(e) = c
+                .execute(
+                    "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                    &[&QUEUES, &payloads],
+                )
+                .await
+            {
+                // The others find the jobs by their slow poll.
+                tracing::debug!(error = %e, "a queue hint was not sent");
+            }
+        }
+        tokio::time::sleep(HINT_EVERY).await;
     }
 }
 

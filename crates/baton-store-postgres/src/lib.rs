@@ -219,6 +219,12 @@ impl PgStore {
             )),
             tokio::spawn(events::listener(
                 Arc::clone(&pool),
+                schema_name.clone(),
+                Arc::clone(&events),
+                stopped.clone(),
+            )),
+            tokio::spawn(events::hinter(
+                Arc::clone(&pool),
                 schema_name,
                 Arc::clone(&events),
                 stopped,
@@ -562,6 +568,10 @@ impl Store for PgStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn queue_hints(&self) -> Option<broadcast::Receiver<String>> {
+        Some(self.inner.events.hints.subscribe())
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {

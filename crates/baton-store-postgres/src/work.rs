@@ -70,6 +70,15 @@ impl<'p> Work<'p> {
         self.moves.push((queue.to_owned(), from, to, at));
     }
 
+    /// The queues that this write gave ready jobs.
+    fn readied(&self) -> std::collections::BTreeSet<String> {
+        self.moves
+            .iter()
+            .filter(|m| m.2 == State::Queued)
+            .map(|m| m.0.clone())
+            .collect()
+    }
+
     pub async fn savepoint(&mut self) -> Result<Mark> {
         self.savepoints += 1;
         let name = format!("s{}", self.savepoints);
@@ -105,6 +114,7 @@ impl<'p> Work<'p> {
     /// Writes the events and counts and commits; the receiver is told once the
     /// events are published.
     pub async fn commit(mut self, events: &Events) -> Result<Published> {
+        let readied = self.readied();
         let lids = self.write_events().await?;
         let published = events.expect(&lids);
         let done = async {
@@ -119,6 +129,9 @@ impl<'p> Work<'p> {
         self.c.in_transaction = false;
         if !lids.is_empty() {
             committed(events);
+        }
+        if !readied.is_empty() {
+            events.hint(readied);
         }
         Ok(published)
     }

@@ -760,6 +760,13 @@ pub trait Store: Send + Sync + 'static {
         false
     }
 
+    /// On a shared store: the names of queues that received ready jobs through any
+    /// engine on the store (hints, coalesced; one may be lost, so a listener also
+    /// looks now and then). `None` for a store one engine owns.
+    fn queue_hints(&self) -> Option<broadcast::Receiver<String>> {
+        None
+    }
+
     /// Counters of the store's writes, for metrics; `None` when it keeps none.
     fn write_stats(&self) -> Option<Arc<WriteStats>> {
         None

@@ -41,15 +41,14 @@ impl Server {
 
 /// A `baton serve` in `dir` (a `baton.toml` written there when `config` is given).
 pub fn start_in(dir: TempDir, config: Option<&str>) -> Server {
+    start_on(dir, "sqlite://baton.db", config)
+}
+
+/// A `baton serve` in `dir` on the store at `store`.
+pub fn start_on(dir: TempDir, store: &str, config: Option<&str>) -> Server {
     let mut cmd = Command::new(BIN);
     cmd.current_dir(dir.path())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            "sqlite://baton.db",
-        ])
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
         .env_remove("BATON_SERVER")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
