@@ -14,6 +14,7 @@ mod ops;
 mod pool;
 mod read;
 mod rows;
+mod schedules;
 mod schema;
 mod search;
 mod work;
@@ -461,60 +462,69 @@ impl Store for PgStore {
         Ok(n > 0)
     }
 
-    async fn create_schedule(&self, _schedule: NewSchedule) -> Result<PutSchedule> {
-        Err(not_yet("schedules"))
+    async fn create_schedule(&self, schedule: NewSchedule) -> Result<PutSchedule> {
+        write!(self, |w| schedules::put_schedule(&mut w, &schedule, false)
+            .await)
     }
 
-    async fn put_schedule(&self, _schedule: NewSchedule) -> Result<PutSchedule> {
-        Err(not_yet("schedules"))
+    async fn put_schedule(&self, schedule: NewSchedule) -> Result<PutSchedule> {
+        write!(self, |w| schedules::put_schedule(&mut w, &schedule, true)
+            .await)
     }
 
-    async fn delete_schedule(&self, _id: &str) -> Result<Option<baton_core::Schedule>> {
-        Ok(None)
+    async fn delete_schedule(&self, id: &str) -> Result<Option<baton_core::Schedule>> {
+        write!(self, |w| schedules::delete_schedule(&mut w, id).await)
     }
 
     async fn set_schedule_enabled(
         &self,
-        _id: &str,
-        _enabled: bool,
-        _next_run: Option<Millis>,
-        _now: Millis,
+        id: &str,
+        enabled: bool,
+        next_run: Option<Millis>,
+        now: Millis,
     ) -> Result<Option<baton_core::Schedule>> {
-        Ok(None)
+        write!(self, |w| schedules::set_schedule_enabled(
+            &mut w, id, enabled, next_run, now
+        )
+        .await)
     }
 
-    async fn fire_schedule(&self, _fire: Fire) -> Result<FireOutcome> {
-        Err(not_yet("schedules"))
+    async fn fire_schedule(&self, fire: Fire) -> Result<FireOutcome> {
+        write!(self, |w| schedules::fire(&mut w, &fire).await)
     }
 
-    async fn release_schedule(&self, _id: &str, _now: Millis) -> Result<Released> {
-        Err(not_yet("schedules"))
+    async fn release_schedule(&self, id: &str, now: Millis) -> Result<Released> {
+        write!(self, |w| schedules::release_schedule(&mut w, id, now).await)
     }
 
-    async fn schedule(&self, _id: &str) -> Result<Option<baton_core::Schedule>> {
-        Ok(None)
+    async fn schedule(&self, id: &str) -> Result<Option<baton_core::Schedule>> {
+        let c = self.inner.pool.get().await?;
+        schedules::schedule(&*c, id).await
     }
 
-    async fn schedules(&self, _filter: ScheduleFilter) -> Result<SchedulePage> {
-        Err(not_yet("schedules"))
+    async fn schedules(&self, filter: ScheduleFilter) -> Result<SchedulePage> {
+        let c = self.inner.pool.get().await?;
+        schedules::schedules(&*c, &filter).await
     }
 
     async fn schedule_history(
         &self,
-        _id: &str,
-        _before: Option<u64>,
-        _limit: usize,
+        id: &str,
+        before: Option<u64>,
+        limit: usize,
     ) -> Result<FirePage> {
-        Err(not_yet("schedules"))
+        let c = self.inner.pool.get().await?;
+        schedules::history(&*c, id, before, limit).await
     }
 
     async fn schedule_timers(&self) -> Result<Vec<ScheduleTimer>> {
-        // No schedule can be stored yet (creating one is refused): none is due.
-        Ok(Vec::new())
+        let c = self.inner.pool.get().await?;
+        schedules::timers(&*c).await
     }
 
     async fn awaiting_schedules(&self) -> Result<Vec<String>> {
-        Ok(Vec::new())
+        let c = self.inner.pool.get().await?;
+        schedules::awaiting(&*c).await
     }
 
     async fn submit_workflow(&self, _workflow: NewWorkflow) -> Result<SubmittedWorkflow> {

@@ -7,7 +7,8 @@ use crate::{Db, LOCK_MIGRATE};
 use baton_store::{Error, Result};
 
 const MIGRATIONS: &[&str] = &[
-    // 1: jobs and everything a job keeps, events with their sequencing, servers.
+    // 1: jobs and everything a job keeps, events with their sequencing, servers,
+    // schedules and their fire history.
     //
     // `jobs` is the hot table: every claim and outcome updates a row in place. A
     // fillfactor of 80 leaves room in each page for the new version of an updated row
@@ -74,6 +75,12 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_labels ON jobs USING gin (labels jsonb_path_ops) WHERE labels IS NOT NULL;
     CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key)
         WHERE unique_key IS NOT NULL
+        AND state NOT IN ('completed', 'failed', 'cancelled', 'deleted');
+    -- Jobs of a schedule (list filter), and its active ones (overlap policies): a
+    -- schedule's old jobs pile up, its active ones are few.
+    CREATE INDEX jobs_schedule ON jobs (schedule_id, key) WHERE schedule_id IS NOT NULL;
+    CREATE INDEX jobs_schedule_active ON jobs (schedule_id, key)
+        WHERE schedule_id IS NOT NULL
         AND state NOT IN ('completed', 'failed', 'cancelled', 'deleted');
 
     -- `lid` orders a transaction's events; `xid` is the writing transaction. The
@@ -166,6 +173,35 @@ const MIGRATIONS: &[&str] = &[
         failed BIGINT NOT NULL
     );
     CREATE INDEX throughput_at ON throughput (span, at);
+
+    -- An identity key is never reused, so a schedule deleted and created again under
+    -- the same id has a new revision (key and version) that no stale fire matches.
+    -- The id sorts and compares by its bytes ("C"), as the SQLite store lists it.
+    CREATE TABLE schedules (
+        key BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT COLLATE "C" NOT NULL UNIQUE,
+        spec JSONB NOT NULL,
+        enabled BOOLEAN NOT NULL,
+        next_run BIGINT,
+        last_run BIGINT,
+        run_count BIGINT NOT NULL DEFAULT 0,
+        fire_seq BIGINT NOT NULL DEFAULT 0,
+        version BIGINT NOT NULL DEFAULT 1,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+
+    CREATE TABLE schedule_fires (
+        schedule_id TEXT COLLATE "C" NOT NULL,
+        seq BIGINT NOT NULL,
+        scheduled_for BIGINT NOT NULL,
+        fired_at BIGINT NOT NULL,
+        reason TEXT NOT NULL,
+        action TEXT NOT NULL,
+        job_id TEXT,
+        message TEXT,
+        PRIMARY KEY (schedule_id, seq)
+    );
     "#,
 ];
 

@@ -101,4 +101,104 @@ baton_store::store_conformance_tests!(@each fresh();
     a_unique_key_has_one_active_holder,
     queues_pause_and_resume_with_events,
     throughput_is_counted_per_second_and_minute_by_the_ending_write,
+    schedules_are_created_replaced_listed_and_deleted,
+    fire_submits_jobs_and_moves_the_schedule_in_one_write,
+    overlap_skip_and_queue_decide_on_active_jobs,
+    history_pages_newest_first_with_job_outcomes,
+    fires_skip_a_job_whose_unique_key_is_held,
 );
+
+/// Two servers on one database fire the same schedule at the same revision at once:
+/// one fire is made, the other is refused as stale, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fires_of_one_schedule_fire_it_once() {
+    use baton_core::JobSpec;
+    use baton_core::schedule::ScheduleSpec;
+    use baton_store::{Fire, FireOutcome, FireReason, FireSlot, JobFilter, NewSchedule};
+
+    const T0: baton_core::Millis = 1_700_000_000_000;
+    const MINUTE: baton_core::Millis = 60_000;
+    const ROUNDS: u64 = 20;
+
+    let (a, schema) = fresh().await;
+    let b: Arc<dyn Store> = Arc::new(
+        PgStore::open(PgOptions::new(url()).schema(schema.0.clone()))
+            .await
+            .expect("open a second store on the same schema"),
+    );
+    let spec = ScheduleSpec::every(std::time::Duration::from_secs(60))
+        .id("tick")
+        .job(JobSpec::new("report"))
+        .validate(T0, &baton_core::Limits::default())
+        .expect("valid spec");
+    let mut sched = a
+        .create_schedule(NewSchedule {
+            spec,
+            next_run: Some(T0 + MINUTE),
+            now: T0,
+        })
+        .await
+        .expect("create")
+        .schedule;
+    for round in 0..ROUNDS {
+        let at = sched.next_run.expect("a next run");
+        let now = at + 1;
+        let fire = |store: Arc<dyn Store>| {
+            let fire = Fire {
+                schedule_id: "tick".into(),
+                rev: Some(sched.rev),
+                slots: vec![FireSlot {
+                    scheduled_for: at,
+                    reason: FireReason::Schedule,
+                    job: Ok(JobSpec::new("report")
+                        .validate(now, &baton_core::Limits::default())
+                        .expect("valid job")),
+                }],
+                next_run: Some(at + MINUTE),
+                now,
+            };
+            tokio::spawn(async move { store.fire_schedule(fire).await })
+        };
+        let (x, y) = (fire(Arc::clone(&a)), fire(Arc::clone(&b)));
+        let outcomes = [
+            x.await.expect("join").expect("fire"),
+            y.await.expect("join").expect("fire"),
+        ];
+        let fired: Vec<_> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                FireOutcome::Fired(f) => Some(f),
+                FireOutcome::Stale(_) => None,
+            })
+            .collect();
+        assert_eq!(fired.len(), 1, "round {round}: one fire of two");
+        sched = fired[0].schedule.clone();
+        assert_eq!(sched.run_count, round + 1);
+        for o in &outcomes {
+            if let FireOutcome::Stale(seen) = o {
+                assert_eq!(
+                    seen.as_ref(),
+                    Some(&sched),
+                    "refused with the fire it lost to"
+                );
+            }
+        }
+    }
+    let jobs = a
+        .list(JobFilter {
+            schedule: Some("tick".into()),
+            limit: 100,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(jobs.total, ROUNDS);
+    let history = b
+        .schedule_history("tick", None, 100)
+        .await
+        .expect("history");
+    assert_eq!(history.fires.len() as u64, ROUNDS);
+    a.verify().await.expect("the counts match the rows");
+    b.close().await;
+    a.close().await;
+}
