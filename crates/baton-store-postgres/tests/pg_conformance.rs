@@ -5,66 +5,14 @@
 use std::sync::Arc;
 
 use baton_store::Store;
-use baton_store_postgres::{PgOptions, PgStore};
 
-/// The test database's URL; a run without one fails and says how to get it.
-fn url() -> String {
-    std::env::var("BATON_TEST_POSTGRES").unwrap_or_else(|_| {
-        panic!(
-            "BATON_TEST_POSTGRES is not set: run the tests with `bash scripts/test`, which \
-             starts PostgreSQL and creates a test database, or set it to a database URL \
-             such as postgres://postgres@127.0.0.1:5432/baton_test"
-        )
-    })
-}
+mod common;
 
-/// Drops the test's schema when the test ends.
-struct Schema(String);
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        let name = self.0.clone();
-        let url = url();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                if let Ok((client, conn)) =
-                    tokio_postgres::connect(&url, tokio_postgres::NoTls).await
-                {
-                    tokio::spawn(conn);
-                    // A test that panicked left its store's transactions open on a
-                    // runtime that no longer runs: give up on their locks rather than
-                    // wait; `scripts/test` drops the whole database at its end.
-                    let _ = client
-                        .batch_execute(&format!(
-                            "SET lock_timeout = '2s'; DROP SCHEMA IF EXISTS \"{name}\" CASCADE"
-                        ))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
+use common::Schema;
 
 async fn fresh() -> (Arc<dyn Store>, Schema) {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let name = format!(
-        "t_{}_{}_{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    );
-    let store = PgStore::open(PgOptions::new(url()).schema(name.clone()))
-        .await
-        .expect("open a PostgreSQL store");
-    (Arc::new(store), Schema(name))
+    let schema = Schema::new();
+    (Arc::new(schema.open().await), schema)
 }
 
 baton_store::store_conformance_tests!(@each fresh();
@@ -121,11 +69,7 @@ async fn concurrent_fires_of_one_schedule_fire_it_once() {
     const ROUNDS: u64 = 20;
 
     let (a, schema) = fresh().await;
-    let b: Arc<dyn Store> = Arc::new(
-        PgStore::open(PgOptions::new(url()).schema(schema.0.clone()))
-            .await
-            .expect("open a second store on the same schema"),
-    );
+    let b: Arc<dyn Store> = Arc::new(schema.open().await);
     let spec = ScheduleSpec::every(std::time::Duration::from_secs(60))
         .id("tick")
         .job(JobSpec::new("report"))
