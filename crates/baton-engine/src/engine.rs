@@ -78,6 +78,9 @@ pub(crate) struct Inner {
     pending_due: Mutex<Option<Millis>>,
     timer: Notify,
     pub(crate) shutdown: CancellationToken,
+    /// False while the store does not take this server's heartbeats.
+    healthy: std::sync::atomic::AtomicBool,
+    recovery: Recovery,
     /// Fires when shutdown gives up waiting: aborted attempts then write nothing, and
     /// outcome writes stop retrying.
     abandoning: CancellationToken,
@@ -370,14 +373,7 @@ impl EngineBuilder {
         let recovered = if store.shared() {
             // Other servers may be running on this store: only the attempts of those
             // whose heartbeats stopped (three missed) are recovered.
-            let stale = now - 3 * self.heartbeat.as_millis() as Millis;
-            let gone: Vec<String> = store
-                .servers()
-                .await?
-                .into_iter()
-                .filter(|s| s.stopped_at.is_none() && s.heartbeat_at < stale)
-                .map(|s| s.id)
-                .collect();
+            let gone = store.gone_servers(self.heartbeat * 3).await?;
             let cleanup = crate::command::kill_stranded(&*store, &host, Some(&gone)).await?;
             let mut recovered = Vec::new();
             for id in &gone {
@@ -426,6 +422,8 @@ impl EngineBuilder {
             pending_due: Mutex::new(None),
             timer: Notify::new(),
             shutdown: CancellationToken::new(),
+            healthy: std::sync::atomic::AtomicBool::new(true),
+            recovery: self.recovery,
             abandoning: CancellationToken::new(),
             outcome_write_retries: AtomicU64::new(0),
             tasks: TaskTracker::new(),
@@ -1005,6 +1003,12 @@ impl Engine {
         )
     }
 
+    /// False while the store does not take this server's heartbeats (a shared store
+    /// that cannot be reached): `/readyz` then says the server is not ready.
+    pub fn healthy(&self) -> bool {
+        self.inner.healthy.load(Ordering::SeqCst)
+    }
+
     pub fn running_jobs(&self) -> Vec<String> {
         let running = self.inner.running.lock().unwrap_or_else(|e| e.into_inner());
         running.keys().cloned().collect()
@@ -1088,6 +1092,15 @@ impl Inner {
             cancel: h.cancel.clone(),
             grace: h.grace,
         })
+    }
+
+    /// Aborts every attempt this engine runs; how many.
+    fn kill_all(&self) -> usize {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for h in running.values() {
+            h.kill.cancel();
+        }
+        running.len()
     }
 
     /// Aborts the attempt this engine runs of the job, if any.
@@ -1638,15 +1651,99 @@ async fn heartbeat(inner: Arc<Inner>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    // A server is gone once three heartbeats are missed (by the database's clock).
+    let gone_after = every * 3;
+    let mut failing_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = inner.shutdown.cancelled() => return,
         }
         let now = inner.clock.now();
-        if let Err(e) = inner.store.heartbeat(&inner.server.id, now).await {
-            tracing::warn!(error = %e, "heartbeat failed");
+        match inner.store.heartbeat(&inner.server.id, now).await {
+            Ok(()) => {
+                inner.healthy.store(true, Ordering::SeqCst);
+                failing_since = None;
+            }
+            Err(baton_store::Error::Declared(_)) => {
+                // Another server found this one gone and recovered its attempts: what
+                // runs here now runs beside their new attempts. Stop it (its late
+                // writes carry stale fencing tokens and are refused), then come back
+                // as a live server.
+                tracing::error!(
+                    "this server was declared down and its jobs recovered elsewhere; stopping its attempts"
+                );
+                inner.kill_all();
+                let mut server = inner.server.clone();
+                server.started_at = now;
+                server.heartbeat_at = now;
+                if let Err(e) = inner.store.register_server(server).await {
+                    tracing::warn!(error = %e, "cannot register again");
+                }
+            }
+            Err(e) => {
+                inner.healthy.store(false, Ordering::SeqCst);
+                let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
+                tracing::warn!(error = %e, "heartbeat failed");
+                if inner.store.shared() && since.elapsed() >= gone_after && inner.kill_all() > 0 {
+                    // The others take this server for gone and recover its attempts:
+                    // it must not run them beside their replacements.
+                    tracing::error!(
+                        "no heartbeat for {gone_after:?}: stopped this server's attempts, which are recovered elsewhere"
+                    );
+                }
+                continue;
+            }
         }
+        if inner.store.shared() {
+            rescue(&inner, gone_after, now).await;
+        }
+    }
+}
+
+/// On a shared store, the leader recovers the attempts of the servers that are gone:
+/// their processes on this machine are killed, their jobs crash and are queued again
+/// from their last checkpoints, and each is marked down (`server.down`).
+async fn rescue(inner: &Arc<Inner>, gone_after: Duration, now: Millis) {
+    let result = async {
+        if inner
+            .store
+            .lead(&inner.server.id, gone_after)
+            .await?
+            .is_none()
+        {
+            return Ok(());
+        }
+        let gone = inner.store.gone_servers(gone_after).await?;
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let cleanup =
+            crate::command::kill_stranded(&*inner.store, &inner.server.host, Some(&gone)).await?;
+        for id in &gone {
+            let recovered = inner
+                .store
+                .recover(RecoverRequest {
+                    server_id: Some(id.clone()),
+                    now,
+                    manual: inner.recovery == Recovery::Manual,
+                    cleanup: cleanup.clone(),
+                })
+                .await?;
+            tracing::warn!(server_id = %id, jobs = recovered.len(), "a server is gone; recovered its jobs");
+            inner.store.server_stopped(id, now).await?;
+            for r in &recovered {
+                if let Some(q) = inner.queues.get(&r.queue) {
+                    q.backlog.store(true, Ordering::SeqCst);
+                    q.wake.notify_one();
+                }
+            }
+        }
+        Ok::<(), crate::Error>(())
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "cannot recover the jobs of gone servers; trying again");
     }
 }
 

@@ -158,7 +158,7 @@ impl Error {
                 S::StaleFence { .. } => ErrorCode::StaleFence,
                 S::Owned { .. } => ErrorCode::Locked,
                 S::Config(_) => ErrorCode::InvalidConfig,
-                S::Closed => ErrorCode::Unavailable,
+                S::Closed | S::Unavailable(_) | S::Declared(_) => ErrorCode::Unavailable,
                 S::Overloaded { .. } => ErrorCode::Overloaded,
                 S::Internal(_) => ErrorCode::Internal,
                 S::UnknownDependency { .. } => ErrorCode::InvalidSpec,

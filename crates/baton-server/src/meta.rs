@@ -189,7 +189,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 #[utoipa::path(get, operation_id = "readyz", path = "/readyz", tag = "meta", responses((status = 200, description = "ready"), (status = 503, body = baton_api::ErrorBody)))]
 pub async fn readyz(State(s): State<AppState>) -> Response {
-    if s.ready.load(Ordering::SeqCst) && !s.metrics.draining.is_cancelled() {
+    if s.ready.load(Ordering::SeqCst) && !s.metrics.draining.is_cancelled() && s.engine.healthy() {
         Json(serde_json::json!({"status": "ready"})).into_response()
     } else {
         ApiError::new(

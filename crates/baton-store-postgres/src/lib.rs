@@ -114,7 +114,19 @@ pub(crate) trait Db<T> {
 
 impl<T> Db<T> for std::result::Result<T, tokio_postgres::Error> {
     fn db(self) -> Result<T> {
-        self.map_err(|e| Error::Internal(format!("PostgreSQL: {}", describe(&e))))
+        self.map_err(|e| {
+            let io = std::error::Error::source(&e)
+                .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+            if e.is_closed()
+                || io
+                || e.code() == Some(&tokio_postgres::error::SqlState::ADMIN_SHUTDOWN)
+            {
+                // The connection broke (the database went away): try again later.
+                Error::Unavailable(format!("PostgreSQL: {}", describe(&e)))
+            } else {
+                Error::Internal(format!("PostgreSQL: {}", describe(&e)))
+            }
+        })
     }
 }
 
@@ -332,13 +344,51 @@ impl Store for PgStore {
 
     async fn heartbeat(&self, server_id: &str, now: Millis) -> Result<()> {
         let c = self.inner.pool.get().await?;
-        c.execute(
-            "UPDATE servers SET heartbeat_at = $2 WHERE id = $1",
-            &[&server_id, &now],
-        )
-        .await
-        .db()?;
+        let n = c
+            .execute(
+                "UPDATE servers SET heartbeat_at = $2, alive_at = now() \
+                 WHERE id = $1 AND stopped_at IS NULL",
+                &[&server_id, &now],
+            )
+            .await
+            .db()?;
+        if n == 0 {
+            // Another server found this one gone and recovered its attempts.
+            return Err(Error::Declared(server_id.to_owned()));
+        }
         Ok(())
+    }
+
+    async fn lead(&self, server_id: &str, ttl: std::time::Duration) -> Result<Option<u64>> {
+        let c = self.inner.pool.get().await?;
+        let row = c
+            .query_opt(
+                "INSERT INTO leader (one, server_id, term, expires_at) \
+                 VALUES (true, $1, 1, now() + $2 * interval '1 millisecond') \
+                 ON CONFLICT (one) DO UPDATE SET \
+                   term = CASE WHEN leader.server_id = excluded.server_id THEN leader.term \
+                     ELSE leader.term + 1 END, \
+                   server_id = excluded.server_id, expires_at = excluded.expires_at \
+                 WHERE leader.server_id = excluded.server_id OR leader.expires_at < now() \
+                 RETURNING term",
+                &[&server_id, &(ttl.as_millis() as f64)],
+            )
+            .await
+            .db()?;
+        Ok(row.map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    async fn gone_servers(&self, after: std::time::Duration) -> Result<Vec<String>> {
+        let c = self.inner.pool.get().await?;
+        let rows = c
+            .query(
+                "SELECT id FROM servers WHERE stopped_at IS NULL \
+                 AND alive_at < now() - $1 * interval '1 millisecond' ORDER BY id",
+                &[&(after.as_millis() as f64)],
+            )
+            .await
+            .db()?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     async fn server_stopped(&self, server_id: &str, now: Millis) -> Result<()> {

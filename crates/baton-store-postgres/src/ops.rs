@@ -880,7 +880,7 @@ pub async fn register_server(w: &mut Work<'_>, s: &ServerInfo) -> Result<()> {
          ON CONFLICT (id) DO UPDATE SET host = excluded.host, pid = excluded.pid, \
          url = excluded.url, started_at = excluded.started_at, \
          heartbeat_at = excluded.heartbeat_at, stopped_at = NULL, queues = excluded.queues, \
-         workers = excluded.workers",
+         workers = excluded.workers, alive_at = now()",
         &[
             &s.id,
             &s.host,

@@ -54,7 +54,7 @@ impl Pool {
     /// A new connection of its own, outside the pool's count (the sequencer's, say).
     pub async fn connect(&self) -> Result<Client> {
         let (client, connection) = self.config.connect(NoTls).await.map_err(|e| {
-            Error::Config(format!(
+            Error::Unavailable(format!(
                 "cannot connect to PostgreSQL at {}: {}",
                 redact(&self.config),
                 crate::describe(&e)
@@ -85,7 +85,7 @@ impl Pool {
         tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>,
     )> {
         self.config.connect(NoTls).await.map_err(|e| {
-            Error::Config(format!(
+            Error::Unavailable(format!(
                 "cannot connect to PostgreSQL at {}: {}",
                 redact(&self.config),
                 crate::describe(&e)

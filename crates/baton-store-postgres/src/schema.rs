@@ -147,7 +147,18 @@ const MIGRATIONS: &[&str] = &[
         heartbeat_at BIGINT NOT NULL,
         stopped_at BIGINT,
         queues JSONB NOT NULL,
-        workers INT NOT NULL
+        workers INT NOT NULL,
+        -- The last heartbeat by the database's clock: servers' clocks may disagree.
+        alive_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    );
+
+    -- The leader lease: one row, held by a server until it expires (database time);
+    -- the term grows each time it changes hands.
+    CREATE TABLE leader (
+        one BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+        server_id TEXT NOT NULL,
+        term BIGINT NOT NULL,
+        expires_at TIMESTAMPTZ NOT NULL
     );
 
     CREATE TABLE pipelines (

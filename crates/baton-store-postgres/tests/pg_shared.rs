@@ -222,7 +222,7 @@ async fn bad_databases_are_refused_with_a_clear_error() {
         .expect("nothing listens on port 1");
     let text = err.to_string();
     assert!(
-        matches!(err, Error::Config(_)) && text.contains("postgres://ada@127.0.0.1:1/jobs"),
+        matches!(err, Error::Unavailable(_)) && text.contains("postgres://ada@127.0.0.1:1/jobs"),
         "{text}"
     );
     assert!(

@@ -50,10 +50,18 @@ pub enum Error {
     StaleFence { id: String, fence: u64 },
     #[error("store {store} is owned by another Baton engine ({holder})")]
     Owned { store: String, holder: String },
+    /// A server of a shared store was declared down (its heartbeats stopped) and its
+    /// attempts were recovered elsewhere: it must stop what it runs.
+    #[error("server {0} was declared down by another server and its jobs recovered elsewhere")]
+    Declared(String),
     #[error("invalid store: {0}")]
     Config(String),
     #[error("the store is closed")]
     Closed,
+    /// The database cannot be reached now (a shared store's server is down or
+    /// unreachable); the same write may pass later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     /// The writer's queue is full: the caller should retry shortly.
     #[error("the store is overloaded: {queued} writes are queued; retry shortly")]
     Overloaded { queued: usize },
@@ -104,6 +112,7 @@ impl Error {
                 | Error::Conflict { .. }
                 | Error::Closed
                 | Error::Owned { .. }
+                | Error::Declared(_)
                 | Error::Config(_)
         )
     }
@@ -752,6 +761,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Committed events, live. A receiver that lags reads the rest with `events_after`.
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;
+
+    /// Takes or renews the leader lease of a shared store for `server_id`, for `ttl`
+    /// of the database's time: `Some(term)` while this server leads, the term growing
+    /// each time the lease changes hands. The leader does the work that one server
+    /// does for all (the rescue of dead servers' jobs). A store one engine owns: that
+    /// engine always leads, in term 1.
+    async fn lead(&self, server_id: &str, ttl: Duration) -> Result<Option<u64>> {
+        let _ = (server_id, ttl);
+        Ok(Some(1))
+    }
+
+    /// The servers of a shared store that are not stopped and whose last heartbeat is
+    /// older than `after` by the database's clock: gone, their attempts to recover.
+    /// Empty for a store one engine owns.
+    async fn gone_servers(&self, after: Duration) -> Result<Vec<String>> {
+        let _ = after;
+        Ok(Vec::new())
+    }
 
     /// Whether several engines may share the store at once (a database server): an
     /// engine starting on it then recovers only the attempts of servers that are gone

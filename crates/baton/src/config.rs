@@ -44,6 +44,9 @@ pub struct FileConfig {
     /// The longest a request body may take to arrive.
     pub body_timeout: Option<String>,
     pub shutdown_timeout: Option<String>,
+    /// How often the server writes its heartbeat; on a shared store (PostgreSQL) a
+    /// server that misses three is taken for gone and its jobs are recovered.
+    pub heartbeat: Option<String>,
     /// Folders of pipeline definitions (one TOML file each), loaded at start.
     pub pipelines_dirs: Option<Vec<PathBuf>>,
     /// The most log lines kept per job.
@@ -190,6 +193,7 @@ pub struct Config {
     pub bulk_limit: usize,
     pub body_timeout: Duration,
     pub shutdown_timeout: Duration,
+    pub heartbeat: Duration,
     pub queues: BTreeMap<String, usize>,
     pub auth: AuthConfig,
     pub pipelines_dirs: Vec<PathBuf>,
@@ -388,6 +392,14 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         Some(t) => baton_core::duration::parse(t)
             .map_err(|m| anyhow::anyhow!("invalid setting {}: {m}", source("shutdown_timeout")))?,
     };
+    let heartbeat = match env("BATON_HEARTBEAT")
+        .map(|v| (v, "BATON_HEARTBEAT".to_owned()))
+        .or_else(|| file.heartbeat.clone().map(|v| (v, source("heartbeat"))))
+    {
+        None => Duration::from_secs(5),
+        Some((text, named)) => positive_duration(&text)
+            .map_err(|m| anyhow::anyhow!("invalid setting {named} = {text:?}: {m}"))?,
+    };
     let queues = file.queues.clone().unwrap_or_default();
     for (name, n) in &queues {
         if *n == 0 {
@@ -527,6 +539,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         bulk_limit,
         body_timeout,
         shutdown_timeout,
+        heartbeat,
         queues,
         auth,
         pipelines_dirs: file.pipelines_dirs.unwrap_or_default(),
@@ -946,6 +959,16 @@ mod tests {
             "invalid durability \"maybe\"",
         );
         refused(Some("shutdown_timeout = \"soon\""), &[], "shutdown_timeout");
+        refused(
+            Some("heartbeat = \"0s\""),
+            &[],
+            "invalid setting heartbeat in",
+        );
+        refused(
+            None,
+            &[("BATON_HEARTBEAT", "often")],
+            "invalid setting BATON_HEARTBEAT = \"often\"",
+        );
         refused(
             Some("[queues]\nemails = 0"),
             &[],

@@ -82,6 +82,7 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
         .store(store)
         .url(&url)
         .security(config.security.clone())
+        .heartbeat(config.heartbeat)
         .retention(retention);
     for (name, concurrency) in &config.queues {
         builder = builder.queue(name, *concurrency);

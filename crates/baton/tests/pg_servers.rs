@@ -10,19 +10,23 @@ use std::time::{Duration, Instant};
 use support::{json, ok, start_on};
 use tempfile::TempDir;
 
-/// The test database (see `scripts/test`) and a schema of its own for this test, in
-/// a URL that `baton serve` takes.
-fn database() -> (String, String) {
+/// The test database (see `scripts/test`) and a schema of its own for `test`, as a
+/// URL that `baton serve` takes, and the plain database URL.
+fn database(test: &str) -> (String, String) {
     let url = std::env::var("BATON_TEST_POSTGRES").unwrap_or_else(|_| {
         panic!("BATON_TEST_POSTGRES is not set: run the tests with `bash scripts/test`, which starts PostgreSQL and creates a test database")
     });
-    let schema = format!("serve_{}", std::process::id());
+    let schema = schema(test);
     psql(
         &url,
         &format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"),
     );
     let sep = if url.contains('?') { '&' } else { '?' };
     (format!("{url}{sep}options=-csearch_path%3D{schema}"), url)
+}
+
+fn schema(test: &str) -> String {
+    format!("serve_{test}_{}", std::process::id())
 }
 
 fn psql(url: &str, sql: &str) -> String {
@@ -38,25 +42,25 @@ fn psql(url: &str, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+fn wait_for(what: &str, done: impl FnMut() -> bool) {
+    wait_up_to(Duration::from_secs(30), what, done)
+}
+
+fn wait_up_to(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
     let start = Instant::now();
     while !done() {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {what}"
-        );
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 #[test]
 fn two_servers_share_the_queue_and_a_stop_reaches_the_server_that_runs_the_job() {
-    let (store, _) = database();
+    let (store, db) = database("share");
     let config = "[queues]\ndefault = 2\n";
     let a = start_on(TempDir::new().unwrap(), &store, Some(config));
     let b = start_on(TempDir::new().unwrap(), &store, Some(config));
-    let schema = format!("serve_{}", std::process::id());
-    let db = std::env::var("BATON_TEST_POSTGRES").unwrap();
+    let schema = schema("share");
     let q = |sql: &str| psql(&db, &format!("SET search_path TO {schema}; {sql}"));
 
     // Twelve jobs submitted to A alone: B learns of them and takes its share.
@@ -103,4 +107,150 @@ fn two_servers_share_the_queue_and_a_stop_reaches_the_server_that_runs_the_job()
                 .map(|s| s.contains(") Z "))
                 .unwrap_or(true)
     });
+}
+
+/// Reads a server's event stream (SSE, through curl) into a list of event ids.
+fn follow_events(
+    url: &str,
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+) {
+    use std::io::BufRead;
+    let mut curl = Command::new("curl")
+        .args(["-sN", &format!("{url}/api/events")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    let ids = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out = curl.stdout.take().expect("stdout");
+    let seen = ids.clone();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if let Some(id) = line.strip_prefix("id:").and_then(|v| v.trim().parse().ok()) {
+                seen.lock().unwrap().push(id);
+            }
+        }
+    });
+    (curl, ids)
+}
+
+/// Three servers share 300 jobs (checkpointing commands and short ones); two are
+/// killed with SIGKILL, one after the other, while they run jobs. The survivor takes
+/// the lead, finds them gone, kills their leftover processes and recovers their jobs,
+/// which resume from their checkpoints: every job completes exactly once, no job ever
+/// had two attempts at once, and a client streaming events from the survivor saw every
+/// event, in order, with no gap and no duplicate.
+#[test]
+fn jobs_of_killed_servers_resume_elsewhere_once_and_a_survivors_stream_misses_nothing() {
+    let (store, db) = database("kill");
+    let schema = schema("kill");
+    let q = |sql: &str| psql(&db, &format!("SET search_path TO {schema}; {sql}"));
+    let config = "heartbeat = \"500ms\"\n[queues]\ndefault = 4\n";
+    let a = start_on(TempDir::new().unwrap(), &store, Some(config));
+    let b = start_on(TempDir::new().unwrap(), &store, Some(config));
+    let c = start_on(TempDir::new().unwrap(), &store, Some(config));
+    let (mut curl, seen) = follow_events(&c.url);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Each checkpointing job counts to 8, a checkpoint a step, and on a resume
+    // starts from its checkpoint; its result says where it started.
+    let counting = r#"i=$(printf %s "$BATON_CHECKPOINT" | tr -dc 0-9); i=${i:-0}; from=$i; while [ $i -lt 8 ]; do i=$((i+1)); echo "::checkpoint {\"i\": $i}"; sleep 0.1; done; echo "::result {\"from\": $from}""#;
+    let mut jobs = Vec::new();
+    for n in 0..300 {
+        let command = if n % 3 == 0 { counting } else { "sleep 0.05" };
+        jobs.push(serde_json::json!({"id": format!("k-{n}"), "kind": "command", "command": ["sh", "-c", command], "max_recoveries": 5}));
+    }
+    for (server, part) in [&a, &b].into_iter().zip(jobs.chunks(150)) {
+        let body = serde_json::json!({"jobs": part}).to_string();
+        let out = Command::new("curl")
+            .args([
+                "-sf",
+                &format!("{}/api/jobs/batch", server.url),
+                "-H",
+                "content-type: application/json",
+                "-d",
+                &body,
+            ])
+            .output()
+            .expect("curl");
+        assert!(
+            out.status.success(),
+            "batch submit: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let done = || {
+        q("SELECT COUNT(*) FROM jobs WHERE state = 'completed'")
+            .parse::<u64>()
+            .unwrap()
+    };
+    wait_for("a first share of jobs to complete", || done() >= 40);
+    let mut b = b;
+    b.child.kill().expect("SIGKILL b");
+    b.child.wait().expect("b ends");
+    wait_for("more jobs to complete", || done() >= 120);
+    let mut a = a;
+    a.child.kill().expect("SIGKILL a");
+    a.child.wait().expect("a ends");
+    wait_up_to(Duration::from_secs(180), "every job to complete", || {
+        done() == 300
+    });
+
+    // No job was ever run by two attempts at once: its events alternate between a
+    // start and the end of that attempt.
+    let log = q(
+        "SELECT job_id || ' ' || type FROM events WHERE job_id IS NOT NULL ORDER BY job_key, job_seq",
+    );
+    let mut open: std::collections::HashMap<&str, bool> = Default::default();
+    let mut completions: std::collections::HashMap<&str, u32> = Default::default();
+    for line in log.lines() {
+        let (job, kind) = line.split_once(' ').unwrap();
+        let running = open.entry(job).or_default();
+        match kind {
+            "job.started" => {
+                assert!(!*running, "{job} was started while an attempt of it ran");
+                *running = true;
+            }
+            "job.crashed" | "job.completed" | "job.failed" | "job.cancelled" | "job.retrying"
+            | "job.queued" => {
+                *running = false;
+            }
+            _ => {}
+        }
+        if kind == "job.completed" {
+            *completions.entry(job).or_default() += 1;
+        }
+    }
+    assert_eq!(completions.len(), 300);
+    assert!(
+        completions.values().all(|n| *n == 1),
+        "each job completed once"
+    );
+    let crashed: u64 = q("SELECT COUNT(DISTINCT job_id) FROM events WHERE type = 'job.crashed'")
+        .parse()
+        .unwrap();
+    assert!(crashed > 0, "the killed servers were running jobs");
+    let resumed: u64 = q("SELECT COUNT(*) FROM jobs WHERE (result->>'from')::int > 0")
+        .parse()
+        .unwrap();
+    assert!(resumed > 0, "a recovered job resumed from its checkpoint");
+    assert_eq!(
+        q("SELECT COUNT(*) FROM servers WHERE stopped_at IS NOT NULL"),
+        "2",
+        "both killed servers are marked down"
+    );
+
+    // The survivor's stream: every event, in order, once.
+    let last: u64 = q("SELECT upto FROM sequence_mark").parse().unwrap();
+    wait_for("the stream to reach the last event", || {
+        seen.lock().unwrap().last().is_some_and(|id| *id >= last)
+    });
+    let _ = curl.kill();
+    let ids = seen.lock().unwrap().clone();
+    for w in ids.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "the stream skipped or repeated an event");
+    }
+    drop(c);
 }
