@@ -80,6 +80,9 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// False while the store does not take this server's heartbeats.
     healthy: std::sync::atomic::AtomicBool,
+    /// Attempts (job id, fencing token) stopped because this server lost the store:
+    /// they record no outcome.
+    dropped: Mutex<std::collections::HashSet<(String, u64)>>,
     recovery: Recovery,
     /// Fires when shutdown gives up waiting: aborted attempts then write nothing, and
     /// outcome writes stop retrying.
@@ -423,6 +426,7 @@ impl EngineBuilder {
             timer: Notify::new(),
             shutdown: CancellationToken::new(),
             healthy: std::sync::atomic::AtomicBool::new(true),
+            dropped: Mutex::new(Default::default()),
             recovery: self.recovery,
             abandoning: CancellationToken::new(),
             outcome_write_retries: AtomicU64::new(0),
@@ -1094,10 +1098,13 @@ impl Inner {
         })
     }
 
-    /// Aborts every attempt this engine runs; how many.
+    /// Aborts every attempt this engine runs, which then record no outcome (their jobs
+    /// are recovered instead); how many.
     fn kill_all(&self) -> usize {
         let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        for h in running.values() {
+        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, h) in running.iter() {
+            dropped.insert((id.clone(), h.fence));
             h.kill.cancel();
         }
         running.len()
@@ -1183,7 +1190,11 @@ async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
         let free = queue
             .concurrency
             .saturating_sub(queue.running.load(Ordering::SeqCst));
-        let claim = !closing && !queue.paused.load(Ordering::SeqCst);
+        // While the store does not take this server's heartbeats nothing is claimed:
+        // the attempts may be stopped and recovered (see `heartbeat`).
+        let claim = !closing
+            && !queue.paused.load(Ordering::SeqCst)
+            && inner.healthy.load(Ordering::SeqCst);
         if pending.is_empty() {
             if closing {
                 return;
@@ -1386,7 +1397,14 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
     // The slot stays taken until the outcome is recorded (or refused): no more work
     // starts than can be recorded. The dispatcher frees it when it writes the outcome.
     let mut freed = false;
-    if !inner.abandoning.is_cancelled() {
+    // An attempt stopped because this server lost the store writes nothing: its job
+    // is recovered (here or by another server), not ended.
+    let dropped = inner
+        .dropped
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&(id.clone(), claimed.fence));
+    if !inner.abandoning.is_cancelled() && !dropped {
         let intent = *ctl_tx.borrow();
         let (transitions, requeued) = outcome_of(&inner, &claimed, intent, outcome);
         let written = match hand_over(&queue, transitions.clone()).await {
@@ -1654,6 +1672,9 @@ async fn heartbeat(inner: Arc<Inner>, every: Duration) {
     // A server is gone once three heartbeats are missed (by the database's clock).
     let gone_after = every * 3;
     let mut failing_since: Option<tokio::time::Instant> = None;
+    // Attempts were stopped while heartbeats failed: their jobs are recovered when
+    // the store answers again, unless another server did it meanwhile.
+    let mut stopped = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -1662,8 +1683,17 @@ async fn heartbeat(inner: Arc<Inner>, every: Duration) {
         let now = inner.clock.now();
         match inner.store.heartbeat(&inner.server.id, now).await {
             Ok(()) => {
-                inner.healthy.store(true, Ordering::SeqCst);
+                if stopped && recover_own(&inner, now).await.is_err() {
+                    continue;
+                }
+                stopped = false;
                 failing_since = None;
+                if !inner.healthy.swap(true, Ordering::SeqCst) {
+                    for q in inner.queues.values() {
+                        q.backlog.store(true, Ordering::SeqCst);
+                        q.wake.notify_one();
+                    }
+                }
             }
             Err(baton_store::Error::Declared(_)) => {
                 // Another server found this one gone and recovered its attempts: what
@@ -1688,6 +1718,7 @@ async fn heartbeat(inner: Arc<Inner>, every: Duration) {
                 if inner.store.shared() && since.elapsed() >= gone_after && inner.kill_all() > 0 {
                     // The others take this server for gone and recover its attempts:
                     // it must not run them beside their replacements.
+                    stopped = true;
                     tracing::error!(
                         "no heartbeat for {gone_after:?}: stopped this server's attempts, which are recovered elsewhere"
                     );
@@ -1699,6 +1730,33 @@ async fn heartbeat(inner: Arc<Inner>, every: Duration) {
             rescue(&inner, gone_after, now).await;
         }
     }
+}
+
+/// After this server stopped its attempts for lack of heartbeats and the store
+/// answers again: once the stopped attempts' tasks have ended (nothing was claimed
+/// meanwhile), the jobs still held under this server's id are recovered, from their
+/// checkpoints, as a gone server's would be.
+async fn recover_own(inner: &Arc<Inner>, now: Millis) -> crate::Result<()> {
+    // The stopped attempts end, and outcomes of attempts that ended on their own
+    // while the store was away land first (their jobs are not recovered then).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !inner.tasks.is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered = inner
+        .store
+        .recover(RecoverRequest {
+            server_id: Some(inner.server.id.clone()),
+            now,
+            manual: inner.recovery == Recovery::Manual,
+            cleanup: Default::default(),
+        })
+        .await?;
+    tracing::warn!(
+        jobs = recovered.len(),
+        "the store answers again; recovered the jobs whose attempts were stopped"
+    );
+    Ok(())
 }
 
 /// On a shared store, the leader recovers the attempts of the servers that are gone:
@@ -1714,7 +1772,9 @@ async fn rescue(inner: &Arc<Inner>, gone_after: Duration, now: Millis) {
         {
             return Ok(());
         }
-        let gone = inner.store.gone_servers(gone_after).await?;
+        let mut gone = inner.store.gone_servers(gone_after).await?;
+        // This server is alive (it just wrote its heartbeat), however late it was.
+        gone.retain(|id| *id != inner.server.id);
         if gone.is_empty() {
             return Ok(());
         }

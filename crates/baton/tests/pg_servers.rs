@@ -254,3 +254,158 @@ fn jobs_of_killed_servers_resume_elsewhere_once_and_a_survivors_stream_misses_no
     }
     drop(c);
 }
+
+/// A TCP proxy to the database that the test can cut (every connection dropped, new
+/// ones refused) and restore: the database lost and found again.
+struct Proxy {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Proxy {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::<TcpStream>::new()));
+        let (o, c, up) = (open.clone(), conns.clone(), upstream.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: the database is gone
+                }
+                let Ok(server) = TcpStream::connect(&up) else {
+                    continue;
+                };
+                let mut list = c.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Proxy { addr, open, conns }
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        for s in self.conns.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+fn status(url: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-m",
+            "5",
+            url,
+        ])
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The database goes away under a running server: `/readyz` says the server is not
+/// ready, a submit is refused (503, nothing acknowledged), and once the database is
+/// back the server is ready again by itself and every job it acknowledged completes.
+#[test]
+fn a_lost_database_makes_the_server_unready_and_loses_nothing_acknowledged() {
+    let (_, db) = database("lost");
+    let schema = schema("lost");
+    let q = |sql: &str| psql(&db, &format!("SET search_path TO {schema}; {sql}"));
+    let proxy = Proxy::start("127.0.0.1:5432");
+    let base = db
+        .rsplit_once('/')
+        .map(|(_, name)| name)
+        .unwrap_or("test")
+        .to_owned();
+    let through = format!(
+        "postgres://postgres@{}/{base}?options=-csearch_path%3D{schema}",
+        proxy.addr
+    );
+    let s = start_on(
+        TempDir::new().unwrap(),
+        &through,
+        Some("heartbeat = \"300ms\"\n"),
+    );
+    assert_eq!(status(&format!("{}/readyz", s.url)), "200");
+    let mut acknowledged = Vec::new();
+    for n in 0..8 {
+        let id = format!("before-{n}");
+        let out = support::baton(&s, &["submit", "--id", &id, "--shell", "--", "sleep 5"]);
+        ok(&out);
+        acknowledged.push(id);
+    }
+    wait_for("the jobs to run", || {
+        q("SELECT COUNT(*) FROM jobs WHERE state = 'running'") == "8"
+    });
+
+    proxy.cut();
+    wait_for("/readyz to fail", || {
+        status(&format!("{}/readyz", s.url)) == "503"
+    });
+    // Three missed heartbeats: the server stops its attempts rather than run them
+    // beside replacements another server could have started.
+    std::thread::sleep(Duration::from_millis(1500));
+    let refused = support::baton(&s, &["submit", "--id", "during", "--shell", "--", "true"]);
+    assert!(
+        !refused.status.success(),
+        "a submit without a database is refused"
+    );
+
+    proxy.restore();
+    wait_for("/readyz to pass again", || {
+        status(&format!("{}/readyz", s.url)) == "200"
+    });
+    ok(&support::baton(
+        &s,
+        &["submit", "--id", "after", "--shell", "--", "true"],
+    ));
+    acknowledged.push("after".into());
+    wait_up_to(
+        Duration::from_secs(60),
+        "every acknowledged job to complete",
+        || {
+            let list = acknowledged
+                .iter()
+                .map(|i| format!("'{i}'"))
+                .collect::<Vec<_>>()
+                .join(",");
+            q(&format!(
+                "SELECT COUNT(*) FROM jobs WHERE state = 'completed' AND id IN ({list})"
+            )) == acknowledged.len().to_string()
+        },
+    );
+    assert_eq!(
+        q("SELECT COUNT(DISTINCT job_id) FROM events WHERE type = 'job.recovered'"),
+        "8",
+        "the stopped attempts' jobs were recovered and ran again"
+    );
+    assert_eq!(
+        q("SELECT COUNT(*) FROM jobs WHERE attempt > 1"),
+        "0",
+        "a recovery continues the interrupted attempt"
+    );
+}

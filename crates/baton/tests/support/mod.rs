@@ -51,7 +51,10 @@ pub fn start_on(dir: TempDir, store: &str, config: Option<&str>) -> Server {
         .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
         .env_remove("BATON_SERVER")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(match std::env::var_os("BATON_TEST_SERVER_LOG") {
+            Some(p) => Stdio::from(std::fs::File::create(p).unwrap()),
+            None => Stdio::null(),
+        });
     if let Some(text) = config {
         std::fs::write(dir.path().join("baton.toml"), text).unwrap();
     }
