@@ -12,6 +12,7 @@ mod crash;
 pub mod events;
 mod ops;
 mod pool;
+mod prune;
 mod read;
 mod rows;
 mod schedules;
@@ -436,8 +437,8 @@ impl Store for PgStore {
         read::events_pruned_upto(&*c).await
     }
 
-    async fn prune(&self, _req: PruneRequest) -> Result<Pruned> {
-        Err(not_yet("retention"))
+    async fn prune(&self, req: PruneRequest) -> Result<Pruned> {
+        write!(self, |w| prune::prune(&mut w, &req).await)
     }
 
     async fn checkpoints(&self, job_id: &str) -> Result<Vec<Checkpoint>> {

@@ -82,6 +82,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_schedule_active ON jobs (schedule_id, key)
         WHERE schedule_id IS NOT NULL
         AND state NOT IN ('completed', 'failed', 'cancelled', 'deleted');
+    -- A workflow's jobs: retention removes a workflow whole.
+    CREATE INDEX jobs_workflow ON jobs (workflow_id) WHERE workflow_id IS NOT NULL;
 
     -- `lid` orders a transaction's events; `xid` is the writing transaction. The
     -- sequencer gives `id` (the public, dense, global order) to the events of
@@ -99,6 +101,8 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX events_unsequenced ON events (xid, lid) WHERE id IS NULL;
     CREATE INDEX events_job ON events (job_key, job_seq) WHERE job_key IS NOT NULL;
+    -- Events of no job (a server's, a queue's, a schedule's) go by age.
+    CREATE INDEX events_unowned ON events (at) WHERE job_key IS NULL;
 
     -- The last id the sequencer gave, and the horizon it gave it under: every event
     -- of a transaction with an xid below it has its id.
@@ -213,6 +217,8 @@ const MIGRATIONS: &[&str] = &[
         message TEXT,
         PRIMARY KEY (schedule_id, seq)
     );
+    -- Fires go by age (each schedule's newest stays).
+    CREATE INDEX schedule_fires_at ON schedule_fires (fired_at);
     "#,
 ];
 

@@ -28,8 +28,8 @@ pub struct Mark {
 pub struct Work<'p> {
     pub c: Conn<'p>,
     events: Vec<NewEvent>,
-    /// Jobs that moved: queue, from (none: new), to, when.
-    moves: Vec<(String, Option<State>, State, Millis)>,
+    /// Jobs that moved: queue, from (none: new), to (none: removed), when.
+    moves: Vec<(String, Option<State>, Option<State>, Millis)>,
     savepoints: u32,
 }
 
@@ -67,14 +67,19 @@ impl<'p> Work<'p> {
 
     /// Records that a job of `queue` left `from` (none: it is new) for `to` at `at`.
     pub fn moved(&mut self, queue: &str, from: Option<State>, to: State, at: Millis) {
-        self.moves.push((queue.to_owned(), from, to, at));
+        self.moves.push((queue.to_owned(), from, Some(to), at));
+    }
+
+    /// Records that a job of `queue` in state `from` was removed.
+    pub fn removed(&mut self, queue: &str, from: State, at: Millis) {
+        self.moves.push((queue.to_owned(), Some(from), None, at));
     }
 
     /// The queues that this write gave ready jobs.
     fn readied(&self) -> std::collections::BTreeSet<String> {
         self.moves
             .iter()
-            .filter(|m| m.2 == State::Queued)
+            .filter(|m| m.2 == Some(State::Queued))
             .map(|m| m.0.clone())
             .collect()
     }
@@ -182,14 +187,22 @@ impl<'p> Work<'p> {
         if self.moves.is_empty() {
             return Ok(());
         }
-        let mut sums: std::collections::BTreeMap<(&str, State), i64> = Default::default();
+        // Keyed also by whether the change is a removal. A removal (retention) has no
+        // event, so no sequencer pass waits for it and the horizon may pass it a
+        // second later: it is counted as soon as it commits instead (xid 0). Its job's
+        // own changes are counted already: a job goes only once its events have their
+        // ids, given under a horizon past the writes that made them.
+        let mut sums: std::collections::BTreeMap<(&str, State, bool), i64> = Default::default();
         let mut buckets: std::collections::BTreeMap<(i64, Millis, &str), (i64, i64)> =
             Default::default();
         for (queue, from, to, at) in &self.moves {
             if let Some(from) = from {
-                *sums.entry((queue.as_str(), *from)).or_default() -= 1;
+                *sums
+                    .entry((queue.as_str(), *from, to.is_none()))
+                    .or_default() -= 1;
             }
-            *sums.entry((queue.as_str(), *to)).or_default() += 1;
+            let Some(to) = to else { continue };
+            *sums.entry((queue.as_str(), *to, false)).or_default() += 1;
             let failed = match to {
                 State::Completed => false,
                 State::Failed => true,
@@ -207,20 +220,24 @@ impl<'p> Work<'p> {
                 }
             }
         }
-        let (mut queues, mut states, mut ns) = (Vec::new(), Vec::new(), Vec::new());
-        for ((queue, state), n) in sums {
+        let (mut queues, mut states, mut ns, mut removals) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((queue, state, removal), n) in sums {
             if n != 0 {
                 queues.push(queue);
                 states.push(state.as_str());
                 ns.push(n);
+                removals.push(removal);
             }
         }
         if !ns.is_empty() {
             self.c
                 .execute(
-                    "INSERT INTO job_counts (queue, state, n) \
-                     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])",
-                    &[&queues, &states, &ns],
+                    "INSERT INTO job_counts (queue, state, n, xid) \
+                     SELECT q, s, n, CASE WHEN r THEN '0'::xid8 ELSE pg_current_xact_id() END \
+                     FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bool[]) \
+                     AS c (q, s, n, r)",
+                    &[&queues, &states, &ns, &removals],
                 )
                 .await
                 .db()?;

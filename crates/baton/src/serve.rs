@@ -70,20 +70,12 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
                 (Arc::new(store), shown, None)
             }
         };
-    let mut retention = config.retention.clone();
-    if store.shared() && retention.keep.is_some() {
-        tracing::warn!(
-            "retention is not yet supported on the PostgreSQL store: finished jobs are kept"
-        );
-        retention.keep = None;
-        retention.queues.clear();
-    }
     let mut builder = Engine::builder()
         .store(store)
         .url(&url)
         .security(config.security.clone())
         .heartbeat(config.heartbeat)
-        .retention(retention);
+        .retention(config.retention.clone());
     for (name, concurrency) in &config.queues {
         builder = builder.queue(name, *concurrency);
     }
