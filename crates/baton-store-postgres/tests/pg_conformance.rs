@@ -54,6 +54,17 @@ baton_store::store_conformance_tests!(@each fresh();
     overlap_skip_and_queue_decide_on_active_jobs,
     history_pages_newest_first_with_job_outcomes,
     fires_skip_a_job_whose_unique_key_is_held,
+    dependents_are_queued_in_the_write_that_ends_their_last_dependency,
+    a_fan_in_job_is_queued_once_when_its_dependencies_end_together,
+    dependents_of_dependencies_that_end_in_one_write_are_settled_once,
+    a_dependency_on_an_unknown_job_is_refused_without_writing,
+    conditions_decide_whether_a_dependent_runs,
+    a_dependency_that_ended_already_is_decided_at_submit,
+    cancellation_runs_down_a_long_chain,
+    workflows_are_stored_whole_and_read_back_as_graphs,
+    a_paused_workflow_starts_nothing_until_resumed,
+    a_workflow_retries_its_failed_part_and_cancels_as_a_whole,
+    workflows_are_listed_newest_first_with_their_counts,
 );
 
 /// Two servers on one database fire the same schedule at the same revision at once:
