@@ -9,6 +9,7 @@
 //! returns once its events are published, as in the SQLite store.
 
 mod crash;
+mod deps;
 pub mod events;
 mod ops;
 mod pool;
@@ -19,6 +20,7 @@ mod schedules;
 mod schema;
 mod search;
 mod work;
+mod workflows;
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -281,10 +283,6 @@ pub fn strip_password(url: &str) -> String {
         return format!("{scheme}://{user}:***@{host}");
     }
     url.to_owned()
-}
-
-fn not_yet(what: &str) -> Error {
-    Error::Config(format!("the PostgreSQL store does not support {what} yet"))
 }
 
 fn with_runs(out: Vec<Submitted>) -> Vec<Submitted> {
@@ -578,34 +576,37 @@ impl Store for PgStore {
         schedules::awaiting(&*c).await
     }
 
-    async fn submit_workflow(&self, _workflow: NewWorkflow) -> Result<SubmittedWorkflow> {
-        Err(not_yet("workflows"))
+    async fn submit_workflow(&self, workflow: NewWorkflow) -> Result<SubmittedWorkflow> {
+        write!(self, |w| workflows::submit(&mut w, &workflow).await)
     }
 
-    async fn workflow(&self, _id: &str) -> Result<Option<baton_core::WorkflowGraph>> {
-        Ok(None)
+    async fn workflow(&self, id: &str) -> Result<Option<baton_core::WorkflowGraph>> {
+        let mut c = self.inner.pool.get().await?;
+        workflows::graph(&mut c, id).await
     }
 
     async fn control_workflow(
         &self,
         id: &str,
-        _action: WorkflowAction,
-        _now: Millis,
+        action: WorkflowAction,
+        now: Millis,
     ) -> Result<WorkflowChange> {
-        Err(Error::WorkflowNotFound(id.to_owned()))
+        write!(self, |w| workflows::control(&mut w, id, action, now).await)
     }
 
-    async fn dependencies(&self, _job_id: &str) -> Result<Vec<Link>> {
-        // Jobs with dependencies are refused at submit for now: none has any.
-        Ok(Vec::new())
+    async fn dependencies(&self, job_id: &str) -> Result<Vec<Link>> {
+        let c = self.inner.pool.get().await?;
+        workflows::links(&*c, job_id, workflows::Side::Dependencies).await
     }
 
-    async fn dependents(&self, _job_id: &str) -> Result<Vec<Link>> {
-        Ok(Vec::new())
+    async fn dependents(&self, job_id: &str) -> Result<Vec<Link>> {
+        let c = self.inner.pool.get().await?;
+        workflows::links(&*c, job_id, workflows::Side::Dependents).await
     }
 
-    async fn workflows(&self, _filter: WorkflowFilter) -> Result<WorkflowPage> {
-        Err(not_yet("workflows"))
+    async fn workflows(&self, filter: WorkflowFilter) -> Result<WorkflowPage> {
+        let mut c = self.inner.pool.get().await?;
+        workflows::list(&mut c, &filter).await
     }
 
     async fn throughput(&self, span: Span, since: Millis) -> Result<Vec<ThroughputRow>> {

@@ -42,34 +42,43 @@ pub async fn submit(
     // Check every job before storing any: a refused batch must leave no trace.
     for new in jobs {
         state::check(None, new.state).map_err(|e| transition_error(new.id.as_str(), e))?;
-        if !new.depends_on.is_empty() || new.workflow_id.is_some() {
-            return Err(Error::Config(format!(
-                "job {:?}: the PostgreSQL store does not store dependencies or workflows yet",
-                new.id.as_str()
-            )));
-        }
     }
     let mut started = 0usize;
     let mut out = Vec::with_capacity(jobs.len());
+    let mut edges = crate::deps::NewEdges::default();
     for new in jobs {
         if let Some(key) = &new.unique_key
-            && let Some(existing) = unique(w, new, key).await?
+            && let Some(existing) = unique(w, new, key, &mut edges).await?
         {
             out.push(existing);
             continue;
         }
+        // Its dependencies decide the state it starts in.
+        let prepared = crate::deps::prepare(w, new).await?;
+        let adjusted;
+        let new = match prepared.state {
+            Some(state) => {
+                adjusted = NewJob {
+                    state,
+                    ..new.clone()
+                };
+                &adjusted
+            }
+            None => new,
+        };
         let start_now = start.filter(|s| new.state == State::Queued && started < s.max);
         let labels = (!new.labels.is_empty()).then(|| json!(new.labels));
         let running = start_now.is_some();
-        let row = w
-            .c
-            .query_opt(
+        let row =
+            w.c.query_opt(
                 "INSERT INTO jobs (id, kind, queue, priority, state, payload, exec, labels, \
                  max_attempts, backoff_initial_ms, backoff_max_ms, timeout_ms, grace_ms, \
                  max_recoveries, event_seq, created_at, run_at, updated_at, \
-                 attempt, fence, started_at, server_id, unique_key, search) \
+                 attempt, fence, started_at, server_id, unique_key, search, \
+                 deps_pending, workflow_id, workflow_name) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
-                 $17, $16, $18::bigint, $18::bigint, $19, $20, $21, $22::text::tsvector) ON CONFLICT (id) DO NOTHING RETURNING key",
+                 $17, $16, $18::bigint, $18::bigint, $19, $20, $21, $22::text::tsvector, \
+                 $23, $24, $25) ON CONFLICT (id) DO NOTHING RETURNING key",
                 &[
                     &new.id.as_str(),
                     &new.kind,
@@ -97,11 +106,19 @@ pub async fn submit(
                     &start_now.map(|s| s.server_id.as_str()),
                     &new.unique_key,
                     &crate::search::vector(new.id.as_str(), &new.kind, &new.labels, None),
+                    &prepared.pending,
+                    &new.workflow_id,
+                    &new.workflow_name,
                 ],
             )
             .await
             .db()?;
         let Some(row) = row else {
+            if new.workflow_id.is_some() {
+                // A workflow's jobs are its own: an id taken elsewhere is refused.
+                return Err(Error::JobExists(new.id.to_string()));
+            }
+            edges.write(w).await?;
             let existing = get_job(&*w.c, new.id.as_str())
                 .await?
                 .ok_or_else(|| Error::NotFound(new.id.to_string()))?;
@@ -113,6 +130,7 @@ pub async fn submit(
             continue;
         };
         let key: i64 = row.get(0);
+        edges.add(key, &prepared);
         w.moved(
             &new.queue,
             None,
@@ -125,6 +143,9 @@ pub async fn submit(
             "queue": new.queue,
             "priority": new.priority,
         });
+        if let Some(wf) = &new.workflow_id {
+            data["workflow"] = json!(wf);
+        }
         if let Some(at) = new.run_at {
             data["run_at"] = json!(baton_core::time::to_rfc3339(at));
         }
@@ -147,8 +168,8 @@ pub async fn submit(
             attempt: 0,
             max_attempts: new.max_attempts,
             labels: new.labels.clone(),
-            depends_on: Vec::new(),
-            workflow_id: None,
+            depends_on: new.depends_on.iter().map(|d| d.job.clone()).collect(),
+            workflow_id: new.workflow_id.clone(),
             schedule_id: None,
             created_at: new.created_at,
             run_at: new.run_at,
@@ -195,18 +216,27 @@ pub async fn submit(
                 })
             }
         };
+        crate::deps::settle_new(w, new, &prepared, &mut job).await?;
         out.push(Submitted {
             job,
             created: true,
             claimed,
         });
     }
+    edges.write(w).await?;
     Ok(out)
 }
 
 /// A new job's unique key held by an active job: refused, answered with the holder,
 /// or the holder cancelled, by the job's policy. `Some` answers the submit.
-async fn unique(w: &mut Work<'_>, new: &NewJob, key: &str) -> Result<Option<Submitted>> {
+async fn unique(
+    w: &mut Work<'_>,
+    new: &NewJob,
+    key: &str,
+    edges: &mut crate::deps::NewEdges,
+) -> Result<Option<Submitted>> {
+    // A holder it replaces settles its dependents, which may be jobs of this submit.
+    edges.write(w).await?;
     if let Some(existing) = get_job(&*w.c, new.id.as_str()).await? {
         return Ok(Some(Submitted {
             job: existing.job,
@@ -417,7 +447,9 @@ pub async fn transition(
     // What a transition changes, in one statement; the CASEs keep what it leaves.
     // A manual retry (`budget`) starts a fresh attempt budget and clears the last
     // outcome; completing clears an earlier attempt's error.
-    w.c.execute(
+    // It returns whether the job has dependents, read after the row was locked: no
+    // edge to it can appear until this write ends (see `deps.rs`).
+    let dependents: bool = w.c.query_one(
         "UPDATE jobs SET state = $2, updated_at = $3, event_seq = $4, \
          attempt_base = CASE WHEN $5 THEN attempt ELSE attempt_base END, \
          result = CASE WHEN $6::jsonb IS NOT NULL THEN $6 WHEN $5 THEN NULL ELSE result END, \
@@ -432,7 +464,7 @@ pub async fn transition(
          attempt = GREATEST(attempt - $14, 0), \
          recoveries = recoveries + $15, \
          search = COALESCE($16::text::tsvector, search) \
-         WHERE key = $1",
+         WHERE key = $1 RETURNING EXISTS (SELECT 1 FROM edges WHERE parent = $1)",
         &[
             &key,
             &t.to.as_str(),
@@ -454,7 +486,8 @@ pub async fn transition(
         ],
     )
     .await
-    .db()?;
+    .db()?
+    .get(0);
     w.moved(&queue, Some(from), t.to, t.now);
     let mut data = t.data.clone();
     if let Value::Object(map) = &mut data {
@@ -471,6 +504,10 @@ pub async fn transition(
         t.now,
         data,
     );
+    // Its dependents learn of its end in this same write.
+    if dependents {
+        crate::deps::after_transition(w, key, &t.job_id, from, t.to, t.now).await?;
+    }
     if read_back {
         get_job(&*w.c, &t.job_id).await
     } else {

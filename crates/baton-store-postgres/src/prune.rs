@@ -68,9 +68,29 @@ pub async fn prune(w: &mut Work<'_>, req: &PruneRequest) -> Result<Pruned> {
             .await
             .db()?;
         }
+        w.c.execute(
+            "DELETE FROM edges WHERE child = ANY ($1) OR parent = ANY ($1)",
+            &[&keys],
+        )
+        .await
+        .db()?;
         w.c.execute("DELETE FROM jobs WHERE key = ANY ($1)", &[&keys])
             .await
             .db()?;
+        // A workflow whose last jobs went goes too.
+        let workflows: Vec<&str> = doomed
+            .iter()
+            .filter_map(|d| d.workflow.as_deref())
+            .collect();
+        if !workflows.is_empty() {
+            w.c.execute(
+                "DELETE FROM workflows WHERE id = ANY ($1) \
+                 AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.workflow_id = workflows.id)",
+                &[&workflows],
+            )
+            .await
+            .db()?;
+        }
         for d in &doomed {
             w.removed(&d.queue, d.state, req.now);
         }
@@ -317,8 +337,18 @@ async fn lock(w: &mut Work<'_>, req: &PruneRequest, chosen: Vec<Looked>) -> Resu
         .collect())
 }
 
-/// The jobs of `keys` that an unfinished job depends on. Jobs with dependencies are
-/// refused at submit for now: none has a dependent.
-async fn needed_by_a_dependent(_w: &mut Work<'_>, _keys: &[i64]) -> Result<BTreeSet<i64>> {
-    Ok(BTreeSet::new())
+/// The jobs of `keys` that an unfinished job depends on. Read after their rows are
+/// locked: a submit that adds an edge to one of them holds a key-share lock on it
+/// until it commits, so its edge is seen here or the submit finds the job gone.
+async fn needed_by_a_dependent(w: &mut Work<'_>, keys: &[i64]) -> Result<BTreeSet<i64>> {
+    let rows =
+        w.c.query(
+            "SELECT DISTINCT edges.parent FROM edges JOIN jobs ON jobs.key = edges.child \
+             WHERE edges.parent = ANY ($1) \
+             AND jobs.state NOT IN ('completed', 'failed', 'cancelled', 'deleted')",
+            &[&keys],
+        )
+        .await
+        .db()?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
 }

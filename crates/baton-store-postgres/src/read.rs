@@ -5,7 +5,7 @@ use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
 use crate::Db;
-use crate::rows::{EVENT_COLUMNS, JOB_COLUMNS, read_event, read_events, read_job, state};
+use crate::rows::{EVENT_COLUMNS, JOB_COLUMNS, read_event, read_events, state};
 use baton_store::{
     Checkpoint, Counts, Error, JobCursor, JobFilter, JobPage, JobProcess, JobSort, LIST_COUNT_CAP,
     LogLine, Pipeline, ProcessRecord, Result, ServerInfo, Span, ThroughputRow,
@@ -401,7 +401,8 @@ pub async fn list(c: &impl GenericClient, f: &JobFilter) -> Result<JobPage> {
     };
     let limit = f.limit.max(1);
     let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE {} ORDER BY {order} LIMIT {}",
+        "SELECT {JOB_COLUMNS}, {} FROM jobs WHERE {} ORDER BY {order} LIMIT {}",
+        crate::deps::DEPENDS_ON,
         page_wheres.join(" AND "),
         limit + 1
     );
@@ -410,7 +411,10 @@ pub async fn list(c: &impl GenericClient, f: &JobFilter) -> Result<JobPage> {
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
     let rows = c.query(&sql, &page_params).await.db()?;
-    let mut jobs: Vec<crate::rows::JobRow> = rows.iter().map(read_job).collect::<Result<_>>()?;
+    let mut jobs: Vec<crate::rows::JobRow> = rows
+        .iter()
+        .map(crate::rows::read_job_with_deps)
+        .collect::<Result<_>>()?;
     let next_cursor = if jobs.len() > limit {
         jobs.truncate(limit);
         jobs.last().map(|last| {

@@ -117,15 +117,26 @@ pub fn read_job(r: &Row) -> Result<JobRow> {
     })
 }
 
+/// A job with the ids of the jobs it depends on, read with [`JOB_COLUMNS`] followed
+/// by `deps::DEPENDS_ON`.
+pub fn read_job_with_deps(r: &Row) -> Result<JobRow> {
+    let mut row = read_job(r)?;
+    row.job.depends_on = r.get(JOB_COLUMNS.split(", ").count());
+    Ok(row)
+}
+
 pub async fn get_job(c: &impl GenericClient, id: &str) -> Result<Option<JobRow>> {
     let row = c
         .query_opt(
-            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"),
+            &format!(
+                "SELECT {JOB_COLUMNS}, {} FROM jobs WHERE id = $1",
+                crate::deps::DEPENDS_ON
+            ),
             &[&id],
         )
         .await
         .db()?;
-    row.as_ref().map(read_job).transpose()
+    row.as_ref().map(read_job_with_deps).transpose()
 }
 
 pub const EVENT_COLUMNS: &str = "id, job_id, job_seq, type, at, data";

@@ -8,7 +8,7 @@ use baton_store::{Error, Result};
 
 const MIGRATIONS: &[&str] = &[
     // 1: jobs and everything a job keeps, events with their sequencing, servers,
-    // schedules and their fire history.
+    // schedules and their fire history, dependencies and workflows.
     //
     // `jobs` is the hot table: every claim and outcome updates a row in place. A
     // fillfactor of 80 leaves room in each page for the new version of an updated row
@@ -83,7 +83,29 @@ const MIGRATIONS: &[&str] = &[
         WHERE schedule_id IS NOT NULL
         AND state NOT IN ('completed', 'failed', 'cancelled', 'deleted');
     -- A workflow's jobs: retention removes a workflow whole.
-    CREATE INDEX jobs_workflow ON jobs (workflow_id) WHERE workflow_id IS NOT NULL;
+    CREATE INDEX jobs_workflow ON jobs (workflow_id, key) WHERE workflow_id IS NOT NULL;
+
+    -- Edges by the jobs' row keys: `child` waits for `parent` to end so that `cond`
+    -- ('completed', 'failed', 'finished') holds; `status`: 0 waiting, 1 met, 2 never.
+    -- An awaiting job counts its waiting edges in `jobs.deps_pending`.
+    CREATE TABLE edges (
+        child BIGINT NOT NULL,
+        parent BIGINT NOT NULL,
+        cond TEXT NOT NULL,
+        status SMALLINT NOT NULL,
+        PRIMARY KEY (child, parent)
+    );
+    -- The dependents of a job, read when it ends.
+    CREATE INDEX edges_parent ON edges (parent);
+
+    -- The id sorts by its bytes ("C"), as the SQLite store lists it.
+    CREATE TABLE workflows (
+        id TEXT COLLATE "C" PRIMARY KEY,
+        paused BOOLEAN NOT NULL DEFAULT false,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX workflows_created ON workflows (created_at, id);
 
     -- `lid` orders a transaction's events; `xid` is the writing transaction. The
     -- sequencer gives `id` (the public, dense, global order) to the events of

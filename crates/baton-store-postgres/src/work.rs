@@ -25,12 +25,24 @@ pub struct Mark {
     moves: usize,
 }
 
+/// A job that ended (or left an end) in this write, whose dependents have still to
+/// hear of it (see `deps.rs`).
+pub struct Ending {
+    pub key: i64,
+    pub id: String,
+    pub to: State,
+    pub now: Millis,
+}
+
 pub struct Work<'p> {
     pub c: Conn<'p>,
     events: Vec<NewEvent>,
     /// Jobs that moved: queue, from (none: new), to (none: removed), when.
     moves: Vec<(String, Option<State>, Option<State>, Millis)>,
     savepoints: u32,
+    /// While dependents are being settled: the endings still to settle, a work list
+    /// rather than recursion, so that a chain of any length cannot overflow the stack.
+    pub settling: Option<Vec<Ending>>,
 }
 
 impl<'p> Work<'p> {
@@ -43,6 +55,7 @@ impl<'p> Work<'p> {
             events: Vec::new(),
             moves: Vec::new(),
             savepoints: 0,
+            settling: None,
         })
     }
 

@@ -15,48 +15,7 @@ async fn fresh() -> (Arc<dyn Store>, Schema) {
     (Arc::new(schema.open().await), schema)
 }
 
-baton_store::store_conformance_tests!(@each fresh();
-    submit_claim_complete,
-    settle_records_outcomes_and_refills_their_slots,
-    claim_takes_higher_priority_first_then_fifo_within_its_queue,
-    concurrent_claims_never_hand_out_a_job_twice,
-    delayed_jobs_wait_for_run_at,
-    retry_after_backoff_counts_attempts,
-    stale_fence_is_refused_without_writing,
-    submit_is_idempotent,
-    list_paginates_and_filters,
-    list_text_finds_ids_kinds_labels_and_errors,
-    list_orders_page_every_job_once_while_jobs_arrive,
-    events_are_gapless_and_match_the_live_stream,
-    illegal_transitions_are_refused_without_writing,
-    expect_is_compare_and_set,
-    updates_record_progress_step_and_output,
-    checkpoints_resume_the_next_claim,
-    recover_requeues_executing_jobs,
-    recover_manual_leaves_jobs_crashed,
-    recover_fails_a_job_after_max_recoveries,
-    recover_records_what_the_crash_cost,
-    recovery_of_a_server_leaves_other_servers_attempts_alone,
-    servers_register_heartbeat_and_stop,
-    counts_by_queue_and_state,
-    list_totals_are_exact_by_state_and_queue_and_capped_otherwise,
-    submit_and_start_runs_new_jobs_in_one_write,
-    release_hands_back_only_this_servers_jobs,
-    logs_are_appended_paged_and_bounded,
-    logs_from_a_stale_attempt_are_refused,
-    processes_of_executing_jobs_are_listed_and_cleared_by_recovery,
-    pipelines_are_stored_replaced_listed_and_deleted,
-    a_unique_key_has_one_active_holder,
-    queues_pause_and_resume_with_events,
-    throughput_is_counted_per_second_and_minute_by_the_ending_write,
-    schedules_are_created_replaced_listed_and_deleted,
-    fire_submits_jobs_and_moves_the_schedule_in_one_write,
-    overlap_skip_and_queue_decide_on_active_jobs,
-    history_pages_newest_first_with_job_outcomes,
-    fires_skip_a_job_whose_unique_key_is_held,
-    prune_goes_past_jobs_it_keeps_to_the_jobs_that_are_due,
-    prune_keeps_a_schedules_newest_fire,
-);
+baton_store::store_conformance_tests!(fresh());
 
 /// Two servers on one database fire the same schedule at the same revision at once:
 /// one fire is made, the other is refused as stale, every time.

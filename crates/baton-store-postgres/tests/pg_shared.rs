@@ -1,7 +1,8 @@
 //! What only a store that several servers share must do: one gap-free order of
 //! events that every server publishes alike, claims that never hand a job out twice
-//! across servers, migrations that servers starting together apply once, and errors
-//! that name the database without its password.
+//! across servers, migrations that servers starting together apply once, a fan-in job
+//! queued once when servers end its dependencies together, and errors that name the
+//! database without its password.
 
 mod common;
 
@@ -253,4 +254,93 @@ async fn bad_databases_are_refused_with_a_clear_error() {
             .contains("schema version 999, newer than this Baton knows"),
         "{err}"
     );
+}
+
+/// Two servers complete the dependencies of one fan-in job at once, each write on a
+/// connection of its own: each locks the fan-in job's row before it counts, so the
+/// job is queued exactly once, by the write that met its last edge, every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fan_in_job_is_queued_once_when_two_servers_end_its_dependencies_together() {
+    const ROUNDS: usize = 20;
+    const FAN: usize = 8;
+    let schema = Schema::new();
+    let (a, b) = (schema.open().await, schema.open().await);
+    for round in 0..ROUNDS {
+        let queue = format!("round-{round}");
+        let parents: Vec<String> = (0..FAN).map(|i| format!("r{round}-p{i}")).collect();
+        a.submit(
+            parents
+                .iter()
+                .map(|p| {
+                    JobSpec::new("work")
+                        .id(p.as_str())
+                        .queue(queue.as_str())
+                        .validate(T0, &Limits::default())
+                        .expect("valid job")
+                })
+                .collect(),
+        )
+        .await
+        .expect("submit the dependencies");
+        let sink = format!("r{round}-sink");
+        let mut spec = JobSpec::new("work").id(sink.as_str());
+        for p in &parents {
+            spec = spec.depends_on(p.as_str());
+        }
+        let submitted = b
+            .submit(vec![
+                spec.validate(T0, &Limits::default()).expect("valid job"),
+            ])
+            .await
+            .expect("submit the fan-in job");
+        assert_eq!(submitted[0].job.state, State::Awaiting);
+        let claimed = a
+            .claim(ClaimRequest {
+                queue: queue.clone(),
+                limit: FAN,
+                server_id: "server-a".into(),
+                now: T0 + 1,
+            })
+            .await
+            .expect("claim");
+        assert_eq!(claimed.len(), FAN);
+        let mut ends = tokio::task::JoinSet::new();
+        for (i, c) in claimed.into_iter().enumerate() {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            ends.spawn(async move {
+                s.record(
+                    Transition::new(&c.job.id, State::Completed, EventKind::Completed, T0 + 2)
+                        .fence(c.fence),
+                )
+                .await
+            });
+        }
+        while let Some(end) = ends.join_next().await {
+            end.expect("task").expect("complete");
+        }
+        let events = a.job_events(&sink, 0, 100).await.expect("events");
+        let kinds: Vec<EventKind> = events.iter().map(|e| e.kind).collect();
+        assert_eq!(
+            kinds,
+            [EventKind::Submitted, EventKind::Queued],
+            "round {round}: queued once"
+        );
+        assert_eq!(
+            b.get(&sink).await.expect("get").expect("found").state,
+            State::Queued,
+            "round {round}"
+        );
+        let links = b.dependencies(&sink).await.expect("dependencies");
+        assert_eq!(links.len(), FAN);
+        assert!(
+            links
+                .iter()
+                .all(|l| l.status == baton_core::EdgeStatus::Met),
+            "round {round}: every edge met"
+        );
+    }
+    a.verify().await.expect("counts match rows");
+    b.verify().await.expect("counts match rows");
+    a.close().await;
+    b.close().await;
 }
