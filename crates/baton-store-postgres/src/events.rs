@@ -127,9 +127,16 @@ impl Events {
     }
 }
 
-/// One pass: gives ids to the events below the horizon. Returns whether committed
-/// events are left without an id (their transactions are not yet below it, or
-/// another sequencer holds the lock).
+/// One pass: gives ids to the events below the horizon, in one statement after the
+/// lock is taken (the statement's snapshot must come after the lock, or it could
+/// miss what the previous holder gave). Returns whether committed events are left
+/// without an id (their transactions are not yet below it, or another sequencer holds
+/// the lock).
+///
+/// The places go by `(xid, lid)`; the `slots` and `owners` steps then hand each
+/// job's places to its events in the job's order (the k-th place of a job to its
+/// k-th event). Statements in `WITH` that change rows run whether or not the rest
+/// reads them; `notified` is read so that it runs.
 async fn pass(c: &mut Client) -> Result<bool> {
     let tx = c.transaction().await.db()?;
     let locked: bool = tx
@@ -141,80 +148,44 @@ async fn pass(c: &mut Client) -> Result<bool> {
         .db()?
         .get(0);
     if !locked {
+        // Another sequencer holds the lock: look again shortly.
         return Ok(true);
     }
-    let horizon: String = tx
-        .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
-        .await
-        .db()?
-        .get(0);
-    let rows = tx
-        .query(
-            "SELECT lid, job_key, job_seq FROM events \
-             WHERE id IS NULL AND xid < $1::text::xid8 ORDER BY xid, lid",
-            &[&horizon],
+    let row = tx
+        .query_one(
+            "WITH h AS MATERIALIZED ( \
+               SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin), \
+             todo AS MATERIALIZED ( \
+               SELECT e.lid, e.job_key, e.job_seq, \
+                 row_number() OVER (ORDER BY e.xid, e.lid) AS place \
+               FROM events e, h WHERE e.id IS NULL AND e.xid < h.xmin), \
+             slots AS ( \
+               SELECT job_key, place, \
+                 row_number() OVER (PARTITION BY job_key ORDER BY place) AS k \
+               FROM todo WHERE job_key IS NOT NULL), \
+             owners AS ( \
+               SELECT lid, job_key, \
+                 row_number() OVER (PARTITION BY job_key ORDER BY job_seq, lid) AS k \
+               FROM todo WHERE job_key IS NOT NULL), \
+             assigned AS ( \
+               SELECT o.lid, s.place FROM owners o JOIN slots s USING (job_key, k) \
+               UNION ALL SELECT lid, place FROM todo WHERE job_key IS NULL), \
+             mark AS MATERIALIZED (SELECT upto FROM sequence_mark), \
+             given AS ( \
+               UPDATE events SET id = mark.upto + a.place FROM assigned a, mark \
+               WHERE events.lid = a.lid RETURNING 1), \
+             n AS (SELECT COUNT(*) AS n FROM todo), \
+             notified AS (SELECT pg_notify($1, current_schema()) FROM n WHERE n.n > 0) \
+             UPDATE sequence_mark SET upto = upto + n.n, horizon = GREATEST(horizon, h.xmin) \
+             FROM n, h \
+             RETURNING n.n, (SELECT COUNT(*) FROM notified), \
+               EXISTS (SELECT 1 FROM events WHERE id IS NULL AND xid >= h.xmin)",
+            &[&CHANNEL],
         )
         .await
         .db()?;
-    if !rows.is_empty() {
-        let base: i64 = tx
-            .query_one("SELECT upto FROM sequence_mark", &[])
-            .await
-            .db()?
-            .get(0);
-        let lids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
-        let ids = order(&rows, base);
-        tx.execute(
-            "UPDATE events SET id = v.id FROM unnest($1::bigint[], $2::bigint[]) AS v (lid, id) \
-             WHERE events.lid = v.lid",
-            &[&lids, &ids],
-        )
-        .await
-        .db()?;
-        tx.execute(
-            "UPDATE sequence_mark SET upto = $1, horizon = $2::text::xid8",
-            &[&(base + rows.len() as i64), &horizon],
-        )
-        .await
-        .db()?;
-        tx.execute("SELECT pg_notify($1, current_schema())", &[&CHANNEL])
-            .await
-            .db()?;
-    } else {
-        tx.execute(
-            "UPDATE sequence_mark SET horizon = $1::text::xid8 WHERE horizon < $1::text::xid8",
-            &[&horizon],
-        )
-        .await
-        .db()?;
-    }
-    let left: bool = tx
-        .query_one("SELECT EXISTS (SELECT 1 FROM events WHERE id IS NULL)", &[])
-        .await
-        .db()?
-        .get(0);
     tx.commit().await.db()?;
-    Ok(left)
-}
-
-/// The ids of a pass's rows (read in `(xid, lid)` order): each row's place, except
-/// that the places of one job's rows go to its events in the job's order.
-fn order(rows: &[tokio_postgres::Row], base: i64) -> Vec<i64> {
-    let mut ids: Vec<i64> = (0..rows.len() as i64).map(|i| base + 1 + i).collect();
-    let mut by_job: HashMap<i64, Vec<usize>> = HashMap::new();
-    for (i, r) in rows.iter().enumerate() {
-        if let Some(job) = r.get::<_, Option<i64>>(1) {
-            by_job.entry(job).or_default().push(i);
-        }
-    }
-    for places in by_job.values().filter(|p| p.len() > 1) {
-        let mut events = places.clone();
-        events.sort_by_key(|&i| rows[i].get::<_, i64>(2));
-        for (place, event) in places.iter().zip(events) {
-            ids[event] = base + 1 + *place as i64;
-        }
-    }
-    ids
+    Ok(row.get(2))
 }
 
 /// Runs passes when woken (and every [`POLL`]), until no committed event is left

@@ -266,6 +266,21 @@ impl PgStore {
     }
 }
 
+/// Removes a schema and everything in it (a bench's or a test's own).
+pub async fn drop_schema(url: &str, schema: &str) -> Result<()> {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| Error::Unavailable(format!("PostgreSQL: {}", describe(&e))))?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            schema.replace('"', "\"\"")
+        ))
+        .await
+        .db()
+}
+
 /// Checks a PostgreSQL URL without connecting; the error names the URL without its
 /// password.
 pub fn check_url(url: &str) -> std::result::Result<(), String> {

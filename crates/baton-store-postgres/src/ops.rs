@@ -2,6 +2,8 @@
 //! (`FOR UPDATE`) before its state is read and changed, so two servers writing one
 //! job take turns; claims skip rows another claim holds.
 
+use std::sync::Arc;
+
 use baton_core::{ErrorInfo, EventKind, Millis, NewJob, State, UniquePolicy, state};
 use serde_json::{Value, json};
 
@@ -42,6 +44,13 @@ pub async fn submit(
     // Check every job before storing any: a refused batch must leave no trace.
     for new in jobs {
         state::check(None, new.state).map_err(|e| transition_error(new.id.as_str(), e))?;
+    }
+    if jobs.len() > 1
+        && jobs
+            .iter()
+            .all(|j| j.unique_key.is_none() && j.depends_on.is_empty() && j.workflow_id.is_none())
+    {
+        return submit_plain(w, jobs, start).await;
     }
     let mut started = 0usize;
     let mut out = Vec::with_capacity(jobs.len());
@@ -131,91 +140,10 @@ pub async fn submit(
         };
         let key: i64 = row.get(0);
         edges.add(key, &prepared);
-        w.moved(
-            &new.queue,
-            None,
-            if running { State::Running } else { new.state },
-            new.created_at,
-        );
-        let mut data = json!({
-            "state": new.state,
-            "kind": new.kind,
-            "queue": new.queue,
-            "priority": new.priority,
-        });
-        if let Some(wf) = &new.workflow_id {
-            data["workflow"] = json!(wf);
+        let (mut job, claimed) = created(w, new, key, start_now)?;
+        if claimed.is_some() {
+            started += 1;
         }
-        if let Some(at) = new.run_at {
-            data["run_at"] = json!(baton_core::time::to_rfc3339(at));
-        }
-        w.event(
-            Some((new.id.as_str(), key)),
-            1,
-            EventKind::Submitted,
-            new.created_at,
-            data,
-        );
-        let mut job = baton_core::Job {
-            id: new.id.to_string(),
-            kind: new.kind.clone(),
-            queue: new.queue.clone(),
-            priority: new.priority,
-            state: new.state,
-            progress: None,
-            message: None,
-            step: None,
-            attempt: 0,
-            max_attempts: new.max_attempts,
-            labels: new.labels.clone(),
-            depends_on: new.depends_on.iter().map(|d| d.job.clone()).collect(),
-            workflow_id: new.workflow_id.clone(),
-            schedule_id: None,
-            created_at: new.created_at,
-            run_at: new.run_at,
-            started_at: None,
-            finished_at: None,
-            result: None,
-            error: None,
-            payload: new.payload.clone(),
-            recoveries: 0,
-            max_recoveries: new.max_recoveries,
-            updated_at: new.created_at,
-            runs: baton_core::Runs::describe(
-                new.exec.as_ref(),
-                new.timeout,
-                new.grace,
-                new.backoff,
-            ),
-        };
-        let claimed = match start_now {
-            None => None,
-            Some(s) => {
-                state::check(Some(State::Queued), State::Running)
-                    .map_err(|e| transition_error(new.id.as_str(), e))?;
-                started += 1;
-                job.state = State::Running;
-                job.attempt = 1;
-                job.started_at = Some(new.created_at);
-                w.event(
-                    Some((new.id.as_str(), key)),
-                    2,
-                    EventKind::Started,
-                    new.created_at,
-                    json!({"state": "running", "from": "queued", "attempt": 1, "server_id": s.server_id}),
-                );
-                Some(Claimed {
-                    job: job.clone(),
-                    fence: 1,
-                    checkpoint: None,
-                    exec: new.exec.clone(),
-                    backoff: new.backoff,
-                    timeout: new.timeout,
-                    grace: new.grace,
-                    retries_left: new.max_attempts.saturating_sub(1),
-                })
-            }
-        };
         crate::deps::settle_new(w, new, &prepared, &mut job).await?;
         out.push(Submitted {
             job,
@@ -225,6 +153,250 @@ pub async fn submit(
     }
     edges.write(w).await?;
     Ok(out)
+}
+
+/// Jobs with no unique key, dependency or workflow: inserted by one statement from
+/// arrays, whatever their number. An id that exists already (or comes twice) is
+/// answered with the stored job, as one by one.
+async fn submit_plain(
+    w: &mut Work<'_>,
+    jobs: &[NewJob],
+    start: Option<&StartNow>,
+) -> Result<Vec<Submitted>> {
+    let n = jobs.len();
+    let ids: Vec<&str> = jobs.iter().map(|j| j.id.as_str()).collect();
+    // Ids stored already are answered, not started: they take no start's place.
+    let mut seen: std::collections::HashSet<String> = match start {
+        None => Default::default(),
+        Some(_) => {
+            w.c.query("SELECT id FROM jobs WHERE id = ANY ($1)", &[&ids])
+                .await
+                .db()?
+                .iter()
+                .map(|r| r.get(0))
+                .collect()
+        }
+    };
+    let mut starting = Vec::with_capacity(n);
+    let mut started = 0;
+    for new in jobs {
+        let first = seen.insert(new.id.to_string());
+        let s = start.filter(|s| first && new.state == State::Queued && started < s.max);
+        started += usize::from(s.is_some());
+        starting.push(s);
+    }
+    let running = |i: usize| starting[i].is_some();
+    let kinds: Vec<&str> = jobs.iter().map(|j| j.kind.as_str()).collect();
+    let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    let priorities: Vec<i32> = jobs.iter().map(|j| j.priority).collect();
+    let states: Vec<&str> = (0..n)
+        .map(|i| {
+            if running(i) {
+                "running"
+            } else {
+                jobs[i].state.as_str()
+            }
+        })
+        .collect();
+    let payloads: Vec<Option<&Value>> = jobs.iter().map(|j| j.payload.as_ref()).collect();
+    let execs: Vec<Option<&Value>> = jobs.iter().map(|j| j.exec.as_ref()).collect();
+    let labels: Vec<Option<Value>> = jobs
+        .iter()
+        .map(|j| (!j.labels.is_empty()).then(|| json!(j.labels)))
+        .collect();
+    let max_attempts: Vec<i32> = jobs.iter().map(|j| j.max_attempts as i32).collect();
+    let initial: Vec<i64> = jobs
+        .iter()
+        .map(|j| j.backoff.initial.as_millis() as i64)
+        .collect();
+    let most: Vec<i64> = jobs
+        .iter()
+        .map(|j| j.backoff.max.as_millis() as i64)
+        .collect();
+    let timeouts: Vec<Option<i64>> = jobs
+        .iter()
+        .map(|j| j.timeout.map(|t| t.as_millis() as i64))
+        .collect();
+    let graces: Vec<i64> = jobs.iter().map(|j| j.grace.as_millis() as i64).collect();
+    let recoveries: Vec<i32> = jobs.iter().map(|j| j.max_recoveries as i32).collect();
+    let seqs: Vec<i64> = (0..n).map(|i| if running(i) { 2 } else { 1 }).collect();
+    let created_at: Vec<i64> = jobs.iter().map(|j| j.created_at).collect();
+    let run_at: Vec<Option<i64>> = jobs.iter().map(|j| j.run_at).collect();
+    let attempts: Vec<i64> = (0..n).map(|i| i64::from(running(i))).collect();
+    let started_at: Vec<Option<i64>> = (0..n)
+        .map(|i| running(i).then_some(jobs[i].created_at))
+        .collect();
+    let servers: Vec<Option<&str>> = starting
+        .iter()
+        .map(|s| s.map(|s| s.server_id.as_str()))
+        .collect();
+    let searches: Vec<String> = jobs
+        .iter()
+        .map(|j| crate::search::vector(j.id.as_str(), &j.kind, &j.labels, None))
+        .collect();
+    let rows =
+        w.c.query(
+            "INSERT INTO jobs (id, kind, queue, priority, state, payload, exec, labels, \
+             max_attempts, backoff_initial_ms, backoff_max_ms, timeout_ms, grace_ms, \
+             max_recoveries, event_seq, created_at, run_at, updated_at, attempt, fence, \
+             started_at, server_id, search) \
+             SELECT id, kind, queue, priority, state, payload, exec, labels, max_attempts, \
+               initial, most, timeout, grace, recoveries, seq, created_at, run_at, created_at, \
+               attempt, attempt, started_at, server_id, search::tsvector \
+             FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], \
+               $6::jsonb[], $7::jsonb[], $8::jsonb[], $9::int[], $10::bigint[], $11::bigint[], \
+               $12::bigint[], $13::bigint[], $14::int[], $15::bigint[], $16::bigint[], \
+               $17::bigint[], $18::bigint[], $19::bigint[], $20::text[], $21::text[]) \
+               WITH ORDINALITY AS v (id, kind, queue, priority, state, payload, exec, labels, \
+               max_attempts, initial, most, timeout, grace, recoveries, seq, created_at, \
+               run_at, attempt, started_at, server_id, search, ord) \
+             ORDER BY ord ON CONFLICT (id) DO NOTHING RETURNING id, key",
+            &[
+                &ids,
+                &kinds,
+                &queues,
+                &priorities,
+                &states,
+                &payloads,
+                &execs,
+                &labels,
+                &max_attempts,
+                &initial,
+                &most,
+                &timeouts,
+                &graces,
+                &recoveries,
+                &seqs,
+                &created_at,
+                &run_at,
+                &attempts,
+                &started_at,
+                &servers,
+                &searches,
+            ],
+        )
+        .await
+        .db()?;
+    let mut keys: std::collections::HashMap<String, i64> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut out = Vec::with_capacity(n);
+    for (i, new) in jobs.iter().enumerate() {
+        // The first of an id that this statement inserted; later ones find it.
+        match keys.remove(new.id.as_str()) {
+            Some(key) => {
+                let (job, claimed) = created(w, new, key, starting[i])?;
+                out.push(Submitted {
+                    job,
+                    created: true,
+                    claimed,
+                });
+            }
+            None => {
+                let existing = get_job(&*w.c, new.id.as_str())
+                    .await?
+                    .ok_or_else(|| Error::NotFound(new.id.to_string()))?;
+                out.push(Submitted {
+                    job: existing.job,
+                    created: false,
+                    claimed: None,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Records a job just inserted (key `key`): its count, its `job.submitted` event,
+/// and its start when `start` is set (its `job.started`), and answers with the job as
+/// stored and, when started, its claim.
+fn created(
+    w: &mut Work<'_>,
+    new: &NewJob,
+    key: i64,
+    start: Option<&StartNow>,
+) -> Result<(baton_core::Job, Option<Claimed>)> {
+    let start_now = start;
+    let running = start_now.is_some();
+    w.moved(
+        &new.queue,
+        None,
+        if running { State::Running } else { new.state },
+        new.created_at,
+    );
+    let mut data = json!({
+        "state": new.state,
+        "kind": new.kind,
+        "queue": new.queue,
+        "priority": new.priority,
+    });
+    if let Some(wf) = &new.workflow_id {
+        data["workflow"] = json!(wf);
+    }
+    if let Some(at) = new.run_at {
+        data["run_at"] = json!(baton_core::time::to_rfc3339(at));
+    }
+    w.event(
+        Some((new.id.as_str(), key)),
+        1,
+        EventKind::Submitted,
+        new.created_at,
+        data,
+    );
+    let mut job = baton_core::Job {
+        id: new.id.to_string(),
+        kind: new.kind.clone(),
+        queue: new.queue.clone(),
+        priority: new.priority,
+        state: new.state,
+        progress: None,
+        message: None,
+        step: None,
+        attempt: 0,
+        max_attempts: new.max_attempts,
+        labels: new.labels.clone(),
+        depends_on: new.depends_on.iter().map(|d| d.job.clone()).collect(),
+        workflow_id: new.workflow_id.clone(),
+        schedule_id: None,
+        created_at: new.created_at,
+        run_at: new.run_at,
+        started_at: None,
+        finished_at: None,
+        result: None,
+        error: None,
+        payload: new.payload.clone(),
+        recoveries: 0,
+        max_recoveries: new.max_recoveries,
+        updated_at: new.created_at,
+        runs: baton_core::Runs::describe(new.exec.as_ref(), new.timeout, new.grace, new.backoff),
+    };
+    let claimed = match start_now {
+        None => None,
+        Some(s) => {
+            state::check(Some(State::Queued), State::Running)
+                .map_err(|e| transition_error(new.id.as_str(), e))?;
+            job.state = State::Running;
+            job.attempt = 1;
+            job.started_at = Some(new.created_at);
+            w.event(
+                Some((new.id.as_str(), key)),
+                2,
+                EventKind::Started,
+                new.created_at,
+                json!({"state": "running", "from": "queued", "attempt": 1, "server_id": s.server_id}),
+            );
+            Some(Claimed {
+                job: job.clone(),
+                fence: 1,
+                checkpoint: None,
+                exec: new.exec.clone(),
+                backoff: new.backoff,
+                timeout: new.timeout,
+                grace: new.grace,
+                retries_left: new.max_attempts.saturating_sub(1),
+            })
+        }
+    };
+    Ok((job, claimed))
 }
 
 /// A new job's unique key held by an active job: refused, answered with the holder,
@@ -356,7 +528,10 @@ pub async fn claim(w: &mut Work<'_>, req: &ClaimRequest) -> Result<Vec<Claimed>>
 /// token) leaves the others; then the claim, with a slot for each attempt that ended.
 pub async fn settle(w: &mut Work<'_>, s: &Settle) -> Result<Settled> {
     let mut outcomes = Vec::with_capacity(s.outcomes.len());
-    for transitions in &s.outcomes {
+    if s.outcomes.len() > 1 && settle_together(w, &s.outcomes).await? {
+        outcomes.resize_with(s.outcomes.len(), || Ok(()));
+    }
+    for transitions in s.outcomes.iter().skip(outcomes.len()) {
         let mark = w.savepoint().await?;
         let mut result = Ok(());
         for t in transitions.iter() {
@@ -386,6 +561,134 @@ pub async fn settle(w: &mut Work<'_>, s: &Settle) -> Result<Settled> {
         }
     }
     Ok(settled)
+}
+
+/// The usual settle, written in three statements whatever its size: every outcome
+/// one transition by its attempt (a fencing token, no expected state) of a job that
+/// no other job depends on. The jobs' rows are locked together (in key order, as
+/// every batch takes them, so two servers' batches do not deadlock), checked, and
+/// changed by one `UPDATE` from arrays. False, having changed nothing, when an outcome
+/// does not fit or would be refused: the caller then writes them one by one.
+async fn settle_together(w: &mut Work<'_>, outcomes: &[Arc<[Transition]>]) -> Result<bool> {
+    let mut ts: Vec<&Transition> = Vec::with_capacity(outcomes.len());
+    for o in outcomes {
+        match &o[..] {
+            [t] if t.fence.is_some() && t.expect.is_none() && !t.changes.new_attempt_budget => {
+                ts.push(t)
+            }
+            _ => return Ok(false),
+        }
+    }
+    let ids: Vec<&str> = ts.iter().map(|t| t.job_id.as_str()).collect();
+    let rows =
+        w.c.query(
+            "SELECT id, key, state, fence, event_seq, queue, workflow_id, kind, labels, \
+             EXISTS (SELECT 1 FROM edges WHERE parent = jobs.key) \
+             FROM jobs WHERE id = ANY ($1) ORDER BY key FOR UPDATE",
+            &[&ids],
+        )
+        .await
+        .db()?;
+    let found: std::collections::HashMap<String, &tokio_postgres::Row> =
+        rows.iter().map(|r| (r.get::<_, String>(0), r)).collect();
+    if found.len() != ts.len() {
+        return Ok(false); // a job missing, or one job twice
+    }
+    let n = ts.len();
+    let mut keys = Vec::with_capacity(n);
+    let mut states = Vec::with_capacity(n);
+    let mut nows = Vec::with_capacity(n);
+    let mut seqs = Vec::with_capacity(n);
+    let mut results: Vec<Option<Value>> = Vec::with_capacity(n);
+    let mut codes: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut messages: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut scheduled = Vec::with_capacity(n);
+    let mut run_ats = Vec::with_capacity(n);
+    let mut completed = Vec::with_capacity(n);
+    let mut terminal = Vec::with_capacity(n);
+    let mut clear = Vec::with_capacity(n);
+    let mut searches: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut checked = Vec::with_capacity(n);
+    for t in &ts {
+        let r = found[&t.job_id];
+        let from = crate::rows::state(r.get(2))?;
+        let fence: i64 = r.get(3);
+        let has_dependents: bool = r.get(9);
+        if has_dependents
+            || Some(fence as u64) != t.fence
+            || !from.is_executing()
+            || state::check(Some(from), t.to).is_err()
+        {
+            return Ok(false);
+        }
+        let c = &t.changes;
+        let search = (c.error.is_some() || t.to == State::Completed).then(|| {
+            let labels: std::collections::BTreeMap<String, String> = r
+                .get::<_, Option<Value>>(8)
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            crate::search::vector(&t.job_id, r.get(7), &labels, c.error.as_ref())
+        });
+        let key: i64 = r.get(1);
+        let seq = r.get::<_, i64>(4) + 1;
+        keys.push(key);
+        states.push(t.to.as_str());
+        nows.push(t.now);
+        seqs.push(seq);
+        results.push(c.result.clone());
+        codes.push(c.error.as_ref().map(|e| e.code.as_str()));
+        messages.push(c.error.as_ref().map(|e| e.message.as_str()));
+        scheduled.push(t.to == State::Scheduled);
+        run_ats.push(c.run_at);
+        completed.push(t.to == State::Completed);
+        terminal.push(t.to.is_terminal());
+        clear.push(c.clear_checkpoint);
+        searches.push(search);
+        checked.push((
+            key,
+            from,
+            seq,
+            r.get::<_, String>(5),
+            r.get::<_, Option<String>>(6),
+        ));
+    }
+    // The same changes as `transition`'s statement (no new attempt budget, no resume).
+    w.c.execute(
+        "UPDATE jobs SET state = v.state, updated_at = v.now, event_seq = v.seq, \
+         result = COALESCE(v.result, jobs.result), \
+         error_code = CASE WHEN v.code IS NOT NULL THEN v.code WHEN v.completed THEN NULL ELSE jobs.error_code END, \
+         error_message = CASE WHEN v.code IS NOT NULL THEN v.message WHEN v.completed THEN NULL ELSE jobs.error_message END, \
+         run_at = CASE WHEN v.scheduled THEN v.run_at ELSE jobs.run_at END, \
+         finished_at = CASE WHEN v.terminal THEN COALESCE(jobs.finished_at, v.now) ELSE jobs.finished_at END, \
+         progress = CASE WHEN v.completed THEN 1.0 ELSE jobs.progress END, \
+         checkpoint = CASE WHEN v.clear THEN NULL ELSE jobs.checkpoint END, \
+         search = COALESCE(v.search::tsvector, jobs.search) \
+         FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::jsonb[], \
+           $6::text[], $7::text[], $8::bool[], $9::bigint[], $10::bool[], $11::bool[], \
+           $12::bool[], $13::text[]) \
+           AS v (key, state, now, seq, result, code, message, scheduled, run_at, completed, \
+           terminal, clear, search) \
+         WHERE jobs.key = v.key",
+        &[
+            &keys, &states, &nows, &seqs, &results, &codes, &messages, &scheduled, &run_ats,
+            &completed, &terminal, &clear, &searches,
+        ],
+    )
+    .await
+    .db()?;
+    for (t, (key, from, seq, queue, workflow)) in ts.iter().zip(checked) {
+        w.moved(&queue, Some(from), t.to, t.now);
+        let mut data = t.data.clone();
+        if let Value::Object(map) = &mut data {
+            map.insert("state".into(), json!(t.to));
+            map.insert("from".into(), json!(from));
+            if let Some(wf) = workflow {
+                map.insert("workflow".into(), json!(wf));
+            }
+        }
+        w.event(Some((&t.job_id, key)), seq as u64, t.event, t.now, data);
+    }
+    Ok(true)
 }
 
 /// Moves one job to `t.to` and records its event. The job is read back only when

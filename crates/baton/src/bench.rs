@@ -25,6 +25,13 @@ pub struct BenchArgs {
     /// SQLite durability: full (survives power loss) or normal.
     #[arg(long, global = true, default_value = "full")]
     durability: Durability,
+    /// Run on a PostgreSQL database instead (`postgres://...`; throughput and latency),
+    /// in a schema of the bench's own, dropped afterwards.
+    #[arg(long, global = true)]
+    store: Option<String>,
+    /// With --store: how many servers (engines with connections of their own) share it.
+    #[arg(long, global = true, default_value_t = 1)]
+    servers: usize,
 }
 
 #[derive(Subcommand)]
@@ -223,6 +230,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
+    if let Some(url) = &args.store {
+        let report = run_postgres(url, &args).await?;
+        emit(&report, args.json);
+        return Ok(());
+    }
+    if args.servers != 1 {
+        bail!("--servers needs --store postgres://...: the embedded store has one server");
+    }
     let dir = tempfile::tempdir().context("cannot create a temporary folder")?;
     let db = args
         .db
@@ -442,6 +457,42 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     }
     emit(&report, args.json);
     Ok(())
+}
+
+/// `throughput` and `latency` on PostgreSQL; the other benches are SQLite's.
+async fn run_postgres(url: &str, args: &BenchArgs) -> Result<Value> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("--store takes a postgres:// URL (the embedded store is the default)");
+    }
+    baton_store_postgres::check_url(url).map_err(anyhow::Error::msg)?;
+    if args.servers == 0 {
+        bail!("--servers must be at least 1");
+    }
+    match &args.bench {
+        Bench::Throughput {
+            jobs,
+            workers,
+            batch,
+            submitters,
+            duration: None,
+            ..
+        } => {
+            if *jobs == 0 || *workers == 0 || *batch == 0 || *submitters == 0 {
+                bail!("--jobs, --workers, --batch and --submitters must be at least 1");
+            }
+            crate::bench_pg::throughput(url, args.servers, *jobs, *workers, *batch, *submitters)
+                .await
+        }
+        Bench::Latency { samples, gap } => {
+            if *samples == 0 {
+                bail!("--samples must be at least 1");
+            }
+            crate::bench_pg::latency(url, args.servers, *samples, *gap).await
+        }
+        _ => bail!(
+            "this bench runs on the embedded store only; on PostgreSQL: throughput (without --duration) and latency"
+        ),
+    }
 }
 
 /// Prints a report: its JSON line with `--json`, a summary otherwise.
@@ -728,7 +779,7 @@ async fn latency(
 
 /// The `p` quantile of a sorted, non-empty list (every caller checks that its list
 /// has at least one sample).
-fn pct(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]
 }
@@ -804,7 +855,7 @@ pub(crate) fn job_ids(n: usize) -> Vec<String> {
         .collect()
 }
 
-fn rate(n: usize, d: Duration) -> f64 {
+pub(crate) fn rate(n: usize, d: Duration) -> f64 {
     (n as f64 / d.as_secs_f64().max(1e-9)).round()
 }
 

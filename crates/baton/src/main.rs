@@ -6,6 +6,7 @@ mod bench_clients;
 mod bench_dashboard;
 mod bench_events;
 mod bench_fs;
+mod bench_pg;
 mod bench_proc;
 mod bench_scale;
 mod bench_scheduler;

@@ -1,0 +1,228 @@
+//! `baton bench throughput` and `baton bench latency` with `--store postgres://...`:
+//! the same jobs and figures as on SQLite, through one or several servers (engines
+//! with their own connections, sequencer and event tailer) on one database, in a
+//! schema of the bench's own that is dropped afterwards.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use baton_core::{EventKind, JobSpec};
+use baton_engine::Engine;
+use baton_store_postgres::{PgOptions, PgStore};
+use serde_json::{Value, json};
+
+use crate::bench::{job_ids, ms, pct, rate};
+
+/// The bench's schema on the database, dropped when the bench ends.
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Schema {
+    fn new(url: &str) -> Schema {
+        Schema {
+            url: url.to_owned(),
+            name: format!("baton_bench_{}", std::process::id()),
+        }
+    }
+
+    /// A server: a store (connections, sequencer, tailer) of its own on the schema.
+    async fn open(&self) -> Result<PgStore> {
+        PgStore::open(PgOptions::new(&self.url).schema(self.name.clone()))
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    async fn drop_schema(&self) -> Result<()> {
+        baton_store_postgres::drop_schema(&self.url, &self.name)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot drop the bench's schema: {e}"))
+    }
+}
+
+async fn servers(schema: &Schema, n: usize, workers: usize) -> Result<Vec<Engine>> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let store = schema.open().await?;
+        out.push(
+            Engine::builder()
+                .store(Arc::new(store))
+                .queue("default", workers)
+                .handler("noop", |_ctx, _payload| async { Ok(Value::Null) })
+                .handler("mark", |ctx, _payload| async move {
+                    ctx.progress(0.5, "mark").await?;
+                    Ok(Value::Null)
+                })
+                .build()
+                .await?,
+        );
+    }
+    Ok(out)
+}
+
+/// No-op jobs through their whole life cycle, submitted to the servers in turn and
+/// run by all of them; done when the first server has seen every completion.
+pub async fn throughput(
+    url: &str,
+    servers_n: usize,
+    jobs: usize,
+    workers: usize,
+    batch: usize,
+    submitters: usize,
+) -> Result<Value> {
+    let schema = Schema::new(url);
+    let _ = schema.drop_schema().await;
+    let engines = servers(&schema, servers_n, workers).await?;
+    let ids = job_ids(jobs);
+    let own: Arc<HashSet<String>> = Arc::new(ids.iter().cloned().collect());
+    let mut events = engines[0].subscribe().await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut rest = ids.as_slice();
+    for s in 0..submitters {
+        let engine = engines[s % engines.len()].clone();
+        let share = jobs / submitters + usize::from(s < jobs % submitters);
+        let (mine, others) = rest.split_at(share);
+        rest = others;
+        let mine = mine.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for chunk in mine.chunks(batch) {
+                let specs = chunk.iter().map(|id| JobSpec::new("noop").id(id)).collect();
+                engine.submit_many(specs).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let waiter = tokio::spawn(async move {
+        let mut done = 0usize;
+        let mut by: HashSet<String> = HashSet::new();
+        let mut first_start: Option<Instant> = None;
+        while done < jobs {
+            let Some(e) = events.next().await else { break };
+            if !e.job_id.as_ref().is_some_and(|id| own.contains(id)) {
+                continue;
+            }
+            match e.kind {
+                EventKind::Started => {
+                    first_start.get_or_insert_with(Instant::now);
+                    if let Some(s) = e.data["server_id"].as_str() {
+                        by.insert(s.to_owned());
+                    }
+                }
+                EventKind::Completed => done += 1,
+                EventKind::Failed => bail!("a job failed: {}", e.data),
+                _ => {}
+            }
+        }
+        Ok((done, first_start, Instant::now(), by.len()))
+    });
+    for t in tasks {
+        t.await??;
+    }
+    let submitted = started.elapsed();
+    let (done, first_start, finished, ran_on) = waiter.await??;
+    for e in &engines {
+        e.shutdown(Duration::from_secs(5)).await;
+    }
+    schema.drop_schema().await?;
+    if done < jobs {
+        bail!("only {done} of {jobs} jobs completed");
+    }
+    let first_start = first_start.context("no job.started event came for the bench's jobs")?;
+    let total = finished - started;
+    Ok(json!({
+        "bench": "throughput",
+        "store": "postgres",
+        "servers": servers_n,
+        "servers_that_ran_jobs": ran_on,
+        "jobs": jobs,
+        "workers": workers,
+        "batch": batch,
+        "submitters": submitters,
+        "submit_per_s": rate(jobs, submitted),
+        "processing_per_s": rate(jobs, finished - first_start),
+        "end_to_end_per_s": rate(jobs, total),
+        "elapsed_ms": ms(total),
+    }))
+}
+
+/// Submit-to-start on an idle server, and, with two servers or more, the delay of a
+/// progress event from the handler that reports it on one server to a subscriber of
+/// another (`cross_server_event_*`).
+pub async fn latency(url: &str, servers_n: usize, samples: usize, gap: Duration) -> Result<Value> {
+    let schema = Schema::new(url);
+    let _ = schema.drop_schema().await;
+    let engines = servers(&schema, servers_n, 16).await?;
+    let submitter = engines[0].clone();
+    let watcher = engines.last().expect("at least one server").clone();
+    let mut own = submitter.subscribe().await?;
+    let mut other = watcher.subscribe().await?;
+    let mut to_start = Vec::with_capacity(samples);
+    let mut submit_ack = Vec::with_capacity(samples);
+    let mut cross = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        tokio::time::sleep(gap).await;
+        let t0 = Instant::now();
+        let id = submitter.submit(JobSpec::new("mark")).await?.job.id;
+        submit_ack.push(t0.elapsed());
+        // Whichever server runs the job, its start reaches the submitting server.
+        let started = wait(&mut own, &id, EventKind::Started)
+            .await
+            .context("a job did not start within 10 s")?;
+        to_start.push(started - t0);
+        let progressed = wait(&mut own, &id, EventKind::Progress)
+            .await
+            .context("no progress event within 10 s")?;
+        if servers_n > 1 {
+            let seen = wait(&mut other, &id, EventKind::Progress)
+                .await
+                .context("the other server saw no progress event within 10 s")?;
+            cross.push(seen.saturating_duration_since(progressed));
+        }
+    }
+    for e in &engines {
+        e.shutdown(Duration::from_secs(5)).await;
+    }
+    schema.drop_schema().await?;
+    to_start.sort();
+    submit_ack.sort();
+    cross.sort();
+    let mut report = json!({
+        "bench": "latency",
+        "store": "postgres",
+        "servers": servers_n,
+        "samples": samples,
+        "p50_ms": ms(pct(&to_start, 0.50)),
+        "p90_ms": ms(pct(&to_start, 0.90)),
+        "p99_ms": ms(pct(&to_start, 0.99)),
+        "max_ms": ms(pct(&to_start, 1.0)),
+        "submit_ack_p50_ms": ms(pct(&submit_ack, 0.50)),
+        "submit_ack_p99_ms": ms(pct(&submit_ack, 0.99)),
+    });
+    if !cross.is_empty() {
+        report["cross_server_event_p50_ms"] = json!(ms(pct(&cross, 0.50)));
+        report["cross_server_event_p99_ms"] = json!(ms(pct(&cross, 0.99)));
+    }
+    Ok(report)
+}
+
+/// When the next event of `kind` for job `id` arrives (`None`: not within 10 s).
+async fn wait(rx: &mut baton_engine::Subscription, id: &str, kind: EventKind) -> Option<Instant> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.next().await {
+                Some(e) if e.job_id.as_deref() == Some(id) && e.kind == kind => {
+                    return Some(Instant::now());
+                }
+                Some(_) => continue,
+                None => return None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten()
+}
