@@ -57,9 +57,10 @@ impl Heap {
     /// Records a schedule's next run at revision `rev`, unless a later revision is
     /// known already (an API call and a fire can report out of order).
     fn set(&mut self, id: &str, next_run: Option<Millis>, rev: u64) -> bool {
-        if let Some((_, known)) = self.current.get(id)
-            && *known > rev
+        if let Some(known) = self.current.get(id)
+            && (known.1 > rev || *known == (next_run, rev))
         {
+            // Older than what is known, or known already (a reload): one heap entry.
             return false;
         }
         let id: Arc<str> = match self.current.get_key_value(id) {
@@ -188,6 +189,12 @@ pub(crate) async fn run(engine: Engine) {
 
     let mut fires = FuturesUnordered::new();
     let mut releases = FuturesUnordered::new();
+    // On a shared store, schedules made or changed through another server reach this
+    // one's heap by a reload every second. Every server fires what is due; the
+    // store's revision check lets one fire of a run through and refuses the others.
+    let shared = inner.store.shared();
+    let mut reload = tokio::time::interval(Duration::from_secs(1));
+    reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = inner.clock.now();
         let (due, earliest) = {
@@ -226,6 +233,16 @@ pub(crate) async fn run(engine: Engine) {
             }
             _ = sleep => {}
             _ = timers.wake.notified() => {}
+            _ = reload.tick(), if shared => {
+                match inner.store.schedule_timers().await {
+                    Ok(list) => {
+                        for t in list {
+                            timers.set(&t.id, Some(t.next_run), t.rev);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot reload the schedules"),
+                }
+            }
             _ = inner.shutdown.cancelled() => return,
         }
     }

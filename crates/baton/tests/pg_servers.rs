@@ -419,3 +419,57 @@ fn a_lost_database_makes_the_server_unready_and_loses_nothing_acknowledged() {
         "a recovery continues the interrupted attempt"
     );
 }
+
+/// A schedule made through one of three servers fires every second on all of them
+/// alike, and each run fires once: also when the server that leads is killed.
+#[test]
+fn a_schedule_fires_each_run_once_across_three_servers_and_a_killed_leader() {
+    let (store, db) = database("sched");
+    let schema = schema("sched");
+    let q = |sql: &str| psql(&db, &format!("SET search_path TO {schema}; {sql}"));
+    let config = "heartbeat = \"500ms\"\n";
+    let mut servers: Vec<_> = (0..3)
+        .map(|_| start_on(TempDir::new().unwrap(), &store, Some(config)))
+        .collect();
+    ok(&support::baton(
+        &servers[1],
+        &["schedule", "add", "tick", "--every", "1s", "--", "true"],
+    ));
+    wait_for("a few fires", || {
+        q("SELECT COUNT(*) FROM schedule_fires")
+            .parse::<u32>()
+            .unwrap()
+            >= 3
+    });
+    // The leader dies, and so does the server the schedule was made through: a
+    // survivor fires from what it read in the store.
+    let leader = q("SELECT url FROM servers WHERE id = (SELECT server_id FROM leader)");
+    let maker = servers[1].url.clone();
+    servers.retain_mut(|s| {
+        let dies = s.url == leader || s.url == maker;
+        if dies {
+            s.child.kill().expect("SIGKILL");
+            s.child.wait().expect("it ends");
+        }
+        !dies
+    });
+    assert!(!servers.is_empty() && servers.len() < 3);
+    let before: u32 = q("SELECT COUNT(*) FROM schedule_fires").parse().unwrap();
+    wait_for("fires after the leader died", || {
+        q("SELECT COUNT(*) FROM schedule_fires")
+            .parse::<u32>()
+            .unwrap()
+            >= before + 4
+    });
+    assert_eq!(
+        q("SELECT COUNT(*) - COUNT(DISTINCT scheduled_for) FROM schedule_fires"),
+        "0",
+        "no run fired twice"
+    );
+    assert_eq!(
+        q("SELECT COUNT(*) FROM jobs WHERE schedule_id = 'tick'"),
+        q("SELECT COUNT(*) FROM schedule_fires WHERE job_id IS NOT NULL"),
+        "one job a fire"
+    );
+    drop(servers);
+}
