@@ -136,7 +136,8 @@ fn follow_events(
     (curl, ids)
 }
 
-/// Three servers share 300 jobs (checkpointing commands and short ones); two are
+/// Three servers share 340 jobs (checkpointing commands and short ones, pipelines,
+/// and a workflow whose last job waits for eighteen); two are
 /// killed with SIGKILL, one after the other, while they run jobs. The survivor takes
 /// the lead, finds them gone, kills their leftover processes and recovers their jobs,
 /// which resume from their checkpoints: every job completes exactly once, no job ever
@@ -147,7 +148,7 @@ fn jobs_of_killed_servers_resume_elsewhere_once_and_a_survivors_stream_misses_no
     let (store, db) = database("kill");
     let schema = schema("kill");
     let q = |sql: &str| psql(&db, &format!("SET search_path TO {schema}; {sql}"));
-    let config = "heartbeat = \"500ms\"\n[queues]\ndefault = 4\n";
+    let config = "heartbeat = \"500ms\"\n[queues]\ndefault = 8\n";
     let a = start_on(TempDir::new().unwrap(), &store, Some(config));
     let b = start_on(TempDir::new().unwrap(), &store, Some(config));
     let c = start_on(TempDir::new().unwrap(), &store, Some(config));
@@ -162,7 +163,40 @@ fn jobs_of_killed_servers_resume_elsewhere_once_and_a_survivors_stream_misses_no
         let command = if n % 3 == 0 { counting } else { "sleep 0.05" };
         jobs.push(serde_json::json!({"id": format!("k-{n}"), "kind": "command", "command": ["sh", "-c", command], "max_recoveries": 5}));
     }
-    for (server, part) in [&a, &b].into_iter().zip(jobs.chunks(150)) {
+    // Pipelines whose first step checkpoints as it counts.
+    for n in 0..20 {
+        jobs.push(
+            serde_json::json!({"id": format!("p-{n}"), "kind": "pipeline", "max_recoveries": 5,
+            "steps": [{"name": "count", "command": ["sh", "-c", counting]},
+                      {"name": "after", "command": ["sh", "-c", "sleep 0.05"]}]}),
+        );
+    }
+    // A workflow: a root, eighteen jobs after it, and one after all of those.
+    let mut nodes = serde_json::Map::new();
+    nodes.insert("root".into(), serde_json::json!({"kind": "command", "command": ["sh", "-c", "sleep 0.2"], "max_recoveries": 5}));
+    for i in 0..18 {
+        nodes.insert(format!("mid-{i}"), serde_json::json!({"kind": "command", "command": ["sh", "-c", counting], "depends_on": ["root"], "max_recoveries": 5}));
+    }
+    let mids: Vec<String> = (0..18).map(|i| format!("mid-{i}")).collect();
+    nodes.insert("end".into(), serde_json::json!({"kind": "command", "command": ["true"], "depends_on": mids, "max_recoveries": 5}));
+    let body = serde_json::json!({"id": "wf", "jobs": nodes}).to_string();
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            &format!("{}/api/workflows", c.url),
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &body,
+        ])
+        .output()
+        .expect("curl");
+    assert!(
+        out.status.success(),
+        "workflow submit: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for (server, part) in [&a, &b].into_iter().zip(jobs.chunks(160)) {
         let body = serde_json::json!({"jobs": part}).to_string();
         let out = Command::new("curl")
             .args([
@@ -194,8 +228,8 @@ fn jobs_of_killed_servers_resume_elsewhere_once_and_a_survivors_stream_misses_no
     let mut a = a;
     a.child.kill().expect("SIGKILL a");
     a.child.wait().expect("a ends");
-    wait_up_to(Duration::from_secs(180), "every job to complete", || {
-        done() == 300
+    wait_up_to(Duration::from_secs(300), "every job to complete", || {
+        done() >= 340
     });
 
     // No job was ever run by two attempts at once: its events alternate between a
@@ -223,10 +257,22 @@ fn jobs_of_killed_servers_resume_elsewhere_once_and_a_survivors_stream_misses_no
             *completions.entry(job).or_default() += 1;
         }
     }
-    assert_eq!(completions.len(), 300);
+    assert_eq!(completions.len(), 340);
     assert!(
         completions.values().all(|n| *n == 1),
         "each job completed once"
+    );
+    assert_eq!(
+        q(
+            "SELECT COUNT(*) FROM events e JOIN jobs j ON j.key = e.job_key \
+           WHERE j.workflow_id = 'wf' AND j.workflow_name = 'end' AND e.type = 'job.queued'"
+        ),
+        "1",
+        "the workflow's last job was queued once, when the last of its eighteen ended"
+    );
+    assert_eq!(
+        q("SELECT COUNT(*) FROM jobs WHERE kind = 'pipeline' AND state = 'completed'"),
+        "20"
     );
     let crashed: u64 = q("SELECT COUNT(DISTINCT job_id) FROM events WHERE type = 'job.crashed'")
         .parse()
@@ -358,8 +404,9 @@ fn a_lost_database_makes_the_server_unready_and_loses_nothing_acknowledged() {
         ok(&out);
         acknowledged.push(id);
     }
+    // Running, with their processes recorded: the cut finds every attempt under way.
     wait_for("the jobs to run", || {
-        q("SELECT COUNT(*) FROM jobs WHERE state = 'running'") == "8"
+        q("SELECT COUNT(*) FROM jobs WHERE state = 'running' AND pgid IS NOT NULL") == "8"
     });
 
     proxy.cut();
