@@ -323,77 +323,28 @@ fn created(
         if running { State::Running } else { new.state },
         new.created_at,
     );
-    let mut data = json!({
-        "state": new.state,
-        "kind": new.kind,
-        "queue": new.queue,
-        "priority": new.priority,
-    });
-    if let Some(wf) = &new.workflow_id {
-        data["workflow"] = json!(wf);
-    }
-    if let Some(at) = new.run_at {
-        data["run_at"] = json!(baton_core::time::to_rfc3339(at));
-    }
     w.event(
         Some((new.id.as_str(), key)),
         1,
         EventKind::Submitted,
         new.created_at,
-        data,
+        baton_store::new_job::submitted_data(new),
     );
-    let mut job = baton_core::Job {
-        id: new.id.to_string(),
-        kind: new.kind.clone(),
-        queue: new.queue.clone(),
-        priority: new.priority,
-        state: new.state,
-        progress: None,
-        message: None,
-        step: None,
-        attempt: 0,
-        max_attempts: new.max_attempts,
-        labels: new.labels.clone(),
-        depends_on: new.depends_on.iter().map(|d| d.job.clone()).collect(),
-        workflow_id: new.workflow_id.clone(),
-        schedule_id: None,
-        created_at: new.created_at,
-        run_at: new.run_at,
-        started_at: None,
-        finished_at: None,
-        result: None,
-        error: None,
-        payload: new.payload.clone(),
-        recoveries: 0,
-        max_recoveries: new.max_recoveries,
-        updated_at: new.created_at,
-        runs: baton_core::Runs::describe(new.exec.as_ref(), new.timeout, new.grace, new.backoff),
-    };
+    let runs = baton_core::Runs::describe(new.exec.as_ref(), new.timeout, new.grace, new.backoff);
+    let mut job = baton_store::new_job::submitted_job(new, runs);
     let claimed = match start_now {
         None => None,
         Some(s) => {
-            state::check(Some(State::Queued), State::Running)
-                .map_err(|e| transition_error(new.id.as_str(), e))?;
-            job.state = State::Running;
-            job.attempt = 1;
-            job.started_at = Some(new.created_at);
+            let (claimed, data) =
+                baton_store::new_job::start_at_submit(&mut job, new, &s.server_id)?;
             w.event(
                 Some((new.id.as_str(), key)),
                 2,
                 EventKind::Started,
                 new.created_at,
-                json!({"state": "running", "from": "queued", "attempt": 1, "server_id": s.server_id}),
+                data,
             );
-            Some(Claimed {
-                job: job.clone(),
-                fence: 1,
-                checkpoint: None,
-                exec: new.exec.clone(),
-                backoff: new.backoff,
-                timeout: new.timeout,
-                grace: new.grace,
-                retries_left: new.max_attempts.saturating_sub(1),
-            })
+            Some(claimed)
         }
     };
     Ok((job, claimed))

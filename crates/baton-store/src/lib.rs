@@ -3,6 +3,7 @@
 
 pub mod conformance;
 pub mod list;
+pub mod new_job;
 pub mod schedule;
 pub mod sqlite;
 pub mod workflow;
