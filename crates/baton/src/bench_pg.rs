@@ -43,18 +43,27 @@ impl Schema {
     }
 }
 
-async fn servers(schema: &Schema, n: usize, workers: usize) -> Result<Vec<Engine>> {
+/// When a `mark` job's handler reported its progress: (job id, the instant before the
+/// report was written).
+type Marks = tokio::sync::mpsc::UnboundedSender<(String, Instant)>;
+
+async fn servers(schema: &Schema, n: usize, workers: usize, marks: Marks) -> Result<Vec<Engine>> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
         let store = schema.open().await?;
+        let marks = marks.clone();
         out.push(
             Engine::builder()
                 .store(Arc::new(store))
                 .queue("default", workers)
                 .handler("noop", |_ctx, _payload| async { Ok(Value::Null) })
-                .handler("mark", |ctx, _payload| async move {
-                    ctx.progress(0.5, "mark").await?;
-                    Ok(Value::Null)
+                .handler("mark", move |ctx, _payload| {
+                    let marks = marks.clone();
+                    async move {
+                        let _ = marks.send((ctx.job_id().to_owned(), Instant::now()));
+                        ctx.progress(0.5, "mark").await?;
+                        Ok(Value::Null)
+                    }
                 })
                 .build()
                 .await?,
@@ -75,7 +84,8 @@ pub async fn throughput(
 ) -> Result<Value> {
     let schema = Schema::new(url);
     let _ = schema.drop_schema().await;
-    let engines = servers(&schema, servers_n, workers).await?;
+    let (marks, _) = tokio::sync::mpsc::unbounded_channel();
+    let engines = servers(&schema, servers_n, workers, marks).await?;
     let ids = job_ids(jobs);
     let own: Arc<HashSet<String>> = Arc::new(ids.iter().cloned().collect());
     let mut events = engines[0].subscribe().await?;
@@ -155,7 +165,8 @@ pub async fn throughput(
 pub async fn latency(url: &str, servers_n: usize, samples: usize, gap: Duration) -> Result<Value> {
     let schema = Schema::new(url);
     let _ = schema.drop_schema().await;
-    let engines = servers(&schema, servers_n, 16).await?;
+    let (marks, mut marked) = tokio::sync::mpsc::unbounded_channel();
+    let engines = servers(&schema, servers_n, 16, marks).await?;
     let submitter = engines[0].clone();
     let watcher = engines.last().expect("at least one server").clone();
     let mut own = submitter.subscribe().await?;
@@ -173,14 +184,23 @@ pub async fn latency(url: &str, servers_n: usize, samples: usize, gap: Duration)
             .await
             .context("a job did not start within 10 s")?;
         to_start.push(started - t0);
-        let progressed = wait(&mut own, &id, EventKind::Progress)
+        let reported = loop {
+            match marked.recv().await {
+                Some((job, at)) if job == id => break at,
+                Some(_) => continue,
+                None => bail!("the handlers are gone"),
+            }
+        };
+        wait(&mut own, &id, EventKind::Progress)
             .await
             .context("no progress event within 10 s")?;
         if servers_n > 1 {
+            // From the handler's report (on whichever server ran it) to a subscriber
+            // of the last server: the write, its ids, the hint and the other's read.
             let seen = wait(&mut other, &id, EventKind::Progress)
                 .await
                 .context("the other server saw no progress event within 10 s")?;
-            cross.push(seen.saturating_duration_since(progressed));
+            cross.push(seen.saturating_duration_since(reported));
         }
     }
     for e in &engines {

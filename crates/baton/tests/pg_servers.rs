@@ -520,3 +520,66 @@ fn a_schedule_fires_each_run_once_across_three_servers_and_a_killed_leader() {
     );
     drop(servers);
 }
+
+/// `baton bench throughput` and `latency` on PostgreSQL, with two servers: every job
+/// ran, on both servers, and the figures are there; the embedded store refuses
+/// `--servers`.
+#[test]
+fn the_postgres_benches_run_on_several_servers() {
+    let url = std::env::var("BATON_TEST_POSTGRES").expect("BATON_TEST_POSTGRES");
+    let run = |args: &[&str]| {
+        let out = Command::new(support::BIN)
+            .arg("bench")
+            .args(args)
+            .output()
+            .expect("baton bench runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str::<serde_json::Value>(String::from_utf8_lossy(&out.stdout).trim())
+            .expect("one JSON line")
+    };
+    let t = run(&[
+        "throughput",
+        "--store",
+        &url,
+        "--servers",
+        "2",
+        "--jobs",
+        "400",
+        "--workers",
+        "16",
+        "--json",
+    ]);
+    assert_eq!(t["store"], "postgres");
+    assert_eq!(t["servers_that_ran_jobs"], 2, "{t}");
+    assert!(t["end_to_end_per_s"].as_f64().unwrap() > 0.0, "{t}");
+    let l = run(&[
+        "latency",
+        "--store",
+        &url,
+        "--servers",
+        "2",
+        "--samples",
+        "20",
+        "--json",
+    ]);
+    assert!(
+        l["cross_server_event_p99_ms"].as_f64().unwrap() > 0.0,
+        "{l}"
+    );
+    assert!(l["p99_ms"].as_f64().unwrap() > 0.0, "{l}");
+
+    let refused = Command::new(support::BIN)
+        .args(["bench", "latency", "--servers", "2", "--samples", "5"])
+        .output()
+        .expect("baton bench runs");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("--servers needs --store postgres://"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}
