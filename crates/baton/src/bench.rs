@@ -519,6 +519,100 @@ fn print_summary(report: &Value) {
     }
 }
 
+/// What [`drive`] saw.
+pub(crate) struct Run {
+    pub started: Instant,
+    /// How long the submits took.
+    pub submitted: Duration,
+    pub done: usize,
+    /// When the first `job.started` of the bench's jobs came.
+    pub first_start: Option<Instant>,
+    /// When the last completion came.
+    pub finished: Instant,
+    /// Servers named by the jobs' `job.started` events.
+    pub servers: usize,
+}
+
+impl Run {
+    /// The first start, once every job completed; an error naming what is missing.
+    pub fn check(&self, jobs: usize) -> Result<Instant> {
+        if self.done < jobs {
+            bail!("only {} of {jobs} jobs completed", self.done);
+        }
+        self.first_start
+            .context("no job.started event came for the bench's jobs")
+    }
+}
+
+/// Submits `jobs` no-op jobs (kind `noop`) from `submitters` tasks, `batch` a call,
+/// spread over `engines` in turn, and follows `engines[0]`'s events until each has
+/// completed (or a job failed).
+pub(crate) async fn drive(
+    engines: &[Engine],
+    jobs: usize,
+    batch: usize,
+    submitters: usize,
+) -> Result<Run> {
+    // The bench's own job ids, chosen up front: a reused --db may hold jobs that
+    // recovery runs at the same time, and those must not count.
+    let ids = job_ids(jobs);
+    let own: Arc<HashSet<String>> = Arc::new(ids.iter().cloned().collect());
+    let mut events = engines[0].subscribe().await?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    let mut rest = ids.as_slice();
+    for s in 0..submitters {
+        let engine = engines[s % engines.len()].clone();
+        let share = jobs / submitters + usize::from(s < jobs % submitters);
+        let (mine, others) = rest.split_at(share);
+        rest = others;
+        let mine = mine.to_vec();
+        tasks.push(tokio::spawn(async move {
+            for chunk in mine.chunks(batch) {
+                let specs = chunk.iter().map(|id| JobSpec::new("noop").id(id)).collect();
+                engine.submit_many(specs).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let waiter = tokio::spawn(async move {
+        let mut done = 0usize;
+        let mut servers: HashSet<String> = HashSet::new();
+        let mut first_start: Option<Instant> = None;
+        while done < jobs {
+            let Some(e) = events.next().await else { break };
+            if !e.job_id.as_ref().is_some_and(|id| own.contains(id)) {
+                continue;
+            }
+            match e.kind {
+                EventKind::Started => {
+                    first_start.get_or_insert_with(Instant::now);
+                    if let Some(s) = e.data["server_id"].as_str() {
+                        servers.insert(s.to_owned());
+                    }
+                }
+                EventKind::Completed => done += 1,
+                EventKind::Failed => bail!("a job failed: {}", e.data),
+                _ => {}
+            }
+        }
+        Ok((done, first_start, Instant::now(), servers.len()))
+    });
+    for t in tasks {
+        t.await??;
+    }
+    let submitted = started.elapsed();
+    let (done, first_start, finished, servers) = waiter.await??;
+    Ok(Run {
+        started,
+        submitted,
+        done,
+        first_start,
+        finished,
+        servers,
+    })
+}
+
 /// The throughput bench: no-op jobs through their whole life, then the same rows
 /// written by bare SQLite statements ([`baton_store::sqlite::floor`]) beside the
 /// store's file, so that each run shows the engine next to SQLite's own limit.
@@ -538,55 +632,10 @@ async fn throughput(
         .build()
         .await?;
     let count = WriteCount::start(&engine)?;
-    // The bench's own job ids, chosen up front: a reused --db may hold jobs that
-    // recovery runs at the same time, and those must not count.
-    let ids = job_ids(jobs);
-    let own: Arc<HashSet<String>> = Arc::new(ids.iter().cloned().collect());
-    let mut events = engine.subscribe().await?;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    let mut rest = ids.as_slice();
-    for s in 0..submitters {
-        let engine = engine.clone();
-        let share = jobs / submitters + usize::from(s < jobs % submitters);
-        let (mine, others) = rest.split_at(share);
-        rest = others;
-        let mine = mine.to_vec();
-        tasks.push(tokio::spawn(async move {
-            for chunk in mine.chunks(batch) {
-                let specs = chunk.iter().map(|id| JobSpec::new("noop").id(id)).collect();
-                engine.submit_many(specs).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    let waiter = tokio::spawn(async move {
-        let mut done = 0usize;
-        let mut first_start: Option<Instant> = None;
-        while done < jobs {
-            let Some(e) = events.next().await else { break };
-            if !e.job_id.as_ref().is_some_and(|id| own.contains(id)) {
-                continue;
-            }
-            match e.kind {
-                EventKind::Started if first_start.is_none() => first_start = Some(Instant::now()),
-                EventKind::Completed => done += 1,
-                EventKind::Failed => bail!("a job failed: {}", e.data),
-                _ => {}
-            }
-        }
-        Ok((done, first_start, Instant::now()))
-    });
-    for t in tasks {
-        t.await??;
-    }
-    let submitted = started.elapsed();
-    let (done, first_start, finished) = waiter.await??;
-    if done < jobs {
-        bail!("only {done} of {jobs} jobs completed");
-    }
+    let run = drive(std::slice::from_ref(&engine), jobs, batch, submitters).await?;
+    let first_start = run.check(jobs)?;
+    let (started, submitted, finished) = (run.started, run.submitted, run.finished);
     let total = finished - started;
-    let first_start = first_start.context("no job.started event came for the bench's jobs")?;
     let processing = finished - first_start;
     engine.shutdown(Duration::from_secs(5)).await;
     // Read once the store is closed: its writer has finished every batch.

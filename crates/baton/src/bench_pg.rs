@@ -3,7 +3,6 @@
 //! with their own connections, sequencer and event tailer) on one database, in a
 //! schema of the bench's own that is dropped afterwards.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use baton_engine::Engine;
 use baton_store_postgres::{PgOptions, PgStore};
 use serde_json::{Value, json};
 
-use crate::bench::{job_ids, ms, pct, rate};
+use crate::bench::{ms, pct, rate};
 
 /// The bench's schema on the database, dropped when the bench ends.
 struct Schema {
@@ -86,62 +85,15 @@ pub async fn throughput(
     let _ = schema.drop_schema().await;
     let (marks, _) = tokio::sync::mpsc::unbounded_channel();
     let engines = servers(&schema, servers_n, workers, marks).await?;
-    let ids = job_ids(jobs);
-    let own: Arc<HashSet<String>> = Arc::new(ids.iter().cloned().collect());
-    let mut events = engines[0].subscribe().await?;
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    let mut rest = ids.as_slice();
-    for s in 0..submitters {
-        let engine = engines[s % engines.len()].clone();
-        let share = jobs / submitters + usize::from(s < jobs % submitters);
-        let (mine, others) = rest.split_at(share);
-        rest = others;
-        let mine = mine.to_vec();
-        tasks.push(tokio::spawn(async move {
-            for chunk in mine.chunks(batch) {
-                let specs = chunk.iter().map(|id| JobSpec::new("noop").id(id)).collect();
-                engine.submit_many(specs).await?;
-            }
-            anyhow::Ok(())
-        }));
-    }
-    let waiter = tokio::spawn(async move {
-        let mut done = 0usize;
-        let mut by: HashSet<String> = HashSet::new();
-        let mut first_start: Option<Instant> = None;
-        while done < jobs {
-            let Some(e) = events.next().await else { break };
-            if !e.job_id.as_ref().is_some_and(|id| own.contains(id)) {
-                continue;
-            }
-            match e.kind {
-                EventKind::Started => {
-                    first_start.get_or_insert_with(Instant::now);
-                    if let Some(s) = e.data["server_id"].as_str() {
-                        by.insert(s.to_owned());
-                    }
-                }
-                EventKind::Completed => done += 1,
-                EventKind::Failed => bail!("a job failed: {}", e.data),
-                _ => {}
-            }
-        }
-        Ok((done, first_start, Instant::now(), by.len()))
-    });
-    for t in tasks {
-        t.await??;
-    }
-    let submitted = started.elapsed();
-    let (done, first_start, finished, ran_on) = waiter.await??;
+    let run = crate::bench::drive(&engines, jobs, batch, submitters).await;
     for e in &engines {
         e.shutdown(Duration::from_secs(5)).await;
     }
     schema.drop_schema().await?;
-    if done < jobs {
-        bail!("only {done} of {jobs} jobs completed");
-    }
-    let first_start = first_start.context("no job.started event came for the bench's jobs")?;
+    let run = run?;
+    let first_start = run.check(jobs)?;
+    let (started, submitted, finished) = (run.started, run.submitted, run.finished);
+    let ran_on = run.servers;
     let total = finished - started;
     Ok(json!({
         "bench": "throughput",
