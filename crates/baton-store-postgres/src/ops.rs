@@ -78,7 +78,19 @@ pub async fn submit(
         let start_now = start.filter(|s| new.state == State::Queued && started < s.max);
         let labels = (!new.labels.is_empty()).then(|| json!(new.labels));
         let running = start_now.is_some();
-        let row =
+        // The id first: a taken one (a job of any state, or a concurrent submit's)
+        // leaves the job unwritten.
+        let fresh =
+            w.c.execute(
+                "INSERT INTO job_ids (id) VALUES ($1) ON CONFLICT DO NOTHING",
+                &[&new.id.as_str()],
+            )
+            .await
+            .db()?
+                == 1;
+        let row = if !fresh {
+            None
+        } else {
             w.c.query_opt(
                 "INSERT INTO jobs (id, kind, queue, priority, state, payload, exec, labels, \
                  max_attempts, backoff_initial_ms, backoff_max_ms, timeout_ms, grace_ms, \
@@ -87,7 +99,7 @@ pub async fn submit(
                  deps_pending, workflow_id, workflow_name) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
                  $17, $16, $18::bigint, $18::bigint, $19, $20, $21, $22::text::tsvector, \
-                 $23, $24, $25) ON CONFLICT (id) DO NOTHING RETURNING key",
+                 $23, $24, $25) RETURNING key",
                 &[
                     &new.id.as_str(),
                     &new.kind,
@@ -121,7 +133,8 @@ pub async fn submit(
                 ],
             )
             .await
-            .db()?;
+            .db()?
+        };
         let Some(row) = row else {
             if new.workflow_id.is_some() {
                 // A workflow's jobs are its own: an id taken elsewhere is refused.
@@ -236,21 +249,28 @@ async fn submit_plain(
         .collect();
     let rows =
         w.c.query(
-            "INSERT INTO jobs (id, kind, queue, priority, state, payload, exec, labels, \
+            // The ids go first; the jobs whose ids were free are written, the first
+            // of each id in the batch.
+            "WITH v AS (SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], \
+               $5::text[], $6::jsonb[], $7::jsonb[], $8::jsonb[], $9::int[], $10::bigint[], \
+               $11::bigint[], $12::bigint[], $13::bigint[], $14::int[], $15::bigint[], \
+               $16::bigint[], $17::bigint[], $18::bigint[], $19::bigint[], $20::text[], \
+               $21::text[]) \
+               WITH ORDINALITY AS v (id, kind, queue, priority, state, payload, exec, labels, \
+               max_attempts, initial, most, timeout, grace, recoveries, seq, created_at, \
+               run_at, attempt, started_at, server_id, search, ord)), \
+             fresh AS (INSERT INTO job_ids (id) SELECT id FROM v ORDER BY ord \
+               ON CONFLICT DO NOTHING RETURNING id) \
+             INSERT INTO jobs (id, kind, queue, priority, state, payload, exec, labels, \
              max_attempts, backoff_initial_ms, backoff_max_ms, timeout_ms, grace_ms, \
              max_recoveries, event_seq, created_at, run_at, updated_at, attempt, fence, \
              started_at, server_id, search) \
              SELECT id, kind, queue, priority, state, payload, exec, labels, max_attempts, \
                initial, most, timeout, grace, recoveries, seq, created_at, run_at, created_at, \
                attempt, attempt, started_at, server_id, search::tsvector \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], \
-               $6::jsonb[], $7::jsonb[], $8::jsonb[], $9::int[], $10::bigint[], $11::bigint[], \
-               $12::bigint[], $13::bigint[], $14::int[], $15::bigint[], $16::bigint[], \
-               $17::bigint[], $18::bigint[], $19::bigint[], $20::text[], $21::text[]) \
-               WITH ORDINALITY AS v (id, kind, queue, priority, state, payload, exec, labels, \
-               max_attempts, initial, most, timeout, grace, recoveries, seq, created_at, \
-               run_at, attempt, started_at, server_id, search, ord) \
-             ORDER BY ord ON CONFLICT (id) DO NOTHING RETURNING id, key",
+             FROM (SELECT DISTINCT ON (v.id) v.* FROM v JOIN fresh USING (id) \
+               ORDER BY v.id, v.ord) AS first \
+             ORDER BY ord RETURNING id, key",
             &[
                 &ids,
                 &kinds,

@@ -74,9 +74,13 @@ pub async fn prune(w: &mut Work<'_>, req: &PruneRequest) -> Result<Pruned> {
         )
         .await
         .db()?;
-        w.c.execute("DELETE FROM jobs WHERE key = ANY ($1)", &[&keys])
-            .await
-            .db()?;
+        w.c.execute(
+            "WITH gone AS (DELETE FROM jobs WHERE key = ANY ($1) RETURNING id) \
+             DELETE FROM job_ids WHERE id IN (SELECT id FROM gone)",
+            &[&keys],
+        )
+        .await
+        .db()?;
         // A workflow whose last jobs went goes too.
         let workflows: Vec<&str> = doomed
             .iter()

@@ -10,15 +10,28 @@ const MIGRATIONS: &[&str] = &[
     // 1: jobs and everything a job keeps, events with their sequencing, servers,
     // schedules and their fire history, dependencies and workflows.
     //
-    // `jobs` is the hot table: every claim and outcome updates a row in place. A
-    // fillfactor of 80 leaves room in each page for the new version of an updated row
-    // (a HOT update, which writes no index entry when no indexed column changed), and
-    // autovacuum runs after 2 % of the rows changed (the default 20 % lets a busy queue
-    // pile up dead versions that every claim then walks past).
+    // `jobs` is partitioned by state: `jobs_live` holds the jobs that can still change
+    // on their own (scheduled, awaiting, queued, executing, crashed) and `jobs_done`
+    // the ended ones. The write that ends a job moves its row (PostgreSQL moves a row
+    // whose partition key changes), so claims, the rescuer and vacuum work on a table
+    // the size of the backlog, not of the history, which retention prunes. A reader
+    // of `jobs` sees both.
+    //
+    // `jobs_live` takes every claim and outcome. A fillfactor of 80 leaves room in
+    // each page for an updated row's new version (a HOT update, which writes no index
+    // entry, for progress, steps and checkpoints), and autovacuum runs after 2 % of
+    // its rows changed (the default 20 % lets a busy queue pile up dead versions that
+    // every claim then walks past). `jobs_done` is appended to and pruned: packed
+    // pages, the default autovacuum.
+    //
+    // A job id is unique across both, which no index of a partitioned table can
+    // promise (its unique indexes must hold the partition key): `job_ids` holds them.
     r#"
+    CREATE TABLE job_ids (id TEXT PRIMARY KEY);
+    CREATE SEQUENCE jobs_key_seq;
     CREATE TABLE jobs (
-        key BIGSERIAL PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
+        key BIGINT NOT NULL DEFAULT nextval('jobs_key_seq'),
+        id TEXT NOT NULL,
         kind TEXT NOT NULL,
         queue TEXT NOT NULL,
         priority INT NOT NULL,
@@ -61,29 +74,37 @@ const MIGRATIONS: &[&str] = &[
         proc_start BIGINT,
         -- The words the list's text search finds (see `search.rs`).
         search TSVECTOR NOT NULL
-    ) WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02,
-            autovacuum_analyze_scale_factor = 0.02);
-    -- Claims read the head of this partial index: only ready jobs are in it.
-    CREATE INDEX jobs_claim ON jobs (queue, priority DESC, key) WHERE state = 'queued';
-    CREATE INDEX jobs_due ON jobs (run_at) WHERE state = 'scheduled';
-    CREATE INDEX jobs_executing ON jobs (server_id) WHERE state IN ('running', 'paused', 'stopping');
+    ) PARTITION BY LIST (state);
+    ALTER SEQUENCE jobs_key_seq OWNED BY jobs.key;
+    CREATE TABLE jobs_live PARTITION OF jobs (PRIMARY KEY (key))
+        FOR VALUES IN ('scheduled', 'awaiting', 'queued', 'running', 'paused', 'stopping',
+                       'crashed')
+        WITH (fillfactor = 80, autovacuum_vacuum_scale_factor = 0.02,
+              autovacuum_analyze_scale_factor = 0.02);
+    CREATE TABLE jobs_done PARTITION OF jobs (PRIMARY KEY (key))
+        FOR VALUES IN ('completed', 'failed', 'cancelled', 'deleted');
+    CREATE INDEX jobs_id ON jobs (id);
     CREATE INDEX jobs_state ON jobs (state, key);
     CREATE INDEX jobs_kind ON jobs (kind, key);
     CREATE INDEX jobs_queue ON jobs (queue, key);
-    CREATE INDEX jobs_finished ON jobs (finished_at, key) WHERE finished_at IS NOT NULL;
     CREATE INDEX jobs_search ON jobs USING gin (search);
     CREATE INDEX jobs_labels ON jobs USING gin (labels jsonb_path_ops) WHERE labels IS NOT NULL;
-    CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key)
-        WHERE unique_key IS NOT NULL
-        AND state NOT IN ('completed', 'failed', 'cancelled', 'deleted');
-    -- Jobs of a schedule (list filter), and its active ones (overlap policies): a
-    -- schedule's old jobs pile up, its active ones are few.
+    -- Jobs of a schedule (list filter) and of a workflow (retention removes a workflow
+    -- whole).
     CREATE INDEX jobs_schedule ON jobs (schedule_id, key) WHERE schedule_id IS NOT NULL;
-    CREATE INDEX jobs_schedule_active ON jobs (schedule_id, key)
-        WHERE schedule_id IS NOT NULL
-        AND state NOT IN ('completed', 'failed', 'cancelled', 'deleted');
-    -- A workflow's jobs: retention removes a workflow whole.
     CREATE INDEX jobs_workflow ON jobs (workflow_id, key) WHERE workflow_id IS NOT NULL;
+    -- Claims read the head of this partial index: only ready jobs are in it.
+    CREATE INDEX jobs_claim ON jobs_live (queue, priority DESC, key) WHERE state = 'queued';
+    CREATE INDEX jobs_due ON jobs_live (run_at) WHERE state = 'scheduled';
+    CREATE INDEX jobs_executing ON jobs_live (server_id)
+        WHERE state IN ('running', 'paused', 'stopping');
+    -- A unique key binds the jobs that have not ended, all of them here.
+    CREATE UNIQUE INDEX jobs_unique ON jobs_live (unique_key) WHERE unique_key IS NOT NULL;
+    -- A schedule's active jobs (overlap policies).
+    CREATE INDEX jobs_schedule_active ON jobs_live (schedule_id, key)
+        WHERE schedule_id IS NOT NULL;
+    -- Retention goes by age of end.
+    CREATE INDEX jobs_finished ON jobs_done (finished_at, key);
 
     -- Edges by the jobs' row keys: `child` waits for `parent` to end so that `cond`
     -- ('completed', 'failed', 'finished') holds; `status`: 0 waiting, 1 met, 2 never.

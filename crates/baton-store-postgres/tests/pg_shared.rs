@@ -344,3 +344,98 @@ async fn a_fan_in_job_is_queued_once_when_two_servers_end_its_dependencies_toget
     a.close().await;
     b.close().await;
 }
+
+/// The ids of the jobs in one partition of `jobs`, sorted.
+async fn partition(client: &tokio_postgres::Client, table: &str) -> Vec<String> {
+    client
+        .query(&format!("SELECT id FROM {table} ORDER BY id"), &[])
+        .await
+        .expect("read a partition")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// The hot table holds only jobs that have not ended: the write that ends a job moves
+/// it to `jobs_done`, a retry brings it back, its id stays taken while it is kept
+/// (a submit of it, alone or in a batch, returns the ended job) and is free again once
+/// retention removed it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ended_jobs_leave_the_hot_table_and_keep_their_ids_until_pruned() {
+    let schema = Schema::new();
+    let s = schema.open().await;
+    let sql = schema.connect().await;
+    s.submit(vec![job("a"), job("b"), job("c")])
+        .await
+        .expect("submit");
+    let claimed = s
+        .claim(ClaimRequest {
+            queue: "default".into(),
+            limit: 3,
+            server_id: "server-0".into(),
+            now: T0 + 1,
+        })
+        .await
+        .expect("claim");
+    assert_eq!(claimed.len(), 3);
+    let fence = |id: &str| claimed.iter().find(|c| c.job.id == id).unwrap().fence;
+    s.record(
+        Transition::new("a", State::Completed, EventKind::Completed, T0 + 2).fence(fence("a")),
+    )
+    .await
+    .expect("complete a");
+    s.record(Transition::new("b", State::Failed, EventKind::Failed, T0 + 2).fence(fence("b")))
+        .await
+        .expect("fail b");
+    assert_eq!(partition(&sql, "jobs_live").await, ["c"]);
+    assert_eq!(partition(&sql, "jobs_done").await, ["a", "b"]);
+
+    // An ended job's id is still taken, for a batch and for a single submit.
+    let again = s
+        .submit(vec![job("a"), job("d"), job("d")])
+        .await
+        .expect("submit again");
+    let created: Vec<(String, bool, State)> = again
+        .iter()
+        .map(|r| (r.job.id.to_string(), r.created, r.job.state))
+        .collect();
+    assert_eq!(
+        created,
+        [
+            ("a".into(), false, State::Completed),
+            ("d".into(), true, State::Queued),
+            ("d".into(), false, State::Queued),
+        ]
+    );
+    let single = s.submit(vec![job("b")]).await.expect("submit b again");
+    assert!(!single[0].created);
+    assert_eq!(single[0].job.state, State::Failed);
+
+    // A retry brings the failed job back to the hot table.
+    s.transition(
+        Transition::new("b", State::Queued, EventKind::Queued, T0 + 3).expect(&[State::Failed]),
+    )
+    .await
+    .expect("retry b");
+    assert_eq!(partition(&sql, "jobs_live").await, ["b", "c", "d"]);
+    assert_eq!(partition(&sql, "jobs_done").await, ["a"]);
+    assert_eq!(s.get("b").await.unwrap().unwrap().state, State::Queued);
+
+    // Retention removes the ended job and frees its id.
+    let day = 86_400_000;
+    let pruned = s
+        .prune(baton_store::PruneRequest {
+            now: T0 + 2 * day,
+            retention: Some(day),
+            queues: BTreeMap::new(),
+            limit: 100,
+            after: None,
+        })
+        .await
+        .expect("prune");
+    assert_eq!(pruned.jobs, 1);
+    assert!(partition(&sql, "jobs_done").await.is_empty());
+    let fresh = s.submit(vec![job("a")]).await.expect("submit a anew");
+    assert!(fresh[0].created, "a pruned job's id can be used again");
+    assert_eq!(fresh[0].job.state, State::Queued);
+}
