@@ -80,6 +80,10 @@ pub(crate) struct Inner {
     pub(crate) shutdown: CancellationToken,
     /// False while the store does not take this server's heartbeats.
     healthy: std::sync::atomic::AtomicBool,
+    /// On a shared store: this server holds the leader lease (as of its last
+    /// heartbeat), so it fires schedules and prunes. A store one engine owns has no
+    /// other server: it is always true there.
+    pub(crate) leading: std::sync::atomic::AtomicBool,
     /// Attempts (job id, fencing token) stopped because this server lost the store:
     /// they record no outcome.
     dropped: Mutex<std::collections::HashSet<(String, u64)>>,
@@ -413,6 +417,7 @@ impl EngineBuilder {
             }
         }
         store.register_server(server.clone()).await?;
+        let shared = store.shared();
         let inner = Arc::new(Inner {
             store,
             clock: self.clock,
@@ -426,6 +431,7 @@ impl EngineBuilder {
             timer: Notify::new(),
             shutdown: CancellationToken::new(),
             healthy: std::sync::atomic::AtomicBool::new(true),
+            leading: std::sync::atomic::AtomicBool::new(!shared),
             dropped: Mutex::new(Default::default()),
             recovery: self.recovery,
             abandoning: CancellationToken::new(),
@@ -1011,6 +1017,12 @@ impl Engine {
     /// that cannot be reached): `/readyz` then says the server is not ready.
     pub fn healthy(&self) -> bool {
         self.inner.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Whether this server does the work only one server may do: it holds the leader
+    /// lease of a shared store (as of its last heartbeat), or owns its store alone.
+    pub fn leading(&self) -> bool {
+        self.inner.leading.load(Ordering::SeqCst)
     }
 
     pub fn running_jobs(&self) -> Vec<String> {
@@ -1666,9 +1678,10 @@ async fn timer(inner: Arc<Inner>) {
 }
 
 async fn heartbeat(inner: Arc<Inner>, every: Duration) {
+    // The first tick is at once: on a shared store the lease is taken (and gone
+    // servers looked for) as the server starts, not a period later.
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
     // A server is gone once three heartbeats are missed (by the database's clock).
     let gone_after = every * 3;
     let mut failing_since: Option<tokio::time::Instant> = None;
@@ -1713,6 +1726,10 @@ async fn heartbeat(inner: Arc<Inner>, every: Duration) {
             }
             Err(e) => {
                 inner.healthy.store(false, Ordering::SeqCst);
+                if inner.store.shared() {
+                    // Another server takes the lease once it expires.
+                    inner.leading.store(false, Ordering::SeqCst);
+                }
                 let since = *failing_since.get_or_insert_with(tokio::time::Instant::now);
                 tracing::warn!(error = %e, "heartbeat failed");
                 if inner.store.shared() && since.elapsed() >= gone_after && inner.kill_all() > 0 {
@@ -1764,13 +1781,13 @@ async fn recover_own(inner: &Arc<Inner>, now: Millis) -> crate::Result<()> {
 /// from their last checkpoints, and each is marked down (`server.down`).
 async fn rescue(inner: &Arc<Inner>, gone_after: Duration, now: Millis) {
     let result = async {
-        if inner
-            .store
-            .lead(&inner.server.id, gone_after)
-            .await?
-            .is_none()
-        {
-            return Ok(());
+        let lead = inner.store.lead(&inner.server.id, gone_after).await;
+        let leading = matches!(lead, Ok(Some(_)));
+        if inner.leading.swap(leading, Ordering::SeqCst) != leading {
+            tracing::info!(leading, "leader lease changed hands");
+        }
+        if !leading {
+            return lead.map(|_| ()).map_err(Into::into);
         }
         let mut gone = inner.store.gone_servers(gone_after).await?;
         // This server is alive (it just wrote its heartbeat), however late it was.

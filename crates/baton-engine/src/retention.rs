@@ -90,6 +90,10 @@ pub(crate) async fn run(inner: Arc<Inner>, retention: Retention) {
             _ = tick.tick() => {}
             _ = inner.shutdown.cancelled() => return,
         }
+        // On a shared store the leader prunes for every server.
+        if !inner.leading.load(Ordering::SeqCst) {
+            continue;
+        }
         prune_due(&inner, &retention).await;
     }
 }

@@ -14,6 +14,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -190,17 +191,24 @@ pub(crate) async fn run(engine: Engine) {
     let mut fires = FuturesUnordered::new();
     let mut releases = FuturesUnordered::new();
     // On a shared store, schedules made or changed through another server reach this
-    // one's heap by a reload every second. Every server fires what is due; the
-    // store's revision check lets one fire of a run through and refuses the others.
+    // one's heap by a reload every second, and the leader fires what is due (a server
+    // that lost the lease without knowing it yet may fire too: the store's revision
+    // check lets one fire of a run through and refuses the others).
     let shared = inner.store.shared();
     let mut reload = tokio::time::interval(Duration::from_secs(1));
     reload.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = inner.clock.now();
+        // A server that does not lead keeps its timers and looks again at the reload.
+        let firing = inner.leading.load(Ordering::SeqCst);
         let (due, earliest) = {
             let mut heap = timers.state.lock().unwrap_or_else(|e| e.into_inner());
-            let due = heap.pop_due(now, MAX_IN_FLIGHT.saturating_sub(fires.len()));
-            (due, heap.earliest())
+            let due = if firing {
+                heap.pop_due(now, MAX_IN_FLIGHT.saturating_sub(fires.len()))
+            } else {
+                Vec::new()
+            };
+            (due, heap.earliest().filter(|_| firing))
         };
         for (id, rev) in due {
             fires.push(fire_due(engine.clone(), id, rev));

@@ -8,8 +8,10 @@
 //! leaving a gap). Within a pass the order is `(xid, lid)`, except that each job's
 //! events keep the job's own order: two transactions that wrote one job are always
 //! ordered in one pass (the later one waited for the earlier's row lock, so the
-//! earlier could not be below the horizon alone). One sequencer runs at a time, under
-//! a transaction-level advisory lock; the writes themselves take no global lock.
+//! earlier could not be below the horizon alone). One server sequences: the one that
+//! holds the sequencer's session-level advisory lock, for as long as its connection
+//! lives; the others hint it when their writes wait and take the lock when it is
+//! free. The writes themselves take no global lock.
 //!
 //! Each server's tailer reads the sequenced events in id order and publishes them to
 //! its subscribers; a write returns once its own events are published, so a reader
@@ -31,6 +33,9 @@ use baton_store::Result;
 
 /// The channel of the hint sent after the sequencer gave ids (payload: the schema).
 pub const CHANNEL: &str = "baton_events";
+/// The channel of the hint to the sequencer that a write of another server waits
+/// for ids (payload: the schema).
+pub const PENDING: &str = "baton_pending";
 /// The channel of the hint that a queue has ready jobs (payload: `schema/queue`).
 pub const QUEUES: &str = "baton_queues";
 /// The least time between two hints of one server.
@@ -39,6 +44,10 @@ const HINT_EVERY: Duration = Duration::from_millis(50);
 const TAIL_BATCH: i64 = 2000;
 /// How often the sequencer and the tailer look without a hint.
 const POLL: Duration = Duration::from_secs(1);
+/// How often a server whose writes wait for ids, and that does not sequence, tells
+/// the sequencer again and tries to take its place (a hint may be lost, the holder
+/// may be gone).
+const FALLBACK: Duration = Duration::from_millis(50);
 
 struct Waiter {
     left: AtomicUsize,
@@ -50,6 +59,8 @@ pub struct Events {
     waiting: Mutex<HashMap<i64, Arc<Waiter>>>,
     /// Wakes the sequencer: a write committed events.
     pub sequence: Notify,
+    /// This server holds the sequencer's lock.
+    pub holder: std::sync::atomic::AtomicBool,
     /// Wakes the tailer: ids were given.
     pub tail: Notify,
     /// The last id published to subscribers.
@@ -67,6 +78,7 @@ impl Events {
             bus: broadcast::channel(16_384).0,
             waiting: Mutex::new(HashMap::new()),
             sequence: Notify::new(),
+            holder: std::sync::atomic::AtomicBool::new(false),
             tail: Notify::new(),
             published: AtomicU64::new(published),
             readied: Mutex::new(Default::default()),
@@ -104,6 +116,11 @@ impl Events {
         rx
     }
 
+    /// Whether writes of this server wait for their events' ids.
+    fn waits(&self) -> bool {
+        self.waiting.lock().is_ok_and(|m| !m.is_empty())
+    }
+
     /// Forgets the events of a write that did not commit.
     pub fn forget(&self, lids: &[i64]) {
         if let Ok(mut map) = self.waiting.lock() {
@@ -127,31 +144,18 @@ impl Events {
     }
 }
 
-/// One pass: gives ids to the events below the horizon, in one statement after the
-/// lock is taken (the statement's snapshot must come after the lock, or it could
-/// miss what the previous holder gave). Returns whether committed events are left
-/// without an id (their transactions are not yet below it, or another sequencer holds
-/// the lock).
+/// One pass: gives ids to the events below the horizon, in one statement. The caller
+/// holds the sequencer's lock, taken before this statement's snapshot (a snapshot
+/// from before the lock could miss what the previous holder gave). Returns whether
+/// committed events are left without an id (their transactions are not yet below
+/// the horizon).
 ///
 /// The places go by `(xid, lid)`; the `slots` and `owners` steps then hand each
 /// job's places to its events in the job's order (the k-th place of a job to its
 /// k-th event). Statements in `WITH` that change rows run whether or not the rest
 /// reads them; `notified` is read so that it runs.
-async fn pass(c: &mut Client) -> Result<bool> {
-    let tx = c.transaction().await.db()?;
-    let locked: bool = tx
-        .query_one(
-            "SELECT pg_try_advisory_xact_lock($1, hashtext(current_schema()))",
-            &[&LOCK_SEQUENCE],
-        )
-        .await
-        .db()?
-        .get(0);
-    if !locked {
-        // Another sequencer holds the lock: look again shortly.
-        return Ok(true);
-    }
-    let row = tx
+async fn pass(c: &Client) -> Result<bool> {
+    let row = c
         .query_one(
             "WITH h AS MATERIALIZED ( \
                SELECT pg_snapshot_xmin(pg_current_snapshot()) AS xmin), \
@@ -184,20 +188,48 @@ async fn pass(c: &mut Client) -> Result<bool> {
         )
         .await
         .db()?;
-    tx.commit().await.db()?;
     Ok(row.get(2))
 }
 
-/// Runs passes when woken (and every [`POLL`]), until no committed event is left
-/// without an id.
+/// Tries to become the sequencer: takes the session-level lock that the sequencer
+/// holds for as long as its connection lives. When the lock is taken by another
+/// server and this one has writes waiting for ids, the holder is told (`PENDING`),
+/// in the same statement.
+async fn take_or_tell(c: &Client, waiting: bool) -> Result<bool> {
+    let row = c
+        .query_one(
+            "WITH l AS MATERIALIZED ( \
+               SELECT pg_try_advisory_lock($1, hashtext(current_schema())) AS got) \
+             SELECT got, (SELECT COUNT(pg_notify($2, current_schema())) FROM l \
+               WHERE NOT l.got AND $3) FROM l",
+            &[&LOCK_SEQUENCE, &PENDING, &waiting],
+        )
+        .await
+        .db()?;
+    Ok(row.get(0))
+}
+
+/// The sequencer of this server: one server on the database holds the sequencer's
+/// lock and gives ids; the others tell it when their writes wait, and take the lock
+/// when it is free (its holder's connection went: the server stopped or died).
+///
+/// The holder runs a pass when woken (its own commits, another server's `PENDING`
+/// hint) and every [`POLL`], and again 1 ms later while committed events wait for
+/// the horizon. A server without the lock tries it, and tells the holder, on each of
+/// its own commits, every [`FALLBACK`] while its writes wait, and every [`POLL`].
 pub async fn sequencer(pool: Arc<Pool>, events: Arc<Events>, mut stop: watch::Receiver<bool>) {
     let mut client: Option<Client> = None;
     let mut again = false;
     loop {
         if !again {
+            let idle = if events.holder.load(Ordering::Acquire) || !events.waits() {
+                POLL
+            } else {
+                FALLBACK
+            };
             tokio::select! {
                 _ = events.sequence.notified() => {}
-                _ = tokio::time::sleep(POLL) => {}
+                _ = tokio::time::sleep(idle) => {}
                 _ = stop.changed() => return,
             }
         } else {
@@ -207,6 +239,8 @@ pub async fn sequencer(pool: Arc<Pool>, events: Arc<Events>, mut stop: watch::Re
             return;
         }
         if client.as_ref().is_none_or(Client::is_closed) {
+            // A new connection holds no lock.
+            events.holder.store(false, Ordering::Release);
             client = match pool.connect().await {
                 Ok(c) => Some(c),
                 Err(e) => {
@@ -216,7 +250,24 @@ pub async fn sequencer(pool: Arc<Pool>, events: Arc<Events>, mut stop: watch::Re
                 }
             };
         }
-        let Some(c) = client.as_mut() else { continue };
+        let Some(c) = client.as_ref() else { continue };
+        if !events.holder.load(Ordering::Acquire) {
+            match take_or_tell(c, events.waits()).await {
+                Ok(true) => {
+                    tracing::debug!("this server sequences the events");
+                    events.holder.store(true, Ordering::Release);
+                }
+                Ok(false) => {
+                    again = false;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the event sequencer cannot take its lock; retrying");
+                    again = false;
+                    continue;
+                }
+            }
+        }
         match pass(c).await {
             Ok(left) => {
                 again = left;
@@ -310,6 +361,11 @@ pub async fn listener(
                     Some(Ok(AsyncMessage::Notification(n))) => {
                         if n.channel() == CHANNEL && n.payload() == schema {
                             events.tail.notify_one();
+                        } else if n.channel() == PENDING
+                            && n.payload() == schema
+                            && events.holder.load(Ordering::Acquire)
+                        {
+                            events.sequence.notify_one();
                         } else if n.channel() == QUEUES
                             && let Some((s, queue)) = n.payload().split_once('/')
                             && s == schema
@@ -322,7 +378,7 @@ pub async fn listener(
                 }
             }
         };
-        let sql = format!("LISTEN {CHANNEL}; LISTEN {QUEUES}");
+        let sql = format!("LISTEN {CHANNEL}; LISTEN {PENDING}; LISTEN {QUEUES}");
         let subscribe = client.batch_execute(&sql);
         tokio::select! {
             _ = async { let _ = subscribe.await; std::future::pending::<()>().await } => {}

@@ -491,6 +491,7 @@ fn a_schedule_fires_each_run_once_across_three_servers_and_a_killed_leader() {
     // The leader dies, and so does the server the schedule was made through: a
     // survivor fires from what it read in the store.
     let leader = q("SELECT url FROM servers WHERE id = (SELECT server_id FROM leader)");
+    let term: u64 = q("SELECT term FROM leader").parse().unwrap();
     let maker = servers[1].url.clone();
     servers.retain_mut(|s| {
         let dies = s.url == leader || s.url == maker;
@@ -508,6 +509,13 @@ fn a_schedule_fires_each_run_once_across_three_servers_and_a_killed_leader() {
             .unwrap()
             >= before + 4
     });
+    // A survivor took the lease, under a new term, and fires since.
+    assert!(q("SELECT term FROM leader").parse::<u64>().unwrap() > term);
+    let now_leading = q("SELECT url FROM servers WHERE id = (SELECT server_id FROM leader)");
+    assert!(
+        servers.iter().any(|s| s.url == now_leading),
+        "a survivor leads"
+    );
     assert_eq!(
         q("SELECT COUNT(*) - COUNT(DISTINCT scheduled_for) FROM schedule_fires"),
         "0",
