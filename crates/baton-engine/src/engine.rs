@@ -72,8 +72,12 @@ pub(crate) struct Inner {
     pub(crate) limits: Limits,
     server: ServerInfo,
     running: Mutex<HashMap<String, RunHandle>>,
-    /// Notified each time an attempt is registered in `running`.
+    /// Notified each time an attempt is registered in `running`, and each time a
+    /// claim ends.
     registered: Notify,
+    /// This engine's claims under way: from just before the store is asked until the
+    /// attempts it returned are registered in `running`.
+    claims: Mutex<Claims>,
     /// The earliest `run_at` of a job scheduled since the timer last looked.
     pending_due: Mutex<Option<Millis>>,
     timer: Notify,
@@ -106,6 +110,32 @@ pub(crate) struct Inner {
     pub(crate) security: Arc<Security>,
     /// What retention removed.
     pub(crate) pruned: crate::retention::PruneCounters,
+}
+
+/// Claims under way, each by the number it was given in order.
+#[derive(Default)]
+struct Claims {
+    next: u64,
+    open: std::collections::BTreeSet<u64>,
+}
+
+/// A claim under way (see [`Inner::claiming`]); dropped once its attempts are
+/// registered, or once it failed.
+struct Claiming {
+    inner: Arc<Inner>,
+    n: u64,
+}
+
+impl Drop for Claiming {
+    fn drop(&mut self) {
+        self.inner
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .remove(&self.n);
+        self.inner.registered.notify_waiters();
+    }
 }
 
 pub(crate) struct QueueState {
@@ -427,6 +457,7 @@ impl EngineBuilder {
             server,
             running: Mutex::new(HashMap::new()),
             registered: Notify::new(),
+            claims: Mutex::new(Claims::default()),
             pending_due: Mutex::new(None),
             timer: Notify::new(),
             shutdown: CancellationToken::new(),
@@ -615,6 +646,7 @@ impl Engine {
             }
             _ => 0,
         };
+        let claiming = (reserved > 0).then(|| self.inner.claiming());
         let out = if reserved > 0 {
             let start = StartNow {
                 server_id: self.inner.server.id.clone(),
@@ -645,6 +677,7 @@ impl Engine {
                 _ => {}
             }
         }
+        drop(claiming);
         if let Some(q) = &queue
             && reserved > started
         {
@@ -1075,15 +1108,40 @@ fn illegal(id: &str, action: &'static str, state: State) -> Error {
 }
 
 impl Inner {
+    /// Marks a claim under way until the guard is dropped.
+    fn claiming(self: &Arc<Self>) -> Claiming {
+        let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
+        let n = claims.next;
+        claims.next += 1;
+        claims.open.insert(n);
+        Claiming {
+            inner: self.clone(),
+            n,
+        }
+    }
+
     /// The attempt this engine runs for the job. The store may say `running` a moment
     /// before the worker that claimed it has registered the attempt (the claim's reply
     /// is still on its way): wait a little for it rather than take the job for orphaned.
+    /// Only a claim of this engine already under way can be that one (a later claim
+    /// finds the job running): with none, the job runs elsewhere (another server, on
+    /// a shared store) or nowhere, and the answer comes at once.
     async fn registered_handle(&self, id: &str) -> Option<HandleParts> {
         let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+        let before = self.claims.lock().unwrap_or_else(|e| e.into_inner()).next;
         loop {
             let registered = self.registered.notified();
             tokio::pin!(registered);
             registered.as_mut().enable();
+            // Read before looking: a claim that ended before this read has registered
+            // its attempts.
+            let waiting = self
+                .claims
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .open
+                .first()
+                .is_some_and(|n| *n < before);
             {
                 let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
                 if let Some(h) = running.get(id) {
@@ -1094,7 +1152,7 @@ impl Inner {
                     });
                 }
             }
-            if tokio::time::timeout_at(deadline, registered).await.is_err() {
+            if !waiting || tokio::time::timeout_at(deadline, registered).await.is_err() {
                 return None;
             }
         }
@@ -1231,6 +1289,7 @@ async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
             }),
         };
         let had_outcomes = !pending.is_empty();
+        let claiming = claim.then(|| inner.claiming());
         match inner.store.settle(settle).await {
             Ok(settled) => {
                 let freed = settled.freed();
@@ -1253,6 +1312,7 @@ async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
                 for job in settled.claimed {
                     inner.tasks.spawn(start_run(&inner, queue.clone(), job));
                 }
+                drop(claiming);
                 if started > 0 {
                     // Let the jobs just started run first: those that return at once
                     // join the next write together, rather than split over two.
@@ -1267,6 +1327,7 @@ async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
                 }
             }
             Err(e) => {
+                drop(claiming);
                 queue.running.fetch_sub(reserved, Ordering::SeqCst);
                 // The outcomes' tasks write them on their own, retrying.
                 for p in pending {

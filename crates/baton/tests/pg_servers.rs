@@ -136,42 +136,239 @@ fn follow_events(
     (curl, ids)
 }
 
-/// Three servers share 340 jobs (checkpointing commands and short ones, pipelines,
-/// and a workflow whose last job waits for eighteen); two are
-/// killed with SIGKILL, one after the other, while they run jobs. The survivor takes
-/// the lead, finds them gone, kills their leftover processes and recovers their jobs,
-/// which resume from their checkpoints: every job completes exactly once, no job ever
-/// had two attempts at once, and a client streaming events from the survivor saw every
-/// event, in order, with no gap and no duplicate.
+/// Posts `body` to `path` of the server at `url` (through curl, the body on its
+/// standard input: a batch is too long for an argument) and returns the answer.
+fn post(url: &str, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    use std::io::Write;
+    let mut curl = Command::new("curl")
+        .args([
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            &format!("{url}{path}"),
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            "@-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    curl.stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.to_string().as_bytes())
+        .expect("the body is sent");
+    let out = curl.wait_with_output().expect("curl ends");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (answer, code) = text.trim_end().rsplit_once('\n').unwrap_or(("", &text));
+    assert!(
+        code.starts_with('2'),
+        "POST {path}: {code} {}",
+        answer.chars().take(2000).collect::<String>()
+    );
+    serde_json::from_str(answer).unwrap_or(serde_json::Value::Null)
+}
+
+/// Milliseconds since the epoch, as the servers stamp their events.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// One attempt of a job, as its fencing records tell it: the claim that took the next
+/// fencing token (`job.started`, naming the server) and the event that ended it.
+#[derive(Debug)]
+struct Attempt {
+    server: String,
+    start: i64,
+    /// The latest of the attempt's own fenced writes (checkpoints, logs, progress).
+    last_write: i64,
+    end: Option<(String, i64)>,
+}
+
+/// Audits the fencing records of every job, given as lines of its id, its fencing
+/// token, then each event's type, time and `server_id` in the job's order; `died`: the
+/// killed servers and when they died. Panics at the first record that breaks the
+/// rules (see the kill test); returns how many jobs there were, how many ran more than
+/// one attempt, and each job's completions.
+fn audit_fencing<'a>(
+    log: &'a str,
+    died: &std::collections::HashMap<String, i64>,
+) -> (usize, usize, std::collections::HashMap<&'a str, u32>) {
+    let mut attempts: std::collections::BTreeMap<&str, (u64, Vec<Attempt>)> = Default::default();
+    let mut completions: std::collections::HashMap<&str, u32> = Default::default();
+    for line in log.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        let [job, fence, kind, at, server] = f[..] else {
+            panic!("an unreadable line {line:?}");
+        };
+        let at: i64 = at.parse().unwrap();
+        let (_, list) = attempts
+            .entry(job)
+            .or_insert_with(|| (fence.parse().unwrap(), Vec::new()));
+        let open = list.last_mut().filter(|a| a.end.is_none());
+        match kind {
+            "job.started" => {
+                assert!(
+                    open.is_none(),
+                    "{job} was started while an attempt of it ran: {list:?}"
+                );
+                // The attempt before ended first: by its outcome, or, when it crashed,
+                // by its server's death (the crash is recorded later, by the server
+                // that found it gone, and stamped by that server's clock before its
+                // write: a claim stamped a moment earlier may still take the job).
+                if let Some(last) = list.last() {
+                    let (how, ended) = last.end.as_ref().unwrap();
+                    let over = if how == "job.crashed" {
+                        died[&last.server]
+                    } else {
+                        *ended
+                    };
+                    assert!(
+                        over <= at && last.last_write <= at,
+                        "{job}: an attempt started at {at} before the one before it ended: {list:?}"
+                    );
+                }
+                list.push(Attempt {
+                    server: server.to_owned(),
+                    start: at,
+                    last_write: at,
+                    end: None,
+                });
+            }
+            "job.completed" | "job.failed" | "job.cancelled" | "job.retrying" | "job.crashed"
+            | "job.queued" => {
+                if let Some(open) = open {
+                    if kind == "job.crashed" {
+                        assert_eq!(
+                            open.server, server,
+                            "{job}: the crash names the server of the attempt"
+                        );
+                        assert!(
+                            died.contains_key(server),
+                            "{job} crashed on {server}, a server that lives"
+                        );
+                    } else {
+                        open.last_write = open.last_write.max(at);
+                    }
+                    open.end = Some((kind.to_owned(), at));
+                } else {
+                    assert!(
+                        !matches!(kind, "job.completed" | "job.failed" | "job.crashed"),
+                        "{job}: an outcome {kind} with no attempt under way: {list:?}"
+                    );
+                }
+                if kind == "job.completed" {
+                    *completions.entry(job).or_default() += 1;
+                }
+            }
+            "job.checkpoint" | "job.log" | "job.output" | "job.progress" | "job.step" => {
+                let Some(open) = open else {
+                    panic!("{job}: a fenced write ({kind} at {at}) outside any attempt: {list:?}");
+                };
+                open.last_write = open.last_write.max(at);
+            }
+            _ => {}
+        }
+    }
+    let mut resumed_elsewhere = 0;
+    for (job, (fence, list)) in &attempts {
+        assert_eq!(
+            *fence,
+            list.len() as u64,
+            "{job}: one start for each fencing token given: {list:?}"
+        );
+        let last = list.last().expect("an attempt");
+        assert_eq!(
+            last.end.as_ref().map(|e| e.0.as_str()),
+            Some("job.completed"),
+            "{job}: the attempt holding the last token completed it: {list:?}"
+        );
+        for a in list {
+            if let Some(death) = died.get(&a.server) {
+                assert!(
+                    a.start <= *death,
+                    "{job} started on {} at {}, after it died at {death}",
+                    a.server,
+                    a.start
+                );
+                assert!(
+                    a.last_write <= *death,
+                    "{job}: the attempt on {} wrote at {} after the server died at {death}",
+                    a.server,
+                    a.last_write
+                );
+            }
+        }
+        if list.len() > 1 {
+            resumed_elsewhere += 1;
+            assert!(
+                list[..list.len() - 1]
+                    .iter()
+                    .all(|a| a.end.as_ref().is_some_and(|e| e.0 == "job.crashed")),
+                "{job}: only a crash ends an attempt early here: {list:?}"
+            );
+        }
+    }
+    (attempts.len(), resumed_elsewhere, completions)
+}
+
+/// Three servers share 10,000 jobs (short commands, checkpointing commands, pipelines
+/// that checkpoint, and a workflow whose last job waits for eighteen), submitted in
+/// batches spread over the three; two are killed with SIGKILL, one after the other,
+/// while they run jobs. The survivor takes the lead, finds them gone, kills their
+/// leftover processes and recovers their jobs, which resume from their checkpoints:
+/// every job completes exactly once; by the fencing records (each claim takes the
+/// job's next fencing token and says which server took it) no attempt of a job ran
+/// while another did, none started on a server after it died, and no write landed
+/// outside the attempt holding the token; and a client streaming events from the
+/// survivor saw every event, in order, with no gap and no duplicate.
 #[test]
 fn jobs_of_killed_servers_resume_elsewhere_once_and_a_survivors_stream_misses_nothing() {
+    let begun = Instant::now();
     let (store, db) = database("kill");
     let schema = schema("kill");
     let q = |sql: &str| psql(&db, &format!("SET search_path TO {schema}; {sql}"));
-    let config = "heartbeat = \"500ms\"\n[queues]\ndefault = 8\n";
+    let config = "heartbeat = \"1s\"\n[queues]\ndefault = 32\n";
     let a = start_on(TempDir::new().unwrap(), &store, Some(config));
     let b = start_on(TempDir::new().unwrap(), &store, Some(config));
     let c = start_on(TempDir::new().unwrap(), &store, Some(config));
+    let server_id = |url: &str| q(&format!("SELECT id FROM servers WHERE url = '{url}'"));
+    let (a_id, b_id) = (server_id(&a.url), server_id(&b.url));
     let (mut curl, seen) = follow_events(&c.url);
     std::thread::sleep(Duration::from_millis(300));
 
     // Each checkpointing job counts to 8, a checkpoint a step, and on a resume
     // starts from its checkpoint; its result says where it started.
     let counting = r#"i=$(printf %s "$BATON_CHECKPOINT" | tr -dc 0-9); i=${i:-0}; from=$i; while [ $i -lt 8 ]; do i=$((i+1)); echo "::checkpoint {\"i\": $i}"; sleep 0.1; done; echo "::result {\"from\": $from}""#;
-    let mut jobs = Vec::new();
-    for n in 0..300 {
-        let command = if n % 3 == 0 { counting } else { "sleep 0.05" };
-        jobs.push(serde_json::json!({"id": format!("k-{n}"), "kind": "command", "command": ["sh", "-c", command], "max_recoveries": 5}));
-    }
-    // Pipelines whose first step checkpoints as it counts.
-    for n in 0..20 {
-        jobs.push(
-            serde_json::json!({"id": format!("p-{n}"), "kind": "pipeline", "max_recoveries": 5,
-            "steps": [{"name": "count", "command": ["sh", "-c", counting]},
-                      {"name": "after", "command": ["sh", "-c", "sleep 0.05"]}]}),
-        );
-    }
-    // A workflow: a root, eighteen jobs after it, and one after all of those.
+    // The workflow: a root, eighteen jobs after it, and one after all of those.
+    const WORKFLOW: usize = 20;
+    const TOTAL: usize = 10_000;
+    // The other jobs, in the order they are claimed: mostly short commands, every
+    // 33rd a checkpointing one, every 400th (from the 200th) a pipeline whose first
+    // step checkpoints as it counts; the long ones spread over the whole run, so
+    // that the killed servers run some when they die.
+    let (mut counting_jobs, mut pipelines) = (0, 0);
+    let jobs: Vec<serde_json::Value> = (0..TOTAL - WORKFLOW)
+        .map(|n| {
+            if n % 33 == 0 {
+                counting_jobs += 1;
+                serde_json::json!({"id": format!("k-{n}"), "kind": "command", "command": ["sh", "-c", counting], "max_recoveries": 5})
+            } else if n % 400 == 200 {
+                pipelines += 1;
+                serde_json::json!({"id": format!("p-{n}"), "kind": "pipeline", "max_recoveries": 5,
+                    "steps": [{"name": "count", "command": ["sh", "-c", counting]},
+                              {"name": "after", "command": ["true"]}]})
+            } else {
+                serde_json::json!({"id": format!("t-{n}"), "kind": "command", "command": ["true"], "max_recoveries": 5})
+            }
+        })
+        .collect();
+    assert!(counting_jobs >= 300 && pipelines >= 20);
     let mut nodes = serde_json::Map::new();
     nodes.insert("root".into(), serde_json::json!({"kind": "command", "command": ["sh", "-c", "sleep 0.2"], "max_recoveries": 5}));
     for i in 0..18 {
@@ -179,88 +376,103 @@ fn jobs_of_killed_servers_resume_elsewhere_once_and_a_survivors_stream_misses_no
     }
     let mids: Vec<String> = (0..18).map(|i| format!("mid-{i}")).collect();
     nodes.insert("end".into(), serde_json::json!({"kind": "command", "command": ["true"], "depends_on": mids, "max_recoveries": 5}));
-    let body = serde_json::json!({"id": "wf", "jobs": nodes}).to_string();
-    let out = Command::new("curl")
-        .args([
-            "-sf",
-            &format!("{}/api/workflows", c.url),
-            "-H",
-            "content-type: application/json",
-            "-d",
-            &body,
-        ])
-        .output()
-        .expect("curl");
-    assert!(
-        out.status.success(),
-        "workflow submit: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    for (server, part) in [&a, &b].into_iter().zip(jobs.chunks(160)) {
-        let body = serde_json::json!({"jobs": part}).to_string();
-        let out = Command::new("curl")
-            .args([
-                "-sf",
-                &format!("{}/api/jobs/batch", server.url),
-                "-H",
-                "content-type: application/json",
-                "-d",
-                &body,
-            ])
-            .output()
-            .expect("curl");
-        assert!(
-            out.status.success(),
-            "batch submit: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-    }
+    assert_eq!(nodes.len(), WORKFLOW);
+
+    // Batches of 500, the n-th to server n % 3, each server's batches sent one after
+    // the other and the three servers' at once; the workflow through C after its
+    // second batch.
+    let servers = [&a, &b, &c];
+    let batches: Vec<&[serde_json::Value]> = jobs.chunks(500).collect();
+    std::thread::scope(|scope| {
+        for (i, server) in servers.iter().enumerate() {
+            let (batches, nodes) = (&batches, &nodes);
+            scope.spawn(move || {
+                for (n, part) in batches.iter().enumerate().skip(i).step_by(3) {
+                    let answer = post(
+                        &server.url,
+                        "/api/jobs/batch",
+                        &serde_json::json!({ "jobs": part }),
+                    );
+                    assert_eq!(answer["jobs"].as_array().map(Vec::len), Some(part.len()));
+                    if n == 5 {
+                        post(
+                            &server.url,
+                            "/api/workflows",
+                            &serde_json::json!({"id": "wf", "jobs": nodes}),
+                        );
+                    }
+                }
+            });
+        }
+    });
+    let submitted = begun.elapsed();
     let done = || {
         q("SELECT COUNT(*) FROM jobs WHERE state = 'completed'")
-            .parse::<u64>()
+            .parse::<usize>()
             .unwrap()
     };
-    wait_for("a first share of jobs to complete", || done() >= 40);
-    let mut b = b;
-    b.child.kill().expect("SIGKILL b");
-    b.child.wait().expect("b ends");
-    wait_for("more jobs to complete", || done() >= 120);
-    let mut a = a;
-    a.child.kill().expect("SIGKILL a");
-    a.child.wait().expect("a ends");
-    wait_up_to(Duration::from_secs(300), "every job to complete", || {
-        done() >= 340
-    });
-
-    // No job was ever run by two attempts at once: its events alternate between a
-    // start and the end of that attempt.
-    let log = q(
-        "SELECT job_id || ' ' || type FROM events WHERE job_id IS NOT NULL ORDER BY job_key, job_seq",
+    // A victim dies once a share of the jobs is done and it runs checkpointing jobs
+    // that have made a checkpoint.
+    let runs_checkpointed = |id: &str| {
+        q(&format!(
+            "SELECT COUNT(*) FROM jobs WHERE server_id = '{id}' AND state = 'running' \
+             AND checkpoint IS NOT NULL"
+        )) != "0"
+    };
+    let kill = |mut s: support::Server| {
+        s.child.kill().expect("SIGKILL");
+        s.child.wait().expect("it ends");
+        now_ms()
+    };
+    wait_up_to(
+        Duration::from_secs(120),
+        "a first share of jobs to complete",
+        || done() >= TOTAL / 5 && runs_checkpointed(&b_id),
     );
-    let mut open: std::collections::HashMap<&str, bool> = Default::default();
-    let mut completions: std::collections::HashMap<&str, u32> = Default::default();
-    for line in log.lines() {
-        let (job, kind) = line.split_once(' ').unwrap();
-        let running = open.entry(job).or_default();
-        match kind {
-            "job.started" => {
-                assert!(!*running, "{job} was started while an attempt of it ran");
-                *running = true;
-            }
-            "job.crashed" | "job.completed" | "job.failed" | "job.cancelled" | "job.retrying"
-            | "job.queued" => {
-                *running = false;
-            }
-            _ => {}
-        }
-        if kind == "job.completed" {
-            *completions.entry(job).or_default() += 1;
-        }
-    }
-    assert_eq!(completions.len(), 340);
+    let b_died = kill(b);
+    let first_kill = begun.elapsed();
+    wait_up_to(Duration::from_secs(120), "more jobs to complete", || {
+        done() >= TOTAL / 2 && runs_checkpointed(&a_id)
+    });
+    let a_died = kill(a);
+    let second_kill = begun.elapsed();
+    wait_up_to(Duration::from_secs(300), "every job to complete", || {
+        done() >= TOTAL
+    });
+    let all_done = begun.elapsed();
+
+    // The fencing records. Each claim takes the job's next fencing token
+    // (`jobs.fence`) and writes one `job.started` naming the server that took it;
+    // every write of that attempt (checkpoint, log, progress, outcome) is checked
+    // against the token under the job's row lock. So the job's k-th start holds token
+    // k, its events in order tell each attempt's span, and an audit finds: as many
+    // starts as tokens given; each attempt ended (an outcome, or `job.crashed` when
+    // its server died) before the next one started, by the order of the job's
+    // events and by the clock (a crashed attempt's server was dead before the next
+    // attempt started); no fenced write between an attempt's end and the next
+    // start; no attempt on a killed server started, or wrote, after it died; and one
+    // completion a job, by the attempt holding its last token.
+    let log = q(
+        "SELECT j.id || ' ' || j.fence || ' ' || e.type || ' ' || e.at || ' ' || \
+         COALESCE(e.data->>'server_id', '-') \
+         FROM events e JOIN jobs j ON j.key = e.job_key ORDER BY e.job_key, e.job_seq",
+    );
+    let died = std::collections::HashMap::from([(b_id.clone(), b_died), (a_id.clone(), a_died)]);
+    let (jobs_audited, resumed_elsewhere, completions) = audit_fencing(&log, &died);
+    assert_eq!(jobs_audited, TOTAL, "every job has its records");
+    assert!(
+        resumed_elsewhere > 0,
+        "jobs of the killed servers ran again"
+    );
+    assert_eq!(completions.len(), TOTAL);
     assert!(
         completions.values().all(|n| *n == 1),
         "each job completed once"
+    );
+    assert_eq!(
+        q("SELECT COUNT(DISTINCT data->>'server_id') FROM events WHERE type = 'job.crashed'"),
+        "2",
+        "each killed server had jobs under way when it died"
     );
     assert_eq!(
         q(
@@ -272,7 +484,7 @@ fn jobs_of_killed_servers_resume_elsewhere_once_and_a_survivors_stream_misses_no
     );
     assert_eq!(
         q("SELECT COUNT(*) FROM jobs WHERE kind = 'pipeline' AND state = 'completed'"),
-        "20"
+        pipelines.to_string()
     );
     let crashed: u64 = q("SELECT COUNT(DISTINCT job_id) FROM events WHERE type = 'job.crashed'")
         .parse()
@@ -282,6 +494,32 @@ fn jobs_of_killed_servers_resume_elsewhere_once_and_a_survivors_stream_misses_no
         .parse()
         .unwrap();
     assert!(resumed > 0, "a recovered job resumed from its checkpoint");
+    // Every attempt of a command started from the job's last checkpoint (the claim
+    // names it), and every checkpointing command began its last attempt where its
+    // last checkpoint before it said.
+    assert_eq!(
+        q(
+            "SELECT COUNT(*) FROM events s JOIN jobs j ON j.key = s.job_key \
+           WHERE j.kind = 'command' AND s.type = 'job.started' \
+           AND COALESCE((s.data->'checkpoint'->>'seq')::bigint, 0) <> COALESCE(( \
+             SELECT MAX(c.job_seq) FROM events c WHERE c.job_key = s.job_key \
+             AND c.type = 'job.checkpoint' AND c.job_seq < s.job_seq), 0)"
+        ),
+        "0",
+        "an attempt started from another point than the last checkpoint"
+    );
+    assert_eq!(
+        q(
+            "SELECT COUNT(*) FROM jobs j WHERE j.kind = 'command' AND j.result ? 'from' \
+           AND (j.result->>'from')::int <> COALESCE(( \
+             SELECT (c.data->'checkpoint'->>'i')::int FROM events c \
+             WHERE c.job_key = j.key AND c.type = 'job.checkpoint' AND c.job_seq < ( \
+               SELECT MAX(job_seq) FROM events WHERE job_key = j.key AND type = 'job.started') \
+             ORDER BY c.job_seq DESC LIMIT 1), 0)"
+        ),
+        "0",
+        "a resumed command began elsewhere than at its last checkpoint"
+    );
     assert_eq!(
         q("SELECT COUNT(*) FROM servers WHERE stopped_at IS NOT NULL"),
         "2",
@@ -298,7 +536,217 @@ fn jobs_of_killed_servers_resume_elsewhere_once_and_a_survivors_stream_misses_no
     for w in ids.windows(2) {
         assert_eq!(w[1], w[0] + 1, "the stream skipped or repeated an event");
     }
+    eprintln!(
+        "{TOTAL} jobs ({counting_jobs} checkpointing, {pipelines} pipelines, a workflow of \
+         {WORKFLOW}): submitted in {submitted:?}, first kill at {first_kill:?}, second at \
+         {second_kill:?}, all done at {all_done:?}; {crashed} crashed, {resumed} resumed \
+         from a checkpoint; the stream carried {} events",
+        ids.len()
+    );
     drop(c);
+}
+
+/// The state letter of a process (`R`, `S`, `T` stopped, `Z` zombie), or `None` once
+/// it is gone.
+fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// The median and the largest of `ms`.
+fn p50_max(ms: &[f64]) -> (f64, f64) {
+    let mut sorted = ms.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (sorted[sorted.len() / 2], sorted[sorted.len() - 1])
+}
+
+/// Pausing, resuming, stopping and cancelling, through server A's API, jobs that
+/// server B runs (their queue is served by B alone) reaches B's runner within 100 ms:
+/// measured from the moment the call to A began to the moment the job's process was
+/// stopped (SIGSTOP), running again (SIGCONT) or gone, and, for a stop or cancel, to
+/// the moment A's event stream showed the job ended, as B's runner recorded it. A
+/// answers each call at once: it has no attempt of the job to wait for.
+#[test]
+fn controls_through_one_server_reach_the_server_that_runs_the_job_within_100_ms() {
+    use std::collections::{HashMap, HashSet};
+    use std::io::BufRead;
+    use std::sync::{Arc, Mutex};
+    let begun = Instant::now();
+    let (store, db) = database("ctl");
+    let schema = schema("ctl");
+    let q = |sql: &str| psql(&db, &format!("SET search_path TO {schema}; {sql}"));
+    let a = start_on(TempDir::new().unwrap(), &store, None);
+    let b = start_on(
+        TempDir::new().unwrap(),
+        &store,
+        Some("[queues]\nslow = 12\n"),
+    );
+    let b_id = q(&format!("SELECT id FROM servers WHERE url = '{}'", b.url));
+
+    // A's event stream: which jobs it showed started, and when each job's end
+    // reached it.
+    let mut curl = Command::new("curl")
+        .args(["-sN", &format!("{}/api/events", a.url)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl runs");
+    let ended: Arc<Mutex<HashMap<String, Instant>>> = Default::default();
+    let started: Arc<Mutex<HashSet<String>>> = Default::default();
+    let out = curl.stdout.take().expect("stdout");
+    let (seen, seen_started) = (ended.clone(), started.clone());
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            let Some(data) = line.strip_prefix("data:") else {
+                continue;
+            };
+            let Ok(e) = serde_json::from_str::<serde_json::Value>(data.trim()) else {
+                continue;
+            };
+            let Some(job) = e["job_id"].as_str() else {
+                continue;
+            };
+            if e["type"] == "job.cancelled" {
+                seen.lock().unwrap().insert(job.to_owned(), Instant::now());
+            } else if e["type"] == "job.started" {
+                seen_started.lock().unwrap().insert(job.to_owned());
+            }
+        }
+    });
+
+    // Twelve long jobs in the queue that only B serves, submitted through B (A does
+    // not know the queue), each running with its process.
+    let jobs: Vec<String> = (0..12).map(|n| format!("long-{n}")).collect();
+    for id in &jobs {
+        post(
+            &b.url,
+            "/api/jobs",
+            &serde_json::json!({"id": id, "kind": "command", "command": ["sleep", "600"], "queue": "slow"}),
+        );
+    }
+    wait_for("the jobs to run on B with their processes", || {
+        q(&format!(
+            "SELECT COUNT(*) FROM jobs WHERE state = 'running' AND pgid IS NOT NULL \
+             AND server_id = '{b_id}'"
+        )) == jobs.len().to_string()
+    });
+    wait_for("A's stream to show the jobs started", || {
+        started.lock().unwrap().len() == jobs.len()
+    });
+    let setup = begun.elapsed();
+    // For each call to A, a thread watches the job's process from just before the
+    // call until the change shows there: the figures run from the moment the call
+    // began (A's own write included). The time A took to answer is shown beside them.
+    let names = [
+        "pause (process stopped)",
+        "resume (process running again)",
+        "stop (process gone)",
+        "stop (job.cancelled on A's stream)",
+        "cancel (process gone)",
+        "cancel (job.cancelled on A's stream)",
+    ];
+    let mut figures: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    let mut answers: HashMap<&str, Vec<f64>> = HashMap::new();
+    let ms = |from: Instant, to: Instant| to.saturating_duration_since(from).as_secs_f64() * 1000.0;
+    let limit = Duration::from_secs(10);
+    for (n, id) in jobs.iter().enumerate() {
+        let pid: i32 = q(&format!("SELECT pgid FROM jobs WHERE id = '{id}'"))
+            .parse()
+            .unwrap();
+        assert!(
+            matches!(process_state(pid), Some('S' | 'R')),
+            "{id}'s process runs"
+        );
+        let mut act = |action: &'static str, shows: fn(Option<char>) -> bool| {
+            let began = Instant::now();
+            let watcher = std::thread::spawn(move || {
+                while !shows(process_state(pid)) {
+                    if began.elapsed() > limit {
+                        return None;
+                    }
+                    std::thread::sleep(Duration::from_micros(500));
+                }
+                Some(Instant::now())
+            });
+            post(
+                &a.url,
+                &format!("/api/jobs/{id}/{action}"),
+                &serde_json::json!({}),
+            );
+            answers
+                .entry(action)
+                .or_default()
+                .push(ms(began, Instant::now()));
+            let seen = watcher.join().unwrap().unwrap_or_else(|| {
+                panic!("{action} of {id} through A did not show on its process within {limit:?}")
+            });
+            (began, ms(began, seen))
+        };
+        figures[0].push(act("pause", |s| s == Some('T')).1);
+        figures[1].push(act("resume", |s| matches!(s, Some('S' | 'R'))).1);
+        let (which, action) = if n % 2 == 0 {
+            (2, "stop")
+        } else {
+            (4, "cancel")
+        };
+        let (began, gone) = act(action, |s| !matches!(s, Some('S' | 'R' | 'T')));
+        figures[which].push(gone);
+        wait_for("the end on A's stream", || {
+            ended.lock().unwrap().contains_key(id)
+        });
+        figures[which + 1].push(ms(began, ended.lock().unwrap()[id]));
+    }
+    let _ = curl.kill();
+    let _ = curl.wait();
+
+    // Each action took effect on B, in the order given, and was recorded once.
+    for id in &jobs {
+        assert_eq!(
+            q(&format!(
+                "SELECT string_agg(type, ' ' ORDER BY job_seq) FROM events WHERE job_id = '{id}' \
+                 AND type IN ('job.paused', 'job.resumed', 'job.stopping', 'job.cancelled')"
+            )),
+            "job.paused job.resumed job.stopping job.cancelled",
+            "{id}"
+        );
+        assert_eq!(
+            q(&format!(
+                "SELECT state || ' ' || server_id FROM jobs WHERE id = '{id}'"
+            )),
+            format!("cancelled {b_id}"),
+            "{id} ran on B and ended cancelled"
+        );
+    }
+    for (action, ms) in &answers {
+        let (p50, max) = p50_max(ms);
+        eprintln!("A answered {action} in p50 {p50:.1} ms, max {max:.1} ms");
+        // A does not wait for an attempt of its own to show up: it has none.
+        assert!(
+            p50 < 100.0,
+            "A took {p50:.1} ms in the median to answer {action}: {ms:?}"
+        );
+    }
+    let mut worst: f64 = 0.0;
+    for (name, ms) in names.iter().zip(&figures) {
+        let (p50, max) = p50_max(ms);
+        eprintln!(
+            "{name}, over {} jobs: p50 {p50:.1} ms, max {max:.1} ms from the call to A",
+            ms.len()
+        );
+        assert!(
+            p50 < 100.0,
+            "{name}: a control through A took {p50:.1} ms in the median to reach B: {ms:?}"
+        );
+        worst = worst.max(max);
+    }
+    assert!(
+        worst < 1000.0,
+        "a control through A took {worst:.1} ms to reach B"
+    );
+    eprintln!(
+        "(servers up and jobs running after {setup:?}, all done after {:?})",
+        begun.elapsed()
+    );
 }
 
 /// A TCP proxy to the database that the test can cut (every connection dropped, new
