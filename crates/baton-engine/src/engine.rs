@@ -410,7 +410,13 @@ impl EngineBuilder {
         let recovered = if store.shared() {
             // Other servers may be running on this store: only the attempts of those
             // whose heartbeats stopped (three missed) are recovered.
-            let gone = store.gone_servers(self.heartbeat * 3).await?;
+            let after = self.heartbeat * 3;
+            let mut gone = Vec::new();
+            for id in store.gone_servers(after).await? {
+                if store.declare_gone(&id, after, now).await? {
+                    gone.push(id);
+                }
+            }
             let cleanup = crate::command::kill_stranded(&*store, &host, Some(&gone)).await?;
             let mut recovered = Vec::new();
             for id in &gone {
@@ -424,7 +430,6 @@ impl EngineBuilder {
                         })
                         .await?,
                 );
-                store.server_stopped(id, now).await?;
             }
             recovered
         } else {
@@ -1755,7 +1760,17 @@ async fn heartbeat(inner: Arc<Inner>, every: Duration) {
             _ = inner.shutdown.cancelled() => return,
         }
         let now = inner.clock.now();
-        match inner.store.heartbeat(&inner.server.id, now).await {
+        // A heartbeat that does not land within a period (the database or this
+        // server's connections too busy) counts as failed: the others go by the time
+        // of the last one that landed.
+        let beat = tokio::time::timeout(every, inner.store.heartbeat(&inner.server.id, now))
+            .await
+            .unwrap_or_else(|_| {
+                Err(baton_store::Error::Unavailable(format!(
+                    "the heartbeat took longer than {every:?}"
+                )))
+            });
+        match beat {
             Ok(()) => {
                 if stopped && recover_own(&inner, now).await.is_err() {
                     continue;
@@ -1850,9 +1865,14 @@ async fn rescue(inner: &Arc<Inner>, gone_after: Duration, now: Millis) {
         if !leading {
             return lead.map(|_| ()).map_err(Into::into);
         }
-        let mut gone = inner.store.gone_servers(gone_after).await?;
-        // This server is alive (it just wrote its heartbeat), however late it was.
-        gone.retain(|id| *id != inner.server.id);
+        let mut gone = Vec::new();
+        for id in inner.store.gone_servers(gone_after).await? {
+            // This server is alive (it just wrote its heartbeat), however late it was;
+            // another is marked down only if it is still gone when marked.
+            if id != inner.server.id && inner.store.declare_gone(&id, gone_after, now).await? {
+                gone.push(id);
+            }
+        }
         if gone.is_empty() {
             return Ok(());
         }
@@ -1869,7 +1889,6 @@ async fn rescue(inner: &Arc<Inner>, gone_after: Duration, now: Millis) {
                 })
                 .await?;
             tracing::warn!(server_id = %id, jobs = recovered.len(), "a server is gone; recovered its jobs");
-            inner.store.server_stopped(id, now).await?;
             for r in &recovered {
                 if let Some(q) = inner.queues.get(&r.queue) {
                     q.backlog.store(true, Ordering::SeqCst);

@@ -405,6 +405,16 @@ impl Store for PgStore {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
+    async fn declare_gone(
+        &self,
+        server_id: &str,
+        after: std::time::Duration,
+        now: Millis,
+    ) -> Result<bool> {
+        write!(self, |w| ops::declare_gone(&mut w, server_id, after, now)
+            .await)
+    }
+
     async fn server_stopped(&self, server_id: &str, now: Millis) -> Result<()> {
         write!(self, |w| ops::server_stopped(&mut w, server_id, now).await)
     }

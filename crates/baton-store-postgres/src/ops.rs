@@ -1232,6 +1232,34 @@ pub async fn server_stopped(w: &mut Work<'_>, id: &str, now: Millis) -> Result<(
     Ok(())
 }
 
+pub async fn declare_gone(
+    w: &mut Work<'_>,
+    id: &str,
+    after: std::time::Duration,
+    now: Millis,
+) -> Result<bool> {
+    let n =
+        w.c.execute(
+            "UPDATE servers SET stopped_at = $2, heartbeat_at = $2 \
+             WHERE id = $1 AND stopped_at IS NULL \
+             AND alive_at < now() - $3 * interval '1 millisecond'",
+            &[&id, &now, &(after.as_millis() as f64)],
+        )
+        .await
+        .db()?;
+    if n == 0 {
+        return Ok(false);
+    }
+    w.event(
+        None,
+        0,
+        EventKind::ServerDown,
+        now,
+        json!({"server_id": id}),
+    );
+    Ok(true)
+}
+
 pub async fn set_queue_paused(
     w: &mut Work<'_>,
     queue: &str,

@@ -439,3 +439,72 @@ async fn ended_jobs_leave_the_hot_table_and_keep_their_ids_until_pruned() {
     assert!(fresh[0].created, "a pruned job's id can be used again");
     assert_eq!(fresh[0].job.state, State::Queued);
 }
+
+/// A server found gone is marked down only if it is still gone when marked: one that
+/// wrote a heartbeat since is left alone, a gone one is marked once (`server.down`),
+/// and its own next heartbeat learns that it was declared down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_is_declared_down_only_while_it_is_still_gone() {
+    let schema = Schema::new();
+    let s = schema.open().await;
+    let sql = schema.connect().await;
+    for id in ["slow", "dead"] {
+        s.register_server(baton_store::ServerInfo {
+            id: id.into(),
+            host: "host-1".into(),
+            pid: 1,
+            url: None,
+            started_at: T0,
+            heartbeat_at: T0,
+            stopped_at: None,
+            queues: vec!["default".into()],
+            workers: 1,
+        })
+        .await
+        .expect("register");
+    }
+    // Both missed their heartbeats by the database's clock.
+    sql.execute(
+        "UPDATE servers SET alive_at = now() - interval '1 minute'",
+        &[],
+    )
+    .await
+    .expect("age the heartbeats");
+    let after = Duration::from_secs(15);
+    let gone = s.gone_servers(after).await.expect("gone servers");
+    assert_eq!(gone, ["dead", "slow"]);
+    // One of them comes back before the leader gets to it.
+    s.heartbeat("slow", T0 + 1).await.expect("a late heartbeat");
+    assert!(
+        !s.declare_gone("slow", after, T0 + 2)
+            .await
+            .expect("declare slow")
+    );
+    assert!(
+        s.declare_gone("dead", after, T0 + 2)
+            .await
+            .expect("declare dead")
+    );
+    assert!(
+        !s.declare_gone("dead", after, T0 + 3)
+            .await
+            .expect("declare again"),
+        "a server is marked down once"
+    );
+    assert!(matches!(
+        s.heartbeat("dead", T0 + 4).await,
+        Err(Error::Declared(id)) if id == "dead"
+    ));
+    s.heartbeat("slow", T0 + 4)
+        .await
+        .expect("the live one beats on");
+    let downs: Vec<String> = s
+        .events_after(0, 100)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.kind == EventKind::ServerDown)
+        .map(|e| e.data["server_id"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(downs, ["dead"]);
+}

@@ -781,6 +781,18 @@ pub trait Store: Send + Sync + 'static {
         Ok(Vec::new())
     }
 
+    /// Marks a server of a shared store down (`server.down`) if it is still gone: not
+    /// stopped, and its last heartbeat older than `after` by the database's clock.
+    /// Returns whether it did; only then are its attempts recovered. The check and the
+    /// mark are one write, which a heartbeat of that server waits for or follows: a
+    /// server that wrote a heartbeat since it was found gone is left alone, and one
+    /// marked down finds it out at its next heartbeat ([`Error::Declared`]). False
+    /// for a store one engine owns.
+    async fn declare_gone(&self, server_id: &str, after: Duration, now: Millis) -> Result<bool> {
+        let _ = (server_id, after, now);
+        Ok(false)
+    }
+
     /// Whether several engines may share the store at once (a database server): an
     /// engine starting on it then recovers only the attempts of servers that are gone
     /// (stopped heartbeats), never a live one's. False for a store one engine owns.
