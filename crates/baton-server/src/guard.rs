@@ -21,7 +21,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use axum::extract::connect_info::{ConnectInfo, Connected};
 use axum::extract::{Request, State};
-use axum::http::{Method, header};
+use axum::http::{Method, Version, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::serve::{IncomingStream, Listener};
@@ -245,6 +245,30 @@ pub async fn headers(req: Request, next: Next) -> Response {
         if !headers.contains_key(&name) {
             headers.insert(name, header::HeaderValue::from_static(value));
         }
+    }
+    response
+}
+
+/// A request refused before its body was read (no token, a foreign `Host`, a full
+/// server) leaves that body on the connection, so the connection cannot carry another
+/// request and closes after the answer. A keep-alive client that is not told reuses
+/// it, and its next request fails with "server disconnected". So an error answer to a
+/// request with a body says `Connection: close` (HTTP/1 only; HTTP/2 streams do not
+/// share a body this way).
+pub async fn close_after_refusal(req: Request, next: Next) -> Response {
+    let has_body = req.version() <= Version::HTTP_11
+        && (req.headers().contains_key(header::TRANSFER_ENCODING)
+            || req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|n| n.as_bytes() != b"0"));
+    let mut response = next.run(req).await;
+    let status = response.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
     }
     response
 }

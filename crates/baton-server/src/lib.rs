@@ -246,6 +246,7 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
     };
     api.layer(axum::middleware::from_fn(auth::take_query_token))
         .layer(axum::middleware::from_fn(guard::headers))
+        .layer(axum::middleware::from_fn(guard::close_after_refusal))
         .layer(axum::middleware::from_fn(guard::peer))
 }
 

@@ -673,3 +673,75 @@ async fn every_answer_tells_the_browser_not_to_run_frame_or_sniff_it() {
         }
     }
 }
+
+/// One answer read from `tcp`: its head (lowercase) and body, by its Content-Length.
+async fn read_answer(tcp: &mut tokio::net::TcpStream) -> (String, String) {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |n| n.trim().parse().unwrap());
+            if bytes.len() >= end + 4 + length {
+                let body = String::from_utf8_lossy(&bytes[end + 4..end + 4 + length]).into_owned();
+                return (head, body);
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(20), tcp.read(&mut buf))
+            .await
+            .expect("an answer within 20 s")
+            .unwrap();
+        assert!(n > 0, "the connection closed before a whole answer came");
+        bytes.extend_from_slice(&buf[..n]);
+    }
+}
+
+#[tokio::test]
+async fn a_request_refused_before_its_body_came_tells_the_client_to_reconnect() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = harness_with(jwt_options()).await;
+    let addr = serve(&h, jwt_options()).await;
+
+    // A keep-alive client writes a submit's head first and its body after (as HTTP
+    // libraries do); the server refuses it on the head alone, without the token.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let body = r#"{"kind": "command", "command": ["true"]}"#;
+    let head = format!(
+        "POST /api/jobs HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let (head, answer) = read_answer(&mut tcp).await;
+    assert!(head.starts_with("http/1.1 401"), "{head}\n{answer}");
+    // The connection cannot carry another request, and the answer says so: a client
+    // that reused it would see its next request fail.
+    assert!(head.contains("connection: close"), "{head}");
+    let _ = tcp.write_all(body.as_bytes()).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), tcp.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the server kept the connection open");
+
+    // A refused request without a body leaves the connection usable, and open.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    for _ in 0..2 {
+        tcp.write_all(b"GET /api/jobs HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, answer) = read_answer(&mut tcp).await;
+        assert!(head.starts_with("http/1.1 401"), "{head}\n{answer}");
+        assert!(!head.contains("connection: close"), "{head}");
+    }
+    // So does an accepted submit.
+    let submit = format!(
+        "POST /api/jobs HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer ci-token\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(submit.as_bytes()).await.unwrap();
+    let (head, answer) = read_answer(&mut tcp).await;
+    assert!(head.starts_with("http/1.1 201"), "{head}\n{answer}");
+    assert!(!head.contains("connection: close"), "{head}");
+}

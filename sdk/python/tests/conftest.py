@@ -1,0 +1,178 @@
+"""A real `baton serve` for the tests: the binary from BATON_BIN (default
+<repo>/target/debug/baton), a temporary data folder, a free port, ready once
+`/readyz` answers 200. A failed test shows the log of every server it used."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator, List, Optional
+
+import httpx
+import pytest
+
+from baton_client import Client
+
+REPO = Path(__file__).resolve().parents[3]
+BATON_BIN = Path(os.environ.get("BATON_BIN") or REPO / "target" / "debug" / "baton")
+
+# Tokens of the server started with auth on.
+ADMIN_TOKEN = "admin-token-for-the-python-tests"
+VIEWER_TOKEN = "viewer-token-for-the-python-tests"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """One `baton serve` on its own data folder; it can be killed and started again
+    on the same folder and port."""
+
+    def __init__(self, folder: Path, config: str = "", socket: Optional[Path] = None) -> None:
+        if not BATON_BIN.is_file():
+            pytest.fail(f"no baton binary at {BATON_BIN}: run `cargo build -p baton`, or set BATON_BIN")
+        self.folder = folder
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / "server.log"
+        self.socket = socket
+        (folder / "baton.toml").write_text(config)
+        self.proc: Optional[subprocess.Popen[bytes]] = None
+        self.start()
+
+    def start(self) -> None:
+        cmd = [
+            str(BATON_BIN),
+            "serve",
+            "--config",
+            str(self.folder / "baton.toml"),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--store",
+            f"sqlite://{self.folder / 'baton.db'}",
+            "--durability",
+            "normal",
+        ]
+        if self.socket is not None:
+            cmd += ["--listen", f"unix://{self.socket}"]
+        with open(self.log, "ab") as log:
+            log.write(f"--- {' '.join(cmd)}\n".encode())
+            log.flush()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+            self.proc = subprocess.Popen(cmd, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"baton serve exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        pytest.fail(f"baton serve was not ready within 30 s:\n{self.output()}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=60)
+        self.proc = None
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    servers: List[Server] = getattr(item, "baton_servers", [])
+    if report.failed:
+        for server in servers:
+            report.sections.append((f"baton serve on port {server.port}", server.output()[-20000:]))
+
+
+def watch(request: pytest.FixtureRequest, server: Server) -> Server:
+    request.node.baton_servers = getattr(request.node, "baton_servers", []) + [server]
+    return server
+
+
+# No test may hang: a blocked read is interrupted after this long.
+TEST_TIME_LIMIT = 120
+
+
+@pytest.fixture(autouse=True)
+def _time_limit() -> Iterator[None]:
+    def expire(signum: int, frame: Any) -> None:
+        raise TimeoutError(f"the test took more than {TEST_TIME_LIMIT} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(TEST_TIME_LIMIT)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.fixture(scope="session")
+def _shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(tmp_path_factory.mktemp("baton"))
+    yield server
+    server.kill(signal.SIGTERM)
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest, _shared_server: Server) -> Server:
+    """The server most tests share (each test works on jobs of its own)."""
+    return watch(request, _shared_server)
+
+
+@pytest.fixture
+def own_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A server of the test's own, which it may kill and start again."""
+    server = watch(request, Server(tmp_path))
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def auth_server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Server]:
+    """A server with auth on: ADMIN_TOKEN (admin) and VIEWER_TOKEN (viewer)."""
+
+    def digest(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    config = (
+        "[auth]\ntokens = [\n"
+        f'  {{ name = "admin", sha256 = "{digest(ADMIN_TOKEN)}", role = "admin" }},\n'
+        f'  {{ name = "viewer", sha256 = "{digest(VIEWER_TOKEN)}", role = "viewer" }},\n'
+        "]\n"
+    )
+    server = watch(request, Server(tmp_path, config))
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+def baton(server: Server) -> Iterator[Client]:
+    with Client(server.url, timeout=10) as client:
+        yield client
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses, for labels and ids."""
+    return f"{prefix}-{os.getpid()}-{time.monotonic_ns()}"
+
+
+def pytest_report_header() -> str:
+    import baton_client
+
+    package = Path(baton_client.__file__).parent
+    return f"baton_client {baton_client.__version__} from {package}; baton from {BATON_BIN}"
