@@ -174,6 +174,29 @@ pub struct ServerList {
     pub servers: Vec<ServerInfo>,
 }
 
+/// A remote worker connected to this server (`/api/workers/ws`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkerInfo {
+    pub id: String,
+    pub name: String,
+    /// The kinds it serves.
+    pub kinds: Vec<String>,
+    /// The queues it takes jobs from.
+    pub queues: Vec<String>,
+    /// How many attempts it takes at once.
+    pub slots: usize,
+    /// The jobs it runs now.
+    pub running: Vec<String>,
+    /// RFC 3339.
+    pub connected_at: String,
+}
+
+/// `GET /api/workers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct WorkerList {
+    pub workers: Vec<WorkerInfo>,
+}
+
 /// `GET /api/queues`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct QueueList {

@@ -53,6 +53,7 @@ pub struct EngineBuilder {
     pipelines: Vec<PipelineSpec>,
     security: Security,
     retention: crate::Retention,
+    remote_kinds: Vec<String>,
 }
 
 /// The most log lines kept per job unless configured.
@@ -97,8 +98,8 @@ pub(crate) struct Inner {
     abandoning: CancellationToken,
     /// Outcome writes that failed and were tried again.
     outcome_write_retries: AtomicU64,
-    tasks: TaskTracker,
-    background: TaskTracker,
+    pub(crate) tasks: TaskTracker,
+    pub(crate) background: TaskTracker,
     /// Log lines kept per job (command and pipeline jobs).
     pub max_log_lines: u64,
     /// Kinds whose handler enforces the job's timeout itself (commands stop their
@@ -110,6 +111,10 @@ pub(crate) struct Inner {
     pub(crate) security: Arc<Security>,
     /// What retention removed.
     pub(crate) pruned: crate::retention::PruneCounters,
+    /// Remote workers and the kinds they may serve.
+    pub(crate) remote: crate::remote::Registry,
+    /// The kinds this engine runs itself, sorted: its claims take only those.
+    native: Vec<String>,
 }
 
 /// Claims under way, each by the number it was given in order.
@@ -121,7 +126,7 @@ struct Claims {
 
 /// A claim under way (see [`Inner::claiming`]); dropped once its attempts are
 /// registered, or once it failed.
-struct Claiming {
+pub(crate) struct Claiming {
     inner: Arc<Inner>,
     n: u64,
 }
@@ -210,7 +215,7 @@ struct RunHandle {
     grace: Duration,
 }
 
-enum Outcome {
+pub(crate) enum Outcome {
     Done(Result<Value, JobError>),
     Panicked(String),
     Aborted,
@@ -233,6 +238,7 @@ impl Engine {
             pipelines: Vec::new(),
             security: Security::default(),
             retention: crate::Retention::default(),
+            remote_kinds: Vec::new(),
         }
     }
 }
@@ -314,6 +320,14 @@ impl EngineBuilder {
     /// pruning runs.
     pub fn retention(mut self, retention: crate::Retention) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// Kinds that clients may submit before a remote worker that serves them is
+    /// connected: their jobs wait `queued` for one. (A kind a connected worker
+    /// announced is accepted anyway.)
+    pub fn remote_kinds(mut self, kinds: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.remote_kinds.extend(kinds.into_iter().map(Into::into));
         self
     }
 
@@ -424,6 +438,7 @@ impl EngineBuilder {
                     store
                         .recover(RecoverRequest {
                             server_id: Some(id.clone()),
+                            jobs: None,
                             now,
                             manual: self.recovery == Recovery::Manual,
                             cleanup: cleanup.clone(),
@@ -437,6 +452,7 @@ impl EngineBuilder {
             store
                 .recover(RecoverRequest {
                     server_id: None,
+                    jobs: None,
                     now,
                     manual: self.recovery == Recovery::Manual,
                     cleanup,
@@ -453,6 +469,13 @@ impl EngineBuilder {
         }
         store.register_server(server.clone()).await?;
         let shared = store.shared();
+        if let Some(kind) = self.remote_kinds.iter().find(|k| handlers.contains_key(*k)) {
+            return Err(Error::Config(format!(
+                "remote_kinds: {kind:?} is run by this server itself"
+            )));
+        }
+        let mut native: Vec<String> = handlers.keys().cloned().collect();
+        native.sort_unstable();
         let inner = Arc::new(Inner {
             store,
             clock: self.clock,
@@ -479,6 +502,8 @@ impl EngineBuilder {
             schedules: crate::scheduler::Timers::default(),
             security: Arc::new(self.security),
             pruned: Default::default(),
+            remote: crate::remote::Registry::new(self.remote_kinds),
+            native,
         });
         for q in inner.queues.values() {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
@@ -645,7 +670,10 @@ impl Engine {
             _ => None,
         };
         let ready = jobs.iter().filter(|j| j.state == State::Queued).count();
+        // A remote worker's job waits for the worker's claim.
+        let native = jobs.iter().all(|j| self.inner.is_native(&j.kind));
         let reserved = match &queue {
+            Some(_) if !native => 0,
             Some(q) if !q.backlog.load(Ordering::SeqCst) && !q.paused.load(Ordering::SeqCst) => {
                 q.reserve(ready)
             }
@@ -756,8 +784,10 @@ impl Engine {
     }
 
     pub(crate) fn check_kind_and_queue(&self, kind: &str, queue: &str) -> Result<()> {
-        if !self.inner.handlers.contains_key(kind) {
-            let mut known: Vec<&str> = self.inner.handlers.keys().map(String::as_str).collect();
+        let remote = !self.inner.handlers.contains_key(kind);
+        if remote && !self.inner.remote.serves_kind(kind) {
+            let mut known: Vec<String> = self.inner.handlers.keys().cloned().collect();
+            known.extend(self.inner.remote.kinds());
             known.sort_unstable();
             return Err(Error::UnknownKind {
                 kind: kind.into(),
@@ -768,7 +798,8 @@ impl Engine {
                 },
             });
         }
-        if !self.inner.queues.contains_key(queue) {
+        let served = remote && self.inner.remote.serves_queue(queue);
+        if !served && !self.inner.queues.contains_key(queue) {
             let known: Vec<&str> = self.inner.queues.keys().map(String::as_str).collect();
             return Err(Error::UnknownQueue {
                 queue: queue.into(),
@@ -1114,7 +1145,7 @@ fn illegal(id: &str, action: &'static str, state: State) -> Error {
 
 impl Inner {
     /// Marks a claim under way until the guard is dropped.
-    fn claiming(self: &Arc<Self>) -> Claiming {
+    pub(crate) fn claiming(self: &Arc<Self>) -> Claiming {
         let mut claims = self.claims.lock().unwrap_or_else(|e| e.into_inner());
         let n = claims.next;
         claims.next += 1;
@@ -1203,13 +1234,14 @@ impl Inner {
         self.job_is(job.state, &job.queue, job.run_at);
     }
 
-    fn job_is(&self, state: State, queue: &str, run_at: Option<Millis>) {
+    pub(crate) fn job_is(&self, state: State, queue: &str, run_at: Option<Millis>) {
         match state {
             State::Queued => {
                 if let Some(q) = self.queues.get(queue) {
                     q.backlog.store(true, Ordering::SeqCst);
                     q.wake.notify_one();
                 }
+                self.remote.wake(queue);
             }
             State::Scheduled => {
                 if let Some(at) = run_at {
@@ -1291,6 +1323,7 @@ async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
                 limit: reserved,
                 server_id: inner.server.id.clone(),
                 now: inner.clock.now(),
+                kinds: Some(inner.native.clone()),
             }),
         };
         let had_outcomes = !pending.is_empty();
@@ -1355,6 +1388,12 @@ fn start_run(
     queue: Arc<QueueState>,
     claimed: Claimed,
 ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let run = register_attempt(inner, &claimed);
+    run_job(inner.clone(), queue, claimed, run)
+}
+
+/// Registers a claimed attempt in `running`, where control requests find it.
+pub(crate) fn register_attempt(inner: &Arc<Inner>, claimed: &Claimed) -> Run {
     let (ctl_tx, ctl_rx) = watch::channel(Ctl::Run);
     let cancel = CancellationToken::new();
     let kill = CancellationToken::new();
@@ -1373,24 +1412,76 @@ fn start_run(
             },
         );
     inner.registered.notify_waiters();
-    run_job(
-        inner.clone(),
-        queue,
-        claimed,
-        Run {
-            ctl_tx,
-            ctl_rx,
-            cancel,
-            kill,
-        },
-    )
+    Run {
+        ctl_tx,
+        ctl_rx,
+        cancel,
+        kill,
+    }
 }
 
-struct Run {
-    ctl_tx: watch::Sender<Ctl>,
-    ctl_rx: watch::Receiver<Ctl>,
-    cancel: CancellationToken,
-    kill: CancellationToken,
+pub(crate) struct Run {
+    pub ctl_tx: watch::Sender<Ctl>,
+    pub ctl_rx: watch::Receiver<Ctl>,
+    pub cancel: CancellationToken,
+    pub kill: CancellationToken,
+}
+
+impl Inner {
+    /// Whether this engine runs jobs of the kind itself.
+    pub(crate) fn is_native(&self, kind: &str) -> bool {
+        self.handlers.contains_key(kind)
+    }
+
+    pub(crate) fn server_id(&self) -> &str {
+        &self.server.id
+    }
+
+    pub(crate) fn recovery(&self) -> Recovery {
+        self.recovery
+    }
+
+    /// False while the store does not take this server's heartbeats: nothing is
+    /// claimed.
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// Whether a queue this engine knows is paused.
+    pub(crate) fn queue_paused(&self, queue: &str) -> bool {
+        self.queues
+            .get(queue)
+            .is_some_and(|q| q.paused.load(Ordering::SeqCst))
+    }
+
+    /// Forgets an ended attempt: control requests no longer find it.
+    pub(crate) fn unregister(&self, id: &str, fence: u64) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        if running.get(id).is_some_and(|h| h.fence == fence) {
+            running.remove(id);
+        }
+    }
+
+    /// Whether the attempt was stopped because its runner is gone (this server lost
+    /// the store, or the remote worker its connection): it records no outcome.
+    pub(crate) fn take_dropped(&self, id: &str, fence: u64) -> bool {
+        self.dropped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(id.to_owned(), fence))
+    }
+
+    /// Marks attempts as dropped (see [`Inner::take_dropped`]).
+    pub(crate) fn drop_attempts(&self, attempts: &[(String, u64)]) {
+        let mut dropped = self.dropped.lock().unwrap_or_else(|e| e.into_inner());
+        dropped.extend(attempts.iter().cloned());
+    }
+
+    /// Whether an attempt of the job with this token is registered here.
+    pub(crate) fn is_running(&self, id: &str, fence: u64) -> bool {
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.get(id).is_some_and(|h| h.fence == fence)
+    }
 }
 
 async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, run: Run) {
@@ -1551,11 +1642,11 @@ fn ran(c: &Claimed, now: Millis) -> Value {
 }
 
 /// Where a job that goes back to wait waits: its state and, when scheduled, its time.
-type Requeued = (State, Option<Millis>);
+pub(crate) type Requeued = (State, Option<Millis>);
 
 /// What an attempt's end writes: its transitions, in order, and where the job waits
 /// when it goes back to wait (a retry).
-fn outcome_of(
+pub(crate) fn outcome_of(
     inner: &Arc<Inner>,
     c: &Claimed,
     intent: Ctl,
@@ -1638,12 +1729,12 @@ fn outcome_of(
 
 /// Writes an attempt's outcome, trying again (same transition, same fencing token)
 /// after a failure until it lands, the store refuses it for good, or shutdown gives up.
-struct Outcomes<'a> {
-    inner: &'a Arc<Inner>,
+pub(crate) struct Outcomes<'a> {
+    pub inner: &'a Arc<Inner>,
 }
 
 impl Outcomes<'_> {
-    async fn record_all(&self, transitions: &[Transition]) -> Result<()> {
+    pub(crate) async fn record_all(&self, transitions: &[Transition]) -> Result<()> {
         for t in transitions {
             self.record(t.clone()).await?;
         }
@@ -1714,11 +1805,12 @@ async fn timer(inner: Arc<Inner>) {
             match inner.store.promote_due(now).await {
                 Ok(p) => {
                     earliest = p.next_due;
-                    for q in &p.queues {
-                        if let Some(q) = inner.queues.get(q) {
+                    for name in &p.queues {
+                        if let Some(q) = inner.queues.get(name) {
                             q.backlog.store(true, Ordering::SeqCst);
                             q.wake.notify_one();
                         }
+                        inner.remote.wake(name);
                     }
                 }
                 Err(e) => {
@@ -1840,6 +1932,7 @@ async fn recover_own(inner: &Arc<Inner>, now: Millis) -> crate::Result<()> {
         .store
         .recover(RecoverRequest {
             server_id: Some(inner.server.id.clone()),
+            jobs: None,
             now,
             manual: inner.recovery == Recovery::Manual,
             cleanup: Default::default(),
@@ -1883,6 +1976,7 @@ async fn rescue(inner: &Arc<Inner>, gone_after: Duration, now: Millis) {
                 .store
                 .recover(RecoverRequest {
                     server_id: Some(id.clone()),
+                    jobs: None,
                     now,
                     manual: inner.recovery == Recovery::Manual,
                     cleanup: cleanup.clone(),
@@ -1894,6 +1988,7 @@ async fn rescue(inner: &Arc<Inner>, gone_after: Duration, now: Millis) {
                     q.backlog.store(true, Ordering::SeqCst);
                     q.wake.notify_one();
                 }
+                inner.remote.wake(&r.queue);
             }
         }
         Ok::<(), crate::Error>(())
@@ -1983,7 +2078,7 @@ fn panic_message(e: tokio::task::JoinError) -> String {
     }
 }
 
-fn uuid_v7() -> String {
+pub(crate) fn uuid_v7() -> String {
     baton_core::JobId::generate().to_string()
 }
 

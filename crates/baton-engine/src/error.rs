@@ -34,6 +34,9 @@ pub enum Error {
     /// The commands policy refuses a program the job would run.
     #[error("{0}")]
     CommandNotAllowed(String),
+    /// A worker's hello or request is not one the engine can take.
+    #[error("invalid worker: {0}")]
+    Worker(String),
     /// One job of a batch was refused, so none was stored: its index in the batch,
     /// the field to blame when one is, and why.
     #[error("{}", in_batch_message(*index, field.as_deref(), source))]
@@ -140,9 +143,10 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         use baton_store::Error as S;
         match self {
-            Error::Spec(_) | Error::UnknownKind { .. } | Error::UnknownQueue { .. } => {
-                ErrorCode::InvalidSpec
-            }
+            Error::Spec(_)
+            | Error::UnknownKind { .. }
+            | Error::UnknownQueue { .. }
+            | Error::Worker(_) => ErrorCode::InvalidSpec,
             Error::Illegal { .. } => ErrorCode::IllegalTransition,
             Error::ShuttingDown => ErrorCode::Unavailable,
             Error::Overloaded { .. } => ErrorCode::Overloaded,

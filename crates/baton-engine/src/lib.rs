@@ -31,6 +31,7 @@ mod engine;
 mod error;
 mod pipelines;
 mod policy;
+mod remote;
 mod retention;
 mod run;
 mod scheduler;
@@ -58,6 +59,10 @@ pub use engine::QueueStatus;
 pub use engine::{DEFAULT_MAX_LOG_LINES, Engine, EngineBuilder, Recovery, Subscription};
 pub use error::{Error, ErrorCode};
 pub use policy::CommandPolicy;
+pub use remote::{
+    Answer, MAX_SLOTS, Refused, RemoteAction, Report, ToWorker, WorkerHello, WorkerInfo,
+    WorkerSession,
+};
 pub use retention::{DEFAULT_RETENTION, Retention};
 pub use secrets::SecretKey;
 pub use security::Security;

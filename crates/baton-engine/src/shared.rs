@@ -28,6 +28,10 @@ pub(crate) async fn wake_on_hints(inner: Arc<Inner>) {
                 q.wake.notify_one();
             }
         }
+        match name {
+            Some(name) => inner.remote.wake(name),
+            None => inner.remote.wake_all(),
+        }
     };
     loop {
         tokio::select! {

@@ -262,6 +262,7 @@ fn a_process_recorded_on_another_host_is_left_alone() {
                 limit: 1,
                 server_id: "srv-far".into(),
                 now,
+                kinds: None,
             })
             .await
             .unwrap()

@@ -15,7 +15,9 @@ mod listen;
 mod meta;
 mod resources;
 mod schedules;
+mod workers;
 mod workflows;
+pub use workers::MAX_MESSAGE as MAX_WORKER_MESSAGE;
 mod ws;
 
 use std::sync::Arc;
@@ -207,6 +209,8 @@ pub fn router(state: AppState, options: &ServerOptions) -> Router {
         )
         .route("/api/events", get(events::all_events))
         .route("/api/ws", get(ws::upgrade))
+        .route("/api/workers", get(workers::list))
+        .route("/api/workers/ws", get(workers::upgrade))
         .route("/api/stats", get(meta::stats))
         .route("/api/servers", get(meta::servers))
         .route("/api/queues", get(meta::queues))

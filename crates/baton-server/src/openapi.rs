@@ -34,7 +34,7 @@ use utoipa::openapi::{
 use utoipa::{Modify, OpenApi};
 
 use crate::auth;
-use crate::{batch, bulk, events, jobs, meta, resources, schedules, workflows};
+use crate::{batch, bulk, events, jobs, meta, resources, schedules, workers, workflows};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -49,7 +49,7 @@ use crate::{batch, bulk, events, jobs, meta, resources, schedules, workflows};
         workflows::pause_queue, workflows::resume_queue,
         schedules::list, schedules::preview, schedules::create, schedules::show, schedules::put, schedules::delete,
         schedules::trigger, schedules::pause, schedules::resume, schedules::history,
-        meta::whoami, meta::throughput, meta::stats, meta::servers, meta::queues, resources::resources, meta::healthz, meta::readyz, meta::metrics,
+        meta::whoami, meta::throughput, meta::stats, meta::servers, workers::list, meta::queues, resources::resources, meta::healthz, meta::readyz, meta::metrics,
     ),
     components(schemas(baton_api::WsRequest, baton_api::WsMessage, baton_api::ErrorBody)),
     modifiers(&CommonResponses),

@@ -1361,6 +1361,7 @@ async fn a_crashed_jobs_page_says_when_the_engine_died_and_what_was_lost() {
                 limit: 1,
                 server_id: "dead-server".into(),
                 now: now - 8000,
+                kinds: None,
             })
             .await
             .unwrap();

@@ -446,6 +446,7 @@ pub async fn claim(w: &mut Work<'_>, req: &ClaimRequest) -> Result<Vec<Claimed>>
             &format!(
                 "WITH picked AS MATERIALIZED ( \
                    SELECT key FROM jobs WHERE queue = $1 AND state = 'queued' \
+                   AND ($5::text[] IS NULL OR kind = ANY ($5)) \
                    ORDER BY priority DESC, key LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED) \
                  UPDATE jobs SET state = 'running', fence = fence + 1, attempt = attempt + 1, \
                    started_at = $3, updated_at = $3, server_id = $4, event_seq = event_seq + 1 \
@@ -456,7 +457,13 @@ pub async fn claim(w: &mut Work<'_>, req: &ClaimRequest) -> Result<Vec<Claimed>>
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
-            &[&req.queue, &(req.limit as i64), &req.now, &req.server_id],
+            &[
+                &req.queue,
+                &(req.limit as i64),
+                &req.now,
+                &req.server_id,
+                &req.kinds,
+            ],
         )
         .await
         .db()?;
@@ -1044,9 +1051,10 @@ pub async fn recover(w: &mut Work<'_>, req: &RecoverRequest) -> Result<Vec<Recov
         w.c.query(
             &format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('running', 'paused', 'stopping') \
-                 AND ($1::text IS NULL OR server_id = $1) ORDER BY key FOR UPDATE"
+                 AND ($1::text IS NULL OR server_id = $1) \
+                 AND ($2::text[] IS NULL OR id = ANY ($2)) ORDER BY key FOR UPDATE"
             ),
-            &[&req.server_id],
+            &[&req.server_id, &req.jobs],
         )
         .await
         .db()?;
@@ -1056,8 +1064,8 @@ pub async fn recover(w: &mut Work<'_>, req: &RecoverRequest) -> Result<Vec<Recov
     w.c.execute(
         "UPDATE jobs SET pgid = NULL, proc_start = NULL \
          WHERE state IN ('running', 'paused', 'stopping') AND pgid IS NOT NULL \
-         AND ($1::text IS NULL OR server_id = $1)",
-        &[&req.server_id],
+         AND ($1::text IS NULL OR server_id = $1) AND ($2::text[] IS NULL OR id = ANY ($2))",
+        &[&req.server_id, &req.jobs],
     )
     .await
     .db()?;

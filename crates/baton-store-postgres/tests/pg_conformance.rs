@@ -141,6 +141,7 @@ async fn two_servers_pruning_at_once_remove_each_job_once() {
                 limit: 1,
                 server_id: "s1".into(),
                 now,
+                kinds: None,
             })
             .await
             .expect("claim")

@@ -66,6 +66,7 @@ async fn two_servers_publish_one_gap_free_order_of_concurrent_writes() {
                         limit: 3,
                         server_id: format!("server-{}", w % 2),
                         now: T0 + 1,
+                        kinds: None,
                     })
                     .await
                     .expect("claim");
@@ -97,6 +98,7 @@ async fn two_servers_publish_one_gap_free_order_of_concurrent_writes() {
                 limit: 50,
                 server_id: "server-0".into(),
                 now: T0 + 3,
+                kinds: None,
             })
             .await
             .expect("claim");
@@ -300,6 +302,7 @@ async fn a_fan_in_job_is_queued_once_when_two_servers_end_its_dependencies_toget
                 limit: FAN,
                 server_id: "server-a".into(),
                 now: T0 + 1,
+                kinds: None,
             })
             .await
             .expect("claim");
@@ -374,6 +377,7 @@ async fn ended_jobs_leave_the_hot_table_and_keep_their_ids_until_pruned() {
             limit: 3,
             server_id: "server-0".into(),
             now: T0 + 1,
+            kinds: None,
         })
         .await
         .expect("claim");

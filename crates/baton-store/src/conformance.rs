@@ -55,6 +55,7 @@ macro_rules! store_conformance_tests {
             submit_claim_complete,
             settle_records_outcomes_and_refills_their_slots,
             claim_takes_higher_priority_first_then_fifo_within_its_queue,
+            claim_takes_only_the_kinds_asked_for,
             concurrent_claims_never_hand_out_a_job_twice,
             delayed_jobs_wait_for_run_at,
             retry_after_backoff_counts_attempts,
@@ -73,6 +74,7 @@ macro_rules! store_conformance_tests {
             recover_fails_a_job_after_max_recoveries,
             recover_records_what_the_crash_cost,
             recovery_of_a_server_leaves_other_servers_attempts_alone,
+            recovery_of_named_jobs_leaves_the_servers_other_attempts_alone,
             servers_register_heartbeat_and_stop,
             counts_by_queue_and_state,
             list_totals_are_exact_by_state_and_queue_and_capped_otherwise,
@@ -235,6 +237,50 @@ pub async fn submit_claim_complete(store: Arc<dyn Store>) {
     assert_eq!(counts.total(State::Queued), 0);
 }
 
+/// Recovery of named jobs (a remote worker's, when its connection dropped) crashes
+/// and queues again only those attempts of the server; its other attempts run on.
+pub async fn recovery_of_named_jobs_leaves_the_servers_other_attempts_alone(store: Arc<dyn Store>) {
+    let s = &*store;
+    for id in ["held-1", "held-2", "other"] {
+        submit(s, JobSpec::new("work").id(id), T0).await;
+    }
+    let claimed = claim(s, "default", 3, T0 + 1).await;
+    assert_eq!(claimed.len(), 3);
+    let recovered = s
+        .recover(RecoverRequest {
+            now: T0 + 10,
+            server_id: Some(SERVER.into()),
+            jobs: Some(vec!["held-1".into(), "held-2".into(), "nobody".into()]),
+            manual: false,
+            cleanup: std::collections::BTreeMap::from([(
+                "held-1".to_owned(),
+                json!({"reason": "the worker's connection dropped"}),
+            )]),
+        })
+        .await
+        .expect("recover");
+    let mut ids: Vec<&str> = recovered.iter().map(|r| r.job_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["held-1", "held-2"]);
+    assert_eq!(get(s, "held-1").await.state, State::Queued);
+    assert_eq!(get(s, "held-2").await.state, State::Queued);
+    assert_eq!(get(s, "other").await.state, State::Running);
+    let crashed = events_of(s, "held-1").await;
+    let crash = crashed
+        .iter()
+        .find(|e| e.kind == EventKind::Crashed)
+        .expect("a crash event");
+    assert_eq!(crash.data["reason"], "the worker's connection dropped");
+    // The other attempt's token still holds.
+    let other = claimed.iter().find(|c| c.job.id == "other").expect("other");
+    s.record(
+        Transition::new("other", State::Completed, EventKind::Completed, T0 + 11)
+            .fence(other.fence),
+    )
+    .await
+    .expect("the other attempt completes");
+}
+
 /// Recovery of one dead server's attempts leaves another server's alone: their jobs
 /// stay running with their processes, and their fencing tokens still hold.
 pub async fn recovery_of_a_server_leaves_other_servers_attempts_alone(store: Arc<dyn Store>) {
@@ -253,6 +299,7 @@ pub async fn recovery_of_a_server_leaves_other_servers_attempts_alone(store: Arc
                 limit: 1,
                 server_id: by.into(),
                 now: T0 + 1,
+                kinds: None,
             })
             .await
             .expect("claim")
@@ -297,6 +344,7 @@ pub async fn recovery_of_a_server_leaves_other_servers_attempts_alone(store: Arc
         .recover(RecoverRequest {
             now: T0 + 10,
             server_id: Some("server-a".into()),
+            jobs: None,
             ..RecoverRequest::default()
         })
         .await
@@ -332,6 +380,51 @@ pub async fn recovery_of_a_server_leaves_other_servers_attempts_alone(store: Arc
             .await,
         Err(Error::StaleFence { .. })
     ));
+}
+
+/// A claim for some kinds takes only jobs of those kinds, by priority and age among
+/// them, and leaves the others queued for a claimer that has their handlers.
+pub async fn claim_takes_only_the_kinds_asked_for(store: Arc<dyn Store>) {
+    let s = &*store;
+    for (i, (id, kind, priority)) in [
+        ("scrape-1", "scrape", 0),
+        ("local-1", "work", 10),
+        ("scrape-2", "scrape", 5),
+        ("crawl-1", "crawl", 0),
+        ("local-2", "work", 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        submit(
+            s,
+            JobSpec::new(kind).id(id).priority(priority),
+            T0 + i as Millis,
+        )
+        .await;
+    }
+    let by_kinds = |kinds: &[&str], limit| ClaimRequest {
+        queue: "default".into(),
+        limit,
+        server_id: SERVER.into(),
+        now: T0 + 100,
+        kinds: Some(kinds.iter().map(|k| (*k).to_owned()).collect()),
+    };
+    let remote = s
+        .claim(by_kinds(&["scrape", "crawl"], 10))
+        .await
+        .expect("claim");
+    assert_eq!(ids(&remote), ["scrape-2", "scrape-1", "crawl-1"]);
+    assert_eq!(get(s, "local-1").await.state, State::Queued);
+    assert!(
+        s.claim(by_kinds(&["scrape"], 10))
+            .await
+            .expect("claim")
+            .is_empty()
+    );
+    assert!(s.claim(by_kinds(&[], 10)).await.expect("claim").is_empty());
+    let local = s.claim(by_kinds(&["work"], 10)).await.expect("claim");
+    assert_eq!(ids(&local), ["local-1", "local-2"]);
 }
 
 /// Higher priorities are claimed first, equal priorities in submission order, and a
@@ -403,6 +496,7 @@ pub async fn concurrent_claims_never_hand_out_a_job_twice(store: Arc<dyn Store>)
                         limit: 3,
                         server_id: format!("server-{w}"),
                         now: T0 + 1,
+                        kinds: None,
                     };
                     let claimed = store.claim(req).await.expect("claim");
                     if claimed.is_empty() {
@@ -605,6 +699,7 @@ pub async fn stale_fence_is_refused_without_writing(store: Arc<dyn Store>) {
     let recovered = s
         .recover(RecoverRequest {
             server_id: None,
+            jobs: None,
             now: T0 + 100,
             manual: false,
             cleanup: Default::default(),
@@ -1415,6 +1510,7 @@ pub async fn recover_requeues_executing_jobs(store: Arc<dyn Store>) {
     let mut recovered = s
         .recover(RecoverRequest {
             server_id: None,
+            jobs: None,
             now: T0 + 100,
             manual: false,
             cleanup: Default::default(),
@@ -1468,6 +1564,7 @@ pub async fn recover_requeues_executing_jobs(store: Arc<dyn Store>) {
     assert!(
         s.recover(RecoverRequest {
             server_id: None,
+            jobs: None,
             now: T0 + 150,
             manual: false,
             cleanup: Default::default()
@@ -1494,6 +1591,7 @@ pub async fn recover_manual_leaves_jobs_crashed(store: Arc<dyn Store>) {
     let recovered = s
         .recover(RecoverRequest {
             server_id: None,
+            jobs: None,
             now: T0 + 100,
             manual: true,
             cleanup: Default::default(),
@@ -1520,6 +1618,7 @@ pub async fn recover_manual_leaves_jobs_crashed(store: Arc<dyn Store>) {
     assert!(
         s.recover(RecoverRequest {
             server_id: None,
+            jobs: None,
             now: T0 + 102,
             manual: true,
             cleanup: Default::default()
@@ -1587,6 +1686,7 @@ pub async fn recover_records_what_the_crash_cost(store: Arc<dyn Store>) {
 
     s.recover(RecoverRequest {
         server_id: None,
+        jobs: None,
         now: T0 + 100,
         manual: false,
         cleanup: Default::default(),
@@ -1639,6 +1739,7 @@ pub async fn recover_fails_a_job_after_max_recoveries(store: Arc<dyn Store>) {
     let s = &*store;
     let crash = |now| RecoverRequest {
         server_id: None,
+        jobs: None,
         now,
         manual: false,
         cleanup: Default::default(),
@@ -1777,6 +1878,7 @@ pub async fn settle_records_outcomes_and_refills_their_slots(store: Arc<dyn Stor
             limit: 0,
             server_id: SERVER.into(),
             now: T0 + 20,
+            kinds: None,
         }),
     };
     let settled = s.settle(settle).await.expect("settle");
@@ -2019,6 +2121,7 @@ pub async fn release_hands_back_only_this_servers_jobs(store: Arc<dyn Store>) {
             limit: 1,
             server_id: "server-b".into(),
             now: T0 + 1,
+            kinds: None,
         })
         .await
         .unwrap();
@@ -2259,6 +2362,7 @@ pub async fn processes_of_executing_jobs_are_listed_and_cleared_by_recovery(stor
     cleanup.insert("job-1".to_string(), json!({"killed_pgids": [101]}));
     s.recover(RecoverRequest {
         server_id: None,
+        jobs: None,
         now: T0 + 10,
         manual: false,
         cleanup,
@@ -2350,6 +2454,7 @@ async fn claim(s: &dyn Store, queue: &str, limit: usize, now: Millis) -> Vec<Cla
         limit,
         server_id: SERVER.into(),
         now,
+        kinds: None,
     })
     .await
     .expect("claim")

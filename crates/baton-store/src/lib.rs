@@ -217,8 +217,11 @@ pub struct StartNow {
 pub struct ClaimRequest {
     pub queue: String,
     pub limit: usize,
+    /// The engine, or the remote worker, that the attempts are for.
     pub server_id: String,
     pub now: Millis,
+    /// Only jobs of these kinds (the ones the claimer has handlers for); `None`: any.
+    pub kinds: Option<Vec<String>>,
 }
 
 /// A job handed to a worker: everything it needs to run the attempt.
@@ -341,6 +344,9 @@ pub struct RecoverRequest {
     /// before it belongs to an engine that is gone). A store shared by several servers
     /// recovers only the named server's attempts, never a live one's.
     pub server_id: Option<String>,
+    /// Only the attempts of these jobs (those a remote worker held when its
+    /// connection dropped); `None`: every attempt of the server.
+    pub jobs: Option<Vec<String>>,
     /// Leave crashed jobs for a person instead of queueing them again.
     pub manual: bool,
     /// What the engine cleaned up for a job before recovering it (for example the

@@ -310,6 +310,7 @@ fn claim_req(now: Millis) -> ClaimRequest {
         limit: 1,
         server_id: "server-a".into(),
         now,
+        kinds: None,
     }
 }
 

@@ -42,6 +42,7 @@ async fn claim(store: &SqliteStore, id: &str, now: Millis) -> u64 {
             limit: 1,
             server_id: SERVER.into(),
             now,
+            kinds: None,
         })
         .await
         .expect("claim");

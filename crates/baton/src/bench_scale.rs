@@ -161,6 +161,7 @@ async fn claim_per_job(engine: &Engine, store: &dyn Store) -> Result<f64> {
             limit: CLAIM_BATCH,
             server_id: server.clone(),
             now,
+            kinds: None,
         };
         let t = Instant::now();
         let got = store.claim(req).await?;

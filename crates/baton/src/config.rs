@@ -51,6 +51,9 @@ pub struct FileConfig {
     pub pipelines_dirs: Option<Vec<PathBuf>>,
     /// The most log lines kept per job.
     pub max_log_lines: Option<u64>,
+    /// Kinds served by remote workers that clients may submit while no worker that
+    /// serves them is connected (their jobs wait queued).
+    pub remote_kinds: Option<Vec<String>>,
     /// Queue name to concurrency.
     pub queues: Option<BTreeMap<String, usize>>,
     /// How long finished jobs and their events are kept (`"7d"`, or `"off"`).
@@ -198,6 +201,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub pipelines_dirs: Vec<PathBuf>,
     pub max_log_lines: Option<u64>,
+    pub remote_kinds: Vec<String>,
     pub security: Security,
     pub stalled_after: Duration,
     pub retention: baton_engine::Retention,
@@ -544,6 +548,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         auth,
         pipelines_dirs: file.pipelines_dirs.unwrap_or_default(),
         max_log_lines: file.max_log_lines,
+        remote_kinds: file.remote_kinds.unwrap_or_default(),
         security,
         stalled_after,
         retention,

@@ -85,6 +85,7 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
     if let Some(n) = config.max_log_lines {
         builder = builder.max_log_lines(n);
     }
+    builder = builder.remote_kinds(config.remote_kinds.iter().cloned());
     // Recovery of jobs left by a crash happens here, before anything is served, so
     // /readyz answers only once it is done.
     let engine = builder.build().await?;

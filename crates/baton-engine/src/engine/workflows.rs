@@ -201,6 +201,7 @@ impl Engine {
         if !paused {
             q.backlog.store(true, Ordering::SeqCst);
             q.wake.notify_one();
+            self.inner.remote.wake(name);
         }
         tracing::info!(queue = %name, paused, "queue {}", if paused { "paused" } else { "resumed" });
         Ok(status(q))
@@ -241,6 +242,7 @@ impl Inner {
             q.backlog.store(true, Ordering::SeqCst);
             q.wake.notify_one();
         }
+        self.remote.wake(name);
     }
 }
 

@@ -183,7 +183,7 @@ pub struct Writer {
     /// written by a few multi-row statements just before the transaction commits.
     event_rows: Vec<EventRow>,
     bus: broadcast::Sender<Arc<Event>>,
-    claim_sql: std::collections::HashMap<String, String>,
+    claim_sql: std::collections::HashMap<(String, Option<Vec<String>>), String>,
     counters: Arc<crate::WriteStats>,
     /// While dependents are being settled: the jobs whose end (or reopening) still has
     /// to reach their dependents. See `deps.rs`.
@@ -945,9 +945,22 @@ impl Writer {
             // The queue is written into the SQL, not bound: SQLite recompiles a statement
             // whenever a new value is bound to a parameter that it compared against a
             // partial index's condition, which would happen on every claim.
-            let sql = self.claim_sql.entry(req.queue.clone()).or_insert_with(|| {
+            // The kinds likewise (a claimer's kinds are the same on every claim).
+            let key = (req.queue.clone(), req.kinds.clone());
+            let sql = self.claim_sql.entry(key).or_insert_with(|| {
+                let kinds = match &req.kinds {
+                    None => String::new(),
+                    Some(kinds) => format!(
+                        " AND kind IN ({})",
+                        kinds
+                            .iter()
+                            .map(|k| format!("'{}'", k.replace('\'', "''")))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                };
                 format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE queue = '{}' AND state = 'queued' \
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE queue = '{}' AND state = 'queued'{kinds} \
                      ORDER BY priority DESC, seq",
                     req.queue.replace('\'', "''")
                 )
@@ -1388,9 +1401,11 @@ impl Writer {
         let stranded: Vec<JobRow> = {
             let mut stmt = self.conn.prepare_cached(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('running', 'paused', 'stopping') \
-                 AND (?1 IS NULL OR server_id = ?1) ORDER BY seq"
+                 AND (?1 IS NULL OR server_id = ?1) \
+                 AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2))) ORDER BY seq"
             ))?;
-            stmt.query_map([req.server_id.as_deref()], read_job)?
+            let jobs = req.jobs.as_ref().map(|j| json!(j).to_string());
+            stmt.query_map(params![req.server_id.as_deref(), jobs], read_job)?
                 .collect::<rusqlite::Result<_>>()?
         };
         // The processes of these jobs are gone (the engine killed what was left): a
@@ -1399,9 +1414,13 @@ impl Writer {
             .prepare_cached(
                 "UPDATE jobs SET pgid = NULL, proc_start = NULL \
                  WHERE state IN ('running', 'paused', 'stopping') AND pgid IS NOT NULL \
-                 AND (?1 IS NULL OR server_id = ?1)",
+                 AND (?1 IS NULL OR server_id = ?1) \
+                 AND (?2 IS NULL OR id IN (SELECT value FROM json_each(?2)))",
             )?
-            .execute([req.server_id.as_deref()])?;
+            .execute(params![
+                req.server_id.as_deref(),
+                req.jobs.as_ref().map(|j| json!(j).to_string())
+            ])?;
         let mut out = Vec::with_capacity(stranded.len());
         for row in stranded {
             let was = row.job.state;
