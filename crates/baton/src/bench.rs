@@ -215,6 +215,21 @@ enum Bench {
         #[arg(long, hide = true)]
         restart_child: bool,
     },
+    /// No-op jobs through one remote worker over the worker protocol (a real
+    /// WebSocket on loopback): jobs a second, and submit-to-start through the worker.
+    Workers {
+        #[arg(long, default_value_t = 20_000)]
+        jobs: usize,
+        /// The worker's slots.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Jobs per submit call.
+        #[arg(long, default_value_t = 100)]
+        batch: usize,
+        /// Submit-to-start samples, one job at a time.
+        #[arg(long, default_value_t = 500)]
+        samples: usize,
+    },
     /// Submit-to-start latency on an idle engine.
     Latency {
         #[arg(long, default_value_t = 2_000)]
@@ -445,6 +460,20 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             crate::bench_dashboard::run(store, settings, durability).await?
         }
         Bench::Bulk { jobs } => crate::bench_bulk::run(store, jobs, durability).await?,
+        Bench::Workers {
+            jobs,
+            concurrency,
+            batch,
+            samples,
+        } => {
+            let settings = crate::bench_workers::Settings {
+                jobs,
+                concurrency,
+                batch,
+                samples,
+            };
+            crate::bench_workers::run(store, settings, durability).await?
+        }
         Bench::Latency { samples, gap } => {
             if samples == 0 {
                 bail!("--samples must be at least 1");

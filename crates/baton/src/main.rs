@@ -14,6 +14,7 @@ mod bench_server;
 mod bench_soak;
 mod bench_submit;
 mod bench_sustained;
+mod bench_workers;
 mod bench_workflow;
 mod bulk_cli;
 mod client;

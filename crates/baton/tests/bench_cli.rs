@@ -270,3 +270,33 @@ fn a_scale_run_refuses_sizes_out_of_order() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--sizes ascending"), "{stderr}");
 }
+
+/// A small workers bench: one remote worker over a real WebSocket runs every job, and
+/// the figures are measured, never zero.
+#[test]
+fn a_small_workers_bench_runs_every_job_through_a_remote_worker() {
+    let out = bench(&[
+        "workers",
+        "--jobs",
+        "500",
+        "--concurrency",
+        "16",
+        "--samples",
+        "20",
+        "--json",
+    ]);
+    let r = report(&out);
+    assert_eq!(r["bench"], "workers");
+    assert_eq!(r["jobs"], 500);
+    assert_eq!(r["concurrency"], 16);
+    for key in [
+        "end_to_end_per_s",
+        "submit_to_start_p50_ms",
+        "submit_to_start_p99_ms",
+    ] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
+    }
+    let out = bench(&["workers", "--concurrency", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must be at least 1"));
+}
