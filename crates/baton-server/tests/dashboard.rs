@@ -855,12 +855,36 @@ async fn the_event_inspector_filters_and_holds_its_view_and_pipelines_run_from_t
         ("completed", Some("nightly"))
     );
 
-    // Servers: this one, with its heartbeat.
+    // Servers: this one, with its heartbeat, and a remote worker with its kinds.
+    let (mut worker, _) =
+        tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{}/api/workers/ws", addr.port()))
+            .await
+            .unwrap();
+    let hello = json!({"op": "hello", "name": "py-scraper", "kinds": ["scrape"], "slots": 3});
+    futures::SinkExt::send(
+        &mut worker,
+        tokio_tungstenite::tungstenite::Message::Text(hello.to_string().into()),
+    )
+    .await
+    .unwrap();
+    futures::StreamExt::next(&mut worker).await;
     browser.evaluate("(location.hash = '#/servers', '1')").await;
     let server = h.engine.server().id.clone();
     browser
         .wait_for("the server", &format!("document.querySelector('#servers tr[data-server=\"{server}\"]')?.textContent.includes('ago')"))
         .await;
+    let row = browser
+        .wait_for(
+            "the worker",
+            "document.querySelector('#workers tr[data-worker]')?.textContent",
+        )
+        .await;
+    let row = row.as_str().unwrap_or_default();
+    assert!(
+        row.contains("py-scraper") && row.contains("scrape") && row.contains("0 / 3"),
+        "{row}"
+    );
+    drop(worker);
     browser.close().await;
 }
 

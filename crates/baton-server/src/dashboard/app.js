@@ -1265,15 +1265,38 @@ async function queuesView(main) {
 
 async function serversView(main) {
   const ready = listenSoon();
-  const list = await api("GET", "/api/servers");
+  const [list, remote] = await Promise.all([api("GET", "/api/servers"), api("GET", "/api/workers")]);
   const age = t => t ? duration(Date.now() - Date.parse(t)) : "–";
+  // Remote workers connected to this server, with the jobs they run now.
+  const workers = el("tbody", { id: "workers" });
+  const drawWorkers = r => workers.replaceChildren(...(r.workers.length === 0
+    ? [el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No remote worker is connected to this server."))]
+    : r.workers.map(w => el("tr", { "data-worker": w.id },
+        el("td", {}, w.name), el("td", { class: "muted" }, w.id), el("td", {}, w.kinds.join(", ")), el("td", {}, w.queues.join(", ")),
+        el("td", { class: "num" }, `${w.running.length} / ${w.slots}`),
+        el("td", {}, ...w.running.slice(0, 20).flatMap((id, i) => [i ? ", " : "", el("a", { href: `#/jobs/${enc(id)}` }, id)]))))));
+  drawWorkers(remote);
   main.replaceChildren(el("h1", {}, "Servers"),
     el("table", {}, el("thead", {}, el("tr", {}, ["Server", "Host", "PID", "Started", "Heartbeat", "Workers", "Queues"].map(h => el("th", {}, h)))),
       el("tbody", { id: "servers" }, list.servers.map(sv => el("tr", { "data-server": sv.id, class: sv.stopped_at ? "muted" : "" },
         el("td", {}, sv.id), el("td", {}, sv.host), el("td", { class: "num" }, sv.pid), el("td", {}, when(sv.started_at)),
         el("td", {}, sv.stopped_at ? "stopped" : `${age(sv.heartbeat_at)} ago`), el("td", { class: "num" }, sv.workers),
-        el("td", {}, Array.isArray(sv.queues) ? sv.queues.map(q => q.name || q).join(", ") : ""))))));
-  return ready(batch => { if (batch.some(e => e.type === "server.up" || e.type === "server.down")) route(); });
+        el("td", {}, Array.isArray(sv.queues) ? sv.queues.map(q => q.name || q).join(", ") : ""))))),
+    el("h2", {}, "Remote workers"),
+    el("table", {}, el("thead", {}, el("tr", {}, ["Worker", "Id", "Kinds", "Queues", "Running", "Jobs"].map(h => el("th", {}, h)))), workers));
+  // Workers come and go without events: look again every few seconds and when jobs
+  // start or end.
+  let looking = false;
+  const look = async () => {
+    if (looking || !workers.isConnected) return;
+    looking = true;
+    try { drawWorkers(await api("GET", "/api/workers")); } catch { /* the next look tries again */ } finally { looking = false; }
+  };
+  const timer = setInterval(() => { if (!workers.isConnected) clearInterval(timer); else look(); }, 3000);
+  return ready(batch => {
+    if (batch.some(e => e.type === "server.up" || e.type === "server.down")) route();
+    else if (batch.some(e => ["job.started", "job.completed", "job.failed", "job.cancelled", "job.crashed"].includes(e.type))) look();
+  });
 }
 
 async function pipelinesView(main) {
