@@ -941,6 +941,38 @@ pub(crate) fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
+/// A server for `engine` on a free loopback port, in this process, for the benches
+/// that go through real HTTP; it stops when [`InProcess::stop`] is called.
+pub(crate) struct InProcess {
+    pub addr: std::net::SocketAddr,
+    stop: tokio_util::sync::CancellationToken,
+    served: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl InProcess {
+    pub(crate) async fn start(
+        engine: &baton_engine::Engine,
+        options: baton_server::ServerOptions,
+    ) -> Result<InProcess> {
+        let state = baton_server::AppState::new(engine.clone(), &options).await?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let stop = tokio_util::sync::CancellationToken::new();
+        let served = {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                baton_server::serve(listener, state, &options, stop.cancelled_owned()).await
+            })
+        };
+        Ok(InProcess { addr, stop, served })
+    }
+
+    pub(crate) async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.served.await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;

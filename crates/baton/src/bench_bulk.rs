@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use baton_engine::{Engine, JobSpec};
-use baton_server::{AppState, ServerOptions};
+use baton_server::ServerOptions;
 use baton_store::SqliteStore;
 use serde_json::{Value, json};
 
@@ -40,16 +40,8 @@ pub async fn run(store: SqliteStore, jobs: usize, durability: &str) -> Result<Va
         bulk_limit: jobs,
         ..ServerOptions::default()
     };
-    let state = AppState::new(engine.clone(), &options).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let served = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            baton_server::serve(listener, state, &options, stop.cancelled_owned()).await
-        })
-    };
+    let server = crate::bench::InProcess::start(&engine, options).await?;
+    let addr = server.addr;
     let count = crate::bench::WriteCount::start(&engine)?;
     let started = Instant::now();
     let answer: Value = tokio::task::spawn_blocking(move || -> Result<Value> {
@@ -65,8 +57,7 @@ pub async fn run(store: SqliteStore, jobs: usize, durability: &str) -> Result<Va
     if answer["done"].as_u64() != Some(jobs as u64) {
         bail!("the bulk cancel did not cancel every job: {answer}");
     }
-    stop.cancel();
-    let _ = served.await;
+    server.stop().await;
     engine.shutdown(Duration::from_secs(5)).await;
     Ok(json!({
         "bench": "bulk",

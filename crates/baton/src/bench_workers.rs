@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use baton_core::State;
 use baton_engine::{Engine, JobSpec};
-use baton_server::{AppState, ServerOptions};
+use baton_server::ServerOptions;
 use baton_store::SqliteStore;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -38,17 +38,8 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
         .remote_kinds(["noop"])
         .build()
         .await?;
-    let options = ServerOptions::default();
-    let state = AppState::new(engine.clone(), &options).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let served = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            baton_server::serve(listener, state, &options, stop.cancelled_owned()).await
-        })
-    };
+    let server = crate::bench::InProcess::start(&engine, ServerOptions::default()).await?;
+    let addr = server.addr;
     let arrivals: Arrivals = Arc::default();
     let worker = tokio::spawn(work(
         format!("ws://{addr}/api/workers/ws"),
@@ -99,8 +90,7 @@ pub async fn run(store: SqliteStore, s: Settings, durability: &str) -> Result<Va
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let pick = |q: f64| ms(delays[((delays.len() - 1) as f64 * q).round() as usize]);
     worker.abort();
-    stop.cancel();
-    let _ = served.await;
+    server.stop().await;
     engine.shutdown(Duration::from_secs(5)).await;
     Ok(json!({
         "bench": "workers",
