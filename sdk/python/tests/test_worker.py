@@ -87,9 +87,9 @@ def test_a_sync_handler_reports_progress_and_its_result_in_order(server: Server,
         "job.progress",
         "job.completed",
     ]
-    assert events[3].data.get("progress", events[3].data.get("fraction")) == 0.25, events[3].data
-    assert "a quarter" in str(events[3].data)
-    assert "three quarters" in str(events[7].data)
+    assert events[3].data == {"progress": 0.25, "message": "a quarter"}
+    assert events[7].data == {"progress": 0.75, "message": "three quarters"}
+    assert events[6].data["checkpoint"] == {"page": 3} and events[6].data["step"] == "fetch"
     assert '"page": 3' in str(durable[0]).replace("'", '"')
     done = baton.get(job.id)
     assert done.state == "completed"
