@@ -425,3 +425,28 @@ def test_remote_kinds_lets_clients_submit_before_any_worker_connects(
         worker.handler(kind)(lambda ctx, payload: payload)
         with serving(worker):
             assert baton.wait(job.id, timeout=30).result == {"n": 1}
+
+
+def test_a_handler_that_ignores_a_stop_is_cut_off_after_the_jobs_grace(server: Server, baton: Client) -> None:
+    kind = unique("py-stubborn")
+    worker = Worker(server.url)
+    release = threading.Event()
+    reported: List[str] = []
+
+    @worker.handler(kind)
+    def stubborn(ctx: SyncContext, payload: Any) -> str:
+        release.wait(30)  # no pause point
+        reported.append("returned")
+        return "too late"
+
+    with serving(worker):
+        job = baton.submit(kind, grace="500ms")
+        wait_for("the job to run", lambda: baton.get(job.id).state == "running")
+        asked = time.monotonic()
+        baton.stop(job.id)
+        done = baton.wait(job.id, timeout=30)
+        took = time.monotonic() - asked
+        release.set()
+        wait_for("the handler to return", lambda: reported == ["returned"])
+    assert done.state == "cancelled" and 0.4 < took < 10, took
+    assert baton.get(job.id).state == "cancelled" and baton.get(job.id).result is None
