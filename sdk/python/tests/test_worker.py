@@ -31,7 +31,7 @@ from baton_client import (
 )
 from baton_client.models import TERMINAL_EVENTS
 
-from conftest import ADMIN_TOKEN, VIEWER_TOKEN, Server, WorkerProcess, serving, unique, wait_for
+from conftest import ADMIN_TOKEN, VIEWER_TOKEN, Server, WorkerProcess, serving, unique, wait_for, watch
 
 
 def history(baton: Client, job_id: str) -> List[Event]:
@@ -450,3 +450,16 @@ def test_a_handler_that_ignores_a_stop_is_cut_off_after_the_jobs_grace(server: S
         wait_for("the handler to return", lambda: reported == ["returned"])
     assert done.state == "cancelled" and 0.4 < took < 10, took
     assert baton.get(job.id).state == "cancelled" and baton.get(job.id).result is None
+
+
+def test_a_worker_connects_over_a_local_socket(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    sock = tmp_path / "baton.sock"
+    server = watch(request, Server(tmp_path, socket=sock))
+    try:
+        worker = Worker(f"unix://{sock}")
+        worker.handler("py-socket")(lambda ctx, payload: {"echo": payload})
+        with serving(worker), Client(f"unix://{sock}") as baton:
+            job = baton.submit("py-socket", [1, 2])
+            assert baton.wait(job.id, timeout=30).result == {"echo": [1, 2]}
+    finally:
+        server.kill()

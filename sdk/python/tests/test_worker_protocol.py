@@ -114,4 +114,5 @@ def test_reports_with_a_wrong_job_or_token_or_shape_are_refused_and_change_nothi
         send(ws, b"\x01\x02")
         assert recv(ws)["code"] == "bad_message"
         assert closed(ws)
-        baton.cancel(job.id)
+        wait_for("the second recovery", lambda: baton.get(job.id).raw.get("recoveries") == 2)
+        assert baton.cancel(job.id).state == "cancelled"
