@@ -11,7 +11,7 @@ from typing import List
 import worker_apps
 from baton_client import Client, Worker
 
-from conftest import Server, serving, unique, wait_for
+from conftest import Server, WorkerProcess, serving, unique, wait_for
 
 
 def count(path: Path) -> int:
@@ -108,3 +108,18 @@ def test_a_process_handler_that_cannot_be_pickled_fails_with_a_message(server: S
         done = baton.wait(baton.submit(kind, max_attempts=3).id, timeout=60)
     assert done.state == "failed" and done.attempt == 1 and not ran
     assert done.error is not None and "cannot start the handler's process" in done.error.message
+
+
+def test_a_process_handler_dies_with_a_worker_killed_with_sigkill(
+    own_server: Server, tmp_path: Path, worker_processes: List[WorkerProcess]
+) -> None:
+    counter = tmp_path / "count"
+    worker = WorkerProcess(own_server, tmp_path, "proc-killed", 1)
+    worker_processes.append(worker)
+    with Client(own_server.url) as baton:
+        job = baton.submit("py-busy-process", {"file": str(counter), "until": 100_000}, max_recoveries=0)
+        wait_for("the child counting", lambda: count(counter) >= 3)
+        worker.kill()
+        # The child notices its parent is gone and ends: nothing runs the job twice.
+        wait_for("the child to end", lambda: still(counter, 0.5), timeout=10)
+        wait_for("the crash", lambda: baton.get(job.id).state in ("failed", "crashed", "queued"))

@@ -76,3 +76,6 @@ def checkpoints(ctx: SyncContext, payload: Dict[str, Any]) -> Dict[str, Any]:
 
 def fails(ctx: SyncContext, payload: Dict[str, Any]) -> None:
     raise RuntimeError(f"failed in the child {os.getpid()}")
+
+
+worker.handler("py-busy-process", process=True)(busy)
