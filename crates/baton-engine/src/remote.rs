@@ -585,22 +585,27 @@ async fn attempt(
 ) {
     let id = claimed.job.id.clone();
     let fence = claimed.fence;
-    let parents = if claimed.job.depends_on.is_empty() {
-        BTreeMap::new()
-    } else {
-        match inner.store.dependencies(&id).await {
-            Ok(links) => links
+    // A claimed job does not carry its dependencies: they are read here (as a local
+    // handler's `parent_results` reads them), for the worker's `parents` and the job's
+    // `depends_on`.
+    let mut job = claimed.job.clone();
+    let parents: BTreeMap<String, Link> = match inner.store.dependencies(&id).await {
+        Ok(links) => {
+            if job.depends_on.is_empty() {
+                job.depends_on = links.iter().map(|l| l.job_id.clone()).collect();
+            }
+            links
                 .into_iter()
                 .map(|l| (l.name.clone().unwrap_or_else(|| l.job_id.clone()), l))
-                .collect(),
-            Err(e) => {
-                tracing::warn!(job_id = %id, error = %e, "cannot read the parent results");
-                BTreeMap::new()
-            }
+                .collect()
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %id, error = %e, "cannot read the parent results");
+            BTreeMap::new()
         }
     };
     let handed = worker.to_worker.send(ToWorker::Job {
-        job: Box::new(claimed.job.clone()),
+        job: Box::new(job),
         token: fence,
         checkpoint: claimed.checkpoint.clone(),
         parents,

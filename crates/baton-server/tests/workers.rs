@@ -428,3 +428,36 @@ async fn protocol_misuse_is_refused_with_an_error_that_names_it() {
         .unwrap();
     assert_eq!(w.recv_type("error").await["code"], "bad_message");
 }
+
+#[tokio::test]
+async fn a_workflow_job_on_a_worker_is_handed_its_parents_outcomes_and_dependencies() {
+    let h = harness().await;
+    let addr = serve(&h, Default::default()).await;
+    let mut w = Worker::scraper(addr, 1).await;
+    let (status, flow) = h
+        .call(
+            Method::POST,
+            "/api/workflows",
+            Some(json!({"jobs": {
+                "fetch": {"kind": "scrape"},
+                "parse": {"kind": "scrape", "depends_on": ["fetch"]},
+            }})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{flow}");
+    let fetch = flow["jobs"]["fetch"].as_str().unwrap().to_owned();
+    let got = w.recv_type("job").await;
+    assert_eq!(got["job"]["id"], fetch.as_str());
+    assert_eq!(got["parents"], json!({}));
+    let token = got["token"].as_u64().unwrap();
+    w.send(json!({"op": "complete", "job": fetch, "token": token, "result": {"pages": 3}}))
+        .await;
+
+    let got = w.recv_type("job").await;
+    assert_eq!(got["job"]["id"], flow["jobs"]["parse"]);
+    assert_eq!(got["job"]["depends_on"], json!([fetch]), "{got}");
+    let parent = &got["parents"]["fetch"];
+    assert_eq!(parent["job_id"], fetch.as_str(), "{got}");
+    assert_eq!(parent["state"], "completed");
+    assert_eq!(parent["result"], json!({"pages": 3}));
+}

@@ -4,19 +4,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import signal
 import socket
 import subprocess
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Callable, Iterator, List, Optional
 
 import httpx
 import pytest
 
-from baton_client import Client
+from baton_client import Client, Worker
 
 REPO = Path(__file__).resolve().parents[3]
 BATON_BIN = Path(os.environ.get("BATON_BIN") or REPO / "target" / "debug" / "baton")
@@ -95,9 +99,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     servers: List[Server] = getattr(item, "baton_servers", [])
+    workers: List[Any] = getattr(item, "baton_workers", [])
     if report.failed:
         for server in servers:
             report.sections.append((f"baton serve on port {server.port}", server.output()[-20000:]))
+        for worker in workers:
+            report.sections.append((f"worker {worker.name}", worker.output()[-20000:]))
 
 
 def watch(request: pytest.FixtureRequest, server: Server) -> Server:
@@ -176,3 +183,97 @@ def pytest_report_header() -> str:
 
     package = Path(baton_client.__file__).parent
     return f"baton_client {baton_client.__version__} from {package}; baton from {BATON_BIN}"
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
+    """Waits until `check()` is true; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {timeout} s")
+        time.sleep(0.02)
+
+
+@contextmanager
+def serving(worker: Worker) -> Iterator[Worker]:
+    """Runs `worker` on a thread of this process (its own event loop) until the block
+    ends, then shuts it down and checks that it returned without an error."""
+    errors: List[BaseException] = []
+
+    def main() -> None:
+        try:
+            asyncio.run(worker.arun())
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=main, name=f"worker-{worker.name}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not worker.wait_connected(0.05):
+        if errors:
+            raise errors[0]
+        if time.monotonic() > deadline:
+            pytest.fail("the worker was not welcomed within 15 s")
+    try:
+        yield worker
+    finally:
+        worker.shutdown()
+        thread.join(60)
+    assert not thread.is_alive(), "the worker did not end after shutdown()"
+    if errors:
+        raise errors[0]
+
+
+TESTS = Path(__file__).resolve().parent
+
+
+class WorkerProcess:
+    """`python -m baton_client worker worker_apps:worker` (tests/worker_apps.py) in a
+    process of its own, connected once the server lists it."""
+
+    def __init__(self, server: Server, folder: Path, name: str, concurrency: int = 4, *extra: str) -> None:
+        self.name = name
+        self.server = server
+        self.log = folder / f"{name}.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "baton_client",
+            "worker",
+            "worker_apps:worker",
+            "--url",
+            server.url,
+            "--name",
+            name,
+            "--concurrency",
+            str(concurrency),
+            *extra,
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(cmd, cwd=TESTS, stdout=log, stderr=subprocess.STDOUT)
+        with Client(server.url) as baton:
+            wait_for(f"worker {name} connecting", lambda: self.proc.poll() is not None or self.listed(baton), 30)
+        if self.proc.poll() is not None:
+            pytest.fail(f"worker {name} exited with {self.proc.returncode}:\n{self.output()}")
+
+    def listed(self, baton: Client) -> bool:
+        return any(w.name == self.name for w in baton.workers())
+
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def worker_processes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[List[WorkerProcess]]:
+    """Worker processes a test starts (appending to the list); killed at its end, their
+    output shown when it fails."""
+    started: List[WorkerProcess] = []
+    request.node.baton_workers = started
+    yield started
+    for w in started:
+        w.kill()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generic, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
 from urllib.parse import quote
 
-from .models import Event, Fire, Job, Schedule, Triggered, Workflow, WorkflowSubmitted
+from .models import Event, Fire, Job, Schedule, Triggered, WorkerInfo, Workflow, WorkflowSubmitted
 from .spec import time
 
 T = TypeVar("T")
@@ -120,6 +120,10 @@ def job_events(id: str, after: int) -> Call[List[Event]]:
 def event_position() -> Call[int]:
     """The id of the newest event, from the counts' snapshot."""
     return Call("GET", "/api/stats", lambda d: int(d["event_id"]))
+
+
+def workers() -> Call[List[WorkerInfo]]:
+    return Call("GET", "/api/workers", _items("workers", WorkerInfo.from_dict))
 
 
 # Workflows

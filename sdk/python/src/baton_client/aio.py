@@ -29,7 +29,17 @@ from . import _calls as calls
 from ._stream import Decoder, Position, Retry, retryable
 from .client import DEFAULT_URL, States, connection
 from .errors import BatonConnectionError, BatonError, BatonTimeout, error_for, transport_error
-from .models import TERMINAL_EVENTS, Event, Fire, Job, Schedule, Triggered, Workflow, WorkflowSubmitted
+from .models import (
+    TERMINAL_EVENTS,
+    Event,
+    Fire,
+    Job,
+    Schedule,
+    Triggered,
+    WorkerInfo,
+    Workflow,
+    WorkflowSubmitted,
+)
 from .spec import JobFields, job_spec
 
 T = TypeVar("T")
@@ -149,6 +159,10 @@ class AsyncClient:
         self, after: Optional[int] = None, job: Optional[str] = None, *, reconnect_for: Optional[float] = None
     ) -> AsyncEventStream:
         return AsyncEventStream(self, job=job, after=after, reconnect_for=reconnect_for)
+
+    async def workers(self) -> List[WorkerInfo]:
+        """The remote workers connected now (`GET /api/workers`)."""
+        return await self._run(calls.workers())
 
     # Workflows
 

@@ -27,7 +27,17 @@ from . import __version__
 from . import _calls as calls
 from ._stream import Decoder, Position, Retry, retryable
 from .errors import BatonConnectionError, BatonError, BatonTimeout, error_for, transport_error
-from .models import TERMINAL_EVENTS, Event, Fire, Job, Schedule, Triggered, Workflow, WorkflowSubmitted
+from .models import (
+    TERMINAL_EVENTS,
+    Event,
+    Fire,
+    Job,
+    Schedule,
+    Triggered,
+    WorkerInfo,
+    Workflow,
+    WorkflowSubmitted,
+)
 from .spec import JobFields, job_spec
 
 T = TypeVar("T")
@@ -189,6 +199,10 @@ class Client:
         last one yielded (`Last-Event-ID`); `reconnect_for` is how long to keep trying
         (seconds, None: for ever). The first connection's failure is raised."""
         return EventStream(self, job=job, after=after, reconnect_for=reconnect_for)
+
+    def workers(self) -> List[WorkerInfo]:
+        """The remote workers connected now (`GET /api/workers`)."""
+        return self._run(calls.workers())
 
     # Workflows
 

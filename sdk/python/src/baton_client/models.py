@@ -307,3 +307,59 @@ class Triggered:
             schedule=Schedule.from_dict(d["schedule"]),
             raw=dict(d),
         )
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The outcome of a job another depends on, as a worker receives it: `name` is its
+    local name in the workflow (None outside one), `on` the condition
+    (`completed`, `failed`, `finished`) and `status` whether it is met."""
+
+    job_id: str
+    name: Optional[str]
+    on: str
+    status: str
+    state: str
+    result: Any
+    error: Optional[ErrorInfo]
+    raw: Dict[str, Any] = field(repr=False, compare=False)
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> Parent:
+        return Parent(
+            job_id=d["job_id"],
+            name=d.get("name"),
+            on=d.get("on", "completed"),
+            status=d.get("status", ""),
+            state=d.get("state", ""),
+            result=d.get("result"),
+            error=ErrorInfo.from_dict(d.get("error")),
+            raw=dict(d),
+        )
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """A connected remote worker (`GET /api/workers`): the jobs it runs now in `running`."""
+
+    id: str
+    name: str
+    kinds: List[str]
+    queues: List[str]
+    slots: int
+    running: List[str]
+    connected_at: datetime
+    raw: Dict[str, Any] = field(repr=False, compare=False)
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> WorkerInfo:
+        return WorkerInfo(
+            id=d["id"],
+            name=d.get("name", ""),
+            kinds=list(d.get("kinds") or []),
+            queues=list(d.get("queues") or []),
+            slots=int(d.get("slots", 0)),
+            running=list(d.get("running") or []),
+            connected_at=_time(d["connected_at"]),
+            raw=dict(d),
+        )
