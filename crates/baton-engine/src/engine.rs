@@ -1268,7 +1268,17 @@ impl Inner {
                 error: Some(baton_core::ErrorInfo::new("cancelled", "stopped by a user")),
                 ..Changes::default()
             });
-        let job = self.store.transition(t).await?;
+        let job = match self.store.transition(t).await {
+            Ok(job) => job,
+            Err(e) => {
+                // The attempt ended cancelled meanwhile (its runner, a remote worker or
+                // this server's recovery, got there first): what was asked is done.
+                match self.store.get(id).await {
+                    Ok(Some(job)) if job.state == State::Cancelled => return Ok(job),
+                    _ => return Err(e.into()),
+                }
+            }
+        };
         let handle = {
             let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
             running.get(id).map(|h| h.kill.clone())
