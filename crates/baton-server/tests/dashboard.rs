@@ -558,7 +558,7 @@ async fn a_workflow_is_drawn_and_its_nodes_change_live() {
             Method::POST,
             "/api/workflows",
             Some(json!({"id": "nightly", "jobs": {
-                "fetch": {"kind": "command", "command": ["sleep", "1"]},
+                "fetch": {"kind": "command", "command": ["sleep", "3"]},
                 "parse": {"kind": "command", "command": ["sleep", "1"], "depends_on": ["fetch"]},
                 "side": {"kind": "echo", "depends_on": ["fetch"]},
                 "report": {"kind": "echo", "depends_on": ["parse", "side"]}
@@ -589,6 +589,8 @@ async fn a_workflow_is_drawn_and_its_nodes_change_live() {
     assert_eq!(rows["parse"], rows["side"], "{rows}");
     assert!(rows["side"].as_f64() < rows["report"].as_f64(), "{rows}");
     let report = made["jobs"]["report"].as_str().unwrap().to_owned();
+    // `fetch` runs for 3 s: long enough for the page to be seen with it running when
+    // the browser starts slowly on a busy machine.
     let running = browser
         .wait_for(
             "a node running",
