@@ -589,27 +589,34 @@ async fn attempt(
     // handler's `parent_results` reads them), for the worker's `parents` and the job's
     // `depends_on`.
     let mut job = claimed.job.clone();
-    let parents: BTreeMap<String, Link> = match inner.store.dependencies(&id).await {
-        Ok(links) => {
-            if job.depends_on.is_empty() {
-                job.depends_on = links.iter().map(|l| l.job_id.clone()).collect();
+    // A job whose parents' results cannot be read is not handed over without them:
+    // the attempt fails (and is retried while attempts remain), saying why.
+    let parents: std::result::Result<BTreeMap<String, Link>, String> =
+        match inner.store.dependencies(&id).await {
+            Ok(links) => {
+                if job.depends_on.is_empty() {
+                    job.depends_on = links.iter().map(|l| l.job_id.clone()).collect();
+                }
+                Ok(links
+                    .into_iter()
+                    .map(|l| (l.name.clone().unwrap_or_else(|| l.job_id.clone()), l))
+                    .collect())
             }
-            links
-                .into_iter()
-                .map(|l| (l.name.clone().unwrap_or_else(|| l.job_id.clone()), l))
-                .collect()
-        }
-        Err(e) => {
-            tracing::warn!(job_id = %id, error = %e, "cannot read the parent results");
-            BTreeMap::new()
-        }
+            Err(e) => Err(format!("cannot read the parent results: {e}")),
+        };
+    let unread = parents.as_ref().err().cloned();
+    let handed = match parents {
+        Ok(parents) => worker
+            .to_worker
+            .send(ToWorker::Job {
+                job: Box::new(job),
+                token: fence,
+                checkpoint: claimed.checkpoint.clone(),
+                parents,
+            })
+            .is_ok(),
+        Err(_) => true,
     };
-    let handed = worker.to_worker.send(ToWorker::Job {
-        job: Box::new(job),
-        token: fence,
-        checkpoint: claimed.checkpoint.clone(),
-        parents,
-    });
     let send = |action, force| {
         let _ = worker.to_worker.send(ToWorker::Control {
             job: id.clone(),
@@ -627,7 +634,9 @@ async fn attempt(
         }
     };
     tokio::pin!(deadline);
-    let ended = if handed.is_err() {
+    let ended = if let Some(why) = unread {
+        Ended::Outcome(Outcome::Done(Err(JobError::new(why))), None)
+    } else if !handed {
         Ended::Lost
     } else {
         loop {
