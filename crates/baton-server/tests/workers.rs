@@ -24,17 +24,22 @@ struct Worker {
 }
 
 impl Worker {
-    async fn connect(addr: std::net::SocketAddr, hello: Value) -> Worker {
+    /// A connection whose first message is `first`, before any answer is read.
+    async fn open(addr: std::net::SocketAddr, first: Value) -> Worker {
         let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/workers/ws"))
             .await
             .expect("connect");
-        ws.send(Message::Text(hello.to_string().into()))
+        ws.send(Message::Text(first.to_string().into()))
             .await
             .unwrap();
-        let mut w = Worker {
+        Worker {
             ws,
             id: String::new(),
-        };
+        }
+    }
+
+    async fn connect(addr: std::net::SocketAddr, hello: Value) -> Worker {
+        let mut w = Worker::open(addr, hello).await;
         let welcome = w.recv().await;
         assert_eq!(welcome["type"], "welcome", "{welcome}");
         w.id = welcome["worker"].as_str().unwrap().to_owned();
@@ -326,19 +331,9 @@ async fn a_dropped_workers_job_resumes_from_its_checkpoint_on_another_and_late_r
 async fn protocol_misuse_is_refused_with_an_error_that_names_it() {
     let h = harness().await;
     let addr = serve(&h, Default::default()).await;
-    let url = format!("ws://{addr}/api/workers/ws");
 
     // No hello first.
-    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-    ws.send(Message::Text(
-        json!({"op": "ready", "slots": 2}).to_string().into(),
-    ))
-    .await
-    .unwrap();
-    let mut w = Worker {
-        ws,
-        id: String::new(),
-    };
+    let mut w = Worker::open(addr, json!({"op": "ready", "slots": 2})).await;
     let e = w.recv().await;
     assert_eq!(e["code"], "bad_message");
     assert!(e["message"].as_str().unwrap().contains("hello"), "{e}");
@@ -356,14 +351,7 @@ async fn protocol_misuse_is_refused_with_an_error_that_names_it() {
             "slots",
         ),
     ] {
-        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
-        ws.send(Message::Text(hello.to_string().into()))
-            .await
-            .unwrap();
-        let mut w = Worker {
-            ws,
-            id: String::new(),
-        };
+        let mut w = Worker::open(addr, hello).await;
         let e = w.recv().await;
         assert_eq!(e["code"], "invalid_hello", "{e}");
         assert!(e["message"].as_str().unwrap().contains(says), "{e}");
