@@ -159,17 +159,17 @@ pub(crate) struct QueueState {
 }
 
 #[derive(Default)]
-struct PendingOutcomes {
-    list: Vec<PendingOutcome>,
+pub(crate) struct PendingOutcomes {
+    pub(crate) list: Vec<PendingOutcome>,
     /// Set when the dispatcher has stopped (shutdown): outcomes are written directly.
-    closed: bool,
+    pub(crate) closed: bool,
 }
 
-struct PendingOutcome {
-    transitions: Arc<[Transition]>,
+pub(crate) struct PendingOutcome {
+    pub(crate) transitions: Arc<[Transition]>,
     /// Told the outcome's result once written. A result that ends the attempt (written,
     /// or refused for good) also freed the slot: the dispatcher gave it to a new job.
-    reply: tokio::sync::oneshot::Sender<std::result::Result<(), baton_store::Error>>,
+    pub(crate) reply: tokio::sync::oneshot::Sender<std::result::Result<(), baton_store::Error>>,
 }
 
 impl QueueState {
@@ -1586,7 +1586,7 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
     if !inner.abandoning.is_cancelled() && !dropped {
         let intent = *ctl_tx.borrow();
         let (transitions, requeued) = outcome_of(&inner, &claimed, intent, outcome);
-        let written = match hand_over(&queue, transitions.clone()).await {
+        let written = match hand_over(&queue.outcomes, &queue.wake, transitions.clone()).await {
             Some(Ok(())) => {
                 freed = true;
                 Ok(())
@@ -1626,19 +1626,20 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
 
 /// Gives an outcome to the queue's dispatcher, to be written with its next claim, and
 /// waits for its result; `None` when the dispatcher has stopped or dropped it.
-async fn hand_over(
-    queue: &QueueState,
+pub(crate) async fn hand_over(
+    outcomes: &Mutex<PendingOutcomes>,
+    wake: &Notify,
     transitions: Arc<[Transition]>,
 ) -> Option<std::result::Result<(), baton_store::Error>> {
     let (reply, result) = tokio::sync::oneshot::channel();
     {
-        let mut p = queue.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = outcomes.lock().unwrap_or_else(|e| e.into_inner());
         if p.closed {
             return None;
         }
         p.list.push(PendingOutcome { transitions, reply });
     }
-    queue.wake.notify_one();
+    wake.notify_one();
     result.await.ok()
 }
 

@@ -23,7 +23,9 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::context::JobError;
-use crate::engine::{Inner, Outcome, Outcomes, Run, outcome_of, register_attempt};
+use crate::engine::{
+    Inner, Outcome, Outcomes, PendingOutcomes, Run, hand_over, outcome_of, register_attempt,
+};
 use crate::run::Ctl;
 use crate::{Engine, Error, Recovery, Result};
 
@@ -170,6 +172,9 @@ struct Worker {
     to_worker: mpsc::UnboundedSender<ToWorker>,
     wake: Notify,
     closed: CancellationToken,
+    /// Outcomes of attempts the worker finished, waiting for its dispatcher to write
+    /// them together with the claim that refills their slots.
+    outcomes: Mutex<PendingOutcomes>,
 }
 
 impl Worker {
@@ -325,6 +330,7 @@ impl Engine {
             to_worker: tx,
             wake: Notify::new(),
             closed: CancellationToken::new(),
+            outcomes: Mutex::default(),
         });
         inner
             .remote
@@ -483,63 +489,141 @@ async fn lost(inner: Arc<Inner>, worker: Arc<Worker>) {
     }
 }
 
-/// Claims jobs for a worker while it has free slots.
+/// A worker's dispatcher: writes the outcomes of the attempts it finished together with
+/// the claim that refills their slots (one write frees a slot and fills it again, as a
+/// queue's dispatcher does for local handlers), and claims jobs of its kinds from its
+/// queues while it has free slots.
 async fn dispatch(inner: Arc<Inner>, worker: Arc<Worker>) {
     let kinds = Some(worker.kinds.clone());
     loop {
         if worker.closed.is_cancelled() || inner.shutdown.is_cancelled() {
+            // The outcomes still waiting, and those that come later, are written by
+            // their attempts' tasks.
+            let mut p = worker.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+            p.closed = true;
+            p.list.clear();
             return;
         }
+        let mut pending = std::mem::take(
+            &mut worker
+                .outcomes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .list,
+        );
+        // Slots held by attempts whose outcomes are pending count as taken: the store
+        // hands each one that the write ends back to the claim.
         let mut free = worker
             .slots
             .load(Ordering::SeqCst)
             .saturating_sub(worker.held_count());
+        let claim = inner.is_healthy();
         let mut started = 0;
-        if free > 0 && inner.is_healthy() {
-            for queue in &worker.queues {
-                if free == 0 {
-                    break;
-                }
-                if inner.queue_paused(queue) {
-                    continue;
-                }
-                let claiming = inner.claiming();
-                let claimed = inner
-                    .store
-                    .claim(ClaimRequest {
+        let mut failed = false;
+        for queue in &worker.queues {
+            let claim_here = claim && !inner.queue_paused(queue);
+            if pending.is_empty() && (free == 0 || !claim_here) {
+                continue;
+            }
+            let outcomes: Vec<_> = pending.iter().map(|p| p.transitions.clone()).collect();
+            let claiming = claim_here.then(|| inner.claiming());
+            let settled = inner
+                .store
+                .settle(baton_store::Settle {
+                    outcomes,
+                    claim: claim_here.then(|| ClaimRequest {
                         queue: queue.clone(),
                         limit: free,
                         server_id: inner.server_id().to_owned(),
                         now: inner.clock.now(),
                         kinds: kinds.clone(),
-                    })
-                    .await;
-                match claimed {
-                    Ok(claimed) => {
-                        for c in claimed {
-                            free = free.saturating_sub(1);
-                            started += 1;
-                            start(&inner, &worker, c);
-                        }
+                    }),
+                })
+                .await;
+            drop(claiming);
+            match settled {
+                Ok(settled) => {
+                    let freed = settled.freed();
+                    for (p, result) in pending.drain(..).zip(settled.outcomes) {
+                        let _ = p.reply.send(result);
                     }
-                    Err(e) => {
-                        tracing::error!(worker = %worker.id, queue = %queue, error = %e,
-                            "cannot claim jobs for a worker; retrying");
-                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    if claim_here {
+                        free += freed;
+                    }
+                    for c in settled.claimed {
+                        free = free.saturating_sub(1);
+                        started += 1;
+                        start(&inner, &worker, c);
                     }
                 }
-                drop(claiming);
+                Err(e) => {
+                    // The outcomes' tasks write them on their own, retrying.
+                    for p in pending.drain(..) {
+                        let _ = p.reply.send(Err(e.clone()));
+                    }
+                    tracing::error!(worker = %worker.id, queue = %queue, error = %e,
+                        "cannot claim jobs for a worker; retrying");
+                    failed = true;
+                    break;
+                }
             }
         }
-        if started > 0 && free > 0 {
-            // More may be ready.
+        if !pending.is_empty() {
+            // No queue took a claim (all paused, or the store unhealthy): the outcomes
+            // are written alone.
+            let outcomes: Vec<_> = pending.iter().map(|p| p.transitions.clone()).collect();
+            let written = inner
+                .store
+                .settle(baton_store::Settle {
+                    outcomes,
+                    claim: None,
+                })
+                .await;
+            match written {
+                Ok(settled) => {
+                    for (p, result) in pending.drain(..).zip(settled.outcomes) {
+                        let _ = p.reply.send(result);
+                    }
+                }
+                Err(e) => {
+                    for p in pending.drain(..) {
+                        let _ = p.reply.send(Err(e.clone()));
+                    }
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = worker.closed.cancelled() => {}
+                _ = inner.shutdown.cancelled() => {}
+            }
+            continue;
+        }
+        if started > 0 {
+            // Let the attempts just handed over report first: those that end at once
+            // join the next write together, rather than split over two.
+            tokio::task::yield_now().await;
+            if free > 0 {
+                // More may be ready.
+                continue;
+            }
+        }
+        if !worker
+            .outcomes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .list
+            .is_empty()
+        {
             continue;
         }
         tokio::select! {
             _ = worker.wake.notified() => {}
             _ = tokio::time::sleep(POLL) => {}
-            _ = worker.closed.cancelled() => return,
-            _ = inner.shutdown.cancelled() => return,
+            _ = worker.closed.cancelled() => {}
+            _ = inner.shutdown.cancelled() => {}
         }
     }
 }
@@ -688,18 +772,31 @@ async fn attempt(
     {
         let intent = *run.ctl_tx.borrow();
         let (transitions, requeued) = outcome_of(&inner, &claimed, intent, outcome);
-        let written = Outcomes { inner: &inner }.record_all(&transitions).await;
+        // Written by the worker's dispatcher with its next claim; by this task, retrying,
+        // when the dispatcher has stopped or the write failed for a reason that may pass.
+        let written = match hand_over(&worker.outcomes, &worker.wake, transitions.clone()).await {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) if e.is_refusal() => Err(e.into()),
+            failed => {
+                if let Some(Err(e)) = failed {
+                    tracing::warn!(job_id = %id, error = %e,
+                        "cannot record the job's outcome; retrying");
+                }
+                Outcomes { inner: &inner }.record_all(&transitions).await
+            }
+        };
         if let (Ok(()), Some((to, run_at))) = (&written, requeued) {
             inner.job_is(to, &claimed.job.queue, run_at);
         }
         if let Some(reply) = reply {
             let _ = reply.send(written.map_err(|e| refusal(&id, fence, e)));
         }
-        let mut held = worker.held.lock().unwrap_or_else(|e| e.into_inner());
-        if held.get(&id).is_some_and(|h| h.fence == fence) {
-            held.remove(&id);
-        }
     }
+    let mut held = worker.held.lock().unwrap_or_else(|e| e.into_inner());
+    if held.get(&id).is_some_and(|h| h.fence == fence) {
+        held.remove(&id);
+    }
+    drop(held);
     // A slot is free.
     worker.wake.notify_one();
 }

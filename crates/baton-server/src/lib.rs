@@ -17,7 +17,7 @@ mod resources;
 mod schedules;
 mod workers;
 mod workflows;
-pub use workers::MAX_MESSAGE as MAX_WORKER_MESSAGE;
+pub use workers::{HEARTBEAT as DEFAULT_WORKER_HEARTBEAT, MAX_MESSAGE as MAX_WORKER_MESSAGE};
 mod ws;
 
 use std::sync::Arc;
@@ -74,6 +74,9 @@ pub struct ServerOptions {
     /// The longest an SSE stream stays silent: an idle stream gets a comment line
     /// (`:`) after between half this and this, so that proxies keep it open.
     pub sse_keep_alive: Duration,
+    /// How often a remote worker is pinged; one silent for three of these loses its
+    /// attempts (default [`DEFAULT_WORKER_HEARTBEAT`]).
+    pub worker_heartbeat: Duration,
 }
 
 /// The dashboard's default for [`ServerOptions::stalled_after`].
@@ -98,6 +101,7 @@ impl Default for ServerOptions {
             bulk_limit: DEFAULT_BULK_LIMIT,
             stalled_after: DEFAULT_STALLED_AFTER,
             sse_keep_alive: DEFAULT_SSE_KEEP_ALIVE,
+            worker_heartbeat: DEFAULT_WORKER_HEARTBEAT,
         }
     }
 }
@@ -115,6 +119,7 @@ pub struct AppState {
     pub(crate) body_timeout: Duration,
     pub(crate) bulk_limit: usize,
     pub(crate) stalled_after: Duration,
+    pub(crate) worker_heartbeat: Duration,
     pub(crate) ready: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -146,6 +151,7 @@ impl AppState {
             body_timeout: options.body_timeout,
             bulk_limit: options.bulk_limit.max(1),
             stalled_after: options.stalled_after,
+            worker_heartbeat: options.worker_heartbeat,
             ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         })
     }

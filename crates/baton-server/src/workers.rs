@@ -28,7 +28,8 @@ use axum::Json;
 
 /// The largest message a worker may send (a checkpoint or a result included).
 pub const MAX_MESSAGE: usize = 1 << 20;
-/// How often the server pings a worker; one silent for three of these is gone.
+/// How often the server pings a worker by default; one silent for three of these is
+/// gone ([`crate::ServerOptions::worker_heartbeat`]).
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// How long a new connection has to say hello.
 const HELLO_WITHIN: Duration = Duration::from_secs(10);
@@ -274,14 +275,15 @@ async fn session(s: AppState, mut socket: WebSocket) {
     let welcome = json!({
         "type": "welcome",
         "worker": worker.id(),
-        "heartbeat": baton_core::duration::format(HEARTBEAT),
+        "heartbeat": baton_core::duration::format(s.worker_heartbeat),
         "max_message": MAX_MESSAGE,
     });
     if !send(&mut socket, &welcome).await {
         return;
     }
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
-    let mut ping = tokio::time::interval(HEARTBEAT);
+    let heartbeat = s.worker_heartbeat;
+    let mut ping = tokio::time::interval(heartbeat);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = tokio::time::Instant::now();
     loop {
@@ -322,7 +324,7 @@ async fn session(s: AppState, mut socket: WebSocket) {
                 }
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() > HEARTBEAT * 3 {
+                if last_heard.elapsed() > heartbeat * 3 {
                     send(&mut socket, &error("heartbeat_missed",
                         "nothing heard from this worker for three heartbeats; its jobs are recovered")).await;
                     close(&mut socket, 1008, "heartbeat missed").await;

@@ -9,7 +9,8 @@ mod common;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use common::{Harness, harness, serve};
+use baton_server::ServerOptions;
+use common::{Harness, harness, harness_with, serve};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -325,6 +326,77 @@ async fn a_dropped_workers_job_resumes_from_its_checkpoint_on_another_and_late_r
         .await;
     let done = wait_state(&h, &id, "completed").await;
     assert_eq!(done["result"], json!({"from": 40}));
+}
+
+#[tokio::test]
+async fn a_worker_that_stops_answering_loses_its_job_after_three_heartbeats() {
+    let beat = Duration::from_millis(200);
+    let h = harness_with(ServerOptions {
+        worker_heartbeat: beat,
+        ..Default::default()
+    })
+    .await;
+    let addr = serve(&h, Default::default()).await;
+    let mut hung = Worker::scraper(addr, 1).await;
+    let id = submit(&h, json!({"kind": "scrape", "max_recoveries": 3})).await;
+    let token = hung.recv_type("job").await["token"].as_u64().unwrap();
+    hung.send(json!({"op": "checkpoint", "job": id, "token": token, "data": {"cursor": 7}}))
+        .await;
+    hung.recv_type("ack").await;
+    // The worker hangs: it reads nothing, so it answers no ping. Its connection stays
+    // open, yet after three heartbeats its job is recovered for another worker.
+    let hung_at = std::time::Instant::now();
+    let mut other = Worker::scraper(addr, 1).await;
+    let got = other.recv_type("job").await;
+    let lost_after = hung_at.elapsed();
+    assert_eq!(got["job"]["id"], id.as_str());
+    assert_eq!(got["checkpoint"], json!({"cursor": 7}), "{got}");
+    assert!(
+        lost_after >= beat * 3 && lost_after < beat * 3 + Duration::from_secs(3),
+        "recovered after {lost_after:?} with a {beat:?} heartbeat"
+    );
+    let (_, events) = h
+        .call(Method::GET, &format!("/api/jobs/{id}/events"), None)
+        .await;
+    let crashed = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "job.crashed")
+        .unwrap_or_else(|| panic!("no job.crashed: {events}"));
+    assert!(
+        crashed.to_string().contains(&hung.id),
+        "the crash names the worker: {crashed}"
+    );
+
+    // The server closed the hung worker's socket, after telling it why: reading again,
+    // it finds the error and the close, or (its library first flushing the pongs it
+    // owes) a broken pipe.
+    let mut heard = Vec::new();
+    while let Some(Ok(msg)) = tokio::time::timeout(Duration::from_secs(5), hung.ws.next())
+        .await
+        .expect("the hung worker's socket ends")
+    {
+        if let Message::Text(t) = msg {
+            heard.push(t.to_string());
+        }
+    }
+    assert!(
+        heard.iter().all(|t| !t.contains("\"type\":\"job\"")),
+        "no job for the hung worker: {heard:?}"
+    );
+    assert!(
+        heard.is_empty() || heard.iter().any(|t| t.contains("heartbeat_missed")),
+        "{heard:?}"
+    );
+    // Its late outcome never lands: the job stays the other worker's.
+    let (_, workers) = h.call(Method::GET, "/api/workers", None).await;
+    assert_eq!(workers["workers"].as_array().unwrap().len(), 1, "{workers}");
+    assert_eq!(workers["workers"][0]["id"], other.id.as_str());
+    other
+        .send(json!({"op": "complete", "job": id, "token": got["token"], "result": "done"}))
+        .await;
+    assert_eq!(wait_state(&h, &id, "completed").await["result"], "done");
 }
 
 #[tokio::test]

@@ -1,6 +1,7 @@
-//! A store that fails chosen writes: it wraps a real store and answers the next N
-//! writes of an attempt's outcome (a fenced move to a terminal state) with an error,
-//! as a full disk or a failing device would, without writing anything.
+//! A store that fails chosen writes and reads: it wraps a real store and answers the
+//! next N writes of an attempt's outcome (a fenced move to a terminal state), or the
+//! next N reads of a job's dependencies, with an error, as a full disk or a failing
+//! device would, without writing anything.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -18,6 +19,8 @@ pub struct FlakyStore {
     error: Mutex<Error>,
     /// Outcome writes refused so far.
     pub refused: AtomicU32,
+    /// Reads of dependencies still to fail.
+    fail_dependencies: AtomicU32,
 }
 
 impl FlakyStore {
@@ -27,6 +30,7 @@ impl FlakyStore {
             fail: AtomicU32::new(0),
             error: Mutex::new(Error::Internal("disk I/O error".into())),
             refused: AtomicU32::new(0),
+            fail_dependencies: AtomicU32::new(0),
         })
     }
 
@@ -34,6 +38,12 @@ impl FlakyStore {
     pub async fn fail_outcomes(&self, n: u32, error: Error) {
         *self.error.lock().await = error;
         self.fail.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` reads of a job's dependencies fail with an I/O error.
+    #[allow(dead_code)] // not every test binary that includes this file uses it
+    pub fn fail_dependency_reads(&self, n: u32) {
+        self.fail_dependencies.store(n, Ordering::SeqCst);
     }
 
     async fn check(&self, t: &Transition) -> Result<()> {
@@ -235,6 +245,13 @@ impl Store for FlakyStore {
         self.inner.throughput(span, since).await
     }
     async fn dependencies(&self, job_id: &str) -> Result<Vec<Link>> {
+        if self
+            .fail_dependencies
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::Internal("disk I/O error".into()));
+        }
         self.inner.dependencies(job_id).await
     }
     async fn dependents(&self, job_id: &str) -> Result<Vec<Link>> {
