@@ -366,7 +366,7 @@ def test_a_worker_reconnects_after_its_server_restarts_and_its_lost_attempt_runs
 
     @worker.handler(kind)
     def run(ctx: SyncContext, payload: Dict[str, float]) -> Dict[str, int]:
-        runs.append(ctx.job.raw["recoveries"])
+        runs.append(ctx.job.recoveries)
         try:
             started = time.monotonic()
             while time.monotonic() - started < payload["seconds"]:
@@ -375,7 +375,7 @@ def test_a_worker_reconnects_after_its_server_restarts_and_its_lost_attempt_runs
         except Stopped:
             lost.append(f"run {len(runs)}")
             raise
-        return {"recoveries": ctx.job.raw["recoveries"]}
+        return {"recoveries": ctx.job.recoveries}
 
     with serving(worker), Client(own_server.url) as baton:
         first_id = worker.worker_id

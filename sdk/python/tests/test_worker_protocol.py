@@ -104,7 +104,7 @@ def test_reports_with_a_wrong_job_or_token_or_shape_are_refused_and_change_nothi
         e = recv(ws)
         assert e["code"] == "too_large", e
         assert closed(ws)
-        wait_for("the recovery", lambda: baton.get(job.id).raw.get("recoveries") == 1)
+        wait_for("the recovery", lambda: baton.get(job.id).recoveries == 1)
 
     # The next worker gets the job with its checkpoint; a binary frame is refused.
     with connect(ws_url(server)) as ws, Client(server.url) as baton:
@@ -114,5 +114,5 @@ def test_reports_with_a_wrong_job_or_token_or_shape_are_refused_and_change_nothi
         send(ws, b"\x01\x02")
         assert recv(ws)["code"] == "bad_message"
         assert closed(ws)
-        wait_for("the second recovery", lambda: baton.get(job.id).raw.get("recoveries") == 2)
+        wait_for("the second recovery", lambda: baton.get(job.id).recoveries == 2)
         assert baton.cancel(job.id).state == "cancelled"

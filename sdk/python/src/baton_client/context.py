@@ -58,7 +58,7 @@ class _Base:
     @property
     def attempt(self) -> int:
         """Which attempt this is, from 1: a retry after a failure counts, a recovery
-        after a crash (`job.raw["recoveries"]`) does not."""
+        after a crash (`job.recoveries`) does not."""
         return self._job.attempt
 
     @property

@@ -60,6 +60,10 @@ class Job:
     step: Optional[str]
     attempt: int
     max_attempts: int
+    # Times a crash (of the server or of the worker that held it) sent the job back to
+    # its queue, and the most it may; a recovery does not count as an attempt.
+    recoveries: int
+    max_recoveries: int
     labels: Dict[str, str]
     depends_on: List[str]
     workflow_id: Optional[str]
@@ -94,6 +98,8 @@ class Job:
             step=d.get("step"),
             attempt=d.get("attempt", 0),
             max_attempts=d.get("max_attempts", 0),
+            recoveries=d.get("recoveries", 0),
+            max_recoveries=d.get("max_recoveries", 0),
             labels=dict(d.get("labels") or {}),
             depends_on=list(d.get("depends_on") or []),
             workflow_id=d.get("workflow_id"),
