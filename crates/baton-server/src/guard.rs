@@ -290,20 +290,32 @@ pub async fn middleware(State(s): State<AppState>, req: Request, next: Next) -> 
         return next.run(req).await;
     }
     let guard = &s.guard;
-    let host = match req.headers().get(header::HOST) {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let (first, second) = (hosts.next(), hosts.next());
+    if second.is_some() {
+        // Which one counts would be a guess (RFC 9112 answers 400 as well).
+        return ApiError::bad_request("the request has more than one Host header").into_response();
+    }
+    // HTTP/2 carries the authority in the URI, and so does an HTTP/1 request to an
+    // absolute URI (`POST http://name/api/jobs`), whose authority, not its Host header,
+    // names the server it is for (RFC 9112 section 3.2.2): both are checked.
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().rsplit('@').next().unwrap_or_default().to_owned());
+    let host = match first {
         Some(v) => match v.to_str() {
             Ok(v) => Some(v.to_owned()),
             Err(_) => return ApiError::bad_request("the Host header is not text").into_response(),
         },
-        // HTTP/2 carries the authority in the URI.
-        None => req.uri().authority().map(|a| a.as_str().to_owned()),
+        None => authority.clone(),
     };
-    if let Some(host) = &host {
-        let local = req
-            .extensions()
-            .get::<ConnectInfo<Peer>>()
-            .and_then(|c| c.0.local)
-            .map(|a| a.ip());
+    let local = req
+        .extensions()
+        .get::<ConnectInfo<Peer>>()
+        .and_then(|c| c.0.local)
+        .map(|a| a.ip());
+    for host in host.iter().chain(authority.iter()) {
         if !guard.host_allowed(host, local) {
             return ApiError::forbidden(format!(
                 "host {host:?} is not allowed: this server answers only to loopback names and addresses, the address it listens on, and the names in allowed_hosts (set allowed_hosts in baton.toml, BATON_ALLOWED_HOSTS or --allowed-host to reach it by this name; with a wildcard listen address every name must be listed); this guards against DNS rebinding"

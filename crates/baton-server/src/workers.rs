@@ -71,7 +71,7 @@ pub async fn upgrade(
     // with an error that says so rather than a dropped connection.
     ws.max_message_size(MAX_MESSAGE * 4)
         .max_frame_size(MAX_MESSAGE * 4)
-        .on_upgrade(move |socket| session(s, socket))
+        .on_upgrade(move |socket| session(s, caller, socket))
 }
 
 /// A message from a worker.
@@ -259,10 +259,22 @@ async fn hello(socket: &mut WebSocket) -> Option<WorkerHello> {
 /// for a checkpoint) or an `error`.
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Option<Value>> + Send>>;
 
-async fn session(s: AppState, mut socket: WebSocket) {
+async fn session(s: AppState, caller: Caller, mut socket: WebSocket) {
     let Some(hello) = hello(&mut socket).await else {
         return;
     };
+    // A token narrowed to some queues serves only those: a worker is handed its jobs'
+    // payloads and writes their outcomes, which that token may not do to other queues.
+    if let Some(Err(e)) = hello
+        .queues
+        .iter()
+        .map(|q| caller.check_queue(q))
+        .find(Result::is_err)
+    {
+        send(&mut socket, &error("invalid_hello", e.message)).await;
+        close(&mut socket, 1008, "invalid hello").await;
+        return;
+    }
     let (worker, mut jobs) = match s.engine.connect_worker(hello) {
         Ok(pair) => pair,
         Err(e) => {

@@ -15,6 +15,11 @@ use crate::error::ApiError;
 use crate::events::{Feed, Filter, Next, Start};
 use crate::limit::StreamPermit;
 
+/// The largest message a client may send: commands are a few hundred bytes. Without a
+/// bound of its own the library holds up to 64 MiB per socket, so a client with a
+/// viewer's token could exhaust memory through a few hundred sockets.
+const MAX_MESSAGE: usize = 64 * 1024;
+
 pub async fn upgrade(
     State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -23,10 +28,14 @@ pub async fn upgrade(
 ) -> Response {
     // The session holds its stream permit (crate::limit) until the socket closes.
     let permit = permit.and_then(|Extension(p)| p.take());
-    ws.on_upgrade(move |socket| async move {
-        session(s, caller, socket).await;
-        drop(permit);
-    })
+    // The library's limit is above ours, so that a message a little over it is answered
+    // with an error that says so; past the library's, the socket is closed.
+    ws.max_message_size(MAX_MESSAGE * 4)
+        .max_frame_size(MAX_MESSAGE * 4)
+        .on_upgrade(move |socket| async move {
+            session(s, caller, socket).await;
+            drop(permit);
+        })
 }
 
 /// What the socket follows.
@@ -59,6 +68,16 @@ async fn session(s: AppState, caller: Caller, mut socket: WebSocket) {
         tokio::select! {
             msg = socket.recv() => {
                 let text = match msg {
+                    Some(Ok(Message::Text(t))) if t.len() > MAX_MESSAGE => {
+                        let error = ErrorDetail::new("too_large", format!(
+                            "a message of {} bytes is more than the {MAX_MESSAGE} bytes this socket takes",
+                            t.len()
+                        ));
+                        if send(&mut socket, &WsMessage::Error { error }).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
                     Some(Ok(_)) => continue,

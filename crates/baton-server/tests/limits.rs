@@ -1,6 +1,7 @@
 //! Back-pressure at the door, over real HTTP: the bound on requests in progress and the
 //! separate bound on open streams each answer 503 with `Retry-After` once reached,
-//! without one starving the other; probes answer under load.
+//! without one starving the other; probes answer under load. The control socket bounds
+//! the size of a message.
 
 mod common;
 
@@ -259,4 +260,65 @@ async fn a_body_that_does_not_arrive_in_time_is_answered_408_and_frees_its_place
     assert_eq!(status, 200, "{text}");
     let (_, jobs) = h.call(axum::http::Method::GET, "/api/jobs", None).await;
     assert_eq!(jobs["jobs"], serde_json::json!([]));
+}
+
+#[tokio::test]
+async fn the_control_socket_refuses_a_large_message_and_closes_on_a_huge_one() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let h = harness_with(ServerOptions::default()).await;
+    let addr = serve(&h, ServerOptions::default()).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/ws"))
+        .await
+        .unwrap();
+
+    // Over 64 KiB: an error that says so; the socket still takes commands.
+    let big = format!(
+        r#"{{"op": "subscribe", "job": "{}"}}"#,
+        "j".repeat(100 * 1024)
+    );
+    ws.send(Message::Text(big.into())).await.unwrap();
+    let answer = recv(&mut ws).await.expect("an answer");
+    assert_eq!(answer["error"]["code"], "too_large", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is more than the 65536 bytes this socket takes"),
+        "{answer}"
+    );
+    ws.send(Message::Text(r#"{"op": "subscribe"}"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        recv(&mut ws).await.expect("an answer")["type"],
+        "subscribed"
+    );
+
+    // Far over it (here 8 MiB): the connection is closed before the message is held.
+    let huge = "x".repeat(8 << 20);
+    let _ = ws.send(Message::Text(huge.into())).await;
+    assert!(recv(&mut ws).await.is_none(), "the socket is still open");
+    let (status, _, _) = call(addr, "GET", "/readyz").await;
+    assert_eq!(status, 200);
+}
+
+/// The next JSON message of a socket, or `None` once it is closed.
+async fn recv(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Option<Value> {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("an answer within 10 s");
+        match msg {
+            Some(Ok(Message::Text(t))) => return Some(serde_json::from_str(&t).unwrap()),
+            Some(Ok(Message::Close(_)) | Err(_)) | None => return None,
+            Some(Ok(_)) => continue,
+        }
+    }
 }

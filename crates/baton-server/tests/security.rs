@@ -75,9 +75,43 @@ async fn a_forged_host_is_refused_and_runs_nothing() {
         let (status, _) = http(addr, &format!("GET /api/jobs HTTP/1.1\nHost: {host}"), "").await;
         assert_eq!(status, 403, "{host}");
     }
+    // Not from a browser, but the same request by other means: an absolute URI names
+    // the server it is for whatever the Host header says, and two Host headers are one
+    // too many.
+    let (status, answer) = http(
+        addr,
+        &format!(
+            "POST http://attacker.example:{port}/api/jobs HTTP/1.1\nHost: localhost:{port}\nContent-Type: application/json"
+        ),
+        &job,
+    )
+    .await;
+    assert_eq!(status, 403, "{answer}");
+    assert!(answer.contains("host \\\"attacker.example"), "{answer}");
+    for hosts in [
+        format!("Host: localhost:{port}\nHost: attacker.example"),
+        format!("Host: attacker.example\nHost: localhost:{port}"),
+    ] {
+        let (status, answer) = http(
+            addr,
+            &format!("POST /api/jobs HTTP/1.1\n{hosts}\nContent-Type: application/json"),
+            &job,
+        )
+        .await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(answer.contains("more than one Host header"), "{answer}");
+    }
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!file.exists(), "a refused job ran");
     assert_eq!(job_count(&h).await, 0, "a refused job was created");
+    // An absolute URI to a loopback name is served like any request.
+    let (status, answer) = http(
+        addr,
+        &format!("GET http://localhost:{port}/api/jobs HTTP/1.1\nHost: localhost:{port}"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
 
     // Probes answer whatever the name.
     let (status, _) = http(addr, "GET /healthz HTTP/1.1\nHost: lb.internal", "").await;

@@ -27,7 +27,21 @@ struct Worker {
 impl Worker {
     /// A connection whose first message is `first`, before any answer is read.
     async fn open(addr: std::net::SocketAddr, first: Value) -> Worker {
-        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/api/workers/ws"))
+        Worker::open_as(addr, None, first).await
+    }
+
+    /// The same, with `Authorization: Bearer <token>` when a token is given.
+    async fn open_as(addr: std::net::SocketAddr, token: Option<&str>, first: Value) -> Worker {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{addr}/api/workers/ws")
+            .into_client_request()
+            .unwrap();
+        if let Some(token) = token {
+            request
+                .headers_mut()
+                .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        }
+        let (mut ws, _) = tokio_tungstenite::connect_async(request)
             .await
             .expect("connect");
         ws.send(Message::Text(first.to_string().into()))
@@ -520,4 +534,88 @@ async fn a_workflow_job_on_a_worker_is_handed_its_parents_outcomes_and_dependenc
     assert_eq!(parent["job_id"], fetch.as_str(), "{got}");
     assert_eq!(parent["state"], "completed");
     assert_eq!(parent["result"], json!({"pages": 3}));
+}
+
+#[tokio::test]
+async fn a_token_narrowed_to_queues_serves_only_those_queues_as_a_worker() {
+    use baton_server::{AuthConfig, Role, ServerOptions, TokenEntry, hash_token};
+    let options = ServerOptions {
+        auth: AuthConfig {
+            tokens: vec![
+                common::token("admin", Role::Admin),
+                TokenEntry {
+                    name: "other-ops".into(),
+                    sha256: hash_token("other-token"),
+                    role: Role::Operator,
+                    queues: Some(vec!["other".into()]),
+                },
+            ],
+            jwt_secret: None,
+        },
+        ..ServerOptions::default()
+    };
+    let h = common::harness_with(options.clone()).await;
+    let addr = serve(&h, options).await;
+    let hello = |queues: Value| json!({"op": "hello", "name": "narrow", "kinds": ["scrape"], "queues": queues, "slots": 4});
+    let workers = || async {
+        let (status, list) = h.call_as(Method::GET, "/api/workers", "admin-token").await;
+        assert_eq!(status, StatusCode::OK, "{list}");
+        list["workers"].as_array().unwrap().len()
+    };
+
+    // A queue beside its own: refused, naming the token's queues, and never listed.
+    for queues in [json!(["other", "default"]), json!(["default"])] {
+        let mut w = Worker::open_as(addr, Some("other-token"), hello(queues)).await;
+        let refused = w.recv().await;
+        assert_eq!(refused["code"], "invalid_hello", "{refused}");
+        assert_eq!(
+            refused["message"],
+            r#"token "other-ops" is limited to queues ["other"]; queue "default" is not one of them"#
+        );
+        assert_eq!(w.recv().await["type"], "closed");
+        assert_eq!(workers().await, 0);
+    }
+    // A hello that names no queue asks for `default`, which it is not given either.
+    let mut w = Worker::open_as(
+        addr,
+        Some("other-token"),
+        json!({"op": "hello", "kinds": ["scrape"]}),
+    )
+    .await;
+    assert_eq!(w.recv().await["code"], "invalid_hello");
+
+    // Its own queue: welcomed, and handed that queue's jobs only.
+    let mut w = Worker::open_as(addr, Some("other-token"), hello(json!(["other"]))).await;
+    assert_eq!(w.recv().await["type"], "welcome");
+    let submit_as_admin = |queue: &'static str| {
+        let h = &h;
+        async move {
+            let body = json!({"kind": "scrape", "queue": queue}).to_string();
+            let (status, text) = h
+                .raw(
+                    Method::POST,
+                    "/api/jobs",
+                    Some(body),
+                    &[("authorization", "Bearer admin-token")],
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{text}");
+            serde_json::from_str::<Value>(&text).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let elsewhere = submit_as_admin("default").await;
+    let mine = submit_as_admin("other").await;
+    let got = w.recv_type("job").await;
+    assert_eq!(got["job"]["id"], mine.as_str(), "{got}");
+    let (_, job) = h
+        .call_as(
+            Method::GET,
+            &format!("/api/jobs/{elsewhere}"),
+            "admin-token",
+        )
+        .await;
+    assert_eq!(job["state"], "queued", "{job}");
 }

@@ -7,15 +7,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import httpx
 import pytest
@@ -36,16 +38,51 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def make_certificate(folder: Path, name: str = "baton") -> Tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and localhost and its key (PEM files
+    `<name>-cert.pem`, `<name>-key.pem`), made with the openssl command the README
+    gives."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("the TLS tests make their certificates with openssl: apt-get install openssl")
+    cert, key = folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
+    # fmt: off
+    cmd = [
+        openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-days", "2", "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name} test",
+        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        "-addext", "basicConstraints=critical,CA:FALSE",
+    ]
+    # fmt: on
+    made = subprocess.run(cmd, capture_output=True, text=True)
+    if made.returncode != 0:
+        pytest.fail(f"openssl could not make a certificate: {made.stderr}")
+    return cert, key
+
+
 class Server:
     """One `baton serve` on its own data folder; it can be killed and started again
-    on the same folder and port."""
+    on the same folder and port. With `tls` (a certificate and its key) it serves
+    HTTPS only, at `https://127.0.0.1:<port>`, and `ca` is the certificate."""
 
-    def __init__(self, folder: Path, config: str = "", socket: Optional[Path] = None) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        config: str = "",
+        socket: Optional[Path] = None,
+        tls: Optional[Tuple[Path, Path]] = None,
+    ) -> None:
         if not BATON_BIN.is_file():
             pytest.fail(f"no baton binary at {BATON_BIN}: run `cargo build -p baton`, or set BATON_BIN")
         self.folder = folder
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.ca: Optional[Path] = None
+        if tls is not None:
+            self.url = f"https://127.0.0.1:{self.port}"
+            self.ca = tls[0]
+            # Top-level keys go before any [table] of `config`.
+            config = f'tls_cert = "{tls[0]}"\ntls_key = "{tls[1]}"\n' + config
         self.log = folder / "server.log"
         self.socket = socket
         (folder / "baton.toml").write_text(config)
@@ -72,12 +109,13 @@ class Server:
             log.flush()
             env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
             self.proc = subprocess.Popen(cmd, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, env=env)
+        verify = ssl.create_default_context(cafile=str(self.ca)) if self.ca else True
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 pytest.fail(f"baton serve exited with {self.proc.returncode}:\n{self.output()}")
             try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.url}/readyz", timeout=1, verify=verify).status_code == 200:
                     return
             except httpx.TransportError:
                 pass
@@ -231,7 +269,15 @@ class WorkerProcess:
     """`python -m baton_client worker worker_apps:worker` (tests/worker_apps.py) in a
     process of its own, connected once the server lists it."""
 
-    def __init__(self, server: Server, folder: Path, name: str, concurrency: int = 4, *extra: str) -> None:
+    def __init__(
+        self,
+        server: Server,
+        folder: Path,
+        name: str,
+        concurrency: int = 4,
+        *extra: str,
+        env: Optional[Dict[str, str]] = None,
+    ) -> None:
         self.name = name
         self.server = server
         self.log = folder / f"{name}.log"
@@ -250,8 +296,10 @@ class WorkerProcess:
             *extra,
         ]
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, cwd=TESTS, stdout=log, stderr=subprocess.STDOUT)
-        with Client(server.url) as baton:
+            self.proc = subprocess.Popen(
+                cmd, cwd=TESTS, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+            )
+        with Client(server.url, ca=server.ca) as baton:
             wait_for(f"worker {name} connecting", lambda: self.proc.poll() is not None or self.listed(baton), 30)
         if self.proc.poll() is not None:
             pytest.fail(f"worker {name} exited with {self.proc.returncode}:\n{self.output()}")

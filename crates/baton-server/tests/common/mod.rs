@@ -239,6 +239,12 @@ impl std::io::Write for Captured {
 
 /// Everything this thread logs, at every level, from now until the guard drops.
 pub fn capture_log() -> (Captured, tracing::subscriber::DefaultGuard) {
+    // With one subscriber registered, tracing asks the *calling thread's* subscriber
+    // whether a call site is wanted and caches the answer: a call site first reached by
+    // another test's server thread (which has none) would stay off for this test too.
+    // A second, idle subscriber that lives for the whole run makes it ask all of them.
+    static IDLE: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    IDLE.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
     let log = Captured::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt()

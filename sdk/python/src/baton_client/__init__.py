@@ -21,6 +21,7 @@ from .errors import (
     TooLarge,
     Unauthorized,
     Unavailable,
+    UntrustedCertificate,
 )
 from .models import (
     TERMINAL_STATES,
@@ -74,6 +75,7 @@ __all__ = [
     "Triggered",
     "Unauthorized",
     "Unavailable",
+    "UntrustedCertificate",
     "Worker",
     "WorkerError",
     "WorkerInfo",

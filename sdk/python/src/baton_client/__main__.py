@@ -4,7 +4,8 @@ names until SIGTERM or SIGINT.
     python -m baton_client worker myjobs:worker --url http://127.0.0.1:7700 --concurrency 8
 
 The module is imported from the current folder (or the path); `--url`, `--token`
-(or BATON_TOKEN), `--concurrency`, `--queue` and `--name` override the Worker's own.
+(or BATON_TOKEN), `--ca` (or BATON_CA), `--concurrency`, `--queue` and `--name`
+override the Worker's own.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import sys
 from typing import List, Optional
 
 from ._protocol import WorkerError
+from ._tls import tls_context
 from .worker import Worker
 
 
@@ -47,6 +49,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     w.add_argument("target", help="module:attr naming a baton_client.Worker")
     w.add_argument("--url", help="the server (http://host:port or unix:///path); default the Worker's")
     w.add_argument("--token", default=os.environ.get("BATON_TOKEN"), help="an operator token (or BATON_TOKEN)")
+    w.add_argument(
+        "--ca",
+        default=os.environ.get("BATON_CA") or None,
+        help="for an https:// server: the certificate(s) to trust instead of the system's (PEM; or BATON_CA)",
+    )
     w.add_argument("--concurrency", type=int, help="jobs at once")
     w.add_argument("--queue", action="append", dest="queues", help="a queue to take jobs from (repeatable)")
     w.add_argument("--name", help="the worker's name, as GET /api/workers shows it")
@@ -62,6 +69,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         worker.url = args.url.rstrip("/")
     if args.token:
         worker.token = args.token
+    if args.ca:
+        try:
+            tls_context(args.ca)
+        except ValueError as e:
+            parser.error(f"--ca: {e}")
+        worker.ca = args.ca
     if args.concurrency is not None:
         if args.concurrency < 1:
             parser.error("--concurrency must be at least 1")

@@ -46,8 +46,9 @@ class Fatal(Exception):
 
 class WorkerError(BatonError):
     """The server refused the worker or one of its messages: `code` is the protocol's
-    (`invalid_hello`, `not_held`, `stale_token`, `too_large`, `store_error`, ...), or
-    the HTTP status's (`http_403`) when the connection itself was refused."""
+    (`invalid_hello`, `not_held`, `stale_token`, `too_large`, `store_error`, ...),
+    the HTTP status's (`http_403`) when the connection itself was refused, or
+    `untrusted_certificate` for an `https://` server whose certificate is not trusted."""
 
     def __init__(self, message: str, *, code: str = "worker_error", status: Optional[int] = None) -> None:
         super().__init__(message, code=code, status=status)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 from urllib.parse import quote
 
-from .errors import BatonConnectionError, BatonError, BatonTimeout, Unavailable
+from .errors import BatonConnectionError, BatonError, BatonTimeout, Unavailable, UntrustedCertificate
 from .models import Event
 
 log = logging.getLogger("baton_client")
@@ -146,6 +146,8 @@ class Retry:
 def retryable(error: BatonError) -> bool:
     """Whether a reconnection may help: the connection failed, broke or went quiet, or
     the server is busy, starting or stopping (or a proxy says it is away)."""
+    if isinstance(error, UntrustedCertificate):
+        return False
     if isinstance(error, (BatonConnectionError, BatonTimeout, Unavailable)):
         return True
     return error.status in (502, 504)

@@ -27,7 +27,8 @@ from typing_extensions import Unpack
 
 from . import _calls as calls
 from ._stream import Decoder, Position, Retry, retryable
-from .client import DEFAULT_URL, States, connection
+from ._tls import CaFile
+from .client import DEFAULT_URL, States, connection, verification
 from .errors import BatonConnectionError, BatonError, BatonTimeout, error_for, transport_error
 from .models import (
     TERMINAL_EVENTS,
@@ -54,11 +55,21 @@ class AsyncClient:
     'completed'
     """
 
-    def __init__(self, url: str = DEFAULT_URL, token: Optional[str] = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: Optional[str] = None,
+        timeout: float = 30.0,
+        *,
+        ca: Optional[CaFile] = None,
+    ) -> None:
         base, uds, headers = connection(url, token)
-        transport = httpx.AsyncHTTPTransport(uds=uds) if uds else None
+        verify = verification(url, ca)
+        transport = httpx.AsyncHTTPTransport(uds=uds, verify=verify) if uds else None
         self.url = url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=base, headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=base, headers=headers, timeout=timeout, transport=transport, verify=verify
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 import time
 from types import TracebackType
 from typing import (
@@ -26,6 +27,7 @@ from typing_extensions import Unpack
 from . import __version__
 from . import _calls as calls
 from ._stream import Decoder, Position, Retry, retryable
+from ._tls import CaFile, tls_context
 from .errors import BatonConnectionError, BatonError, BatonTimeout, error_for, transport_error
 from .models import (
     TERMINAL_EVENTS,
@@ -60,6 +62,14 @@ def connection(url: str, token: Optional[str]) -> Tuple[str, Optional[str], Dict
     return url, None, headers
 
 
+def verification(url: str, ca: Optional[CaFile]) -> Union[bool, ssl.SSLContext]:
+    """What httpx verifies an `https://` server with: the system's root certificates,
+    or the ones in `ca`. A `ca` that is not a PEM certificate file raises ValueError."""
+    if ca is None and not url.startswith("https://"):
+        return True  # no TLS, nothing to verify
+    return tls_context(ca)
+
+
 class Client:
     """A client of Baton's HTTP API.
 
@@ -70,13 +80,26 @@ class Client:
 
     `token` is sent as `Authorization: Bearer` when the server has auth on; `timeout`
     (seconds) bounds each request (a `wait` and the event streams have their own).
+    An `https://` server's certificate is verified against the system's root
+    certificates, or with `ca` (a PEM file) against those certificates only; one that
+    is not trusted raises `UntrustedCertificate`.
     """
 
-    def __init__(self, url: str = DEFAULT_URL, token: Optional[str] = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: Optional[str] = None,
+        timeout: float = 30.0,
+        *,
+        ca: Optional[CaFile] = None,
+    ) -> None:
         base, uds, headers = connection(url, token)
-        transport = httpx.HTTPTransport(uds=uds) if uds else None
+        verify = verification(url, ca)
+        transport = httpx.HTTPTransport(uds=uds, verify=verify) if uds else None
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=base, headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=base, headers=headers, timeout=timeout, transport=transport, verify=verify
+        )
 
     def close(self) -> None:
         self._http.close()

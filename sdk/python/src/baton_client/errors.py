@@ -7,7 +7,8 @@ A server that cannot be reached is a `BatonConnectionError` naming the URL.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Type
+import ssl
+from typing import Any, Dict, Optional, Set, Type
 
 import httpx
 
@@ -86,9 +87,18 @@ class ServerError(BatonError):
 class BatonConnectionError(BatonError, ConnectionError):
     """The server could not be reached, or the connection broke mid-answer."""
 
-    def __init__(self, message: str, *, url: str) -> None:
-        super().__init__(message, code="connection_error")
+    def __init__(self, message: str, *, url: str, code: str = "connection_error") -> None:
+        super().__init__(message, code=code)
         self.url = url
+
+
+class UntrustedCertificate(BatonConnectionError):
+    """An `https://` server whose certificate the client does not trust (an unknown
+    authority, a self-signed certificate, another name): pass `ca=` the certificate
+    of the authority that signed it. Trying again does not help."""
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message, url=url, code="untrusted_certificate")
 
 
 class BatonTimeout(BatonError, TimeoutError):
@@ -136,9 +146,32 @@ def error_for(response: httpx.Response) -> BatonError:
     )
 
 
+# What an untrusted certificate's error says to do.
+CA_HINT = "its certificate is not trusted: pass ca= the certificate (PEM) of the authority that signed it"
+
+
 def transport_error(e: httpx.TransportError, url: str) -> BatonError:
-    """The exception for a failure below HTTP: no connection, or a timeout."""
+    """The exception for a failure below HTTP: no connection, a refused certificate,
+    or a timeout."""
     if isinstance(e, httpx.TimeoutException):
         return BatonTimeout(f"Baton at {url} did not answer in time: {e}", url=url)
+    tls = tls_cause(e)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        reason = tls.verify_message or tls.reason or str(tls)
+        return UntrustedCertificate(f"cannot talk to Baton at {url} securely: {reason}; {CA_HINT}", url=url)
+    if tls is not None:
+        return BatonConnectionError(f"cannot talk to Baton at {url} securely: {tls}", url=url)
     reason = str(e) or type(e).__name__
     return BatonConnectionError(f"cannot reach Baton at {url}: {reason}", url=url)
+
+
+def tls_cause(e: BaseException) -> Optional[ssl.SSLError]:
+    """The TLS error under `e` (httpx and httpcore wrap it), if any."""
+    seen: Set[int] = set()
+    cause: Optional[BaseException] = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLError):
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None

@@ -26,6 +26,7 @@ import logging
 import random
 import signal
 import socket
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Set, TypeVar
@@ -45,6 +46,7 @@ from ._protocol import (
     result_outcome,
     stopped_outcome,
 )
+from ._tls import CaFile, tls_context
 from .context import Context, SyncContext
 
 log = logging.getLogger("baton_client.worker")
@@ -67,7 +69,10 @@ class Handler:
 class Worker:
     """Serves jobs of the kinds its handlers name, `concurrency` at a time, from
     `queues`. `url` is the server's (`http://`, `https://` or `unix:///path`),
-    `token` an operator's token when the server has auth on.
+    `token` an operator's token when the server has auth on. With `https://` the
+    worker connects over `wss://` and verifies the server's certificate against the
+    system's root certificates or, with `ca` (a PEM file), against those only; one it
+    does not trust makes `run` raise `WorkerError` (code `untrusted_certificate`).
 
     On SIGTERM or SIGINT (or `shutdown()`) it takes no more jobs, gives the running
     handlers `grace` seconds to end, and disconnects; the server recovers what is left
@@ -85,6 +90,7 @@ class Worker:
         *,
         grace: float = 30.0,
         max_backoff: float = 10.0,
+        ca: Optional[CaFile] = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -92,6 +98,9 @@ class Worker:
             queues = [queues]
         self.url = url.rstrip("/")
         self.token = token
+        self.ca = ca
+        if ca is not None:
+            tls_context(ca)  # a file that is no certificate is refused here, not at run
         self.concurrency = concurrency
         self.queues: List[str] = list(queues)
         self.name = name or f"{socket.gethostname()}-python"
@@ -261,7 +270,18 @@ class Worker:
                 uri = "ws://" + self.url[len("http://") :]
             else:
                 uri = self.url
+            if uri.startswith("wss://"):
+                options["ssl"] = tls_context(self.ca)
             return await connect(uri + "/api/workers/ws", **options)
+        except ssl.SSLCertVerificationError as e:
+            # Trying again would not help: the worker ends, saying what to do.
+            reason = e.verify_message or e.reason or str(e)
+            raise WorkerError(
+                f"cannot talk to Baton at {self.url} securely: {reason}; its certificate is not trusted: "
+                "give the worker the certificate (PEM) of the authority that signed it "
+                "(Worker(..., ca=FILE), or --ca FILE or BATON_CA for python -m baton_client worker)",
+                code="untrusted_certificate",
+            ) from None
         except InvalidStatus as e:
             status = e.response.status_code
             body = e.response.body.decode(errors="replace").strip()[:500] if e.response.body else ""
