@@ -24,7 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::context::JobError;
 use crate::engine::{
-    Inner, Outcome, Outcomes, PendingOutcomes, Run, hand_over, outcome_of, register_attempt,
+    Inner, Outcome, Outcomes, PendingOutcome, PendingOutcomes, Run, hand_over, outcome_of,
+    register_attempt,
 };
 use crate::run::Ctl;
 use crate::{Engine, Error, Recovery, Result};
@@ -512,12 +513,12 @@ async fn dispatch(inner: Arc<Inner>, worker: Arc<Worker>) {
                 .list,
         );
         // Slots held by attempts whose outcomes are pending count as taken: the store
-        // hands each one that the write ends back to the claim.
-        let mut free = worker
-            .slots
-            .load(Ordering::SeqCst)
-            .saturating_sub(worker.held_count());
-        let claim = inner.is_healthy();
+        // hands each one that the write ends back to the claim. A worker holding more
+        // than its slots (it lowered them) takes nothing until it is below them again.
+        let slots = worker.slots.load(Ordering::SeqCst);
+        let held = worker.held_count();
+        let mut free = slots.saturating_sub(held);
+        let claim = inner.is_healthy() && held <= slots;
         let mut started = 0;
         let mut failed = false;
         for queue in &worker.queues {
@@ -544,6 +545,7 @@ async fn dispatch(inner: Arc<Inner>, worker: Arc<Worker>) {
             match settled {
                 Ok(settled) => {
                     let freed = settled.freed();
+                    release(&worker, &pending, &settled.outcomes);
                     for (p, result) in pending.drain(..).zip(settled.outcomes) {
                         let _ = p.reply.send(result);
                     }
@@ -581,6 +583,7 @@ async fn dispatch(inner: Arc<Inner>, worker: Arc<Worker>) {
                 .await;
             match written {
                 Ok(settled) => {
+                    release(&worker, &pending, &settled.outcomes);
                     for (p, result) in pending.drain(..).zip(settled.outcomes) {
                         let _ = p.reply.send(result);
                     }
@@ -624,6 +627,28 @@ async fn dispatch(inner: Arc<Inner>, worker: Arc<Worker>) {
             _ = tokio::time::sleep(POLL) => {}
             _ = worker.closed.cancelled() => {}
             _ = inner.shutdown.cancelled() => {}
+        }
+    }
+}
+
+/// The attempts whose outcomes a write ended (written, or refused for good) no longer
+/// hold their slots: the claim of the same write may have refilled them.
+fn release(
+    worker: &Worker,
+    pending: &[PendingOutcome],
+    results: &[std::result::Result<(), baton_store::Error>],
+) {
+    let mut held = worker.held.lock().unwrap_or_else(|e| e.into_inner());
+    for (p, result) in pending.iter().zip(results) {
+        if result.as_ref().err().is_some_and(|e| !e.is_refusal()) {
+            continue;
+        }
+        if let Some(t) = p.transitions.first()
+            && held
+                .get(&t.job_id)
+                .is_some_and(|h| Some(h.fence) == t.fence)
+        {
+            held.remove(&t.job_id);
         }
     }
 }
