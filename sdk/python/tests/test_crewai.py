@@ -302,11 +302,13 @@ def test_a_crewai_job_retried_from_its_checkpoint_does_not_run_its_finished_task
     kind = unique("crewai-retry")
     worker = Worker(server.url)
     script = Script(fail_in="draft")
+    crews: List[Any] = []
 
     @worker.handler(kind)
     @crew_handler
     def research(ctx: SyncContext, payload: Any) -> Any:
-        return make_crew(script)
+        crews.append(make_crew(script))
+        return crews[-1]
 
     with serving(worker):
         job = baton.submit(kind, {"topic": "retries"}, max_attempts=1)
@@ -329,6 +331,8 @@ def test_a_crewai_job_retried_from_its_checkpoint_does_not_run_its_finished_task
     ]
     # The kept task's output still feeds the tasks after it.
     assert research_output in script.prompts["draft"]
+    # The crew is left as CrewAI's resume found it.
+    assert len(crews) == 2 and crews[1].checkpoint_kickoff_event_id is None
     lines = [e.data["line"] for e in of(baton.job_events(job.id), "job.log")]
     assert (
         "resuming after 1 of 3 tasks finished by an earlier attempt (research); they are not run again"

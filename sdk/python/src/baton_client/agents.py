@@ -216,6 +216,8 @@ class _Run:
         self.tasks: Dict[int, Dict[str, Any]] = {}
         self.fraction: Optional[float] = None
         self.stop_class: Type[Stopped] = Stopped
+        # What a resumed CrewAI crew had as checkpoint_kickoff_event_id, to put back.
+        self.resumed_from: Optional[Tuple[Any]] = None
 
     def run(self, crew: Any, inputs: Optional[Mapping[str, Any]]) -> Dict[str, Any]:
         earlier = finished_tasks(self.ctx.last_checkpoint)
@@ -309,8 +311,8 @@ class _Run:
                 agent.step_callback = own
             for task, callback in zip(crew.tasks, task_callbacks):
                 task.callback = callback
-            if self.tasks and hasattr(crew, "checkpoint_kickoff_event_id"):
-                crew.checkpoint_kickoff_event_id = None
+            if self.resumed_from is not None:
+                crew.checkpoint_kickoff_event_id = self.resumed_from[0]
 
     def _restore(self, crew: Any, earlier: List[Dict[str, Any]]) -> None:
         """Gives a CrewAI crew the outputs of the tasks an earlier attempt finished, so
@@ -348,6 +350,7 @@ class _Run:
         for task in tasks[len(prefix) :]:
             task.output = None
         # Read by CrewAI's kickoff: start at the first task that has no output.
+        self.resumed_from = (crew.checkpoint_kickoff_event_id,)
         crew.checkpoint_kickoff_event_id = ""
         self.ctx.log(
             f"resuming after {len(prefix)} of {len(tasks)} tasks finished by an earlier attempt "
