@@ -9,7 +9,9 @@ crew-like objects there)."""
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +30,7 @@ os.environ["CREWAI_DISABLE_TELEMETRY"] = "true"
 os.environ["OTEL_SDK_DISABLED"] = "true"
 os.environ["CREWAI_TRACING_ENABLED"] = "false"
 os.environ["XDG_DATA_HOME"] = tempfile.mkdtemp(prefix="baton-crewai-data-")
+atexit.register(shutil.rmtree, os.environ["XDG_DATA_HOME"], True)
 
 try:
     from crewai import Agent, Crew, Task
