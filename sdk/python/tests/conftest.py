@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -220,7 +221,11 @@ def pytest_report_header() -> str:
     import baton_client
 
     package = Path(baton_client.__file__).parent
-    return f"baton_client {baton_client.__version__} from {package}; baton from {BATON_BIN}"
+    try:
+        crewai = f"crewai {importlib.metadata.version('crewai')} (tests/test_crewai.py runs a real crew)"
+    except importlib.metadata.PackageNotFoundError:
+        crewai = "no crewai here: tests/test_agents.py tests the crew adapter with crew-like objects"
+    return f"baton_client {baton_client.__version__} from {package}; baton from {BATON_BIN}; {crewai}"
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
