@@ -71,11 +71,12 @@ impl Drop for PendingGuard {
 /// Why a listener could not be set up; each names the file or address at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ListenError {
-    #[error("cannot read {setting} {}: {source}", path.display())]
+    #[error("cannot read {setting} {}: {error}", path.display())]
     Read {
         setting: &'static str,
         path: PathBuf,
-        source: std::io::Error,
+        /// Part of the message, not a `source`: the cause would be printed twice.
+        error: std::io::Error,
     },
     #[error("invalid {setting} {}: {message}", path.display())]
     Pem {
@@ -96,10 +97,11 @@ pub enum ListenError {
     SocketInUse { path: PathBuf },
     #[error("{} exists and is not a socket; refusing to replace it", path.display())]
     NotASocket { path: PathBuf },
-    #[error("cannot listen on unix://{}: {source}", path.display())]
+    #[error("cannot listen on unix://{}: {error}", path.display())]
     Socket {
         path: PathBuf,
-        source: std::io::Error,
+        /// Part of the message, not a `source`: the cause would be printed twice.
+        error: std::io::Error,
     },
 }
 
@@ -112,15 +114,15 @@ pub struct TlsConfig {
 impl TlsConfig {
     /// Reads a PEM certificate chain and its PEM private key.
     pub fn load(cert: &Path, key: &Path) -> Result<TlsConfig, ListenError> {
-        let cert_pem = std::fs::read(cert).map_err(|source| ListenError::Read {
+        let cert_pem = std::fs::read(cert).map_err(|error| ListenError::Read {
             setting: "tls_cert",
             path: cert.into(),
-            source,
+            error,
         })?;
-        let key_pem = std::fs::read(key).map_err(|source| ListenError::Read {
+        let key_pem = std::fs::read(key).map_err(|error| ListenError::Read {
             setting: "tls_key",
             path: key.into(),
-            source,
+            error,
         })?;
         let chain = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
@@ -282,9 +284,9 @@ pub fn bind_unix(
     group: Option<u32>,
 ) -> Result<(UnixListener, SocketFile), ListenError> {
     use std::os::unix::fs::FileTypeExt;
-    let failed = |source| ListenError::Socket {
+    let failed = |error| ListenError::Socket {
         path: path.into(),
-        source,
+        error,
     };
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
