@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from baton_client import Client, Worker
+from baton_client.models import TERMINAL_EVENTS, Event
 
 REPO = Path(__file__).resolve().parents[3]
 BATON_BIN = Path(os.environ.get("BATON_BIN") or REPO / "target" / "debug" / "baton")
@@ -226,6 +227,22 @@ def pytest_report_header() -> str:
     except importlib.metadata.PackageNotFoundError:
         crewai = "no crewai here: tests/test_agents.py tests the crew adapter with crew-like objects"
     return f"baton_client {baton_client.__version__} from {package}; baton from {BATON_BIN}; {crewai}"
+
+
+def history(baton: Client, job_id: str) -> List[Event]:
+    """The job's events until its end, read from its event stream as they happen."""
+    seen: List[Event] = []
+    with baton.events(job=job_id) as events:
+        for event in events:
+            seen.append(event)
+            if event.type in TERMINAL_EVENTS and baton.get(job_id).terminal:
+                return seen
+    raise AssertionError("the event stream ended")
+
+
+def of(events: List[Event], kind: str) -> List[Event]:
+    """The events of one type, in order."""
+    return [e for e in events if e.type == kind]
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 30) -> None:

@@ -16,9 +16,8 @@ import pytest
 
 from baton_client import Client, Context, Event, Stopped, SyncContext, Worker
 from baton_client.agents import arun_crew, crew_handler, default_step_name, run_crew
-from baton_client.models import TERMINAL_EVENTS
 
-from conftest import Server, serving, unique, wait_for
+from conftest import Server, history, of, serving, unique, wait_for
 
 
 @dataclass
@@ -110,20 +109,6 @@ def two_tasks(fail_in: Optional[str] = None) -> FakeCrew:
     return FakeCrew(
         [Task("research", researcher, ["search", "read"]), Task("write", writer, ["draft"])], fail_in=fail_in
     )
-
-
-def history(baton: Client, job_id: str) -> List[Event]:
-    seen: List[Event] = []
-    with baton.events(job=job_id) as events:
-        for event in events:
-            seen.append(event)
-            if event.type in TERMINAL_EVENTS and baton.get(job_id).terminal:
-                return seen
-    raise AssertionError("the event stream ended")
-
-
-def of(events: List[Event], kind: str) -> List[Event]:
-    return [e for e in events if e.type == kind]
 
 
 def progress(events: List[Event]) -> List[Tuple[Optional[float], Optional[str]]]:

@@ -46,9 +46,8 @@ except ImportError as e:
 
 from baton_client import Client, Event, SyncContext, Worker
 from baton_client.agents import crew_handler, run_crew
-from baton_client.models import TERMINAL_EVENTS
 
-from conftest import REPO, Server, serving, unique, wait_for
+from conftest import REPO, Server, history, of, serving, unique, wait_for
 
 # CrewAI's own code warns about its deprecated fields as it reads them.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -146,20 +145,6 @@ def make_crew(script: Script) -> Any:
             ),
         ],
     )
-
-
-def history(baton: Client, job_id: str) -> List[Event]:
-    seen: List[Event] = []
-    with baton.events(job=job_id) as events:
-        for event in events:
-            seen.append(event)
-            if event.type in TERMINAL_EVENTS and baton.get(job_id).terminal:
-                return seen
-    raise AssertionError("the event stream ended")
-
-
-def of(events: List[Event], kind: str) -> List[Event]:
-    return [e for e in events if e.type == kind]
 
 
 def test_a_crewai_crews_steps_tasks_and_output_become_the_jobs_steps_checkpoints_progress_and_result(

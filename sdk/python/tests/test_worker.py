@@ -29,20 +29,8 @@ from baton_client import (
     WorkerError,
     job_spec,
 )
-from baton_client.models import TERMINAL_EVENTS
 
-from conftest import ADMIN_TOKEN, VIEWER_TOKEN, Server, WorkerProcess, serving, unique, wait_for, watch
-
-
-def history(baton: Client, job_id: str) -> List[Event]:
-    """The job's events until its end, read from its event stream as they happen."""
-    seen: List[Event] = []
-    with baton.events(job=job_id) as events:
-        for event in events:
-            seen.append(event)
-            if event.type in TERMINAL_EVENTS and baton.get(job_id).terminal:
-                return seen
-    raise AssertionError("the event stream ended")
+from conftest import ADMIN_TOKEN, VIEWER_TOKEN, Server, WorkerProcess, history, serving, unique, wait_for, watch
 
 
 def types(events: List[Event]) -> List[str]:

@@ -36,6 +36,7 @@ from typing_extensions import Protocol
 
 from ._protocol import Fatal, MessageTooLarge, Stopped
 from .context import Context, SyncContext
+from .worker import _on_thread
 
 # Names the step a callback was given by the agent's role and the step itself; None
 # when the call is not a step of its own (it is then left out, and is no pause point).
@@ -426,36 +427,6 @@ class _Run:
         if fraction is not None:
             self.fraction = fraction
         self.ctx.progress(fraction, message)
-
-
-async def _on_thread(fn: Callable[[], Any], name: str) -> Any:
-    """Runs `fn()` on a daemon thread (one a worker that ends can leave behind, as a
-    paused crew would hold it) without blocking the loop."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[Any] = loop.create_future()
-
-    def settle(ok: bool, value: Any) -> None:
-        if future.done():
-            return
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
-
-    def body() -> None:
-        try:
-            value = fn()
-        except BaseException as e:  # noqa: B036 (the handler fails with it)
-            ok, value = False, e
-        else:
-            ok = True
-        try:
-            loop.call_soon_threadsafe(settle, ok, value)
-        except RuntimeError:
-            pass  # the worker has ended
-
-    threading.Thread(target=body, name=name, daemon=True).start()
-    return await future
 
 
 def _is_crewai_crew(crew: Any) -> bool:

@@ -471,7 +471,10 @@ class Worker:
                     inner.cancel()
                 result = await inner
             else:
-                result = await _on_thread(attempt, handler.fn, SyncContext.of(attempt), attempt.job.payload)
+                ctx, payload = SyncContext.of(attempt), attempt.job.payload
+                result = await _on_thread(
+                    lambda: handler.fn(ctx, payload), f"baton-{attempt.kind}-{attempt.id}"
+                )
         except asyncio.CancelledError:
             if attempt.force or attempt.lost:
                 return stopped_outcome()
@@ -541,10 +544,10 @@ def _parse(text: Any) -> Dict[str, Any]:
     return msg if isinstance(msg, dict) else {}
 
 
-async def _on_thread(attempt: Attempt, fn: Callable[..., Any], *args: Any) -> Any:
-    """Runs `fn(*args)` on a daemon thread of its own (one that a worker can leave
-    behind when it ends), without blocking the loop."""
-    loop = attempt.loop
+async def _on_thread(fn: Callable[[], Any], name: str) -> Any:
+    """Runs `fn()` on a daemon thread of its own (one that a worker can leave behind
+    when it ends, as a paused handler would hold it), without blocking the loop."""
+    loop = asyncio.get_running_loop()
     future: asyncio.Future[Any] = loop.create_future()
 
     def settle(ok: bool, value: Any) -> None:
@@ -557,7 +560,7 @@ async def _on_thread(attempt: Attempt, fn: Callable[..., Any], *args: Any) -> An
 
     def body() -> None:
         try:
-            value = fn(*args)
+            value = fn()
         except BaseException as e:  # noqa: B036 (SystemExit and all: the job fails with it)
             ok, value = False, e
         else:
@@ -567,6 +570,6 @@ async def _on_thread(attempt: Attempt, fn: Callable[..., Any], *args: Any) -> An
         except RuntimeError:
             pass  # the worker has ended
 
-    threading.Thread(target=body, name=f"baton-{attempt.kind}-{attempt.id}", daemon=True).start()
+    threading.Thread(target=body, name=name, daemon=True).start()
     return await future
 
