@@ -212,6 +212,13 @@ pub struct QueueInfo {
     /// Paused: it starts no new jobs until resumed.
     #[serde(default)]
     pub paused: bool,
+    /// Heavy: admission control holds it while a resource threshold is crossed.
+    #[serde(default)]
+    pub heavy: bool,
+    /// Why it starts no new jobs now that it is heavy and a threshold is crossed
+    /// (`memory 93 % > 90 %`); null when it is not held.
+    #[serde(default)]
+    pub held: Option<String>,
 }
 
 /// `POST /api/workflows`: the workflow's id and each local name's job id.

@@ -54,6 +54,8 @@ pub struct EngineBuilder {
     security: Security,
     retention: crate::Retention,
     remote_kinds: Vec<String>,
+    resources: crate::ResourceOptions,
+    heavy: std::collections::BTreeSet<String>,
 }
 
 /// The most log lines kept per job unless configured.
@@ -115,6 +117,8 @@ pub(crate) struct Inner {
     pub(crate) remote: crate::remote::Registry,
     /// The kinds this engine runs itself, sorted: its claims take only those.
     native: Vec<String>,
+    /// Admission control: while a threshold is crossed heavy queues claim nothing.
+    pub(crate) pressure: crate::Pressure,
 }
 
 /// Claims under way, each by the number it was given in order.
@@ -153,6 +157,8 @@ pub(crate) struct QueueState {
     pub(crate) wake: Notify,
     /// Paused by a user (stored): the dispatcher claims nothing until resumed.
     paused: AtomicBool,
+    /// Held by admission control while a resource threshold is crossed.
+    heavy: bool,
     /// Outcomes of attempts whose handlers returned, waiting for the dispatcher to write
     /// them together with the claim that fills their slots.
     outcomes: Mutex<PendingOutcomes>,
@@ -239,6 +245,8 @@ impl Engine {
             security: Security::default(),
             retention: crate::Retention::default(),
             remote_kinds: Vec::new(),
+            resources: crate::ResourceOptions::default(),
+            heavy: Default::default(),
         }
     }
 }
@@ -254,6 +262,20 @@ impl EngineBuilder {
         let name = name.into();
         self.queues.retain(|(n, _)| *n != name);
         self.queues.push((name, concurrency));
+        self
+    }
+
+    /// Marks a configured queue heavy: it starts no new job while a resource threshold
+    /// is crossed (see [`EngineBuilder::resources`]).
+    pub fn heavy(mut self, name: impl Into<String>) -> Self {
+        self.heavy.insert(name.into());
+        self
+    }
+
+    /// What the machine monitor samples, how often, and the thresholds of admission
+    /// control (default: [`crate::ResourceOptions::default`]).
+    pub fn resources(mut self, options: crate::ResourceOptions) -> Self {
+        self.resources = options;
         self
     }
 
@@ -343,6 +365,8 @@ impl EngineBuilder {
         let store = self
             .store
             .ok_or_else(|| Error::Config("no store was given".into()))?;
+        let pressure = crate::Pressure::new(self.resources)
+            .map_err(|m| Error::Config(format!("resources: {m}")))?;
         let mut queues = BTreeMap::new();
         let mut configured = self.queues;
         if !configured
@@ -357,6 +381,7 @@ impl EngineBuilder {
                     "queue {name:?}: concurrency must be at least 1"
                 )));
             }
+            let heavy = self.heavy.contains(&name);
             queues.insert(
                 name.clone(),
                 Arc::new(QueueState {
@@ -367,9 +392,15 @@ impl EngineBuilder {
                     backlog: AtomicBool::new(true),
                     wake: Notify::new(),
                     paused: AtomicBool::new(false),
+                    heavy,
                     outcomes: Mutex::default(),
                 }),
             );
+        }
+        if let Some(name) = self.heavy.iter().find(|n| !queues.contains_key(*n)) {
+            return Err(Error::Config(format!(
+                "heavy queue {name:?} is not configured"
+            )));
         }
         let mut handlers = self.handlers;
         let mut self_timed = HashSet::new();
@@ -504,11 +535,18 @@ impl EngineBuilder {
             pruned: Default::default(),
             remote: crate::remote::Registry::new(self.remote_kinds),
             native,
+            pressure,
         });
         for q in inner.queues.values() {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
         }
         inner.background.spawn(timer(inner.clone()));
+        inner.background.spawn(crate::admission::run(inner.clone()));
+        if let Some(every) = inner.pressure.options().sample_every {
+            inner
+                .background
+                .spawn(crate::monitor::run(inner.clone(), every));
+        }
         if inner.store.shared() {
             inner
                 .background
@@ -545,6 +583,12 @@ impl Engine {
         &self.inner.server
     }
 
+    /// Admission control: the thresholds, the last readings, why heavy queues are
+    /// held; and where tests inject readings.
+    pub fn pressure(&self) -> &crate::Pressure {
+        &self.inner.pressure
+    }
+
     /// Stores a job and returns once it is durable. Submitting an id that exists returns
     /// the existing job (`created` is false).
     pub async fn submit(&self, spec: JobSpec) -> Result<Submitted> {
@@ -556,9 +600,7 @@ impl Engine {
     /// Stores several jobs in one atomic write; all are validated first, and none is
     /// stored if one is invalid.
     pub async fn submit_many(&self, specs: Vec<JobSpec>) -> Result<Vec<Submitted>> {
-        if self.inner.shutdown.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
+        self.inner.accepting()?;
         let now = self.inner.clock.now();
         let mut jobs = Vec::with_capacity(specs.len());
         for spec in &specs {
@@ -573,9 +615,7 @@ impl Engine {
     /// to the batch, and a dependency on another job of the batch must name one given
     /// before it.
     pub async fn submit_batch(&self, specs: Vec<JobSpec>) -> Result<Vec<Submitted>> {
-        if self.inner.shutdown.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
+        self.inner.accepting()?;
         let now = self.inner.clock.now();
         let mut jobs = Vec::with_capacity(specs.len());
         // The client ids of the batch, each at its first index.
@@ -674,7 +714,7 @@ impl Engine {
         let native = jobs.iter().all(|j| self.inner.is_native(&j.kind));
         let reserved = match &queue {
             Some(_) if !native => 0,
-            Some(q) if !q.backlog.load(Ordering::SeqCst) && !q.paused.load(Ordering::SeqCst) => {
+            Some(q) if !q.backlog.load(Ordering::SeqCst) && !self.inner.holds(q) => {
                 q.reserve(ready)
             }
             _ => 0,
@@ -1309,9 +1349,7 @@ async fn dispatch(inner: Arc<Inner>, queue: Arc<QueueState>) {
             .saturating_sub(queue.running.load(Ordering::SeqCst));
         // While the store does not take this server's heartbeats nothing is claimed:
         // the attempts may be stopped and recovered (see `heartbeat`).
-        let claim = !closing
-            && !queue.paused.load(Ordering::SeqCst)
-            && inner.healthy.load(Ordering::SeqCst);
+        let claim = !closing && !inner.holds(&queue) && inner.healthy.load(Ordering::SeqCst);
         if pending.is_empty() {
             if closing {
                 return;
@@ -1462,6 +1500,43 @@ impl Inner {
         self.queues
             .get(queue)
             .is_some_and(|q| q.paused.load(Ordering::SeqCst))
+    }
+
+    /// Whether a queue this engine knows is heavy and held by admission control.
+    pub(crate) fn queue_held(&self, queue: &str) -> bool {
+        self.queues
+            .get(queue)
+            .is_some_and(|q| q.heavy && self.pressure.is_held())
+    }
+
+    /// Whether the queue starts no new job now: paused by a user, or heavy and held.
+    fn holds(&self, q: &QueueState) -> bool {
+        q.paused.load(Ordering::SeqCst) || (q.heavy && self.pressure.is_held())
+    }
+
+    /// Wakes the dispatchers (and remote workers) of heavy queues: the hold was lifted.
+    pub(crate) fn wake_heavy(&self) {
+        for q in self.queues.values().filter(|q| q.heavy) {
+            q.backlog.store(true, Ordering::SeqCst);
+            q.wake.notify_one();
+            self.remote.wake(&q.name);
+        }
+    }
+
+    /// Whether new jobs are accepted now: not at shutdown, nor while the store's disk
+    /// is low.
+    pub(crate) fn accepting(&self) -> Result<()> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        match self.pressure.refusal() {
+            Some(why) => Err(Error::InsufficientStorage(why)),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn server_info(&self) -> &ServerInfo {
+        &self.server
     }
 
     /// Forgets an ended attempt: control requests no longer find it.

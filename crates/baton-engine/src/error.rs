@@ -34,6 +34,10 @@ pub enum Error {
     /// The commands policy refuses a program the job would run.
     #[error("{0}")]
     CommandNotAllowed(String),
+    /// The store's disk is low: no new job is accepted (the message says how low and
+    /// the threshold).
+    #[error("insufficient storage: {0}")]
+    InsufficientStorage(String),
     /// A worker's hello or request is not one the engine can take.
     #[error("invalid worker: {0}")]
     Worker(String),
@@ -119,6 +123,8 @@ pub enum ErrorCode {
     Overloaded,
     /// The server's commands policy does not allow a program the job would run.
     CommandNotAllowed,
+    /// The store's disk is low: nothing new is stored (HTTP 507).
+    InsufficientStorage,
 }
 
 impl ErrorCode {
@@ -135,6 +141,7 @@ impl ErrorCode {
             ErrorCode::Conflict => "conflict",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::CommandNotAllowed => "command_not_allowed",
+            ErrorCode::InsufficientStorage => "insufficient_storage",
         }
     }
 }
@@ -155,6 +162,7 @@ impl Error {
             Error::ScheduleNotFound(_) => ErrorCode::NotFound,
             Error::ScheduleExists(_) => ErrorCode::Conflict,
             Error::CommandNotAllowed(_) => ErrorCode::CommandNotAllowed,
+            Error::InsufficientStorage(_) => ErrorCode::InsufficientStorage,
             Error::InBatch { source, .. } => source.code(),
             Error::Store(e) => match e {
                 S::NotFound(_) => ErrorCode::NotFound,

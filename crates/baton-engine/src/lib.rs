@@ -24,11 +24,13 @@
 //! # Ok(()) }
 //! ```
 
+mod admission;
 mod clock;
 mod command;
 mod context;
 mod engine;
 mod error;
+mod monitor;
 mod pipelines;
 mod policy;
 mod remote;
@@ -39,6 +41,7 @@ mod secrets;
 mod security;
 mod shared;
 
+pub use admission::{Gauge, Pressure, Reading, Resource, ResourceOptions};
 pub use baton_core::schedule::{Misfire, Overlap, Schedule, ScheduleSpec, Trigger, Weekday};
 pub use baton_core::{
     Condition, EdgeStatus, UniquePolicy, WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowSpec,
@@ -58,6 +61,7 @@ pub use context::{Exit, JobContext, JobError};
 pub use engine::QueueStatus;
 pub use engine::{DEFAULT_MAX_LOG_LINES, Engine, EngineBuilder, Recovery, Subscription};
 pub use error::{Error, ErrorCode};
+pub use monitor::MachineSample;
 pub use policy::CommandPolicy;
 pub use remote::{
     Answer, MAX_SLOTS, Refused, RemoteAction, Report, ToWorker, WorkerHello, WorkerInfo,

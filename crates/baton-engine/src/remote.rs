@@ -522,7 +522,7 @@ async fn dispatch(inner: Arc<Inner>, worker: Arc<Worker>) {
         let mut started = 0;
         let mut failed = false;
         for queue in &worker.queues {
-            let claim_here = claim && !inner.queue_paused(queue);
+            let claim_here = claim && !inner.queue_paused(queue) && !inner.queue_held(queue);
             if pending.is_empty() && (free == 0 || !claim_here) {
                 continue;
             }

@@ -23,7 +23,8 @@ use crate::json::ApiJson;
         (status = 400, description = "no jobs, more than 10000, or a malformed body", body = baton_api::ErrorBody),
         (status = 403, description = "the token's role may not submit; a token narrowed to queues and a job of another queue (index names it); or the commands policy refuses a program of a job (code command_not_allowed, index names it); nothing is stored", body = baton_api::ErrorBody),
         (status = 409, description = "a job's unique_key is held by another job (unique_policy reject); nothing is stored", body = baton_api::ErrorBody),
-        (status = 422, description = "a job is invalid: the message, `index` and `field` name it (`jobs[3].command: ...`); a repeated id within the batch, a dependency on a later job of the batch or on no job; nothing is stored", body = baton_api::ErrorBody)))]
+        (status = 422, description = "a job is invalid: the message, `index` and `field` name it (`jobs[3].command: ...`); a repeated id within the batch, a dependency on a later job of the batch or on no job; nothing is stored", body = baton_api::ErrorBody),
+        (status = 507, description = "the store's disk is low (under `disk_free_below`): code insufficient_storage, the message names the disk's free space and the threshold; nothing is stored", body = baton_api::ErrorBody)))]
 pub async fn submit_batch(
     State(s): State<AppState>,
     caller: Option<axum::Extension<Caller>>,

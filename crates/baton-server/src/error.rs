@@ -91,6 +91,11 @@ impl ApiError {
             }
             ErrorCode::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ErrorCode::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
+            // What the client needs to know (the disk is low, and the threshold) and
+            // nothing internal: the message is made for it.
+            ErrorCode::InsufficientStorage => {
+                (StatusCode::INSUFFICIENT_STORAGE, "insufficient_storage")
+            }
             ErrorCode::InvalidConfig | ErrorCode::Internal => {
                 // The details go to the log, not to the client.
                 tracing::error!(error = %e, "internal error");

@@ -44,7 +44,8 @@ pub fn job_id(id: &str) -> ApiResult<&str> {
         (status = 200, description = "a job with this client id exists", body = baton_core::Job),
         (status = 403, description = "the token's role may not submit, or the server's commands policy does not allow a program the job would run (code command_not_allowed); nothing is stored", body = baton_api::ErrorBody),
         (status = 409, description = "its unique_key is held by another job (unique_policy reject)", body = baton_api::ErrorBody),
-        (status = 422, description = "invalid spec: a bad field, an unknown kind or queue, an unknown dependency, a secret env value on a server without a secret_key", body = baton_api::ErrorBody)))]
+        (status = 422, description = "invalid spec: a bad field, an unknown kind or queue, an unknown dependency, a secret env value on a server without a secret_key", body = baton_api::ErrorBody),
+        (status = 507, description = "the store's disk is low (under `disk_free_below`): code insufficient_storage, the message names the disk's free space and the threshold; nothing is stored", body = baton_api::ErrorBody)))]
 pub async fn submit(
     State(s): State<AppState>,
     caller: Option<axum::Extension<crate::auth::Caller>>,

@@ -63,8 +63,6 @@ pub struct ServerOptions {
     /// The longest a request body may take to arrive (408 past it), so that slow
     /// uploads cannot hold the request permits for ever.
     pub body_timeout: Duration,
-    /// The folder of the store, whose disk `/api/resources` watches.
-    pub data_dir: Option<std::path::PathBuf>,
     /// The most jobs one bulk action (`POST /api/jobs/bulk`) reaches: ids given, or
     /// jobs a filter matches.
     pub bulk_limit: usize,
@@ -97,7 +95,6 @@ impl Default for ServerOptions {
             max_requests: DEFAULT_MAX_REQUESTS,
             max_streams: DEFAULT_MAX_STREAMS,
             body_timeout: DEFAULT_BODY_TIMEOUT,
-            data_dir: None,
             bulk_limit: DEFAULT_BULK_LIMIT,
             stalled_after: DEFAULT_STALLED_AFTER,
             sse_keep_alive: DEFAULT_SSE_KEEP_ALIVE,
@@ -130,8 +127,7 @@ impl AppState {
         let metrics = Metrics::start(&engine).await?;
         let hub =
             events::Hub::start(&engine, metrics.draining.clone(), options.sse_keep_alive).await?;
-        let resources =
-            resources::Resources::start(options.data_dir.clone(), metrics.draining.clone());
+        let resources = resources::Resources::start(engine.clone(), metrics.draining.clone());
         let auth = Arc::new(auth::Auth::new(options));
         auth::Auth::prune_in_background(&auth, metrics.draining.clone());
         Ok(Self {

@@ -352,6 +352,8 @@ pub async fn queues(State(s): State<AppState>) -> ApiResult<Json<QueueList>> {
                 running: q.running,
                 counts: BTreeMap::new(),
                 paused: q.paused,
+                heavy: q.heavy,
+                held: q.held,
             },
         );
     }
@@ -364,6 +366,8 @@ pub async fn queues(State(s): State<AppState>) -> ApiResult<Json<QueueList>> {
                 running: 0,
                 counts: BTreeMap::new(),
                 paused: false,
+                heavy: false,
+                held: None,
             })
             .counts
             .insert(state.as_str().into(), n);
@@ -468,6 +472,25 @@ pub async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
         "counter",
         "Writes of a job's outcome that failed and were tried again.",
         s.engine.outcome_write_retries(),
+    );
+    let _ = writeln!(
+        out,
+        "# HELP baton_resource_crossed Whether each watched resource threshold is crossed now (1): heavy queues are then held.\n# TYPE baton_resource_crossed gauge"
+    );
+    for g in s.engine.pressure().gauges() {
+        let _ = writeln!(
+            out,
+            "baton_resource_crossed{{resource=\"{}\"}} {}",
+            g.resource.as_str(),
+            u8::from(g.crossed)
+        );
+    }
+    metric(
+        &mut out,
+        "baton_resource_alerts_total",
+        "counter",
+        "resource.alert events since the server started.",
+        m.count(EventKind::ResourceAlert),
     );
     let (pruned_jobs, pruned_events) = s.engine.pruned();
     metric(

@@ -1,22 +1,21 @@
-//! `/api/resources`: CPU, memory and disk now and over the last minutes, the limits
-//! they are held against, and the alerts that are raised.
+//! `/api/resources`: CPU, memory, load and disk now and over the last minutes, from
+//! the engine's machine monitor, with the thresholds of admission control and the ones
+//! crossed now.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use baton_core::Millis;
+use baton_engine::{Engine, MachineSample, Resource};
 use serde::Serialize;
-use sysinfo::{Disks, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio_util::sync::CancellationToken;
 
 use crate::AppState;
 
-/// Seconds between samples.
-const EVERY: Duration = Duration::from_secs(5);
+/// Milliseconds between the samples kept in the history.
+const EVERY_MS: Millis = 5_000;
 /// Samples kept: ten minutes.
 const KEEP: usize = 120;
 
@@ -29,25 +28,59 @@ pub struct Sample {
     pub cpu_pct: f32,
     pub memory_used_bytes: u64,
     pub memory_total_bytes: u64,
+    /// The one-minute load average.
+    pub load_1m: f64,
     /// This server's own resident memory and CPU use (100 is one core).
     pub process_rss_bytes: u64,
     pub process_cpu_pct: f32,
-    /// The filesystem that holds the store.
+    /// The filesystem that holds the store (0 when it is not watched: a PostgreSQL
+    /// store).
     pub disk_available_bytes: u64,
+    /// What files take on it; `disk_free_below` counts available against available
+    /// and used, as `df` does (root's reserve is neither).
+    pub disk_used_bytes: u64,
     pub disk_total_bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct Limits {
-    pub cpu_pct: f32,
-    pub memory_pct: f32,
-    /// An alert is raised below this share of free disk.
-    pub disk_free_pct: f32,
+impl From<&MachineSample> for Sample {
+    fn from(s: &MachineSample) -> Self {
+        Sample {
+            at: s.at,
+            cpu_pct: s.cpu_pct,
+            memory_used_bytes: s.memory_used_bytes,
+            memory_total_bytes: s.memory_total_bytes,
+            load_1m: s.load_1m,
+            process_rss_bytes: s.process_rss_bytes,
+            process_cpu_pct: s.process_cpu_pct,
+            disk_available_bytes: s.disk_available_bytes.unwrap_or(0),
+            disk_used_bytes: s.disk_used_bytes.unwrap_or(0),
+            disk_total_bytes: s.disk_total_bytes.unwrap_or(0),
+        }
+    }
 }
 
+/// The thresholds of admission control (`[resources]` in `baton.toml`); null: not
+/// watched.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct Limits {
+    /// Used memory above this percentage crosses.
+    pub memory_pct: Option<f64>,
+    /// Free space on the store's disk below this percentage crosses (and refuses new
+    /// jobs with 507).
+    pub disk_free_pct: Option<f64>,
+    /// A one-minute load average above this crosses.
+    pub load: Option<f64>,
+}
+
+/// A threshold crossed now.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Alert {
+    /// `memory`, `disk` or `load`.
     pub resource: String,
+    /// The last reading (percent, or the load).
+    pub value: Option<f64>,
+    pub threshold: f64,
+    /// `memory 93 % > 90 %`
     pub message: String,
 }
 
@@ -58,51 +91,53 @@ pub struct ResourcesResponse {
     pub history: Vec<Sample>,
     pub limits: Limits,
     pub alerts: Vec<Alert>,
+    /// Why heavy queues start no new jobs now; null when they run.
+    pub held: Option<String>,
 }
 
 pub struct Resources {
+    engine: Engine,
     samples: Mutex<VecDeque<Sample>>,
-    limits: Limits,
 }
 
 impl Resources {
-    /// Samples every few seconds until `stop` fires; `data_dir` names the disk to watch.
-    pub fn start(data_dir: Option<PathBuf>, stop: CancellationToken) -> Arc<Resources> {
+    /// Keeps a sample of the engine's monitor every 5 s until `stop` fires.
+    pub fn start(engine: Engine, stop: CancellationToken) -> Arc<Resources> {
         let resources = Arc::new(Resources {
+            engine: engine.clone(),
             samples: Mutex::new(VecDeque::with_capacity(KEEP)),
-            limits: Limits {
-                cpu_pct: 95.0,
-                memory_pct: 90.0,
-                disk_free_pct: 5.0,
-            },
         });
         let r = resources.clone();
+        let mut rx = engine.pressure().samples();
         tokio::spawn(async move {
-            let sampler = Arc::new(Mutex::new(Sampler::new(data_dir)));
-            let mut tick = tokio::time::interval(EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = stop.cancelled() => return,
+                let sample = rx.borrow_and_update().clone();
+                if let Some(sample) = sample {
+                    r.keep(Sample::from(&*sample));
                 }
-                let s = sampler.clone();
-                // Reading /proc is blocking IO.
-                let Ok(sample) =
-                    tokio::task::spawn_blocking(move || s.lock().map(|mut s| s.sample()).ok())
-                        .await
-                else {
-                    continue;
-                };
-                if let (Some(sample), Ok(mut samples)) = (sample, r.samples.lock()) {
-                    if samples.len() == KEEP {
-                        samples.pop_front();
-                    }
-                    samples.push_back(sample);
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = stop.cancelled() => return,
                 }
             }
         });
         resources
+    }
+
+    fn keep(&self, sample: Sample) {
+        let Ok(mut samples) = self.samples.lock() else {
+            return;
+        };
+        if samples
+            .back()
+            .is_some_and(|last| sample.at - last.at < EVERY_MS)
+        {
+            return;
+        }
+        if samples.len() == KEEP {
+            samples.pop_front();
+        }
+        samples.push_back(sample);
     }
 
     pub fn snapshot(&self) -> ResourcesResponse {
@@ -111,90 +146,36 @@ impl Resources {
             .lock()
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
-        let now = history.last().cloned();
-        let mut alerts = Vec::new();
-        if let Some(n) = &now {
-            let l = &self.limits;
-            if n.cpu_pct > l.cpu_pct {
-                alerts.push(Alert {
-                    resource: "cpu".into(),
-                    message: format!("CPU use is {:.0}% (limit {:.0}%)", n.cpu_pct, l.cpu_pct),
-                });
-            }
-            if n.memory_total_bytes > 0 {
-                let pct = n.memory_used_bytes as f32 * 100.0 / n.memory_total_bytes as f32;
-                if pct > l.memory_pct {
-                    alerts.push(Alert {
-                        resource: "memory".into(),
-                        message: format!("memory use is {pct:.0}% (limit {:.0}%)", l.memory_pct),
-                    });
-                }
-            }
-            if n.disk_total_bytes > 0 {
-                let free = n.disk_available_bytes as f32 * 100.0 / n.disk_total_bytes as f32;
-                if free < l.disk_free_pct {
-                    alerts.push(Alert {
-                        resource: "disk".into(),
-                        message: format!(
-                            "only {free:.1}% of the store's disk is free (limit {:.0}%)",
-                            l.disk_free_pct
-                        ),
-                    });
-                }
-            }
-        }
+        let pressure = self.engine.pressure();
+        // The latest sample, which the history may not hold yet.
+        let now = pressure
+            .samples()
+            .borrow()
+            .as_deref()
+            .map(Sample::from)
+            .or_else(|| history.last().cloned());
+        let gauges = pressure.gauges();
+        let limit = |r: Resource| gauges.iter().find(|g| g.resource == r).map(|g| g.threshold);
+        let alerts = gauges
+            .iter()
+            .filter(|g| g.crossed)
+            .map(|g| Alert {
+                resource: g.resource.as_str().to_owned(),
+                value: g.value,
+                threshold: g.threshold,
+                message: g.message.clone().unwrap_or_default(),
+            })
+            .collect();
         ResourcesResponse {
             now,
             history,
-            limits: self.limits.clone(),
+            limits: Limits {
+                memory_pct: limit(Resource::Memory),
+                disk_free_pct: limit(Resource::Disk),
+                load: limit(Resource::Load),
+            },
             alerts,
-        }
-    }
-}
-
-struct Sampler {
-    system: System,
-    disks: Disks,
-    data_dir: Option<PathBuf>,
-    pid: sysinfo::Pid,
-}
-
-impl Sampler {
-    fn new(data_dir: Option<PathBuf>) -> Sampler {
-        Sampler {
-            system: System::new(),
-            disks: Disks::new_with_refreshed_list(),
-            data_dir: data_dir.and_then(|d| d.canonicalize().ok()),
-            pid: sysinfo::Pid::from_u32(std::process::id()),
-        }
-    }
-
-    fn sample(&mut self) -> Sample {
-        self.system.refresh_cpu_usage();
-        self.system.refresh_memory();
-        self.system.refresh_processes_specifics(
-            ProcessesToUpdate::Some(&[self.pid]),
-            false,
-            ProcessRefreshKind::nothing().with_memory().with_cpu(),
-        );
-        self.disks.refresh(true);
-        let process = self.system.process(self.pid);
-        // The disk whose mount point is the longest prefix of the store's folder.
-        let disk = self.data_dir.as_ref().and_then(|dir| {
-            self.disks
-                .iter()
-                .filter(|d| dir.starts_with(d.mount_point()))
-                .max_by_key(|d| d.mount_point().as_os_str().len())
-        });
-        Sample {
-            at: chrono::Utc::now().timestamp_millis(),
-            cpu_pct: self.system.global_cpu_usage(),
-            memory_used_bytes: self.system.used_memory(),
-            memory_total_bytes: self.system.total_memory(),
-            process_rss_bytes: process.map_or(0, |p| p.memory()),
-            process_cpu_pct: process.map_or(0.0, |p| p.cpu_usage()),
-            disk_available_bytes: disk.map_or(0, |d| d.available_space()),
-            disk_total_bytes: disk.map_or(0, |d| d.total_space()),
+            held: pressure.held(),
         }
     }
 }

@@ -26,7 +26,8 @@ fn workflow_id(id: &str) -> ApiResult<&str> {
         (status = 200, description = "a workflow with this id exists", body = baton_api::WorkflowSubmitted),
         (status = 403, description = "the token's role may not submit, or the server's commands policy does not allow a program one of its jobs would run (code command_not_allowed); nothing is stored", body = baton_api::ErrorBody),
         (status = 422, description = "invalid spec, a cycle or an unknown dependency", body = baton_api::ErrorBody),
-        (status = 409, description = "a job id or unique key is taken", body = baton_api::ErrorBody)))]
+        (status = 409, description = "a job id or unique key is taken", body = baton_api::ErrorBody),
+        (status = 507, description = "the store's disk is low (under `disk_free_below`): code insufficient_storage, the message names the disk's free space and the threshold; nothing is stored", body = baton_api::ErrorBody)))]
 pub async fn submit(
     State(s): State<AppState>,
     ApiJson(spec): ApiJson<WorkflowSpec>,
@@ -212,5 +213,7 @@ async fn set_queue_paused(s: &AppState, name: &str, paused: bool) -> ApiResult<J
         running: q.running,
         counts,
         paused: q.paused,
+        heavy: q.heavy,
+        held: q.held,
     }))
 }

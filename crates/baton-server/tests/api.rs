@@ -868,11 +868,20 @@ async fn openapi_document_lists_the_endpoints() {
 #[tokio::test]
 async fn resources_now_history_limits() {
     let dir = tempfile::TempDir::new().unwrap();
-    let h = harness_with(ServerOptions {
-        data_dir: Some(dir.path().to_path_buf()),
-        ..ServerOptions::default()
-    })
-    .await;
+    let store = baton_store::SqliteStore::open(baton_store::SqliteOptions::new(
+        dir.path().join("baton.db"),
+    ))
+    .unwrap();
+    let engine = baton_engine::Engine::builder()
+        .store(std::sync::Arc::new(store))
+        .resources(baton_engine::ResourceOptions {
+            disk: Some(dir.path().to_path_buf()),
+            ..baton_engine::ResourceOptions::default()
+        })
+        .build()
+        .await
+        .unwrap();
+    let h = common::harness_of(engine, dir, ServerOptions::default()).await;
     // The first sample is taken at start.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let body = loop {
@@ -894,8 +903,11 @@ async fn resources_now_history_limits() {
         now["disk_total_bytes"].as_u64().unwrap() > 0,
         "the store's disk: {now}"
     );
+    assert!(now["load_1m"].as_f64().unwrap() >= 0.0, "{now}");
     assert!(!body["history"].as_array().unwrap().is_empty());
     assert_eq!(body["limits"]["memory_pct"], 90.0);
+    assert_eq!(body["limits"]["disk_free_pct"], 5.0);
+    assert!(body["limits"]["load"].is_null(), "not watched by default");
     assert!(body["alerts"].is_array());
 }
 

@@ -644,6 +644,13 @@ impl Store for PgStore {
             .await)
     }
 
+    async fn note(&self, kind: EventKind, data: serde_json::Value, now: Millis) -> Result<()> {
+        write!(self, |w| {
+            w.event(None, 0, kind, now, data.clone());
+            Ok::<(), baton_store::Error>(())
+        })
+    }
+
     async fn paused_queues(&self) -> Result<Vec<String>> {
         let c = self.inner.pool.get().await?;
         let rows = c

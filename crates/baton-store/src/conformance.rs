@@ -76,6 +76,7 @@ macro_rules! store_conformance_tests {
             recovery_of_a_server_leaves_other_servers_attempts_alone,
             recovery_of_named_jobs_leaves_the_servers_other_attempts_alone,
             servers_register_heartbeat_and_stop,
+            notes_are_events_of_no_job,
             counts_by_queue_and_state,
             list_totals_are_exact_by_state_and_queue_and_capped_otherwise,
             submit_and_start_runs_new_jobs_in_one_write,
@@ -1784,6 +1785,45 @@ pub async fn recover_fails_a_job_after_max_recoveries(store: Arc<dyn Store>) {
     assert_eq!(r.iter().map(|r| r.now).collect::<Vec<_>>(), [State::Failed]);
     let job = get(s, "glass").await;
     assert_eq!(job.error.as_ref().map(|e| e.code.as_str()), Some("crashed"));
+}
+
+/// An event of no job (a resource alert) is stored in the log, in order with the
+/// rest, and published live once durable, with its data as given.
+pub async fn notes_are_events_of_no_job(store: Arc<dyn Store>) {
+    let s = &*store;
+    let mut rx = s.subscribe();
+    s.register_server(server("srv-1", T0))
+        .await
+        .expect("register");
+    let data = json!({"resource": "memory", "value": 93.5, "threshold": 90.0,
+        "message": "memory 93.5 % > 90 %", "server_id": "srv-1"});
+    s.note(EventKind::ResourceAlert, data.clone(), T0 + 1)
+        .await
+        .expect("note the alert");
+    s.note(
+        EventKind::ResourceCleared,
+        json!({"resource": "memory"}),
+        T0 + 2,
+    )
+    .await
+    .expect("note the clear");
+    let log = all_events(s).await;
+    assert_eq!(
+        log.iter()
+            .map(|e| (e.kind, e.job_id.clone(), e.seq, e.at))
+            .collect::<Vec<_>>(),
+        [
+            (EventKind::ServerUp, None, 0, T0),
+            (EventKind::ResourceAlert, None, 0, T0 + 1),
+            (EventKind::ResourceCleared, None, 0, T0 + 2),
+        ]
+    );
+    assert_eq!(log[1].data, data);
+    let mut live = Vec::new();
+    while let Ok(e) = rx.try_recv() {
+        live.push((*e).clone());
+    }
+    assert_eq!(live, log, "published as stored");
 }
 
 /// Servers register, heartbeat and stop; each is listed as it last said, and their

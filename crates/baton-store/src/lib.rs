@@ -765,6 +765,9 @@ pub trait Store: Send + Sync + 'static {
     async fn set_queue_paused(&self, queue: &str, paused: bool, now: Millis) -> Result<bool>;
     /// The queues that are paused.
     async fn paused_queues(&self) -> Result<Vec<String>>;
+    /// Records an event of no job (`resource.alert`, `resource.cleared`) in a write of
+    /// its own; returns once it is durable and published.
+    async fn note(&self, kind: EventKind, data: serde_json::Value, now: Millis) -> Result<()>;
 
     /// Committed events, live. A receiver that lags reads the rest with `events_after`.
     fn subscribe(&self) -> broadcast::Receiver<Arc<Event>>;

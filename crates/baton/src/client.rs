@@ -648,8 +648,17 @@ pub fn print_queues(list: &QueueList) {
             n("queued"),
             n("completed"),
             n("failed"),
-            if q.paused { "paused" } else { "running" }
+            queue_state(q)
         );
+    }
+}
+
+/// `paused`, `held: memory 93 % > 90 %` (a heavy queue under pressure), or `running`.
+pub fn queue_state(q: &baton_api::QueueInfo) -> String {
+    match (&q.held, q.paused) {
+        (_, true) => "paused".into(),
+        (Some(why), false) => format!("held: {why}"),
+        (None, false) => "running".into(),
     }
 }
 

@@ -12,6 +12,8 @@ use baton_server::{AuthConfig, TokenEntry};
 use baton_store::Durability;
 use serde::Deserialize;
 
+mod resources;
+
 /// The file as written; every key optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -54,8 +56,8 @@ pub struct FileConfig {
     /// Kinds served by remote workers that clients may submit while no worker that
     /// serves them is connected (their jobs wait queued).
     pub remote_kinds: Option<Vec<String>>,
-    /// Queue name to concurrency.
-    pub queues: Option<BTreeMap<String, usize>>,
+    /// Queue name to its concurrency, or to a table (`{ concurrency = 2, heavy = true }`).
+    pub queues: Option<BTreeMap<String, toml::Value>>,
     /// How long finished jobs and their events are kept (`"7d"`, or `"off"`).
     pub retention: Option<String>,
     /// Queue name to its own retention.
@@ -63,6 +65,7 @@ pub struct FileConfig {
     pub auth: Option<FileAuth>,
     pub security: Option<FileSecurity>,
     pub dashboard: Option<FileDashboard>,
+    pub resources: Option<resources::FileResources>,
 }
 
 /// `[dashboard]`: how the dashboard the server serves shows jobs.
@@ -198,6 +201,11 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub heartbeat: Duration,
     pub queues: BTreeMap<String, usize>,
+    /// Queues that admission control holds while a resource threshold is crossed.
+    pub heavy_queues: Vec<String>,
+    /// The machine monitor and admission control (`[resources]`); the disk is the
+    /// store's, set by `serve`.
+    pub resources: baton_engine::ResourceOptions,
     pub auth: AuthConfig,
     pub pipelines_dirs: Vec<PathBuf>,
     pub max_log_lines: Option<u64>,
@@ -404,15 +412,8 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         Some((text, named)) => positive_duration(&text)
             .map_err(|m| anyhow::anyhow!("invalid setting {named} = {text:?}: {m}"))?,
     };
-    let queues = file.queues.clone().unwrap_or_default();
-    for (name, n) in &queues {
-        if *n == 0 {
-            bail!(
-                "invalid setting {}: queue {name:?} needs a concurrency of at least 1",
-                source("queues")
-            );
-        }
-    }
+    let (queues, heavy_queues) = resources::queues(file.queues.as_ref(), &source)?;
+    let resources = resources::resources(file.resources, &source)?;
     for dir in file.pipelines_dirs.iter().flatten() {
         if !dir.is_dir() {
             bail!(
@@ -545,6 +546,8 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         shutdown_timeout,
         heartbeat,
         queues,
+        heavy_queues,
+        resources,
         auth,
         pipelines_dirs: file.pipelines_dirs.unwrap_or_default(),
         max_log_lines: file.max_log_lines,
@@ -766,10 +769,14 @@ fn parse_bool(name: &str, v: &str) -> Result<bool> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn load_with(file: Option<&str>, env: &[(&str, &str)], flags: Flags) -> Result<Config> {
+    pub(crate) fn load_with(
+        file: Option<&str>,
+        env: &[(&str, &str)],
+        flags: Flags,
+    ) -> Result<Config> {
         let dir = tempfile::tempdir().unwrap();
         let mut flags = flags;
         if let Some(text) = file {
@@ -824,7 +831,7 @@ mod tests {
         }
     }
 
-    fn refused(file: Option<&str>, env: &[(&str, &str)], part: &str) {
+    pub(crate) fn refused(file: Option<&str>, env: &[(&str, &str)], part: &str) {
         let e = load_with(file, env, Flags::default())
             .unwrap_err()
             .to_string();

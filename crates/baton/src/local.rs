@@ -25,9 +25,23 @@ pub async fn run(spec: JobSpec, json: bool) -> Result<u8> {
     };
     let store = SqliteStore::open(SqliteOptions::new(path).durability(config.durability))
         .map_err(|e| anyhow!("no server answered, and the embedded store cannot be used: {e}"))?;
-    let mut builder = Engine::builder().store(Arc::new(store));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| ".".into());
+    let mut builder =
+        Engine::builder()
+            .store(Arc::new(store))
+            .resources(baton_engine::ResourceOptions {
+                disk: Some(dir),
+                ..config.resources.clone()
+            });
     for (name, n) in &config.queues {
         builder = builder.queue(name, *n);
+    }
+    for name in &config.heavy_queues {
+        builder = builder.heavy(name);
     }
     for dir in &config.pipelines_dirs {
         builder = builder.pipelines_dir(dir);

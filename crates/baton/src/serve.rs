@@ -70,14 +70,24 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
                 (Arc::new(store), shown, None)
             }
         };
+    // The disk watched is the SQLite database's; a PostgreSQL store's disk is the
+    // database server's, which this machine cannot see.
+    let resources = baton_engine::ResourceOptions {
+        disk: data_dir,
+        ..config.resources.clone()
+    };
     let mut builder = Engine::builder()
         .store(store)
         .url(&url)
+        .resources(resources)
         .security(config.security.clone())
         .heartbeat(config.heartbeat)
         .retention(config.retention.clone());
     for (name, concurrency) in &config.queues {
         builder = builder.queue(name, *concurrency);
+    }
+    for name in &config.heavy_queues {
+        builder = builder.heavy(name);
     }
     for dir in &config.pipelines_dirs {
         builder = builder.pipelines_dir(dir);
@@ -101,7 +111,6 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
         body_timeout: config.body_timeout,
         bulk_limit: config.bulk_limit,
         stalled_after: config.stalled_after,
-        data_dir,
         ..ServerOptions::default()
     };
     if demo {

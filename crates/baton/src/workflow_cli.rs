@@ -130,7 +130,7 @@ pub fn queue(c: &Client, command: QueueCommand) -> Result<u8> {
         if c.json {
             c.print_json(&q);
         } else {
-            println!("{} {}", q.name, if q.paused { "paused" } else { "running" });
+            println!("{} {}", q.name, crate::client::queue_state(&q));
         }
         Ok(exit::OK)
     };

@@ -24,6 +24,11 @@ pub struct QueueStatus {
     /// Jobs of this queue running on this engine now.
     pub running: usize,
     pub paused: bool,
+    /// Held by admission control when crossed thresholds hold it back.
+    pub heavy: bool,
+    /// Why it starts no new job while it is heavy and a threshold is crossed
+    /// (`memory 93 % > 90 %`).
+    pub held: Option<String>,
 }
 
 impl Engine {
@@ -33,9 +38,7 @@ impl Engine {
     /// with its id; nothing is stored then. Submitting a workflow id that exists returns
     /// that workflow (`created` is false).
     pub async fn submit_workflow(&self, spec: WorkflowSpec) -> Result<SubmittedWorkflow> {
-        if self.inner.shutdown.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
+        self.inner.accepting()?;
         let plan = spec.plan()?;
         let now = self.inner.clock.now();
         let workflow_id = match &spec.id {
@@ -180,7 +183,11 @@ impl Engine {
 
     /// The queues this engine serves, with their state.
     pub fn queue_states(&self) -> Vec<QueueStatus> {
-        self.inner.queues.values().map(|q| status(q)).collect()
+        self.inner
+            .queues
+            .values()
+            .map(|q| status(&self.inner, q))
+            .collect()
     }
 
     async fn set_queue_paused(&self, name: &str, paused: bool) -> Result<QueueStatus> {
@@ -204,7 +211,7 @@ impl Engine {
             self.inner.remote.wake(name);
         }
         tracing::info!(queue = %name, paused, "queue {}", if paused { "paused" } else { "resumed" });
-        Ok(status(q))
+        Ok(status(&self.inner, q))
     }
 
     async fn control_workflow(&self, id: &str, action: WorkflowAction) -> Result<WorkflowChange> {
@@ -246,12 +253,14 @@ impl Inner {
     }
 }
 
-fn status(q: &super::QueueState) -> QueueStatus {
+fn status(inner: &Inner, q: &super::QueueState) -> QueueStatus {
     QueueStatus {
         name: q.name.clone(),
         concurrency: q.concurrency,
         running: q.running.load(Ordering::SeqCst),
         paused: q.paused.load(Ordering::SeqCst),
+        heavy: q.heavy,
+        held: if q.heavy { inner.pressure.held() } else { None },
     }
 }
 

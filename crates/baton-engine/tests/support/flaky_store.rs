@@ -260,6 +260,14 @@ impl Store for FlakyStore {
     async fn set_queue_paused(&self, queue: &str, paused: bool, now: Millis) -> Result<bool> {
         self.inner.set_queue_paused(queue, paused, now).await
     }
+    async fn note(
+        &self,
+        kind: baton_core::EventKind,
+        data: serde_json::Value,
+        now: Millis,
+    ) -> Result<()> {
+        self.inner.note(kind, data, now).await
+    }
     async fn paused_queues(&self) -> Result<Vec<String>> {
         self.inner.paused_queues().await
     }

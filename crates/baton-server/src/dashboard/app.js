@@ -288,7 +288,7 @@ async function overview(main) {
     el("table", {}, el("thead", {}, el("tr", {}, ["Queue", "Concurrency", "Running", "Queued", "Paused"].map(h => el("th", {}, h)))),
       el("tbody", {}, queues.queues.map(q => el("tr", {}, el("td", {}, el("a", { href: `#/jobs?queue=${enc(q.name)}` }, q.name)),
         el("td", { class: "num" }, q.concurrency ?? "–"), el("td", { class: "num" }, q.running),
-        el("td", { class: "num" }, q.counts.queued || 0), el("td", {}, q.paused ? "paused" : ""))))),
+        el("td", { class: "num" }, q.counts.queued || 0), el("td", {}, q.paused ? "paused" : q.held ? `held: ${q.held}` : ""))))),
     el("h2", {}, "Servers"),
     el("table", {}, el("thead", {}, el("tr", {}, ["Server", "Host", "PID", "Workers", "Heartbeat"].map(h => el("th", {}, h)))),
       el("tbody", {}, servers.servers.map(s => el("tr", {}, el("td", {}, s.id), el("td", {}, s.host), el("td", { class: "num" }, s.pid),
@@ -1252,14 +1252,16 @@ async function queuesView(main) {
     return el("tr", { "data-queue": q.name }, el("td", {}, el("a", { href: `#/jobs?queue=${enc(q.name)}` }, q.name)),
       el("td", { class: "num" }, q.concurrency ?? "–"), el("td", { class: "num" }, q.running),
       ["queued", "scheduled", "failed", "completed"].map(s => el("td", { class: "num" }, q.counts[s] || 0)),
-      el("td", { "data-paused": String(q.paused) }, q.paused ? "paused" : "running"), el("td", {}, b));
+      el("td", { "data-paused": String(q.paused), "data-held": q.held || "" },
+        q.paused ? "paused" : q.held ? `held: ${q.held}` : q.heavy ? "running (heavy)" : "running"), el("td", {}, b));
   }));
   const ready = listenSoon();
   draw(await api("GET", "/api/queues"));
   main.replaceChildren(el("h1", {}, "Queues"),
     el("table", {}, el("thead", {}, el("tr", {}, ["Queue", "Concurrency", "Running", "Queued", "Scheduled", "Failed", "Completed", "State", ""].map(h => el("th", {}, h)))), body));
   return ready(async batch => {
-    if (batch.some(e => e.type === "queue.paused" || e.type === "queue.resumed")) draw(await api("GET", "/api/queues"));
+    // A heavy queue's hold begins with a resource alert and ends with its clearing.
+    if (batch.some(e => ["queue.paused", "queue.resumed", "resource.alert", "resource.cleared"].includes(e.type))) draw(await api("GET", "/api/queues"));
   });
 }
 

@@ -67,6 +67,11 @@ pub async fn harness_with(options: ServerOptions) -> Harness {
 /// A harness on the database already in `dir` (its engine recovers what it finds).
 pub async fn harness_in(dir: TempDir, options: ServerOptions) -> Harness {
     let engine = test_engine(&dir).await;
+    harness_of(engine, dir, options).await
+}
+
+/// A harness over an engine the test built, on a store in `dir`.
+pub async fn harness_of(engine: Engine, dir: TempDir, options: ServerOptions) -> Harness {
     let state = AppState::new(engine.clone(), &options)
         .await
         .expect("start the server's state");

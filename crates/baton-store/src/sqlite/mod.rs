@@ -791,6 +791,11 @@ impl Store for SqliteStore {
         self.read(graph::paused_queues).await
     }
 
+    async fn note(&self, kind: EventKind, data: serde_json::Value, now: Millis) -> Result<()> {
+        let op = Op::Note { kind, data, now };
+        self.write(op).await.map(|_| ())
+    }
+
     fn synchronous(&self) -> Option<&'static str> {
         Some(self.inner.synchronous)
     }

@@ -64,6 +64,12 @@ pub enum Op {
         paused: bool,
         now: Millis,
     },
+    /// An event of no job (see [`crate::Store::note`]).
+    Note {
+        kind: EventKind,
+        data: Value,
+        now: Millis,
+    },
     CreateSchedule(Box<crate::NewSchedule>),
     PutSchedule(Box<crate::NewSchedule>),
     DeleteSchedule(String),
@@ -666,6 +672,9 @@ impl Writer {
             Op::SetQueuePaused { queue, paused, now } => self
                 .set_queue_paused(queue, *paused, *now)
                 .map(Output::Bool),
+            Op::Note { kind, data, now } => self
+                .event(None, 0, *kind, *now, data.clone())
+                .map(|()| Output::Unit),
             Op::Claim(req) => self.claim(req).map(Output::Claimed),
             Op::Settle(s) => self.settle_outcomes(s).map(Output::Settled),
             Op::Transition(t) => match self.transition(t, Resume::No, true)? {
