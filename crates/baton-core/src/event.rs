@@ -79,6 +79,7 @@ event_kinds! {
     ServerUp => "server.up",
     ServerDown => "server.down",
     ResourceAlert => "resource.alert",
+    Usage => "job.usage",
 }
 
 impl EventKind {
