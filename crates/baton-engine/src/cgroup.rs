@@ -241,20 +241,25 @@ impl JobGroup {
         n
     }
 
-    /// Kills what is left in the group and removes its folders. A folder whose last
-    /// processes are still being reaped is tried again for up to a second.
+    /// Kills what is left in the group and removes its folders; false when a folder
+    /// still holds processes (being reaped).
+    pub(crate) fn try_remove(&self) -> bool {
+        self.kill_all();
+        let mut removed = true;
+        for dir in &self.dirs {
+            match std::fs::remove_dir(dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(_) => removed = false,
+            }
+        }
+        removed
+    }
+
+    /// [`JobGroup::try_remove`], tried again for up to a second: blocks.
     pub(crate) fn remove(&self) {
         for _ in 0..100 {
-            self.kill_all();
-            let mut busy = false;
-            for dir in &self.dirs {
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(_) => busy = true,
-                }
-            }
-            if !busy {
+            if self.try_remove() {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
@@ -350,6 +355,20 @@ impl Layout {
     /// own, `<name>/server`: a v2 group that hands controllers to its children may
     /// hold no process itself.
     fn prepare(self, name: &str) -> Result<Cgroups, String> {
+        // The real root group (it has no `memory.max`) may hold processes and still
+        // hand controllers down; any other must be left by this server first, which
+        // is done only where it will work: no other process shares the group.
+        let v2_leave = self.version == Version::V2 && self.memory.join("memory.max").exists();
+        if v2_leave {
+            let me = std::process::id() as i32;
+            let others = pids(&self.memory).into_iter().filter(|p| *p != me).count();
+            if others > 0 {
+                return Err(format!(
+                    "{others} other processes share this server's cgroup {} (give Baton a cgroup of its own, e.g. systemd's Delegate=yes)",
+                    self.memory.display()
+                ));
+            }
+        }
         let mut bases = vec![self.memory.clone()];
         for b in [Some(&self.cpu), self.cpuacct.as_ref()]
             .into_iter()
@@ -371,15 +390,18 @@ impl Layout {
         if self.version == Version::V2 {
             let parent = &self.memory;
             let mine = parent.join(name);
-            let leaf = mine.join("server");
-            match std::fs::create_dir(&leaf) {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(format!("cannot make {}: {e}", leaf.display())),
+            if v2_leave {
+                let leaf = mine.join("server");
+                match std::fs::create_dir(&leaf) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(format!("cannot make {}: {e}", leaf.display())),
+                }
+                let procs = leaf.join("cgroup.procs");
+                write(&procs, "0").map_err(|e| {
+                    format!("cannot move this server into {}: {e}", procs.display())
+                })?;
             }
-            let procs = leaf.join("cgroup.procs");
-            write(&procs, "0")
-                .map_err(|e| format!("cannot move this server into {}: {e}", procs.display()))?;
             for dir in [parent, &mine] {
                 let file = dir.join("cgroup.subtree_control");
                 write(&file, "+memory +cpu").map_err(|e| {

@@ -353,8 +353,8 @@ impl Drop for Tracked {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert((entry.job_id.clone(), entry.fence), usage);
         }
-        if entry.group.is_some() {
-            // Removing waits for the group's last processes to be reaped: not on the
+        if entry.group.as_ref().is_some_and(|g| !g.try_remove()) {
+            // The group's last processes are still being reaped: wait for them off the
             // runtime's threads.
             let entry = entry.clone();
             self.shared.runtime.spawn_blocking(move || {

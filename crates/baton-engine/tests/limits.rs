@@ -339,3 +339,49 @@ async fn a_job_without_limits_is_measured_too() {
     assert!(stats.ticks > 0 && stats.sampler_cpu_ns > 0, "{stats:?}");
     engine.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A server that died leaves its jobs' cgroups behind, perhaps with processes in them:
+/// the next server to start kills those processes and removes the folders.
+#[tokio::test]
+async fn cgroups_of_a_server_that_is_gone_are_emptied_and_removed_at_start() {
+    let dir = TempDir::new().unwrap();
+    let first = cgroup_engine(&dir).await;
+    let report = first.limits_report();
+    first.shutdown(Duration::from_secs(5)).await;
+    // The first hierarchy's folder of this process; its parent holds every server's.
+    let own = report.cgroups.expect("cgroup folders");
+    let own = std::path::PathBuf::from(own.split(", ").next().unwrap());
+    let base = own.parent().unwrap().to_path_buf();
+    // No process has pid 4194304 or more (the kernel's largest pid is below it).
+    let stale = base.join("baton.4194399.1");
+    let job = stale.join("job.1");
+    std::fs::create_dir_all(&job).unwrap();
+    let mut sleeper = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    std::fs::write(job.join("cgroup.procs"), sleeper.id().to_string()).unwrap();
+
+    let dir2 = TempDir::new().unwrap();
+    let second = cgroup_engine(&dir2).await;
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(status) = sleeper.try_wait().unwrap() {
+            break status;
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = sleeper.kill();
+            panic!("the stale group's process was not killed");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the stale group's process was killed"
+    );
+    assert!(!stale.exists(), "{} was removed", stale.display());
+    assert!(own.exists(), "this process's own folder stays");
+    second.shutdown(Duration::from_secs(5)).await;
+}
