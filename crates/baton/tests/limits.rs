@@ -8,7 +8,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{Refusal, Server, refused_at_start, start};
+use support::{Refusal, Server, baton, ok, refused_at_start, start};
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -164,6 +164,11 @@ fn rlimit_a_queues_memory_limit_fails_a_job_that_passes_it_and_usage_is_reported
         done["usage"]["peak_rss_bytes"].as_u64().unwrap() > 40_000_000,
         "{done}"
     );
+    // The CLI shows them too.
+    let shown = ok(&baton(&server, &["show", &id]));
+    assert!(shown.contains("memory 40MB"), "{shown}");
+    assert!(shown.contains("attempt 1: "), "{shown}");
+    assert!(shown.contains("memory_limit: "), "{shown}");
 
     // A job within its limits completes, with its usage in the job and its attempt,
     // and job.usage events while it ran.
