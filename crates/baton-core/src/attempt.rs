@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::event::{Event, EventKind};
 use crate::job::ErrorInfo;
+use crate::resources::Usage;
 use crate::time::{Millis, opt_rfc3339, rfc3339};
 
 /// The events that start or end an attempt; the others do not change attempts.
@@ -17,6 +18,7 @@ pub const ATTEMPT_EVENTS: &[EventKind] = &[
     EventKind::Crashed,
     EventKind::Cancelled,
     EventKind::Queued,
+    EventKind::Usage,
 ];
 
 /// One attempt of a job (`GET /api/jobs/{id}/attempts`).
@@ -48,6 +50,9 @@ pub struct Attempt {
     pub retried: bool,
     /// The checkpoint the attempt resumed from, when it did.
     pub resumed_from: Option<CheckpointRef>,
+    /// What its processes used (command and pipeline kinds): the usage recorded
+    /// with its end, or its last `job.usage` event; `null` when none was measured.
+    pub usage: Option<Usage>,
 }
 
 /// How an attempt ended.
@@ -94,12 +99,20 @@ pub fn from_events<'a>(
                 signal: None,
                 retried: false,
                 resumed_from: serde_json::from_value(e.data["checkpoint"].clone()).ok(),
+                usage: None,
             });
             continue;
         }
         let Some(open) = out.last_mut().filter(|a| a.outcome.is_none()) else {
             continue;
         };
+        // A usage event, or the usage an attempt's end carries, is its latest.
+        if let Ok(usage) = serde_json::from_value::<Usage>(match e.kind {
+            EventKind::Usage => e.data.clone(),
+            _ => e.data["usage"].clone(),
+        }) {
+            open.usage = Some(usage);
+        }
         let outcome = match e.kind {
             EventKind::Completed => Outcome::Completed,
             EventKind::Failed | EventKind::Retrying => Outcome::Failed,
@@ -239,6 +252,30 @@ mod tests {
             (Some(Outcome::Completed), None)
         );
         assert_eq!((a[1].outcome, a[1].finished_at), (None, None));
+    }
+
+    #[test]
+    fn usage_comes_from_the_end_of_an_attempt_or_its_last_usage_event() {
+        let usage = |cpu: u64| {
+            json!({"attempt": 1, "cpu_ms": cpu, "rss_bytes": 10, "peak_rss_bytes": 20,
+                   "at": "2026-01-01T00:00:00Z"})
+        };
+        let events = [
+            ev(1, EventKind::Started, json!({"attempt": 1})),
+            ev(2, EventKind::Usage, usage(100)),
+            ev(3, EventKind::Usage, usage(200)),
+            ev(4, EventKind::Crashed, json!({"reason": "crashed"})),
+            ev(5, EventKind::Started, json!({"attempt": 1})),
+            ev(6, EventKind::Usage, usage(300)),
+            ev(7, EventKind::Failed, json!({"usage": usage(400)})),
+            ev(8, EventKind::Started, json!({"attempt": 2})),
+        ];
+        let a = from_events(&events, true);
+        let cpu: Vec<Option<u64>> = a
+            .iter()
+            .map(|a| a.usage.as_ref().map(|u| u.cpu_ms))
+            .collect();
+        assert_eq!(cpu, [Some(200), Some(400), None]);
     }
 
     #[test]

@@ -80,6 +80,7 @@ event_kinds! {
     ServerDown => "server.down",
     ResourceAlert => "resource.alert",
     ResourceCleared => "resource.cleared",
+    Usage => "job.usage",
 }
 
 impl EventKind {

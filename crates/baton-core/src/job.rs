@@ -6,6 +6,7 @@ use serde_json::Value;
 
 use crate::backoff::Backoff;
 use crate::duration;
+use crate::resources::{ResourceLimits, Usage};
 use crate::state::State;
 use crate::time::{Millis, opt_rfc3339, rfc3339};
 
@@ -48,6 +49,10 @@ pub struct Job {
     #[serde(with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: Millis,
+    /// What the job's processes used (command and pipeline kinds): CPU time and
+    /// resident memory, now and at their peak, of the attempt named in it; `null`
+    /// until a first measurement.
+    pub usage: Option<Usage>,
     /// What the job runs, and its time limits and retry backoff.
     #[serde(flatten)]
     pub runs: Runs,
@@ -75,6 +80,9 @@ pub struct Runs {
     pub grace: String,
     /// The wait before each retry.
     pub backoff: BackoffInfo,
+    /// The resource limits of a command or pipeline job's processes, as given (with
+    /// its queue's defaults for the fields it left out); `null` when it has none.
+    pub limits: Option<ResourceLimits>,
 }
 
 /// One step of a pipeline job as clients see it.
@@ -136,6 +144,7 @@ impl Runs {
                 initial: duration::format(backoff.initial),
                 max: duration::format(backoff.max),
             },
+            limits: field("limits").and_then(|l| serde_json::from_value(l.clone()).ok()),
         }
     }
 }

@@ -39,6 +39,9 @@ pub struct PipelineSpec {
     pub env: Option<BTreeMap<String, String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
+    /// Resource limits of the jobs that run it; a job's own fields win.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<crate::ResourceLimits>,
 }
 
 impl PipelineSpec {
@@ -110,6 +113,10 @@ impl PipelineSpec {
                 }
             },
             cwd: job.cwd.clone().or_else(|| self.cwd.clone()),
+            limits: match (&job.limits, &self.limits) {
+                (Some(own), Some(def)) => Some(own.or(def)),
+                (own, def) => own.clone().or_else(|| def.clone()),
+            },
             ..job.clone()
         }
     }

@@ -10,6 +10,7 @@ use crate::backoff::Backoff;
 use crate::dependency::{Condition, Dependency, MAX_DEPENDENCIES, UniquePolicy};
 use crate::duration;
 use crate::id::{JobId, is_id_char};
+use crate::resources::ResourceLimits;
 use crate::state::State;
 use crate::time::{self, Millis};
 
@@ -62,6 +63,10 @@ pub struct JobSpec {
     pub unique_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// Resource limits of a command or pipeline job's processes (memory, CPU time,
+    /// CPUs); a field left out takes its queue's default, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ResourceLimits>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -349,6 +354,12 @@ impl JobSpec {
         self
     }
 
+    /// Limits the resources of the job's processes (kinds `command` and `pipeline`).
+    pub fn limits(mut self, limits: ResourceLimits) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
     /// A `command` job running `argv` (no shell).
     pub fn command<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
         Self {
@@ -613,6 +624,9 @@ impl JobSpec {
             if self.env.is_some() {
                 return Err(only("env", "command or pipeline"));
             }
+            if self.limits.is_some() {
+                return Err(only("limits", "command or pipeline"));
+            }
             if self.cwd.is_some() {
                 return Err(only("cwd", "command or pipeline"));
             }
@@ -689,6 +703,12 @@ impl JobSpec {
         }
         if let Some(p) = &self.pipeline {
             put("pipeline", Value::String(p.clone()));
+        }
+        if let Some(l) = &self.limits {
+            l.parse("limits")?;
+            if !l.is_empty() {
+                put("limits", serde_json::to_value(l).unwrap_or(Value::Null));
+            }
         }
         Ok(Some(Value::Object(exec)))
     }
@@ -897,6 +917,26 @@ mod tests {
         check(json!({"kind": "x", "id": ""}), "id", "empty");
         check(json!({"kind": "x", "queue": "q/1"}), "queue", "'/'");
         check(json!({"kind": "x", "delay": "-5s"}), "delay", "negative");
+        check(
+            json!({"kind": "x", "limits": {"memory": "1GB"}}),
+            "limits",
+            "only allowed for kind command or pipeline",
+        );
+        check(
+            json!({"kind": "command", "command": ["true"], "limits": {"memory": "lots"}}),
+            "limits.memory",
+            "\"lots\" is not an amount of memory",
+        );
+        check(
+            json!({"kind": "command", "command": ["true"], "limits": {"cpus": 0}}),
+            "limits.cpus",
+            "positive",
+        );
+        check(
+            json!({"kind": "command", "command": ["true"], "limits": {"memroy": "1GB"}}),
+            "",
+            "unknown field `memroy`",
+        );
         check(
             json!({"kind": "x", "delay": "soon"}),
             "delay",

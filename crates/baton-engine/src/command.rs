@@ -26,9 +26,13 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
 use crate::context::{Exit, JobContext, JobError};
+use crate::limits::LimitHit;
 use crate::policy::CommandPolicy;
+use crate::procfs::proc_stat;
 use crate::run::Ctl;
 use crate::security::Refusal;
+use crate::spawn_hook::SpawnHook;
+use crate::usage::Tracked;
 
 /// A longer line is cut into pieces of this size, so that a process that never prints
 /// a newline cannot make the engine buffer without bound.
@@ -53,6 +57,7 @@ struct Exec {
     env: Option<BTreeMap<String, String>>,
     cwd: Option<String>,
     steps: Option<Vec<StepSpec>>,
+    limits: Option<baton_core::ResourceLimits>,
 }
 
 /// A pipeline's checkpoint: the steps done, their results, and the running step's own
@@ -87,6 +92,7 @@ pub(crate) async fn run_command(ctx: JobContext, _payload: Value) -> Result<Valu
             env.push(("BATON_RESUME_STEP".into(), step.to_owned()));
         }
     }
+    let tracked = track(&ctx, exec.limits.as_ref()).await?;
     let spec = ProcSpec {
         argv: program(argv, exec.shell.unwrap_or(false)),
         env,
@@ -95,7 +101,7 @@ pub(crate) async fn run_command(ctx: JobContext, _payload: Value) -> Result<Valu
         grace: ctx.grace(),
         secrets,
     };
-    let run = run_process(&ctx, &spec, Scope::Command).await?;
+    let run = run_process(&ctx, &spec, Scope::Command, &tracked).await?;
     run.outcome("")
 }
 
@@ -124,6 +130,8 @@ pub(crate) async fn run_pipeline(ctx: JobContext, _payload: Value) -> Result<Val
     let mut budget = ctx.timeout();
     let mut first_run = true;
     let parents = ParentResults::write(&ctx).await?;
+    // One measurement and one set of limits for the whole job, across its steps.
+    let tracked = track(&ctx, exec.limits.as_ref()).await?;
     for (index, step) in steps.iter().enumerate() {
         if state.completed_steps.contains(&step.name) {
             continue;
@@ -179,7 +187,7 @@ pub(crate) async fn run_pipeline(ctx: JobContext, _payload: Value) -> Result<Val
                 done: &state,
             };
             let what = format!("step {:?}: ", step.name);
-            let run = run_process(&ctx, &spec, scope)
+            let run = run_process(&ctx, &spec, scope, &tracked)
                 .await
                 .map_err(|e| e.prefixed(&what))?;
             budget = budget.map(|b| b.saturating_sub(run.active));
@@ -285,34 +293,6 @@ pub(crate) async fn kill_stranded(
     Ok(out)
 }
 
-/// What `/proc/PID/stat` tells about a process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcStat {
-    /// `R`, `S`, `T` (stopped), `Z` (zombie), ...
-    pub state: char,
-    /// User plus system CPU time, in clock ticks.
-    pub cpu_ticks: u64,
-    /// Clock ticks since boot when the process started.
-    pub start_time: u64,
-    pub pgid: i32,
-}
-
-/// Reads `/proc/PID/stat`; `None` when the process does not exist.
-pub fn proc_stat(pid: u32) -> Option<ProcStat> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: the fields
-    // after the last ')' start with field 3, the state.
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| f.get(n - 3).copied();
-    Some(ProcStat {
-        state: field(3)?.chars().next()?,
-        pgid: field(5)?.parse().ok()?,
-        cpu_ticks: field(14)?.parse::<u64>().ok()? + field(15)?.parse::<u64>().ok()?,
-        start_time: field(22)?.parse().ok()?,
-    })
-}
-
 // ---------------------------------------------------------------------------------
 // One process.
 
@@ -371,6 +351,8 @@ impl Scope<'_> {
 /// How a process ended.
 struct Finished {
     status: ExitStatus,
+    /// Set when the job passed one of its resource limits.
+    limit_hit: Option<LimitHit>,
     /// Set when the timeout stopped it.
     timed_out: Option<Duration>,
     /// Time it ran, not counting time paused.
@@ -387,6 +369,9 @@ impl Finished {
             let lines: Vec<&str> = self.stderr_tail.iter().map(String::as_str).collect();
             format!("; last lines of stderr:\n{}", lines.join("\n"))
         };
+        if let Some(hit) = self.limit_hit {
+            return Err(hit.error(what));
+        }
         let exit = match (self.status.code(), self.status.signal()) {
             (Some(code), _) => Some(Exit::Code(code)),
             (None, Some(n)) => Some(Exit::Signal(signal_name(n))),
@@ -460,10 +445,12 @@ async fn run_process(
     ctx: &JobContext,
     spec: &ProcSpec,
     scope: Scope<'_>,
+    tracked: &Tracked,
 ) -> Result<Finished, JobError> {
-    let mut child = spawn(spec, &ctx.security().commands)?;
+    let mut child = spawn(spec, &ctx.security().commands, tracked.spawn_hook())?;
     let pid = child.id().unwrap_or(0);
     let guard = GroupGuard { pgid: pid as i32 };
+    tracked.started(guard.pgid);
     let start_time = proc_stat(pid).map_or(0, |s| s.start_time);
     tracing::debug!(job_id = %ctx.job_id(), pid, program = %spec.argv[0], "started a job process");
     let recorded = ctx
@@ -512,6 +499,8 @@ async fn run_process(
             _ = &mut readers, if !read_all => read_all = true,
         }
     };
+    let signal = status.as_ref().ok().and_then(|s| s.signal());
+    let limit_hit = tracked.process_ended(signal);
     // The leader has exited: end whatever it left in its group, so the pipes close.
     drop(guard);
     if !read_all && tokio::time::timeout(DRAIN, &mut readers).await.is_err() {
@@ -520,6 +509,7 @@ async fn run_process(
     let status = status.map_err(|e| JobError::new(format!("cannot wait for the process: {e}")))?;
     Ok(Finished {
         status,
+        limit_hit,
         timed_out,
         active,
         result: shared.result.lock().ok().and_then(|mut r| r.take()),
@@ -531,7 +521,11 @@ async fn run_process(
     })
 }
 
-fn spawn(spec: &ProcSpec, policy: &CommandPolicy) -> Result<Child, JobError> {
+fn spawn(
+    spec: &ProcSpec,
+    policy: &CommandPolicy,
+    hook: Option<SpawnHook>,
+) -> Result<Child, JobError> {
     let program = &spec.argv[0];
     // Under a restrictive policy the file checked is the file run: the resolved path,
     // with the name as written kept as argv[0] (a multi-call program reads it).
@@ -551,9 +545,14 @@ fn spawn(spec: &ProcSpec, policy: &CommandPolicy) -> Result<Child, JobError> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         // Its own group, so that signals reach its children too. Set through
-        // posix_spawn attributes: no pre_exec, so the fast spawn path stays.
+        // posix_spawn attributes: no pre_exec, so the fast spawn path stays (for a
+        // job without limits).
         .process_group(0)
         .kill_on_drop(false);
+    let limited = hook.is_some();
+    if let Some(hook) = hook {
+        hook.install(&mut cmd);
+    }
     // A resumed run sets these; a fresh one must not inherit the engine's.
     for key in [
         "BATON_CHECKPOINT",
@@ -596,8 +595,47 @@ fn spawn(spec: &ProcSpec, policy: &CommandPolicy) -> Result<Child, JobError> {
             }
             _ => e.to_string(),
         };
-        JobError::fatal_with_code("spawn_failed", format!("cannot run {program:?}: {why}"))
+        // With limits, the child first enters its cgroup or sets its rlimit: an error
+        // there fails the spawn too.
+        let also = if limited {
+            " (or it could not be placed under its limits)"
+        } else {
+            ""
+        };
+        JobError::fatal_with_code(
+            "spawn_failed",
+            format!("cannot run {program:?}: {why}{also}"),
+        )
     })
+}
+
+/// Starts measuring the attempt's processes under the job's limits. A `cpus` limit
+/// this server cannot hold (no cgroups) is said in the job's log.
+async fn track(
+    ctx: &JobContext,
+    limits: Option<&baton_core::ResourceLimits>,
+) -> Result<Tracked, JobError> {
+    let parsed = match limits {
+        Some(l) => l
+            .parse("limits")
+            .map_err(|e| JobError::fatal_with_code("invalid_spec", e.to_string()))?,
+        None => baton_core::JobLimits::default(),
+    };
+    let tracked = ctx.track(parsed).map_err(|e| {
+        JobError::with_code(
+            "spawn_failed",
+            format!("cannot make the job's cgroup for its limits: {e}"),
+        )
+    })?;
+    if tracked.cpus_unenforced()
+        && let Some(cpus) = tracked.limits().cpus
+    {
+        let note = format!(
+            "limits.cpus {cpus} is not enforced: this server has no cgroups for jobs (see GET /api/resources)"
+        );
+        let _ = ctx.append_logs(vec![("baton".into(), note)]).await;
+    }
+    Ok(tracked)
 }
 
 /// Turns control intents into signals, enforces the timeout, and waits for the leader
@@ -1067,14 +1105,6 @@ mod tests {
         let argv = program(vec!["echo $1".into(), "hi".into()], true);
         assert_eq!(argv, ["sh", "-c", "echo $1", "sh", "hi"]);
         assert_eq!(program(vec!["ls".into()], false), ["ls"]);
-    }
-
-    #[test]
-    fn proc_stat_reads_this_process() {
-        let me = proc_stat(std::process::id()).expect("this process exists");
-        assert!(me.start_time > 0);
-        assert!(matches!(me.state, 'R' | 'S'), "{me:?}");
-        assert_eq!(proc_stat(u32::MAX), None);
     }
 
     #[tokio::test]

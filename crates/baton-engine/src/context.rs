@@ -340,6 +340,16 @@ impl JobContext {
             .await
     }
 
+    /// Starts measuring this attempt's processes under `limits` (see `usage.rs`).
+    pub(crate) fn track(
+        &self,
+        limits: baton_core::JobLimits,
+    ) -> std::io::Result<crate::usage::Tracked> {
+        let run = &self.inner.run;
+        run.meter
+            .track(&run.job_id, run.fence, self.inner.attempt, limits)
+    }
+
     pub(crate) async fn set_process(
         &self,
         process: Option<baton_store::JobProcess>,

@@ -56,6 +56,8 @@ pub struct EngineBuilder {
     remote_kinds: Vec<String>,
     resources: crate::ResourceOptions,
     heavy: std::collections::BTreeSet<String>,
+    usage: crate::UsageOptions,
+    queue_limits: HashMap<String, baton_core::ResourceLimits>,
 }
 
 /// The most log lines kept per job unless configured.
@@ -119,6 +121,10 @@ pub(crate) struct Inner {
     native: Vec<String>,
     /// Admission control: while a threshold is crossed heavy queues claim nothing.
     pub(crate) pressure: crate::Pressure,
+    /// Measures running jobs' processes and holds them to their limits.
+    pub(crate) meter: Arc<crate::usage::Meter>,
+    /// Default resource limits of command and pipeline jobs, by queue.
+    queue_limits: HashMap<String, baton_core::ResourceLimits>,
 }
 
 /// Claims under way, each by the number it was given in order.
@@ -247,6 +253,8 @@ impl Engine {
             remote_kinds: Vec::new(),
             resources: crate::ResourceOptions::default(),
             heavy: Default::default(),
+            usage: crate::UsageOptions::default(),
+            queue_limits: HashMap::new(),
         }
     }
 }
@@ -353,6 +361,25 @@ impl EngineBuilder {
         self
     }
 
+    /// How running jobs' processes are measured and their limits enforced (default:
+    /// every second, a `job.usage` event at most every 5 s per job, cgroups where this
+    /// server can make them).
+    pub fn usage(mut self, options: crate::UsageOptions) -> Self {
+        self.usage = options;
+        self
+    }
+
+    /// Default resource limits of the command and pipeline jobs of `queue`: each field
+    /// a job's spec leaves out is taken from here when the job is submitted.
+    pub fn queue_limits(
+        mut self,
+        queue: impl Into<String>,
+        limits: baton_core::ResourceLimits,
+    ) -> Self {
+        self.queue_limits.insert(queue.into(), limits);
+        self
+    }
+
     /// Stores a pipeline definition at build.
     pub fn pipeline(mut self, spec: PipelineSpec) -> Self {
         self.pipelines.push(spec);
@@ -416,6 +443,31 @@ impl EngineBuilder {
             handlers.insert(KIND_PIPELINE.into(), f);
             self_timed.insert(KIND_PIPELINE.to_string());
         }
+        for (queue, limits) in &self.queue_limits {
+            if !queues.contains_key(queue) {
+                return Err(Error::Config(format!(
+                    "limits of queue {queue:?}: the queue is not configured"
+                )));
+            }
+            limits
+                .parse("limits")
+                .map_err(|e| Error::Config(format!("limits of queue {queue:?}: {e}")))?;
+        }
+        if self.usage.sample_every.is_zero() || self.usage.event_every.is_zero() {
+            return Err(Error::Config(
+                "usage: sample_every and event_every must be more than zero".into(),
+            ));
+        }
+        let mechanism = self.usage.mechanism;
+        // Finding cgroups reads and writes a few files.
+        let enforcer = tokio::task::spawn_blocking(move || crate::limits::Enforcer::choose(mechanism))
+            .await
+            .map_err(|e| Error::Config(format!("cannot look for cgroups: {e}")))?
+            .map_err(|why| {
+                Error::Config(format!(
+                    "limits mechanism \"cgroup\" is configured, but this server cannot use cgroups: {why}"
+                ))
+            })?;
         let mut pipelines = self.pipelines;
         for dir in &self.pipeline_dirs {
             pipelines.extend(crate::pipelines::load_dir(dir)?);
@@ -507,7 +559,15 @@ impl EngineBuilder {
         }
         let mut native: Vec<String> = handlers.keys().cloned().collect();
         native.sort_unstable();
+        let meter = Arc::new(crate::usage::Meter::new(
+            &self.usage,
+            enforcer,
+            store.clone(),
+            self.clock.clone(),
+        ));
         let inner = Arc::new(Inner {
+            meter,
+            queue_limits: self.queue_limits,
             store,
             clock: self.clock,
             handlers,
@@ -764,6 +824,21 @@ impl Engine {
     pub(crate) fn admit(&self, job: &mut baton_core::NewJob, origin: Origin) -> Result<()> {
         if let Some(exec) = &mut job.exec {
             self.inner.security.admit(exec, origin)?;
+            if let (Some(defaults), Value::Object(exec)) =
+                (self.inner.queue_limits.get(&job.queue), exec)
+            {
+                // The queue's defaults fill what the job's limits leave out, and the job
+                // keeps the result: it shows the limits it runs under.
+                let own: baton_core::ResourceLimits = match exec.get("limits") {
+                    Some(l) => serde_json::from_value(l.clone())
+                        .map_err(|e| SpecError::new("limits", e.to_string()))?,
+                    None => Default::default(),
+                };
+                let merged = own.or(defaults);
+                if !merged.is_empty() {
+                    exec.insert("limits".into(), json!(merged));
+                }
+            }
         }
         Ok(())
     }
@@ -849,12 +924,31 @@ impl Engine {
         Ok(())
     }
 
+    /// A job. While this engine runs it, `usage` is the sampler's latest measurement,
+    /// which the store has at most `event_every` later.
     pub async fn get(&self, id: &str) -> Result<Job> {
-        self.inner
+        let mut job = self
+            .inner
             .store
             .get(id)
             .await?
-            .ok_or_else(|| Error::Store(baton_store::Error::NotFound(id.into())))
+            .ok_or_else(|| Error::Store(baton_store::Error::NotFound(id.into())))?;
+        if job.state.is_executing()
+            && let Some(live) = self.inner.meter.live(id)
+        {
+            job.usage = Some(live);
+        }
+        Ok(job)
+    }
+
+    /// What the usage sampler measured and did since the engine started.
+    pub fn usage_stats(&self) -> crate::UsageStats {
+        self.inner.meter.stats()
+    }
+
+    /// How job limits are enforced on this server.
+    pub fn limits_report(&self) -> crate::LimitsReport {
+        self.inner.meter.report()
     }
 
     pub async fn list(&self, filter: JobFilter) -> Result<JobPage> {
@@ -1593,6 +1687,7 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
                     cancel: cancel.clone(),
                     max_log_lines: inner.max_log_lines,
                     security: inner.security.clone(),
+                    meter: inner.meter.clone(),
                 },
                 kind: claimed.job.kind.clone(),
                 queue: claimed.job.queue.clone(),
@@ -1658,6 +1753,9 @@ async fn run_job(inner: Arc<Inner>, queue: Arc<QueueState>, claimed: Claimed, ru
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&(id.clone(), claimed.fence));
+    if dropped || inner.abandoning.is_cancelled() {
+        inner.meter.take_final(&id, claimed.fence);
+    }
     if !inner.abandoning.is_cancelled() && !dropped {
         let intent = *ctl_tx.borrow();
         let (transitions, requeued) = outcome_of(&inner, &claimed, intent, outcome);
@@ -1738,6 +1836,26 @@ pub(crate) fn outcome_of(
     intent: Ctl,
     outcome: Outcome,
 ) -> (Arc<[Transition]>, Option<Requeued>) {
+    let (mut out, requeued) = outcome_transitions(inner, c, intent, outcome);
+    // What the attempt's processes used goes with its end: the job keeps it, and the
+    // event carries it into the attempt's history.
+    if let Some(usage) = inner.meter.take_final(&c.job.id, c.fence)
+        && let Some(last) = out.last_mut()
+    {
+        if let Value::Object(data) = &mut last.data {
+            data.insert("usage".into(), json!(usage));
+        }
+        last.changes.usage = Some(usage);
+    }
+    (out.into(), requeued)
+}
+
+fn outcome_transitions(
+    inner: &Arc<Inner>,
+    c: &Claimed,
+    intent: Ctl,
+    outcome: Outcome,
+) -> (Vec<Transition>, Option<Requeued>) {
     let id = c.job.id.as_str();
     let now = inner.clock.now();
     let t = |to, event| Transition::new(id, to, event, now).fence(c.fence);
@@ -1757,7 +1875,7 @@ pub(crate) fn outcome_of(
                         ..Changes::default()
                     }),
             );
-            return (out.into(), None);
+            return (out, None);
         }
         Outcome::Done(Err(e)) => e,
         Outcome::Aborted => JobError::stopped(),
@@ -1777,7 +1895,7 @@ pub(crate) fn outcome_of(
                     ..Changes::default()
                 }),
         );
-        return (out.into(), None);
+        return (out, None);
     }
     let info = error.info();
     if error.is_retryable() && c.retries_left > 0 {
@@ -1800,7 +1918,7 @@ pub(crate) fn outcome_of(
                     ..Changes::default()
                 }),
         );
-        return (out.into(), Some((to, run_at)));
+        return (out, Some((to, run_at)));
     }
     out.push(
         t(State::Failed, EventKind::Failed)
@@ -1810,7 +1928,7 @@ pub(crate) fn outcome_of(
                 ..Changes::default()
             }),
     );
-    (out.into(), None)
+    (out, None)
 }
 
 /// Writes an attempt's outcome, trying again (same transition, same fencing token)

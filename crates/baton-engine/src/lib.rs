@@ -25,14 +25,17 @@
 //! ```
 
 mod admission;
+mod cgroup;
 mod clock;
 mod command;
 mod context;
 mod engine;
 mod error;
+mod limits;
 mod monitor;
 mod pipelines;
 mod policy;
+mod procfs;
 mod remote;
 mod retention;
 mod run;
@@ -40,6 +43,8 @@ mod scheduler;
 mod secrets;
 mod security;
 mod shared;
+mod spawn_hook;
+mod usage;
 
 pub use admission::{Gauge, Pressure, Reading, Resource, ResourceOptions};
 pub use baton_core::schedule::{Misfire, Overlap, Schedule, ScheduleSpec, Trigger, Weekday};
@@ -48,7 +53,8 @@ pub use baton_core::{
     WorkflowState,
 };
 pub use baton_core::{
-    EnvValue, ErrorInfo, Event, EventKind, Job, JobSpec, PipelineSpec, State, StepSpec,
+    EnvValue, ErrorInfo, Event, EventKind, Job, JobSpec, PipelineSpec, ResourceLimits, State,
+    StepSpec, Usage,
 };
 pub use baton_store::{
     Checkpoint, Counts, FireAction, FirePage, FireReason, FireRecord, Fired, JobFilter, JobPage,
@@ -56,13 +62,16 @@ pub use baton_store::{
 };
 pub use baton_store::{Link, SubmittedWorkflow};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use command::{ProcStat, proc_stat};
 pub use context::{Exit, JobContext, JobError};
 pub use engine::QueueStatus;
 pub use engine::{DEFAULT_MAX_LOG_LINES, Engine, EngineBuilder, Recovery, Subscription};
 pub use error::{Error, ErrorCode};
+pub use limits::{
+    DEFAULT_EVENT_EVERY, DEFAULT_SAMPLE_EVERY, LimitsMechanism, LimitsReport, UsageOptions,
+};
 pub use monitor::MachineSample;
 pub use policy::CommandPolicy;
+pub use procfs::{ProcStat, proc_stat};
 pub use remote::{
     Answer, MAX_SLOTS, Refused, RemoteAction, Report, ToWorker, WorkerHello, WorkerInfo,
     WorkerSession,
@@ -70,6 +79,7 @@ pub use remote::{
 pub use retention::{DEFAULT_RETENTION, Retention};
 pub use secrets::SecretKey;
 pub use security::Security;
+pub use usage::UsageStats;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// A handler's input.

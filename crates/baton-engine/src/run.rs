@@ -33,4 +33,7 @@ pub(crate) struct RunEnv {
     pub max_log_lines: u64,
     /// The commands policy and the secret key, applied again at spawn.
     pub security: Arc<crate::Security>,
+    /// The usage sampler, which measures the attempt's processes and enforces its
+    /// resource limits.
+    pub meter: Arc<crate::usage::Meter>,
 }

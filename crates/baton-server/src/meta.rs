@@ -507,6 +507,46 @@ pub async fn metrics(State(s): State<AppState>) -> ApiResult<Response> {
         "Events removed by retention since the server started.",
         pruned_events,
     );
+    // Jobs' processes, as the usage sampler measures them: totals of this server's
+    // running jobs, not a series per job (job ids would make the series unbounded;
+    // a job's own usage is in the job, its attempts and its `job.usage` events).
+    let usage = s.engine.usage_stats();
+    metric(
+        &mut out,
+        "baton_job_processes",
+        "gauge",
+        "Running command and pipeline jobs whose processes this server measures.",
+        usage.jobs,
+    );
+    metric(
+        &mut out,
+        "baton_job_rss_bytes",
+        "gauge",
+        "Resident memory of the processes of this server's running jobs, together, at the last sample.",
+        usage.rss_bytes,
+    );
+    metric(
+        &mut out,
+        "baton_job_cpu_seconds_total",
+        "counter",
+        "CPU time measured in the processes of this server's jobs since it started.",
+        usage.cpu_ms as f64 / 1000.0,
+    );
+    let _ = writeln!(
+        out,
+        "# HELP baton_job_limit_kills_total Jobs killed for passing a resource limit, by limit.
+# TYPE baton_job_limit_kills_total counter
+baton_job_limit_kills_total{{limit=\"memory\"}} {}
+baton_job_limit_kills_total{{limit=\"cpu_time\"}} {}",
+        usage.memory_kills, usage.cpu_kills
+    );
+    metric(
+        &mut out,
+        "baton_usage_sampler_cpu_seconds_total",
+        "counter",
+        "CPU time of the usage sampler's own thread since the server started.",
+        usage.sampler_cpu_ns as f64 / 1e9,
+    );
     metric(
         &mut out,
         "baton_uptime_seconds",

@@ -93,6 +93,45 @@ pub struct ResourcesResponse {
     pub alerts: Vec<Alert>,
     /// Why heavy queues start no new jobs now; null when they run.
     pub held: Option<String>,
+    /// How command and pipeline jobs' resource limits are enforced on this server.
+    pub job_limits: JobLimitsInfo,
+}
+
+/// The mechanism that holds jobs to their `limits`, and how it holds each one.
+#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
+pub struct JobLimitsInfo {
+    /// `"cgroup v2"`, `"cgroup v1"` (a cgroup per job with limits), or `"rlimit"`
+    /// (`setrlimit` and the sampler killing a job's process group).
+    pub mechanism: String,
+    pub memory: String,
+    pub cpu_time: String,
+    pub cpus: String,
+    /// `cpus` is held only by a cgroup's CPU quota.
+    pub cpus_enforced: bool,
+    /// The folders jobs' cgroups are made in.
+    pub cgroups: Option<String>,
+    /// Why cgroups are not used, when they are not.
+    pub cgroups_unavailable: Option<String>,
+    /// How often running jobs' processes are measured and checked (`"1s"`).
+    pub sample_every: String,
+    /// The least time between two `job.usage` events of a job (`"5s"`).
+    pub usage_event_every: String,
+}
+
+impl From<baton_engine::LimitsReport> for JobLimitsInfo {
+    fn from(r: baton_engine::LimitsReport) -> Self {
+        Self {
+            mechanism: r.mechanism,
+            memory: r.memory,
+            cpu_time: r.cpu_time,
+            cpus: r.cpus,
+            cpus_enforced: r.cpus_enforced,
+            cgroups: r.cgroups,
+            cgroups_unavailable: r.cgroups_unavailable,
+            sample_every: baton_core::duration::format(r.sample_every),
+            usage_event_every: baton_core::duration::format(r.event_every),
+        }
+    }
 }
 
 pub struct Resources {
@@ -176,6 +215,7 @@ impl Resources {
             },
             alerts,
             held: pressure.held(),
+            job_limits: JobLimitsInfo::default(),
         }
     }
 }
@@ -183,5 +223,7 @@ impl Resources {
 #[utoipa::path(get, operation_id = "resources", path = "/api/resources", tag = "meta",
     responses((status = 200, body = ResourcesResponse)))]
 pub async fn resources(State(s): State<AppState>) -> Json<ResourcesResponse> {
-    Json(s.resources.snapshot())
+    let mut r = s.resources.snapshot();
+    r.job_limits = s.engine.limits_report().into();
+    Json(r)
 }

@@ -586,6 +586,7 @@ async fn settle_together(w: &mut Work<'_>, outcomes: &[Arc<[Transition]>]) -> Re
     let mut terminal = Vec::with_capacity(n);
     let mut clear = Vec::with_capacity(n);
     let mut searches: Vec<Option<String>> = Vec::with_capacity(n);
+    let mut usages: Vec<Option<Value>> = Vec::with_capacity(n);
     let mut checked = Vec::with_capacity(n);
     for t in &ts {
         let r = found[&t.job_id];
@@ -622,6 +623,7 @@ async fn settle_together(w: &mut Work<'_>, outcomes: &[Arc<[Transition]>]) -> Re
         terminal.push(t.to.is_terminal());
         clear.push(c.clear_checkpoint);
         searches.push(search);
+        usages.push(c.usage.as_ref().map(|u| json!(u)));
         checked.push((
             key,
             from,
@@ -640,16 +642,17 @@ async fn settle_together(w: &mut Work<'_>, outcomes: &[Arc<[Transition]>]) -> Re
          finished_at = CASE WHEN v.terminal THEN COALESCE(jobs.finished_at, v.now) ELSE jobs.finished_at END, \
          progress = CASE WHEN v.completed THEN 1.0 ELSE jobs.progress END, \
          checkpoint = CASE WHEN v.clear THEN NULL ELSE jobs.checkpoint END, \
-         search = COALESCE(v.search::tsvector, jobs.search) \
+         search = COALESCE(v.search::tsvector, jobs.search), \
+         usage = COALESCE(v.usage, jobs.usage) \
          FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::jsonb[], \
            $6::text[], $7::text[], $8::bool[], $9::bigint[], $10::bool[], $11::bool[], \
-           $12::bool[], $13::text[]) \
+           $12::bool[], $13::text[], $14::jsonb[]) \
            AS v (key, state, now, seq, result, code, message, scheduled, run_at, completed, \
-           terminal, clear, search) \
+           terminal, clear, search, usage) \
          WHERE jobs.key = v.key",
         &[
             &keys, &states, &nows, &seqs, &results, &codes, &messages, &scheduled, &run_ats,
-            &completed, &terminal, &clear, &searches,
+            &completed, &terminal, &clear, &searches, &usages,
         ],
     )
     .await
@@ -744,7 +747,8 @@ pub async fn transition(
          checkpoint = CASE WHEN $13 THEN NULL ELSE checkpoint END, \
          attempt = GREATEST(attempt - $14, 0), \
          recoveries = recoveries + $15, \
-         search = COALESCE($16::text::tsvector, search) \
+         search = COALESCE($16::text::tsvector, search), \
+         usage = COALESCE($17::jsonb, usage) \
          WHERE key = $1 RETURNING EXISTS (SELECT 1 FROM edges WHERE parent = $1)",
         &[
             &key,
@@ -764,6 +768,7 @@ pub async fn transition(
             &i32::from(resume != Resume::No),
             &i32::from(resume == Resume::AfterCrash),
             &search,
+            &c.usage.as_ref().map(|u| json!(u)),
         ],
     )
     .await
@@ -882,6 +887,16 @@ pub async fn update(
                 EventKind::Checkpoint,
                 json!({"checkpoint": data, "step": step, "attempt": attempt}),
             )
+        }
+        Update::Usage(usage) => {
+            let data = json!(usage);
+            w.c.execute(
+                "UPDATE jobs SET usage = $2, event_seq = $3 WHERE key = $1",
+                &[&key, &data, &seq],
+            )
+            .await
+            .db()?;
+            (EventKind::Usage, data)
         }
     };
     w.event(Some((job_id, key)), seq as u64, kind, now, data);

@@ -16,7 +16,7 @@ pub const JOB_COLUMNS: &str = "id, kind, queue, priority, state, progress, messa
     attempt, max_attempts, labels, workflow_id, schedule_id, created_at, run_at, started_at, \
     finished_at, result, error_code, error_message, payload, recoveries, max_recoveries, \
     updated_at, fence, event_seq, checkpoint, exec, backoff_initial_ms, backoff_max_ms, \
-    timeout_ms, grace_ms, attempt_base, key";
+    timeout_ms, grace_ms, attempt_base, key, usage";
 
 /// A job row with the columns that clients do not see.
 pub struct JobRow {
@@ -76,33 +76,40 @@ pub fn read_job(r: &Row) -> Result<JobRow> {
     };
     let timeout = r.get::<_, Option<i64>>(30).map(ms);
     let grace = ms(r.get(31));
-    let job = Job {
-        id: r.get(0),
-        kind: r.get(1),
-        queue: r.get(2),
-        priority: r.get(3),
-        state: state(r.get(4))?,
-        progress: r.get(5),
-        message: r.get(6),
-        step: r.get(7),
-        attempt: r.get::<_, i32>(8) as u32,
-        max_attempts: r.get::<_, i32>(9) as u32,
-        labels,
-        depends_on: Vec::new(),
-        workflow_id: r.get(11),
-        schedule_id: r.get(12),
-        created_at: r.get(13),
-        run_at: r.get(14),
-        started_at: r.get(15),
-        finished_at: r.get(16),
-        result: r.get(17),
-        error: error_code.map(|code| ErrorInfo::new(code, error_message.unwrap_or_default())),
-        payload: r.get(20),
-        recoveries: r.get::<_, i32>(21) as u32,
-        max_recoveries: r.get::<_, i32>(22) as u32,
-        updated_at: r.get(23),
-        runs: Runs::describe(exec.as_ref(), timeout, grace, backoff),
-    };
+    let job =
+        Job {
+            id: r.get(0),
+            kind: r.get(1),
+            queue: r.get(2),
+            priority: r.get(3),
+            state: state(r.get(4))?,
+            progress: r.get(5),
+            message: r.get(6),
+            step: r.get(7),
+            attempt: r.get::<_, i32>(8) as u32,
+            max_attempts: r.get::<_, i32>(9) as u32,
+            labels,
+            depends_on: Vec::new(),
+            workflow_id: r.get(11),
+            schedule_id: r.get(12),
+            created_at: r.get(13),
+            run_at: r.get(14),
+            started_at: r.get(15),
+            finished_at: r.get(16),
+            result: r.get(17),
+            error: error_code.map(|code| ErrorInfo::new(code, error_message.unwrap_or_default())),
+            payload: r.get(20),
+            recoveries: r.get::<_, i32>(21) as u32,
+            max_recoveries: r.get::<_, i32>(22) as u32,
+            updated_at: r.get(23),
+            usage: match r.get::<_, Option<Value>>(34) {
+                None => None,
+                Some(v) => Some(serde_json::from_value(v.clone()).map_err(|e| {
+                    Error::Internal(format!("stored usage {v} cannot be read: {e}"))
+                })?),
+            },
+            runs: Runs::describe(exec.as_ref(), timeout, grace, backoff),
+        };
     Ok(JobRow {
         job,
         fence: r.get::<_, i64>(24) as u64,

@@ -263,6 +263,11 @@ const MIGRATIONS: &[&str] = &[
     -- Fires go by age (each schedule's newest stays).
     CREATE INDEX schedule_fires_at ON schedule_fires (fired_at);
     "#,
+    // 2: what a command or pipeline job's processes used (CPU time, resident memory
+    // now and at its peak), written with its `job.usage` events and its end.
+    r#"
+    ALTER TABLE jobs ADD COLUMN usage JSONB;
+    "#,
 ];
 
 /// The schema version this build writes.

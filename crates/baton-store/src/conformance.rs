@@ -68,6 +68,7 @@ macro_rules! store_conformance_tests {
             illegal_transitions_are_refused_without_writing,
             expect_is_compare_and_set,
             updates_record_progress_step_and_output,
+            usage_is_kept_with_its_events_and_the_end_of_the_attempt,
             checkpoints_resume_the_next_claim,
             recover_requeues_executing_jobs,
             recover_manual_leaves_jobs_crashed,
@@ -774,6 +775,135 @@ pub async fn stale_fence_is_refused_without_writing(store: Arc<dyn Store>) {
         s.update("job-1", second.fence, T0 + 500, progress(1.0))
             .await,
         Err(stale(second.fence))
+    );
+}
+
+/// A running attempt's usage is the job's `usage`, each write with a `job.usage`
+/// event; the usage an outcome carries is kept with it (in a batch of outcomes too),
+/// a later transition without one leaves it, and a stale attempt's is refused.
+pub async fn usage_is_kept_with_its_events_and_the_end_of_the_attempt(store: Arc<dyn Store>) {
+    let s = &*store;
+    let limits = baton_core::ResourceLimits {
+        memory: Some("512MB".into()),
+        cpu_time: Some("10m".into()),
+        cpus: Some(1.5),
+    };
+    for id in ["u1", "u2", "u3"] {
+        let spec = JobSpec::command(["sleep", "1"])
+            .id(id)
+            .limits(limits.clone());
+        submit(s, spec, T0).await;
+    }
+    let fresh = get(s, "u1").await;
+    assert_eq!(fresh.usage, None, "nothing measured yet");
+    assert_eq!(
+        fresh.runs.limits,
+        Some(limits.clone()),
+        "the job shows its limits"
+    );
+    let running = claim(s, "default", 3, T0 + 10).await;
+    let usage = |attempt: u32, cpu_ms: u64, at: Millis| baton_core::Usage {
+        attempt,
+        cpu_ms,
+        rss_bytes: 40_000_000,
+        peak_rss_bytes: 60_000_000,
+        at,
+    };
+    let mut rx = s.subscribe();
+    s.update(
+        "u1",
+        running[0].fence,
+        T0 + 20,
+        Update::Usage(usage(1, 150, T0 + 20)),
+    )
+    .await
+    .expect("usage of the running attempt");
+    assert_eq!(get(s, "u1").await.usage, Some(usage(1, 150, T0 + 20)));
+    assert_live_events_are_logged(s, &mut rx, |e| e.kind == EventKind::Usage).await;
+    let logged = events_of(s, "u1").await;
+    let last = logged.last().expect("events");
+    assert_eq!(
+        (last.kind, &last.data),
+        (EventKind::Usage, &json!(usage(1, 150, T0 + 20)))
+    );
+    let attempt_events = s
+        .job_events_of("u1", baton_core::attempt::ATTEMPT_EVENTS, 0, 100)
+        .await
+        .expect("attempt events");
+    assert!(
+        attempt_events.iter().any(|e| e.kind == EventKind::Usage),
+        "the attempts' fold reads usage events: {:?}",
+        kinds(&attempt_events)
+    );
+
+    // Outcomes written together each keep their own usage; one without keeps none.
+    let end = |c: &Claimed, u: Option<baton_core::Usage>| -> Arc<[Transition]> {
+        vec![
+            Transition::new(c.job.id.as_str(), State::Failed, EventKind::Failed, T0 + 30)
+                .fence(c.fence)
+                .changes(Changes {
+                    error: Some(ErrorInfo::new("memory_limit", "612 MB used, limit 512 MB")),
+                    usage: u,
+                    ..Changes::default()
+                }),
+        ]
+        .into()
+    };
+    let settled = s
+        .settle(crate::Settle {
+            outcomes: vec![
+                end(&running[0], Some(usage(1, 900, T0 + 30))),
+                end(&running[1], Some(usage(1, 5, T0 + 30))),
+                end(&running[2], None),
+            ],
+            claim: None,
+        })
+        .await
+        .expect("settle");
+    assert!(settled.outcomes.iter().all(Result::is_ok), "{settled:?}");
+    assert_eq!(get(s, "u1").await.usage, Some(usage(1, 900, T0 + 30)));
+    assert_eq!(get(s, "u2").await.usage, Some(usage(1, 5, T0 + 30)));
+    assert_eq!(get(s, "u3").await.usage, None);
+    let listed = list(s, JobFilter::default(), 10).await;
+    let u1 = listed
+        .jobs
+        .iter()
+        .find(|j| j.id == "u1")
+        .expect("u1 listed");
+    assert_eq!(
+        u1.usage,
+        Some(usage(1, 900, T0 + 30)),
+        "lists show usage too"
+    );
+
+    // A manual retry keeps the last attempt's usage until the next one is measured.
+    s.transition(
+        Transition::new("u1", State::Queued, EventKind::Queued, T0 + 40).changes(Changes {
+            new_attempt_budget: true,
+            ..Changes::default()
+        }),
+    )
+    .await
+    .expect("retry");
+    assert_eq!(get(s, "u1").await.usage, Some(usage(1, 900, T0 + 30)));
+    let before = snapshot(s, "u1").await;
+    assert_eq!(
+        s.update(
+            "u1",
+            running[0].fence,
+            T0 + 50,
+            Update::Usage(usage(1, 1, T0 + 50))
+        )
+        .await,
+        Err(Error::StaleFence {
+            id: "u1".into(),
+            fence: running[0].fence
+        })
+    );
+    assert_eq!(
+        snapshot(s, "u1").await,
+        before,
+        "a stale usage writes nothing"
     );
 }
 

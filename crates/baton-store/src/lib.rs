@@ -300,6 +300,8 @@ pub struct Changes {
     pub new_attempt_budget: bool,
     /// Forget the last checkpoint (a retry that starts from scratch).
     pub clear_checkpoint: bool,
+    /// What the ending attempt's processes used, kept as the job's `usage`.
+    pub usage: Option<baton_core::Usage>,
 }
 
 /// Data a running attempt records without changing state; each is also an event.
@@ -315,6 +317,9 @@ pub enum Update {
         data: Value,
         step: Option<String>,
     },
+    /// What the attempt's processes use now: kept as the job's `usage`, with a
+    /// `job.usage` event.
+    Usage(baton_core::Usage),
 }
 
 /// Outcome of moving due `scheduled` jobs to `queued`.

@@ -50,6 +50,7 @@ pub fn submitted_job(new: &NewJob, runs: Runs) -> Job {
         recoveries: 0,
         max_recoveries: new.max_recoveries,
         updated_at: new.created_at,
+        usage: None,
         runs,
     }
 }

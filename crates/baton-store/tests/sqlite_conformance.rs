@@ -196,11 +196,13 @@ async fn the_upgrade_to_kept_throughput_counts_the_jobs_that_ended_within_a_day(
     }
     store.close().await;
     drop(store);
-    // As a Baton of schema 7 left it: no throughput table, no retention (schema 9).
+    // As a Baton of schema 7 left it: no throughput table, no retention (schema 9),
+    // no usage (schema 10).
     let conn = rusqlite::Connection::open(&path).expect("open with rusqlite");
     conn.execute_batch(
         "DROP TABLE throughput; DROP INDEX workflows_created; DROP INDEX events_unowned; \
-         DROP INDEX schedule_fires_at; DROP TABLE prune_mark; PRAGMA user_version = 7;",
+         DROP INDEX schedule_fires_at; DROP TABLE prune_mark; ALTER TABLE jobs DROP COLUMN usage; \
+         PRAGMA user_version = 7;",
     )
     .expect("downgrade");
     drop(conn);

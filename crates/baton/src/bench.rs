@@ -230,6 +230,19 @@ enum Bench {
         #[arg(long, default_value_t = 500)]
         samples: usize,
     },
+    /// The usage sampler's own CPU time with many running command jobs (`sleep 600`,
+    /// each its own process group): `sampler_cpu_pct`, a share of one core.
+    Resources {
+        /// Sleeping jobs running at once.
+        #[arg(long, default_value_t = 100)]
+        jobs: usize,
+        /// How long the sampler is measured, once every job is measured.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        duration: Duration,
+        /// The sampler's interval.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        sample_every: Duration,
+    },
     /// Submit-to-start latency on an idle engine.
     Latency {
         #[arg(long, default_value_t = 2_000)]
@@ -479,6 +492,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 bail!("--samples must be at least 1");
             }
             latency(store, samples, gap, durability).await?
+        }
+        Bench::Resources {
+            jobs,
+            duration,
+            sample_every,
+        } => {
+            let settings = crate::bench_resources::Settings {
+                jobs,
+                duration,
+                sample_every,
+            };
+            crate::bench_resources::run(store, settings, durability).await?
         }
     };
     if let Value::Object(map) = &mut report {

@@ -395,6 +395,31 @@ pub fn print_job(job: &Job) {
     if let Some(t) = job.finished_at {
         row("finished", baton_core::time::to_rfc3339(t));
     }
+    if let Some(l) = &job.runs.limits {
+        let mut parts = Vec::new();
+        if let Some(m) = &l.memory {
+            parts.push(format!("memory {m}"));
+        }
+        if let Some(c) = &l.cpu_time {
+            parts.push(format!("cpu_time {c}"));
+        }
+        if let Some(c) = l.cpus {
+            parts.push(format!("cpus {c}"));
+        }
+        row("limits", parts.join(", "));
+    }
+    if let Some(u) = &job.usage {
+        row(
+            "usage",
+            format!(
+                "attempt {}: {:.1} s CPU, {} resident, peak {}",
+                u.attempt,
+                u.cpu_ms as f64 / 1000.0,
+                baton_core::resources::format_bytes(u.rss_bytes),
+                baton_core::resources::format_bytes(u.peak_rss_bytes)
+            ),
+        );
+    }
     if let Some(r) = &job.result {
         row("result", r.to_string());
     }

@@ -66,6 +66,22 @@ pub struct FileConfig {
     pub security: Option<FileSecurity>,
     pub dashboard: Option<FileDashboard>,
     pub resources: Option<resources::FileResources>,
+    pub limits: Option<FileLimits>,
+}
+
+/// `[limits]`: how command and pipeline jobs' processes are measured and held to
+/// their resource limits, and each queue's default limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileLimits {
+    /// `"auto"` (cgroups where possible, else rlimits), `"cgroup"` or `"rlimit"`.
+    pub mechanism: Option<String>,
+    /// How often running jobs' processes are measured and checked (`"1s"`).
+    pub sample_every: Option<String>,
+    /// The least time between two `job.usage` events of one job (`"5s"`).
+    pub usage_event_every: Option<String>,
+    /// Queue name to the default limits of its command and pipeline jobs.
+    pub queues: Option<BTreeMap<String, baton_core::ResourceLimits>>,
 }
 
 /// `[dashboard]`: how the dashboard the server serves shows jobs.
@@ -213,6 +229,8 @@ pub struct Config {
     pub security: Security,
     pub stalled_after: Duration,
     pub retention: baton_engine::Retention,
+    pub usage: baton_engine::UsageOptions,
+    pub queue_limits: BTreeMap<String, baton_core::ResourceLimits>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -528,6 +546,8 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         })?;
         retention.queues.insert(queue.clone(), keep);
     }
+    let (usage, queue_limits) =
+        limits_settings(file.limits.unwrap_or_default(), &queues, env, &source)?;
     Ok(Config {
         listen,
         socket_group,
@@ -555,7 +575,62 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         security,
         stalled_after,
         retention,
+        usage,
+        queue_limits,
     })
+}
+
+/// `[limits]`, with `BATON_LIMITS_MECHANISM` over its `mechanism`.
+fn limits_settings(
+    file: FileLimits,
+    queues: &BTreeMap<String, usize>,
+    env: &dyn Fn(&str) -> Option<String>,
+    source: &dyn Fn(&str) -> String,
+) -> Result<(
+    baton_engine::UsageOptions,
+    BTreeMap<String, baton_core::ResourceLimits>,
+)> {
+    let mut usage = baton_engine::UsageOptions::default();
+    if let Some((text, named)) = env("BATON_LIMITS_MECHANISM")
+        .map(|v| (v, "BATON_LIMITS_MECHANISM".to_owned()))
+        .or_else(|| file.mechanism.map(|v| (v, source("limits.mechanism"))))
+    {
+        usage.mechanism = baton_engine::LimitsMechanism::parse(text.trim()).ok_or_else(|| {
+            anyhow::anyhow!(
+                "invalid setting {named} = {text:?}: expected \"auto\", \"cgroup\" or \"rlimit\""
+            )
+        })?;
+    }
+    let duration = |text: &str, key: &str| -> Result<Duration> {
+        match positive_duration(text) {
+            Ok(d) if d >= Duration::from_millis(10) => Ok(d),
+            Ok(_) => bail!(
+                "invalid setting {} = {text:?}: must be at least 10ms",
+                source(key)
+            ),
+            Err(m) => bail!("invalid setting {} = {text:?}: {m}", source(key)),
+        }
+    };
+    if let Some(t) = &file.sample_every {
+        usage.sample_every = duration(t, "limits.sample_every")?;
+    }
+    if let Some(t) = &file.usage_event_every {
+        usage.event_every = duration(t, "limits.usage_event_every")?;
+    }
+    let mut queue_limits = BTreeMap::new();
+    for (queue, limits) in file.queues.unwrap_or_default() {
+        if queue != baton_core::spec::DEFAULT_QUEUE && !queues.contains_key(&queue) {
+            bail!(
+                "invalid setting {}: queue {queue:?} is not configured in [queues]",
+                source(&format!("limits.queues.{queue}"))
+            );
+        }
+        limits
+            .parse(&format!("limits.queues.{queue}"))
+            .map_err(|e| anyhow::anyhow!("invalid setting {}: {}", source(&e.field), e.message))?;
+        queue_limits.insert(queue, limits);
+    }
+    Ok((usage, queue_limits))
 }
 
 /// A retention: a duration longer than 0s, or `off` (kept for ever).
@@ -945,6 +1020,71 @@ pub(crate) mod tests {
         )
         .unwrap();
         assert_eq!(c.auth.tokens[0].queues, Some(vec!["media".to_owned()]));
+    }
+
+    #[test]
+    fn limits_settings_are_read_and_bad_ones_named() {
+        let c = load_with(None, &[], Flags::default()).unwrap();
+        assert_eq!(c.usage.mechanism, baton_engine::LimitsMechanism::Auto);
+        assert_eq!(c.usage.sample_every, Duration::from_secs(1));
+        assert_eq!(c.usage.event_every, Duration::from_secs(5));
+        assert!(c.queue_limits.is_empty());
+        let file = "[queues]\nmedia = 2\n[limits]\nmechanism = \"cgroup\"\nsample_every = \"500ms\"\nusage_event_every = \"10s\"\n[limits.queues.media]\nmemory = \"2GB\"\ncpus = 2\n[limits.queues.default]\ncpu_time = \"1h\"";
+        let c = load_with(Some(file), &[], Flags::default()).unwrap();
+        assert_eq!(c.usage.mechanism, baton_engine::LimitsMechanism::Cgroup);
+        assert_eq!(c.usage.sample_every, Duration::from_millis(500));
+        assert_eq!(c.usage.event_every, Duration::from_secs(10));
+        assert_eq!(c.queue_limits["media"].memory.as_deref(), Some("2GB"));
+        assert_eq!(c.queue_limits["media"].cpus, Some(2.0));
+        assert_eq!(c.queue_limits["default"].cpu_time.as_deref(), Some("1h"));
+        let c = load_with(
+            Some(file),
+            &[("BATON_LIMITS_MECHANISM", "rlimit")],
+            Flags::default(),
+        )
+        .unwrap();
+        assert_eq!(c.usage.mechanism, baton_engine::LimitsMechanism::Rlimit);
+
+        refused(
+            Some("[limits]\nmechanism = \"kernel\""),
+            &[],
+            "invalid setting limits.mechanism in",
+        );
+        refused(
+            None,
+            &[("BATON_LIMITS_MECHANISM", "cgroups")],
+            "invalid setting BATON_LIMITS_MECHANISM = \"cgroups\": expected \"auto\", \"cgroup\" or \"rlimit\"",
+        );
+        refused(
+            Some("[limits]\nsample_every = \"1ms\""),
+            &[],
+            "limits.sample_every in",
+        );
+        refused(
+            Some("[limits]\nusage_event_every = \"soon\""),
+            &[],
+            "limits.usage_event_every in",
+        );
+        refused(
+            Some("[limits.queues.media]\nmemory = \"1GB\""),
+            &[],
+            "queue \"media\" is not configured in [queues]",
+        );
+        refused(
+            Some("[limits.queues.default]\nmemory = \"lots\""),
+            &[],
+            "invalid setting limits.queues.default.memory in",
+        );
+        refused(
+            Some("[limits.queues.default]\ncpus = -1"),
+            &[],
+            "limits.queues.default.cpus in",
+        );
+        refused(
+            Some("[limits.queues.default]\nmemroy = \"1GB\""),
+            &[],
+            "unknown field `memroy`",
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod bench_events;
 mod bench_fs;
 mod bench_pg;
 mod bench_proc;
+mod bench_resources;
 mod bench_scale;
 mod bench_scheduler;
 mod bench_server;

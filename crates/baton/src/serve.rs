@@ -96,6 +96,10 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
         builder = builder.max_log_lines(n);
     }
     builder = builder.remote_kinds(config.remote_kinds.iter().cloned());
+    builder = builder.usage(config.usage.clone());
+    for (queue, limits) in &config.queue_limits {
+        builder = builder.queue_limits(queue, limits.clone());
+    }
     // Recovery of jobs left by a crash happens here, before anything is served, so
     // /readyz answers only once it is done.
     let engine = builder.build().await?;

@@ -300,3 +300,56 @@ fn a_small_workers_bench_runs_every_job_through_a_remote_worker() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be at least 1"));
 }
+
+/// `bench resources`: the sampler's cost is measured with every sleeping job measured,
+/// and the sleepers do not outlive the bench.
+#[test]
+fn a_small_resources_bench_measures_the_sampler_and_cleans_up() {
+    let sleepers = || {
+        let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| l.trim() == "sleep 600")
+            .count()
+    };
+    let before = sleepers();
+    let out = bench(&[
+        "resources",
+        "--jobs",
+        "10",
+        "--duration",
+        "2s",
+        "--sample-every",
+        "200ms",
+        "--json",
+    ]);
+    let r = report(&out);
+    assert_eq!(r["bench"], "resources");
+    assert_eq!(r["jobs"], 10);
+    assert!(r["ticks"].as_u64().unwrap() >= 5, "{r}");
+    assert!(r["processes_per_tick"].as_f64().unwrap() >= 10.0, "{r}");
+    let pct = r["sampler_cpu_pct"].as_f64().unwrap();
+    assert!(pct > 0.0 && pct < 50.0, "{r}");
+    assert!(r["engine_cpu_pct"].as_f64().unwrap() >= pct, "{r}");
+    // No `sleep 600` of the bench is left: their groups were killed at its end.
+    assert!(sleepers() <= before, "sleeping jobs outlived the bench");
+}
+
+#[test]
+fn a_resources_bench_refuses_settings_it_cannot_run() {
+    for (args, expected) in [
+        (
+            &["resources", "--jobs", "0"][..],
+            "--jobs must be at least 1",
+        ),
+        (
+            &["resources", "--duration", "500ms"][..],
+            "--duration must be at least 1s",
+        ),
+    ] {
+        let out = bench(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

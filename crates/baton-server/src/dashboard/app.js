@@ -802,6 +802,10 @@ function summary(e) {
   const d = e.data || {};
   if (e.type === "job.progress") return `${Math.round((d.progress || 0) * 100)}% ${d.message || ""}`;
   if (e.type === "job.log") return d.line;
+  if (e.type === "job.usage") {
+    const mb = n => `${Math.round((n || 0) / 1e6)} MB`;
+    return `CPU ${((d.cpu_ms || 0) / 1000).toFixed(1)} s, ${mb(d.rss_bytes)} resident (peak ${mb(d.peak_rss_bytes)})`;
+  }
   if (d.error) return `${d.error.code}: ${d.error.message.split("\n")[0]}`;
   if (d.state) return d.from ? `${d.from} → ${d.state}` : d.state;
   return "";

@@ -18,7 +18,7 @@ pub const JOB_COLUMNS: &str = "id, kind, queue, priority, state, progress, messa
     attempt, max_attempts, labels, workflow_id, schedule_id, created_at, run_at, started_at, \
     finished_at, result, error_code, error_message, payload, recoveries, max_recoveries, \
     updated_at, fence, event_seq, checkpoint, exec, backoff_initial_ms, backoff_max_ms, \
-    timeout_ms, grace_ms, attempt_base, seq";
+    timeout_ms, grace_ms, attempt_base, seq, usage";
 
 /// A job row with the columns that clients do not see.
 pub struct JobRow {
@@ -80,6 +80,7 @@ pub fn read_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
         recoveries: r.get(21)?,
         max_recoveries: r.get(22)?,
         updated_at: r.get(23)?,
+        usage: json_as("usage", r.get(34)?)?,
         runs: Runs::default(),
     };
     let timeout_ms: Option<i64> = r.get(30)?;

@@ -304,6 +304,11 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE prune_mark (events_upto INTEGER NOT NULL);
     INSERT INTO prune_mark (events_upto) VALUES (0);
     "#,
+    // 10: what a command or pipeline job's processes used (CPU time, resident memory
+    // now and at its peak), as JSON, written with its `job.usage` events and its end.
+    r#"
+    ALTER TABLE jobs ADD COLUMN usage TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1189,6 +1189,13 @@ impl Writer {
                 i64::from(resume != Resume::No),
                 i64::from(resume == Resume::AfterCrash),
             ])?;
+        if let Some(usage) = &c.usage {
+            // Only an attempt whose processes were measured has one: other jobs'
+            // transitions skip this statement.
+            self.conn
+                .prepare_cached("UPDATE jobs SET usage = ?2 WHERE seq = ?1")?
+                .execute(params![key, json_text(&json!(usage))])?;
+        }
         self.moved(queue, Some(from), t.to, t.now);
         let mut data = t.data.clone();
         if let Value::Object(map) = &mut data {
@@ -1357,6 +1364,13 @@ impl Writer {
                     EventKind::Checkpoint,
                     json!({"checkpoint": data, "step": step, "attempt": attempt}),
                 )
+            }
+            Update::Usage(usage) => {
+                let data = json!(usage);
+                self.conn
+                    .prepare_cached("UPDATE jobs SET usage = ?2, event_seq = ?3 WHERE seq = ?1")?
+                    .execute(params![seq, json_text(&data), event_seq as i64])?;
+                (EventKind::Usage, data)
             }
         };
         self.event(Some((job_id, seq)), event_seq, kind, now, data)
