@@ -3,6 +3,7 @@
 
 pub mod attempt;
 pub mod backoff;
+pub mod concurrency;
 pub mod dependency;
 pub mod duration;
 pub mod event;
@@ -18,6 +19,7 @@ pub mod workflow;
 
 pub use attempt::{Attempt, CheckpointRef, Outcome};
 pub use backoff::Backoff;
+pub use concurrency::{ConcurrencyLimit, LimitScope};
 pub use dependency::{Condition, Dependency, EdgeStatus, UniquePolicy};
 pub use event::{Event, EventKind};
 pub use id::JobId;

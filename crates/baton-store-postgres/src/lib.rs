@@ -11,6 +11,7 @@
 mod crash;
 mod deps;
 pub mod events;
+mod limits;
 mod ops;
 mod pool;
 mod prune;
@@ -144,6 +145,8 @@ fn retryable(e: &Error) -> bool {
 
 struct Inner {
     pool: Arc<Pool>,
+    /// The concurrency limits claims obey.
+    limits: std::sync::RwLock<Arc<[baton_core::ConcurrencyLimit]>>,
     events: Arc<Events>,
     shown: String,
     stop: watch::Sender<bool>,
@@ -164,6 +167,12 @@ macro_rules! write {
         loop {
             tries += 1;
             let mut $w = Work::begin(&$self.inner.pool).await?;
+            $w.limits = $self
+                .inner
+                .limits
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             let out = $body;
             match out {
                 Ok(value) => match $w.commit(&$self.inner.events).await {
@@ -252,6 +261,7 @@ impl PgStore {
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
+                limits: std::sync::RwLock::new(Arc::from(Vec::new())),
                 events,
                 shown,
                 stop,
@@ -316,6 +326,15 @@ impl Store for PgStore {
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>> {
         write!(self, |w| ops::claim(&mut w, &req).await)
+    }
+
+    fn set_concurrency_limits(&self, limits: Vec<baton_core::ConcurrencyLimit>) {
+        *self.inner.limits.write().unwrap_or_else(|e| e.into_inner()) = limits.into();
+    }
+
+    async fn concurrency_held(&self, limits: &[baton_core::ConcurrencyLimit]) -> Result<Vec<u64>> {
+        let c = self.inner.pool.get().await?;
+        limits::held(&c, limits).await
     }
 
     async fn transition(&self, t: Transition) -> Result<Job> {

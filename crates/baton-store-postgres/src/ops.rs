@@ -75,7 +75,12 @@ pub async fn submit(
             }
             None => new,
         };
-        let start_now = start.filter(|s| new.state == State::Queued && started < s.max);
+        // A job a concurrency limit covers waits for a claim, which takes turns.
+        let start_now = start.filter(|s| {
+            new.state == State::Queued
+                && started < s.max
+                && !w.limits.iter().any(|l| l.covers(&new.kind, &new.labels))
+        });
         let labels = (!new.labels.is_empty()).then(|| json!(new.labels));
         let running = start_now.is_some();
         // The id first: a taken one (a job of any state, or a concurrent submit's)
@@ -194,7 +199,12 @@ async fn submit_plain(
     let mut started = 0;
     for new in jobs {
         let first = seen.insert(new.id.to_string());
-        let s = start.filter(|s| first && new.state == State::Queued && started < s.max);
+        let s = start.filter(|s| {
+            first
+                && new.state == State::Queued
+                && started < s.max
+                && !w.limits.iter().any(|l| l.covers(&new.kind, &new.labels))
+        });
         started += usize::from(s.is_some());
         starting.push(s);
     }
@@ -438,35 +448,71 @@ async fn unique(
 
 /// Moves up to `limit` queued jobs of the queue to `running`: the rows are picked
 /// by priority and age from the partial index of queued jobs and locked, skipping
-/// rows another claim holds, and updated in one statement.
+/// rows another claim holds, and updated in one statement. With concurrency limits
+/// set, a claim whose first jobs include one that a limit covers picks under the
+/// limits' lock ([`crate::limits::pick`]); any other passes over every covered job.
 pub async fn claim(w: &mut Work<'_>, req: &ClaimRequest) -> Result<Vec<Claimed>> {
     state::check(Some(State::Queued), State::Running).map_err(|e| transition_error("", e))?;
-    let rows =
+    let limits = w.limits.clone();
+    let columns = JOB_COLUMNS
+        .split(", ")
+        .map(|c| format!("jobs.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let update = "UPDATE jobs SET state = 'running', fence = fence + 1, attempt = attempt + 1, \
+                  started_at = $3, updated_at = $3, server_id = $4, event_seq = event_seq + 1 \
+                  FROM picked WHERE jobs.key = picked.key";
+    let base: [&(dyn tokio_postgres::types::ToSql + Sync); 5] = [
+        &req.queue,
+        &(req.limit as i64),
+        &req.now,
+        &req.server_id,
+        &req.kinds,
+    ];
+    let rows = if !limits.is_empty() && crate::limits::meets_covered(w, req, &limits).await? {
+        let keys = crate::limits::pick(w, req, &limits).await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        w.c.query(
+            &format!(
+                "WITH picked AS MATERIALIZED ( \
+                   SELECT key FROM jobs WHERE key = ANY ($2) AND queue = $1 \
+                   AND state = 'queued' FOR NO KEY UPDATE SKIP LOCKED) \
+                 {update} RETURNING {columns}"
+            ),
+            &[&req.queue, &keys, &req.now, &req.server_id],
+        )
+        .await
+        .db()?
+    } else {
+        let mut args = base.to_vec();
+        let mut exclude = String::new();
+        let params: Vec<crate::limits::Param> = limits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let (cond, p) = crate::limits::covered(l, 6 + i);
+                exclude.push_str(&format!(" AND NOT ({cond})"));
+                p
+            })
+            .collect();
+        for p in &params {
+            args.push(p.as_ref());
+        }
         w.c.query(
             &format!(
                 "WITH picked AS MATERIALIZED ( \
                    SELECT key FROM jobs WHERE queue = $1 AND state = 'queued' \
-                   AND ($5::text[] IS NULL OR kind = ANY ($5)) \
+                   AND ($5::text[] IS NULL OR kind = ANY ($5)){exclude} \
                    ORDER BY priority DESC, key LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED) \
-                 UPDATE jobs SET state = 'running', fence = fence + 1, attempt = attempt + 1, \
-                   started_at = $3, updated_at = $3, server_id = $4, event_seq = event_seq + 1 \
-                 FROM picked WHERE jobs.key = picked.key RETURNING {}",
-                JOB_COLUMNS
-                    .split(", ")
-                    .map(|c| format!("jobs.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                 {update} RETURNING {columns}"
             ),
-            &[
-                &req.queue,
-                &(req.limit as i64),
-                &req.now,
-                &req.server_id,
-                &req.kinds,
-            ],
+            &args,
         )
         .await
-        .db()?;
+        .db()?
+    };
     let mut claimed: Vec<JobRow> = rows.iter().map(read_job).collect::<Result<_>>()?;
     // Workers start the most urgent first.
     claimed.sort_by(|a, b| b.job.priority.cmp(&a.job.priority).then(a.key.cmp(&b.key)));

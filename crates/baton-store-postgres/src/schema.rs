@@ -268,6 +268,18 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE jobs ADD COLUMN usage JSONB;
     "#,
+    // 3: the queues waiting in line at each concurrency limit (see `limits.rs`), in
+    // the order they came; a row not renewed for a few seconds is dropped. Unlogged:
+    // the line is rebuilt by the next claims after a database crash.
+    r#"
+    CREATE UNLOGGED TABLE limit_turns (
+        scope TEXT NOT NULL,
+        queue TEXT NOT NULL,
+        seen BIGINT NOT NULL,
+        place BIGINT GENERATED ALWAYS AS IDENTITY,
+        PRIMARY KEY (scope, queue)
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,6 +1,8 @@
 //! One write: a transaction on a pooled connection, with the events and count
 //! changes it makes, written just before it commits.
 
+use std::sync::Arc;
+
 use baton_core::{EventKind, Millis, State};
 use serde_json::Value;
 
@@ -43,6 +45,8 @@ pub struct Work<'p> {
     /// While dependents are being settled: the endings still to settle, a work list
     /// rather than recursion, so that a chain of any length cannot overflow the stack.
     pub settling: Option<Vec<Ending>>,
+    /// The concurrency limits in force for this write's claims and starts.
+    pub limits: Arc<[baton_core::ConcurrencyLimit]>,
 }
 
 impl<'p> Work<'p> {
@@ -56,6 +60,7 @@ impl<'p> Work<'p> {
             moves: Vec::new(),
             savepoints: 0,
             settling: None,
+            limits: Arc::from(Vec::new()),
         })
     }
 

@@ -110,6 +110,9 @@ macro_rules! store_conformance_tests {
             prune_goes_past_jobs_it_keeps_to_the_jobs_that_are_due,
             prune_takes_a_workflow_whole_or_not_at_all,
             prune_keeps_a_schedules_newest_fire,
+            concurrency_limits_hold_covered_jobs_across_queues,
+            a_freed_limit_slot_goes_to_the_queue_waiting_in_line,
+            submit_and_start_leaves_covered_jobs_to_a_claim,
         );
     };
 }
@@ -128,6 +131,9 @@ pub use search::*;
 
 mod retention;
 pub use retention::*;
+
+mod limits;
+pub use limits::*;
 
 /// The time every test starts at.
 pub const T0: Millis = 1_700_000_000_000;

@@ -6,6 +6,7 @@ pub mod list;
 pub mod new_job;
 pub mod schedule;
 pub mod sqlite;
+pub mod turns;
 pub mod workflow;
 
 use std::sync::Arc;
@@ -599,8 +600,17 @@ pub trait Store: Send + Sync + 'static {
     /// a caller that has idle workers and no backlog: one write instead of two.
     async fn submit_and_start(&self, jobs: Vec<NewJob>, start: StartNow) -> Result<Vec<Submitted>>;
     /// Moves up to `limit` queued jobs of a queue to `running`, highest priority first,
-    /// each with a new fencing token.
+    /// each with a new fencing token. A job covered by a concurrency limit (see
+    /// [`Store::set_concurrency_limits`]) is passed over while the limit is full or
+    /// other queues wait their turn at it ([`turns`]).
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>>;
+    /// Sets the concurrency limits that claims obey from now on, across every queue.
+    /// Engines sharing a store set the same ones. A job that a limit covers is never
+    /// started by [`Store::submit_and_start`]: it waits for a claim.
+    fn set_concurrency_limits(&self, limits: Vec<baton_core::ConcurrencyLimit>);
+    /// How many of the jobs each limit covers hold a slot now (`running`, `paused` or
+    /// `stopping`), in the order given.
+    async fn concurrency_held(&self, limits: &[baton_core::ConcurrencyLimit]) -> Result<Vec<u64>>;
     async fn transition(&self, t: Transition) -> Result<Job>;
     /// The same write as `transition`, for a caller that does not need the job back (a
     /// worker reporting an attempt's outcome).

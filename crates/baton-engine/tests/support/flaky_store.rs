@@ -72,6 +72,12 @@ impl Store for FlakyStore {
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>> {
         self.inner.claim(req).await
     }
+    fn set_concurrency_limits(&self, limits: Vec<baton_core::ConcurrencyLimit>) {
+        self.inner.set_concurrency_limits(limits)
+    }
+    async fn concurrency_held(&self, limits: &[baton_core::ConcurrencyLimit]) -> Result<Vec<u64>> {
+        self.inner.concurrency_held(limits).await
+    }
     async fn transition(&self, t: Transition) -> Result<Job> {
         self.check(&t).await?;
         self.inner.transition(t).await

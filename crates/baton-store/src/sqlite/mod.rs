@@ -7,6 +7,7 @@ mod crash;
 mod faults;
 mod floor;
 mod graph;
+mod limits;
 mod list;
 #[cfg(test)]
 mod list_plan;
@@ -175,6 +176,8 @@ struct Inner {
     counters: Arc<crate::WriteStats>,
     /// The writer's `PRAGMA synchronous`, as read back on open.
     synchronous: &'static str,
+    /// The concurrency limits claims obey, shared with the writer.
+    limits: limits::Shared,
     #[cfg(feature = "faults")]
     faults: Faults,
 }
@@ -201,8 +204,9 @@ impl SqliteStore {
         if options.count_statements {
             statements::count(&mut conn, counters.clone())?;
         }
+        let limits = limits::Shared::default();
         #[allow(unused_mut)]
-        let mut writer = Writer::new(conn, bus.clone(), counters)?;
+        let mut writer = Writer::new(conn, bus.clone(), counters, limits.clone())?;
         #[cfg(feature = "faults")]
         {
             writer.faults = options.faults.clone();
@@ -227,6 +231,7 @@ impl SqliteStore {
                 closed: Mutex::new(false),
                 counters,
                 synchronous,
+                limits,
                 #[cfg(feature = "faults")]
                 faults: options.faults.clone(),
             }),
@@ -462,6 +467,15 @@ impl Store for SqliteStore {
 
     async fn claim(&self, req: ClaimRequest) -> Result<Vec<Claimed>> {
         expect_output!(self.write(Op::Claim(req)).await, Claimed)
+    }
+
+    fn set_concurrency_limits(&self, limits: Vec<baton_core::ConcurrencyLimit>) {
+        *self.inner.limits.write().unwrap_or_else(|e| e.into_inner()) = limits.into();
+    }
+
+    async fn concurrency_held(&self, limits: &[baton_core::ConcurrencyLimit]) -> Result<Vec<u64>> {
+        let limits = limits.to_vec();
+        self.read(move |conn| limits::held(conn, &limits)).await
     }
 
     async fn transition(&self, t: Transition) -> Result<Job> {

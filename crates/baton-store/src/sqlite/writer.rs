@@ -219,6 +219,10 @@ pub struct Writer {
     /// The durability the store runs at (`PRAGMA synchronous`, set when it opened),
     /// restored after an idle indexing transaction.
     synchronous: i64,
+    /// The concurrency limits claims obey (set through the store).
+    limits: super::limits::Shared,
+    /// The queues waiting in line at each limit.
+    turns: crate::turns::Turns,
     #[cfg(feature = "faults")]
     pub faults: super::Faults,
 }
@@ -230,6 +234,7 @@ impl Writer {
         conn: Connection,
         bus: broadcast::Sender<Arc<Event>>,
         counters: Arc<crate::WriteStats>,
+        limits: super::limits::Shared,
     ) -> Result<Self> {
         // Past the newest event pruned too: an id is never given twice.
         let last = super::rows::last_event_id(&conn)?;
@@ -251,6 +256,8 @@ impl Writer {
             pruned: Millis::MIN,
             text_behind: true,
             synchronous,
+            limits,
+            turns: crate::turns::Turns::default(),
             #[cfg(feature = "faults")]
             faults: super::Faults::default(),
         })
@@ -806,6 +813,7 @@ impl Writer {
             })?;
         }
         let mut started = 0usize;
+        let limits = super::limits::current(&self.limits);
         let mut out = Vec::with_capacity(jobs.len());
         for new in jobs {
             // Dependencies and unique keys are decided before the job is stored.
@@ -835,7 +843,12 @@ impl Writer {
                 Some(serde_json::to_string(&new.labels).unwrap_or_default())
             };
             // Started at once when the caller has a free worker for it.
-            let start_now = start.filter(|s| new.state == State::Queued && started < s.max);
+            // A job a concurrency limit covers waits for a claim, which takes turns.
+            let start_now = start.filter(|s| {
+                new.state == State::Queued
+                    && started < s.max
+                    && !limits.iter().any(|l| l.covers(&new.kind, &new.labels))
+            });
             let inserted = self
                 .conn
                 .prepare_cached(
@@ -950,28 +963,17 @@ impl Writer {
             id: String::new(),
             source,
         })?;
-        let claimed: Vec<JobRow> = {
+        let limits = super::limits::current(&self.limits);
+        let claimed: Vec<JobRow> = if limits.is_empty() {
             // The queue is written into the SQL, not bound: SQLite recompiles a statement
             // whenever a new value is bound to a parameter that it compared against a
             // partial index's condition, which would happen on every claim.
             // The kinds likewise (a claimer's kinds are the same on every claim).
             let key = (req.queue.clone(), req.kinds.clone());
             let sql = self.claim_sql.entry(key).or_insert_with(|| {
-                let kinds = match &req.kinds {
-                    None => String::new(),
-                    Some(kinds) => format!(
-                        " AND kind IN ({})",
-                        kinds
-                            .iter()
-                            .map(|k| format!("'{}'", k.replace('\'', "''")))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                };
                 format!(
-                    "SELECT {JOB_COLUMNS} FROM jobs WHERE queue = '{}' AND state = 'queued'{kinds} \
-                     ORDER BY priority DESC, seq",
-                    req.queue.replace('\'', "''")
+                    "SELECT {JOB_COLUMNS} {} ORDER BY priority DESC, seq",
+                    claim_from_where(req)
                 )
             });
             // No LIMIT parameter either (a bound LIMIT also recompiles): rows stream from
@@ -980,6 +982,8 @@ impl Writer {
             stmt.query_map([], read_job)?
                 .take(req.limit)
                 .collect::<rusqlite::Result<_>>()?
+        } else {
+            self.claim_within(req, &limits)?
         };
         let mut claimed = claimed;
         {
@@ -1042,6 +1046,73 @@ impl Writer {
         // The database returns rows in no set order; workers start the most urgent first.
         out.sort_by(|a, b| b.job.priority.cmp(&a.job.priority).then(a.seq.cmp(&b.seq)));
         Ok(out.into_iter().map(JobRow::into_claimed).collect())
+    }
+
+    /// The jobs a claim takes when concurrency limits are set: those of a limit with
+    /// no room for this queue are passed over (by the SQL while it has none, one by one
+    /// when it runs out during the read), and the queue's place in line at each limit
+    /// is kept (see [`crate::turns`]).
+    fn claim_within(
+        &mut self,
+        req: &ClaimRequest,
+        limits: &[baton_core::ConcurrencyLimit],
+    ) -> Result<Vec<JobRow>> {
+        let held = super::limits::held(&self.conn, limits)?;
+        let mut room: Vec<u64> = limits
+            .iter()
+            .zip(&held)
+            .map(|(l, h)| self.turns.room(l, *h, &req.queue, req.now).free)
+            .collect();
+        let closed: Vec<bool> = room.iter().map(|r| *r == 0).collect();
+        let from_where = claim_from_where(req);
+        let mut sql = format!("SELECT {JOB_COLUMNS} {from_where}");
+        for (l, _) in limits.iter().zip(&closed).filter(|(_, c)| **c) {
+            sql.push_str(&format!(" AND NOT {}", super::limits::covered(l)));
+        }
+        sql.push_str(" ORDER BY priority DESC, seq");
+        let mut taken = Vec::new();
+        let mut took = vec![false; limits.len()];
+        let mut passed_over = vec![false; limits.len()];
+        {
+            let mut stmt = self.conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query([])?;
+            while taken.len() < req.limit {
+                let Some(row) = rows.next()? else { break };
+                let row = read_job(row)?;
+                let covering: Vec<usize> = (0..limits.len())
+                    .filter(|&i| limits[i].covers(&row.job.kind, &row.job.labels))
+                    .collect();
+                if covering.iter().all(|&i| room[i] > 0) {
+                    for &i in &covering {
+                        room[i] -= 1;
+                        took[i] = true;
+                    }
+                    taken.push(row);
+                } else {
+                    for &i in covering.iter().filter(|&&i| room[i] == 0) {
+                        passed_over[i] = true;
+                    }
+                }
+            }
+        }
+        // A queue that took a slot leaves the line (it joins its end when it next finds
+        // the limit full); one with a free slot left that the limit kept from a job
+        // waits in line; one with nothing the limit covers leaves it.
+        let unfilled = taken.len() < req.limit;
+        for (i, l) in limits.iter().enumerate() {
+            if took[i] {
+                self.turns.leave(l, &req.queue);
+            } else if unfilled {
+                let waits = passed_over[i]
+                    || (closed[i] && super::limits::has_covered(&self.conn, &from_where, l)?);
+                if waits {
+                    self.turns.wait(l, &req.queue, req.now);
+                } else {
+                    self.turns.leave(l, &req.queue);
+                }
+            }
+        }
+        Ok(taken)
     }
 
     /// Each outcome in a savepoint of its own, so that one refused (a stale fencing
@@ -1623,4 +1694,24 @@ enum Resume {
     AfterCrash,
     /// A shutdown handed the job back: not a crash.
     AfterShutdown,
+}
+
+/// The `FROM jobs WHERE ...` of a claim: the queue's queued jobs, of the claimer's kinds.
+/// The queue and kinds are written into the SQL, not bound (see `Writer::claim`).
+fn claim_from_where(req: &ClaimRequest) -> String {
+    let kinds = match &req.kinds {
+        None => String::new(),
+        Some(kinds) => format!(
+            " AND kind IN ({})",
+            kinds
+                .iter()
+                .map(|k| format!("'{}'", k.replace('\'', "''")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    format!(
+        "FROM jobs WHERE queue = '{}' AND state = 'queued'{kinds}",
+        req.queue.replace('\'', "''")
+    )
 }

@@ -1,0 +1,222 @@
+//! Concurrency limits on PostgreSQL, which several servers claim from at once. A
+//! claim that meets a job a limit covers takes one advisory lock (held until its
+//! transaction ends) before it counts the jobs holding the limit's slots and picks:
+//! two servers never both see the last free slot. A claim that meets no such job
+//! takes no lock. The queues' places in line at each limit (see
+//! [`baton_store::turns`]) are rows of `limit_turns`, read and written under the same
+//! lock.
+
+use std::collections::BTreeMap;
+
+use baton_core::{ConcurrencyLimit, LimitScope, Millis};
+use baton_store::turns::TURN_TTL;
+use baton_store::{ClaimRequest, Result};
+use serde_json::{Value, json};
+
+use crate::Db;
+use crate::work::Work;
+
+/// The advisory lock a claim takes before it picks jobs a limit covers.
+pub(crate) const LOCK_LIMITS: i32 = 0x6261_0003;
+
+/// How many of the jobs each limit covers are running, paused or stopping.
+pub async fn held(c: &tokio_postgres::Client, limits: &[ConcurrencyLimit]) -> Result<Vec<u64>> {
+    let mut counts = vec![0u64; limits.len()];
+    if limits.is_empty() {
+        return Ok(counts);
+    }
+    let rows = c
+        .query(
+            "SELECT kind, labels FROM jobs_live WHERE state IN ('running', 'paused', 'stopping')",
+            &[],
+        )
+        .await
+        .db()?;
+    for row in rows {
+        let kind: String = row.get(0);
+        let labels: Option<Value> = row.get(1);
+        let labels: BTreeMap<String, String> = labels
+            .and_then(|l| serde_json::from_value(l).ok())
+            .unwrap_or_default();
+        for (l, n) in limits.iter().zip(counts.iter_mut()) {
+            if l.covers(&kind, &labels) {
+                *n += 1;
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Whether the first `limit` jobs a claim would take hold one that a limit covers.
+pub async fn meets_covered(
+    w: &mut Work<'_>,
+    req: &ClaimRequest,
+    limits: &[ConcurrencyLimit],
+) -> Result<bool> {
+    let rows =
+        w.c.query(
+            "SELECT kind, labels FROM jobs_live WHERE queue = $1 AND state = 'queued' \
+             AND ($2::text[] IS NULL OR kind = ANY ($2)) ORDER BY priority DESC, key LIMIT $3",
+            &[&req.queue, &req.kinds, &(req.limit as i64)],
+        )
+        .await
+        .db()?;
+    Ok(rows.iter().any(|row| {
+        let kind: String = row.get(0);
+        let labels: Option<Value> = row.get(1);
+        let labels: BTreeMap<String, String> = labels
+            .and_then(|l| serde_json::from_value(l).ok())
+            .unwrap_or_default();
+        limits.iter().any(|l| l.covers(&kind, &labels))
+    }))
+}
+
+/// A parameter of a condition on a limit.
+pub type Param = Box<dyn tokio_postgres::types::ToSql + Sync + Send>;
+
+/// A condition on `jobs` that holds for the jobs the limit covers, with its parameter
+/// (`$n`).
+pub fn covered(limit: &ConcurrencyLimit, n: usize) -> (String, Param) {
+    match &limit.scope {
+        LimitScope::Kind(kind) => (format!("kind = ${n}"), Box::new(kind.clone())),
+        LimitScope::Label { key, value } => (
+            format!("COALESCE(labels @> ${n}, false)"),
+            Box::new(json!({ key: value })),
+        ),
+    }
+}
+
+/// The keys of the jobs the claim takes, in order, with the limits honoured and the
+/// queue's place in line kept. Runs under [`LOCK_LIMITS`].
+pub async fn pick(
+    w: &mut Work<'_>,
+    req: &ClaimRequest,
+    limits: &[ConcurrencyLimit],
+) -> Result<Vec<i64>> {
+    w.c.execute("SELECT pg_advisory_xact_lock($1, 0)", &[&LOCK_LIMITS])
+        .await
+        .db()?;
+    w.c.execute(
+        "DELETE FROM limit_turns WHERE seen < $1",
+        &[&(req.now - TURN_TTL)],
+    )
+    .await
+    .db()?;
+    let held = held(&w.c, limits).await?;
+    let mut room = Vec::with_capacity(limits.len());
+    for (l, h) in limits.iter().zip(&held) {
+        let line: Vec<String> =
+            w.c.query(
+                "SELECT queue FROM limit_turns WHERE scope = $1 ORDER BY place",
+                &[&l.name()],
+            )
+            .await
+            .db()?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let ahead = line
+            .iter()
+            .position(|q| *q == req.queue)
+            .unwrap_or(line.len()) as u64;
+        room.push(u64::from(l.max).saturating_sub(*h).saturating_sub(ahead));
+    }
+    let closed: Vec<bool> = room.iter().map(|r| *r == 0).collect();
+    let base = "FROM jobs_live WHERE queue = $1 AND state = 'queued' \
+                AND ($2::text[] IS NULL OR kind = ANY ($2))";
+    let mut params: Vec<Param> = Vec::new();
+    let mut sql = format!("SELECT key, kind, labels {base}");
+    for (l, _) in limits.iter().zip(&closed).filter(|(_, c)| **c) {
+        let (cond, p) = covered(l, params.len() + 3);
+        sql.push_str(&format!(" AND NOT ({cond})"));
+        params.push(p);
+    }
+    // Enough rows to get past the jobs of limits that fill during the read.
+    let reach = (req.limit as i64).saturating_mul(4).saturating_add(256);
+    sql.push_str(&format!(" ORDER BY priority DESC, key LIMIT {reach}"));
+    let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&req.queue, &req.kinds];
+    for p in &params {
+        args.push(p.as_ref());
+    }
+    let rows = w.c.query(&sql, &args).await.db()?;
+    let mut taken = Vec::new();
+    let mut took = vec![false; limits.len()];
+    let mut passed_over = vec![false; limits.len()];
+    for row in rows {
+        if taken.len() >= req.limit {
+            break;
+        }
+        let key: i64 = row.get(0);
+        let kind: String = row.get(1);
+        let labels: Option<Value> = row.get(2);
+        let labels: BTreeMap<String, String> = labels
+            .and_then(|l| serde_json::from_value(l).ok())
+            .unwrap_or_default();
+        let covering: Vec<usize> = (0..limits.len())
+            .filter(|&i| limits[i].covers(&kind, &labels))
+            .collect();
+        if covering.iter().all(|&i| room[i] > 0) {
+            for &i in &covering {
+                room[i] -= 1;
+                took[i] = true;
+            }
+            taken.push(key);
+        } else {
+            for &i in covering.iter().filter(|&&i| room[i] == 0) {
+                passed_over[i] = true;
+            }
+        }
+    }
+    let unfilled = taken.len() < req.limit;
+    for (i, l) in limits.iter().enumerate() {
+        if took[i] {
+            leave(w, l, &req.queue).await?;
+        } else if unfilled {
+            let waits = passed_over[i] || (closed[i] && has_covered(w, base, req, l).await?);
+            if waits {
+                wait(w, l, &req.queue, req.now).await?;
+            } else {
+                leave(w, l, &req.queue).await?;
+            }
+        }
+    }
+    Ok(taken)
+}
+
+async fn has_covered(
+    w: &mut Work<'_>,
+    base: &str,
+    req: &ClaimRequest,
+    l: &ConcurrencyLimit,
+) -> Result<bool> {
+    let (cond, p) = covered(l, 3);
+    let row =
+        w.c.query_one(
+            &format!("SELECT EXISTS (SELECT 1 {base} AND {cond})"),
+            &[&req.queue, &req.kinds, p.as_ref()],
+        )
+        .await
+        .db()?;
+    Ok(row.get(0))
+}
+
+async fn wait(w: &mut Work<'_>, l: &ConcurrencyLimit, queue: &str, now: Millis) -> Result<()> {
+    w.c.execute(
+        "INSERT INTO limit_turns (scope, queue, seen) VALUES ($1, $2, $3) \
+         ON CONFLICT (scope, queue) DO UPDATE SET seen = EXCLUDED.seen",
+        &[&l.name(), &queue, &now],
+    )
+    .await
+    .db()?;
+    Ok(())
+}
+
+async fn leave(w: &mut Work<'_>, l: &ConcurrencyLimit, queue: &str) -> Result<()> {
+    w.c.execute(
+        "DELETE FROM limit_turns WHERE scope = $1 AND queue = $2",
+        &[&l.name(), &queue],
+    )
+    .await
+    .db()?;
+    Ok(())
+}
