@@ -512,3 +512,103 @@ async fn a_server_is_declared_down_only_while_it_is_still_gone() {
         .collect();
     assert_eq!(downs, ["dead"]);
 }
+
+/// Six workers on two servers claim from three queues whose jobs all carry a label
+/// limited to 3 at once: never more than 3 run together (the count each worker keeps
+/// is at most the store's, as it rises after a claim commits and falls before an
+/// outcome does), every job runs once, and every queue is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_never_run_more_than_a_concurrency_limit_together() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    let schema = Schema::new();
+    let (a, b) = (schema.open().await, schema.open().await);
+    let limit = baton_core::ConcurrencyLimit::label("source", "x", 3);
+    a.set_concurrency_limits(vec![limit.clone()]);
+    b.set_concurrency_limits(vec![limit.clone()]);
+    let mut jobs = Vec::new();
+    for q in 0..3 {
+        for n in 0..20 {
+            jobs.push(
+                JobSpec::new("work")
+                    .id(format!("q{q}-{n}"))
+                    .queue(format!("q{q}"))
+                    .label("source", "x")
+                    .validate(T0, &Limits::default())
+                    .expect("valid job"),
+            );
+        }
+    }
+    a.submit(jobs).await.expect("submit");
+    let running = Arc::new(AtomicI64::new(0));
+    let most = Arc::new(AtomicI64::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for w in 0..6 {
+        let s = if w % 2 == 0 { a.clone() } else { b.clone() };
+        let (running, most) = (running.clone(), most.clone());
+        let queue = format!("q{}", w % 3);
+        workers.spawn(async move {
+            let mut ran = Vec::new();
+            let mut idle = 0;
+            while idle < 200 {
+                let claimed = s
+                    .claim(ClaimRequest {
+                        queue: queue.clone(),
+                        limit: 2,
+                        server_id: format!("server-{w}"),
+                        now: wall(),
+                        kinds: None,
+                    })
+                    .await
+                    .expect("claim");
+                if claimed.is_empty() {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                let now = running.fetch_add(claimed.len() as i64, Ordering::SeqCst)
+                    + claimed.len() as i64;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                for c in claimed {
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    s.record(
+                        Transition::new(
+                            &c.job.id,
+                            State::Completed,
+                            EventKind::Completed,
+                            wall(),
+                        )
+                        .fence(c.fence),
+                    )
+                    .await
+                    .expect("complete");
+                    ran.push(c.job.id);
+                }
+            }
+            (queue, ran)
+        });
+    }
+    let mut ran: BTreeMap<String, usize> = BTreeMap::new();
+    let mut all = BTreeSet::new();
+    while let Some(done) = workers.join_next().await {
+        let (queue, ids) = done.expect("worker");
+        *ran.entry(queue).or_default() += ids.len();
+        for id in ids {
+            assert!(all.insert(id.clone()), "{id} ran twice");
+        }
+    }
+    assert_eq!(all.len(), 60, "every job ran");
+    assert_eq!(ran.len(), 3, "{ran:?}");
+    let most = most.load(Ordering::SeqCst);
+    assert!(most <= 3, "{most} covered jobs ran at once; the limit is 3");
+    assert!(most >= 2, "the limit's slots were used together ({most})");
+    assert_eq!(a.concurrency_held(&[limit]).await.expect("held"), [0]);
+}
+
+/// Now, in milliseconds since the epoch.
+fn wall() -> Millis {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_millis() as Millis
+}
