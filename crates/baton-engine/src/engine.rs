@@ -58,6 +58,7 @@ pub struct EngineBuilder {
     heavy: std::collections::BTreeSet<String>,
     usage: crate::UsageOptions,
     queue_limits: HashMap<String, baton_core::ResourceLimits>,
+    concurrency: Vec<baton_core::ConcurrencyLimit>,
 }
 
 /// The most log lines kept per job unless configured.
@@ -71,6 +72,8 @@ pub struct Engine {
 
 pub(crate) struct Inner {
     pub store: Arc<dyn Store>,
+    /// The concurrency limits across queues that this engine's claims obey.
+    pub(crate) concurrency: Vec<baton_core::ConcurrencyLimit>,
     pub clock: Arc<dyn Clock>,
     handlers: HashMap<String, HandlerFn>,
     pub(crate) queues: BTreeMap<String, Arc<QueueState>>,
@@ -255,6 +258,7 @@ impl Engine {
             heavy: Default::default(),
             usage: crate::UsageOptions::default(),
             queue_limits: HashMap::new(),
+            concurrency: Vec::new(),
         }
     }
 }
@@ -270,6 +274,14 @@ impl EngineBuilder {
         let name = name.into();
         self.queues.retain(|(n, _)| *n != name);
         self.queues.push((name, concurrency));
+        self
+    }
+
+    /// Adds a concurrency limit across queues: at most `limit.max` of the jobs it
+    /// covers (by label or kind) run at once, whatever their queue, on every server
+    /// sharing the store. Queues take turns at a full limit.
+    pub fn concurrency_limit(mut self, limit: baton_core::ConcurrencyLimit) -> Self {
+        self.concurrency.push(limit);
         self
     }
 
@@ -429,6 +441,7 @@ impl EngineBuilder {
                 "heavy queue {name:?} is not configured"
             )));
         }
+        baton_core::concurrency::check_limits(&self.concurrency).map_err(Error::Config)?;
         let mut handlers = self.handlers;
         let mut self_timed = HashSet::new();
         if !handlers.contains_key(KIND_COMMAND) {
@@ -551,6 +564,7 @@ impl EngineBuilder {
             }
         }
         store.register_server(server.clone()).await?;
+        store.set_concurrency_limits(self.concurrency.clone());
         let shared = store.shared();
         if let Some(kind) = self.remote_kinds.iter().find(|k| handlers.contains_key(*k)) {
             return Err(Error::Config(format!(
@@ -596,11 +610,15 @@ impl EngineBuilder {
             remote: crate::remote::Registry::new(self.remote_kinds),
             native,
             pressure,
+            concurrency: self.concurrency,
         });
         for q in inner.queues.values() {
             inner.background.spawn(dispatch(inner.clone(), q.clone()));
         }
         inner.background.spawn(timer(inner.clone()));
+        inner
+            .background
+            .spawn(crate::concurrency::wake_on_freed_slots(inner.clone()));
         inner.background.spawn(crate::admission::run(inner.clone()));
         if let Some(every) = inner.pressure.options().sample_every {
             inner

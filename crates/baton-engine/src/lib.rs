@@ -28,6 +28,7 @@ mod admission;
 mod cgroup;
 mod clock;
 mod command;
+mod concurrency;
 mod context;
 mod engine;
 mod error;
@@ -48,6 +49,7 @@ mod usage;
 
 pub use admission::{Gauge, Pressure, Reading, Resource, ResourceOptions};
 pub use baton_core::schedule::{Misfire, Overlap, Schedule, ScheduleSpec, Trigger, Weekday};
+pub use baton_core::{ConcurrencyLimit, LimitScope};
 pub use baton_core::{
     Condition, EdgeStatus, UniquePolicy, WorkflowEdge, WorkflowGraph, WorkflowNode, WorkflowSpec,
     WorkflowState,
@@ -62,6 +64,7 @@ pub use baton_store::{
 };
 pub use baton_store::{Link, SubmittedWorkflow};
 pub use clock::{Clock, ManualClock, SystemClock};
+pub use concurrency::LimitUse;
 pub use context::{Exit, JobContext, JobError};
 pub use engine::QueueStatus;
 pub use engine::{DEFAULT_MAX_LOG_LINES, Engine, EngineBuilder, Recovery, Subscription};

@@ -167,17 +167,16 @@ pub async fn pick(
             }
         }
     }
-    let unfilled = taken.len() < req.limit;
+    // As the SQLite store does (see its `claim_within`): a queue that took a slot
+    // leaves the line; one the limit kept from a job waits in line; one with nothing
+    // the limit covers leaves it.
     for (i, l) in limits.iter().enumerate() {
         if took[i] {
             leave(w, l, &req.queue).await?;
-        } else if unfilled {
-            let waits = passed_over[i] || (closed[i] && has_covered(w, base, req, l).await?);
-            if waits {
-                wait(w, l, &req.queue, req.now).await?;
-            } else {
-                leave(w, l, &req.queue).await?;
-            }
+        } else if passed_over[i] || (closed[i] && has_covered(w, base, req, l).await?) {
+            wait(w, l, &req.queue, req.now).await?;
+        } else {
+            leave(w, l, &req.queue).await?;
         }
     }
     Ok(taken)

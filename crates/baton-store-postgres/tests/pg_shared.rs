@@ -572,13 +572,8 @@ async fn two_servers_never_run_more_than_a_concurrency_limit_together() {
                 for c in claimed {
                     running.fetch_sub(1, Ordering::SeqCst);
                     s.record(
-                        Transition::new(
-                            &c.job.id,
-                            State::Completed,
-                            EventKind::Completed,
-                            wall(),
-                        )
-                        .fence(c.fence),
+                        Transition::new(&c.job.id, State::Completed, EventKind::Completed, wall())
+                            .fence(c.fence),
                     )
                     .await
                     .expect("complete");

@@ -1096,20 +1096,18 @@ impl Writer {
             }
         }
         // A queue that took a slot leaves the line (it joins its end when it next finds
-        // the limit full); one with a free slot left that the limit kept from a job
-        // waits in line; one with nothing the limit covers leaves it.
-        let unfilled = taken.len() < req.limit;
+        // the limit full). One that the limit kept from a job waits in line, even when
+        // other jobs filled its slots: it would have started that job first. One with
+        // nothing the limit covers leaves the line.
         for (i, l) in limits.iter().enumerate() {
             if took[i] {
                 self.turns.leave(l, &req.queue);
-            } else if unfilled {
-                let waits = passed_over[i]
-                    || (closed[i] && super::limits::has_covered(&self.conn, &from_where, l)?);
-                if waits {
-                    self.turns.wait(l, &req.queue, req.now);
-                } else {
-                    self.turns.leave(l, &req.queue);
-                }
+            } else if passed_over[i]
+                || (closed[i] && super::limits::has_covered(&self.conn, &from_where, l)?)
+            {
+                self.turns.wait(l, &req.queue, req.now);
+            } else {
+                self.turns.leave(l, &req.queue);
             }
         }
         Ok(taken)
