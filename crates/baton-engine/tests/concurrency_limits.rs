@@ -75,7 +75,7 @@ async fn all_events(engine: &Engine) -> Vec<Event> {
 async fn a_label_limit_holds_across_three_queues_which_take_turns() {
     let dir = TempDir::new().unwrap();
     let limit = ConcurrencyLimit::label("source", "alfabeta", 2);
-    let engine = engine(&dir, &[limit.clone()], Arc::new(Semaphore::new(0))).await;
+    let engine = engine(&dir, &[limit], Arc::new(Semaphore::new(0))).await;
     // Every job is in its queue before any starts.
     for q in ["a", "b", "c"] {
         engine.pause_queue(q).await.unwrap();
