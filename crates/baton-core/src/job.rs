@@ -53,6 +53,11 @@ pub struct Job {
     /// resident memory, now and at their peak, of the attempt named in it; `null`
     /// until a first measurement.
     pub usage: Option<Usage>,
+    /// Why a queued job has not started although its queue may have room: the
+    /// concurrency limit across queues that is full (`concurrency limit
+    /// source:alfabeta (2/2)`). Given by `GET /api/jobs/{id}` only; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting_for: Option<String>,
     /// What the job runs, and its time limits and retry backoff.
     #[serde(flatten)]
     pub runs: Runs,

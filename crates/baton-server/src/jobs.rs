@@ -207,12 +207,14 @@ pub fn job_filter(f: &ListFilter) -> ApiResult<JobFilter> {
 }
 
 #[utoipa::path(get, operation_id = "get_job", path = "/api/jobs/{id}", tag = "jobs", params(("id" = String, Path)),
-    responses((status = 200, body = baton_core::Job), (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
+    responses((status = 200, description = "the job; a queued job that a full concurrency limit holds says so in `waiting_for`", body = baton_core::Job), (status = 404, description = "no such job", body = baton_api::ErrorBody)))]
 pub async fn show(
     State(s): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<Json<baton_core::Job>> {
-    Ok(Json(s.engine.get(job_id(&id)?).await?))
+    let mut job = s.engine.get(job_id(&id)?).await?;
+    job.waiting_for = s.engine.waiting_for(&job).await?;
+    Ok(Json(job))
 }
 
 /// At most this many ids in one status request.

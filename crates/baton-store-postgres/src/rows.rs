@@ -108,6 +108,7 @@ pub fn read_job(r: &Row) -> Result<JobRow> {
                     Error::Internal(format!("stored usage {v} cannot be read: {e}"))
                 })?),
             },
+            waiting_for: None,
             runs: Runs::describe(exec.as_ref(), timeout, grace, backoff),
         };
     Ok(JobRow {

@@ -51,6 +51,7 @@ pub fn submitted_job(new: &NewJob, runs: Runs) -> Job {
         max_recoveries: new.max_recoveries,
         updated_at: new.created_at,
         usage: None,
+        waiting_for: None,
         runs,
     }
 }

@@ -362,6 +362,9 @@ pub fn print_job(job: &Job) {
         ),
     );
     row("state", job.state.to_string());
+    if let Some(why) = &job.waiting_for {
+        row("waiting for", why.clone());
+    }
     if let Some(p) = job.progress {
         row(
             "progress",

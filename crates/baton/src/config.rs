@@ -12,6 +12,7 @@ use baton_server::{AuthConfig, TokenEntry};
 use baton_store::Durability;
 use serde::Deserialize;
 
+mod concurrency;
 mod resources;
 
 /// The file as written; every key optional.
@@ -67,6 +68,8 @@ pub struct FileConfig {
     pub dashboard: Option<FileDashboard>,
     pub resources: Option<resources::FileResources>,
     pub limits: Option<FileLimits>,
+    /// At most so many jobs with a label, or of a kind, running at once across queues.
+    pub concurrency_limits: Option<Vec<concurrency::FileLimit>>,
 }
 
 /// `[limits]`: how command and pipeline jobs' processes are measured and held to
@@ -219,6 +222,8 @@ pub struct Config {
     pub queues: BTreeMap<String, usize>,
     /// Queues that admission control holds while a resource threshold is crossed.
     pub heavy_queues: Vec<String>,
+    /// Concurrency limits by label or kind across queues.
+    pub concurrency_limits: Vec<baton_engine::ConcurrencyLimit>,
     /// The machine monitor and admission control (`[resources]`); the disk is the
     /// store's, set by `serve`.
     pub resources: baton_engine::ResourceOptions,
@@ -431,6 +436,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             .map_err(|m| anyhow::anyhow!("invalid setting {named} = {text:?}: {m}"))?,
     };
     let (queues, heavy_queues) = resources::queues(file.queues.as_ref(), &source)?;
+    let concurrency_limits = concurrency::limits(file.concurrency_limits, &source)?;
     let resources = resources::resources(file.resources, &source)?;
     for dir in file.pipelines_dirs.iter().flatten() {
         if !dir.is_dir() {
@@ -567,6 +573,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         heartbeat,
         queues,
         heavy_queues,
+        concurrency_limits,
         resources,
         auth,
         pipelines_dirs: file.pipelines_dirs.unwrap_or_default(),

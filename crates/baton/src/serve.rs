@@ -89,6 +89,9 @@ pub async fn run(flags: Flags, open: bool, demo: bool) -> Result<()> {
     for name in &config.heavy_queues {
         builder = builder.heavy(name);
     }
+    for limit in &config.concurrency_limits {
+        builder = builder.concurrency_limit(limit.clone());
+    }
     for dir in &config.pipelines_dirs {
         builder = builder.pipelines_dir(dir);
     }

@@ -5,28 +5,11 @@
 
 mod support;
 
-use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{Refusal, Server, baton, json, ok, refused_at_start, start};
+use support::{Refusal, Server, baton, get, json, ok, refused_at_start, start};
 use tempfile::TempDir;
-
-/// `GET path` over a new connection; the answer's body as JSON.
-fn get(server: &Server, path: &str) -> Value {
-    let addr = server.url.trim_start_matches("http://");
-    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-    write!(
-        tcp,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut answer = String::new();
-    tcp.read_to_string(&mut answer).unwrap();
-    let body = answer.split_once("\r\n\r\n").expect("an HTTP answer").1;
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
-}
 
 /// Waits for the monitor's first sample.
 fn sampled(server: &Server) -> Value {

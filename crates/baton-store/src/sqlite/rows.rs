@@ -81,6 +81,7 @@ pub fn read_job(r: &Row<'_>) -> rusqlite::Result<JobRow> {
         max_recoveries: r.get(22)?,
         updated_at: r.get(23)?,
         usage: json_as("usage", r.get(34)?)?,
+        waiting_for: None,
         runs: Runs::default(),
     };
     let timeout_ms: Option<i64> = r.get(30)?;

@@ -2,7 +2,7 @@
 
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, Command, Output, Stdio};
 
 use serde_json::Value;
@@ -128,4 +128,21 @@ pub fn refused_at_start(dir: &std::path::Path, cases: &[Refusal]) {
         assert!(err.contains(want), "{args:?} {env:?}: {err} lacks {want}");
     }
     assert!(!dir.join("x.db").exists(), "nothing was opened");
+}
+
+/// `GET path` over a new connection; the answer's body as JSON.
+pub fn get(server: &Server, path: &str) -> Value {
+    let addr = server.url.trim_start_matches("http://");
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    tcp.read_to_string(&mut answer).unwrap();
+    let body = answer.split_once("\r\n\r\n").expect("an HTTP answer").1;
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {answer}"))
 }
