@@ -8,7 +8,7 @@ import pytest
 
 from baton_client import Client, Conflict, Event, EventStream, job_spec
 
-from conftest import Server, unique, watch
+from conftest import Server, unique, wait_for, watch
 
 
 def next_event(stream: EventStream, type: str) -> Event:
@@ -132,5 +132,24 @@ def test_a_server_on_a_local_socket(request: pytest.FixtureRequest, tmp_path: Pa
             assert baton.wait(job.id, timeout=30).result == 1
             with baton.events(job=job.id) as events:
                 assert next(events).type == "job.submitted"
+    finally:
+        server.kill()
+
+
+def test_a_job_held_by_a_concurrency_limit_says_which(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    config = 'concurrency_limits = [{label = "source:alfabeta", max = 1}]\n[queues]\ndefault = 4\nother = 4\n'
+    server = watch(request, Server(tmp_path, config))
+    try:
+        with Client(server.url) as baton:
+            first = baton.submit("command", command=["sleep", "30"], labels={"source": "alfabeta"})
+            wait_for("the first job running", lambda: baton.get(first.id).state == "running")
+            second = baton.submit("command", command=["true"], queue="other", labels={"source": "alfabeta"})
+            held = baton.get(second.id)
+            assert held.state == "queued"
+            assert held.waiting_for == "concurrency limit source:alfabeta (1/1)"
+            assert baton.get(first.id).waiting_for is None
+            baton.cancel(first.id)
+            done = baton.wait(second.id, timeout=30)
+            assert done.state == "completed" and done.waiting_for is None
     finally:
         server.kill()

@@ -444,6 +444,8 @@ async function job(main, parts) {
   let changes = 0; // state changes the stream has told of
 
   const stateCell = el("dd", { id: "job-state" }, stateTag(state));
+  // A queued job that a full concurrency limit holds says which; gone once it starts.
+  const waiting = j.waiting_for ? [el("dt", {}, "Waiting for"), el("dd", { id: "job-waiting" }, j.waiting_for)] : [];
   const note = el("span", { class: "muted", id: "job-note" });
   const step = el("dd", { id: "job-step" }, j.step || "–");
   const outcome = el("p", { id: "job-outcome", role: "status" });
@@ -475,6 +477,7 @@ async function job(main, parts) {
   const update = s => {
     state = s;
     stateCell.replaceChildren(stateTag(s));
+    if (s !== "queued") for (const n of waiting) n.remove();
     if (requested === "pause" && s !== "running") { requested = null; note.textContent = ""; }
     refresh();
   };
@@ -515,6 +518,7 @@ async function job(main, parts) {
     el("h1", {}, `Job ${id} `, note),
     el("dl", { class: "kv" },
       el("dt", {}, "State"), stateCell,
+      waiting,
       el("dt", {}, "Runs"), el("dd", { id: "job-runs" }, what),
       el("dt", {}, "Queue"), el("dd", {}, `${j.queue} (priority ${j.priority})`),
       el("dt", {}, "Attempt"), el("dd", { id: "job-attempt" }, `${j.attempt} of ${j.max_attempts}`),
@@ -1259,13 +1263,26 @@ async function queuesView(main) {
       el("td", { "data-paused": String(q.paused), "data-held": q.held || "" },
         q.paused ? "paused" : q.held ? `held: ${q.held}` : q.heavy ? "running (heavy)" : "running"), el("td", {}, b));
   }));
+  // Concurrency limits across queues, with the slots each holds now.
+  const limitsBody = el("tbody", { id: "concurrency-limits" });
+  const drawLimits = list => limitsBody.replaceChildren(...list.map(l => el("tr", { "data-limit": l.name },
+    el("td", {}, l.label ? el("a", { href: `#/jobs?label=${enc(l.label)}` }, l.name) : el("a", { href: `#/jobs?kind=${enc(l.kind)}` }, l.name)),
+    el("td", { class: "num", "data-held": String(l.held) }, `${l.held} / ${l.max}`),
+    el("td", {}, l.held >= l.max ? "full: its other jobs wait" : ""))));
   const ready = listenSoon();
-  draw(await api("GET", "/api/queues"));
+  const [queues, resources] = await Promise.all([api("GET", "/api/queues"), api("GET", "/api/resources")]);
+  draw(queues);
+  const limited = resources.concurrency_limits.length > 0;
+  drawLimits(resources.concurrency_limits);
   main.replaceChildren(el("h1", {}, "Queues"),
-    el("table", {}, el("thead", {}, el("tr", {}, ["Queue", "Concurrency", "Running", "Queued", "Scheduled", "Failed", "Completed", "State", ""].map(h => el("th", {}, h)))), body));
+    el("table", {}, el("thead", {}, el("tr", {}, ["Queue", "Concurrency", "Running", "Queued", "Scheduled", "Failed", "Completed", "State", ""].map(h => el("th", {}, h)))), body),
+    ...(limited ? [el("h2", {}, "Concurrency limits"),
+      el("table", {}, el("thead", {}, el("tr", {}, ["Limit", "Running", ""].map(h => el("th", {}, h)))), limitsBody)] : []));
+  const moves = ["job.started", "job.completed", "job.failed", "job.cancelled", "job.crashed", "job.retrying", "job.deleted"];
   return ready(async batch => {
     // A heavy queue's hold begins with a resource alert and ends with its clearing.
     if (batch.some(e => ["queue.paused", "queue.resumed", "resource.alert", "resource.cleared"].includes(e.type))) draw(await api("GET", "/api/queues"));
+    if (limited && batch.some(e => moves.includes(e.type))) drawLimits((await api("GET", "/api/resources")).concurrency_limits);
   });
 }
 

@@ -78,6 +78,9 @@ class Job:
     command: Optional[List[str]]
     pipeline: Optional[str]
     timeout: Optional[str]
+    # For a queued job that a full concurrency limit holds, which one:
+    # "concurrency limit source:alfabeta (2/2)". Only `Client.get` gives it.
+    waiting_for: Optional[str] = field(compare=False)
     raw: Dict[str, Any] = field(repr=False, compare=False)
 
     @property
@@ -114,6 +117,7 @@ class Job:
             command=d.get("command"),
             pipeline=d.get("pipeline"),
             timeout=d.get("timeout"),
+            waiting_for=d.get("waiting_for"),
             raw=dict(d),
         )
 
