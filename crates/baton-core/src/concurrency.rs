@@ -87,6 +87,23 @@ impl ConcurrencyLimit {
     }
 }
 
+/// A limit and how many of its slots are held now, as `GET /api/resources` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LimitUse {
+    /// `source:alfabeta` for a label, `kind render` for a kind.
+    pub name: String,
+    /// The label it covers (`key:value`), if it covers a label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// The kind it covers, if it covers a kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// The most of its jobs running at once.
+    pub max: u32,
+    /// Its jobs running, paused or stopping now, on every server sharing the store.
+    pub held: u64,
+}
+
 /// Checks a set of limits: each covers something, allows at least one job, and none
 /// is given twice.
 pub fn check_limits(limits: &[ConcurrencyLimit]) -> Result<(), String> {

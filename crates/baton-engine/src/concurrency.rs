@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use baton_core::concurrency::LimitUse;
 use baton_core::{ConcurrencyLimit, EventKind, Job, State};
-use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::Result;
@@ -18,20 +18,6 @@ use crate::engine::{Engine, Inner};
 /// keep their place in line at a full limit (see `baton_store::turns::TURN_TTL`), and
 /// find slots that other servers freed.
 const RECLAIM: Duration = Duration::from_secs(1);
-
-/// A limit and how many of its slots are held now.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct LimitUse {
-    /// `source:alfabeta` for a label, `kind render` for a kind.
-    pub name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    pub max: u32,
-    /// Jobs it covers that are running, paused or stopping.
-    pub held: u64,
-}
 
 /// Whether an event frees a slot its job held.
 fn frees_a_slot(kind: EventKind) -> bool {

@@ -48,6 +48,7 @@ mod spawn_hook;
 mod usage;
 
 pub use admission::{Gauge, Pressure, Reading, Resource, ResourceOptions};
+pub use baton_core::concurrency::LimitUse;
 pub use baton_core::schedule::{Misfire, Overlap, Schedule, ScheduleSpec, Trigger, Weekday};
 pub use baton_core::{ConcurrencyLimit, LimitScope};
 pub use baton_core::{
@@ -64,7 +65,6 @@ pub use baton_store::{
 };
 pub use baton_store::{Link, SubmittedWorkflow};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use concurrency::LimitUse;
 pub use context::{Exit, JobContext, JobError};
 pub use engine::QueueStatus;
 pub use engine::{DEFAULT_MAX_LOG_LINES, Engine, EngineBuilder, Recovery, Subscription};

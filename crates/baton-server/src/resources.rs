@@ -97,36 +97,7 @@ pub struct ResourcesResponse {
     pub job_limits: JobLimitsInfo,
     /// The concurrency limits across queues (`concurrency_limits` in `baton.toml`),
     /// with the slots each holds now.
-    pub concurrency_limits: Vec<ConcurrencyUse>,
-}
-
-/// A concurrency limit across queues and its use now.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
-pub struct ConcurrencyUse {
-    /// `source:alfabeta` for a label, `kind render` for a kind.
-    pub name: String,
-    /// The label it covers (`key:value`), if it covers a label.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    /// The kind it covers, if it covers a kind.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    /// The most of its jobs running at once.
-    pub max: u32,
-    /// Its jobs running, paused or stopping now, on every server sharing the store.
-    pub held: u64,
-}
-
-impl From<baton_engine::LimitUse> for ConcurrencyUse {
-    fn from(u: baton_engine::LimitUse) -> Self {
-        Self {
-            name: u.name,
-            label: u.label,
-            kind: u.kind,
-            max: u.max,
-            held: u.held,
-        }
-    }
+    pub concurrency_limits: Vec<baton_core::concurrency::LimitUse>,
 }
 
 /// The mechanism that holds jobs to their `limits`, and how it holds each one.
@@ -261,12 +232,6 @@ pub async fn resources(
 ) -> crate::error::ApiResult<Json<ResourcesResponse>> {
     let mut r = s.resources.snapshot();
     r.job_limits = s.engine.limits_report().into();
-    r.concurrency_limits = s
-        .engine
-        .concurrency_use()
-        .await?
-        .into_iter()
-        .map(Into::into)
-        .collect();
+    r.concurrency_limits = s.engine.concurrency_use().await?;
     Ok(Json(r))
 }
