@@ -67,6 +67,11 @@ enum Bench {
         /// With --duration: the most jobs submitted and not yet completed.
         #[arg(long, default_value_t = 10_000)]
         backlog: usize,
+        /// Holds the jobs to a concurrency limit of this many on their kind, across
+        /// queues: what enforcing one costs (at --workers or more it never binds; under
+        /// it, it is what runs at once). SQLite, without --duration.
+        #[arg(long)]
+        kind_limit: Option<u32>,
     },
     /// Command jobs running `/bin/true`: spawn, supervise, reap, all persisted.
     Commands {
@@ -394,9 +399,16 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             prune_every,
             sample,
             backlog,
+            kind_limit,
         } => {
             if jobs == 0 || workers == 0 || batch == 0 || submitters == 0 {
                 bail!("--jobs, --workers, --batch and --submitters must be at least 1");
+            }
+            if kind_limit == Some(0) {
+                bail!("--kind-limit must be at least 1");
+            }
+            if kind_limit.is_some() && duration.is_some() {
+                bail!("--kind-limit is measured by a run of --jobs, not with --duration");
             }
             match duration {
                 Some(duration) => {
@@ -418,7 +430,14 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                     report
                 }
                 None => {
-                    throughput(store, jobs, workers, batch, submitters, args.durability).await?
+                    let shape = Shape {
+                        jobs,
+                        workers,
+                        batch,
+                        submitters,
+                        kind_limit,
+                    };
+                    throughput(store, shape, args.durability).await?
                 }
             }
         }
@@ -529,6 +548,7 @@ async fn run_postgres(url: &str, args: &BenchArgs) -> Result<Value> {
             batch,
             submitters,
             duration: None,
+            kind_limit: None,
             ..
         } => {
             if *jobs == 0 || *workers == 0 || *batch == 0 || *submitters == 0 {
@@ -543,6 +563,10 @@ async fn run_postgres(url: &str, args: &BenchArgs) -> Result<Value> {
             }
             crate::bench_pg::latency(url, args.servers, *samples, *gap).await
         }
+        Bench::Throughput {
+            kind_limit: Some(_),
+            ..
+        } => bail!("--kind-limit is measured on the embedded store only"),
         _ => bail!(
             "this bench runs on the embedded store only; on PostgreSQL: throughput (without --duration) and latency"
         ),
@@ -670,21 +694,33 @@ pub(crate) async fn drive(
 /// The throughput bench: no-op jobs through their whole life, then the same rows
 /// written by bare SQLite statements ([`baton_store::sqlite::floor`]) beside the
 /// store's file, so that each run shows the engine next to SQLite's own limit.
-async fn throughput(
-    store: SqliteStore,
+/// What `bench throughput` runs.
+struct Shape {
     jobs: usize,
     workers: usize,
     batch: usize,
     submitters: usize,
-    durability: Durability,
-) -> Result<Value> {
+    /// A concurrency limit on the jobs' kind.
+    kind_limit: Option<u32>,
+}
+
+async fn throughput(store: SqliteStore, shape: Shape, durability: Durability) -> Result<Value> {
+    let Shape {
+        jobs,
+        workers,
+        batch,
+        submitters,
+        kind_limit,
+    } = shape;
     let db = store.path().to_owned();
-    let engine = Engine::builder()
+    let mut builder = Engine::builder()
         .store(Arc::new(store))
         .queue("default", workers)
-        .handler("noop", |_ctx, _payload| async { Ok(Value::Null) })
-        .build()
-        .await?;
+        .handler("noop", |_ctx, _payload| async { Ok(Value::Null) });
+    if let Some(max) = kind_limit {
+        builder = builder.concurrency_limit(baton_engine::ConcurrencyLimit::kind("noop", max));
+    }
+    let engine = builder.build().await?;
     let count = WriteCount::start(&engine)?;
     let run = drive(std::slice::from_ref(&engine), jobs, batch, submitters).await?;
     let first_start = run.check(jobs)?;
@@ -714,6 +750,7 @@ async fn throughput(
         "workers": workers,
         "batch": batch,
         "submitters": submitters,
+        "kind_limit": kind_limit,
         "durability": durability.as_str(),
         "submit_per_s": rate(jobs, submitted),
         "processing_per_s": rate(jobs, processing),
@@ -1048,7 +1085,7 @@ mod tests {
         let store = SqliteStore::open(options).unwrap();
         // One worker: the 400 older jobs run first; 20 completions of theirs must not
         // end the bench.
-        let report = throughput(store, 20, 1, 10, 2, Durability::Normal)
+        let report = throughput(store, shape(20, 1, 10, 2), Durability::Normal)
             .await
             .unwrap();
         assert_eq!(report["jobs"], 20);
@@ -1074,7 +1111,7 @@ mod tests {
             .durability(Durability::Normal)
             .count_statements(true);
         let store = SqliteStore::open(options).unwrap();
-        let report = throughput(store, 200, 8, 50, 2, Durability::Normal)
+        let report = throughput(store, shape(200, 8, 50, 2), Durability::Normal)
             .await
             .unwrap();
         let figure = |key: &str| {
@@ -1110,6 +1147,39 @@ mod tests {
         assert!(left.is_empty(), "the floor's folder stayed: {left:?}");
     }
 
+    fn shape(jobs: usize, workers: usize, batch: usize, submitters: usize) -> Shape {
+        Shape {
+            jobs,
+            workers,
+            batch,
+            submitters,
+            kind_limit: None,
+        }
+    }
+
+    /// Under a kind limit every job still runs once, and the report says the limit.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn throughput_under_a_kind_limit_runs_every_job_and_names_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions::new(dir.path().join("bench.db"))
+            .durability(Durability::Normal)
+            .count_statements(true);
+        let store = SqliteStore::open(options).unwrap();
+        let report = throughput(
+            store,
+            Shape {
+                kind_limit: Some(2),
+                ..shape(200, 8, 50, 2)
+            },
+            Durability::Normal,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report["kind_limit"], 2, "{report}");
+        assert_eq!(report["jobs"], 200, "{report}");
+        assert!(report["end_to_end_per_s"].as_f64().unwrap() > 0.0);
+    }
+
     /// A store that does not count its statements fails the bench rather than
     /// printing zero statements a job.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1118,7 +1188,7 @@ mod tests {
         let options =
             SqliteOptions::new(dir.path().join("bench.db")).durability(Durability::Normal);
         let store = SqliteStore::open(options).unwrap();
-        let err = throughput(store, 20, 4, 10, 1, Durability::Normal)
+        let err = throughput(store, shape(20, 4, 10, 1), Durability::Normal)
             .await
             .unwrap_err();
         assert!(err.to_string().contains("no SQL statements"), "{err:#}");
