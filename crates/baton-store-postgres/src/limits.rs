@@ -124,47 +124,57 @@ pub async fn pick(
     let closed: Vec<bool> = room.iter().map(|r| *r == 0).collect();
     let base = "FROM jobs_live WHERE queue = $1 AND state = 'queued' \
                 AND ($2::text[] IS NULL OR kind = ANY ($2))";
-    let mut params: Vec<Param> = Vec::new();
-    let mut sql = format!("SELECT key, kind, labels {base}");
-    for (l, _) in limits.iter().zip(&closed).filter(|(_, c)| **c) {
-        let (cond, p) = covered(l, params.len() + 3);
-        sql.push_str(&format!(" AND NOT ({cond})"));
-        params.push(p);
-    }
-    // Enough rows to get past the jobs of limits that fill during the read.
-    let reach = (req.limit as i64).saturating_mul(4).saturating_add(256);
-    sql.push_str(&format!(" ORDER BY priority DESC, key LIMIT {reach}"));
-    let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&req.queue, &req.kinds];
-    for p in &params {
-        args.push(p.as_ref());
-    }
-    let rows = w.c.query(&sql, &args).await.db()?;
-    let mut taken = Vec::new();
+    let mut taken: Vec<i64> = Vec::new();
     let mut took = vec![false; limits.len()];
-    let mut passed_over = vec![false; limits.len()];
-    for row in rows {
-        if taken.len() >= req.limit {
-            break;
+    // As in the SQLite store's `claim_within`: each read leaves out the jobs of every
+    // limit with no room, and a limit that runs out ends the read.
+    loop {
+        let mut params: Vec<Param> = Vec::new();
+        let mut sql = format!("SELECT key, kind, labels {base}");
+        for (l, _) in limits.iter().zip(&room).filter(|(_, r)| **r == 0) {
+            let (cond, p) = covered(l, params.len() + 3);
+            sql.push_str(&format!(" AND NOT ({cond})"));
+            params.push(p);
         }
-        let key: i64 = row.get(0);
-        let kind: String = row.get(1);
-        let labels: Option<Value> = row.get(2);
-        let labels: BTreeMap<String, String> = labels
-            .and_then(|l| serde_json::from_value(l).ok())
-            .unwrap_or_default();
-        let covering: Vec<usize> = (0..limits.len())
-            .filter(|&i| limits[i].covers(&kind, &labels))
-            .collect();
-        if covering.iter().all(|&i| room[i] > 0) {
+        // The rows taken by an earlier read come again (they are still queued).
+        let reach = (req.limit + taken.len()) as i64;
+        sql.push_str(&format!(" ORDER BY priority DESC, key LIMIT {reach}"));
+        let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            vec![&req.queue, &req.kinds];
+        for p in &params {
+            args.push(p.as_ref());
+        }
+        let rows = w.c.query(&sql, &args).await.db()?;
+        let mut ran_out = false;
+        for row in rows {
+            if taken.len() >= req.limit {
+                break;
+            }
+            let key: i64 = row.get(0);
+            if taken.contains(&key) {
+                continue;
+            }
+            let kind: String = row.get(1);
+            let labels: Option<Value> = row.get(2);
+            let labels: BTreeMap<String, String> = labels
+                .and_then(|l| serde_json::from_value(l).ok())
+                .unwrap_or_default();
+            let covering: Vec<usize> = (0..limits.len())
+                .filter(|&i| limits[i].covers(&kind, &labels))
+                .collect();
+            // Every limit with no room is left out by the SQL: the job fits.
             for &i in &covering {
                 room[i] -= 1;
                 took[i] = true;
+                ran_out |= room[i] == 0;
             }
             taken.push(key);
-        } else {
-            for &i in covering.iter().filter(|&&i| room[i] == 0) {
-                passed_over[i] = true;
+            if ran_out {
+                break;
             }
+        }
+        if !ran_out || taken.len() >= req.limit {
+            break;
         }
     }
     // As the SQLite store does (see its `claim_within`): a queue that took a slot
@@ -173,7 +183,7 @@ pub async fn pick(
     for (i, l) in limits.iter().enumerate() {
         if took[i] {
             leave(w, l, &req.queue).await?;
-        } else if passed_over[i] || (closed[i] && has_covered(w, base, req, l).await?) {
+        } else if closed[i] && has_covered(w, base, req, l).await? {
             wait(w, l, &req.queue, req.now).await?;
         } else {
             leave(w, l, &req.queue).await?;

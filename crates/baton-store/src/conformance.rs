@@ -113,6 +113,7 @@ macro_rules! store_conformance_tests {
             concurrency_limits_hold_covered_jobs_across_queues,
             a_freed_limit_slot_goes_to_the_queue_waiting_in_line,
             submit_and_start_leaves_covered_jobs_to_a_claim,
+            a_claim_takes_other_jobs_past_a_full_limits_backlog,
         );
     };
 }

@@ -146,3 +146,24 @@ pub async fn submit_and_start_leaves_covered_jobs_to_a_claim(store: Arc<dyn Stor
     assert!(out[1].claimed.is_some());
     assert_eq!(ids(&claim(s, "default", 4, T0 + 1).await), ["covered"]);
 }
+
+/// Behind a long run of jobs whose limit fills during the claim, the claim still takes
+/// the queue's other jobs, in order, and leaves the covered ones queued.
+pub async fn a_claim_takes_other_jobs_past_a_full_limits_backlog(store: Arc<dyn Store>) {
+    let s = &*store;
+    s.set_concurrency_limits(vec![ConcurrencyLimit::label("source", "x", 2)]);
+    let mut jobs = Vec::new();
+    for n in 0..300 {
+        jobs.push(new_job(x(&format!("x-{n:03}"), "default"), T0));
+    }
+    for n in 0..5 {
+        jobs.push(new_job(JobSpec::new("work").id(format!("free-{n}")), T0));
+    }
+    s.submit(jobs).await.expect("submit");
+    assert_eq!(
+        ids(&claim(s, "default", 6, T0 + 1).await),
+        ["x-000", "x-001", "free-0", "free-1", "free-2", "free-3"]
+    );
+    assert_eq!(ids(&claim(s, "default", 6, T0 + 2).await), ["free-4"]);
+    assert_eq!(get(s, "x-002").await.state, State::Queued);
+}

@@ -1065,20 +1065,28 @@ impl Writer {
             .collect();
         let closed: Vec<bool> = room.iter().map(|r| *r == 0).collect();
         let from_where = claim_from_where(req);
-        let mut sql = format!("SELECT {JOB_COLUMNS} {from_where}");
-        for (l, _) in limits.iter().zip(&closed).filter(|(_, c)| **c) {
-            sql.push_str(&format!(" AND NOT {}", super::limits::covered(l)));
-        }
-        sql.push_str(" ORDER BY priority DESC, seq");
-        let mut taken = Vec::new();
+        let mut taken: Vec<JobRow> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let mut took = vec![false; limits.len()];
-        let mut passed_over = vec![false; limits.len()];
-        {
+        // The SQL leaves out the jobs of every limit with no room. A limit that runs
+        // out during a read ends it, and the next read leaves its jobs out too: a
+        // claim never walks past a long backlog of jobs it cannot take (at most one
+        // read more than there are limits).
+        loop {
+            let mut sql = format!("SELECT {JOB_COLUMNS} {from_where}");
+            for (l, _) in limits.iter().zip(&room).filter(|(_, r)| **r == 0) {
+                sql.push_str(&format!(" AND NOT {}", super::limits::covered(l)));
+            }
+            sql.push_str(" ORDER BY priority DESC, seq");
+            let mut ran_out = false;
             let mut stmt = self.conn.prepare_cached(&sql)?;
             let mut rows = stmt.query([])?;
             while taken.len() < req.limit {
                 let Some(row) = rows.next()? else { break };
                 let row = read_job(row)?;
+                if seen.contains(&row.seq) {
+                    continue;
+                }
                 let covering: Vec<usize> = (0..limits.len())
                     .filter(|&i| limits[i].covers(&row.job.kind, &row.job.labels))
                     .collect();
@@ -1086,13 +1094,17 @@ impl Writer {
                     for &i in &covering {
                         room[i] -= 1;
                         took[i] = true;
+                        ran_out |= room[i] == 0;
                     }
+                    seen.insert(row.seq);
                     taken.push(row);
-                } else {
-                    for &i in covering.iter().filter(|&&i| room[i] == 0) {
-                        passed_over[i] = true;
+                    if ran_out {
+                        break;
                     }
                 }
+            }
+            if !ran_out || taken.len() >= req.limit {
+                break;
             }
         }
         // A queue that took a slot leaves the line (it joins its end when it next finds
@@ -1102,9 +1114,7 @@ impl Writer {
         for (i, l) in limits.iter().enumerate() {
             if took[i] {
                 self.turns.leave(l, &req.queue);
-            } else if passed_over[i]
-                || (closed[i] && super::limits::has_covered(&self.conn, &from_where, l)?)
-            {
+            } else if closed[i] && super::limits::has_covered(&self.conn, &from_where, l)? {
                 self.turns.wait(l, &req.queue, req.now);
             } else {
                 self.turns.leave(l, &req.queue);
