@@ -147,6 +147,8 @@ struct Inner {
     pool: Arc<Pool>,
     /// The concurrency limits claims obey.
     limits: std::sync::RwLock<Arc<[baton_core::ConcurrencyLimit]>>,
+    /// Shared by this server's claims: see `limits.rs`.
+    deep_scans: Arc<std::sync::Mutex<std::collections::HashMap<String, Millis>>>,
     events: Arc<Events>,
     shown: String,
     stop: watch::Sender<bool>,
@@ -173,6 +175,7 @@ macro_rules! write {
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
+            $w.deep_scans = $self.inner.deep_scans.clone();
             let out = $body;
             match out {
                 Ok(value) => match $w.commit(&$self.inner.events).await {
@@ -262,6 +265,7 @@ impl PgStore {
             inner: Arc::new(Inner {
                 pool,
                 limits: std::sync::RwLock::new(Arc::from(Vec::new())),
+                deep_scans: Arc::default(),
                 events,
                 shown,
                 stop,

@@ -130,12 +130,22 @@ pub async fn pick(
     // limit with no room, and a limit that runs out ends the read.
     loop {
         let mut params: Vec<Param> = Vec::new();
-        let mut sql = format!("SELECT key, kind, labels {base}");
+        let mut exclude = String::new();
         for (l, _) in limits.iter().zip(&room).filter(|(_, r)| **r == 0) {
             let (cond, p) = covered(l, params.len() + 3);
-            sql.push_str(&format!(" AND NOT ({cond})"));
+            exclude.push_str(&format!(" AND NOT ({cond})"));
             params.push(p);
         }
+        let mut sql = if exclude.is_empty() || deep_scan_due(w, &req.queue, req.now) {
+            format!("SELECT key, kind, labels {base}{exclude}")
+        } else {
+            // Past a full limit's jobs only the queue's first jobs are looked at,
+            // and the whole queue once a second (as in the SQLite store).
+            format!(
+                "SELECT key, kind, labels FROM (SELECT key, kind, labels, priority {base} \
+                 ORDER BY priority DESC, key LIMIT {WINDOW}) AS jobs_live WHERE true{exclude}"
+            )
+        };
         // The rows taken by an earlier read come again (they are still queued).
         let reach = (req.limit + taken.len()) as i64;
         sql.push_str(&format!(" ORDER BY priority DESC, key LIMIT {reach}"));
@@ -190,6 +200,28 @@ pub async fn pick(
         }
     }
     Ok(taken)
+}
+
+/// How many of a queue's first jobs a claim looks through past a full limit's jobs
+/// between two looks through the whole queue.
+const WINDOW: usize = 1000;
+/// How often a queue's claim on this server looks through the whole queue.
+const DEEP_SCAN_EVERY: Millis = 1000;
+
+/// Whether this claim looks through the whole queue (see [`WINDOW`]).
+fn deep_scan_due(w: &Work<'_>, queue: &str, now: Millis) -> bool {
+    let mut scans = w.deep_scans.lock().unwrap_or_else(|e| e.into_inner());
+    match scans.get_mut(queue) {
+        Some(at) if now.saturating_sub(*at) < DEEP_SCAN_EVERY => false,
+        Some(at) => {
+            *at = now;
+            true
+        }
+        None => {
+            scans.insert(queue.to_owned(), now);
+            true
+        }
+    }
 }
 
 async fn has_covered(

@@ -47,6 +47,9 @@ pub struct Work<'p> {
     pub settling: Option<Vec<Ending>>,
     /// The concurrency limits in force for this write's claims and starts.
     pub limits: Arc<[baton_core::ConcurrencyLimit]>,
+    /// When each queue's claim on this server last looked through the whole queue
+    /// past a full limit's jobs (see `limits.rs`).
+    pub deep_scans: Arc<std::sync::Mutex<std::collections::HashMap<String, Millis>>>,
 }
 
 impl<'p> Work<'p> {
@@ -61,6 +64,7 @@ impl<'p> Work<'p> {
             savepoints: 0,
             settling: None,
             limits: Arc::from(Vec::new()),
+            deep_scans: Arc::default(),
         })
     }
 

@@ -114,6 +114,7 @@ macro_rules! store_conformance_tests {
             a_freed_limit_slot_goes_to_the_queue_waiting_in_line,
             submit_and_start_leaves_covered_jobs_to_a_claim,
             a_claim_takes_other_jobs_past_a_full_limits_backlog,
+            a_job_behind_a_long_full_backlog_starts_within_a_second,
         );
     };
 }

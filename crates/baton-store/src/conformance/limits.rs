@@ -167,3 +167,28 @@ pub async fn a_claim_takes_other_jobs_past_a_full_limits_backlog(store: Arc<dyn 
     assert_eq!(ids(&claim(s, "default", 6, T0 + 2).await), ["free-4"]);
     assert_eq!(get(s, "x-002").await.state, State::Queued);
 }
+
+/// A job far behind a full limit's backlog (past the first jobs a claim looks at on
+/// every call) is taken within a second of claims.
+pub async fn a_job_behind_a_long_full_backlog_starts_within_a_second(store: Arc<dyn Store>) {
+    let s = &*store;
+    s.set_concurrency_limits(vec![ConcurrencyLimit::kind("render", 1)]);
+    let mut jobs = Vec::new();
+    for n in 0..1500 {
+        jobs.push(new_job(JobSpec::new("render").id(format!("r-{n:04}")), T0));
+    }
+    s.submit(jobs).await.expect("submit");
+    assert_eq!(ids(&claim(s, "default", 4, T0 + 1).await), ["r-0000"]);
+    submit(s, JobSpec::new("work").id("late"), T0 + 2).await;
+    let mut taken = Vec::new();
+    for t in [T0 + 3, T0 + 500, T0 + 1100] {
+        taken.extend(
+            claim(s, "default", 4, t)
+                .await
+                .into_iter()
+                .map(|c| c.job.id),
+        );
+    }
+    assert_eq!(taken, ["late"]);
+    assert_eq!(get(s, "r-0001").await.state, State::Queued);
+}

@@ -223,6 +223,9 @@ pub struct Writer {
     limits: super::limits::Shared,
     /// The queues waiting in line at each limit.
     turns: crate::turns::Turns,
+    /// When each queue's claim last looked through the whole queue past a full
+    /// limit's jobs (see `deep_scan_due`).
+    deep_scans: std::collections::HashMap<String, Millis>,
     #[cfg(feature = "faults")]
     pub faults: super::Faults,
 }
@@ -258,6 +261,7 @@ impl Writer {
             synchronous,
             limits,
             turns: crate::turns::Turns::default(),
+            deep_scans: std::collections::HashMap::new(),
             #[cfg(feature = "faults")]
             faults: super::Faults::default(),
         })
@@ -1048,6 +1052,26 @@ impl Writer {
         Ok(out.into_iter().map(JobRow::into_claimed).collect())
     }
 
+    /// Whether a claim that passes over a full limit's jobs looks through the whole
+    /// queue now, rather than its first [`super::limits::WINDOW`] jobs: once each
+    /// [`super::limits::DEEP_SCAN_EVERY`] per queue. A claim that walked a long backlog
+    /// of jobs it cannot take on every call would cost time in proportion to the
+    /// backlog; this way a job behind them waits at most that long (engines claim
+    /// again each second while limits are set).
+    fn deep_scan_due(&mut self, queue: &str, now: Millis) -> bool {
+        match self.deep_scans.get_mut(queue) {
+            Some(at) if now.saturating_sub(*at) < super::limits::DEEP_SCAN_EVERY => false,
+            Some(at) => {
+                *at = now;
+                true
+            }
+            None => {
+                self.deep_scans.insert(queue.to_owned(), now);
+                true
+            }
+        }
+    }
+
     /// The jobs a claim takes when concurrency limits are set: those of a limit with
     /// no room for this queue are passed over (by the SQL while it has none, one by one
     /// when it runs out during the read), and the queue's place in line at each limit
@@ -1073,11 +1097,24 @@ impl Writer {
         // claim never walks past a long backlog of jobs it cannot take (at most one
         // read more than there are limits).
         loop {
-            let mut sql = format!("SELECT {JOB_COLUMNS} {from_where}");
-            for (l, _) in limits.iter().zip(&room).filter(|(_, r)| **r == 0) {
-                sql.push_str(&format!(" AND NOT {}", super::limits::covered(l)));
-            }
-            sql.push_str(" ORDER BY priority DESC, seq");
+            let exclude: String = limits
+                .iter()
+                .zip(&room)
+                .filter(|(_, r)| **r == 0)
+                .map(|(l, _)| format!(" AND NOT {}", super::limits::covered(l)))
+                .collect();
+            let sql = if exclude.is_empty() || self.deep_scan_due(&req.queue, req.now) {
+                format!("SELECT {JOB_COLUMNS} {from_where}{exclude} ORDER BY priority DESC, seq")
+            } else {
+                // Past a full limit's jobs, only the queue's first jobs are looked at
+                // (see `deep_scan_due`).
+                format!(
+                    "SELECT {JOB_COLUMNS} FROM (SELECT * {from_where} \
+                     ORDER BY priority DESC, seq LIMIT {}) AS jobs WHERE 1{exclude} \
+                     ORDER BY priority DESC, seq",
+                    super::limits::WINDOW
+                )
+            };
             let mut ran_out = false;
             let mut stmt = self.conn.prepare_cached(&sql)?;
             let mut rows = stmt.query([])?;
