@@ -148,7 +148,7 @@ struct Inner {
     /// The concurrency limits claims obey.
     limits: std::sync::RwLock<Arc<[baton_core::ConcurrencyLimit]>>,
     /// Shared by this server's claims: see `limits.rs`.
-    deep_scans: Arc<std::sync::Mutex<std::collections::HashMap<String, Millis>>>,
+    deep_scans: Arc<std::sync::Mutex<baton_store::turns::DeepScans>>,
     events: Arc<Events>,
     shown: String,
     stop: watch::Sender<bool>,

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use baton_core::{ConcurrencyLimit, LimitScope, Millis};
-use baton_store::turns::TURN_TTL;
+use baton_store::turns::{Picking, TURN_TTL, WINDOW};
 use baton_store::{ClaimRequest, Result};
 use serde_json::{Value, json};
 
@@ -121,32 +121,34 @@ pub async fn pick(
             .unwrap_or(line.len()) as u64;
         room.push(u64::from(l.max).saturating_sub(*h).saturating_sub(ahead));
     }
-    let closed: Vec<bool> = room.iter().map(|r| *r == 0).collect();
+    let mut pick = Picking::new(room);
     let base = "FROM jobs_live WHERE queue = $1 AND state = 'queued' \
                 AND ($2::text[] IS NULL OR kind = ANY ($2))";
     let mut taken: Vec<i64> = Vec::new();
-    let mut took = vec![false; limits.len()];
-    // As in the SQLite store's `claim_within`: each read leaves out the jobs of every
-    // limit with no room, and a limit that runs out ends the read.
+    // As in the SQLite store's `claim_within` (see `Picking`).
     loop {
         let mut params: Vec<Param> = Vec::new();
         let mut exclude = String::new();
-        for (l, _) in limits.iter().zip(&room).filter(|(_, r)| **r == 0) {
+        for l in pick.full(limits) {
             let (cond, p) = covered(l, params.len() + 3);
             exclude.push_str(&format!(" AND NOT ({cond})"));
             params.push(p);
         }
-        let mut sql = if exclude.is_empty() || deep_scan_due(w, &req.queue, req.now) {
+        let deep = exclude.is_empty()
+            || w.deep_scans
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .due(&req.queue, req.now);
+        let mut sql = if deep {
             format!("SELECT key, kind, labels {base}{exclude}")
         } else {
-            // Past a full limit's jobs only the queue's first jobs are looked at,
-            // and the whole queue once a second (as in the SQLite store).
+            // Past a full limit's jobs only the queue's first jobs are looked at (see
+            // `DeepScans`).
             format!(
                 "SELECT key, kind, labels FROM (SELECT key, kind, labels, priority {base} \
                  ORDER BY priority DESC, key LIMIT {WINDOW}) AS jobs_live WHERE true{exclude}"
             )
         };
-        // The rows taken by an earlier read come again (they are still queued).
         let reach = (req.limit + taken.len()) as i64;
         sql.push_str(&format!(" ORDER BY priority DESC, key LIMIT {reach}"));
         let mut args: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
@@ -157,10 +159,11 @@ pub async fn pick(
         let rows = w.c.query(&sql, &args).await.db()?;
         let mut ran_out = false;
         for row in rows {
-            if taken.len() >= req.limit {
+            if taken.len() >= req.limit || ran_out {
                 break;
             }
             let key: i64 = row.get(0);
+            // The rows taken by an earlier read come again (they are still queued).
             if taken.contains(&key) {
                 continue;
             }
@@ -169,19 +172,8 @@ pub async fn pick(
             let labels: BTreeMap<String, String> = labels
                 .and_then(|l| serde_json::from_value(l).ok())
                 .unwrap_or_default();
-            let covering: Vec<usize> = (0..limits.len())
-                .filter(|&i| limits[i].covers(&kind, &labels))
-                .collect();
-            // Every limit with no room is left out by the SQL: the job fits.
-            for &i in &covering {
-                room[i] -= 1;
-                took[i] = true;
-                ran_out |= room[i] == 0;
-            }
+            ran_out = pick.take(limits, &kind, &labels);
             taken.push(key);
-            if ran_out {
-                break;
-            }
         }
         if !ran_out || taken.len() >= req.limit {
             break;
@@ -191,37 +183,15 @@ pub async fn pick(
     // leaves the line; one the limit kept from a job waits in line; one with nothing
     // the limit covers leaves it.
     for (i, l) in limits.iter().enumerate() {
-        if took[i] {
+        if pick.took[i] {
             leave(w, l, &req.queue).await?;
-        } else if closed[i] && has_covered(w, base, req, l).await? {
+        } else if pick.closed[i] && has_covered(w, base, req, l).await? {
             wait(w, l, &req.queue, req.now).await?;
         } else {
             leave(w, l, &req.queue).await?;
         }
     }
     Ok(taken)
-}
-
-/// How many of a queue's first jobs a claim looks through past a full limit's jobs
-/// between two looks through the whole queue.
-const WINDOW: usize = 1000;
-/// How often a queue's claim on this server looks through the whole queue.
-const DEEP_SCAN_EVERY: Millis = 1000;
-
-/// Whether this claim looks through the whole queue (see [`WINDOW`]).
-fn deep_scan_due(w: &Work<'_>, queue: &str, now: Millis) -> bool {
-    let mut scans = w.deep_scans.lock().unwrap_or_else(|e| e.into_inner());
-    match scans.get_mut(queue) {
-        Some(at) if now.saturating_sub(*at) < DEEP_SCAN_EVERY => false,
-        Some(at) => {
-            *at = now;
-            true
-        }
-        None => {
-            scans.insert(queue.to_owned(), now);
-            true
-        }
-    }
 }
 
 async fn has_covered(

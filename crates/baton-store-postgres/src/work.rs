@@ -49,7 +49,7 @@ pub struct Work<'p> {
     pub limits: Arc<[baton_core::ConcurrencyLimit]>,
     /// When each queue's claim on this server last looked through the whole queue
     /// past a full limit's jobs (see `limits.rs`).
-    pub deep_scans: Arc<std::sync::Mutex<std::collections::HashMap<String, Millis>>>,
+    pub deep_scans: Arc<std::sync::Mutex<baton_store::turns::DeepScans>>,
 }
 
 impl<'p> Work<'p> {

@@ -67,6 +67,93 @@ impl Turns {
     }
 }
 
+/// What a claim may still take under the limits, read after read. Each read leaves
+/// out the jobs of every limit with no room ([`Picking::full`]); a job it returns is
+/// taken ([`Picking::take`]), and a limit that runs out ends the read, so that the
+/// next read leaves its jobs out too: a claim never walks a backlog of jobs it cannot
+/// take.
+#[derive(Debug)]
+pub struct Picking {
+    room: Vec<u64>,
+    /// The limits that had no room when the claim began.
+    pub closed: Vec<bool>,
+    /// The limits of which the claim took a slot.
+    pub took: Vec<bool>,
+}
+
+impl Picking {
+    /// `room`: the slots of each limit this queue may take (see [`Turns::room`]).
+    pub fn new(room: Vec<u64>) -> Self {
+        Self {
+            closed: room.iter().map(|r| *r == 0).collect(),
+            took: vec![false; room.len()],
+            room,
+        }
+    }
+
+    /// The limits whose jobs the next read leaves out.
+    pub fn full<'a>(
+        &'a self,
+        limits: &'a [ConcurrencyLimit],
+    ) -> impl Iterator<Item = &'a ConcurrencyLimit> + 'a {
+        limits
+            .iter()
+            .zip(&self.room)
+            .filter(|(_, r)| **r == 0)
+            .map(|(l, _)| l)
+    }
+
+    /// Takes a slot of each limit that covers a job the read returned; whether one of
+    /// them ran out (the read ends then).
+    pub fn take(
+        &mut self,
+        limits: &[ConcurrencyLimit],
+        kind: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> bool {
+        let mut ran_out = false;
+        for (i, l) in limits.iter().enumerate() {
+            if l.covers(kind, labels) {
+                self.room[i] = self.room[i].saturating_sub(1);
+                self.took[i] = true;
+                ran_out |= self.room[i] == 0;
+            }
+        }
+        ran_out
+    }
+}
+
+/// When each queue's claim last looked through the whole queue past a full limit's
+/// jobs. Such a read looks at the queue's first [`WINDOW`] jobs, and at the whole
+/// queue once each [`DEEP_SCAN_EVERY`]: a job behind a long backlog of jobs a full
+/// limit covers waits at most that long (engines claim again each second while
+/// limits are set), and a claim's cost does not grow with the backlog.
+#[derive(Debug, Default)]
+pub struct DeepScans(HashMap<String, Millis>);
+
+/// How many of a queue's first jobs a claim looks through past a full limit's jobs,
+/// between two looks through the whole queue.
+pub const WINDOW: usize = 1000;
+/// How often a queue's claim looks through the whole queue past a full limit's jobs.
+pub const DEEP_SCAN_EVERY: Millis = 1000;
+
+impl DeepScans {
+    /// Whether this read of the queue looks through all of it (and if so, notes when).
+    pub fn due(&mut self, queue: &str, now: Millis) -> bool {
+        match self.0.get_mut(queue) {
+            Some(at) if now.saturating_sub(*at) < DEEP_SCAN_EVERY => false,
+            Some(at) => {
+                *at = now;
+                true
+            }
+            None => {
+                self.0.insert(queue.to_owned(), now);
+                true
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

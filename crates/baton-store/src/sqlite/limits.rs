@@ -10,12 +10,6 @@ use rusqlite::Connection;
 
 use crate::Result;
 
-/// How many of a queue's first jobs a claim looks through for jobs to start past
-/// those of a full limit, between two looks through the whole queue.
-pub const WINDOW: usize = 1000;
-/// How often a queue's claim looks through the whole queue past a full limit's jobs.
-pub const DEEP_SCAN_EVERY: baton_core::Millis = 1000;
-
 /// The limits in force, shared by the store (which sets them) and its writer.
 pub type Shared = Arc<RwLock<Arc<[ConcurrencyLimit]>>>;
 

@@ -224,8 +224,8 @@ pub struct Writer {
     /// The queues waiting in line at each limit.
     turns: crate::turns::Turns,
     /// When each queue's claim last looked through the whole queue past a full
-    /// limit's jobs (see `deep_scan_due`).
-    deep_scans: std::collections::HashMap<String, Millis>,
+    /// limit's jobs.
+    deep_scans: crate::turns::DeepScans,
     #[cfg(feature = "faults")]
     pub faults: super::Faults,
 }
@@ -261,7 +261,7 @@ impl Writer {
             synchronous,
             limits,
             turns: crate::turns::Turns::default(),
-            deep_scans: std::collections::HashMap::new(),
+            deep_scans: crate::turns::DeepScans::default(),
             #[cfg(feature = "faults")]
             faults: super::Faults::default(),
         })
@@ -1052,26 +1052,6 @@ impl Writer {
         Ok(out.into_iter().map(JobRow::into_claimed).collect())
     }
 
-    /// Whether a claim that passes over a full limit's jobs looks through the whole
-    /// queue now, rather than its first [`super::limits::WINDOW`] jobs: once each
-    /// [`super::limits::DEEP_SCAN_EVERY`] per queue. A claim that walked a long backlog
-    /// of jobs it cannot take on every call would cost time in proportion to the
-    /// backlog; this way a job behind them waits at most that long (engines claim
-    /// again each second while limits are set).
-    fn deep_scan_due(&mut self, queue: &str, now: Millis) -> bool {
-        match self.deep_scans.get_mut(queue) {
-            Some(at) if now.saturating_sub(*at) < super::limits::DEEP_SCAN_EVERY => false,
-            Some(at) => {
-                *at = now;
-                true
-            }
-            None => {
-                self.deep_scans.insert(queue.to_owned(), now);
-                true
-            }
-        }
-    }
-
     /// The jobs a claim takes when concurrency limits are set: those of a limit with
     /// no room for this queue are passed over (by the SQL while it has none, one by one
     /// when it runs out during the read), and the queue's place in line at each limit
@@ -1082,62 +1062,42 @@ impl Writer {
         limits: &[baton_core::ConcurrencyLimit],
     ) -> Result<Vec<JobRow>> {
         let held = super::limits::held(&self.conn, limits)?;
-        let mut room: Vec<u64> = limits
+        let room: Vec<u64> = limits
             .iter()
             .zip(&held)
             .map(|(l, h)| self.turns.room(l, *h, &req.queue, req.now).free)
             .collect();
-        let closed: Vec<bool> = room.iter().map(|r| *r == 0).collect();
+        let mut pick = crate::turns::Picking::new(room);
         let from_where = claim_from_where(req);
         let mut taken: Vec<JobRow> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let mut took = vec![false; limits.len()];
-        // The SQL leaves out the jobs of every limit with no room. A limit that runs
-        // out during a read ends it, and the next read leaves its jobs out too: a
-        // claim never walks past a long backlog of jobs it cannot take (at most one
-        // read more than there are limits).
         loop {
-            let exclude: String = limits
-                .iter()
-                .zip(&room)
-                .filter(|(_, r)| **r == 0)
-                .map(|(l, _)| format!(" AND NOT {}", super::limits::covered(l)))
+            let exclude: String = pick
+                .full(limits)
+                .map(|l| format!(" AND NOT {}", super::limits::covered(l)))
                 .collect();
-            let sql = if exclude.is_empty() || self.deep_scan_due(&req.queue, req.now) {
+            let sql = if exclude.is_empty() || self.deep_scans.due(&req.queue, req.now) {
                 format!("SELECT {JOB_COLUMNS} {from_where}{exclude} ORDER BY priority DESC, seq")
             } else {
                 // Past a full limit's jobs, only the queue's first jobs are looked at
-                // (see `deep_scan_due`).
+                // (see `DeepScans`).
                 format!(
                     "SELECT {JOB_COLUMNS} FROM (SELECT * {from_where} \
                      ORDER BY priority DESC, seq LIMIT {}) AS jobs WHERE 1{exclude} \
                      ORDER BY priority DESC, seq",
-                    super::limits::WINDOW
+                    crate::turns::WINDOW
                 )
             };
             let mut ran_out = false;
             let mut stmt = self.conn.prepare_cached(&sql)?;
             let mut rows = stmt.query([])?;
-            while taken.len() < req.limit {
+            while taken.len() < req.limit && !ran_out {
                 let Some(row) = rows.next()? else { break };
                 let row = read_job(row)?;
-                if seen.contains(&row.seq) {
-                    continue;
-                }
-                let covering: Vec<usize> = (0..limits.len())
-                    .filter(|&i| limits[i].covers(&row.job.kind, &row.job.labels))
-                    .collect();
-                if covering.iter().all(|&i| room[i] > 0) {
-                    for &i in &covering {
-                        room[i] -= 1;
-                        took[i] = true;
-                        ran_out |= room[i] == 0;
-                    }
-                    seen.insert(row.seq);
+                // The rows taken by an earlier read come again (they are still queued).
+                if seen.insert(row.seq) {
+                    ran_out = pick.take(limits, &row.job.kind, &row.job.labels);
                     taken.push(row);
-                    if ran_out {
-                        break;
-                    }
                 }
             }
             if !ran_out || taken.len() >= req.limit {
@@ -1149,9 +1109,9 @@ impl Writer {
         // other jobs filled its slots: it would have started that job first. One with
         // nothing the limit covers leaves the line.
         for (i, l) in limits.iter().enumerate() {
-            if took[i] {
+            if pick.took[i] {
                 self.turns.leave(l, &req.queue);
-            } else if closed[i] && super::limits::has_covered(&self.conn, &from_where, l)? {
+            } else if pick.closed[i] && super::limits::has_covered(&self.conn, &from_where, l)? {
                 self.turns.wait(l, &req.queue, req.now);
             } else {
                 self.turns.leave(l, &req.queue);
