@@ -25,7 +25,7 @@ pub use event::{Event, EventKind};
 pub use id::JobId;
 pub use job::{BackoffInfo, ErrorInfo, Job, Runs, StepInfo};
 pub use pipeline::PipelineSpec;
-pub use resources::{JobLimits, ResourceLimits, Usage};
+pub use resources::{JobLimits, LimitsReport, ResourceLimits, Usage};
 pub use schedule::{Misfire, Overlap, Schedule, ScheduleError, ScheduleSpec, Trigger};
 pub use spec::{EnvValue, JobSpec, Limits, NewJob, SealedValue, SecretValue, SpecError, StepSpec};
 pub use state::{State, TransitionError};

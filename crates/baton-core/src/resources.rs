@@ -35,6 +35,28 @@ pub struct ResourceLimits {
     pub cpus: Option<f64>,
 }
 
+/// The mechanism that holds command and pipeline jobs to their `limits` on a server,
+/// and how it holds each one (`job_limits` in `GET /api/resources`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LimitsReport {
+    /// `"cgroup v2"`, `"cgroup v1"` (a cgroup per job with limits), or `"rlimit"`
+    /// (`setrlimit` and the sampler killing a job's process group).
+    pub mechanism: String,
+    pub memory: String,
+    pub cpu_time: String,
+    pub cpus: String,
+    /// `cpus` is held only by a cgroup's CPU quota.
+    pub cpus_enforced: bool,
+    /// The folders jobs' cgroups are made in.
+    pub cgroups: Option<String>,
+    /// Why cgroups are not used, when they are not.
+    pub cgroups_unavailable: Option<String>,
+    /// How often running jobs' processes are measured and checked (`"1s"`).
+    pub sample_every: String,
+    /// The least time between two `job.usage` events of a job (`"5s"`).
+    pub usage_event_every: String,
+}
+
 /// Limits checked and parsed: what the engine enforces.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct JobLimits {

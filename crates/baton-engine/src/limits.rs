@@ -59,23 +59,7 @@ impl Default for UsageOptions {
     }
 }
 
-/// Which mechanism is in force, and how each limit is held (`GET /api/resources`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct LimitsReport {
-    /// `"cgroup v1"`, `"cgroup v2"` or `"rlimit"`.
-    pub mechanism: String,
-    pub memory: String,
-    pub cpu_time: String,
-    pub cpus: String,
-    /// Whether `cpus` is enforced (only with cgroups).
-    pub cpus_enforced: bool,
-    /// Where job groups are made (cgroups).
-    pub cgroups: Option<String>,
-    /// Why cgroups are not used, when they are not.
-    pub cgroups_unavailable: Option<String>,
-    pub sample_every: Duration,
-    pub event_every: Duration,
-}
+pub use baton_core::LimitsReport;
 
 /// The mechanism chosen at start.
 #[derive(Debug)]
@@ -136,8 +120,8 @@ impl Enforcer {
                     cpus_enforced: true,
                     cgroups: Some(c.describe()),
                     cgroups_unavailable: None,
-                    sample_every,
-                    event_every,
+                    sample_every: every,
+                    usage_event_every: baton_core::duration::format(event_every),
                 }
             }
             Enforcer::Rlimit { why } => LimitsReport {
@@ -152,8 +136,8 @@ impl Enforcer {
                 cpus_enforced: false,
                 cgroups: None,
                 cgroups_unavailable: Some(why.clone()),
-                sample_every,
-                event_every,
+                sample_every: every,
+                usage_event_every: baton_core::duration::format(event_every),
             },
         }
     }

@@ -94,47 +94,10 @@ pub struct ResourcesResponse {
     /// Why heavy queues start no new jobs now; null when they run.
     pub held: Option<String>,
     /// How command and pipeline jobs' resource limits are enforced on this server.
-    pub job_limits: JobLimitsInfo,
+    pub job_limits: baton_core::LimitsReport,
     /// The concurrency limits across queues (`concurrency_limits` in `baton.toml`),
     /// with the slots each holds now.
     pub concurrency_limits: Vec<baton_core::concurrency::LimitUse>,
-}
-
-/// The mechanism that holds jobs to their `limits`, and how it holds each one.
-#[derive(Clone, Debug, Default, Serialize, utoipa::ToSchema)]
-pub struct JobLimitsInfo {
-    /// `"cgroup v2"`, `"cgroup v1"` (a cgroup per job with limits), or `"rlimit"`
-    /// (`setrlimit` and the sampler killing a job's process group).
-    pub mechanism: String,
-    pub memory: String,
-    pub cpu_time: String,
-    pub cpus: String,
-    /// `cpus` is held only by a cgroup's CPU quota.
-    pub cpus_enforced: bool,
-    /// The folders jobs' cgroups are made in.
-    pub cgroups: Option<String>,
-    /// Why cgroups are not used, when they are not.
-    pub cgroups_unavailable: Option<String>,
-    /// How often running jobs' processes are measured and checked (`"1s"`).
-    pub sample_every: String,
-    /// The least time between two `job.usage` events of a job (`"5s"`).
-    pub usage_event_every: String,
-}
-
-impl From<baton_engine::LimitsReport> for JobLimitsInfo {
-    fn from(r: baton_engine::LimitsReport) -> Self {
-        Self {
-            mechanism: r.mechanism,
-            memory: r.memory,
-            cpu_time: r.cpu_time,
-            cpus: r.cpus,
-            cpus_enforced: r.cpus_enforced,
-            cgroups: r.cgroups,
-            cgroups_unavailable: r.cgroups_unavailable,
-            sample_every: baton_core::duration::format(r.sample_every),
-            usage_event_every: baton_core::duration::format(r.event_every),
-        }
-    }
 }
 
 pub struct Resources {
@@ -218,7 +181,7 @@ impl Resources {
             },
             alerts,
             held: pressure.held(),
-            job_limits: JobLimitsInfo::default(),
+            job_limits: baton_core::LimitsReport::default(),
             concurrency_limits: Vec::new(),
         }
     }
@@ -231,7 +194,7 @@ pub async fn resources(
     State(s): State<AppState>,
 ) -> crate::error::ApiResult<Json<ResourcesResponse>> {
     let mut r = s.resources.snapshot();
-    r.job_limits = s.engine.limits_report().into();
+    r.job_limits = s.engine.limits_report();
     r.concurrency_limits = s.engine.concurrency_use().await?;
     Ok(Json(r))
 }
