@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use baton_core::{ConcurrencyLimit, LimitScope, Millis};
-use baton_store::turns::{Picking, TURN_TTL, WINDOW};
+use baton_store::turns::{Picking, TURN_TTL, WINDOW, free_slots};
 use baton_store::{ClaimRequest, Result};
 use serde_json::{Value, json};
 
@@ -34,10 +34,7 @@ pub async fn held(c: &tokio_postgres::Client, limits: &[ConcurrencyLimit]) -> Re
         .db()?;
     for row in rows {
         let kind: String = row.get(0);
-        let labels: Option<Value> = row.get(1);
-        let labels: BTreeMap<String, String> = labels
-            .and_then(|l| serde_json::from_value(l).ok())
-            .unwrap_or_default();
+        let labels = labels_of(row.get(1))?;
         for (l, n) in limits.iter().zip(counts.iter_mut()) {
             if l.covers(&kind, &labels) {
                 *n += 1;
@@ -45,6 +42,17 @@ pub async fn held(c: &tokio_postgres::Client, limits: &[ConcurrencyLimit]) -> Re
         }
     }
     Ok(counts)
+}
+
+/// A job's stored labels; an unreadable value is an error, never "no labels" (which
+/// would let the job past its limits).
+fn labels_of(stored: Option<Value>) -> Result<BTreeMap<String, String>> {
+    match stored {
+        None => Ok(BTreeMap::new()),
+        Some(v) => serde_json::from_value(v.clone()).map_err(|e| {
+            baton_store::Error::Internal(format!("stored labels {v} cannot be read: {e}"))
+        }),
+    }
 }
 
 /// Whether the first `limit` jobs a claim would take hold one that a limit covers.
@@ -61,14 +69,14 @@ pub async fn meets_covered(
         )
         .await
         .db()?;
-    Ok(rows.iter().any(|row| {
+    for row in &rows {
         let kind: String = row.get(0);
-        let labels: Option<Value> = row.get(1);
-        let labels: BTreeMap<String, String> = labels
-            .and_then(|l| serde_json::from_value(l).ok())
-            .unwrap_or_default();
-        limits.iter().any(|l| l.covers(&kind, &labels))
-    }))
+        let labels = labels_of(row.get(1))?;
+        if limits.iter().any(|l| l.covers(&kind, &labels)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// A parameter of a condition on a limit.
@@ -119,7 +127,7 @@ pub async fn pick(
             .iter()
             .position(|q| *q == req.queue)
             .unwrap_or(line.len()) as u64;
-        room.push(u64::from(l.max).saturating_sub(*h).saturating_sub(ahead));
+        room.push(free_slots(l, *h, ahead));
     }
     let mut pick = Picking::new(room);
     let base = "FROM jobs_live WHERE queue = $1 AND state = 'queued' \
@@ -168,10 +176,7 @@ pub async fn pick(
                 continue;
             }
             let kind: String = row.get(1);
-            let labels: Option<Value> = row.get(2);
-            let labels: BTreeMap<String, String> = labels
-                .and_then(|l| serde_json::from_value(l).ok())
-                .unwrap_or_default();
+            let labels = labels_of(row.get(2))?;
             ran_out = pick.take(limits, &kind, &labels);
             taken.push(key);
         }

@@ -23,31 +23,25 @@ pub struct Turns {
     lines: HashMap<LimitScope, Vec<(String, Millis)>>,
 }
 
-/// What a claim may take of the jobs a limit covers.
-#[derive(Clone, Debug)]
-pub struct Room {
-    /// How many more of its jobs may start for this claimer now.
-    pub free: u64,
-    /// How many hold a slot now.
-    pub held: u64,
+/// Slots of a limit a queue may take: those free, less one for each queue ahead of it
+/// in line.
+pub fn free_slots(limit: &ConcurrencyLimit, held: u64, ahead: u64) -> u64 {
+    u64::from(limit.max)
+        .saturating_sub(held)
+        .saturating_sub(ahead)
 }
 
 impl Turns {
     /// Slots of `limit` this queue may take now: those free, less one for each queue
     /// ahead of it in line (every live one when it is not in line).
-    pub fn room(&mut self, limit: &ConcurrencyLimit, held: u64, queue: &str, now: Millis) -> Room {
+    pub fn room(&mut self, limit: &ConcurrencyLimit, held: u64, queue: &str, now: Millis) -> u64 {
         let line = self.lines.entry(limit.scope.clone()).or_default();
         line.retain(|(_, seen)| now.saturating_sub(*seen) <= TURN_TTL);
         let ahead = line
             .iter()
             .position(|(q, _)| q == queue)
             .unwrap_or(line.len()) as u64;
-        Room {
-            free: u64::from(limit.max)
-                .saturating_sub(held)
-                .saturating_sub(ahead),
-            held,
-        }
+        free_slots(limit, held, ahead)
     }
 
     /// The queue waits for the limit: it joins the end of the line, or keeps its place.
@@ -165,15 +159,15 @@ mod tests {
         t.wait(&l, "b", 0);
         t.wait(&l, "c", 10);
         // One slot free: the first in line may take it, the second and "a" may not.
-        assert_eq!(t.room(&l, 1, "b", 20).free, 1);
-        assert_eq!(t.room(&l, 1, "c", 20).free, 0);
-        assert_eq!(t.room(&l, 1, "a", 20).free, 0);
+        assert_eq!(t.room(&l, 1, "b", 20), 1);
+        assert_eq!(t.room(&l, 1, "c", 20), 0);
+        assert_eq!(t.room(&l, 1, "a", 20), 0);
         t.leave(&l, "b");
-        assert_eq!(t.room(&l, 1, "c", 30).free, 1);
+        assert_eq!(t.room(&l, 1, "c", 30), 1);
         // "c" stops asking: past the TTL its place is gone and anyone may take the slot.
-        assert_eq!(t.room(&l, 1, "a", 10 + TURN_TTL + 1).free, 1);
+        assert_eq!(t.room(&l, 1, "a", 10 + TURN_TTL + 1), 1);
         // Full is full, in line or not.
         t.wait(&l, "a", 0);
-        assert_eq!(t.room(&l, 2, "a", 1).free, 0);
+        assert_eq!(t.room(&l, 2, "a", 1), 0);
     }
 }

@@ -30,13 +30,15 @@ pub fn held(conn: &Connection, limits: &[ConcurrencyLimit]) -> Result<Vec<u64>> 
         "SELECT kind, labels FROM jobs WHERE state IN ('running', 'paused', 'stopping')",
     )?;
     let mut rows = stmt.query([])?;
-    let none = BTreeMap::new();
     while let Some(row) = rows.next()? {
         let kind: String = row.get(0)?;
         let labels: Option<String> = if labelled { row.get(1)? } else { None };
+        // An unreadable value is an error, never "no labels": that would undercount.
         let labels: BTreeMap<String, String> = match labels {
-            Some(text) => serde_json::from_str(&text).unwrap_or_default(),
-            None => none.clone(),
+            Some(text) => serde_json::from_str(&text).map_err(|e| {
+                crate::Error::Internal(format!("stored labels {text} cannot be read: {e}"))
+            })?,
+            None => BTreeMap::new(),
         };
         for (l, n) in limits.iter().zip(counts.iter_mut()) {
             if l.covers(&kind, &labels) {

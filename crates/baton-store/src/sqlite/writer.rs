@@ -1065,7 +1065,7 @@ impl Writer {
         let room: Vec<u64> = limits
             .iter()
             .zip(&held)
-            .map(|(l, h)| self.turns.room(l, *h, &req.queue, req.now).free)
+            .map(|(l, h)| self.turns.room(l, *h, &req.queue, req.now))
             .collect();
         let mut pick = crate::turns::Picking::new(room);
         let from_where = claim_from_where(req);
