@@ -146,19 +146,19 @@ impl Resources {
     }
 
     pub fn snapshot(&self) -> ResourcesResponse {
+        let pressure = self.engine.pressure();
+        // The latest sample goes into the history first, as the keeping task would (it
+        // may not have run yet): the history never lags the sample shown as `now`.
+        let latest = pressure.samples().borrow().as_deref().map(Sample::from);
+        if let Some(sample) = &latest {
+            self.keep(sample.clone());
+        }
         let history: Vec<Sample> = self
             .samples
             .lock()
             .map(|s| s.iter().cloned().collect())
             .unwrap_or_default();
-        let pressure = self.engine.pressure();
-        // The latest sample, which the history may not hold yet.
-        let now = pressure
-            .samples()
-            .borrow()
-            .as_deref()
-            .map(Sample::from)
-            .or_else(|| history.last().cloned());
+        let now = latest.or_else(|| history.last().cloned());
         let gauges = pressure.gauges();
         let limit = |r: Resource| gauges.iter().find(|g| g.resource == r).map(|g| g.threshold);
         let alerts = gauges
